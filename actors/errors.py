@@ -1,0 +1,47 @@
+"""The exceptions ringflow raises, rooted in one :class:`RingflowError`.
+
+Each is named for whose fault it is. Where one of trio's own exceptions already says what went
+wrong, the ringflow exception also derives from it, so ``except trio.ClosedResourceError`` keeps
+working for code that does not know about ringflow.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class RingflowError(Exception):
+    """Base class of every exception that ringflow raises on purpose."""
+
+
+class ConfigurationError(RingflowError, ValueError):
+    """An object was built with impossible settings (a capacity of zero, an unknown strategy).
+
+    Raised at construction, before anything is accepted, so nothing is lost.
+    """
+
+
+class TopicClosedError(RingflowError, trio.ClosedResourceError):
+    """A producer sent to a topic or partition that has already been closed.
+
+    The records of the failed call were not accepted; everything accepted before is kept.
+    """
+
+
+class BatchTooLargeError(RingflowError, ValueError):
+    """A batch holds more records than its partition can ever hold at once."""
+
+
+class CommitError(RingflowError, ValueError):
+    """A consumer committed an offset it may not commit (never delivered, or going backwards)."""
+
+
+class SupervisionError(RingflowError):
+    """A supervised actor crashed more often than its restart strategy allows.
+
+    ``__cause__`` is the last crash; :attr:`crashes` holds the whole history.
+    """
+
+    def __init__(self, message: str, crashes: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.crashes = crashes

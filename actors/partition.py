@@ -1,0 +1,331 @@
+"""A partition: an actor that owns a ring of records with monotonically increasing offsets."""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Sequence
+
+import attrs
+import outcome
+import trio
+
+from .errors import BatchTooLargeError, CommitError, ConfigurationError, TopicClosedError
+from .record import Record, RecordBatch
+
+
+@attrs.frozen
+class PartitionStatistics:
+    """A snapshot of one partition, as :meth:`Partition.statistics` returns it."""
+
+    topic: str
+    """The topic the partition belongs to."""
+    partition: int
+    """The partition's index in its topic."""
+    capacity: int | None
+    """Most records the ring holds at once, or None in dynamic mode."""
+    depth: int
+    """Records held now: accepted but not yet committed by every consumer group."""
+    peak_depth: int
+    """The largest depth seen since the partition was opened."""
+    start_offset: int
+    """The lowest offset still held (the low watermark)."""
+    end_offset: int
+    """The offset the next accepted record will get; also the number of records accepted."""
+    senders_waiting: int
+    """Senders blocked right now, waiting for room or (dynamic mode) for a consumer."""
+    blocked_seconds: float
+    """Total time senders have spent blocked, summed over senders, in seconds of the run's clock."""
+    consumers_attached: int
+    """Consumers that currently own this partition, over all groups."""
+    committed: dict[str, int]
+    """Each consumer group's committed offset: every record below it is processed."""
+    lag: dict[str, int]
+    """Each consumer group's lag: records accepted but not yet committed by that group."""
+    closed: bool
+    """Whether the partition accepts no more records."""
+
+
+@attrs.define(eq=False)
+class _Sender:
+    task: trio.lowlevel.Task
+    records: Sequence[Record]
+    since: float
+
+
+@attrs.define(eq=False)
+class Partition:
+    """An actor that owns a ring of records.
+
+    Records get consecutive offsets as they are accepted. The ring's capacity is counted in
+    records, and a record stays in the ring until every consumer group registered on the
+    partition has committed past it. :meth:`send` blocks while the ring lacks room for the
+    whole batch; :meth:`send_nowait` raises :exc:`trio.WouldBlock` instead. Blocked senders are
+    served first come, first served, and a batch is accepted whole or not at all.
+
+    With ``capacity=None`` the partition is in dynamic mode: the ring grows without bound, but
+    sends block while no consumer is attached, and resume as soon as one is.
+
+    A partition runs no task of its own. Trio switches tasks only at checkpoints, so each
+    method below changes the ring atomically; producers and consumers call into it directly,
+    which saves one task switch per batch compared with a partition behind a channel.
+
+    Args:
+        topic: The name of the topic the partition belongs to.
+        index: The partition's index in that topic.
+        capacity: Most records held at once (at least 1), or None for dynamic mode.
+
+    Raises:
+        ConfigurationError: ``capacity`` is zero or negative.
+    """
+
+    topic: str
+    index: int
+    capacity: int | None = attrs.field(default=None)
+    _batches: list[RecordBatch] = attrs.field(init=False, factory=list)
+    _bases: list[int] = attrs.field(init=False, factory=list)
+    _head: int = attrs.field(init=False, default=0)
+    _start: int = attrs.field(init=False, default=0)
+    _end: int = attrs.field(init=False, default=0)
+    _committed: dict[str, int] = attrs.field(init=False, factory=dict)
+    _senders: deque[_Sender] = attrs.field(init=False, factory=deque)
+    _listeners: list[trio.lowlevel.ParkingLot] = attrs.field(init=False, factory=list)
+    _attached: int = attrs.field(init=False, default=0)
+    _closed: bool = attrs.field(init=False, default=False)
+    _peak: int = attrs.field(init=False, default=0)
+    _blocked: float = attrs.field(init=False, default=0.0)
+
+    @capacity.validator
+    def _check_capacity(self, _attribute: object, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ConfigurationError(
+                f"partition {self.topic}[{self.index}]: capacity must be at least 1 record, "
+                f"got {value}; leave it unset for a dynamic (growing) ring"
+            )
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def send(self, records: Sequence[Record]) -> int:
+        """Append a batch of records, waiting for room if the ring is full.
+
+        Args:
+            records: The records, in order. They are stored as given, not copied: do not change
+                the sequence afterwards.
+
+        Returns:
+            The offset given to the first record.
+
+        Raises:
+            TopicClosedError: The partition was closed before the batch was accepted.
+            BatchTooLargeError: The batch could never fit in the ring.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            base = self.send_nowait(records)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return base
+        task = trio.lowlevel.current_task()
+        sender = _Sender(task, records, trio.current_time())
+        self._senders.append(sender)
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self._senders.remove(sender)
+            self._blocked += trio.current_time() - sender.since
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        base: int = await trio.lowlevel.wait_task_rescheduled(abort)
+        return base
+
+    def send_nowait(self, records: Sequence[Record]) -> int:
+        """Append a batch of records if the ring has room for all of them now.
+
+        Returns:
+            The offset given to the first record.
+
+        Raises:
+            trio.WouldBlock: The ring lacks room, no consumer is attached (dynamic mode), or
+                other senders are already waiting; nothing was accepted.
+            TopicClosedError: The partition is closed.
+            BatchTooLargeError: The batch could never fit in the ring.
+        """
+        if self._closed:
+            raise TopicClosedError(
+                f"partition {self.topic}[{self.index}] is closed; "
+                f"{len(records)} records were not accepted"
+            )
+        if self.capacity is not None and len(records) > self.capacity:
+            raise BatchTooLargeError(
+                f"a batch of {len(records)} records cannot fit in partition "
+                f"{self.topic}[{self.index}] of capacity {self.capacity}; "
+                "send smaller batches or raise the capacity"
+            )
+        if self._senders or not self._has_room(len(records)):
+            raise trio.WouldBlock
+        return self._append(records)
+
+    def _has_room(self, count: int) -> bool:
+        if self.capacity is None:
+            return self._attached > 0
+        return self._end - self._start + count <= self.capacity
+
+    def _append(self, records: Sequence[Record]) -> int:
+        base = self._end
+        if records:
+            self._batches.append(RecordBatch(self.topic, self.index, base, records))
+            self._bases.append(base)
+            self._end = base + len(records)
+            depth = self._end - self._start
+            if depth > self._peak:
+                self._peak = depth
+            for lot in self._listeners:
+                lot.unpark_all()
+        return base
+
+    def _admit_senders(self) -> None:
+        senders = self._senders
+        while senders and self._has_room(len(senders[0].records)):
+            sender = senders.popleft()
+            self._blocked += trio.current_time() - sender.since
+            trio.lowlevel.reschedule(sender.task, outcome.Value(self._append(sender.records)))
+
+    def close(self) -> None:
+        """Accept no more records.
+
+        Records already accepted stay readable until consumed; consumers see the end of the
+        stream once they have read past the last one. Senders still waiting get
+        :exc:`TopicClosedError`. Closing twice does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        while self._senders:
+            sender = self._senders.popleft()
+            self._blocked += trio.current_time() - sender.since
+            error = TopicClosedError(
+                f"partition {self.topic}[{self.index}] was closed while a send of "
+                f"{len(sender.records)} records waited; they were not accepted"
+            )
+            trio.lowlevel.reschedule(sender.task, outcome.Error(error))
+        for lot in self._listeners:
+            lot.unpark_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the partition accepts no more records."""
+        return self._closed
+
+    @property
+    def end_offset(self) -> int:
+        """The offset the next accepted record will get."""
+        return self._end
+
+    @property
+    def start_offset(self) -> int:
+        """The lowest offset still held."""
+        return self._start
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def register_group(self, group: str, listener: trio.lowlevel.ParkingLot) -> int:
+        """Start keeping records for consumer group ``group``; return its committed offset.
+
+        A new group starts from the lowest offset still held. ``listener`` is unparked whenever
+        records arrive or the partition closes.
+        """
+        if group not in self._committed:
+            self._committed[group] = self._start
+            self._listeners.append(listener)
+        return self._committed[group]
+
+    def attach(self) -> None:
+        """Note that one more consumer owns this partition (dynamic mode lets sends through)."""
+        self._attached += 1
+        self._admit_senders()
+
+    def detach(self) -> None:
+        """Note that a consumer gave this partition up."""
+        self._attached -= 1
+
+    def read(self, offset: int, max_records: int | None = None) -> RecordBatch | None:
+        """Return held records from ``offset`` on, at most one stored batch of them.
+
+        Args:
+            offset: The first offset wanted; at least the start offset.
+            max_records: Cut the batch to at most this many records.
+
+        Returns:
+            A batch starting exactly at ``offset``, or None when nothing is there yet.
+        """
+        if offset >= self._end:
+            return None
+        if offset < self._start:
+            raise CommitError(
+                f"offset {offset} of {self.topic}[{self.index}] is no longer held "
+                f"(held from {self._start})"
+            )
+        where = bisect.bisect_right(self._bases, offset, lo=self._head) - 1
+        batch = self._batches[where]
+        skip = offset - batch.base_offset
+        count = len(batch.records) - skip
+        if max_records is not None and count > max_records:
+            count = max_records
+        if skip == 0 and count == len(batch.records):
+            return batch
+        return RecordBatch(
+            self.topic, self.index, offset, batch.records[skip : skip + count]
+        )
+
+    def commit(self, group: str, offset: int) -> None:
+        """Record that ``group`` has processed every record below ``offset``.
+
+        Frees the records that every group has now committed past and admits waiting senders.
+
+        Raises:
+            CommitError: ``offset`` is beyond the records accepted, or below the group's
+                previous commit.
+        """
+        previous = self._committed[group]
+        if offset > self._end or offset < previous:
+            raise CommitError(
+                f"group {group!r} cannot commit offset {offset} on {self.topic}[{self.index}]: "
+                f"it must lie between its last commit {previous} and the end {self._end}"
+            )
+        self._committed[group] = offset
+        low = min(self._committed.values())
+        if low > self._start:
+            self._start = low
+            self._free()
+            self._admit_senders()
+
+    def _free(self) -> None:
+        batches, head = self._batches, self._head
+        while head < len(batches) and batches[head].next_offset <= self._start:
+            head += 1
+        if head > 64 and head * 2 > len(batches):
+            del batches[:head]
+            del self._bases[:head]
+            head = 0
+        self._head = head
+
+    def statistics(self) -> PartitionStatistics:
+        """Return a snapshot of the partition's counters."""
+        now = trio.current_time()
+        blocked = self._blocked + sum(now - s.since for s in self._senders)
+        return PartitionStatistics(
+            topic=self.topic,
+            partition=self.index,
+            capacity=self.capacity,
+            depth=self._end - self._start,
+            peak_depth=self._peak,
+            start_offset=self._start,
+            end_offset=self._end,
+            senders_waiting=len(self._senders),
+            blocked_seconds=blocked,
+            consumers_attached=self._attached,
+            committed=dict(self._committed),
+            lag={group: self._end - offset for group, offset in self._committed.items()},
+            closed=self._closed,
+        )

@@ -1,0 +1,207 @@
+"""Producers: adaptive batching of records into a topic's partitions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from .errors import ConfigurationError
+from .record import Record
+from .topic import Topic
+
+
+@attrs.frozen
+class ProducerStatistics:
+    """A snapshot of one producer, as :meth:`Producer.statistics` returns it."""
+
+    records_sent: int
+    """Records accepted by partitions so far."""
+    batches_sent: int
+    """Batches accepted by partitions so far."""
+    buffered: int
+    """Records waiting in the producer's buffers for a batch to fill or the linger to pass."""
+    linger_flushes: int
+    """Batches sent because their linger ran out rather than because they were full."""
+
+
+@attrs.define(eq=False)
+class Producer:
+    """Sends records to a topic in batches.
+
+    Records are buffered per partition. A buffer is sent as one batch when it holds
+    ``max_batch`` records, or when its oldest record has waited ``linger`` seconds: under load
+    batches are full, and a trickle of events is held back no longer than ``linger``.
+
+    Make one with :func:`open_producer`, which also runs the linger timer.
+
+    Args:
+        topic: Where records go.
+        max_batch: The most records in one batch (at least 1; clamped to the partitions'
+            capacity so a batch always fits).
+        linger: Seconds a partly filled batch may wait before it is sent anyway (>= 0).
+
+    Raises:
+        ConfigurationError: ``max_batch`` < 1 or ``linger`` < 0.
+    """
+
+    topic: Topic
+    max_batch: int = 1000
+    linger: float = 0.005
+    _buffers: list[list[Record]] = attrs.field(init=False)
+    _oldest: list[float] = attrs.field(init=False)
+    _locks: list[trio.StrictFIFOLock] = attrs.field(init=False)
+    _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _records_sent: int = attrs.field(init=False, default=0)
+    _batches_sent: int = attrs.field(init=False, default=0)
+    _linger_flushes: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigurationError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not self.linger >= 0:
+            raise ConfigurationError(f"linger must be zero or more seconds, got {self.linger}")
+        if self.topic.capacity is not None:
+            self.max_batch = min(self.max_batch, self.topic.capacity)
+        count = self.topic.partition_count
+        self._buffers = [[] for _ in range(count)]
+        self._oldest = [math.inf] * count
+        self._locks = [trio.StrictFIFOLock() for _ in range(count)]
+
+    async def send(self, record: Record) -> None:
+        """Add one record to its partition's batch; send the batch if it is now full.
+
+        Only a full batch waits (for room in the ring); otherwise this returns at once, so
+        sending a record costs little more than appending it to a list.
+
+        Raises:
+            TopicClosedError: The topic was closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        index = self.topic.partitioner.partition_for(record.key)
+        buffer = self._buffers[index]
+        buffer.append(record)
+        if len(buffer) >= self.max_batch:
+            await self._flush_partition(index)
+        elif len(buffer) == 1:
+            self._oldest[index] = trio.current_time()
+            self._wake.set()
+
+    async def send_many(self, records: Sequence[Record]) -> None:
+        """Send many records at once: the fast path when a workload makes whole batches.
+
+        Records are split by partition; full batches are sent now, the rest waits in the
+        buffers like records given to :meth:`send`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        max_batch = self.max_batch
+        for index, records_here in enumerate(self.topic.split(records)):
+            if not records_here:
+                continue
+            buffer = self._buffers[index]
+            if not buffer and len(records_here) == max_batch:
+                async with self._locks[index]:
+                    await self._send_batch(index, records_here)
+                continue
+            was_empty = not buffer
+            buffer.extend(records_here)
+            while len(self._buffers[index]) >= max_batch:
+                await self._flush_partition(index)
+            if was_empty and self._buffers[index]:
+                self._oldest[index] = trio.current_time()
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Send every buffered record now, waiting for room as needed."""
+        for index in range(len(self._buffers)):
+            while self._buffers[index]:
+                await self._flush_partition(index)
+
+    async def _flush_partition(self, index: int) -> None:
+        # One flush at a time per partition, so batches reach the ring in buffer order even
+        # when the linger timer and a full buffer flush at once.
+        async with self._locks[index]:
+            buffer = self._buffers[index]
+            if not buffer:
+                return
+            batch, rest = buffer[: self.max_batch], buffer[self.max_batch :]
+            self._buffers[index] = rest
+            self._oldest[index] = trio.current_time() if rest else math.inf
+            try:
+                await self._send_batch(index, batch)
+            except BaseException:
+                # Not accepted: put the batch back in front so a retry keeps the order.
+                self._buffers[index] = batch + self._buffers[index]
+                self._oldest[index] = trio.current_time()
+                raise
+
+    async def _send_batch(self, index: int, batch: Sequence[Record]) -> None:
+        await self.topic.partitions[index].send(batch)
+        self._records_sent += len(batch)
+        self._batches_sent += 1
+
+    async def run_linger_timer(self) -> None:
+        """Send partly filled batches whose linger has run out; runs until cancelled."""
+        while True:
+            deadline = min(self._oldest) + self.linger
+            if deadline == math.inf:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            if trio.current_time() < deadline:
+                with trio.move_on_at(deadline):
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                continue
+            now = trio.current_time()
+            for index, oldest in enumerate(self._oldest):
+                if oldest + self.linger <= now and self._buffers[index]:
+                    self._linger_flushes += 1
+                    await self._flush_partition(index)
+
+    def statistics(self) -> ProducerStatistics:
+        """Return a snapshot of the producer's counters."""
+        return ProducerStatistics(
+            records_sent=self._records_sent,
+            batches_sent=self._batches_sent,
+            buffered=sum(len(buffer) for buffer in self._buffers),
+            linger_flushes=self._linger_flushes,
+        )
+
+
+@asynccontextmanager
+async def open_producer(
+    topic: Topic, *, max_batch: int = 1000, linger: float = 0.005
+) -> AsyncIterator[Producer]:
+    """Open a producer on ``topic`` and run its linger timer until the block ends.
+
+    Leaving the block normally flushes what is buffered and unregisters the producer; when
+    it was the topic's last producer, the topic closes and consumers see the end of the
+    stream once they have drained it. Leaving with an exception unregisters it without
+    closing the topic (a supervisor may restart it) and drops what was never accepted.
+
+    Example::
+
+        async with open_producer(topic, max_batch=500) as producer:
+            for event in events:
+                await producer.send(Record(event.video_id, event, trio.current_time()))
+
+    Raises:
+        TopicClosedError: The topic is already closed.
+        ConfigurationError: ``max_batch`` < 1 or ``linger`` < 0.
+    """
+    producer = Producer(topic, max_batch, linger)
+    topic.add_producer()
+    graceful = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer.run_linger_timer)
+            yield producer
+            await producer.flush()
+            nursery.cancel_scope.cancel()
+        graceful = True
+    finally:
+        topic.remove_producer(graceful=graceful)

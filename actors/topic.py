@@ -1,0 +1,94 @@
+"""A topic: named partitions, a partitioner, and the producers writing to it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from .errors import ConfigurationError, TopicClosedError
+from .partition import Partition, PartitionStatistics
+from .partitioner import Partitioner
+from .record import Record
+
+
+@attrs.define(eq=False)
+class Topic:
+    """A stream of records split over ``partitions`` rings.
+
+    Records with a key always land in the partition :class:`Partitioner` picks for that key, so
+    each key keeps its order; records without a key are spread round robin.
+
+    Producers register with :meth:`add_producer` (``open_producer`` does it for you). When the
+    last registered producer leaves gracefully the topic closes: consumers read what is left
+    and then see the end of the stream.
+
+    Args:
+        name: The topic's name.
+        partitions: How many partitions (at least 1).
+        capacity: Each partition's capacity in records, or None for dynamic mode.
+
+    Raises:
+        ConfigurationError: ``partitions`` or ``capacity`` is less than 1, or ``name`` is empty.
+    """
+
+    name: str
+    partition_count: int = attrs.field(default=1, alias="partitions")
+    capacity: int | None = None
+    partitions: tuple[Partition, ...] = attrs.field(init=False)
+    partitioner: Partitioner = attrs.field(init=False)
+    _producers: int = attrs.field(init=False, default=0)
+    _ever_produced: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            raise ConfigurationError("a topic needs a non-empty name")
+        self.partitioner = Partitioner(self.partition_count)
+        self.partitions = tuple(
+            Partition(self.name, index, self.capacity) for index in range(self.partition_count)
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether the topic accepts no more records."""
+        return self.partitions[0].closed
+
+    def close(self) -> None:
+        """Close every partition: accept nothing more, let consumers drain what is held."""
+        for partition in self.partitions:
+            partition.close()
+
+    def add_producer(self) -> None:
+        """Register one more producer.
+
+        Raises:
+            TopicClosedError: The topic is already closed.
+        """
+        if self.closed:
+            raise TopicClosedError(f"topic {self.name!r} is closed; no producer can join it")
+        self._producers += 1
+        self._ever_produced = True
+
+    def remove_producer(self, *, graceful: bool = True) -> None:
+        """Unregister a producer; the topic closes when the last one leaves gracefully.
+
+        A producer that crashed leaves with ``graceful=False``: the topic stays open, because a
+        supervisor will usually restart it.
+        """
+        self._producers -= 1
+        if graceful and self._producers == 0:
+            self.close()
+
+    def split(self, records: Sequence[Record]) -> list[list[Record]]:
+        """Group records by destination partition, keeping their order within each."""
+        if self.partition_count == 1:
+            return [list(records)]
+        parts: list[list[Record]] = [[] for _ in range(self.partition_count)]
+        partition_for = self.partitioner.partition_for
+        for record in records:
+            parts[partition_for(record.key)].append(record)
+        return parts
+
+    def statistics(self) -> list[PartitionStatistics]:
+        """Return a snapshot of every partition, in index order."""
+        return [partition.statistics() for partition in self.partitions]

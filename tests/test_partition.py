@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from actors import (
+    BatchTooLargeError,
+    CommitError,
+    ConfigurationError,
+    ConsumerGroup,
+    Partition,
+    Topic,
+    TopicClosedError,
+)
+
+from .conftest import records
+
+
+def test_send_nowait_fills_ring_exactly_to_capacity() -> None:
+    async def main() -> None:
+        partition = Partition("t", 0, capacity=10)
+        partition.register_group("g", trio.lowlevel.ParkingLot())
+        assert partition.send_nowait(records(4)) == 0
+        assert partition.send_nowait(records(6)) == 4
+        with pytest.raises(trio.WouldBlock):
+            partition.send_nowait(records(1))
+        stats = partition.statistics()
+        assert (stats.depth, stats.end_offset, stats.peak_depth) == (10, 10, 10)
+
+    trio.run(main)
+
+
+async def test_send_blocks_at_capacity_and_resumes_when_room_is_committed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    partition = Partition("t", 0, capacity=5)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(5))
+    accepted: list[int] = []
+
+    async def sender() -> None:
+        accepted.append(await partition.send(records(2)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        await trio.sleep(1)
+        assert accepted == []
+        partition.commit("g", 1)  # one record of room: not enough for two
+        await trio.sleep(1)
+        assert accepted == []
+        partition.commit("g", 2)  # now two
+    assert accepted == [5]
+    stats = partition.statistics()
+    assert stats.depth == 5
+    assert stats.blocked_seconds == pytest.approx(2.0)
+    assert stats.senders_waiting == 0
+
+
+async def test_blocked_senders_are_served_in_arrival_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    partition = Partition("t", 0, capacity=3)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(3))
+    order: list[str] = []
+
+    async def sender(name: str, count: int, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await partition.send(records(count))
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sender, "big", 3)
+        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(sender, "small", 1)
+        await trio.testing.wait_all_tasks_blocked()
+        partition.commit("g", 1)  # room for the small one only, but the big one came first
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == []
+        partition.commit("g", 3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["big"]
+        partition.commit("g", 4)
+    assert order == ["big", "small"]
+
+
+async def test_cancelled_send_accepts_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    partition = Partition("t", 0, capacity=2)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(2))
+    with trio.move_on_after(5) as scope:
+        await partition.send(records(1))
+    assert scope.cancelled_caught
+    partition.commit("g", 2)
+    stats = partition.statistics()
+    assert (stats.end_offset, stats.depth, stats.senders_waiting) == (2, 0, 0)
+    assert stats.blocked_seconds == pytest.approx(5.0)
+
+
+async def test_dynamic_mode_blocks_without_consumer_and_releases_when_one_attaches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    topic = Topic("t", partitions=1, capacity=None)
+    group = ConsumerGroup("g", topic)
+    sent_at: list[float] = []
+
+    async def sender() -> None:
+        await topic.partitions[0].send(records(100_000))
+        sent_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        await trio.sleep(3)
+        assert sent_at == []
+        assert topic.partitions[0].statistics().senders_waiting == 1
+        async with group.join() as consumer:
+            batch = await consumer.get_batch()
+    assert sent_at == [3.0]
+    assert len(batch) == 100_000
+    # Once nobody is attached again, sends block again.
+    with pytest.raises(trio.WouldBlock):
+        topic.partitions[0].send_nowait(records(1))
+
+
+async def test_records_are_kept_until_every_group_commits() -> None:
+    partition = Partition("t", 0, capacity=4)
+    partition.register_group("fast", trio.lowlevel.ParkingLot())
+    partition.register_group("slow", trio.lowlevel.ParkingLot())
+    await partition.send(records(4))
+    partition.commit("fast", 4)
+    assert partition.statistics().depth == 4
+    with pytest.raises(trio.WouldBlock):
+        partition.send_nowait(records(1))
+    partition.commit("slow", 3)
+    assert partition.statistics().depth == 1
+    assert partition.statistics().lag == {"fast": 0, "slow": 1}
+    assert partition.send_nowait(records(3)) == 4
+
+
+async def test_read_returns_slices_from_any_offset() -> None:
+    partition = Partition("t", 0)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    partition.attach()
+    await partition.send(records(5))
+    await partition.send(records(5, start=5))
+    batch = partition.read(3, max_records=4)
+    assert batch is not None
+    assert (batch.base_offset, [r.value for r in batch.records]) == (3, [3, 4])
+    batch = partition.read(5)
+    assert batch is not None
+    assert [r.value for r in batch.records] == [5, 6, 7, 8, 9]
+    assert partition.read(10) is None
+
+
+@pytest.mark.parametrize("capacity", [0, -1])
+def test_capacity_below_one_is_refused(capacity: int) -> None:
+    with pytest.raises(ConfigurationError, match="capacity must be at least 1"):
+        Partition("t", 0, capacity=capacity)
+
+
+async def test_batch_larger_than_capacity_is_refused() -> None:
+    partition = Partition("t", 0, capacity=3)
+    with pytest.raises(BatchTooLargeError, match="batch of 4 records cannot fit"):
+        await partition.send(records(4))
+    assert partition.statistics().end_offset == 0
+
+
+async def test_send_to_closed_partition_fails_and_keeps_accepted_records() -> None:
+    partition = Partition("t", 0, capacity=10)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(3))
+    partition.close()
+    with pytest.raises(TopicClosedError, match="closed"):
+        await partition.send(records(1))
+    batch = partition.read(0)
+    assert batch is not None
+    assert [r.value for r in batch.records] == [0, 1, 2]
+
+
+async def test_close_fails_waiting_senders(autojump_clock: trio.testing.MockClock) -> None:
+    partition = Partition("t", 0, capacity=1)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(1))
+    errors: list[BaseException] = []
+
+    async def sender() -> None:
+        try:
+            await partition.send(records(1))
+        except TopicClosedError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()
+        partition.close()
+    assert len(errors) == 1
+    assert partition.statistics().end_offset == 1
+
+
+async def test_commit_beyond_end_or_backwards_is_refused() -> None:
+    partition = Partition("t", 0, capacity=10)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(3))
+    with pytest.raises(CommitError, match="between its last commit 0 and the end 3"):
+        partition.commit("g", 4)
+    partition.commit("g", 2)
+    with pytest.raises(CommitError):
+        partition.commit("g", 1)
+    assert partition.statistics().committed == {"g": 2}
