@@ -398,9 +398,7 @@ class Consumer:
             offsets = {partition: group._position[partition] for partition in self._held}
         for partition, offset in offsets.items():
             if not 0 <= partition < group.topic.partition_count:
-                raise CommitError(
-                    f"topic {group.topic.name!r} has no partition {partition}"
-                )
+                raise CommitError(f"topic {group.topic.name!r} has no partition {partition}")
             group._commit(self, partition, offset)
 
     def batches(self) -> AsyncIterator[RecordBatch]:

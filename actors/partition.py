@@ -136,8 +136,8 @@ class Partition:
             self._blocked += trio.current_time() - sender.since
             return trio.lowlevel.Abort.SUCCEEDED
 
-        base: int = await trio.lowlevel.wait_task_rescheduled(abort)
-        return base
+        offset: int = await trio.lowlevel.wait_task_rescheduled(abort)
+        return offset
 
     def send_nowait(self, records: Sequence[Record]) -> int:
         """Append a batch of records if the ring has room for all of them now.
@@ -274,9 +274,7 @@ class Partition:
             count = max_records
         if skip == 0 and count == len(batch.records):
             return batch
-        return RecordBatch(
-            self.topic, self.index, offset, batch.records[skip : skip + count]
-        )
+        return RecordBatch(self.topic, self.index, offset, batch.records[skip : skip + count])
 
     def commit(self, group: str, offset: int) -> None:
         """Record that ``group`` has processed every record below ``offset``.

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from ._nursery import open_nursery
 from .errors import ConfigurationError
 from .record import Record
 from .topic import Topic
@@ -117,26 +118,27 @@ class Producer:
     async def flush(self) -> None:
         """Send every buffered record now, waiting for room as needed."""
         for index in range(len(self._buffers)):
-            while self._buffers[index]:
-                await self._flush_partition(index)
+            await self._flush_partition(index, everything=True)
 
-    async def _flush_partition(self, index: int) -> None:
+    async def _flush_partition(self, index: int, *, everything: bool = False) -> None:
         # One flush at a time per partition, so batches reach the ring in buffer order even
-        # when the linger timer and a full buffer flush at once.
+        # when the linger timer and a full buffer flush at once. Looking at the buffer only
+        # once the lock is held matters: a batch the timer has in flight is not in the buffer.
         async with self._locks[index]:
-            buffer = self._buffers[index]
-            if not buffer:
-                return
-            batch, rest = buffer[: self.max_batch], buffer[self.max_batch :]
-            self._buffers[index] = rest
-            self._oldest[index] = trio.current_time() if rest else math.inf
-            try:
-                await self._send_batch(index, batch)
-            except BaseException:
-                # Not accepted: put the batch back in front so a retry keeps the order.
-                self._buffers[index] = batch + self._buffers[index]
-                self._oldest[index] = trio.current_time()
-                raise
+            while self._buffers[index]:
+                buffer = self._buffers[index]
+                batch, rest = buffer[: self.max_batch], buffer[self.max_batch :]
+                self._buffers[index] = rest
+                self._oldest[index] = trio.current_time() if rest else math.inf
+                try:
+                    await self._send_batch(index, batch)
+                except BaseException:
+                    # Not accepted: put the batch back in front so a retry keeps the order.
+                    self._buffers[index] = batch + self._buffers[index]
+                    self._oldest[index] = trio.current_time()
+                    raise
+                if not everything:
+                    return
 
     async def _send_batch(self, index: int, batch: Sequence[Record]) -> None:
         await self.topic.partitions[index].send(batch)
@@ -197,7 +199,7 @@ async def open_producer(
     topic.add_producer()
     graceful = False
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             nursery.start_soon(producer.run_linger_timer)
             yield producer
             await producer.flush()

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from ._nursery import open_nursery
 from .errors import ConfigurationError, SupervisionError
 
 Strategy = Literal["one_for_one", "one_for_all"]
@@ -94,7 +95,9 @@ class Supervisor:
         if self.max_restarts < 0:
             raise ConfigurationError(f"max_restarts must be 0 or more, got {self.max_restarts}")
         if not self.within > 0:
-            raise ConfigurationError(f"within must be a positive number of seconds, got {self.within}")
+            raise ConfigurationError(
+                f"within must be a positive number of seconds, got {self.within}"
+            )
 
     @property
     def crashes(self) -> tuple[CrashReport, ...]:
@@ -149,17 +152,15 @@ class Supervisor:
                 except Exception as exc:
                     error = exc
             child.running = False
-            stopped_for_restart = child.scope.cancelled_caught and error is None
             if error is not None:
-                if not self._note_crash(child, error):
-                    return
-                if self.strategy == "one_for_all":
+                restart = self._note_crash(child, error)
+                if self.strategy == "one_for_all" and self._failure is None:
                     self._stop_others(child)
-            elif not stopped_for_restart and child.restart != "permanent":
-                self._children.remove(child)
-                self._check_all_stopped()
-                return
-            if error is not None and child.restart == "temporary":
+            elif child.scope.cancelled_caught:
+                restart = True  # stopped so that the whole group restarts (one_for_all)
+            else:
+                restart = child.restart == "permanent" and self._within_limit(child, None)
+            if not restart:
                 self._children.remove(child)
                 self._check_all_stopped()
                 return
@@ -168,32 +169,36 @@ class Supervisor:
             self._restarts += 1
 
     def _note_crash(self, child: _Child, error: Exception) -> bool:
-        now = trio.current_time()
-        self._recent = [t for t in self._recent if now - t <= self.within]
-        self._recent.append(now)
-        allowed = len(self._recent) <= self.max_restarts and child.restart != "temporary"
-        report = CrashReport(
-            actor=child.name,
-            error=f"{type(error).__name__}: {error}",
-            time=now,
-            traceback="".join(traceback.format_exception(error)),
-            restarted=allowed,
-        )
-        self._crashes.append(report)
-        if child.restart == "temporary":
-            return True
-        if not allowed:
-            history = "; ".join(str(crash) for crash in self._crashes[-(self.max_restarts + 1) :])
-            failure = SupervisionError(
-                f"giving up: {len(self._recent)} crashes within {self.within}s, more than the "
-                f"{self.max_restarts} restarts allowed ({history})",
-                tuple(self._crashes),
+        restart = child.restart != "temporary" and self._within_limit(child, error)
+        self._crashes.append(
+            CrashReport(
+                actor=child.name,
+                error=f"{type(error).__name__}: {error}",
+                time=trio.current_time(),
+                traceback="".join(traceback.format_exception(error)),
+                restarted=restart,
             )
-            failure.__cause__ = error
-            self._failure = failure
-            self.cancel()
-            return False
-        return True
+        )
+        if self._failure is not None:
+            self._failure.crashes = tuple(self._crashes)
+            self._failure.args = (self._failure.args[0] + f"; last: {self._crashes[-1]}",)
+        return restart
+
+    def _within_limit(self, child: _Child, error: Exception | None) -> bool:
+        now = trio.current_time()
+        self._recent = [t for t in self._recent if now - t < self.within]
+        self._recent.append(now)
+        if len(self._recent) <= self.max_restarts:
+            return True
+        why = f"{type(error).__name__}: {error}" if error is not None else "returned"
+        failure = SupervisionError(
+            f"giving up on actor {child.name!r} ({why}): {len(self._recent)} restarts needed "
+            f"within {self.within}s, more than the {self.max_restarts} allowed"
+        )
+        failure.__cause__ = error
+        self._failure = failure
+        self.cancel()
+        return False
 
     def _stop_others(self, crashed: _Child) -> None:
         self._round += 1
@@ -242,13 +247,9 @@ async def open_supervisor(
     """
     supervisor = Supervisor(strategy, max_restarts, within)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             supervisor._nursery = nursery
             yield supervisor
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
     finally:
         supervisor._nursery = None
     if supervisor._failure is not None:

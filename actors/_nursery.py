@@ -1,0 +1,25 @@
+"""A nursery that lets a lone exception through as itself rather than in an exception group."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+
+@asynccontextmanager
+async def open_nursery() -> AsyncIterator[trio.Nursery]:
+    """Open a trio nursery; when exactly one exception escapes it, raise that exception alone.
+
+    Users of ``async with open_producer(...)`` should see the ``ValueError`` their own block
+    raised, not an ``ExceptionGroup`` wrapping it. Several exceptions still come as a group.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise
