@@ -81,7 +81,7 @@ class Partition:
 
     topic: str
     index: int
-    capacity: int | None = attrs.field(default=None)
+    capacity: int | None = None
     _batches: list[RecordBatch] = attrs.field(init=False, factory=list)
     _bases: list[int] = attrs.field(init=False, factory=list)
     _head: int = attrs.field(init=False, default=0)
@@ -95,12 +95,13 @@ class Partition:
     _peak: int = attrs.field(init=False, default=0)
     _blocked: float = attrs.field(init=False, default=0.0)
 
-    @capacity.validator
-    def _check_capacity(self, _attribute: object, value: int | None) -> None:
-        if value is not None and value < 1:
+    def __attrs_post_init__(self) -> None:
+        # Checked here rather than with an attrs validator: a validator makes attrs run a
+        # hook on every attribute assignment, and the ring assigns several per batch.
+        if self.capacity is not None and self.capacity < 1:
             raise ConfigurationError(
                 f"partition {self.topic}[{self.index}]: capacity must be at least 1 record, "
-                f"got {value}; leave it unset for a dynamic (growing) ring"
+                f"got {self.capacity}; leave it unset for a dynamic (growing) ring"
             )
 
     # -- producing -------------------------------------------------------------------------

@@ -104,8 +104,11 @@ class Producer:
                 continue
             buffer = self._buffers[index]
             if not buffer and len(records_here) == max_batch:
-                async with self._locks[index]:
+                await self._acquire(index)
+                try:
                     await self._send_batch(index, records_here)
+                finally:
+                    self._locks[index].release()
                 continue
             was_empty = not buffer
             buffer.extend(records_here)
@@ -124,7 +127,8 @@ class Producer:
         # One flush at a time per partition, so batches reach the ring in buffer order even
         # when the linger timer and a full buffer flush at once. Looking at the buffer only
         # once the lock is held matters: a batch the timer has in flight is not in the buffer.
-        async with self._locks[index]:
+        await self._acquire(index)
+        try:
             while self._buffers[index]:
                 buffer = self._buffers[index]
                 batch, rest = buffer[: self.max_batch], buffer[self.max_batch :]
@@ -139,6 +143,16 @@ class Producer:
                     raise
                 if not everything:
                     return
+        finally:
+            self._locks[index].release()
+
+    async def _acquire(self, index: int) -> None:
+        # A free lock is taken without a checkpoint: ``async with lock`` would cost a trip
+        # through the scheduler for every batch, a third of the pipeline's time.
+        try:
+            self._locks[index].acquire_nowait()
+        except trio.WouldBlock:
+            await self._locks[index].acquire()
 
     async def _send_batch(self, index: int, batch: Sequence[Record]) -> None:
         await self.topic.partitions[index].send(batch)

@@ -79,15 +79,18 @@ class Topic:
         if graceful and self._producers == 0:
             self.close()
 
-    def split(self, records: Sequence[Record]) -> list[list[Record]]:
-        """Group records by destination partition, keeping their order within each."""
+    def split(self, records: Sequence[Record]) -> list[Sequence[Record]]:
+        """Group records by destination partition, keeping their order within each.
+
+        With one partition the sequence itself is returned, not a copy.
+        """
         if self.partition_count == 1:
-            return [list(records)]
+            return [records]
         parts: list[list[Record]] = [[] for _ in range(self.partition_count)]
         partition_for = self.partitioner.partition_for
         for record in records:
             parts[partition_for(record.key)].append(record)
-        return parts
+        return list(parts)
 
     def statistics(self) -> list[PartitionStatistics]:
         """Return a snapshot of every partition, in index order."""

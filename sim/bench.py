@@ -1,0 +1,212 @@
+"""Benchmarks of this machine: the raw Trio channel against the ringflow pipeline.
+
+Every figure is measured in the same process run, so ratios compare like with like on a noisy
+machine; each measurement is repeated and the median reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from actors import ConsumerGroup, Record, Topic, open_producer
+
+
+@attrs.frozen
+class BenchSettings:
+    """What ``ringflow bench`` measures, and how much."""
+
+    records: int = 5_000_000
+    """Records carried by the raw channel and by the batched pipeline."""
+    batch: int = 1000
+    """Records per batch."""
+    single_records: int = 200_000
+    """Records sent one per send (that path is slow, so it carries fewer)."""
+    repeat: int = 3
+    """How many times each throughput is measured; medians are reported."""
+    memory_records: int = 5_000_000
+    """Records in the slow-consumer memory run (0 skips it)."""
+
+
+def _batch_of(size: int) -> list[Record]:
+    return [Record(i, i, 0.0) for i in range(size)]
+
+
+def measure_raw_channel(records: int, batch: int) -> float:
+    """Return records per second through one Trio memory channel carrying whole batches."""
+    payload = _batch_of(batch)
+    batches = records // batch
+
+    async def main() -> None:
+        send, receive = trio.open_memory_channel[list[Record]](10)
+
+        async def produce() -> None:
+            async with send:
+                for _ in range(batches):
+                    await send.send(payload)
+
+        async def consume() -> None:
+            count = 0
+            async with receive:
+                async for items in receive:
+                    count += len(items)
+            assert count == batches * batch
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            nursery.start_soon(consume)
+
+    return _timed(main, batches * batch)
+
+
+def measure_pipeline(records: int, batch: int, *, one_by_one: bool = False) -> float:
+    """Return records per second from a producer through a partition to a consumer group.
+
+    With ``one_by_one`` every record is its own batch (``max_batch=1``), sent with ``send``.
+    """
+    payload = _batch_of(batch)
+    batches = records // batch
+
+    async def main() -> None:
+        topic = Topic("bench", partitions=1, capacity=10 * batch)
+        group = ConsumerGroup("bench", topic)
+
+        async def produce() -> None:
+            if one_by_one:
+                async with open_producer(topic, max_batch=1, linger=0) as producer:
+                    for _ in range(batches):
+                        for record in payload:
+                            await producer.send(record)
+            else:
+                async with open_producer(topic, max_batch=batch) as producer:
+                    for _ in range(batches):
+                        await producer.send_many(payload)
+
+        async def consume() -> None:
+            count = 0
+            async with group.join() as consumer:
+                async for items in consumer.batches():
+                    count += len(items)
+            assert count == batches * batch
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(produce)
+
+    return _timed(main, batches * batch)
+
+
+def _timed(main: Callable[[], Any], records: int) -> float:
+    started = time.perf_counter()
+    trio.run(main)
+    return records / (time.perf_counter() - started)
+
+
+def slow_consumer_run(records: int, batch: int) -> dict[str, float]:
+    """Run a pipeline whose consumer is ten times slower than its producer, in virtual time.
+
+    Every record is a fresh object, so memory use is real. Returns the peak resident set
+    size of this process in MB and the ring's peak depth.
+    """
+    capacity = 10 * batch
+
+    async def main() -> int:
+        topic = Topic("slow", partitions=1, capacity=capacity)
+        group = ConsumerGroup("slow", topic)
+
+        async def produce() -> None:
+            async with open_producer(topic, max_batch=batch) as producer:
+                for start in range(0, records, batch):
+                    await producer.send_many(
+                        [Record(i, i, trio.current_time()) for i in range(start, start + batch)]
+                    )
+                    await trio.sleep(0.001)
+
+        async def consume() -> None:
+            async with group.join() as consumer:
+                async for _items in consumer.batches():
+                    await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(produce)
+        return topic.statistics()[0].peak_depth
+
+    peak_depth = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_depth": peak_depth,
+        "capacity": capacity,
+    }
+
+
+def measure_slow_consumer_memory(records: int, batch: int) -> dict[str, float]:
+    """Run :func:`slow_consumer_run` in a fresh Python process and return what it reports."""
+    code = (
+        "import json, sys; from sim.bench import slow_consumer_run; "
+        f"print(json.dumps(slow_consumer_run({records}, {batch})))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, float] = json.loads(output)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    """Describe this machine in a few words for the report."""
+    return {
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def run_bench(
+    settings: BenchSettings, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Measure everything ``ringflow bench`` reports and return it as one JSON-ready dict."""
+    raw: list[float] = []
+    pipeline: list[float] = []
+    single: list[float] = []
+    ratios: list[float] = []
+    for round_ in range(1, settings.repeat + 1):
+        progress(f"round {round_}/{settings.repeat}: raw channel")
+        raw.append(measure_raw_channel(settings.records, settings.batch))
+        progress(f"round {round_}/{settings.repeat}: pipeline, batches of {settings.batch}")
+        pipeline.append(measure_pipeline(settings.records, settings.batch))
+        ratios.append(pipeline[-1] / raw[-1])
+        progress(f"round {round_}/{settings.repeat}: pipeline, one record per send")
+        single.append(measure_pipeline(settings.single_records, settings.batch, one_by_one=True))
+    result: dict[str, Any] = {
+        "records": settings.records,
+        "batch": settings.batch,
+        "single_records": settings.single_records,
+        "repeat": settings.repeat,
+        "raw_records_per_s": statistics.median(raw),
+        "pipeline_records_per_s": statistics.median(pipeline),
+        "single_records_per_s": statistics.median(single),
+        "ratio": statistics.median(ratios),
+    }
+    if settings.memory_records:
+        progress(f"slow consumer over {settings.memory_records:,} records (fresh process)")
+        memory = measure_slow_consumer_memory(settings.memory_records, settings.batch)
+        result["slow_consumer_records"] = settings.memory_records
+        result["slow_consumer_peak_rss_mb"] = memory["peak_rss_mb"]
+        result["slow_consumer_peak_depth"] = memory["peak_depth"]
+        result["slow_consumer_capacity"] = memory["capacity"]
+    result["machine"] = machine()
+    return result

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim.cli import main
+
+
+def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "bench",
+            "--json",
+            "--records=20000",
+            "--batch=100",
+            "--single-records=2000",
+            "--repeat=1",
+            "--memory-records=20000",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("raw_records_per_s", "pipeline_records_per_s", "single_records_per_s"):
+        assert result[key] > 0
+    # With one round the ratio is exactly pipeline / raw of that round.
+    assert result["ratio"] == pytest.approx(
+        result["pipeline_records_per_s"] / result["raw_records_per_s"]
+    )
+    # The slow consumer fills the ring to its capacity and never beyond.
+    assert result["slow_consumer_peak_depth"] == result["slow_consumer_capacity"] == 1000
+    assert result["slow_consumer_peak_rss_mb"] > 0
+    assert result["machine"]["cpus"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--records=0"], "must be at least 1, got 0"),
+        (["bench", "--batch=ten"], "expected a whole number, got 'ten'"),
+        (["launch"], "invalid choice: 'launch'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
