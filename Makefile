@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --upgrade pip > $(VENV)/install.log 2>&1 \
+	  && $(BIN)/python -m pip install -e '.[test]' >> $(VENV)/install.log 2>&1 \
+	  || { cat $(VENV)/install.log; echo "installing ringflow failed; see above"; exit 1; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -23,9 +23,11 @@ from .producer import Producer as Producer
 from .producer import ProducerStatistics as ProducerStatistics
 from .producer import open_producer as open_producer
 from .record import BatchCodec as BatchCodec
+from .record import Columns as Columns
 from .record import Key as Key
 from .record import Record as Record
 from .record import RecordBatch as RecordBatch
+from .record import StoredRecord as StoredRecord
 from .supervisor import CrashReport as CrashReport
 from .supervisor import Supervisor as Supervisor
 from .supervisor import SupervisorStatistics as SupervisorStatistics

@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from .errors import CommitError, ConfigurationError
-from .record import Record, RecordBatch
+from .record import RecordBatch, StoredRecord
 from .topic import Topic
 
 Assignment = dict[str, list[int]]
@@ -408,9 +408,9 @@ class Consumer:
     def __aiter__(self) -> Consumer:
         return self
 
-    async def __anext__(self) -> Record:
+    async def __anext__(self) -> StoredRecord:
         batch = self._batch
-        if batch is None or self._index >= len(batch.records):
+        if batch is None or self._index >= len(batch.values):
             try:
                 batch = await self.get_batch()
             except trio.EndOfChannel:
@@ -419,15 +419,7 @@ class Consumer:
             self._index = 0
         index = self._index
         self._index = index + 1
-        record = batch.records[index]
-        return Record(
-            record.key,
-            record.value,
-            record.timestamp,
-            batch.topic,
-            batch.partition,
-            batch.base_offset + index,
-        )
+        return batch.record(index)
 
 
 @attrs.define(eq=False)

@@ -11,7 +11,7 @@ import outcome
 import trio
 
 from .errors import BatchTooLargeError, CommitError, ConfigurationError, TopicClosedError
-from .record import Record, RecordBatch
+from .record import Columns, Record, RecordBatch
 
 
 @attrs.frozen
@@ -49,8 +49,15 @@ class PartitionStatistics:
 @attrs.define(eq=False)
 class _Sender:
     task: trio.lowlevel.Task
-    records: Sequence[Record]
+    records: Columns
     since: float
+
+
+def as_columns(records: Columns | Sequence[Record]) -> Columns:
+    """Return ``records`` as :class:`Columns` (unchanged if they already are)."""
+    if isinstance(records, Columns):
+        return records
+    return Columns.from_records(records)
 
 
 @attrs.define(eq=False)
@@ -74,14 +81,17 @@ class Partition:
         topic: The name of the topic the partition belongs to.
         index: The partition's index in that topic.
         capacity: Most records held at once (at least 1), or None for dynamic mode.
+        retention: Records kept readable after every group has committed them, for readers
+            that start late; they do not count against the capacity.
 
     Raises:
-        ConfigurationError: ``capacity`` is zero or negative.
+        ConfigurationError: ``capacity`` is zero or negative, or ``retention`` negative.
     """
 
     topic: str
     index: int
     capacity: int | None = None
+    retention: int = 0
     _batches: list[RecordBatch] = attrs.field(init=False, factory=list)
     _bases: list[int] = attrs.field(init=False, factory=list)
     _head: int = attrs.field(init=False, default=0)
@@ -103,15 +113,21 @@ class Partition:
                 f"partition {self.topic}[{self.index}]: capacity must be at least 1 record, "
                 f"got {self.capacity}; leave it unset for a dynamic (growing) ring"
             )
+        if self.retention < 0:
+            raise ConfigurationError(
+                f"partition {self.topic}[{self.index}]: retention must be 0 or more records, "
+                f"got {self.retention}"
+            )
 
     # -- producing -------------------------------------------------------------------------
 
-    async def send(self, records: Sequence[Record]) -> int:
+    async def send(self, records: Columns | Sequence[Record]) -> int:
         """Append a batch of records, waiting for room if the ring is full.
 
         Args:
-            records: The records, in order. They are stored as given, not copied: do not change
-                the sequence afterwards.
+            records: The records, in order, as :class:`Columns` (the fast form) or a sequence
+                of :class:`Record`. Columns are stored as given, not copied: do not change the
+                lists afterwards.
 
         Returns:
             The offset given to the first record.
@@ -121,6 +137,7 @@ class Partition:
             BatchTooLargeError: The batch could never fit in the ring.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        records = as_columns(records)
         try:
             base = self.send_nowait(records)
         except trio.WouldBlock:
@@ -140,7 +157,7 @@ class Partition:
         offset: int = await trio.lowlevel.wait_task_rescheduled(abort)
         return offset
 
-    def send_nowait(self, records: Sequence[Record]) -> int:
+    def send_nowait(self, records: Columns | Sequence[Record]) -> int:
         """Append a batch of records if the ring has room for all of them now.
 
         Returns:
@@ -152,6 +169,7 @@ class Partition:
             TopicClosedError: The partition is closed.
             BatchTooLargeError: The batch could never fit in the ring.
         """
+        records = as_columns(records)
         if self._closed:
             raise TopicClosedError(
                 f"partition {self.topic}[{self.index}] is closed; "
@@ -172,12 +190,17 @@ class Partition:
             return self._attached > 0
         return self._end - self._start + count <= self.capacity
 
-    def _append(self, records: Sequence[Record]) -> int:
+    def _append(self, records: Columns) -> int:
         base = self._end
-        if records:
-            self._batches.append(RecordBatch(self.topic, self.index, base, records))
+        count = len(records.values)
+        if count:
+            self._batches.append(
+                RecordBatch(
+                    self.topic, self.index, base, records.keys, records.values, records.timestamps
+                )
+            )
             self._bases.append(base)
-            self._end = base + len(records)
+            self._end = base + count
             depth = self._end - self._start
             if depth > self._peak:
                 self._peak = depth
@@ -262,20 +285,21 @@ class Partition:
         """
         if offset >= self._end:
             return None
-        if offset < self._start:
+        if offset < self.retained_offset:
             raise CommitError(
                 f"offset {offset} of {self.topic}[{self.index}] is no longer held "
-                f"(held from {self._start})"
+                f"(held from {self.retained_offset})"
             )
         where = bisect.bisect_right(self._bases, offset, lo=self._head) - 1
         batch = self._batches[where]
         skip = offset - batch.base_offset
-        count = len(batch.records) - skip
+        size = len(batch.values)
+        count = size - skip
         if max_records is not None and count > max_records:
             count = max_records
-        if skip == 0 and count == len(batch.records):
+        if skip == 0 and count == size:
             return batch
-        return RecordBatch(self.topic, self.index, offset, batch.records[skip : skip + count])
+        return batch.slice(skip, skip + count)
 
     def commit(self, group: str, offset: int) -> None:
         """Record that ``group`` has processed every record below ``offset``.
@@ -299,9 +323,17 @@ class Partition:
             self._free()
             self._admit_senders()
 
+    @property
+    def retained_offset(self) -> int:
+        """The lowest offset still readable (below the start offset when retention is set)."""
+        if self._head < len(self._batches):
+            return min(self._batches[self._head].base_offset, self._start)
+        return self._start
+
     def _free(self) -> None:
         batches, head = self._batches, self._head
-        while head < len(batches) and batches[head].next_offset <= self._start:
+        keep_from = self._start - self.retention
+        while head < len(batches) and batches[head].next_offset <= keep_from:
             head += 1
         if head > 64 and head * 2 > len(batches):
             del batches[:head]

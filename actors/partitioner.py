@@ -46,15 +46,16 @@ class Partitioner:
             )
         self.partitions = partitions
         self._round_robin = itertools.cycle(range(partitions))
-        self._cache: dict[str | int, int] = {}
+        self.cache: dict[str | int, int] = {}
+        """Partitions of keys seen so far (up to 100,000 keys)."""
 
     def partition_for(self, key: Key) -> int:
         """Return the partition index for a record with this key."""
         if key is None:
             return next(self._round_robin)
-        partition = self._cache.get(key)
+        partition = self.cache.get(key)
         if partition is None:
             partition = stable_hash(key) % self.partitions
-            if len(self._cache) < 100_000:
-                self._cache[key] = partition
+            if len(self.cache) < 100_000:
+                self.cache[key] = partition
         return partition

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
 
 from ._nursery import open_nursery
 from .errors import ConfigurationError
-from .record import Record
+from .record import Columns, Key, Record
 from .topic import Topic
 
 
@@ -27,6 +28,25 @@ class ProducerStatistics:
     """Records waiting in the producer's buffers for a batch to fill or the linger to pass."""
     linger_flushes: int
     """Batches sent because their linger ran out rather than because they were full."""
+
+
+@attrs.define(eq=False)
+class _Buffer:
+    keys: list[Key] = attrs.field(factory=list)
+    values: list[Any] = attrs.field(factory=list)
+    timestamps: list[float] = attrs.field(factory=list)
+    oldest: float = math.inf
+    lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
+
+    def take(self, count: int) -> Columns:
+        taken = Columns(self.keys[:count], self.values[:count], self.timestamps[:count])
+        del self.keys[:count], self.values[:count], self.timestamps[:count]
+        return taken
+
+    def put_back(self, batch: Columns) -> None:
+        self.keys[:0] = batch.keys
+        self.values[:0] = batch.values
+        self.timestamps[:0] = batch.timestamps
 
 
 @attrs.define(eq=False)
@@ -52,9 +72,7 @@ class Producer:
     topic: Topic
     max_batch: int = 1000
     linger: float = 0.005
-    _buffers: list[list[Record]] = attrs.field(init=False)
-    _oldest: list[float] = attrs.field(init=False)
-    _locks: list[trio.StrictFIFOLock] = attrs.field(init=False)
+    _buffers: list[_Buffer] = attrs.field(init=False)
     _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
     _records_sent: int = attrs.field(init=False, default=0)
     _batches_sent: int = attrs.field(init=False, default=0)
@@ -67,10 +85,7 @@ class Producer:
             raise ConfigurationError(f"linger must be zero or more seconds, got {self.linger}")
         if self.topic.capacity is not None:
             self.max_batch = min(self.max_batch, self.topic.capacity)
-        count = self.topic.partition_count
-        self._buffers = [[] for _ in range(count)]
-        self._oldest = [math.inf] * count
-        self._locks = [trio.StrictFIFOLock() for _ in range(count)]
+        self._buffers = [_Buffer() for _ in range(self.topic.partition_count)]
 
     async def send(self, record: Record) -> None:
         """Add one record to its partition's batch; send the batch if it is now full.
@@ -84,38 +99,45 @@ class Producer:
         await trio.lowlevel.checkpoint_if_cancelled()
         index = self.topic.partitioner.partition_for(record.key)
         buffer = self._buffers[index]
-        buffer.append(record)
-        if len(buffer) >= self.max_batch:
+        buffer.keys.append(record.key)
+        buffer.values.append(record.value)
+        buffer.timestamps.append(record.timestamp)
+        if len(buffer.values) >= self.max_batch:
             await self._flush_partition(index)
-        elif len(buffer) == 1:
-            self._oldest[index] = trio.current_time()
+        elif len(buffer.values) == 1:
+            buffer.oldest = trio.current_time()
             self._wake.set()
 
-    async def send_many(self, records: Sequence[Record]) -> None:
+    async def send_many(self, records: Columns | Sequence[Record]) -> None:
         """Send many records at once: the fast path when a workload makes whole batches.
 
         Records are split by partition; full batches are sent now, the rest waits in the
-        buffers like records given to :meth:`send`.
+        buffers like records given to :meth:`send`. :class:`Columns` are the fastest form:
+        a whole batch for a one-partition topic is sent without being copied.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        batch = records if isinstance(records, Columns) else Columns.from_records(records)
         max_batch = self.max_batch
-        for index, records_here in enumerate(self.topic.split(records)):
-            if not records_here:
+        for index, part in enumerate(self.topic.split(batch)):
+            count = len(part.values)
+            if not count:
                 continue
             buffer = self._buffers[index]
-            if not buffer and len(records_here) == max_batch:
-                await self._acquire(index)
+            if not buffer.values and count == max_batch:
+                await self._acquire(buffer)
                 try:
-                    await self._send_batch(index, records_here)
+                    await self._send_batch(index, part)
                 finally:
-                    self._locks[index].release()
+                    buffer.lock.release()
                 continue
-            was_empty = not buffer
-            buffer.extend(records_here)
-            while len(self._buffers[index]) >= max_batch:
+            was_empty = not buffer.values
+            buffer.keys.extend(part.keys)
+            buffer.values.extend(part.values)
+            buffer.timestamps.extend(part.timestamps)
+            while len(buffer.values) >= max_batch:
                 await self._flush_partition(index)
-            if was_empty and self._buffers[index]:
-                self._oldest[index] = trio.current_time()
+            if was_empty and buffer.values:
+                buffer.oldest = trio.current_time()
                 self._wake.set()
 
     async def flush(self) -> None:
@@ -127,42 +149,42 @@ class Producer:
         # One flush at a time per partition, so batches reach the ring in buffer order even
         # when the linger timer and a full buffer flush at once. Looking at the buffer only
         # once the lock is held matters: a batch the timer has in flight is not in the buffer.
-        await self._acquire(index)
+        buffer = self._buffers[index]
+        await self._acquire(buffer)
         try:
-            while self._buffers[index]:
-                buffer = self._buffers[index]
-                batch, rest = buffer[: self.max_batch], buffer[self.max_batch :]
-                self._buffers[index] = rest
-                self._oldest[index] = trio.current_time() if rest else math.inf
+            while buffer.values:
+                batch = buffer.take(self.max_batch)
+                buffer.oldest = trio.current_time() if buffer.values else math.inf
                 try:
                     await self._send_batch(index, batch)
                 except BaseException:
                     # Not accepted: put the batch back in front so a retry keeps the order.
-                    self._buffers[index] = batch + self._buffers[index]
-                    self._oldest[index] = trio.current_time()
+                    buffer.put_back(batch)
+                    buffer.oldest = trio.current_time()
                     raise
                 if not everything:
                     return
         finally:
-            self._locks[index].release()
+            buffer.lock.release()
 
-    async def _acquire(self, index: int) -> None:
+    @staticmethod
+    async def _acquire(buffer: _Buffer) -> None:
         # A free lock is taken without a checkpoint: ``async with lock`` would cost a trip
         # through the scheduler for every batch, a third of the pipeline's time.
         try:
-            self._locks[index].acquire_nowait()
+            buffer.lock.acquire_nowait()
         except trio.WouldBlock:
-            await self._locks[index].acquire()
+            await buffer.lock.acquire()
 
-    async def _send_batch(self, index: int, batch: Sequence[Record]) -> None:
+    async def _send_batch(self, index: int, batch: Columns) -> None:
         await self.topic.partitions[index].send(batch)
-        self._records_sent += len(batch)
+        self._records_sent += len(batch.values)
         self._batches_sent += 1
 
     async def run_linger_timer(self) -> None:
         """Send partly filled batches whose linger has run out; runs until cancelled."""
         while True:
-            deadline = min(self._oldest) + self.linger
+            deadline = min(buffer.oldest for buffer in self._buffers) + self.linger
             if deadline == math.inf:
                 self._wake = trio.Event()
                 await self._wake.wait()
@@ -173,8 +195,8 @@ class Producer:
                     await self._wake.wait()
                 continue
             now = trio.current_time()
-            for index, oldest in enumerate(self._oldest):
-                if oldest + self.linger <= now and self._buffers[index]:
+            for index, buffer in enumerate(self._buffers):
+                if buffer.oldest + self.linger <= now and buffer.values:
                     self._linger_flushes += 1
                     await self._flush_partition(index)
 
@@ -183,7 +205,7 @@ class Producer:
         return ProducerStatistics(
             records_sent=self._records_sent,
             batches_sent=self._batches_sent,
-            buffered=sum(len(buffer) for buffer in self._buffers),
+            buffered=sum(len(buffer.values) for buffer in self._buffers),
             linger_flushes=self._linger_flushes,
         )
 

@@ -14,27 +14,68 @@ Key: TypeAlias = str | int | None
 
 @attrs.frozen
 class Record:
-    """One event.
+    """One event, as a producer sends it.
 
-    A producer fills in ``key``, ``value`` and ``timestamp``; a record handed to a consumer
-    one by one also says where it was stored (``topic``, ``partition`` and ``offset``).
+    Records are built once per event, so they carry only what a producer knows; where a record
+    was stored is in its :class:`RecordBatch`, and a consumer reading record by record gets
+    :class:`StoredRecord`, which adds it.
 
     Attributes:
         key: What the record is partitioned by, or None to spread records round robin.
         value: The payload: anything msgspec can encode (numbers, strings, lists, dicts,
-            attrs classes).
+            attrs classes, msgspec structs).
         timestamp: When the event happened, in seconds of the run's clock.
-        topic: The topic it was stored in, once stored.
-        partition: The partition it was stored in, once stored.
-        offset: Its offset in that partition, once stored.
     """
 
     key: Key
     value: Any
     timestamp: float = 0.0
-    topic: str | None = None
-    partition: int | None = None
-    offset: int | None = None
+
+
+@attrs.frozen
+class StoredRecord(Record):
+    """A record as a consumer sees it: with the topic, partition and offset it was stored at.
+
+    Attributes:
+        topic: The topic it was stored in.
+        partition: The partition it was stored in.
+        offset: Its offset in that partition.
+    """
+
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+
+
+@attrs.frozen
+class Columns:
+    """Records not yet stored, kept as three parallel lists rather than one object each.
+
+    This is how batches travel: building a :class:`Record` per event costs more than
+    everything else a partition does with it, so the hot path never does. Make one from
+    records with :meth:`from_records`, or directly from lists of equal length.
+
+    Attributes:
+        keys: The records' keys.
+        values: The records' values.
+        timestamps: The records' timestamps.
+    """
+
+    keys: Sequence[Key]
+    values: Sequence[Any]
+    timestamps: Sequence[float]
+
+    @classmethod
+    def from_records(cls, records: Sequence[Record]) -> Columns:
+        """Return the columns of ``records``."""
+        return cls(
+            [record.key for record in records],
+            [record.value for record in records],
+            [record.timestamp for record in records],
+        )
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @attrs.frozen
@@ -43,34 +84,79 @@ class RecordBatch:
 
     Batches are what move through ringflow: one hop costs the same for a batch of a thousand
     records as for one record, so everything is sent, stored and delivered a batch at a time.
-    The record at index ``i`` has offset ``base_offset + i``.
+    The record at index ``i`` has offset ``base_offset + i``, key ``keys[i]``, value
+    ``values[i]`` and timestamp ``timestamps[i]``.
 
     Attributes:
         topic: The topic the records belong to.
         partition: The partition they were stored in.
         base_offset: The offset of the first record.
-        records: The records, in offset order.
+        keys: The records' keys, in offset order.
+        values: The records' values, in offset order.
+        timestamps: The records' timestamps, in offset order.
     """
 
     topic: str
     partition: int
     base_offset: int
-    records: Sequence[Record]
+    keys: Sequence[Key]
+    values: Sequence[Any]
+    timestamps: Sequence[float]
+
+    @classmethod
+    def from_records(
+        cls, topic: str, partition: int, base_offset: int, records: Sequence[Record]
+    ) -> RecordBatch:
+        """Return a batch holding ``records`` from ``base_offset`` on."""
+        columns = Columns.from_records(records)
+        return cls(topic, partition, base_offset, columns.keys, columns.values, columns.timestamps)
 
     @property
     def next_offset(self) -> int:
         """The offset just past the last record of the batch."""
-        return self.base_offset + len(self.records)
+        return self.base_offset + len(self.values)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.values)
 
-    def stored_records(self) -> Iterator[Record]:
+    def record(self, index: int) -> StoredRecord:
+        """Return the record at ``index`` (0 is the first of the batch)."""
+        return StoredRecord(
+            self.keys[index],
+            self.values[index],
+            self.timestamps[index],
+            self.topic,
+            self.partition,
+            self.base_offset + index,
+        )
+
+    @property
+    def records(self) -> list[StoredRecord]:
+        """The records as objects, with their positions: convenient, but built on each call."""
+        return list(self.stored_records())
+
+    def stored_records(self) -> Iterator[StoredRecord]:
         """Yield the records with their topic, partition and offset filled in."""
-        topic, partition, offset = self.topic, self.partition, self.base_offset
-        for record in self.records:
-            yield Record(record.key, record.value, record.timestamp, topic, partition, offset)
-            offset += 1
+        topic, partition = self.topic, self.partition
+        for offset, key, value, timestamp in zip(
+            range(self.base_offset, self.next_offset),
+            self.keys,
+            self.values,
+            self.timestamps,
+            strict=True,
+        ):
+            yield StoredRecord(key, value, timestamp, topic, partition, offset)
+
+    def slice(self, start: int, stop: int) -> RecordBatch:
+        """Return the records from index ``start`` up to ``stop`` as a batch of their own."""
+        return RecordBatch(
+            self.topic,
+            self.partition,
+            self.base_offset + start,
+            self.keys[start:stop],
+            self.values[start:stop],
+            self.timestamps[start:stop],
+        )
 
 
 class BatchCodec:
@@ -80,7 +166,7 @@ class BatchCodec:
 
     Example:
         >>> codec = BatchCodec()
-        >>> batch = RecordBatch("views", 0, 10, [Record("k", 1, 0.5)])
+        >>> batch = RecordBatch("views", 0, 10, ["k"], [1], [0.5])
         >>> codec.decode(codec.encode(batch)) == batch
         True
     """

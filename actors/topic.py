@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 
 import attrs
 
 from .errors import ConfigurationError, TopicClosedError
 from .partition import Partition, PartitionStatistics
 from .partitioner import Partitioner
-from .record import Record
+from .record import Columns, Key
+
+
+def _gather(batch: Columns, positions: list[int]) -> Columns:
+    if not positions:
+        return Columns([], [], [])
+    if len(positions) == 1:
+        at = positions[0]
+        return Columns([batch.keys[at]], [batch.values[at]], [batch.timestamps[at]])
+    pick = itemgetter(*positions)
+    return Columns(list(pick(batch.keys)), list(pick(batch.values)), list(pick(batch.timestamps)))
 
 
 @attrs.define(eq=False)
@@ -27,6 +38,7 @@ class Topic:
         name: The topic's name.
         partitions: How many partitions (at least 1).
         capacity: Each partition's capacity in records, or None for dynamic mode.
+        retention: Records each partition keeps readable after every group committed them.
 
     Raises:
         ConfigurationError: ``partitions`` or ``capacity`` is less than 1, or ``name`` is empty.
@@ -35,6 +47,7 @@ class Topic:
     name: str
     partition_count: int = attrs.field(default=1, alias="partitions")
     capacity: int | None = None
+    retention: int = 0
     partitions: tuple[Partition, ...] = attrs.field(init=False)
     partitioner: Partitioner = attrs.field(init=False)
     _producers: int = attrs.field(init=False, default=0)
@@ -45,7 +58,8 @@ class Topic:
             raise ConfigurationError("a topic needs a non-empty name")
         self.partitioner = Partitioner(self.partition_count)
         self.partitions = tuple(
-            Partition(self.name, index, self.capacity) for index in range(self.partition_count)
+            Partition(self.name, index, self.capacity, self.retention)
+            for index in range(self.partition_count)
         )
 
     @property
@@ -79,18 +93,28 @@ class Topic:
         if graceful and self._producers == 0:
             self.close()
 
-    def split(self, records: Sequence[Record]) -> list[Sequence[Record]]:
-        """Group records by destination partition, keeping their order within each.
+    def split(self, batch: Columns) -> list[Columns]:
+        """Split columns by destination partition, keeping the order within each.
 
-        With one partition the sequence itself is returned, not a copy.
+        With one partition the columns themselves are returned, not a copy.
         """
         if self.partition_count == 1:
-            return [records]
-        parts: list[list[Record]] = [[] for _ in range(self.partition_count)]
-        partition_for = self.partitioner.partition_for
-        for record in records:
-            parts[partition_for(record.key)].append(record)
-        return list(parts)
+            return [batch]
+        indexes = self.partition_indexes(batch.keys)
+        positions: list[list[int]] = [[] for _ in range(self.partition_count)]
+        appends = [where.append for where in positions]
+        for position, index in enumerate(indexes):
+            appends[index](position)
+        return [_gather(batch, where) for where in positions]
+
+    def partition_indexes(self, keys: Sequence[Key]) -> list[int]:
+        """Return the partition of each key (round robin for None keys)."""
+        partitioner = self.partitioner
+        try:
+            # Every key seen before: one pass in C. Otherwise, key by key.
+            return list(map(partitioner.cache.__getitem__, keys))  # type: ignore[arg-type]
+        except KeyError:
+            return [partitioner.partition_for(key) for key in keys]
 
     def statistics(self) -> list[PartitionStatistics]:
         """Return a snapshot of every partition, in index order."""

@@ -21,7 +21,7 @@ import attrs
 import trio
 import trio.testing
 
-from actors import ConsumerGroup, Record, Topic, open_producer
+from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 
 
 @attrs.frozen
@@ -42,6 +42,10 @@ class BenchSettings:
 
 def _batch_of(size: int) -> list[Record]:
     return [Record(i, i, 0.0) for i in range(size)]
+
+
+def _columns_of(size: int) -> Columns:
+    return Columns(list(range(size)), list(range(size)), [0.0] * size)
 
 
 def measure_raw_channel(records: int, batch: int) -> float:
@@ -77,6 +81,7 @@ def measure_pipeline(records: int, batch: int, *, one_by_one: bool = False) -> f
     With ``one_by_one`` every record is its own batch (``max_batch=1``), sent with ``send``.
     """
     payload = _batch_of(batch)
+    columns = _columns_of(batch)
     batches = records // batch
 
     async def main() -> None:
@@ -92,7 +97,7 @@ def measure_pipeline(records: int, batch: int, *, one_by_one: bool = False) -> f
             else:
                 async with open_producer(topic, max_batch=batch) as producer:
                     for _ in range(batches):
-                        await producer.send_many(payload)
+                        await producer.send_many(columns)
 
         async def consume() -> None:
             count = 0

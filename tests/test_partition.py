@@ -208,3 +208,21 @@ async def test_commit_beyond_end_or_backwards_is_refused() -> None:
     with pytest.raises(CommitError):
         partition.commit("g", 1)
     assert partition.statistics().committed == {"g": 2}
+
+
+async def test_retention_keeps_committed_records_readable() -> None:
+    partition = Partition("t", 0, capacity=4, retention=3)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    for start in range(0, 8, 2):
+        await partition.send(records(2, start=start))
+        partition.commit("g", start + 2)
+    stats = partition.statistics()
+    assert (stats.depth, stats.start_offset) == (0, 8)
+    assert partition.retained_offset == 4  # whole stored batches of 2: 4-5 and 6-7 are kept
+    batch = partition.read(4)
+    assert batch is not None
+    assert [r.value for r in batch.records] == [4, 5]
+    with pytest.raises(CommitError, match="no longer held"):
+        partition.read(3)
+    with pytest.raises(ConfigurationError, match="retention must be 0 or more"):
+        Partition("t", 0, retention=-1)

@@ -1,0 +1,16 @@
+"""Topology files: their schema, the registry of names they use, and the builder."""
+
+from .build import Expectation as Expectation
+from .build import Pipeline as Pipeline
+from .errors import FieldError as FieldError
+from .errors import TopologyError as TopologyError
+from .registry import Processor as Processor
+from .registry import ProcessorType as ProcessorType
+from .registry import Registry as Registry
+from .registry import Workload as Workload
+from .registry import WorkloadType as WorkloadType
+from .schema import ConsumerSpec as ConsumerSpec
+from .schema import ExpectSpec as ExpectSpec
+from .schema import ProducerSpec as ProducerSpec
+from .schema import TopicSpec as TopicSpec
+from .schema import Topology as Topology

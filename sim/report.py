@@ -1,0 +1,142 @@
+"""The report of a run: figures, aggregates, their digest, the invariants, and a chart."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from topology import Pipeline
+from topology.build import LATENCY_RESOLUTION
+
+
+def canonical_json(data: Any) -> bytes:
+    """Return ``data`` as JSON with sorted keys and no spaces: the form the digest is taken of."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(aggregates: Any) -> str:
+    """Return the sha256 of the canonical JSON of ``aggregates``."""
+    return hashlib.sha256(canonical_json(aggregates)).hexdigest()
+
+
+def percentiles(histogram: Counter[int], points: tuple[float, ...]) -> dict[str, float | None]:
+    """Return the given percentiles of a latency histogram, in seconds."""
+    total = sum(histogram.values())
+    result: dict[str, float | None] = {}
+    if not total:
+        return {f"p{p:g}": None for p in points}
+    ordered = sorted(histogram.items())
+    for p in points:
+        rank = max(1, round(p / 100 * total))
+        seen = 0
+        for bucket, count in ordered:
+            seen += count
+            if seen >= rank:
+                result[f"p{p:g}"] = bucket / LATENCY_RESOLUTION
+                break
+    return result
+
+
+def build_report(
+    pipeline: Pipeline,
+    *,
+    status: str,
+    error: str | None = None,
+    samples: list[list[float]] | None = None,
+) -> dict[str, Any]:
+    """Assemble the report of a finished, failed or interrupted run.
+
+    Call it inside the Trio run (partition statistics read the run's clock).
+    """
+    wall = (pipeline.wall_finished or 0.0) - (pipeline.wall_started or 0.0)
+    sim = (pipeline.finished_at or 0.0) - (pipeline.started_at or 0.0)
+    latency: Counter[int] = Counter()
+    for tally in pipeline.tallies.values():
+        latency.update(tally.latency)
+    aggregates = {name: processor.result() for name, processor in pipeline.processors.items()}
+    partitions = [
+        {
+            "topic": s.topic,
+            "partition": s.partition,
+            "records": s.end_offset,
+            "capacity": s.capacity,
+            "peak_depth": s.peak_depth,
+            "blocked_seconds": round(s.blocked_seconds, 6),
+            "lag": s.lag,
+        }
+        for topic in pipeline.topics.values()
+        for s in topic.statistics()
+    ]
+    expectations = pipeline.expectations() if status == "completed" else []
+    produced = pipeline.events_produced
+    return {
+        "topology": pipeline.topology.name,
+        "seed": pipeline.seed,
+        "clock": pipeline.topology.clock,
+        "status": status,
+        "error": error,
+        "events_planned": pipeline.events_planned,
+        "events_produced": produced,
+        "events_consumed": pipeline.events_consumed,
+        "consumers": {
+            name: {"records": tally.records, "per_topic": dict(tally.per_topic)}
+            for name, tally in pipeline.tallies.items()
+        },
+        "wall_seconds": round(wall, 6),
+        "sim_seconds": round(sim, 6),
+        "events_per_second": round(produced / wall, 1) if wall > 0 else None,
+        "latency_seconds": percentiles(latency, (50, 95, 99)),
+        "latency_sampled_records": sum(latency.values()),
+        "partitions": partitions,
+        "expect": {e.name: {"ok": e.ok, "detail": e.detail} for e in expectations},
+        "expect_ok": all(e.ok for e in expectations) if status == "completed" else False,
+        "digest": digest(aggregates),
+        "aggregates": aggregates,
+        "timeline": {
+            "columns": ["sim_seconds", "wall_seconds", "produced", "consumed", "lag"],
+            "rows": samples or [],
+        },
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    """Write the report as indented JSON, creating the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_chart(report: dict[str, Any], path: Path) -> str | None:
+    """Draw throughput and lag over simulated time to a PNG; return why not, or None.
+
+    Needs matplotlib (``pip install 'ringflow[plot]'``); without it the run still works.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no chart: matplotlib is not installed (pip install 'ringflow[plot]')"
+    rows = report["timeline"]["rows"]
+    if len(rows) < 2:
+        return "no chart: the run was too short to sample"
+    times = [r[0] for r in rows]
+    rates = [0.0] + [
+        (b[3] - a[3]) / (b[0] - a[0]) if b[0] > a[0] else 0.0 for a, b in itertools.pairwise(rows)
+    ]
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    top.plot(times, rates, color="tab:blue")
+    top.set_ylabel("consumed events / simulated s")
+    top.set_title(f"{report['topology']} (seed {report['seed']})")
+    bottom.plot(times, [r[4] for r in rows], color="tab:red")
+    bottom.set_ylabel("lag (records)")
+    bottom.set_xlabel("simulated seconds")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return None

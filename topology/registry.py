@@ -1,0 +1,143 @@
+"""What a topology can name: workloads and processors, registered by the layer above."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from .schema import Topology, converter, describe_errors
+
+
+class Workload(Protocol):
+    """Generates the events of one producer instance, reproducibly from its random source.
+
+    The events a workload generates depend only on its random source and on how many it has
+    generated before, never on how they are split into calls: generating 10 then 90 events
+    gives the same 100 events as generating 100 at once.
+    """
+
+    def generate(self, count: int, start: float, interval: float) -> dict[str, list[Any]]:
+        """Return the next ``count`` events, grouped by stream.
+
+        Args:
+            count: How many events.
+            start: The event time of the first one, in seconds.
+            interval: Seconds between consecutive events.
+        """
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Return how many events of each kind were generated so far."""
+        ...
+
+
+class Processor(Protocol):
+    """Aggregates the records a consumer reads; one per consumer, shared by its instances.
+
+    Aggregates must not depend on the order in which partitions are served: sum integers, and
+    break ties in rankings by key.
+    """
+
+    def process(self, events: Sequence[Any]) -> None:
+        """Fold a batch of events (the values of the records read) into the aggregates."""
+        ...
+
+    def result(self) -> dict[str, Any]:
+        """Return the aggregates as plain JSON data."""
+        ...
+
+    def totals(self) -> dict[str, int]:
+        """Return the number of events per kind that the aggregates account for."""
+        ...
+
+
+@attrs.frozen
+class WorkloadType:
+    """A workload a topology can name in ``producers.NAME.workload``."""
+
+    name: str
+    description: str
+    params: type
+    """An attrs class of the workload's settings, filled from ``params`` in the file."""
+    streams: tuple[str, ...]
+    """The streams the workload writes; each goes to a topic."""
+    make: Callable[[Any, int, str, int], Workload]
+    """Build an instance from (params, run seed, producer name, instance number)."""
+
+
+@attrs.frozen
+class ProcessorType:
+    """A processor a topology can name in ``consumers.NAME.processor``."""
+
+    name: str
+    description: str
+    params: type
+    """An attrs class of the processor's settings, filled from ``params`` in the file."""
+    make: Callable[[Any], Processor]
+    """Build an instance from its params."""
+
+
+@attrs.frozen
+class Registry:
+    """The workloads and processors a topology may name."""
+
+    workloads: Mapping[str, WorkloadType]
+    processors: Mapping[str, ProcessorType]
+
+    def check(self, topology: Topology) -> list[str]:
+        """Return every problem with names and params in ``topology``; empty when it is fine."""
+        problems: list[str] = []
+        for name, producer in topology.producers.items():
+            path = f"$.producers.{name}"
+            workload = self.workloads.get(producer.workload)
+            if workload is None:
+                problems.append(
+                    f"{path}.workload: unknown workload {producer.workload!r}; "
+                    f"known: {', '.join(sorted(self.workloads))}"
+                )
+                continue
+            problems.extend(_check_params(workload.params, producer.params, f"{path}.params"))
+            if producer.topics:
+                missing = set(workload.streams) - set(producer.topics)
+                extra = set(producer.topics) - set(workload.streams)
+                if missing:
+                    problems.append(
+                        f"{path}.topics: no topic for stream{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(sorted(missing))} of workload {workload.name!r}"
+                    )
+                if extra:
+                    problems.append(
+                        f"{path}.topics: workload {workload.name!r} has no stream "
+                        f"{', '.join(sorted(extra))}; its streams are {', '.join(workload.streams)}"
+                    )
+        for name, consumer in topology.consumers.items():
+            path = f"$.consumers.{name}"
+            processor = self.processors.get(consumer.processor)
+            if processor is None:
+                problems.append(
+                    f"{path}.processor: unknown processor {consumer.processor!r}; "
+                    f"known: {', '.join(sorted(self.processors))}"
+                )
+                continue
+            problems.extend(_check_params(processor.params, consumer.params, f"{path}.params"))
+        return problems
+
+    def workload_params(self, topology: Topology, producer: str) -> Any:
+        """Return the structured params of a producer's workload (already checked)."""
+        spec = topology.producers[producer]
+        return converter.structure(spec.params, self.workloads[spec.workload].params)
+
+    def processor_params(self, topology: Topology, consumer: str) -> Any:
+        """Return the structured params of a consumer's processor (already checked)."""
+        spec = topology.consumers[consumer]
+        return converter.structure(spec.params, self.processors[spec.processor].params)
+
+
+def _check_params(kind: type, params: dict[str, Any], path: str) -> list[str]:
+    try:
+        converter.structure(params, kind)
+    except Exception as exc:
+        return describe_errors(exc, path)
+    return []

@@ -1,0 +1,357 @@
+"""The schema of a topology file: attrs classes, converted and validated with cattrs."""
+
+from __future__ import annotations
+
+import math
+import re
+import typing
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ForbiddenExtraKeysError
+
+from .errors import FieldError, TopologyError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _at_least(low: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value < low:
+            raise FieldError(attribute.name, f"must be >= {low:g}, got {value}")
+
+    return check
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not value > 0:
+        raise FieldError(attribute.name, f"must be > 0, got {value}")
+
+
+def _optional_name(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not NAME.match(value):
+        raise FieldError(
+            attribute.name,
+            f"{value!r} is not a valid name: use letters, digits, '_', '-' and '.', "
+            "at most 64, starting with a letter or digit",
+        )
+
+
+@attrs.frozen
+class TopicSpec:
+    """A topic: ``topics.NAME`` in the file."""
+
+    partitions: int = attrs.field(default=1, validator=_at_least(1))
+    """How many partitions; records with the same key always share one."""
+    capacity: int | Literal["dynamic"] = attrs.field(default=10_000)
+    """Records each partition's ring holds at once; ``dynamic`` grows without bound but blocks
+    producers while no consumer is attached."""
+    key: str | None = None
+    """The field of each event used as the record key; None spreads records round robin."""
+    retention: int = attrs.field(default=0, validator=_at_least(0))
+    """Records kept after every group has committed them (readable by late readers)."""
+
+    @capacity.validator
+    def _check_capacity(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value != "dynamic" and isinstance(value, int) and value < 1:
+            raise FieldError(attribute.name, f"must be >= 1 or 'dynamic', got {value}")
+
+    @property
+    def ring_capacity(self) -> int | None:
+        """The capacity to give partitions: None in dynamic mode."""
+        return None if self.capacity == "dynamic" else self.capacity
+
+
+@attrs.frozen
+class ProducerSpec:
+    """A producer: ``producers.NAME`` in the file."""
+
+    workload: str
+    """The workload's name, such as ``video_site`` or ``ugc``."""
+    topic: str | None = None
+    """The topic every stream of the workload goes to."""
+    topics: dict[str, str] = attrs.field(factory=dict)
+    """Topic per stream of the workload (``{click: clicks, ...}``), instead of ``topic``."""
+    instances: int = attrs.field(default=1, validator=_at_least(1))
+    """How many copies run; events and rate are split evenly among them."""
+    rate: float | None = attrs.field(default=None, validator=_positive)
+    """Events per simulated second over all instances; None produces as fast as possible."""
+    events: int | None = attrs.field(default=None, validator=_at_least(0))
+    """How many events in total over all instances."""
+    duration: float | None = attrs.field(default=None, validator=_positive)
+    """Simulated seconds to produce for, at ``rate``, instead of ``events``."""
+    max_batch: int = attrs.field(default=1000, validator=_at_least(1))
+    """The most records per batch."""
+    linger: float = attrs.field(default=0.005, validator=_at_least(0))
+    """Seconds a partly filled batch may wait before it is sent."""
+    params: dict[str, Any] = attrs.field(factory=dict)
+    """The workload's own settings; see the workload's reference."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.topic is None and not self.topics:
+            raise FieldError("topic", "required: name the topic (or give 'topics' per stream)")
+        if self.topic is not None and self.topics:
+            raise FieldError("topics", "give either 'topic' or 'topics', not both")
+        if self.events is None and self.duration is None:
+            raise FieldError("events", "required: say how many events (or give 'duration')")
+        if self.events is not None and self.duration is not None:
+            raise FieldError("duration", "give either 'events' or 'duration', not both")
+        if self.duration is not None and self.rate is None:
+            raise FieldError("rate", "required with 'duration': events per simulated second")
+
+    @property
+    def total_events(self) -> int:
+        """Events over all instances."""
+        if self.events is not None:
+            return self.events
+        assert self.duration is not None
+        assert self.rate is not None
+        return math.floor(self.duration * self.rate)
+
+
+@attrs.frozen
+class ConsumerSpec:
+    """A consumer: ``consumers.NAME`` in the file."""
+
+    processor: str
+    """The processor's name, such as ``video_stats``."""
+    topic: str | None = None
+    """The topic to read."""
+    topics: list[str] = attrs.field(factory=list)
+    """Several topics to read, instead of ``topic``; one group per topic, one processor."""
+    group: str | None = attrs.field(default=None, validator=_optional_name)
+    """The consumer group's name; the consumer's name by default."""
+    instances: int = attrs.field(default=1, validator=_at_least(1))
+    """How many members the group has; they share the partitions."""
+    strategy: str = "range"
+    """How partitions are assigned to members: ``range`` or ``round_robin``."""
+    max_records: int | None = attrs.field(default=None, validator=_at_least(1))
+    """The most records handed to a member at once; None hands whole stored batches."""
+    params: dict[str, Any] = attrs.field(factory=dict)
+    """The processor's own settings; see the processor's reference."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.topic is None and not self.topics:
+            raise FieldError("topic", "required: name the topic to read (or give 'topics')")
+        if self.topic is not None and self.topics:
+            raise FieldError("topics", "give either 'topic' or 'topics', not both")
+        if self.strategy not in ("range", "round_robin"):
+            raise FieldError(
+                "strategy", f"unknown strategy {self.strategy!r}; use range or round_robin"
+            )
+
+    @property
+    def topic_names(self) -> list[str]:
+        """Every topic this consumer reads."""
+        return [self.topic] if self.topic is not None else list(self.topics)
+
+
+@attrs.frozen
+class ExpectSpec:
+    """Invariants checked at the end of a run: ``expect`` in the file."""
+
+    no_loss: bool = True
+    """Every consumer processed every record produced to its topics, none twice."""
+    per_key_order: bool = True
+    """Each consumer saw the events of each key, from each producer, in the order sent."""
+    totals_match: bool = True
+    """Each processor's totals per event kind equal the counts the producers report."""
+
+
+@attrs.frozen
+class Topology:
+    """A whole topology file.
+
+    Make one with :meth:`from_yaml` or :meth:`from_dict`; both report every problem at once
+    as a :exc:`TopologyError`.
+    """
+
+    name: str = attrs.field(validator=_optional_name)
+    """The topology's name, used in reports."""
+    topics: dict[str, TopicSpec]
+    """The topics by name."""
+    producers: dict[str, ProducerSpec]
+    """The producers by name."""
+    consumers: dict[str, ConsumerSpec]
+    """The consumers by name."""
+    seed: int = 0
+    """The seed every random choice is derived from."""
+    clock: Literal["virtual", "real"] = "virtual"
+    """``virtual`` runs in simulated time (fast, deterministic); ``real`` uses the wall clock."""
+    expect: ExpectSpec = ExpectSpec()
+    """Invariants checked at the end of the run."""
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "topology") -> Topology:
+        """Parse and validate a topology from YAML text.
+
+        Raises:
+            TopologyError: The YAML is malformed or the topology has problems.
+        """
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise TopologyError([f"{where}malformed YAML: {problem}"], source) from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "topology") -> Topology:
+        """Validate a topology given as plain data (what YAML or JSON parse to).
+
+        Raises:
+            TopologyError: The topology has problems.
+        """
+        if not isinstance(data, dict):
+            kind = "empty" if data is None else f"a {type(data).__name__}"
+            raise TopologyError([f"$: expected a mapping of topology fields, got {kind}"], source)
+        try:
+            topology = converter.structure(data, cls)
+        except Exception as exc:  # cattrs raises groups of everything it found
+            raise TopologyError(describe_errors(exc), source) from None
+        problems = topology.cross_check()
+        if problems:
+            raise TopologyError(problems, source)
+        return topology
+
+    def cross_check(self) -> list[str]:
+        """Return the problems that span sections: references to topics that do not exist."""
+        problems = []
+        for kind, specs in (
+            ("topics", self.topics),
+            ("producers", self.producers),
+            ("consumers", self.consumers),
+        ):
+            for name in specs:
+                if not NAME.match(name):
+                    problems.append(f"$.{kind}.{name}: {name!r} is not a valid name")
+        for name, producer in self.producers.items():
+            targets = (
+                {"topic": producer.topic}
+                if producer.topic
+                else {f"topics.{s}": t for s, t in producer.topics.items()}
+            )
+            for field, topic in targets.items():
+                if topic not in self.topics:
+                    problems.append(
+                        f"$.producers.{name}.{field}: no topic named {topic!r}; "
+                        f"topics are: {', '.join(sorted(self.topics)) or 'none'}"
+                    )
+        produced = {
+            t
+            for p in self.producers.values()
+            for t in ([p.topic] if p.topic else p.topics.values())
+        }
+        for name, consumer in self.consumers.items():
+            field = "topic" if consumer.topic else "topics"
+            for topic in consumer.topic_names:
+                if topic not in self.topics:
+                    problems.append(
+                        f"$.consumers.{name}.{field}: no topic named {topic!r}; "
+                        f"topics are: {', '.join(sorted(self.topics)) or 'none'}"
+                    )
+                elif topic not in produced:
+                    problems.append(
+                        f"$.consumers.{name}.{field}: no producer writes to topic {topic!r}, "
+                        "so this consumer would wait forever"
+                    )
+        groups: dict[tuple[str, str], str] = {}
+        for name, consumer in self.consumers.items():
+            for topic in consumer.topic_names:
+                group = consumer.group or name
+                if (group, topic) in groups:
+                    problems.append(
+                        f"$.consumers.{name}.group: group {group!r} on topic {topic!r} is "
+                        f"already used by consumer {groups[group, topic]!r}"
+                    )
+                groups[group, topic] = name
+        if not self.producers:
+            problems.append("$.producers: at least one producer is needed")
+        return problems
+
+
+def _strict(kind: type, names: str) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _type: type) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {names}, got a boolean")
+        if kind is float and isinstance(value, int):
+            return float(value)
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    return structure
+
+
+def _is_literal(kind: Any) -> bool:
+    return typing.get_origin(kind) is Literal
+
+
+def make_converter() -> cattrs.Converter:
+    """Return the converter for topology files: strict types, no unknown fields."""
+    result = cattrs.Converter(forbid_extra_keys=True)
+    result.register_structure_hook(int, _strict(int, "a whole number"))
+    result.register_structure_hook(float, _strict(float, "a number"))
+    result.register_structure_hook(str, _strict(str, "a string"))
+    result.register_structure_hook(bool, _strict(bool, "true or false"))
+
+    def capacity(value: Any, _type: type) -> int | str:
+        if value == "dynamic" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value  # type: ignore[no-any-return]
+        raise TypeError(f"expected a whole number of records or 'dynamic', got {value!r}")
+
+    result.register_structure_hook(int | Literal["dynamic"], capacity)
+
+    def literal(value: Any, kind: Any) -> Any:
+        choices = typing.get_args(kind)
+        if value not in choices or isinstance(value, bool):
+            raise TypeError(f"must be one of: {', '.join(map(str, choices))}; got {value!r}")
+        return value
+
+    result.register_structure_hook_func(_is_literal, literal)
+    return result
+
+
+converter = make_converter()
+"""The one converter for topology files."""
+
+
+def describe_errors(exc: BaseException, path: str = "$") -> list[str]:
+    """Flatten what cattrs raised into one ``path: message`` line per problem."""
+    notes = getattr(exc, "__notes__", None) or []
+    for note in notes:
+        name = getattr(note, "name", None)
+        index = getattr(note, "index", None)
+        if name is not None:
+            path = f"{path}.{name}"
+        elif index is not None:
+            path = f"{path}.{index}" if isinstance(index, str) else f"{path}[{index}]"
+    if isinstance(exc, BaseExceptionGroup):
+        problems: list[str] = []
+        for sub in exc.exceptions:
+            problems.extend(describe_errors(sub, path))
+        return problems
+    if isinstance(exc, ForbiddenExtraKeysError):
+        allowed = ", ".join(field.name for field in attrs.fields(exc.cl))
+        unknown = ", ".join(sorted(exc.extra_fields))
+        return [
+            f"{path}: unknown field{'s' if len(exc.extra_fields) > 1 else ''} {unknown}; "
+            f"allowed: {allowed}"
+        ]
+    if isinstance(exc, FieldError):
+        return [f"{path}.{exc.field}: {exc}"]
+    if isinstance(exc, KeyError):
+        return [f"{path}: required field missing"]
+    if isinstance(exc, AttributeError) and "items" in str(exc):
+        return [f"{path}: expected a mapping"]
+    if isinstance(exc, TypeError | ValueError):
+        message = str(exc)
+        if "not iterable" in message or "unhashable" in message:
+            message = "expected a list"
+        return [f"{path}: {message}"]
+    return [f"{path}: {type(exc).__name__}: {exc}"]
