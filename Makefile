@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ringflow bench
+	$(BIN)/ringflow run topology/examples/video-site.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check actors topology sim tests

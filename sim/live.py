@@ -1,0 +1,98 @@
+"""The live view of ``ringflow run``: a progress bar and a table per partition."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from topology import Pipeline
+
+
+class LiveView:
+    """Shows a running pipeline; call :meth:`refresh` with fresh figures, then :meth:`stop`."""
+
+    def __init__(self, console: Console, pipeline: Pipeline) -> None:
+        self.console = console
+        self.pipeline = pipeline
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.produced = self.progress.add_task("produced", total=pipeline.events_planned, detail="")
+        self.consumed = self.progress.add_task("consumed", total=pipeline.events_planned, detail="")
+        self.live = Live(console=console, refresh_per_second=4, transient=False)
+        self._last = (time.perf_counter(), 0)
+
+    def start(self) -> None:
+        """Begin drawing."""
+        self.live.start()
+
+    def stop(self) -> None:
+        """Stop drawing (the last frame stays on screen)."""
+        self.live.stop()
+
+    def refresh(self, pipeline: Pipeline, now: float) -> None:
+        """Redraw with the pipeline's current figures; ``now`` is the run's clock."""
+        wall = time.perf_counter()
+        consumed = pipeline.events_consumed
+        then, before = self._last
+        rate = (consumed - before) / (wall - then) if wall > then else 0.0
+        self._last = (wall, consumed)
+        sim = now - (pipeline.started_at or 0.0)
+        self.progress.update(
+            self.produced, completed=pipeline.events_produced, detail=f"t={sim:,.1f}s simulated"
+        )
+        self.progress.update(
+            self.consumed,
+            completed=consumed,
+            detail=f"{rate:,.0f} events/s, lag {pipeline.total_lag():,}",
+        )
+        self.live.update(Group(self.progress, self.partition_table(), self.processor_table()))
+
+    def partition_table(self) -> Table:
+        """One row per partition: records, depth, peak, blocked time, lag."""
+        table = Table(title="partitions", title_justify="left", expand=False)
+        for column in (
+            "topic",
+            "partition",
+            "records",
+            "depth / capacity",
+            "peak",
+            "blocked s",
+            "lag",
+        ):
+            table.add_column(column, justify="right" if column != "topic" else "left")
+        for topic in self.pipeline.topics.values():
+            for s in topic.statistics():
+                capacity = "dynamic" if s.capacity is None else f"{s.capacity:,}"
+                table.add_row(
+                    s.topic,
+                    str(s.partition),
+                    f"{s.end_offset:,}",
+                    f"{s.depth:,} / {capacity}",
+                    f"{s.peak_depth:,}",
+                    f"{s.blocked_seconds:,.2f}",
+                    f"{max(s.lag.values(), default=0):,}",
+                )
+        return table
+
+    def processor_table(self) -> Table:
+        """What the processors show live (top videos, current blogger windows, counters)."""
+        table = Table(title="live aggregates", title_justify="left", show_header=False)
+        table.add_column("consumer")
+        table.add_column("what")
+        table.add_column("figure", justify="right")
+        for name, processor in self.pipeline.processors.items():
+            live: Any = getattr(processor, "live", None)
+            for what, figure in (live() if live else [])[:6]:
+                table.add_row(name, what, figure)
+        return table
