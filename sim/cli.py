@@ -192,7 +192,7 @@ def run() -> None:
 def _validate(args: argparse.Namespace) -> int:
     from .run import load_topology
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:
@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     from .report import write_chart, write_report
     from .run import REGISTRY, load_topology, run_pipeline
 
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         topology = load_topology(args.topology)
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)

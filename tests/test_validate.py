@@ -1,0 +1,150 @@
+"""``ringflow validate`` and ``ringflow run`` refuse bad topology files with clear messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim.cli import main
+
+GOOD = """
+name: t
+topics:
+  events: {partitions: 2, capacity: 100, key: video_id}
+producers:
+  site: {workload: video_site, topic: events, events: 100}
+consumers:
+  stats: {processor: video_stats, topic: events}
+"""
+
+CASES = [
+    ("name: [unclosed", "line 1, column 16: malformed YAML"),
+    ("", "$: expected a mapping of topology fields, got empty"),
+    ("- just\n- a list\n", "$: expected a mapping of topology fields, got a list"),
+    (GOOD + "colour: red\n", "$: unknown field colour; allowed: name, topics"),
+    (
+        GOOD.replace("key: video_id", "key: video_id, size: 3"),
+        "$.topics.events: unknown field size",
+    ),
+    (
+        GOOD.replace("partitions: 2", "partitions: 0"),
+        "$.topics.events.partitions: must be >= 1, got 0",
+    ),
+    (
+        GOOD.replace("capacity: 100", "capacity: -4"),
+        "$.topics.events.capacity: must be >= 1 or 'dynamic', got -4",
+    ),
+    (
+        GOOD.replace("capacity: 100", "capacity: lots"),
+        "$.topics.events.capacity: expected a whole number of records or 'dynamic', got 'lots'",
+    ),
+    (
+        GOOD.replace("events: 100}", "events: 100, instances: '2'}"),
+        "$.producers.site.instances: expected a whole number, got str '2'",
+    ),
+    (
+        GOOD.replace("workload: video_site", "workload: videos"),
+        "$.producers.site.workload: unknown workload 'videos'; known: ugc, video_site",
+    ),
+    (
+        GOOD.replace("processor: video_stats", "processor: stats"),
+        "$.consumers.stats.processor: unknown processor 'stats'",
+    ),
+    (
+        GOOD.replace("topic: events, events", "topic: evnts, events"),
+        "$.producers.site.topic: no topic named 'evnts'; topics are: events",
+    ),
+    (
+        GOOD
+        + "  orphan: {processor: video_stats, topic: other}\n"
+        "  # other exists but nobody writes to it\n".replace("  #", "#")
+        + "",
+        "$.consumers.orphan.topic: no topic named 'other'",
+    ),
+    (
+        GOOD.replace("events: 100}", "events: 100, params: {vidoes: 5}}"),
+        "$.producers.site.params: unknown field vidoes; allowed: videos, bloggers",
+    ),
+    (
+        GOOD.replace("events: 100}", "events: 100, params: {videos: 5, bloggers: 9}}"),
+        "$.producers.site.params.bloggers: cannot exceed videos (5)",
+    ),
+    (
+        GOOD.replace("events: 100}", "rate: 10}"),
+        "$.producers.site.events: required: say how many events (or give 'duration')",
+    ),
+    (GOOD + "clock: wall\n", "$.clock: must be one of: virtual, real; got 'wall'"),
+    (
+        GOOD.replace(
+            "workload: video_site, topic: events", "workload: ugc, topics: {click: events}"
+        ),
+        "$.producers.site.topics: no topic for streams custom, page_view, watch_progress",
+    ),
+    (
+        GOOD.replace(
+            "processor: video_stats, topic: events",
+            "processor: blogger_analytics, topic: events, params: {window: 0}",
+        ),
+        "$.consumers.stats.params.window: must be > 0 seconds, got 0.0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CASES)
+def test_validate_explains_the_problem_and_exits_2(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert " ".join(message.split()) in err
+
+
+def test_every_problem_is_listed_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("partitions: 2", "partitions: 0") + "seed: 1.5\nextra: 1\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "3 problems" in err
+    assert "$.topics.events.partitions: must be >= 1, got 0" in err
+    assert "$.seed: expected a whole number, got float 1.5" in err
+    assert "$: unknown field extra" in err
+
+
+def test_a_consumer_of_a_topic_nobody_writes_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        GOOD.replace("topics:\n", "topics:\n  quiet: {}\n")
+        + "  idle: {processor: video_stats, topic: quiet}\n"
+    )
+    assert main(["validate", str(path)]) == 2
+    assert "$.consumers.idle.topic: no producer writes to topic 'quiet'" in capsys.readouterr().err
+
+
+def test_run_refuses_a_bad_file_and_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("partitions: 2", "partitions: -1"))
+    report = tmp_path / "report.json"
+    assert main(["run", str(path), "--report", str(report), "--quiet"]) == 2
+    assert "$.topics.events.partitions: must be >= 1, got -1" in capsys.readouterr().err
+    assert not report.exists()
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read the file: No such file or directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["video-site.yaml", "ugc.yaml"])
+def test_examples_are_valid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).parent.parent / "topology" / "examples" / name
+    assert main(["validate", str(path)]) == 0
+    assert "valid topology" in capsys.readouterr().out
