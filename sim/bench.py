@@ -15,12 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 import trio.testing
 
+import topology
 from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 
 
@@ -38,6 +40,8 @@ class BenchSettings:
     """How many times each throughput is measured; medians are reported."""
     memory_records: int = 5_000_000
     """Records in the slow-consumer memory run (0 skips it)."""
+    video_events: int = 2_000_000
+    """Events of the video-site topology run against the plain loop (0 skips it)."""
 
 
 def _batch_of(size: int) -> list[Record]:
@@ -170,6 +174,29 @@ def measure_slow_consumer_memory(records: int, batch: int) -> dict[str, float]:
     return result
 
 
+def example_topology(name: str) -> Path:
+    """Return the path of an example topology shipped with ringflow."""
+    return Path(topology.__file__).parent / "examples" / name
+
+
+def measure_video_site(events: int) -> tuple[float, float, bool]:
+    """Run the video-site example and the plain loop over the same events.
+
+    Returns events per second of the ringflow run, of the plain loop, and whether both
+    computed the same aggregates.
+    """
+    from .baseline import plain_loop
+    from .report import digest
+    from .run import REGISTRY, load_topology, relaxed_gc, run_pipeline
+
+    spec = load_topology(example_topology("video-site.yaml"))
+    report = run_pipeline(topology.Pipeline.build(spec, REGISTRY, events=events)).report
+    with relaxed_gc():
+        loop = plain_loop(topology.Pipeline.build(spec, REGISTRY, events=events))
+    same = digest(loop["aggregates"]) == report["digest"]
+    return report["events_per_second"], loop["events_per_second"], same
+
+
 def machine() -> dict[str, Any]:
     """Describe this machine in a few words for the report."""
     return {
@@ -206,6 +233,26 @@ def run_bench(
         "single_records_per_s": statistics.median(single),
         "ratio": statistics.median(ratios),
     }
+    if settings.video_events:
+        runs: list[float] = []
+        loops: list[float] = []
+        video_ratios: list[float] = []
+        same = True
+        for round_ in range(1, settings.repeat + 1):
+            progress(
+                f"round {round_}/{settings.repeat}: video site, "
+                f"{settings.video_events:,} events, ringflow run and plain loop"
+            )
+            run_rate, loop_rate, agree = measure_video_site(settings.video_events)
+            runs.append(run_rate)
+            loops.append(loop_rate)
+            video_ratios.append(run_rate / loop_rate)
+            same = same and agree
+        result["video_events"] = settings.video_events
+        result["video_run_events_per_s"] = statistics.median(runs)
+        result["plain_loop_events_per_s"] = statistics.median(loops)
+        result["video_ratio"] = statistics.median(video_ratios)
+        result["video_same_aggregates"] = same
     if settings.memory_records:
         progress(f"slow consumer over {settings.memory_records:,} records (fresh process)")
         memory = measure_slow_consumer_memory(settings.memory_records, settings.batch)

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="records in the slow-consumer memory run; 0 skips it (default: %(default)s)",
     )
     bench.add_argument(
+        "--video-events",
+        type=_non_negative,
+        default=defaults.video_events,
+        help="events of the video-site run compared with a plain Python loop; 0 skips it "
+        "(default: %(default)s)",
+    )
+    bench.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     return parser
@@ -150,6 +157,7 @@ def _bench(args: argparse.Namespace) -> int:
         single_records=args.single_records,
         repeat=args.repeat,
         memory_records=args.memory_records,
+        video_events=args.video_events,
     )
     err = Console(stderr=True)
     if args.json:
@@ -171,6 +179,17 @@ def _bench(args: argparse.Namespace) -> int:
         "ringflow pipeline, one record per send", f"{result['single_records_per_s']:,.0f} records/s"
     )
     table.add_row("ratio pipeline / raw", f"{result['ratio']:.2f}")
+    if "video_run_events_per_s" in result:
+        table.add_row(
+            f"video site, ringflow run, {result['video_events']:,} events",
+            f"{result['video_run_events_per_s']:,.0f} events/s",
+        )
+        table.add_row(
+            "video site, plain Python loop, same events",
+            f"{result['plain_loop_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("ratio run / plain loop", f"{result['video_ratio']:.2f}")
+        table.add_row("same aggregates", "yes" if result["video_same_aggregates"] else "NO")
     if "slow_consumer_peak_rss_mb" in result:
         table.add_row(
             f"peak RSS, consumer 10x slower, {result['slow_consumer_records']:,} records",

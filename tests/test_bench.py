@@ -17,6 +17,7 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--single-records=2000",
             "--repeat=1",
             "--memory-records=20000",
+            "--video-events=20000",
         ]
     )
     assert code == 0
@@ -31,6 +32,12 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     assert result["slow_consumer_peak_depth"] == result["slow_consumer_capacity"] == 1000
     assert result["slow_consumer_peak_rss_mb"] > 0
     assert result["machine"]["cpus"] >= 1
+    assert result["video_run_events_per_s"] > 0
+    assert result["plain_loop_events_per_s"] > 0
+    assert result["video_ratio"] == pytest.approx(
+        result["video_run_events_per_s"] / result["plain_loop_events_per_s"]
+    )
+    assert result["video_same_aggregates"] is True
 
 
 @pytest.mark.parametrize(
