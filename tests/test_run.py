@@ -242,3 +242,15 @@ def test_cli_run_exits_1_when_an_invariant_fails(
     )
     assert code == 1
     assert "expect totals_match: FAILED" in capsys.readouterr().out
+
+
+def test_real_clock_runs_on_the_wall_clock() -> None:
+    """Without a rate nothing sleeps, so the real clock costs the test no waiting."""
+    topology = video_site()
+    producer = attrs.evolve(topology.producers["site"], rate=None)
+    topology = attrs.evolve(topology, clock="real", producers={"site": producer})
+    report = run(topology, events=5000)
+    assert report["clock"] == "real"
+    assert report["expect_ok"]
+    # On the wall clock, simulated time is real time: about what the run took.
+    assert report["sim_seconds"] == pytest.approx(report["wall_seconds"], rel=0.5, abs=0.05)
