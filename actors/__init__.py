@@ -16,6 +16,7 @@ from .group import GroupStatistics as GroupStatistics
 from .group import assign_range as assign_range
 from .group import assign_round_robin as assign_round_robin
 from .partition import Partition as Partition
+from .partition import PartitionState as PartitionState
 from .partition import PartitionStatistics as PartitionStatistics
 from .partitioner import Partitioner as Partitioner
 from .partitioner import stable_hash as stable_hash

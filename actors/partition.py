@@ -46,6 +46,22 @@ class PartitionStatistics:
     """Whether the partition accepts no more records."""
 
 
+@attrs.frozen
+class PartitionState:
+    """What a partition holds, for a checkpoint: see :meth:`Partition.snapshot`."""
+
+    start_offset: int
+    """The low watermark: every group has committed up to here."""
+    end_offset: int
+    """The offset the next record will get."""
+    committed: dict[str, int]
+    """Each group's committed offset."""
+    batches: list[RecordBatch]
+    """The stored batches from the lowest retained offset up to the end."""
+    peak_depth: int = 0
+    """The peak depth so far, so statistics carry on across a restore."""
+
+
 @attrs.define(eq=False)
 class _Sender:
     task: trio.lowlevel.Task
@@ -261,6 +277,7 @@ class Partition:
         """
         if group not in self._committed:
             self._committed[group] = self._start
+        if listener not in self._listeners:
             self._listeners.append(listener)
         return self._committed[group]
 
@@ -341,10 +358,40 @@ class Partition:
             head = 0
         self._head = head
 
+    def snapshot(self) -> PartitionState:
+        """Return what the partition holds: offsets, commits and the retained batches.
+
+        Batches are shared, not copied (they are never changed once stored). Records a sender
+        is still waiting to hand over are not included: they were not accepted.
+        """
+        return PartitionState(
+            start_offset=self._start,
+            end_offset=self._end,
+            committed=dict(self._committed),
+            batches=self._batches[self._head :],
+            peak_depth=self._peak,
+        )
+
+    def restore(self, state: PartitionState) -> None:
+        """Take over a snapshot's contents; only on a new partition nothing was sent to.
+
+        Raises:
+            RuntimeError: The partition already holds records or has senders.
+        """
+        if self._end or self._senders or self._batches:
+            raise RuntimeError("restore() needs a fresh partition")
+        self._start, self._end, self._peak = state.start_offset, state.end_offset, state.peak_depth
+        self._committed = dict(state.committed)
+        self._batches = list(state.batches)
+        self._bases = [batch.base_offset for batch in self._batches]
+        self._head = 0
+
     def statistics(self) -> PartitionStatistics:
         """Return a snapshot of the partition's counters."""
-        now = trio.current_time()
-        blocked = self._blocked + sum(now - s.since for s in self._senders)
+        blocked = self._blocked
+        if self._senders:
+            now = trio.current_time()
+            blocked += sum(now - s.since for s in self._senders)
         return PartitionStatistics(
             topic=self.topic,
             partition=self.index,

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from topology import Pipeline, TopologyError
+from topology import CheckpointError, Pipeline, TopologyError
 
 from .bench import BenchSettings, run_bench
 
@@ -73,8 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write the JSON report (default: reports/NAME-seedSEED.json)",
     )
+    run.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="keep checkpoints in DIR and resume from the newest one there (also turns "
+        "checkpoints on when the file has no 'checkpoint' section)",
+    )
     run.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     run.add_argument("--quiet", action="store_true", help="no live view; print only the summary")
+
+    checkpoints = commands.add_parser(
+        "checkpoints",
+        help="list the checkpoint epochs in a state folder, or show one",
+        description="List the epochs kept in a state folder (number, time, records, size, "
+        "duration of the write), or show one in detail with --epoch.",
+    )
+    checkpoints.add_argument("state", type=Path, metavar="DIR", help="the state folder")
+    checkpoints.add_argument("--epoch", type=_positive, help="show this epoch in detail")
 
     validate = commands.add_parser(
         "validate",
@@ -147,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "checkpoints":
+        return _checkpoints(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse refuses unknown commands
 
 
@@ -228,22 +246,36 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .live import LiveView
     from .report import write_chart, write_report
-    from .run import REGISTRY, load_topology, run_pipeline
+    from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         topology = load_topology(args.topology)
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
-    except TopologyError as exc:
+        checkpoints, pipeline = open_checkpoints(pipeline, args.state)
+    except (TopologyError, CheckpointError) as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
     out = Console(highlight=False)
+    if pipeline.restored_from is not None and checkpoints is not None:
+        epoch = pipeline.restored_from
+        out.print(
+            f"resuming from epoch {epoch.epoch} of {escape(str(checkpoints.store.path))}: "
+            f"t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events produced, "
+            f"{epoch.ring_records:,} records in rings"
+            + (" (the run had already ended)" if epoch.final else "")
+        )
+    elif checkpoints is not None:
+        out.print(f"checkpoints: {escape(str(checkpoints.store.path))}")
     view = None if args.quiet else LiveView(out, pipeline)
     if view is not None:
         view.start()
     try:
         result = run_pipeline(
-            pipeline, on_refresh=view.refresh if view else None, handle_sigint=True
+            pipeline,
+            checkpoints=checkpoints,
+            on_refresh=view.refresh if view else None,
+            handle_sigint=True,
         )
     finally:
         if view is not None:
@@ -301,8 +333,83 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
     for name, result in report["expect"].items():
         mark = "[green]ok[/green]" if result["ok"] else "[red]FAILED[/red]"
         console.print(f"expect {name}: {mark} - {escape(result['detail'])}")
+    checkpoints = report.get("checkpoints")
+    if checkpoints:
+        for rollback in checkpoints["rollbacks"]:
+            console.print(
+                f"[yellow]rolled back to epoch {rollback['to_epoch']}[/yellow] after: "
+                f"{escape(rollback['error'])}"
+            )
+        console.print(
+            f"checkpoints: {checkpoints['epochs_written']} epochs written "
+            f"(last: {checkpoints['last_epoch']}) to {escape(checkpoints['database'])}"
+        )
     if report["error"]:
         console.print(f"[red]run failed:[/red] {escape(report['error'])}")
     if report["status"] == "interrupted":
         console.print("[yellow]interrupted: the report is partial[/yellow]")
     console.print(f"report: {escape(str(path))}")
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    import datetime
+
+    import msgspec
+
+    from topology.checkpoint import read_store
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False)
+    try:
+        meta, store = read_store(args.state)
+        epochs = store.epochs()
+        loaded = store.load(args.epoch) if args.epoch else None
+    except CheckpointError as exc:
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
+    out.print(
+        f"{escape(str(store.path))}: topology {meta.get('topology')!r}, schema "
+        f"{meta.get('schema_version')}, fingerprint {meta.get('fingerprint', '?')[:12]}"
+    )
+    if loaded is None:
+        table = Table(
+            "epoch", "written", "sim time", "events", "in rings", "size", "write", "final"
+        )
+        for e in epochs:
+            written = datetime.datetime.fromtimestamp(e.created_at).strftime("%H:%M:%S")
+            table.add_row(
+                str(e.epoch),
+                written,
+                f"{e.sim_time:,.2f} s",
+                f"{e.events_produced:,}",
+                f"{e.ring_records:,}",
+                f"{e.bytes / 1024:,.1f} KiB",
+                f"{e.write_seconds * 1000:,.1f} ms",
+                "yes" if e.final else "",
+            )
+        out.print(table if epochs else "no epochs yet")
+        return EXIT_OK
+    info, parts = loaded
+    out.print(
+        f"epoch {info.epoch}: t={info.sim_time:,.2f}s, {info.events_produced:,} events "
+        f"produced, {info.ring_records:,} records in rings, {info.bytes:,} bytes, "
+        f"written in {info.write_seconds * 1000:,.1f} ms{', final' if info.final else ''}"
+    )
+    table = Table("part", "name", "bytes", "what")
+    for (kind, name), data in sorted(parts.items()):
+        what = ""
+        decoded = msgspec.msgpack.decode(data)
+        if kind == "partition":
+            start, end, committed = decoded[0], decoded[1], decoded[2]
+            what = f"offsets {start:,}..{end:,}; committed " + ", ".join(
+                f"{group}={offset:,}" for group, offset in committed.items()
+            )
+        elif kind == "producer":
+            what = f"{decoded['done']:,} events made"
+        elif kind == "consumer":
+            what = f"{decoded['records']:,} records processed"
+        elif kind == "topic":
+            what = f"{decoded[0]:,} records produced"
+        table.add_row(kind, escape(name), f"{len(data):,}", what)
+    out.print(table)
+    return EXIT_OK

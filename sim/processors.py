@@ -71,6 +71,14 @@ class VideoStats:
             kind: sum(s[slot] for s in self._videos.values()) for kind, slot in _VIDEO_SLOT.items()
         }
 
+    def snapshot(self) -> Any:
+        """The state: one row per video."""
+        return [[video, *stats] for video, stats in self._videos.items()]
+
+    def restore(self, state: Any) -> None:
+        """Replace the state with a snapshot."""
+        self._videos = {row[0]: list(row[1:]) for row in state}
+
     def live(self) -> list[tuple[str, str]]:
         """The most viewed videos so far, for the live view."""
         top = sorted(self._videos.items(), key=lambda item: (-item[1][_VIEW], item[0]))[:5]
@@ -177,6 +185,24 @@ class BloggerAnalytics:
             for kind, slot in _VIDEO_SLOT.items()
         }
 
+    def snapshot(self) -> Any:
+        """The state: one row per (blogger, window)."""
+        return {
+            "latest": self._latest,
+            "windows": [
+                [blogger, index, *state[:6], list(state[6].items())]
+                for (blogger, index), state in self._windows.items()
+            ],
+        }
+
+    def restore(self, state: Any) -> None:
+        """Replace the state with a snapshot."""
+        self._latest = state["latest"]
+        self._windows = {
+            (row[0], row[1]): [*row[2:8], {video: views for video, views in row[8]}]
+            for row in state["windows"]
+        }
+
     def live(self) -> list[tuple[str, str]]:
         """Each blogger's current window: views and top video."""
         rows = []
@@ -249,6 +275,22 @@ class UgcCounters:
             "custom": sum(self._custom.values()),
             "watch_progress": sum(m[0] for m in self._movies.values()),
         }
+
+    def snapshot(self) -> Any:
+        """The state: all counters."""
+        return {
+            "kinds": self._kinds,
+            "pages": self._pages,
+            "custom": self._custom,
+            "movies": list(self._movies.items()),
+        }
+
+    def restore(self, state: Any) -> None:
+        """Replace the state with a snapshot."""
+        self._kinds = dict(state["kinds"])
+        self._pages = {page: list(c) for page, c in state["pages"].items()}
+        self._custom = dict(state["custom"])
+        self._movies = {movie: list(c) for movie, c in state["movies"]}
 
     def live(self) -> list[tuple[str, str]]:
         """Counts per kind so far."""

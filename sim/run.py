@@ -15,7 +15,16 @@ import trio
 import trio.testing
 
 from actors import SupervisionError
-from topology import Pipeline, Registry, Topology, TopologyError
+from topology import (
+    CheckpointError,
+    CheckpointSettings,
+    CheckpointSpec,
+    CheckpointStore,
+    Pipeline,
+    Registry,
+    Topology,
+    TopologyError,
+)
 
 from .processors import PROCESSORS
 from .report import build_report
@@ -70,38 +79,95 @@ class RunResult:
     pipeline: Pipeline
 
 
+MAX_ROLLBACKS = 5
+"""How many times one ``ringflow run`` rolls back to its last checkpoint before giving up."""
+
+
+def open_checkpoints(
+    pipeline: Pipeline, state: Path | None
+) -> tuple[CheckpointSettings | None, Pipeline]:
+    """Set up checkpoints for ``pipeline`` and resume from its newest epoch if there is one.
+
+    Checkpoints are on when the topology has a ``checkpoint`` section or ``state`` is given.
+    The folder is the section's ``path``, else ``state``, else ``state/NAME``.
+
+    Returns:
+        The settings (None when checkpoints are off) and the pipeline to run: a new one
+        restored from the newest epoch, or the one given.
+
+    Raises:
+        CheckpointError: The folder cannot be used (another topology, a newer schema, a
+            damaged database, no permission); nothing in it was changed.
+    """
+    spec = pipeline.topology.checkpoint
+    if spec is None and state is None:
+        return None, pipeline
+    spec = spec or CheckpointSpec()
+    folder = Path(spec.path) if spec.path else state or Path("state") / pipeline.topology.name
+    store = CheckpointStore.open(
+        folder, pipeline.fingerprint, keep=spec.keep, name=pipeline.topology.name
+    )
+    settings = CheckpointSettings(
+        store,
+        every=spec.every,
+        every_records=spec.every_records,
+        in_thread=pipeline.topology.clock == "real",
+    )
+    loaded = store.load()
+    if loaded is not None:
+        pipeline = _rebuild(pipeline, loaded)
+    return settings, pipeline
+
+
+def _rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:
+    return Pipeline.build(
+        pipeline.topology,
+        pipeline.registry,
+        seed=pipeline.seed,
+        events=pipeline.events_override,
+        restore=loaded,
+    )
+
+
 def run_pipeline(
     pipeline: Pipeline,
     *,
+    checkpoints: CheckpointSettings | None = None,
     on_refresh: Callable[[Pipeline, float], None] | None = None,
     refresh_every: float = 0.25,
     handle_sigint: bool = False,
 ) -> RunResult:
     """Run a built pipeline to completion and return its report.
 
+    With checkpoints, an actor that crashes rolls the whole topology back to the newest
+    epoch (at most :data:`MAX_ROLLBACKS` times), and the run ends with a final epoch.
+
     Args:
-        pipeline: What to run.
+        pipeline: What to run (possibly restored from a checkpoint).
+        checkpoints: Where and when to write epochs; None for no checkpoints.
         on_refresh: Called about every ``refresh_every`` real seconds with the pipeline and the
             run's clock, for a live view.
         refresh_every: Real seconds between refreshes and timeline samples.
-        handle_sigint: Stop cleanly on Ctrl-C with a partial report (status ``interrupted``).
+        handle_sigint: Stop cleanly on Ctrl-C (after a final epoch, with checkpoints) with a
+            partial report (status ``interrupted``).
     """
     samples: list[list[float]] = []
-    state = {"next": 0.0}
+    state: dict[str, Any] = {"next": 0.0, "pipeline": pipeline, "rollbacks": []}
 
     def sample() -> None:
+        current: Pipeline = state["pipeline"]
         now = trio.current_time()
         samples.append(
             [
-                round(now - (pipeline.started_at or 0.0), 6),
-                round(time.perf_counter() - (pipeline.wall_started or time.perf_counter()), 6),
-                pipeline.events_produced,
-                pipeline.events_consumed,
-                pipeline.total_lag(),
+                round(now - (current.started_at or 0.0), 6),
+                round(time.perf_counter() - (current.wall_started or time.perf_counter()), 6),
+                current.events_produced,
+                current.events_consumed,
+                current.total_lag(),
             ]
         )
         if on_refresh is not None:
-            on_refresh(pipeline, now)
+            on_refresh(current, now)
 
     def monitor() -> None:
         wall = time.perf_counter()
@@ -112,32 +178,84 @@ def run_pipeline(
     async def main() -> dict[str, Any]:
         status, error = "completed", None
         interrupted = trio.Event()
+        wall_started = time.perf_counter()
         async with trio.open_nursery() as nursery:
             if handle_sigint:
-                nursery.start_soon(_stop_on_sigint, nursery.cancel_scope, interrupted)
-            try:
-                await pipeline.run(monitor)
-            except SupervisionError as exc:
-                status, error = "failed", str(exc)
+                nursery.start_soon(
+                    _stop_on_sigint, nursery.cancel_scope, interrupted, state, checkpoints
+                )
+            while True:
+                current: Pipeline = state["pipeline"]
+                try:
+                    await current.run(monitor, checkpoints)
+                    break
+                except (SupervisionError, CheckpointError) as exc:
+                    if checkpoints is None or len(state["rollbacks"]) >= MAX_ROLLBACKS:
+                        status, error = "failed", str(exc)
+                        break
+                    loaded = checkpoints.store.load()
+                    state["rollbacks"].append(
+                        {
+                            "error": str(exc),
+                            "to_epoch": loaded[0].epoch if loaded else None,
+                            "at": trio.current_time(),
+                        }
+                    )
+                    rebuilt = _rebuild(current, loaded) if loaded else _rebuild(current, None)
+                    rebuilt.epochs = current.epochs
+                    state["pipeline"] = rebuilt
             nursery.cancel_scope.cancel()  # the run is over: stop listening for Ctrl-C
         if interrupted.is_set():
             status = "interrupted"
+        final: Pipeline = state["pipeline"]
+        final.wall_started = wall_started
         sample()
-        return build_report(pipeline, status=status, error=error, samples=samples)
+        report = build_report(final, status=status, error=error, samples=samples)
+        report["checkpoints"] = _checkpoint_report(final, checkpoints, state["rollbacks"])
+        return report
 
-    clock = (
-        trio.testing.MockClock(autojump_threshold=0)
-        if (pipeline.topology.clock == "virtual")
-        else None
-    )
+    clock = None
+    if pipeline.topology.clock == "virtual":
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        if pipeline.restored_from is not None:
+            clock.jump(pipeline.restored_from.sim_time)
     with relaxed_gc():
         report = trio.run(main, clock=clock)
-    return RunResult(report, pipeline)
+    return RunResult(report, state["pipeline"])
 
 
-async def _stop_on_sigint(scope: trio.CancelScope, interrupted: trio.Event) -> None:
+def _checkpoint_report(
+    pipeline: Pipeline, checkpoints: CheckpointSettings | None, rollbacks: list[Any]
+) -> dict[str, Any] | None:
+    if checkpoints is None:
+        return None
+    last = pipeline.epochs[-1] if pipeline.epochs else None
+    return {
+        "database": str(checkpoints.store.path),
+        "resumed_from_epoch": None
+        if pipeline.restored_from is None
+        else pipeline.restored_from.epoch,
+        "epochs_written": len(pipeline.epochs),
+        "last_epoch": None if last is None else last.epoch,
+        "write_seconds_total": round(sum(e.write_seconds for e in pipeline.epochs), 6),
+        "rollbacks": rollbacks,
+    }
+
+
+async def _stop_on_sigint(
+    scope: trio.CancelScope,
+    interrupted: trio.Event,
+    state: dict[str, Any],
+    checkpoints: CheckpointSettings | None,
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async for _ in signals:
             interrupted.set()
+            if checkpoints is not None:
+                # A final epoch first, so running the same command again carries on from here.
+                with trio.move_on_after(checkpoints.final_timeout):
+                    await state["pipeline"].checkpoint(
+                        checkpoints.store, final=True, in_thread=checkpoints.in_thread
+                    )
             scope.cancel()
             return

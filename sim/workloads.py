@@ -42,7 +42,7 @@ def _check_mix(name: str, mix: dict[str, float], kinds: tuple[str, ...]) -> None
 # -- the video site -------------------------------------------------------------------------
 
 
-class VideoEvent(msgspec.Struct, frozen=True, gc=False, array_like=True):
+class VideoEvent(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="video"):
     """One action of a user on a video."""
 
     kind: str
@@ -135,7 +135,8 @@ class VideoSite:
         self.params = params
         self.catalog = VideoCatalog.build(params, seed)
         self.source = source
-        self._random = random.Random(f"{seed}/{name}/{source}").random
+        self._rng = random.Random(f"{seed}/{name}/{source}")
+        self._random = self._rng.random
         weights = [params.mix.get(kind, 0.0) for kind in VIDEO_KINDS]
         self._kinds = [VIDEO_KINDS[i] for i in _sampling_table(weights, 1024)]
         self._seq = 0
@@ -167,11 +168,30 @@ class VideoSite:
         """Events generated so far, per kind."""
         return dict(self._counts)
 
+    def position(self) -> dict[str, Any]:
+        """Where the workload is in its sequence: enough to carry on exactly from here."""
+        return {"random": _random_state(self._rng), "seq": self._seq, "counts": self.counts()}
+
+    def restore(self, position: dict[str, Any]) -> None:
+        """Carry on from a :meth:`position`."""
+        _set_random_state(self._rng, position["random"])
+        self._seq = position["seq"]
+        self._counts = dict(position["counts"])
+
+
+def _random_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_random_state(rng: random.Random, state: list[Any]) -> None:
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+
 
 # -- UGC events -----------------------------------------------------------------------------
 
 
-class Click(msgspec.Struct, frozen=True, gc=False, array_like=True):
+class Click(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="click"):
     """A click on an element of a page."""
 
     kind: ClassVar[str] = "click"
@@ -183,7 +203,7 @@ class Click(msgspec.Struct, frozen=True, gc=False, array_like=True):
     seq: int
 
 
-class PageView(msgspec.Struct, frozen=True, gc=False, array_like=True):
+class PageView(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="page_view"):
     """A page seen, with the time spent on it."""
 
     kind: ClassVar[str] = "page_view"
@@ -195,7 +215,7 @@ class PageView(msgspec.Struct, frozen=True, gc=False, array_like=True):
     seq: int
 
 
-class CustomEvent(msgspec.Struct, frozen=True, gc=False, array_like=True):
+class CustomEvent(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="custom"):
     """A named custom event: a quality change, a video watched to the end, a search filter."""
 
     kind: ClassVar[str] = "custom"
@@ -206,7 +226,7 @@ class CustomEvent(msgspec.Struct, frozen=True, gc=False, array_like=True):
     seq: int
 
 
-class WatchProgress(msgspec.Struct, frozen=True, gc=False, array_like=True):
+class WatchProgress(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="watch_progress"):
     """How far a user has watched a film."""
 
     kind: ClassVar[str] = "watch_progress"
@@ -269,7 +289,8 @@ class Ugc:
         catalog.shuffle(pages)
         weights = [1 / (rank + 1) ** params.zipf for rank in range(params.pages)]
         self._pages = [pages[slot] for slot in _sampling_table(weights)]
-        self._random = random.Random(f"{seed}/{name}/{source}").random
+        self._rng = random.Random(f"{seed}/{name}/{source}")
+        self._random = self._rng.random
         kind_weights = [params.mix.get(kind, 0.0) for kind in UGC_KINDS]
         self._kinds = [UGC_KINDS[i] for i in _sampling_table(kind_weights, 1024)]
         self._seq = 0
@@ -309,6 +330,16 @@ class Ugc:
         """Events generated so far, per kind."""
         return dict(self._counts)
 
+    def position(self) -> dict[str, Any]:
+        """Where the workload is in its sequence: enough to carry on exactly from here."""
+        return {"random": _random_state(self._rng), "seq": self._seq, "counts": self.counts()}
+
+    def restore(self, position: dict[str, Any]) -> None:
+        """Carry on from a :meth:`position`."""
+        _set_random_state(self._rng, position["random"])
+        self._seq = position["seq"]
+        self._counts = dict(position["counts"])
+
 
 WORKLOADS: dict[str, WorkloadType] = {
     "video_site": WorkloadType(
@@ -317,6 +348,7 @@ WORKLOADS: dict[str, WorkloadType] = {
         params=VideoSiteParams,
         streams=("events",),
         make=VideoSite,
+        event_types={"events": (VideoEvent,)},
     ),
     "ugc": WorkloadType(
         name="ugc",
@@ -324,6 +356,12 @@ WORKLOADS: dict[str, WorkloadType] = {
         params=UgcParams,
         streams=UGC_KINDS,
         make=Ugc,
+        event_types={
+            "click": (Click,),
+            "page_view": (PageView,),
+            "custom": (CustomEvent,),
+            "watch_progress": (WatchProgress,),
+        },
     ),
 }
 """Workloads by name."""

@@ -226,3 +226,26 @@ async def test_retention_keeps_committed_records_readable() -> None:
         partition.read(3)
     with pytest.raises(ConfigurationError, match="retention must be 0 or more"):
         Partition("t", 0, retention=-1)
+
+
+async def test_snapshot_and_restore_carry_records_offsets_and_commits() -> None:
+    partition = Partition("t", 0, capacity=10)
+    partition.register_group("a", trio.lowlevel.ParkingLot())
+    partition.register_group("b", trio.lowlevel.ParkingLot())
+    await partition.send(records(3))
+    await partition.send(records(3, start=3))
+    partition.commit("a", 5)
+    partition.commit("b", 4)
+    state = partition.snapshot()
+    assert (state.start_offset, state.end_offset, state.committed) == (4, 6, {"a": 5, "b": 4})
+    restored = Partition("t", 0, capacity=10)
+    restored.restore(state)
+    lot = trio.lowlevel.ParkingLot()
+    assert restored.register_group("b", lot) == 4
+    batch = restored.read(4)
+    assert batch is not None
+    assert list(batch.values) == [4, 5]
+    assert await restored.send(records(1, start=6)) == 6
+    assert restored.statistics().depth == 3
+    with pytest.raises(RuntimeError, match="fresh partition"):
+        restored.restore(state)

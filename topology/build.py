@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import operator
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Union
 
 import attrs
+import msgspec
 import trio
 
 from actors import (
     Columns,
     ConsumerGroup,
+    Key,
+    PartitionState,
     Producer,
     RecordBatch,
     Topic,
@@ -23,9 +28,10 @@ from actors import (
     open_supervisor,
 )
 
+from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .errors import TopologyError
 from .registry import Processor, Registry
-from .schema import Topology
+from .schema import Topology, converter
 
 LATENCY_SAMPLE_EVERY = 8
 """One record in this many has its latency measured."""
@@ -53,10 +59,22 @@ class TopicTally:
     seq_sums: dict[int, int] = attrs.field(factory=dict)
     kinds: Counter[str] = attrs.field(factory=Counter)
 
+    def snapshot(self) -> Any:
+        """The tally as plain data."""
+        return [self.records, list(self.seq_sums.items()), dict(self.kinds)]
+
+    def restore(self, state: Any) -> None:
+        """Replace the tally with a snapshot."""
+        self.records = state[0]
+        self.seq_sums = dict(state[1])
+        self.kinds = Counter(state[2])
+
 
 _SEQ = operator.attrgetter("seq")
 _SOURCE = operator.attrgetter("source")
 _TIMESTAMP = operator.attrgetter("timestamp")
+_KIND = operator.attrgetter("kind")
+_ENCODER = msgspec.msgpack.Encoder()
 
 
 @attrs.define(eq=False)
@@ -146,6 +164,28 @@ class ConsumerTally:
         if self.first_violation is None:
             self.first_violation = message
 
+    def snapshot(self) -> Any:
+        """The tally as plain data."""
+        return {
+            "records": self.records,
+            "per_topic": self.per_topic,
+            "seq_sums": self.seq_sums,
+            "violations": [self.order_violations, self.first_violation],
+            "latency": list(self.latency.items()),
+            "last_seq": [[t, p, last] for (t, p), last in self._last_seq.items()],
+            "key_partition": {t: list(keys.items()) for t, keys in self._key_partition.items()},
+        }
+
+    def restore(self, state: Any) -> None:
+        """Replace the tally with a snapshot."""
+        self.records = state["records"]
+        self.per_topic = dict(state["per_topic"])
+        self.seq_sums = {t: list(sums) for t, sums in state["seq_sums"].items()}
+        self.order_violations, self.first_violation = state["violations"]
+        self.latency = Counter(dict(state["latency"]))
+        self._last_seq = {(t, p): list(last) for t, p, last in state["last_seq"]}
+        self._key_partition = {t: dict(pairs) for t, pairs in state["key_partition"].items()}
+
 
 @attrs.frozen
 class Expectation:
@@ -175,12 +215,44 @@ def split_proportionally(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
+def fingerprint(topology: Topology, seed: int, plans: list[ProducerPlan]) -> str:
+    """Return what identifies a run's state: the topology, the seed and the producers' plans.
+
+    Checkpoints of one run may only be resumed by a run with the same fingerprint.
+    """
+    data = {
+        "topology": converter.unstructure(topology),
+        "seed": seed,
+        "plans": [attrs.astuple(plan) for plan in plans],
+    }
+    encoded = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+@attrs.define(eq=False)
+class CheckpointSettings:
+    """When a running pipeline writes epochs, and where."""
+
+    store: CheckpointStore
+    every: float | None = 1.0
+    """Seconds of the run's clock between epochs, or None."""
+    every_records: int | None = None
+    """Events produced between epochs, or None."""
+    final_timeout: float = 10.0
+    """Real seconds the final epoch may take on a graceful stop."""
+    in_thread: bool = True
+    """Write epochs in a worker thread. With a virtual clock they are written in the Trio
+    thread instead: while a thread works, autojump would move simulated time on, so the epoch
+    schedule would depend on the machine's speed."""
+
+
 @attrs.define(eq=False)
 class Pipeline:
     """A topology built into topics, consumer groups and processors, ready to run.
 
-    Make one with :meth:`build`, run it with :meth:`run`; read what happened from the topics'
-    statistics, :attr:`tallies`, :attr:`produced` and :meth:`expectations`.
+    Make one with :meth:`build` (optionally from a checkpoint), run it with :meth:`run`; read
+    what happened from the topics' statistics, :attr:`tallies`, :attr:`produced` and
+    :meth:`expectations`. :meth:`capture` takes a consistent snapshot for a checkpoint.
     """
 
     topology: Topology
@@ -192,11 +264,25 @@ class Pipeline:
     processors: dict[str, Processor]
     tallies: dict[str, ConsumerTally]
     produced: dict[str, TopicTally]
+    fingerprint: str
+    value_types: dict[str, tuple[type, ...]]
+    events_override: int | None = None
     producers: dict[tuple[str, int], list[Producer]] = attrs.field(factory=dict)
+    restored_from: EpochInfo | None = None
     started_at: float | None = None
     finished_at: float | None = None
     wall_started: float | None = None
     wall_finished: float | None = None
+    epochs: list[EpochInfo] = attrs.field(factory=list)
+    _positions: dict[tuple[str, int], dict[str, Any]] = attrs.field(factory=dict)
+    _active: set[tuple[str, int]] = attrs.field(factory=set)
+    _arrived: set[tuple[str, int]] = attrs.field(factory=set)
+    _requested: bool = False
+    _all_arrived: trio.Event = attrs.field(factory=trio.Event)
+    _resume: trio.Event = attrs.field(factory=trio.Event)
+    _records_due: trio.Event = attrs.field(factory=trio.Event)
+    _request_event: trio.Event = attrs.field(factory=trio.Event)
+    _next_records: int | None = None
 
     @classmethod
     def build(
@@ -206,8 +292,9 @@ class Pipeline:
         *,
         seed: int | None = None,
         events: int | None = None,
+        restore: tuple[EpochInfo, dict[tuple[str, str], bytes]] | None = None,
     ) -> Pipeline:
-        """Build the pipeline of ``topology``.
+        """Build the pipeline of ``topology``, fresh or from a checkpoint.
 
         Args:
             topology: A validated topology.
@@ -215,6 +302,7 @@ class Pipeline:
             seed: Replaces the topology's seed.
             events: Replaces the total number of events, split over producers in proportion
                 to what the file gives them.
+            restore: An epoch and its parts (from :meth:`CheckpointStore.load`) to resume.
 
         Raises:
             TopologyError: The topology names unknown workloads or processors, or their
@@ -223,6 +311,7 @@ class Pipeline:
         problems = registry.check(topology)
         if problems:
             raise TopologyError(problems, topology.name)
+        run_seed = topology.seed if seed is None else seed
         names = list(topology.producers)
         totals = [topology.producers[n].total_events for n in names]
         if events is not None:
@@ -235,6 +324,14 @@ class Pipeline:
             for instance, count in enumerate(split_evenly(total, spec.instances)):
                 plans.append(ProducerPlan(name, instance, source, count, rate))
                 source += 1
+        value_types: dict[str, tuple[type, ...]] = {name: () for name in topology.topics}
+        for spec in topology.producers.values():
+            kind = registry.workloads[spec.workload]
+            for stream in kind.streams:
+                topic = spec.topic if spec.topic else spec.topics[stream]
+                value_types[topic] += tuple(
+                    t for t in kind.event_types.get(stream, ()) if t not in value_types[topic]
+                )
         topics = {
             name: Topic(
                 name,
@@ -244,30 +341,174 @@ class Pipeline:
             )
             for name, spec in topology.topics.items()
         }
-        groups = {}
-        processors = {}
-        tallies = {}
-        for name, consumer in topology.consumers.items():
-            for topic in consumer.topic_names:
-                groups[name, topic] = ConsumerGroup(
-                    consumer.group or name, topics[topic], strategy=consumer.strategy
-                )
-            kind = registry.processors[consumer.processor]
-            processors[name] = kind.make(registry.processor_params(topology, name))
-            tallies[name] = ConsumerTally(
-                name, tuple(consumer.topic_names), len(plans), topology.expect.per_key_order
-            )
-        return cls(
+        pipeline = cls(
             topology=topology,
             registry=registry,
-            seed=topology.seed if seed is None else seed,
+            seed=run_seed,
             plans=plans,
             topics=topics,
-            groups=groups,
-            processors=processors,
-            tallies=tallies,
+            groups={},
+            processors={},
+            tallies={},
             produced={name: TopicTally() for name in topics},
+            fingerprint=fingerprint(topology, run_seed, plans),
+            value_types=value_types,
+            events_override=events,
         )
+        if restore is not None:
+            pipeline._restore_topics(restore[1])
+        for name, consumer in topology.consumers.items():
+            for topic in consumer.topic_names:
+                pipeline.groups[name, topic] = ConsumerGroup(
+                    consumer.group or name, topics[topic], strategy=consumer.strategy
+                )
+            processor_type = registry.processors[consumer.processor]
+            pipeline.processors[name] = processor_type.make(
+                registry.processor_params(topology, name)
+            )
+            pipeline.tallies[name] = ConsumerTally(
+                name, tuple(consumer.topic_names), len(plans), topology.expect.per_key_order
+            )
+        if restore is not None:
+            pipeline._restore_state(*restore)
+        return pipeline
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _partition_decoder(self, topic: str) -> msgspec.msgpack.Decoder[Any]:
+        types = self.value_types[topic]
+        value: Any = Any if not types else (types[0] if len(types) == 1 else Union[types])  # noqa: UP007
+        batch = tuple[int, list[Key], list[value], list[float]]
+        return msgspec.msgpack.Decoder(tuple[int, int, dict[str, int], int, list[batch]])
+
+    def capture(self, *, final: bool = False) -> Snapshot:
+        """Take a consistent snapshot of the whole pipeline, synchronously.
+
+        Consistent means: call it only when every producer is at a safe point (paused by a
+        checkpoint request, or finished). Consumers are consistent at any moment, because each
+        commits a batch in the same step as it processes it.
+        """
+        parts: dict[tuple[str, str], bytes] = {}
+        held = 0
+        for name, topic in self.topics.items():
+            for partition in topic.partitions:
+                state = partition.snapshot()
+                held += state.end_offset - state.start_offset
+                parts["partition", f"{name}/{partition.index}"] = _ENCODER.encode(
+                    [
+                        state.start_offset,
+                        state.end_offset,
+                        state.committed,
+                        state.peak_depth,
+                        [[b.base_offset, b.keys, b.values, b.timestamps] for b in state.batches],
+                    ]
+                )
+        for name, processor in self.processors.items():
+            parts["processor", name] = _ENCODER.encode(processor.snapshot())
+        for name, tally in self.tallies.items():
+            parts["consumer", name] = _ENCODER.encode(tally.snapshot())
+        for name, topic_tally in self.produced.items():
+            parts["topic", name] = _ENCODER.encode(topic_tally.snapshot())
+        for (producer, instance), position in self._positions.items():
+            parts["producer", f"{producer}/{instance}"] = _ENCODER.encode(position)
+        now = trio.current_time()
+        parts["run", "clock"] = _ENCODER.encode({"sim_time": now})
+        return Snapshot(now, self.events_produced, held, parts, final)
+
+    def _restore_topics(self, parts: dict[tuple[str, str], bytes]) -> None:
+        for name, topic in self.topics.items():
+            decoder = self._partition_decoder(name)
+            for partition in topic.partitions:
+                data = parts.get(("partition", f"{name}/{partition.index}"))
+                if data is None:
+                    continue
+                start, end, committed, peak, batches = decoder.decode(data)
+                partition.restore(
+                    PartitionState(
+                        start,
+                        end,
+                        committed,
+                        [
+                            RecordBatch(name, partition.index, base, keys, values, stamps)
+                            for base, keys, values, stamps in batches
+                        ],
+                        peak,
+                    )
+                )
+
+    def _restore_state(self, info: EpochInfo, parts: dict[tuple[str, str], bytes]) -> None:
+        self.restored_from = info
+        for (kind, name), data in parts.items():
+            state = msgspec.msgpack.decode(data) if kind != "partition" else None
+            if kind == "processor" and name in self.processors:
+                self.processors[name].restore(state)
+            elif kind == "consumer" and name in self.tallies:
+                self.tallies[name].restore(state)
+            elif kind == "topic" and name in self.produced:
+                self.produced[name].restore(state)
+            elif kind == "producer":
+                producer, instance = name.rsplit("/", 1)
+                self._positions[producer, int(instance)] = dict(state or {})
+
+    async def _safe_point(
+        self, key: tuple[str, int], producers: list[Producer], position: dict[str, Any]
+    ) -> None:
+        # Called by a producer between chunks when a checkpoint is requested: hand everything
+        # over to the partitions, say where the workload is, and wait until the snapshot is
+        # taken. Consumers keep running meanwhile, so the flush always finds room.
+        for producer in producers:
+            await producer.flush()
+        self._positions[key] = position
+        self._arrived.add(key)
+        if self._active <= self._arrived:
+            self._all_arrived.set()
+        await self._resume.wait()
+
+    def _finished(self, key: tuple[str, int], position: dict[str, Any]) -> None:
+        self._positions[key] = position
+        self._active.discard(key)
+        if self._requested and self._active <= self._arrived:
+            self._all_arrived.set()
+
+    async def checkpoint(
+        self, store: CheckpointStore, *, final: bool = False, in_thread: bool = True
+    ) -> EpochInfo:
+        """Pause producers at their next safe point, snapshot, resume, and write the epoch."""
+        self._all_arrived = trio.Event()
+        self._resume = trio.Event()
+        self._arrived = set()
+        self._requested = True
+        self._request_event.set()
+        try:
+            if not self._active <= self._arrived:
+                await self._all_arrived.wait()
+            snapshot = self.capture(final=final)
+        finally:
+            self._requested = False
+            self._request_event = trio.Event()
+            self._resume.set()
+        if in_thread:
+            info = await trio.to_thread.run_sync(store.write, snapshot)
+        else:
+            info = store.write(snapshot)
+            await trio.lowlevel.checkpoint()
+        self.epochs.append(info)
+        return info
+
+    async def _checkpointer(self, settings: CheckpointSettings) -> None:
+        if settings.every_records:
+            self._next_records = self.events_produced + settings.every_records
+        while self._active:
+            self._records_due = trio.Event()
+            with trio.move_on_after(settings.every if settings.every else math.inf):
+                await self._records_due.wait()
+            if not self._active:
+                return
+            await self.checkpoint(settings.store, in_thread=settings.in_thread)
+            if settings.every_records:
+                self._next_records = self.events_produced + settings.every_records
+
+    # -- running ---------------------------------------------------------------------------
 
     @property
     def events_planned(self) -> int:
@@ -290,17 +531,24 @@ class Pipeline:
         """Records accepted but not yet committed, summed over groups and partitions."""
         return sum(sum(group.statistics().lag) for group in self.groups.values())
 
-    async def run(self, monitor: Callable[[], None] | None = None) -> None:
+    async def run(
+        self,
+        monitor: Callable[[], None] | None = None,
+        checkpoints: CheckpointSettings | None = None,
+    ) -> None:
         """Run every producer and consumer until the producers are done and all is consumed.
 
         Args:
             monitor: Called after every batch a consumer processes (keep it cheap).
+            checkpoints: Write epochs while running, and a final one at the end.
 
         Raises:
             SupervisionError: An actor crashed; the message names it and the error.
+            CheckpointError: An epoch could not be written.
         """
         self.started_at = trio.current_time()
         self.wall_started = time.perf_counter()
+        self._active = {(plan.producer, plan.instance) for plan in self.plans}
         try:
             async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
                 for (consumer, topic), group in self.groups.items():
@@ -316,11 +564,19 @@ class Pipeline:
                         )
                 for plan in self.plans:
                     supervisor.start_soon(f"{plan.producer}-{plan.instance}", self._produce, plan)
+                if checkpoints is not None and (checkpoints.every or checkpoints.every_records):
+                    supervisor.start_soon("checkpointer", self._checkpointer, checkpoints)
+            if checkpoints is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(checkpoints.final_timeout):
+                    await self.checkpoint(
+                        checkpoints.store, final=True, in_thread=checkpoints.in_thread
+                    )
         finally:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()
 
     async def _produce(self, plan: ProducerPlan) -> None:
+        key = (plan.producer, plan.instance)
         spec = self.topology.producers[plan.producer]
         kind = self.registry.workloads[spec.workload]
         params = self.registry.workload_params(self.topology, plan.producer)
@@ -337,23 +593,36 @@ class Pipeline:
             if rate is None
             else max(1, min(spec.max_batch, math.ceil(rate * spec.linger)))
         )
+        saved = self._positions.get(key)
+        if saved is not None:
+            workload.restore(saved["workload"])
+            done, start = saved["done"], saved["start"]
+        else:
+            done, start = 0, trio.current_time()
+
+        def position() -> dict[str, Any]:
+            return {"done": done, "start": start, "workload": workload.position()}
+
         async with AsyncExitStack() as stack:
             producers = {}
             for stream, topic in topic_of.items():
                 producers[stream] = await stack.enter_async_context(
                     open_producer(self.topics[topic], max_batch=spec.max_batch, linger=spec.linger)
                 )
-            self.producers[plan.producer, plan.instance] = list(producers.values())
-            start = trio.current_time()
-            done = 0
+            self.producers[key] = list(producers.values())
             while done < plan.events:
+                if self._requested and key not in self._arrived:
+                    await self._safe_point(key, self.producers[key], position())
+                    continue
                 left = plan.events - done
                 if rate is None:
                     count = min(chunk, left)
                 else:
                     due = math.floor((trio.current_time() - start) * rate + 1e-9) + 1 - done
                     if due < min(chunk, left):
-                        await trio.sleep_until(start + (done + min(chunk, left) - 1) * interval)
+                        # Sleep until the chunk is due, unless a checkpoint asks first.
+                        with trio.move_on_at(start + (done + min(chunk, left) - 1) * interval):
+                            await self._request_event.wait()
                         continue
                     count = min(due, spec.max_batch, left)
                 streams = workload.generate(count, start + done * interval, interval)
@@ -363,6 +632,9 @@ class Pipeline:
                             producers[stream], topic_of[stream], key_of[stream], plan.source, events
                         )
                 done += count
+                if self._next_records is not None and self.events_produced >= self._next_records:
+                    self._records_due.set()
+        self._finished(key, position())
 
     async def _send(
         self,
@@ -376,10 +648,8 @@ class Pipeline:
         await producer.send_many(Columns(keys, events, list(map(_TIMESTAMP, events))))
         tally = self.produced[topic]
         tally.records += len(events)
-        tally.seq_sums[source] = tally.seq_sums.get(source, 0) + sum(
-            map(operator.attrgetter("seq"), events)
-        )
-        tally.kinds.update(map(operator.attrgetter("kind"), events))
+        tally.seq_sums[source] = tally.seq_sums.get(source, 0) + sum(map(_SEQ, events))
+        tally.kinds.update(map(_KIND, events))
 
     async def _consume(
         self,
@@ -392,10 +662,16 @@ class Pipeline:
         spec = self.topology.consumers[consumer]
         processor = self.processors[consumer]
         tally = self.tallies[consumer]
-        async with group.join(f"{consumer}-{instance}", max_records=spec.max_records) as member:
+        # Commit in the same step as processing, with no checkpoint between: then at every
+        # moment the processor's state matches the committed offsets, which is what makes a
+        # snapshot consistent without stopping consumers.
+        async with group.join(
+            f"{consumer}-{instance}", auto_commit=False, max_records=spec.max_records
+        ) as member:
             async for batch in member.batches():
                 tally.observe(topic, batch, trio.current_time())
                 processor.process(batch.values)
+                member.commit_nowait()
                 if monitor is not None:
                     monitor()
 

@@ -25,3 +25,10 @@ class FieldError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class CheckpointError(RingflowError):
+    """A state folder or checkpoint database cannot be used as it is.
+
+    The message says what was found and what to do; the existing state is never changed.
+    """

@@ -32,6 +32,14 @@ class Workload(Protocol):
         """Return how many events of each kind were generated so far."""
         ...
 
+    def position(self) -> Any:
+        """Return where the workload is, as plain data msgspec can encode (for checkpoints)."""
+        ...
+
+    def restore(self, position: Any) -> None:
+        """Carry on from a :meth:`position`: the next events are those that would have come."""
+        ...
+
 
 class Processor(Protocol):
     """Aggregates the records a consumer reads; one per consumer, shared by its instances.
@@ -52,6 +60,14 @@ class Processor(Protocol):
         """Return the number of events per kind that the aggregates account for."""
         ...
 
+    def snapshot(self) -> Any:
+        """Return the state as plain data msgspec can encode (for checkpoints)."""
+        ...
+
+    def restore(self, state: Any) -> None:
+        """Replace the state with a :meth:`snapshot`."""
+        ...
+
 
 @attrs.frozen
 class WorkloadType:
@@ -65,6 +81,8 @@ class WorkloadType:
     """The streams the workload writes; each goes to a topic."""
     make: Callable[[Any, int, str, int], Workload]
     """Build an instance from (params, run seed, producer name, instance number)."""
+    event_types: Mapping[str, tuple[type, ...]] = attrs.field(factory=dict)
+    """The event classes of each stream (msgspec structs with tags), to decode checkpoints."""
 
 
 @attrs.frozen

@@ -162,6 +162,20 @@ class ExpectSpec:
 
 
 @attrs.frozen
+class CheckpointSpec:
+    """When and where a run writes checkpoints: ``checkpoint`` in the file."""
+
+    path: str | None = None
+    """The state folder; by default the one given with ``--state``, else ``state/NAME``."""
+    every: float | None = attrs.field(default=1.0, validator=_positive)
+    """Seconds of the run's clock between epochs (simulated seconds with a virtual clock)."""
+    every_records: int | None = attrs.field(default=None, validator=_at_least(1))
+    """Events produced between epochs, as well as or instead of ``every``."""
+    keep: int = attrs.field(default=3, validator=_at_least(1))
+    """How many of the newest epochs to keep."""
+
+
+@attrs.frozen
 class Topology:
     """A whole topology file.
 
@@ -183,6 +197,8 @@ class Topology:
     """``virtual`` runs in simulated time (fast, deterministic); ``real`` uses the wall clock."""
     expect: ExpectSpec = ExpectSpec()
     """Invariants checked at the end of the run."""
+    checkpoint: CheckpointSpec | None = None
+    """Checkpoints; without this section, only ``--state`` turns them on."""
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "topology") -> Topology:
