@@ -1,0 +1,5 @@
+"""``python -m sim`` runs the ``ringflow`` command."""
+
+from .cli import run
+
+run()
