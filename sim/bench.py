@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,8 @@ class BenchSettings:
     """Records in the slow-consumer memory run (0 skips it)."""
     video_events: int = 2_000_000
     """Events of the video-site topology run against the plain loop (0 skips it)."""
+    restore_records: int = 1_000_000
+    """Records held in rings in the epoch whose restore is timed (0 skips it)."""
 
 
 def _batch_of(size: int) -> list[Record]:
@@ -213,6 +216,67 @@ def measure_video_site(events: int) -> tuple[float, float, bool]:
     return report["events_per_second"], loop["events_per_second"], same
 
 
+def measure_checkpoint_cost(events: int) -> tuple[float, float, int]:
+    """Run the video-site example with an epoch every simulated second and without.
+
+    Returns events per second with checkpoints, without, and the epochs written.
+    """
+    from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
+
+    spec = load_topology(example_topology("video-site.yaml"))
+    plain = run_pipeline(topology.Pipeline.build(spec, REGISTRY, events=events)).report
+    with tempfile.TemporaryDirectory() as state:
+        pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
+        settings, pipeline = open_checkpoints(pipeline, Path(state))
+        report = run_pipeline(pipeline, checkpoints=settings).report
+    return report["events_per_second"], plain["events_per_second"], len(pipeline.epochs)
+
+
+def measure_restore(records: int) -> dict[str, float]:
+    """Write an epoch whose rings hold ``records`` video events, then time restoring it.
+
+    Returns the seconds to load the epoch and rebuild the pipeline from it, and the epoch's
+    size in MB.
+    """
+    from .run import REGISTRY, load_topology
+    from .workloads import VideoSite, VideoSiteParams
+
+    spec = load_topology(example_topology("video-site.yaml"))
+    topic = attrs.evolve(spec.topics["events"], capacity=records)
+    spec = attrs.evolve(spec, topics={"events": topic})
+    pipeline = topology.Pipeline.build(spec, REGISTRY, events=records)
+    events = VideoSite(VideoSiteParams(), 0, "site", 0).generate(records, 0.0, 0.0001)["events"]
+    keys = [event.video_id for event in events]
+    stamps = [event.timestamp for event in events]
+
+    async def fill() -> topology.checkpoint.Snapshot:
+        for group in pipeline.groups.values():
+            assert group  # registered: the records are held until they commit
+        parts = pipeline.topics["events"].split(Columns(keys, events, stamps))
+        for partition, part in zip(pipeline.topics["events"].partitions, parts, strict=True):
+            for start in range(0, len(part), 1000):
+                await partition.send(
+                    Columns(
+                        part.keys[start : start + 1000],
+                        part.values[start : start + 1000],
+                        part.timestamps[start : start + 1000],
+                    )
+                )
+        return pipeline.capture()
+
+    snapshot = trio.run(fill)
+    with tempfile.TemporaryDirectory() as state:
+        store = topology.CheckpointStore.open(Path(state), pipeline.fingerprint)
+        info = store.write(snapshot)
+        started = time.perf_counter()
+        loaded = store.load()
+        restored = topology.Pipeline.build(spec, REGISTRY, events=records, restore=loaded)
+        seconds = time.perf_counter() - started
+    held = sum(p.statistics().depth for p in restored.topics["events"].partitions)
+    assert held == records == info.ring_records
+    return {"restore_seconds": seconds, "epoch_mb": info.bytes / 1e6}
+
+
 def machine() -> dict[str, Any]:
     """Describe this machine in a few words for the report."""
     return {
@@ -269,6 +333,26 @@ def run_bench(
         result["plain_loop_events_per_s"] = statistics.median(loops)
         result["video_ratio"] = statistics.median(video_ratios)
         result["video_same_aggregates"] = same
+    if settings.video_events:
+        with_ckpt: list[float] = []
+        without: list[float] = []
+        costs: list[float] = []
+        for round_ in range(1, settings.repeat + 1):
+            progress(f"round {round_}/{settings.repeat}: video site with and without checkpoints")
+            on, off, epochs = measure_checkpoint_cost(settings.video_events)
+            with_ckpt.append(on)
+            without.append(off)
+            costs.append(1 - on / off)
+        result["checkpoint_every_second_events_per_s"] = statistics.median(with_ckpt)
+        result["no_checkpoint_events_per_s"] = statistics.median(without)
+        result["checkpoint_cost"] = statistics.median(costs)
+        result["checkpoint_epochs"] = epochs
+    if settings.restore_records:
+        progress(f"restoring an epoch holding {settings.restore_records:,} records")
+        restores = [measure_restore(settings.restore_records) for _ in range(settings.repeat)]
+        result["restore_records"] = settings.restore_records
+        result["restore_seconds"] = statistics.median(r["restore_seconds"] for r in restores)
+        result["restore_epoch_mb"] = restores[0]["epoch_mb"]
     if settings.memory_records:
         progress(f"slow consumer over {settings.memory_records:,} records (fresh process)")
         memory = measure_slow_consumer_memory(settings.memory_records, settings.batch)

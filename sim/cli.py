@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     bench.add_argument(
+        "--restore-records",
+        type=_non_negative,
+        default=defaults.restore_records,
+        help="records held in the epoch whose restore is timed; 0 skips it (default: %(default)s)",
+    )
+    bench.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     return parser
@@ -176,6 +182,7 @@ def _bench(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         memory_records=args.memory_records,
         video_events=args.video_events,
+        restore_records=args.restore_records,
     )
     err = Console(stderr=True)
     if args.json:
@@ -208,6 +215,18 @@ def _bench(args: argparse.Namespace) -> int:
         )
         table.add_row("ratio run / plain loop", f"{result['video_ratio']:.2f}")
         table.add_row("same aggregates", "yes" if result["video_same_aggregates"] else "NO")
+    if "checkpoint_cost" in result:
+        table.add_row(
+            f"video site, an epoch every simulated second ({result['checkpoint_epochs']} epochs)",
+            f"{result['checkpoint_every_second_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("checkpoint cost (1 - with / without)", f"{result['checkpoint_cost']:.1%}")
+    if "restore_seconds" in result:
+        table.add_row(
+            f"restore an epoch of {result['restore_records']:,} buffered records "
+            f"({result['restore_epoch_mb']:,.0f} MB)",
+            f"{result['restore_seconds']:,.2f} s",
+        )
     if "slow_consumer_peak_rss_mb" in result:
         table.add_row(
             f"peak RSS, consumer 10x slower, {result['slow_consumer_records']:,} records",

@@ -18,6 +18,7 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--repeat=1",
             "--memory-records=20000",
             "--video-events=20000",
+            "--restore-records=5000",
         ]
     )
     assert code == 0
@@ -38,6 +39,11 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
         result["video_run_events_per_s"] / result["plain_loop_events_per_s"]
     )
     assert result["video_same_aggregates"] is True
+    assert result["checkpoint_cost"] == pytest.approx(
+        1 - result["checkpoint_every_second_events_per_s"] / result["no_checkpoint_events_per_s"]
+    )
+    assert result["restore_records"] == 5000
+    assert result["restore_seconds"] > 0
 
 
 @pytest.mark.parametrize(
