@@ -193,6 +193,20 @@ def run_with_state_spec(state: Path, spec: Any, events: int) -> dict[str, Any]:
     return run_pipeline(pipeline, checkpoints=checkpoints).report
 
 
+def test_epochs_can_be_triggered_by_records_alone(tmp_path: Path) -> None:
+    spec = attrs.evolve(topology_checkpoint(), every=None, every_records=15_000, keep=10)
+    report = run_with_state_spec(tmp_path, spec, events=EVENTS)
+    store = CheckpointStore.open(
+        tmp_path, Pipeline.build(topology(), REGISTRY, events=EVENTS).fingerprint, keep=10
+    )
+    produced = [e.events_produced for e in store.epochs()]
+    # One epoch per 15,000 events (a producer finishes its chunk first), then the final one.
+    assert len(produced) == 4
+    assert all(15_000 <= b - a < 20_000 for a, b in zip([0, *produced], produced[:3], strict=False))
+    assert produced[-1] == EVENTS
+    assert report["digest"] == reference_digest()
+
+
 def test_resume_after_a_graceful_stop_continues_exactly(tmp_path: Path) -> None:
     stopped = []
 
@@ -244,6 +258,7 @@ def test_killed_processes_resume_to_the_same_digest(tmp_path: Path) -> None:
     assert kills >= 2
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+    assert "resuming from epoch" in done.stdout
     import json
 
     result = json.loads(report.read_text())

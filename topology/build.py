@@ -220,8 +220,10 @@ def fingerprint(topology: Topology, seed: int, plans: list[ProducerPlan]) -> str
 
     Checkpoints of one run may only be resumed by a run with the same fingerprint.
     """
+    # How often epochs are written does not change what the state means, so it is left out:
+    # a run may be resumed with other checkpoint settings.
     data = {
-        "topology": converter.unstructure(topology),
+        "topology": converter.unstructure(attrs.evolve(topology, checkpoint=None)),
         "seed": seed,
         "plans": [attrs.astuple(plan) for plan in plans],
     }
@@ -469,6 +471,8 @@ class Pipeline:
         self._active.discard(key)
         if self._requested and self._active <= self._arrived:
             self._all_arrived.set()
+        if not self._active:
+            self._records_due.set()  # let the checkpoint actor see that it is done
 
     async def checkpoint(
         self, store: CheckpointStore, *, final: bool = False, in_thread: bool = True
