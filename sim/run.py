@@ -219,8 +219,12 @@ def run_pipeline(
         clock = trio.testing.MockClock(autojump_threshold=0)
         if pipeline.restored_from is not None:
             clock.jump(pipeline.restored_from.sim_time)
-    with relaxed_gc():
-        report = trio.run(main, clock=clock)
+    try:
+        with relaxed_gc():
+            report = trio.run(main, clock=clock)
+    finally:
+        if checkpoints is not None:
+            checkpoints.store.close()
     return RunResult(report, state["pipeline"])
 
 

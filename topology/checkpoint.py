@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -81,14 +82,15 @@ class CheckpointStore:
     Every epoch is written in one transaction, so a crash while writing leaves the previous
     epochs intact. Only the newest ``keep`` epochs are kept.
 
-    A connection is made per call, because writes run in a worker thread and SQLite
-    connections may not cross threads.
+    The store keeps one connection open; call :meth:`close` when done with it.
     """
 
     def __init__(self, path: Path, fingerprint: str, keep: int) -> None:
         self.path = path
         self.fingerprint = fingerprint
         self.keep = keep
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def open(
@@ -126,21 +128,45 @@ class CheckpointStore:
                         ],
                     )
         except sqlite3.DatabaseError as exc:
+            store.close()
             raise CheckpointError(
                 f"{path} is not a usable checkpoint database ({exc}); it may be truncated or "
                 "corrupt. Move it away to start afresh, or restore it from a backup"
             ) from None
+        except CheckpointError:
+            store.close()
+            raise
         except OSError as exc:
+            store.close()
             raise CheckpointError(f"cannot write {path}: {exc.strerror}") from None
         return store
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=10)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            with db:
-                yield db
+        # One connection for the store's life: opening one per epoch cost more than writing
+        # the epoch. Writes may come from a worker thread, so access is serialised here.
+        with self._lock:
+            if self._db is None:
+                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    # In WAL mode, NORMAL keeps every commit atomic and survives a killed
+                    # process; only a power cut can lose the newest epoch (never older ones).
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    db.execute("PRAGMA foreign_keys=ON")
+                except BaseException:
+                    db.close()
+                    raise
+                self._db = db
+            with self._db:
+                yield self._db
+
+    def close(self) -> None:
+        """Close the database connection (the store opens it again when needed)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _check(self, db: sqlite3.Connection) -> None:
         problem = db.execute("PRAGMA quick_check").fetchone()[0]
