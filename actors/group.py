@@ -120,6 +120,12 @@ class ConsumerGroup:
     _leaves: int = attrs.field(init=False, default=0)
     _crashes: int = attrs.field(init=False, default=0)
     _next_member: int = attrs.field(init=False, default=0)
+    on_deliver: Callable[[str, RecordBatch], None] | None = attrs.field(init=False, default=None)
+    """Called with (member name, batch) for every batch handed out (for logging)."""
+    on_rebalance: Callable[[str, GroupStatistics], None] | None = attrs.field(
+        init=False, default=None
+    )
+    """Called with (reason, statistics) after every rebalance (for logging)."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -174,7 +180,7 @@ class ConsumerGroup:
         consumer = Consumer(self, name, auto_commit, max_records)
         self._members[name] = consumer
         self._joins += 1
-        self._rebalance()
+        self._rebalance(f"{name} joined")
         graceful = False
         try:
             yield consumer
@@ -195,9 +201,9 @@ class ConsumerGroup:
         consumer._held.clear()
         consumer._active = False
         del self._members[consumer.name]
-        self._rebalance()
+        self._rebalance(f"{consumer.name} {'left' if graceful else 'crashed'}")
 
-    def _rebalance(self) -> None:
+    def _rebalance(self, reason: str) -> None:
         assignment = self._assign(self.topic.partition_count, list(self._members))
         owner: list[Consumer | None] = [None] * self.topic.partition_count
         for name, partitions in assignment.items():
@@ -215,6 +221,8 @@ class ConsumerGroup:
         self._owner = owner
         self._generation += 1
         self._lot.unpark_all()
+        if self.on_rebalance is not None:
+            self.on_rebalance(reason, self.statistics())
 
     # -- fetching and committing -----------------------------------------------------------
 
@@ -240,6 +248,8 @@ class ConsumerGroup:
         if holder is None:
             self._holder[partition] = consumer
             consumer._held.add(partition)
+        if self.on_deliver is not None:
+            self.on_deliver(consumer.name, batch)
         return batch
 
     def _commit(self, consumer: Consumer, partition: int, offset: int) -> None:

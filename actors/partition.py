@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import outcome
@@ -120,6 +120,8 @@ class Partition:
     _closed: bool = attrs.field(init=False, default=False)
     _peak: int = attrs.field(init=False, default=0)
     _blocked: float = attrs.field(init=False, default=0.0)
+    on_append: Callable[[RecordBatch], None] | None = attrs.field(init=False, default=None)
+    """Called with every batch as it is accepted (for logging); must not block or raise."""
 
     def __attrs_post_init__(self) -> None:
         # Checked here rather than with an attrs validator: a validator makes attrs run a
@@ -222,6 +224,8 @@ class Partition:
                 self._peak = depth
             for lot in self._listeners:
                 lot.unpark_all()
+            if self.on_append is not None:
+                self.on_append(self._batches[-1])
         return base
 
     def _admit_senders(self) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
+import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -11,15 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import redis.exceptions
 import trio
 import trio.testing
+import trio_asyncio
 
-from actors import SupervisionError
+from actors import RingflowError, SupervisionError
+from actors.redislog import (
+    RedisLogger,
+    make_client,
+    real_time_limit,
+    redact,
+    run_key,
+    sleep_real,
+)
 from topology import (
     CheckpointError,
     CheckpointSettings,
     CheckpointSpec,
     CheckpointStore,
+    EpochInfo,
     Pipeline,
     Registry,
     Topology,
@@ -31,6 +46,24 @@ from .report import build_report
 from .workloads import WORKLOADS
 
 REGISTRY = Registry(workloads=WORKLOADS, processors=PROCESSORS)
+
+
+class LoggingUnavailable(RingflowError):
+    """Redis could not be reached at start and the topology says to fail then."""
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """Turn a Redis error into advice (never showing a password)."""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in text:
+        return "authentication failed: check the user and password in the URL"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in text:
+        return "it is a read-only replica: point redis.url at the primary"
+    if isinstance(exc, redis.exceptions.ConnectionError | OSError):
+        return f"cannot connect ({text.split(' connecting to ')[0]}); is it running?"
+    return f"{type(exc).__name__}: {text}"
+
+
 """Every workload and processor ringflow ships."""
 
 
@@ -77,6 +110,80 @@ class RunResult:
 
     report: dict[str, Any]
     pipeline: Pipeline
+
+
+@attrs.frozen
+class LogSettings:
+    """Where a run logs: a Redis URL, the run's id, and the streams' length."""
+
+    url: str
+    run_id: str
+    maxlen: int = 100_000
+    fail_if_unavailable: bool = False
+
+
+def new_run_id(name: str) -> str:
+    """Return a fresh id for a run of topology ``name``: its name, the UTC time, a random tag."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return f"{name}-{stamp}-{os.urandom(2).hex()}"
+
+
+def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
+    """Send the pipeline's events to ``logger``: accepted batches (``incoming``), delivered
+    batches (``outgoing``), rebalances and epochs (``meta``)."""
+    for name, topic in pipeline.topics.items():
+        for partition in topic.partitions:
+            partition.on_append = functools.partial(_incoming, logger, name)
+    for (_consumer, topic_name), group in pipeline.groups.items():
+        group.on_deliver = functools.partial(_outgoing, logger, group.name, topic_name)
+        group.on_rebalance = functools.partial(_rebalanced, logger, group.name, topic_name)
+
+    def epoch(info: EpochInfo) -> None:
+        logger.emit(
+            "meta",
+            event="checkpoint",
+            epoch=info.epoch,
+            sim_time=info.sim_time,
+            ring_records=info.ring_records,
+            bytes=info.bytes,
+            final=int(info.final),
+        )
+
+    pipeline.on_epoch = epoch
+
+
+def _incoming(logger: RedisLogger, topic: str, batch: Any) -> None:
+    logger.emit(
+        "incoming",
+        len(batch.values),
+        topic=topic,
+        partition=batch.partition,
+        offset=batch.base_offset,
+    )
+
+
+def _outgoing(logger: RedisLogger, group: str, topic: str, member: str, batch: Any) -> None:
+    logger.emit(
+        "outgoing",
+        len(batch.values),
+        group=group,
+        member=member,
+        topic=topic,
+        partition=batch.partition,
+        offset=batch.base_offset,
+    )
+
+
+def _rebalanced(logger: RedisLogger, group: str, topic: str, reason: str, stats: Any) -> None:
+    logger.emit(
+        "meta",
+        event="rebalance",
+        group=group,
+        topic=topic,
+        reason=reason,
+        generation=stats.generation,
+        assignment=json.dumps({m: list(p) for m, p in stats.assignment.items()}),
+    )
 
 
 MAX_ROLLBACKS = 5
@@ -133,6 +240,7 @@ def run_pipeline(
     pipeline: Pipeline,
     *,
     checkpoints: CheckpointSettings | None = None,
+    logging: LogSettings | None = None,
     on_refresh: Callable[[Pipeline, float], None] | None = None,
     refresh_every: float = 0.25,
     handle_sigint: bool = False,
@@ -145,6 +253,7 @@ def run_pipeline(
     Args:
         pipeline: What to run (possibly restored from a checkpoint).
         checkpoints: Where and when to write epochs; None for no checkpoints.
+        logging: Where to log every event; None for no logging.
         on_refresh: Called about every ``refresh_every`` real seconds with the pipeline and the
             run's clock, for a live view.
         refresh_every: Real seconds between refreshes and timeline samples.
@@ -176,6 +285,92 @@ def run_pipeline(
             sample()
 
     async def main() -> dict[str, Any]:
+        if logging is None:
+            return await run_and_report(None)
+        async with trio_asyncio.open_loop():
+            return await run_logged(logging)
+
+    async def run_logged(settings: LogSettings) -> dict[str, Any]:
+        client = make_client(settings.url)
+        logger = RedisLogger(
+            client, settings.run_id, url=redact(settings.url), maxlen=settings.maxlen
+        )
+        problem = None
+        try:
+            async with real_time_limit(5) as limit:
+                await logger.describe_run(
+                    topology=pipeline.topology.name,
+                    seed=pipeline.seed,
+                    status="running",
+                    started_at=time.time(),
+                    events_planned=pipeline.events_planned,
+                )
+            if limit.cancelled_caught:
+                problem = "no answer within 5 s"
+        except (redis.exceptions.RedisError, OSError) as exc:
+            problem = describe_redis_error(exc)
+        if problem is not None:
+            message = f"Redis at {redact(settings.url)} is unavailable: {problem}"
+            await trio_asyncio.aio_as_trio(client.aclose)()
+            if settings.fail_if_unavailable:
+                raise LoggingUnavailable(message)
+            state["logging"] = {"enabled": False, "reason": message}
+            return await run_and_report(None)
+        state["logging"] = {"enabled": True, "url": redact(settings.url), "run_id": settings.run_id}
+        attach_logger(pipeline, logger)
+        logger.emit(
+            "meta",
+            event="run_started",
+            topology=pipeline.topology.name,
+            seed=pipeline.seed,
+            events_planned=pipeline.events_planned,
+            resumed_from_epoch=-1
+            if pipeline.restored_from is None
+            else pipeline.restored_from.epoch,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(logger.run)
+            report = await run_and_report(logger)
+            nursery.cancel_scope.cancel()  # the final flush below is the only writer now
+            logger.emit(
+                "meta",
+                event="run_ended",
+                status=report["status"],
+                events_produced=report["events_produced"],
+                events_consumed=report["events_consumed"],
+                digest=report["digest"],
+            )
+            with trio.CancelScope(shield=True):
+                async with real_time_limit(10):
+                    while logger.pending:
+                        try:
+                            await logger.write_some()
+                        except (redis.exceptions.RedisError, OSError):
+                            await sleep_real(0.1)
+                    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                        await trio_asyncio.aio_as_trio(client.hset)(
+                            run_key(settings.run_id),
+                            mapping={
+                                "status": report["status"],
+                                "ended_at": time.time(),
+                                "digest": report["digest"],
+                            },
+                        )
+            nursery.cancel_scope.cancel()
+        await trio_asyncio.aio_as_trio(client.aclose)()
+        stats = logger.statistics()
+        report["logging"] = {
+            **state["logging"],
+            "written": stats.written,
+            "records": stats.records,
+            "dropped": stats.dropped,
+            "unwritten": stats.pending,
+            "failures": stats.failures,
+            "last_error": stats.last_error,
+        }
+        return report
+
+    async def run_and_report(logger: RedisLogger | None) -> dict[str, Any]:
         status, error = "completed", None
         interrupted = trio.Event()
         wall_started = time.perf_counter()
@@ -190,6 +385,8 @@ def run_pipeline(
                     await current.run(monitor, checkpoints)
                     break
                 except (SupervisionError, CheckpointError) as exc:
+                    if logger is not None:
+                        logger.emit("errors", event="crash", error=str(exc)[:2000])
                     if checkpoints is None or len(state["rollbacks"]) >= MAX_ROLLBACKS:
                         status, error = "failed", str(exc)
                         break
@@ -204,6 +401,13 @@ def run_pipeline(
                     rebuilt = _rebuild(current, loaded) if loaded else _rebuild(current, None)
                     rebuilt.epochs = current.epochs
                     state["pipeline"] = rebuilt
+                    if logger is not None:
+                        attach_logger(rebuilt, logger)
+                        logger.emit(
+                            "meta",
+                            event="rollback",
+                            to_epoch=-1 if loaded is None else loaded[0].epoch,
+                        )
             nursery.cancel_scope.cancel()  # the run is over: stop listening for Ctrl-C
         if interrupted.is_set():
             status = "interrupted"
@@ -212,6 +416,7 @@ def run_pipeline(
         sample()
         report = build_report(final, status=status, error=error, samples=samples)
         report["checkpoints"] = _checkpoint_report(final, checkpoints, state["rollbacks"])
+        report["logging"] = state.get("logging")
         return report
 
     clock = None

@@ -17,5 +17,6 @@ from .schema import CheckpointSpec as CheckpointSpec
 from .schema import ConsumerSpec as ConsumerSpec
 from .schema import ExpectSpec as ExpectSpec
 from .schema import ProducerSpec as ProducerSpec
+from .schema import RedisSpec as RedisSpec
 from .schema import TopicSpec as TopicSpec
 from .schema import Topology as Topology

@@ -31,7 +31,7 @@ from actors import (
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .errors import TopologyError
 from .registry import Processor, Registry
-from .schema import Topology, converter
+from .schema import RedisSpec, Topology, converter
 
 LATENCY_SAMPLE_EVERY = 8
 """One record in this many has its latency measured."""
@@ -223,7 +223,9 @@ def fingerprint(topology: Topology, seed: int, plans: list[ProducerPlan]) -> str
     # How often epochs are written does not change what the state means, so it is left out:
     # a run may be resumed with other checkpoint settings.
     data = {
-        "topology": converter.unstructure(attrs.evolve(topology, checkpoint=None)),
+        "topology": converter.unstructure(
+            attrs.evolve(topology, checkpoint=None, redis=RedisSpec())
+        ),
         "seed": seed,
         "plans": [attrs.astuple(plan) for plan in plans],
     }
@@ -276,6 +278,8 @@ class Pipeline:
     wall_started: float | None = None
     wall_finished: float | None = None
     epochs: list[EpochInfo] = attrs.field(factory=list)
+    on_epoch: Callable[[EpochInfo], None] | None = None
+    """Called after every epoch is written (for logging)."""
     _positions: dict[tuple[str, int], dict[str, Any]] = attrs.field(factory=dict)
     _active: set[tuple[str, int]] = attrs.field(factory=set)
     _arrived: set[tuple[str, int]] = attrs.field(factory=set)
@@ -497,6 +501,8 @@ class Pipeline:
             info = store.write(snapshot)
             await trio.lowlevel.checkpoint()
         self.epochs.append(info)
+        if self.on_epoch is not None:
+            self.on_epoch(info)
         return info
 
     async def _checkpointer(self, settings: CheckpointSettings) -> None:

@@ -176,6 +176,26 @@ class CheckpointSpec:
 
 
 @attrs.frozen
+class RedisSpec:
+    """Logging to Redis: ``redis`` in the file."""
+
+    enabled: bool = True
+    """Log every event by category to Redis streams; ``false`` turns logging off."""
+    url: str | None = attrs.field(default=None)
+    """An external Redis (``redis://``, ``rediss://`` or ``unix://``); without it ringflow starts
+    its own ``redis-server`` on a unix socket and stops it at the end."""
+    maxlen: int = attrs.field(default=100_000, validator=_at_least(1))
+    """Approximate length each stream is trimmed to."""
+    on_unavailable: Literal["warn", "fail"] = "warn"
+    """When Redis cannot be reached at start: run without logging and say so, or refuse to run."""
+
+    @url.validator
+    def _check_url(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise FieldError(attribute.name, "must start with redis://, rediss:// or unix://")
+
+
+@attrs.frozen
 class Topology:
     """A whole topology file.
 
@@ -199,6 +219,8 @@ class Topology:
     """Invariants checked at the end of the run."""
     checkpoint: CheckpointSpec | None = None
     """Checkpoints; without this section, only ``--state`` turns them on."""
+    redis: RedisSpec = RedisSpec()
+    """Logging to Redis; on by default, with an embedded server."""
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "topology") -> Topology:

@@ -1,0 +1,285 @@
+"""Logging every event to Redis streams, by category, without ever slowing the data path."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import redis.asyncio as aioredis
+import redis.exceptions
+import trio
+import trio_asyncio
+
+CATEGORIES: tuple[str, ...] = ("incoming", "outgoing", "errors", "meta")
+"""The categories, as the broker's specification names them."""
+DROP_ORDER: tuple[str, ...] = ("incoming", "outgoing", "meta", "errors")
+"""When the buffer is full, the oldest entry of the first non-empty category here is dropped."""
+
+Field = str | int | float
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for messages and reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def stream_key(run_id: str, category: str) -> str:
+    """The Redis stream a run's entries of ``category`` go to."""
+    return f"ringflow:run:{run_id}:{category}"
+
+
+def counters_key(run_id: str) -> str:
+    """The Redis hash of a run's counters."""
+    return f"ringflow:run:{run_id}:counters"
+
+
+def run_key(run_id: str) -> str:
+    """The Redis hash describing a run."""
+    return f"ringflow:run:{run_id}"
+
+
+RUNS_KEY = "ringflow:runs"
+"""The sorted set of every run id, scored by start time (Unix seconds)."""
+
+
+@attrs.frozen
+class LoggerStatistics:
+    """A snapshot of a logger, as :meth:`RedisLogger.statistics` returns it."""
+
+    written: dict[str, int]
+    """Entries written to Redis, per category."""
+    records: dict[str, int]
+    """Records those entries stand for, per category."""
+    dropped: dict[str, int]
+    """Entries dropped because Redis fell behind or was away, per category."""
+    pending: int
+    """Entries waiting to be written."""
+    connected: bool
+    """Whether the last write succeeded."""
+    failures: int
+    """Writes that failed (each retried after a pause)."""
+    last_error: str | None
+    """The most recent failure, if any."""
+
+
+@attrs.define(eq=False)
+class _Entry:
+    stream_id: str
+    fields: dict[str, Field]
+    records: int
+
+
+@attrs.define(eq=False)
+class RedisLogger:
+    """Writes log entries to one Redis stream per category, pipelined, off the data path.
+
+    :meth:`emit` never blocks: entries wait in a bounded buffer, and :meth:`run` (the actor)
+    writes them in pipelined batches. When the buffer is full, the oldest entry of the lowest
+    value category goes (``incoming`` first, then ``outgoing``, then ``meta``; ``errors`` only
+    when nothing else is left), and the drop is counted. When Redis is away, writes are retried
+    after a pause that grows to ``max_backoff`` real seconds; the pipeline never notices.
+
+    Writes are idempotent: every entry has its own stream id, and counters are written as
+    totals, so a batch that partly landed before a failure is simply written again.
+
+    Args:
+        client: A redis-py asyncio client (created with ``socket_timeout=None``).
+        run_id: The run's id; it names the keys (see :func:`stream_key`).
+        maxlen: Approximate length each stream is trimmed to.
+        capacity: The most entries waiting at once.
+        batch: The most entries written in one pipeline.
+    """
+
+    client: Any
+    run_id: str
+    url: str = ""
+    maxlen: int = 100_000
+    capacity: int = 50_000
+    batch: int = 2000
+    max_backoff: float = 2.0
+    _buffers: dict[str, deque[_Entry]] = attrs.field(init=False)
+    _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _sequence: int = attrs.field(init=False, default=0)
+    _last_ms: int = attrs.field(init=False, default=0)
+    _written: dict[str, int] = attrs.field(init=False)
+    _records: dict[str, int] = attrs.field(init=False)
+    _dropped: dict[str, int] = attrs.field(init=False)
+    _failures: int = attrs.field(init=False, default=0)
+    _connected: bool = attrs.field(init=False, default=True)
+    _last_error: str | None = attrs.field(init=False, default=None)
+    _writing: trio.Lock = attrs.field(init=False, factory=trio.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self._buffers = {category: deque() for category in CATEGORIES}
+        self._written = dict.fromkeys(CATEGORIES, 0)
+        self._records = dict.fromkeys(CATEGORIES, 0)
+        self._dropped = dict.fromkeys(CATEGORIES, 0)
+
+    def emit(self, category: str, records: int = 0, **fields: Field) -> None:
+        """Queue an entry; returns at once, dropping an older entry if the buffer is full.
+
+        Args:
+            category: One of :data:`CATEGORIES`.
+            records: How many records the entry stands for (0 for events about the run).
+            fields: The entry's fields: strings and numbers.
+        """
+        now_ms = max(int(time.time() * 1000), self._last_ms)
+        self._last_ms = now_ms
+        self._sequence += 1
+        fields["records"] = records
+        entry = _Entry(f"{now_ms}-{self._sequence}", fields, records)
+        if sum(len(b) for b in self._buffers.values()) >= self.capacity:
+            self._drop_one()
+        self._buffers[category].append(entry)
+        self._wake.set()
+
+    def _drop_one(self) -> None:
+        for category in DROP_ORDER:
+            if self._buffers[category]:
+                self._buffers[category].popleft()
+                self._dropped[category] += 1
+                return
+
+    @property
+    def pending(self) -> int:
+        """Entries waiting to be written."""
+        return sum(len(buffer) for buffer in self._buffers.values())
+
+    def statistics(self) -> LoggerStatistics:
+        """Return a snapshot of the logger's counters."""
+        return LoggerStatistics(
+            written=dict(self._written),
+            records=dict(self._records),
+            dropped=dict(self._dropped),
+            pending=self.pending,
+            connected=self._connected,
+            failures=self._failures,
+            last_error=self._last_error,
+        )
+
+    async def run(self) -> None:
+        """Write entries as they come, until cancelled. Failures are retried, never raised."""
+        backoff = 0.05
+        while True:
+            if not self.pending:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            try:
+                await self.write_some()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                self._failures += 1
+                self._connected = False
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                await sleep_real(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+            else:
+                self._connected = True
+                backoff = 0.05
+
+    async def write_some(self) -> None:
+        """Write up to ``batch`` entries (most important first) in one pipeline.
+
+        Raises:
+            redis.exceptions.RedisError: Redis refused or went away; the entries are queued
+                again, in front, to be written by the next attempt.
+        """
+        async with self._writing:
+            taken: list[tuple[str, _Entry]] = []
+            for category in ("errors", "meta", "outgoing", "incoming"):
+                buffer = self._buffers[category]
+                while buffer and len(taken) < self.batch:
+                    taken.append((category, buffer.popleft()))
+            if not taken:
+                return
+            try:
+                await self._write(taken)
+            except BaseException:
+                for category, entry in reversed(taken):
+                    self._buffers[category].appendleft(entry)
+                raise
+
+    async def _write(self, taken: list[tuple[str, _Entry]]) -> None:
+        written = dict(self._written)
+        records = dict(self._records)
+        for category, entry in taken:
+            written[category] += 1
+            records[category] += entry.records
+        pipe = self.client.pipeline(transaction=False)
+        for category, entry in taken:
+            pipe.xadd(
+                stream_key(self.run_id, category),
+                entry.fields,
+                id=entry.stream_id,
+                maxlen=self.maxlen,
+                approximate=True,
+            )
+        counters: dict[str, int] = {}
+        for category in CATEGORIES:
+            counters[f"{category}:entries"] = written[category]
+            counters[f"{category}:records"] = records[category]
+            counters[f"{category}:dropped"] = self._dropped[category]
+        pipe.hset(counters_key(self.run_id), mapping=counters)
+        results = await trio_asyncio.aio_as_trio(pipe.execute)(raise_on_error=False)
+        for result in results:
+            # An id already there means that entry landed before a failed attempt: fine.
+            if isinstance(result, redis.exceptions.ResponseError) and (
+                "equal or smaller" not in str(result)
+            ):
+                raise result
+        self._written, self._records = written, records
+
+    async def describe_run(self, **fields: Field) -> None:
+        """Register the run in :data:`RUNS_KEY` and store what describes it."""
+        started = float(fields.get("started_at", time.time()))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(RUNS_KEY, {self.run_id: started})
+        pipe.hset(run_key(self.run_id), mapping=fields)
+        await trio_asyncio.aio_as_trio(pipe.execute)()
+
+
+async def sleep_real(seconds: float) -> None:
+    """Sleep ``seconds`` of real time, whatever clock the run uses (a virtual clock would
+    jump over an ordinary sleep while Redis is away)."""
+    await trio.to_thread.run_sync(time.sleep, seconds, abandon_on_cancel=True)
+
+
+@asynccontextmanager
+async def real_time_limit(seconds: float) -> AsyncIterator[trio.CancelScope]:
+    """Cancel the block after ``seconds`` of real time (``trio.move_on_after`` uses the run's
+    clock, which under autojump fires at once while the block waits on Redis)."""
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+
+            async def expire() -> None:
+                await sleep_real(seconds)
+                scope.cancel()
+
+            nursery.start_soon(expire)
+            yield scope
+        nursery.cancel_scope.cancel()
+
+
+def make_client(url: str) -> Any:
+    """Return a redis-py asyncio client for ``url`` with settings that suit trio-asyncio.
+
+    ``socket_timeout=None``: redis-py's default of 5 s slows pipelined writes under
+    trio-asyncio and can time a large reply out; deadlines are ringflow's business.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL (the message does not show a password).
+    """
+    try:
+        return aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5)
+    except ValueError as exc:
+        raise ValueError(f"{redact(url)} is not a Redis URL: {exc}") from None
