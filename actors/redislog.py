@@ -15,6 +15,8 @@ import redis.exceptions
 import trio
 import trio_asyncio
 
+from ._nursery import open_nursery
+
 CATEGORIES: tuple[str, ...] = ("incoming", "outgoing", "errors", "meta")
 """The categories, as the broker's specification names them."""
 DROP_ORDER: tuple[str, ...] = ("incoming", "outgoing", "meta", "errors")
@@ -258,7 +260,7 @@ async def sleep_real(seconds: float) -> None:
 async def real_time_limit(seconds: float) -> AsyncIterator[trio.CancelScope]:
     """Cancel the block after ``seconds`` of real time (``trio.move_on_after`` uses the run's
     clock, which under autojump fires at once while the block waits on Redis)."""
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         with trio.CancelScope() as scope:
 
             async def expire() -> None:

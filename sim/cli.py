@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from actors import RingflowError
+from actors.redislog import redact
 from topology import CheckpointError, Pipeline, TopologyError
 
 from .bench import BenchSettings, run_bench
@@ -81,7 +83,40 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints on when the file has no 'checkpoint' section)",
     )
     run.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    run.add_argument(
+        "--no-log",
+        action="store_true",
+        help="do not log events to Redis (as 'redis: {enabled: false}' in the file)",
+    )
     run.add_argument("--quiet", action="store_true", help="no live view; print only the summary")
+
+    logs = commands.add_parser(
+        "logs",
+        help="print a run's Redis log as JSON lines, and its counters",
+        description=(
+            "Print the entries a run logged to Redis, one JSON object per line on standard "
+            "output, oldest first, and its counters as a table on standard error. Reads the "
+            "embedded Redis of a state folder (--state, default state/NAME of the newest run "
+            "found there) or the Redis at --redis."
+        ),
+    )
+    logs.add_argument("--run", metavar="ID", help="the run (default: the newest one)")
+    logs.add_argument(
+        "--category",
+        choices=("incoming", "outgoing", "errors", "meta"),
+        action="append",
+        help="only this category (repeatable; default: all)",
+    )
+    logs.add_argument("--follow", action="store_true", help="keep printing new entries")
+    logs.add_argument("--limit", type=_positive, help="at most this many entries per category")
+    where = logs.add_mutually_exclusive_group()
+    where.add_argument("--redis", metavar="URL", help="a Redis URL (redis://, unix://)")
+    where.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="a state folder with an embedded Redis (default: ./state/*)",
+    )
 
     checkpoints = commands.add_parser(
         "checkpoints",
@@ -171,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "checkpoints":
         return _checkpoints(args)
+    if args.command == "logs":
+        from .logs import show_logs
+
+        return show_logs(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse refuses unknown commands
 
 
@@ -264,8 +303,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .live import LiveView
+    from .redis_server import EmbeddedRedis, RedisUnavailable
     from .report import write_chart, write_report
-    from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
+    from .run import (
+        REGISTRY,
+        LogSettings,
+        load_topology,
+        new_run_id,
+        open_checkpoints,
+        run_pipeline,
+    )
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
@@ -286,6 +333,30 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif checkpoints is not None:
         out.print(f"checkpoints: {escape(str(checkpoints.store.path))}")
+    logging, server = None, None
+    spec = topology.redis
+    if spec.enabled and not args.no_log:
+        url = spec.url
+        if url is None:
+            folder = args.state or (
+                checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
+            )
+            try:
+                server = EmbeddedRedis.start(folder)
+                url = server.url
+            except RedisUnavailable as exc:
+                if spec.on_unavailable == "fail":
+                    err.print(escape(f"cannot log to Redis: {exc}"))
+                    return EXIT_USAGE
+                err.print(escape(f"warning: running without logging: {exc}"))
+        if url is not None:
+            logging = LogSettings(
+                url,
+                new_run_id(topology.name),
+                spec.maxlen,
+                fail_if_unavailable=spec.on_unavailable == "fail",
+            )
+            out.print(f"logging to Redis at {escape(redact(url))} as run {logging.run_id}")
     view = None if args.quiet else LiveView(out, pipeline)
     if view is not None:
         view.start()
@@ -293,13 +364,19 @@ def _run(args: argparse.Namespace) -> int:
         result = run_pipeline(
             pipeline,
             checkpoints=checkpoints,
+            logging=logging,
             on_refresh=view.refresh if view else None,
             handle_sigint=True,
         )
+    except RingflowError as exc:  # Redis unreachable at start, configured to fail
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
     finally:
         if view is not None:
             view.stop()
             out.print()
+        if server is not None:
+            server.stop()
     report = result.report
     path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
     write_report(report, path)
@@ -363,6 +440,17 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
             f"checkpoints: {checkpoints['epochs_written']} epochs written "
             f"(last: {checkpoints['last_epoch']}) to {escape(checkpoints['database'])}"
         )
+    logging = report.get("logging")
+    if logging and logging.get("enabled"):
+        written = sum(logging["written"].values())
+        dropped = sum(logging["dropped"].values())
+        console.print(
+            f"logged {written:,} entries to {escape(logging['url'])} as run {logging['run_id']}"
+            + (f", dropped {dropped:,} while Redis fell behind" if dropped else "")
+            + (f", {logging['failures']} failed writes retried" if logging["failures"] else "")
+        )
+    elif logging:
+        console.print(f"[yellow]not logged:[/yellow] {escape(logging['reason'])}")
     if report["error"]:
         console.print(f"[red]run failed:[/red] {escape(report['error'])}")
     if report["status"] == "interrupted":

@@ -55,7 +55,10 @@ class LoggingUnavailable(RingflowError):
 def describe_redis_error(exc: BaseException) -> str:
     """Turn a Redis error into advice (never showing a password)."""
     text = str(exc)
-    if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in text:
+    password_problem = ("WRONGPASS", "NOAUTH", "username-password", "invalid password")
+    if isinstance(exc, redis.exceptions.AuthenticationError) or any(
+        p in text for p in password_problem
+    ):
         return "authentication failed: check the user and password in the URL"
     if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in text:
         return "it is a read-only replica: point redis.url at the primary"
@@ -288,9 +291,12 @@ def run_pipeline(
         if logging is None:
             return await run_and_report(None)
         async with trio_asyncio.open_loop():
-            return await run_logged(logging)
+            result = await run_logged(logging)
+        if isinstance(result, LoggingUnavailable):
+            raise result  # raised out here, not as an exception group from the loop's nursery
+        return result
 
-    async def run_logged(settings: LogSettings) -> dict[str, Any]:
+    async def run_logged(settings: LogSettings) -> dict[str, Any] | LoggingUnavailable:
         client = make_client(settings.url)
         logger = RedisLogger(
             client, settings.run_id, url=redact(settings.url), maxlen=settings.maxlen
@@ -313,7 +319,7 @@ def run_pipeline(
             message = f"Redis at {redact(settings.url)} is unavailable: {problem}"
             await trio_asyncio.aio_as_trio(client.aclose)()
             if settings.fail_if_unavailable:
-                raise LoggingUnavailable(message)
+                return LoggingUnavailable(message)
             state["logging"] = {"enabled": False, "reason": message}
             return await run_and_report(None)
         state["logging"] = {"enabled": True, "url": redact(settings.url), "run_id": settings.run_id}

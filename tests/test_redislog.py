@@ -1,0 +1,207 @@
+"""Logging to a real redis-server started on a unix socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from actors.redislog import RedisLogger, counters_key, redact, stream_key
+from sim.cli import main
+from sim.redis_server import EmbeddedRedis
+from sim.run import REGISTRY, LoggingUnavailable, LogSettings, load_topology, run_pipeline
+from topology import Pipeline
+
+EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    started = EmbeddedRedis.start(tmp_path / "redis")
+    yield started
+    started.stop(save=False)
+
+
+def client(server: EmbeddedRedis) -> Any:
+    return redis.Redis(unix_socket_path=str(server.socket_path), decode_responses=True)
+
+
+def logged_run(url: str, events: int = 30_000, **kwargs: Any) -> dict[str, Any]:
+    topology = load_topology(EXAMPLES / "video-site.yaml")
+    pipeline = Pipeline.build(topology, REGISTRY, events=events)
+    settings = LogSettings(
+        url, "run-1", **{k: v for k, v in kwargs.items() if k in ("maxlen", "fail_if_unavailable")}
+    )
+    return run_pipeline(
+        pipeline, logging=settings, **{k: v for k, v in kwargs.items() if k == "on_refresh"}
+    ).report
+
+
+def test_every_category_lands_with_its_fields(server: EmbeddedRedis) -> None:
+    report = logged_run(server.url)
+    db = client(server)
+    incoming = db.xrange(stream_key("run-1", "incoming"))
+    outgoing = db.xrange(stream_key("run-1", "outgoing"))
+    meta = [fields for _, fields in db.xrange(stream_key("run-1", "meta"))]
+    assert set(incoming[0][1]) == {"topic", "partition", "offset", "records"}
+    assert set(outgoing[0][1]) == {"group", "member", "topic", "partition", "offset", "records"}
+    events = [m["event"] for m in meta]
+    assert events[0] == "run_started"
+    assert events[-1] == "run_ended"
+    assert "rebalance" in events
+    assert meta[-1]["digest"] == report["digest"]
+    assert db.xlen(stream_key("run-1", "errors")) == 0
+    assert db.hget("ringflow:run:run-1", "status") == "completed"
+    assert db.zscore("ringflow:runs", "run-1") is not None
+
+
+def test_counters_equal_the_report(server: EmbeddedRedis) -> None:
+    report = logged_run(server.url)
+    counters = {k: int(v) for k, v in client(server).hgetall(counters_key("run-1")).items()}
+    assert counters["incoming:records"] == report["events_produced"] == 30_000
+    assert counters["outgoing:records"] == sum(c["records"] for c in report["consumers"].values())
+    assert counters["incoming:entries"] == report["logging"]["written"]["incoming"]
+    assert counters["incoming:dropped"] == 0
+    assert (
+        sum(int(f["records"]) for _, f in client(server).xrange(stream_key("run-1", "incoming")))
+        == 30_000
+    )
+
+
+def test_streams_are_trimmed_near_maxlen(server: EmbeddedRedis) -> None:
+    report = logged_run(server.url, events=200_000, maxlen=100)
+    length = client(server).xlen(stream_key("run-1", "outgoing"))
+    assert report["logging"]["written"]["outgoing"] > 400
+    # Approximate trimming removes whole nodes of 100 entries, so a little more is left.
+    assert 100 <= length < 300
+
+
+def test_redis_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "redis"
+    servers = [EmbeddedRedis.start(folder)]
+    steps: list[str] = []
+
+    def chaos(pipeline: Pipeline, now: float) -> None:
+        consumed = pipeline.events_consumed
+        if not steps and consumed > 60_000:
+            servers[0].process.kill()
+            servers[0].process.wait()
+            steps.append("killed")
+        elif steps == ["killed"] and consumed > 140_000:
+            servers.append(EmbeddedRedis.start(folder))
+            steps.append("restarted")
+
+    try:
+        topology = load_topology(EXAMPLES / "video-site.yaml")
+        pipeline = Pipeline.build(topology, REGISTRY, events=200_000)
+        report = run_pipeline(
+            pipeline,
+            logging=LogSettings(servers[0].url, "run-1"),
+            on_refresh=chaos,
+            refresh_every=0,
+        ).report
+        assert steps == ["killed", "restarted"]
+        plain = run_pipeline(Pipeline.build(topology, REGISTRY, events=200_000)).report
+        assert report["status"] == "completed"
+        assert report["digest"] == plain["digest"]
+        assert report["expect_ok"]
+        assert report["logging"]["failures"] >= 1
+        assert "Error" in report["logging"]["last_error"]
+        # Logging resumed on the new server: the end of the run is there.
+        db = client(servers[-1])
+        events = [f["event"] for _, f in db.xrange(stream_key("run-1", "meta"))]
+        assert events[-1] == "run_ended"
+        assert db.hget("ringflow:run:run-1", "status") == "completed"
+    finally:
+        for server in servers:
+            server.stop(save=False)
+
+
+def test_unreachable_redis_warns_or_fails_as_configured(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/nothing.sock"
+    report = logged_run(url)
+    assert report["status"] == "completed"
+    assert report["logging"]["enabled"] is False
+    assert f"Redis at {url} is unavailable: cannot connect" in report["logging"]["reason"]
+    with pytest.raises(LoggingUnavailable, match="is unavailable: cannot connect"):
+        logged_run(url, fail_if_unavailable=True)
+
+
+def test_wrong_password_is_named_without_showing_it(server: EmbeddedRedis) -> None:
+    client(server).config_set("requirepass", "right")
+    url = f"unix://default:Pa55-not-this@{server.socket_path}"
+    try:
+        report = logged_run(url)
+    finally:
+        redis.Redis(unix_socket_path=str(server.socket_path), password="right").config_set(
+            "requirepass", ""
+        )
+    reason = report["logging"]["reason"]
+    assert "authentication failed: check the user and password in the URL" in reason
+    assert "Pa55-not-this" not in reason
+    assert "default:***@" in reason
+
+
+def test_a_read_only_replica_is_explained(server: EmbeddedRedis) -> None:
+    client(server).replicaof("127.0.0.1", "1")  # a replica of nothing: writes are refused
+    try:
+        report = logged_run(server.url)
+    finally:
+        client(server).replicaof("NO", "ONE")
+    assert "read-only replica: point redis.url at the primary" in report["logging"]["reason"]
+
+
+def test_a_full_buffer_drops_low_value_entries_first() -> None:
+    logger = RedisLogger(client=None, run_id="r", capacity=4)
+    logger.emit("errors", event="boom")
+    logger.emit("meta", event="start")
+    logger.emit("incoming", 10)
+    logger.emit("outgoing", 10)
+    logger.emit("incoming", 10)  # full: the oldest incoming goes
+    logger.emit("errors", event="again")  # full: the other incoming goes
+    logger.emit("meta", event="more")  # full: outgoing goes
+    logger.emit("errors", event="third")  # full: only meta and errors left, meta goes first
+    stats = logger.statistics()
+    assert stats.dropped == {"incoming": 2, "outgoing": 1, "errors": 0, "meta": 1}
+    assert stats.pending == 4
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("redis://user:secret@host:6380/0") == "redis://user:***@host:6380/0"
+    assert redact("redis://host:6379") == "redis://host:6379"
+
+
+def test_ringflow_logs_reads_what_a_run_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    code = main(
+        [
+            "run",
+            str(EXAMPLES / "video-site.yaml"),
+            "--events",
+            "20000",
+            "--state",
+            str(state),
+            "--quiet",
+            "--no-chart",
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    capsys.readouterr()
+    assert main(["logs", "--state", str(state), "--category", "incoming"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert {line["category"] for line in lines} == {"incoming"}
+    assert lines[0]["run"] == report["logging"]["run_id"]
+    assert sum(line["records"] for line in lines) == 20_000
+    assert "20,000" in captured.err  # the counters table
+    assert main(["logs", "--state", str(state), "--run", "nope"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
