@@ -278,6 +278,9 @@ class Pipeline:
     wall_started: float | None = None
     wall_finished: float | None = None
     epochs: list[EpochInfo] = attrs.field(factory=list)
+    origin: float = 0.0
+    """The run's clock at event time 0: events are stamped with seconds since then."""
+    _event_time_at_restore: float | None = None
     on_epoch: Callable[[EpochInfo], None] | None = None
     """Called after every epoch is written (for logging)."""
     _positions: dict[tuple[str, int], dict[str, Any]] = attrs.field(factory=dict)
@@ -418,7 +421,7 @@ class Pipeline:
         for (producer, instance), position in self._positions.items():
             parts["producer", f"{producer}/{instance}"] = _ENCODER.encode(position)
         now = trio.current_time()
-        parts["run", "clock"] = _ENCODER.encode({"sim_time": now})
+        parts["run", "clock"] = _ENCODER.encode({"sim_time": now, "event_time": now - self.origin})
         return Snapshot(now, self.events_produced, held, parts, final)
 
     def _restore_topics(self, parts: dict[tuple[str, str], bytes]) -> None:
@@ -452,6 +455,8 @@ class Pipeline:
                 self.tallies[name].restore(state)
             elif kind == "topic" and name in self.produced:
                 self.produced[name].restore(state)
+            elif kind == "run" and name == "clock":
+                self._event_time_at_restore = float((state or {})["event_time"])
             elif kind == "producer":
                 producer, instance = name.rsplit("/", 1)
                 self._positions[producer, int(instance)] = dict(state or {})
@@ -558,6 +563,10 @@ class Pipeline:
         """
         self.started_at = trio.current_time()
         self.wall_started = time.perf_counter()
+        if self._event_time_at_restore is None:
+            self.origin = self.started_at
+        else:  # carry event time on from the epoch, whatever this clock reads
+            self.origin = self.started_at - self._event_time_at_restore
         self._active = {(plan.producer, plan.instance) for plan in self.plans}
         try:
             async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
@@ -606,12 +615,13 @@ class Pipeline:
         saved = self._positions.get(key)
         if saved is not None:
             workload.restore(saved["workload"])
-            done, start = saved["done"], saved["start"]
+            done = saved["done"]
         else:
-            done, start = 0, trio.current_time()
+            done = 0
+        origin = self.origin
 
         def position() -> dict[str, Any]:
-            return {"done": done, "start": start, "workload": workload.position()}
+            return {"done": done, "workload": workload.position()}
 
         async with AsyncExitStack() as stack:
             producers = {}
@@ -628,14 +638,16 @@ class Pipeline:
                 if rate is None:
                     count = min(chunk, left)
                 else:
-                    due = math.floor((trio.current_time() - start) * rate + 1e-9) + 1 - done
+                    due = math.floor((trio.current_time() - origin) * rate + 1e-9) + 1 - done
                     if due < min(chunk, left):
                         # Sleep until the chunk is due, unless a checkpoint asks first.
-                        with trio.move_on_at(start + (done + min(chunk, left) - 1) * interval):
+                        with trio.move_on_at(origin + (done + min(chunk, left) - 1) * interval):
                             await self._request_event.wait()
                         continue
                     count = min(due, spec.max_batch, left)
-                streams = workload.generate(count, start + done * interval, interval)
+                # Event time counts from the run's origin, never from whatever the clock read
+                # when this task happened to start, so it is the same in every run.
+                streams = workload.generate(count, done * interval, interval)
                 for stream, events in streams.items():
                     if events:
                         await self._send(
@@ -679,7 +691,7 @@ class Pipeline:
             f"{consumer}-{instance}", auto_commit=False, max_records=spec.max_records
         ) as member:
             async for batch in member.batches():
-                tally.observe(topic, batch, trio.current_time())
+                tally.observe(topic, batch, trio.current_time() - self.origin)
                 processor.process(batch.values)
                 member.commit_nowait()
                 if monitor is not None:
