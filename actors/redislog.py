@@ -101,6 +101,9 @@ class RedisLogger:
         maxlen: Approximate length each stream is trimmed to.
         capacity: The most entries waiting at once.
         batch: The most entries written in one pipeline.
+        linger: Real seconds to gather entries before writing fewer than ``batch``: each write
+            crosses into asyncio (about 165 µs here), so writing entry by entry would cost the
+            pipeline a fifth of its speed.
     """
 
     client: Any
@@ -109,6 +112,7 @@ class RedisLogger:
     maxlen: int = 100_000
     capacity: int = 50_000
     batch: int = 2000
+    linger: float = 0.05
     max_backoff: float = 2.0
     _buffers: dict[str, deque[_Entry]] = attrs.field(init=False)
     _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
@@ -177,6 +181,8 @@ class RedisLogger:
             if not self.pending:
                 self._wake = trio.Event()
                 await self._wake.wait()
+            if self.pending < self.batch:
+                await sleep_real(self.linger)
             try:
                 await self.write_some()
             except (redis.exceptions.RedisError, OSError) as exc:

@@ -251,6 +251,38 @@ def measure_checkpoint_cost(
     return on, off, epochs
 
 
+def measure_logging_cost(events: int, *, logging_first: bool = False) -> tuple[float, float, int]:
+    """Run the video-site example logging every event to a real embedded Redis, and without.
+
+    Returns events per second with logging, without, and the entries dropped.
+    """
+    from .redis_server import EmbeddedRedis
+    from .run import REGISTRY, LogSettings, load_topology, run_pipeline
+
+    spec = load_topology(example_topology("video-site.yaml"))
+
+    def without() -> float:
+        pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
+        return float(run_pipeline(pipeline).report["events_per_second"])
+
+    def logged() -> tuple[float, int]:
+        with tempfile.TemporaryDirectory() as folder:
+            server = EmbeddedRedis.start(Path(folder))
+            try:
+                pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
+                report = run_pipeline(pipeline, logging=LogSettings(server.url, "bench")).report
+            finally:
+                server.stop(save=False)
+        assert report["logging"]["enabled"], report["logging"]
+        return float(report["events_per_second"]), sum(report["logging"]["dropped"].values())
+
+    if logging_first:
+        (on, dropped), off = logged(), without()
+    else:
+        off, (on, dropped) = without(), logged()
+    return on, off, dropped
+
+
 def measure_restore(records: int) -> dict[str, float]:
     """Write an epoch whose rings hold ``records`` video events, then time restoring it.
 
@@ -368,6 +400,24 @@ def run_bench(
         result["no_checkpoint_events_per_s"] = statistics.median(without)
         result["checkpoint_cost"] = statistics.median(costs)
         result["checkpoint_epochs"] = epochs
+    if settings.video_events:
+        logged_rates: list[float] = []
+        plain_rates: list[float] = []
+        log_ratios: list[float] = []
+        dropped = 0
+        for round_ in range(1, settings.repeat + 1):
+            progress(f"round {round_}/{settings.repeat}: video site logging to Redis and not")
+            on, off, lost = measure_logging_cost(
+                settings.video_events, logging_first=round_ % 2 == 0
+            )
+            logged_rates.append(on)
+            plain_rates.append(off)
+            log_ratios.append(on / off)
+            dropped += lost
+        result["logging_events_per_s"] = statistics.median(logged_rates)
+        result["no_logging_events_per_s"] = statistics.median(plain_rates)
+        result["logging_ratio"] = statistics.median(log_ratios)
+        result["logging_dropped_entries"] = dropped
     if settings.restore_records:
         progress(f"restoring an epoch holding {settings.restore_records:,} records")
         restores = [measure_restore(settings.restore_records) for _ in range(settings.repeat)]

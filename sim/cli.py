@@ -260,6 +260,12 @@ def _bench(args: argparse.Namespace) -> int:
             f"{result['checkpoint_every_second_events_per_s']:,.0f} events/s",
         )
         table.add_row("checkpoint cost (1 - with / without)", f"{result['checkpoint_cost']:.1%}")
+    if "logging_ratio" in result:
+        table.add_row(
+            "video site, every event logged to Redis",
+            f"{result['logging_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("ratio logging on / off", f"{result['logging_ratio']:.2f}")
     if "restore_seconds" in result:
         table.add_row(
             f"restore an epoch of {result['restore_records']:,} buffered records "

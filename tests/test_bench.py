@@ -42,6 +42,10 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     assert result["checkpoint_cost"] == pytest.approx(
         1 - result["checkpoint_every_second_events_per_s"] / result["no_checkpoint_events_per_s"]
     )
+    assert result["logging_ratio"] == pytest.approx(
+        result["logging_events_per_s"] / result["no_logging_events_per_s"]
+    )
+    assert result["logging_dropped_entries"] >= 0
     assert result["restore_records"] == 5000
     assert result["restore_seconds"] > 0
 
