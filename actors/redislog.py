@@ -28,11 +28,11 @@ Field = str | int | float
 def redact(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, for messages and reports."""
     parts = urlsplit(url)
-    if parts.password is None:
+    credentials, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in credentials:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    user = credentials.split(":", 1)[0]
+    netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -297,7 +297,14 @@ def run_pipeline(
         return result
 
     async def run_logged(settings: LogSettings) -> dict[str, Any] | LoggingUnavailable:
-        client = make_client(settings.url)
+        try:
+            client = make_client(settings.url)
+        except ValueError as exc:
+            message = f"Redis at {redact(settings.url)} is unavailable: {exc}"
+            if settings.fail_if_unavailable:
+                return LoggingUnavailable(message)
+            state["logging"] = {"enabled": False, "reason": message}
+            return await run_and_report(None)
         logger = RedisLogger(
             client, settings.run_id, url=redact(settings.url), maxlen=settings.maxlen
         )

@@ -173,6 +173,8 @@ def test_a_full_buffer_drops_low_value_entries_first() -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("redis://user:secret@host:6380/0") == "redis://user:***@host:6380/0"
     assert redact("redis://host:6379") == "redis://host:6379"
+    assert redact("redis://:secret@host") == "redis://:***@host"
+    assert redact("redis://u:p@ss@host:bad") == "redis://u:***@host:bad"
 
 
 def test_ringflow_logs_reads_what_a_run_wrote(
@@ -205,3 +207,37 @@ def test_ringflow_logs_reads_what_a_run_wrote(
     assert "20,000" in captured.err  # the counters table
     assert main(["logs", "--state", str(state), "--run", "nope"]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("on_unavailable", "code", "message"),
+    [("warn", 0, "not logged: Redis at"), ("fail", 2, "is unavailable: cannot connect")],
+)
+def test_cli_warns_or_refuses_when_redis_is_unreachable(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    on_unavailable: str,
+    code: int,
+    message: str,
+) -> None:
+    text = (EXAMPLES / "video-site.yaml").read_text() + (
+        f"\nredis:\n  url: unix://{tmp_path}/absent.sock\n  on_unavailable: {on_unavailable}\n"
+    )
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    report = tmp_path / "r.json"
+    result = main(
+        ["run", str(path), "--events", "5000", "--quiet", "--no-chart", "--report", str(report)]
+    )
+    captured = capsys.readouterr()
+    assert result == code
+    assert message in " ".join((captured.out + captured.err).split())
+    assert report.exists() == (code == 0)
+
+
+def test_a_malformed_url_is_reported_without_its_password(tmp_path: Path) -> None:
+    report = logged_run("redis://user:Se-cret@host:notaport/0")
+    reason = report["logging"]["reason"]
+    assert "redis://user:***@" in reason or "not a Redis URL" in reason
+    assert "Se-cret" not in reason
+    assert report["status"] == "completed"
