@@ -7,6 +7,7 @@ from .errors import BatchTooLargeError as BatchTooLargeError
 from .errors import CommitError as CommitError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import RingflowError as RingflowError
+from .errors import SequenceError as SequenceError
 from .errors import SupervisionError as SupervisionError
 from .errors import TopicClosedError as TopicClosedError
 from .group import ASSIGNMENT_STRATEGIES as ASSIGNMENT_STRATEGIES

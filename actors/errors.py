@@ -36,6 +36,13 @@ class CommitError(RingflowError, ValueError):
     """A consumer committed an offset it may not commit (never delivered, or going backwards)."""
 
 
+class SequenceError(RingflowError, ValueError):
+    """Numbered records arrived with a gap: the ones before them were never sent.
+
+    Nothing of the failed call was accepted.
+    """
+
+
 class SupervisionError(RingflowError):
     """A supervised actor crashed more often than its restart strategy allows.
 

@@ -10,7 +10,13 @@ import attrs
 import outcome
 import trio
 
-from .errors import BatchTooLargeError, CommitError, ConfigurationError, TopicClosedError
+from .errors import (
+    BatchTooLargeError,
+    CommitError,
+    ConfigurationError,
+    SequenceError,
+    TopicClosedError,
+)
 from .record import Columns, Record, RecordBatch
 
 
@@ -60,6 +66,9 @@ class PartitionState:
     """The stored batches from the lowest retained offset up to the end."""
     peak_depth: int = 0
     """The peak depth so far, so statistics carry on across a restore."""
+    sequences: dict[str, int] = attrs.field(factory=dict)
+    """Per producer id, the sequence number the next record of :meth:`Partition.send_sequenced`
+    must have: what makes resending after a lost connection or a restart idempotent."""
 
 
 @attrs.define(eq=False)
@@ -67,6 +76,8 @@ class _Sender:
     task: trio.lowlevel.Task
     records: Columns
     since: float
+    producer: str | None = None
+    sequence: int = 0
 
 
 def as_columns(records: Columns | Sequence[Record]) -> Columns:
@@ -120,6 +131,10 @@ class Partition:
     _closed: bool = attrs.field(init=False, default=False)
     _peak: int = attrs.field(init=False, default=0)
     _blocked: float = attrs.field(init=False, default=0.0)
+    _sequences: dict[str, int] = attrs.field(init=False, factory=dict)
+    _visible: int = attrs.field(init=False, default=0)
+    _hold_back: bool = attrs.field(init=False, default=False)
+    _room: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     on_append: Callable[[RecordBatch], None] | None = attrs.field(init=False, default=None)
     """Called with every batch as it is accepted (for logging); must not block or raise."""
 
@@ -175,6 +190,65 @@ class Partition:
         offset: int = await trio.lowlevel.wait_task_rescheduled(abort)
         return offset
 
+    async def send_sequenced(self, records: Columns, producer: str, sequence: int) -> int:
+        """Append records numbered by their producer, skipping any already accepted.
+
+        The records are numbers ``sequence``, ``sequence + 1``, ... of ``producer``'s records
+        for this partition. The partition remembers the number it expects next from each
+        producer (in its snapshots too), so a producer that resends after a lost connection
+        or a restart, from any number at or below the expected one, gets nothing twice. This
+        is how records crossing a gateway are accepted exactly once.
+
+        Returns:
+            How many records were newly accepted (0 when all of them were duplicates).
+
+        Raises:
+            SequenceError: ``sequence`` lies beyond the expected number: records are missing.
+            TopicClosedError, BatchTooLargeError: As for :meth:`send`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fresh = self._fresh(records, producer, sequence)
+        if not fresh:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return 0
+        count = len(fresh)
+        try:
+            self.send_nowait(fresh)
+        except trio.WouldBlock:
+            pass
+        else:
+            self._sequences[producer] = sequence + len(records)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return count
+        task = trio.lowlevel.current_task()
+        sender = _Sender(task, records, trio.current_time(), producer, sequence)
+        self._senders.append(sender)
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self._senders.remove(sender)
+            self._blocked += trio.current_time() - sender.since
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        accepted: int = await trio.lowlevel.wait_task_rescheduled(abort)
+        return accepted
+
+    def _fresh(self, records: Columns, producer: str, sequence: int) -> Columns:
+        expected = self._sequences.get(producer, 0)
+        if sequence > expected:
+            raise SequenceError(
+                f"partition {self.topic}[{self.index}] expected record {expected} of producer "
+                f"{producer!r} next, got {sequence}: records {expected} to {sequence - 1} are "
+                "missing"
+            )
+        skip = expected - sequence
+        if not skip:
+            return records
+        return Columns(records.keys[skip:], records.values[skip:], records.timestamps[skip:])
+
+    def next_sequence(self, producer: str) -> int:
+        """The sequence number :meth:`send_sequenced` expects next from ``producer``."""
+        return self._sequences.get(producer, 0)
+
     def send_nowait(self, records: Columns | Sequence[Record]) -> int:
         """Append a batch of records if the ring has room for all of them now.
 
@@ -219,6 +293,8 @@ class Partition:
             )
             self._bases.append(base)
             self._end = base + count
+            if not self._hold_back:
+                self._visible = self._end
             depth = self._end - self._start
             if depth > self._peak:
                 self._peak = depth
@@ -230,10 +306,33 @@ class Partition:
 
     def _admit_senders(self) -> None:
         senders = self._senders
-        while senders and self._has_room(len(senders[0].records)):
-            sender = senders.popleft()
-            self._blocked += trio.current_time() - sender.since
-            trio.lowlevel.reschedule(sender.task, outcome.Value(self._append(sender.records)))
+        while senders:
+            sender = senders[0]
+            records = sender.records
+            if sender.producer is not None:
+                # Numbered records: what to skip is decided now, when they would be accepted.
+                try:
+                    records = self._fresh(records, sender.producer, sender.sequence)
+                except SequenceError as error:
+                    self._dequeue()
+                    trio.lowlevel.reschedule(sender.task, outcome.Error(error))
+                    continue
+            if records and not self._has_room(len(records)):
+                return
+            self._dequeue()
+            if sender.producer is None:
+                trio.lowlevel.reschedule(sender.task, outcome.Value(self._append(records)))
+                continue
+            if records:
+                self._append(records)
+            end = sender.sequence + len(sender.records)
+            if end > self._sequences.get(sender.producer, 0):
+                self._sequences[sender.producer] = end
+            trio.lowlevel.reschedule(sender.task, outcome.Value(len(records)))
+
+    def _dequeue(self) -> None:
+        sender = self._senders.popleft()
+        self._blocked += trio.current_time() - sender.since
 
     def close(self) -> None:
         """Accept no more records.
@@ -255,11 +354,46 @@ class Partition:
             trio.lowlevel.reschedule(sender.task, outcome.Error(error))
         for lot in self._listeners:
             lot.unpark_all()
+        self._room.unpark_all()
 
     @property
     def closed(self) -> bool:
         """Whether the partition accepts no more records."""
         return self._closed
+
+    @property
+    def free_room(self) -> int | None:
+        """Records the ring can take now; None when unbounded (dynamic mode with a consumer)."""
+        if self.capacity is None:
+            return None if self._attached else 0
+        return self.capacity - (self._end - self._start)
+
+    async def wait_room_changed(self) -> None:
+        """Wait until records are freed, a consumer attaches, or the partition closes."""
+        await self._room.park()
+
+    def hold_back(self) -> None:
+        """Hand records to readers only once :meth:`expose` says they are durable.
+
+        A partition whose contents are checkpointed, and whose readers are on other nodes,
+        holds records back until an epoch holding them is written: then a reader never sees a
+        record that a restart from the newest epoch would give another offset.
+        """
+        self._hold_back = True
+        self._visible = min(self._visible, self._end)
+
+    def expose(self, offset: int) -> None:
+        """Let readers have every record below ``offset`` (see :meth:`hold_back`)."""
+        offset = min(offset, self._end)
+        if offset > self._visible:
+            self._visible = offset
+            for lot in self._listeners:
+                lot.unpark_all()
+
+    @property
+    def readable_offset(self) -> int:
+        """The offset just past the last record readers may have (the end, unless held back)."""
+        return self._visible
 
     @property
     def end_offset(self) -> int:
@@ -289,6 +423,7 @@ class Partition:
         """Note that one more consumer owns this partition (dynamic mode lets sends through)."""
         self._attached += 1
         self._admit_senders()
+        self._room.unpark_all()
 
     def detach(self) -> None:
         """Note that a consumer gave this partition up."""
@@ -304,7 +439,7 @@ class Partition:
         Returns:
             A batch starting exactly at ``offset``, or None when nothing is there yet.
         """
-        if offset >= self._end:
+        if offset >= self._visible:
             return None
         if offset < self.retained_offset:
             raise CommitError(
@@ -318,6 +453,8 @@ class Partition:
         count = size - skip
         if max_records is not None and count > max_records:
             count = max_records
+        if count > self._visible - offset:
+            count = self._visible - offset
         if skip == 0 and count == size:
             return batch
         return batch.slice(skip, skip + count)
@@ -343,6 +480,7 @@ class Partition:
             self._start = low
             self._free()
             self._admit_senders()
+            self._room.unpark_all()
 
     @property
     def retained_offset(self) -> int:
@@ -374,6 +512,7 @@ class Partition:
             committed=dict(self._committed),
             batches=self._batches[self._head :],
             peak_depth=self._peak,
+            sequences=dict(self._sequences),
         )
 
     def restore(self, state: PartitionState) -> None:
@@ -385,7 +524,9 @@ class Partition:
         if self._end or self._senders or self._batches:
             raise RuntimeError("restore() needs a fresh partition")
         self._start, self._end, self._peak = state.start_offset, state.end_offset, state.peak_depth
+        self._visible = self._end
         self._committed = dict(state.committed)
+        self._sequences = dict(state.sequences)
         self._batches = list(state.batches)
         self._bases = [batch.base_offset for batch in self._batches]
         self._head = 0

@@ -6,10 +6,12 @@ import trio.testing
 
 from actors import (
     BatchTooLargeError,
+    Columns,
     CommitError,
     ConfigurationError,
     ConsumerGroup,
     Partition,
+    SequenceError,
     Topic,
     TopicClosedError,
 )
@@ -249,3 +251,89 @@ async def test_snapshot_and_restore_carry_records_offsets_and_commits() -> None:
     assert restored.statistics().depth == 3
     with pytest.raises(RuntimeError, match="fresh partition"):
         restored.restore(state)
+
+
+def columns(count: int, start: int = 0) -> Columns:
+    return Columns([None] * count, list(range(start, start + count)), [0.0] * count)
+
+
+async def test_sequenced_sends_skip_what_was_already_accepted() -> None:
+    partition = Partition("t", 0, capacity=100)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    assert await partition.send_sequenced(columns(5), "p", 0) == 5
+    # A resend after a lost acknowledgement overlaps what was accepted: only the rest counts.
+    assert await partition.send_sequenced(columns(8), "p", 0) == 3
+    assert await partition.send_sequenced(columns(3, 5), "p", 5) == 0
+    assert await partition.send_sequenced(columns(2), "other", 0) == 2
+    batch = partition.read(0, 100)
+    values: list[int] = []
+    offset = 0
+    while (batch := partition.read(offset)) is not None:
+        values.extend(batch.values)
+        offset = batch.next_offset
+    assert values == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
+    assert (partition.next_sequence("p"), partition.next_sequence("other")) == (8, 2)
+    with pytest.raises(SequenceError, match="records 8 to 9 are missing"):
+        await partition.send_sequenced(columns(1), "p", 10)
+    assert partition.end_offset == 10
+
+
+async def test_a_blocked_sequenced_send_skips_duplicates_accepted_while_it_waited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    partition = Partition("t", 0, capacity=4)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send_sequenced(columns(4), "p", 0)
+    results: dict[str, int] = {}
+
+    async def send(name: str) -> None:
+        results[name] = await partition.send_sequenced(columns(3, 4), "p", 4)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, "first")
+        await trio.sleep(1)
+        nursery.start_soon(send, "again")  # the same records, from a reconnected producer
+        await trio.sleep(1)
+        assert results == {}
+        partition.commit("g", 4)
+    assert results == {"first": 3, "again": 0}
+    assert partition.end_offset == 7
+    assert partition.snapshot().sequences == {"p": 7}
+
+
+async def test_held_back_records_are_read_only_once_exposed() -> None:
+    partition = Partition("t", 0, capacity=100)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    partition.hold_back()
+    await partition.send(records(5))
+    assert partition.read(0) is None
+    partition.expose(3)
+    batch = partition.read(0)
+    assert batch is not None
+    assert list(batch.values) == [0, 1, 2]
+    assert partition.read(3) is None
+    partition.expose(99)  # never beyond the end
+    assert partition.readable_offset == 5
+
+
+async def test_room_changes_wake_waiters(autojump_clock: trio.testing.MockClock) -> None:
+    partition = Partition("t", 0, capacity=10)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    await partition.send(records(10))
+    assert partition.free_room == 0
+    woke: list[int | None] = []
+
+    async def wait() -> None:
+        await partition.wait_room_changed()
+        woke.append(partition.free_room)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.sleep(1)
+        assert woke == []
+        partition.commit("g", 4)
+    assert woke == [4]
+    dynamic = Partition("t", 1)
+    assert dynamic.free_room == 0
+    dynamic.attach()
+    assert dynamic.free_room is None

@@ -75,6 +75,7 @@ _SOURCE = operator.attrgetter("source")
 _TIMESTAMP = operator.attrgetter("timestamp")
 _KIND = operator.attrgetter("kind")
 _ENCODER = msgspec.msgpack.Encoder()
+_SEQUENCES = msgspec.msgpack.Decoder(dict[str, int])
 
 
 @attrs.define(eq=False)
@@ -412,6 +413,10 @@ class Pipeline:
                         [[b.base_offset, b.keys, b.values, b.timestamps] for b in state.batches],
                     ]
                 )
+                if state.sequences:  # records numbered by producers on other nodes
+                    parts["sequences", f"{name}/{partition.index}"] = _ENCODER.encode(
+                        state.sequences
+                    )
         for name, processor in self.processors.items():
             parts["processor", name] = _ENCODER.encode(processor.snapshot())
         for name, tally in self.tallies.items():
@@ -432,6 +437,7 @@ class Pipeline:
                 if data is None:
                     continue
                 start, end, committed, peak, batches = decoder.decode(data)
+                sequences = parts.get(("sequences", f"{name}/{partition.index}"))
                 partition.restore(
                     PartitionState(
                         start,
@@ -442,13 +448,14 @@ class Pipeline:
                             for base, keys, values, stamps in batches
                         ],
                         peak,
+                        {} if sequences is None else _SEQUENCES.decode(sequences),
                     )
                 )
 
     def _restore_state(self, info: EpochInfo, parts: dict[tuple[str, str], bytes]) -> None:
         self.restored_from = info
         for (kind, name), data in parts.items():
-            state = msgspec.msgpack.decode(data) if kind != "partition" else None
+            state = msgspec.msgpack.decode(data) if kind not in ("partition", "sequences") else None
             if kind == "processor" and name in self.processors:
                 self.processors[name].restore(state)
             elif kind == "consumer" and name in self.tallies:
