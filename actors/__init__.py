@@ -6,6 +6,7 @@ This package knows nothing of topology files or workloads; ``topology`` and ``si
 from .errors import BatchTooLargeError as BatchTooLargeError
 from .errors import CommitError as CommitError
 from .errors import ConfigurationError as ConfigurationError
+from .errors import GatewayError as GatewayError
 from .errors import RingflowError as RingflowError
 from .errors import SequenceError as SequenceError
 from .errors import SupervisionError as SupervisionError

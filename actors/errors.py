@@ -43,6 +43,14 @@ class SequenceError(RingflowError, ValueError):
     """
 
 
+class GatewayError(RingflowError):
+    """A peer node could not be reached in time, or refused the connection for good.
+
+    The message names the URL (never a token) and, when the peer closed the connection, its
+    close code and reason.
+    """
+
+
 class SupervisionError(RingflowError):
     """A supervised actor crashed more often than its restart strategy allows.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import attrs
 import trio
@@ -387,6 +388,20 @@ class Consumer:
             raise trio.EndOfChannel
         raise trio.WouldBlock
 
+    def rewind(self) -> None:
+        """Deliver again everything handed to this member but not committed.
+
+        A gateway calls this when a remote member reconnects: batches that were on the wire
+        when the connection dropped are delivered again, from the committed offsets.
+        """
+        group = self.group
+        for partition in self._held:
+            group._position[partition] = group._committed[partition]
+            group._holder[partition] = None
+        self._held.clear()
+        self._batch = None
+        group._lot.unpark_all()
+
     async def commit(self, offsets: Mapping[int, int] | None = None) -> None:
         """Commit offsets: every record below an offset counts as processed by the group.
 
@@ -432,9 +447,15 @@ class Consumer:
         return batch.record(index)
 
 
+class _BatchSource(Protocol):
+    async def get_batch(self) -> RecordBatch: ...
+
+
 @attrs.define(eq=False)
 class _Batches:
-    consumer: Consumer
+    """``async for`` over the batches of a local or remote consumer."""
+
+    consumer: _BatchSource
 
     def __aiter__(self) -> _Batches:
         return self

@@ -419,6 +419,27 @@ class Partition:
             self._listeners.append(listener)
         return self._committed[group]
 
+    def unregister_group(self, group: str) -> None:
+        """Stop keeping records for ``group`` (a reader that leaves for good)."""
+        if self._committed.pop(group, None) is None:
+            return
+        low = min(self._committed.values(), default=self._start)
+        if low > self._start:
+            self._start = low
+            self._free()
+            self._admit_senders()
+            self._room.unpark_all()
+
+    def add_listener(self, listener: trio.lowlevel.ParkingLot) -> None:
+        """Unpark ``listener`` whenever records arrive or the partition closes."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: trio.lowlevel.ParkingLot) -> None:
+        """Undo :meth:`add_listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def attach(self) -> None:
         """Note that one more consumer owns this partition (dynamic mode lets sends through)."""
         self._attached += 1

@@ -5,15 +5,40 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from ._nursery import open_nursery
 from .errors import ConfigurationError
+from .partitioner import Partitioner
 from .record import Columns, Key, Record
-from .topic import Topic
+
+
+class Sink(Protocol):
+    """Where a producer sends one partition's batches: a :class:`Partition` or a remote one."""
+
+    async def send(self, records: Columns) -> int: ...
+
+
+class Destination(Protocol):
+    """What a producer writes to: a :class:`~actors.topic.Topic`, or a topic on another node
+    (:class:`~actors.remote.RemoteTopic`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def capacity(self) -> int | None: ...
+    @property
+    def partition_count(self) -> int: ...
+    @property
+    def partitioner(self) -> Partitioner: ...
+    @property
+    def partitions(self) -> Sequence[Sink]: ...
+    def split(self, batch: Columns) -> list[Columns]: ...
+    def add_producer(self) -> None: ...
+    def remove_producer(self, *, graceful: bool = True) -> None: ...
 
 
 @attrs.frozen
@@ -69,7 +94,7 @@ class Producer:
         ConfigurationError: ``max_batch`` < 1 or ``linger`` < 0.
     """
 
-    topic: Topic
+    topic: Destination
     max_batch: int = 1000
     linger: float = 0.005
     _buffers: list[_Buffer] = attrs.field(init=False)
@@ -212,7 +237,7 @@ class Producer:
 
 @asynccontextmanager
 async def open_producer(
-    topic: Topic, *, max_batch: int = 1000, linger: float = 0.005
+    topic: Destination, *, max_batch: int = 1000, linger: float = 0.005
 ) -> AsyncIterator[Producer]:
     """Open a producer on ``topic`` and run its linger timer until the block ends.
 

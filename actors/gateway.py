@@ -1,0 +1,580 @@
+"""A node's gateway: serves its partitions and consumer groups to other nodes, and taps.
+
+Two endpoints, on one websocket server (trio-websocket):
+
+- ``/node``: other ringflow nodes. A remote producer writes numbered batches to a partition;
+  the gateway answers with :class:`~actors.wire.Window` frames whose ``limit`` is the free
+  room in the ring, so a full ring stops a producer on another machine just as it stops a
+  local one. A remote consumer is a member of a local consumer group that asks for one batch
+  at a time, committing what it processed in the same frame.
+- ``/tap/TOPIC``: any websocket client. Records as JSON text messages (see ``docs/``); a tap
+  never touches the commits of consumer groups.
+
+Every handler catches its own connection's errors: an exception escaping a trio-websocket
+handler would take the whole server down.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    serve_websocket,
+)
+
+from ._nursery import open_nursery
+from .errors import CommitError, RingflowError
+from .group import Consumer, ConsumerGroup
+from .partition import Partition
+from .record import Columns
+from .topic import Topic
+from .wire import (
+    ENCODER,
+    INCOMPATIBLE,
+    MALFORMED,
+    MAX_MESSAGE_SIZE,
+    NOT_FOUND,
+    PROTOCOL,
+    SOFTWARE,
+    UNAUTHORIZED,
+    Batch,
+    Delivery,
+    End,
+    Finish,
+    Finished,
+    Hello,
+    Leave,
+    Next,
+    Welcome,
+    Window,
+    check_hello,
+    decoder,
+    incompatible,
+)
+
+TAP_BATCH = 500
+"""The most records in one tap message."""
+
+_JSON = msgspec.json.Encoder()
+
+
+class _Refuse(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason[:120]  # a close reason must fit in 123 bytes
+
+
+class _Expired(Exception):
+    pass
+
+
+@attrs.define(eq=False)
+class _Signal:
+    """Wakes one waiter whenever something it watches may have changed."""
+
+    _event: trio.Event = attrs.field(factory=trio.Event)
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+@attrs.define(eq=False)
+class _Session:
+    """A remote member of a consumer group; outlives its connections for a while."""
+
+    key: tuple[str, str, str]
+    member: Consumer | None = None
+    attached: bool = False
+    left: bool = False
+    scope: trio.CancelScope | None = None
+    changed: _Signal = attrs.field(factory=_Signal)
+
+
+def _token_of(request: WebSocketRequest) -> str | None:
+    for name, value in request.headers:
+        if name.lower() == b"authorization" and value.lower().startswith(b"bearer "):
+            return value[7:].decode(errors="replace").strip()
+    query = parse_qs(urlsplit(request.path).query)
+    return query.get("token", [None])[0]
+
+
+@attrs.define(eq=False)
+class Gateway:
+    """Serves ``topics`` and their consumer ``groups`` over websockets.
+
+    Args:
+        topics: The topics whose partitions this node hosts.
+        groups: Consumer groups on those topics, by (group name, topic name); remote members
+            join them.
+        value_types: Per topic, the type record values decode to (default: plain data).
+        token: When set, every connection must present it, as ``Authorization: Bearer
+            TOKEN`` or a ``token`` query parameter.
+        session_timeout: Seconds a remote member's partitions wait for it to reconnect
+            before the group rebalances without it.
+        on_event: Called with (category, message) for connections refused, closed by error,
+            and members that joined, came back or expired (for logging).
+    """
+
+    topics: Mapping[str, Topic]
+    groups: Mapping[tuple[str, str], ConsumerGroup] = attrs.field(factory=dict)
+    value_types: Mapping[str, Any] = attrs.field(factory=dict)
+    token: str | None = None
+    session_timeout: float = 10.0
+    max_message_size: int = MAX_MESSAGE_SIZE
+    on_event: Callable[[str, str], None] | None = None
+    durable_only: bool = False
+    """Producers may forget records only once :meth:`mark_durable` says an epoch holds them."""
+    _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = attrs.field(init=False, factory=dict)
+    _expected: dict[str, set[str]] = attrs.field(init=False, factory=dict)
+    _finished: set[tuple[str, str]] = attrs.field(init=False, factory=set)
+    _durable: dict[tuple[str, int], dict[str, int]] = attrs.field(init=False, factory=dict)
+    _watchers: set[_Signal] = attrs.field(init=False, factory=set)
+    _sessions: dict[tuple[str, str, str], _Session] = attrs.field(init=False, factory=dict)
+    _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    _taps: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    connections: int = attrs.field(init=False, default=0)
+    """Connections accepted so far."""
+    refused: int = attrs.field(init=False, default=0)
+    """Connections closed because of a bad token, version or frame."""
+
+    # -- producers that must finish ----------------------------------------------------------
+
+    def expect_producers(self, topic: str, producers: set[str]) -> None:
+        """Keep ``topic`` open until each of ``producers`` (remote ids) has sent its finish."""
+        waiting = producers - {p for t, p in self._finished if t == topic}
+        self._expected.setdefault(topic, set()).update(waiting)
+        for _ in waiting:
+            self.topics[topic].add_producer()
+
+    def _finish(self, topic: str, producer: str) -> None:
+        if (topic, producer) in self._finished:
+            return
+        self._finished.add((topic, producer))
+        if producer in self._expected.get(topic, ()):
+            self._expected[topic].discard(producer)
+            self.topics[topic].remove_producer(graceful=True)
+        self._event("meta", f"producer {producer} finished topic {topic}")
+
+    def mark_durable(self, sequences: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
+        """Note what a written epoch holds: producers may now forget those records."""
+        for where, numbers in sequences.items():
+            self._durable[where] = dict(numbers)
+        for watcher in self._watchers:
+            watcher.set()
+
+    def snapshot(self) -> list[list[str]]:
+        """What a checkpoint must keep of the gateway: the producers that have finished."""
+        return [[topic, producer] for topic, producer in sorted(self._finished)]
+
+    def restore(self, state: list[list[str]]) -> None:
+        """Take back :meth:`snapshot`; call before :meth:`expect_producers`."""
+        self._finished = {(topic, producer) for topic, producer in state}
+
+    @property
+    def waiting_for(self) -> dict[str, set[str]]:
+        """Per topic, the remote producers that have not finished yet."""
+        return {topic: set(ids) for topic, ids in self._expected.items() if ids}
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` until cancelled; ``task_status`` gets the server (its port)."""
+        async with open_nursery() as nursery:
+            self._nursery = nursery
+            server = await nursery.start(
+                partial(
+                    serve_websocket,
+                    self._handle,
+                    host,
+                    port,
+                    None,
+                    handler_nursery=nursery,
+                    max_message_size=self.max_message_size,
+                )
+            )
+            task_status.started(server)
+
+    def _event(self, category: str, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(category, message)
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            return
+        self.connections += 1
+        peer = _peer(ws)
+        try:
+            await self._dispatch(request, ws)
+        except _Refuse as refuse:
+            self.refused += 1
+            self._event("errors", f"closed a connection from {peer}: {refuse.reason}")
+            await _close(ws, refuse.code, refuse.reason)
+        except Exception as exc:  # one connection's failure must not stop the server
+            if _gone(exc):
+                return  # the peer left or the connection dropped: it may come back
+            self._event("errors", f"connection from {peer} failed: {exc!r}")
+            await _close(ws, 1011, f"internal error: {exc}")
+        else:
+            await _close(ws, 1000, "done")
+
+    async def _dispatch(self, request: WebSocketRequest, ws: WebSocketConnection) -> None:
+        if self.token is not None:
+            given = _token_of(request)
+            if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+                reason = "missing token" if given is None else "wrong token"
+                raise _Refuse(UNAUTHORIZED, f"{reason}: this node requires its shared token")
+        url = urlsplit(request.path)
+        parts = [p for p in url.path.split("/") if p]
+        if parts == ["node"]:
+            await self._node(ws)
+        elif len(parts) == 2 and parts[0] == "tap":
+            await self._tap(ws, parts[1], parse_qs(url.query))
+        else:
+            raise _Refuse(NOT_FOUND, f"no endpoint {url.path!r}; use /node or /tap/TOPIC")
+
+    def _decoder(self, topic: str) -> msgspec.msgpack.Decoder[Any]:
+        found = self._decoders.get(topic)
+        if found is None:
+            found = self._decoders[topic] = decoder(self.value_types.get(topic, Any))
+        return found
+
+    async def _node(self, ws: WebSocketConnection) -> None:
+        first = await ws.get_message()
+        version = check_hello(first)
+        if version is None:
+            raise _Refuse(MALFORMED, "the first frame must be a hello")
+        if version[0] != PROTOCOL:
+            raise _Refuse(INCOMPATIBLE, incompatible(version))
+        assert isinstance(first, bytes)
+        try:
+            hello = msgspec.msgpack.decode(first, type=Hello)
+        except msgspec.MsgspecError as exc:
+            raise _Refuse(MALFORMED, f"malformed hello: {exc}") from None
+        topic = self.topics.get(hello.topic)
+        if topic is None:
+            raise _Refuse(NOT_FOUND, f"this node hosts no topic {hello.topic!r}")
+        if hello.role == "produce":
+            await self._produce(ws, hello, topic)
+        elif hello.role == "consume":
+            group = self.groups.get((hello.group, hello.topic))
+            if group is None:
+                raise _Refuse(
+                    NOT_FOUND, f"no consumer group {hello.group!r} on topic {hello.topic!r}"
+                )
+            await self._consume(ws, hello, group)
+        else:
+            raise _Refuse(MALFORMED, f"unknown role {hello.role!r}")
+
+    async def _receive(self, ws: WebSocketConnection, topic: str) -> Any:
+        data = await ws.get_message()
+        if isinstance(data, str):
+            raise _Refuse(MALFORMED, "text frame on /node; frames are binary MessagePack")
+        try:
+            return self._decoder(topic).decode(data)
+        except msgspec.MsgspecError as exc:
+            raise _Refuse(MALFORMED, f"malformed frame: {exc}") from None
+
+    # -- remote producers --------------------------------------------------------------------
+
+    def _window(self, topic: Topic, partition: Partition, producer: str) -> Window:
+        acked = partition.next_sequence(producer)
+        if self.durable_only:
+            durable = self._durable.get((topic.name, partition.index), {}).get(producer, 0)
+        else:
+            durable = acked
+        room = partition.free_room
+        return Window(partition.index, acked, durable, None if room is None else acked + room)
+
+    async def _produce(self, ws: WebSocketConnection, hello: Hello, topic: Topic) -> None:
+        name = hello.name
+        partitions = topic.partitions
+        welcome = Welcome(
+            PROTOCOL,
+            SOFTWARE,
+            len(partitions),
+            topic.capacity,
+            [p.next_sequence(name) for p in partitions],
+        )
+        await ws.send_message(ENCODER.encode(welcome))
+        signal = _Signal()
+        self._watchers.add(signal)
+
+        async def watch(partition: Partition) -> None:
+            while True:
+                await partition.wait_room_changed()
+                signal.set()
+
+        async def send_windows() -> None:
+            sent: list[Window | None] = [None] * len(partitions)
+            while True:
+                for index, partition in enumerate(partitions):
+                    window = self._window(topic, partition, name)
+                    if window != sent[index]:
+                        await ws.send_message(ENCODER.encode(window))
+                        sent[index] = window
+                await signal.wait()
+
+        try:
+            async with open_nursery() as nursery:
+                for partition in partitions:
+                    nursery.start_soon(watch, partition)
+                nursery.start_soon(send_windows)
+                while True:
+                    frame = await self._receive(ws, topic.name)
+                    if isinstance(frame, Batch):
+                        if not 0 <= frame.partition < len(partitions):
+                            raise _Refuse(
+                                MALFORMED,
+                                f"topic {topic.name!r} has no partition {frame.partition}",
+                            )
+                        columns = Columns(frame.keys, frame.values, frame.timestamps)
+                        try:
+                            await partitions[frame.partition].send_sequenced(
+                                columns, name, frame.sequence
+                            )
+                        except RingflowError as exc:
+                            raise _Refuse(MALFORMED, str(exc)) from None
+                        signal.set()
+                    elif isinstance(frame, Finish):
+                        self._finish(topic.name, name)
+                        await ws.send_message(ENCODER.encode(Finished()))
+                    else:
+                        raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
+        finally:
+            self._watchers.discard(signal)
+
+    # -- remote consumers --------------------------------------------------------------------
+
+    async def _consume(self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup) -> None:
+        key = (hello.group, hello.topic, hello.name)
+        session = self._sessions.get(key)
+        if session is None:
+            session = _Session(key)
+            assert self._nursery is not None
+            await self._nursery.start(self._run_session, session, group, hello)
+            self._event("meta", f"{hello.name} joined group {hello.group} on {hello.topic}")
+        else:
+            if session.scope is not None:  # the old connection may still be waiting
+                session.scope.cancel()
+            self._event("meta", f"{hello.name} reconnected to group {hello.group}")
+        member = session.member
+        assert member is not None
+        _commit(member, hello.positions)
+        member.rewind()
+        session.attached = True
+        session.changed.set()
+        topic = group.topic
+        try:
+            with trio.CancelScope() as scope:
+                session.scope = scope
+                await ws.send_message(
+                    ENCODER.encode(Welcome(PROTOCOL, SOFTWARE, topic.partition_count, None))
+                )
+                while True:
+                    frame = await self._receive(ws, topic.name)
+                    if isinstance(frame, Next):
+                        _commit(member, frame.offsets)
+                        try:
+                            batch = await member.get_batch()
+                        except trio.EndOfChannel:
+                            await ws.send_message(ENCODER.encode(End()))
+                            continue
+                        delivery = Delivery(
+                            batch.partition,
+                            batch.base_offset,
+                            list(batch.keys),
+                            list(batch.values),
+                            list(batch.timestamps),
+                        )
+                        await ws.send_message(ENCODER.encode(delivery))
+                    elif isinstance(frame, Leave):
+                        _commit(member, frame.offsets)
+                        session.left = True
+                        return
+                    else:
+                        raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
+        finally:
+            if session.scope is scope:
+                session.attached = False
+                session.scope = None
+            session.changed.set()
+
+    async def _run_session(
+        self,
+        session: _Session,
+        group: ConsumerGroup,
+        hello: Hello,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._sessions[session.key] = session
+        try:
+            async with group.join(
+                hello.name, auto_commit=False, max_records=hello.max_records or None
+            ) as member:
+                session.member = member
+                task_status.started()
+                while not session.left:
+                    if session.attached:
+                        await session.changed.wait()
+                        continue
+                    with trio.move_on_after(self.session_timeout):
+                        await session.changed.wait()
+                        continue
+                    raise _Expired
+        except _Expired:
+            self._event(
+                "meta",
+                f"{hello.name} of group {hello.group} did not come back within "
+                f"{self.session_timeout:g} s; its partitions were reassigned",
+            )
+        finally:
+            del self._sessions[session.key]
+
+    # -- taps --------------------------------------------------------------------------------
+
+    async def _tap(
+        self, ws: WebSocketConnection, topic_name: str, query: dict[str, list[str]]
+    ) -> None:
+        topic = self.topics.get(topic_name)
+        if topic is None:
+            raise _Refuse(NOT_FOUND, f"this node hosts no topic {topic_name!r}")
+        try:
+            indexes = [int(query["partition"][0])] if "partition" in query else None
+            start = query.get("from", ["latest"])[0]
+            hold = query.get("hold", ["false"])[0].lower() in ("1", "true", "yes")
+            if start not in ("earliest", "latest"):
+                int(start)
+        except ValueError:
+            raise _Refuse(
+                MALFORMED, "partition must be a number; from: an offset, earliest or latest"
+            ) from None
+        if indexes is not None and not 0 <= indexes[0] < topic.partition_count:
+            raise _Refuse(NOT_FOUND, f"topic {topic_name!r} has no partition {indexes[0]}")
+        partitions = [topic.partitions[i] for i in indexes or range(topic.partition_count)]
+        lot = trio.lowlevel.ParkingLot()
+        tap_group = f"tap:{next(self._taps)}"
+        offsets: dict[int, int] = {}
+        for partition in partitions:
+            partition.add_listener(lot)
+            if start == "earliest":
+                offsets[partition.index] = partition.retained_offset
+            elif start == "latest":
+                offsets[partition.index] = partition.readable_offset
+            else:
+                offsets[partition.index] = int(start)
+            if hold:
+                partition.register_group(tap_group, lot)
+        try:
+            await self._stream_tap(ws, topic.name, partitions, offsets, lot, tap_group, hold)
+        finally:
+            for partition in partitions:
+                partition.remove_listener(lot)
+                if hold:
+                    partition.unregister_group(tap_group)
+
+    async def _stream_tap(
+        self,
+        ws: WebSocketConnection,
+        topic: str,
+        partitions: list[Partition],
+        offsets: dict[int, int],
+        lot: trio.lowlevel.ParkingLot,
+        tap_group: str,
+        hold: bool,
+    ) -> None:
+        while True:
+            progressed = False
+            for partition in partitions:
+                index = partition.index
+                offset = offsets[index]
+                retained = partition.retained_offset
+                if offset < retained:  # too slow: those records are gone
+                    message = {
+                        "type": "skipped",
+                        "topic": topic,
+                        "partition": index,
+                        "from": offset,
+                        "to": retained,
+                        "missed": retained - offset,
+                    }
+                    await ws.send_message(_JSON.encode(message).decode())
+                    offset = offsets[index] = retained
+                batch = partition.read(offset, TAP_BATCH)
+                if batch is None:
+                    continue
+                progressed = True
+                records = [
+                    {"offset": batch.base_offset + i, "key": k, "timestamp": t, "value": v}
+                    for i, (k, v, t) in enumerate(
+                        zip(batch.keys, batch.values, batch.timestamps, strict=True)
+                    )
+                ]
+                message = {"type": "records", "topic": topic, "partition": index}
+                await ws.send_message(_JSON.encode({**message, "records": records}).decode())
+                offsets[index] = batch.next_offset
+                if hold and batch.next_offset > partition.start_offset:
+                    partition.commit(tap_group, batch.next_offset)
+            if progressed:
+                continue
+            if all(p.closed and offsets[p.index] >= p.end_offset for p in partitions):
+                await ws.send_message(_JSON.encode({"type": "end", "topic": topic}).decode())
+                return
+            await lot.park()
+
+
+def _commit(member: Consumer, offsets: list[tuple[int, int]]) -> None:
+    # What a remote member processed, partition by partition. An offset it may no longer
+    # commit (the partition moved on, or a restarted node restored older commits) is left:
+    # those records are delivered again, and the member skips what it has already seen.
+    for partition, offset in offsets:
+        try:
+            member.commit_nowait({partition: offset})
+        except CommitError:
+            continue
+
+
+def _peer(ws: WebSocketConnection) -> str:
+    try:
+        return str(ws.remote)
+    except OSError:  # the socket is closed already
+        return "a peer that left"
+
+
+def _gone(exc: BaseException) -> bool:
+    # The connection closed, in one task or in several at once (an exception group).
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_gone(e) for e in exc.exceptions)
+    return isinstance(exc, (ConnectionClosed, trio.BrokenResourceError))
+
+
+async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
+    try:
+        with trio.move_on_after(2):
+            await ws.aclose(code, reason)
+    except Exception:  # the peer may be gone already
+        return

@@ -1,0 +1,174 @@
+"""The frames gateways exchange: MessagePack arrays, one per binary websocket message.
+
+Every connection opens with :class:`Hello` from the client. Its first two fields never
+change, so two ringflow versions can always tell each other apart and refuse politely.
+Close codes in the 4000 range carry a reason meant for people: see :data:`CLOSE_CODES`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Generic, TypeVar, Union
+
+import msgspec
+
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+"""The largest websocket message a node accepts (a larger one closes that connection)."""
+
+PROTOCOL = 1
+"""The wire protocol's version. Peers must speak the same one."""
+
+try:
+    SOFTWARE = version("ringflow")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    SOFTWARE = "unknown"
+
+UNAUTHORIZED = 4001
+INCOMPATIBLE = 4002
+MALFORMED = 4003
+NOT_FOUND = 4004
+SHUTTING_DOWN = 4005
+CLOSE_CODES = {
+    UNAUTHORIZED: "missing or wrong token",
+    INCOMPATIBLE: "the peer speaks another protocol version",
+    MALFORMED: "a frame could not be decoded or broke the protocol",
+    NOT_FOUND: "no such topic, group or endpoint on this node",
+    SHUTTING_DOWN: "the node is stopping",
+}
+"""ringflow's close codes and what they mean; the close reason adds the details."""
+
+T = TypeVar("T")
+
+
+class Hello(msgspec.Struct, tag="hello", array_like=True):
+    """The client's first frame: who it is and what it wants."""
+
+    protocol: int
+    software: str
+    role: str
+    """``produce`` or ``consume``."""
+    topic: str
+    name: str
+    """The producer's id (its numbered records are counted per id) or the member's name."""
+    group: str = ""
+    max_records: int = 0
+    positions: list[tuple[int, int]] = []
+    """A consumer's processed offsets per partition, committed before anything is delivered."""
+
+
+class Welcome(msgspec.Struct, tag="welcome", array_like=True):
+    """The server's answer to :class:`Hello`."""
+
+    protocol: int
+    software: str
+    partitions: int
+    capacity: int | None
+    sequences: list[int] = []
+    """For a producer: the number each partition expects next from it."""
+
+
+class Batch(msgspec.Struct, Generic[T], tag="batch", array_like=True):
+    """Producer to server: records ``sequence``, ``sequence + 1``, ... for one partition."""
+
+    partition: int
+    sequence: int
+    keys: list[Any]
+    values: list[T]
+    timestamps: list[float]
+
+
+class Window(msgspec.Struct, tag="window", array_like=True):
+    """Server to producer: what one partition has accepted, kept and will take."""
+
+    partition: int
+    acked: int
+    """Every record numbered below this was accepted."""
+    durable: int
+    """Every record numbered below this is in a written checkpoint: the producer may forget it."""
+    limit: int | None
+    """The producer may send records numbered below this (None: no limit). This is the credit:
+    the free room in the ring when the window was sent."""
+
+
+class Finish(msgspec.Struct, tag="finish", array_like=True):
+    """Producer to server: it has sent everything and will send no more."""
+
+
+class Finished(msgspec.Struct, tag="finished", array_like=True):
+    """Server to producer: the finish is recorded."""
+
+
+class Next(msgspec.Struct, tag="next", array_like=True):
+    """Consumer to server: commit these offsets, then deliver the next batch."""
+
+    offsets: list[tuple[int, int]]
+
+
+class Delivery(msgspec.Struct, Generic[T], tag="delivery", array_like=True):
+    """Server to consumer: a batch of records with their offsets."""
+
+    partition: int
+    base_offset: int
+    keys: list[Any]
+    values: list[T]
+    timestamps: list[float]
+
+
+class End(msgspec.Struct, tag="end", array_like=True):
+    """Server to consumer: the topic is closed and the group has had every record."""
+
+
+class Leave(msgspec.Struct, tag="leave", array_like=True):
+    """Consumer to server: commit these offsets and leave the group in good order."""
+
+    offsets: list[tuple[int, int]]
+
+
+ENCODER = msgspec.msgpack.Encoder()
+
+
+def decoder(value_type: Any = Any) -> msgspec.msgpack.Decoder[Any]:
+    """Return a decoder of every frame, with record values decoded as ``value_type``."""
+    frames = Union[  # noqa: UP007
+        Hello,
+        Welcome,
+        Batch[value_type],
+        Window,
+        Finish,
+        Finished,
+        Next,
+        Delivery[value_type],
+        End,
+        Leave,
+    ]
+    return msgspec.msgpack.Decoder(frames)
+
+
+def check_hello(data: bytes | str) -> tuple[int, str] | None:
+    """Return (protocol, software) from a frame that starts like :class:`Hello`, else None.
+
+    Read without the full schema, so that a peer of another version is named, not garbled.
+    """
+    if isinstance(data, str):
+        return None
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if (
+        isinstance(raw, list)
+        and len(raw) >= 3
+        and raw[0] == "hello"
+        and isinstance(raw[1], int)
+        and isinstance(raw[2], str)
+    ):
+        return raw[1], raw[2]
+    return None
+
+
+def incompatible(theirs: tuple[int, str]) -> str:
+    """The close reason for a peer of another protocol version (both versions named)."""
+    return (
+        f"incompatible ringflow: peer {theirs[1]} speaks protocol {theirs[0]}, "
+        f"this node {SOFTWARE} speaks {PROTOCOL}"
+    )[:120]

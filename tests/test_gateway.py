@@ -1,0 +1,299 @@
+"""Gateways over real websockets on 127.0.0.1 (real clock: autojump and sockets do not mix)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+from websockets.sync.client import connect as sync_connect
+
+from actors import Columns, ConsumerGroup, GatewayError, Topic, open_producer
+from actors.gateway import Gateway
+from actors.remote import RemoteGroup, connect, open_remote_topic
+from actors.wire import ENCODER, Hello
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def columns(start: int, count: int, keys: int = 7) -> Columns:
+    values = list(range(start, start + count))
+    return Columns([v % keys for v in values], values, [float(v) for v in values])
+
+
+@asynccontextmanager
+async def serving(gateway: Gateway) -> AsyncIterator[str]:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(gateway.serve, "127.0.0.1", 0)
+        yield f"ws://127.0.0.1:{server.port}"
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def client(url: str, token: str | None = None) -> AsyncIterator[WebSocketConnection]:
+    async with trio.open_nursery() as nursery:
+        connection = await connect(nursery, url, token=token)
+        try:
+            yield connection.ws
+        finally:
+            await connection.close()
+
+
+async def close_of(ws: WebSocketConnection) -> tuple[int, str]:
+    """Read until the server closes the connection; its close code and reason."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed as closed:
+        reason = closed.reason
+    assert reason is not None
+    return reason.code, reason.reason or ""
+
+
+async def drop(ws: WebSocketConnection) -> None:
+    """Break the TCP connection under a websocket, as a network failure does."""
+    await trio.aclose_forcefully(ws._stream)
+
+
+async def drain(group: ConsumerGroup, name: str = "local") -> list[tuple[int, int, int]]:
+    """Everything a local member reads, as (partition, offset, value)."""
+    seen: list[tuple[int, int, int]] = []
+    async with group.join(name) as member:
+        async for batch in member.batches():
+            seen.extend(
+                (batch.partition, batch.base_offset + i, v) for i, v in enumerate(batch.values)
+            )
+    return seen
+
+
+async def test_a_remote_producer_writes_in_order_and_its_finish_closes_the_topic() -> None:
+    topic = Topic("events", partitions=3, capacity=1000)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    gateway.expect_producers("events", {"p1"})
+    async with serving(gateway) as url, trio.open_nursery() as nursery:
+        result: list[list[tuple[int, int, int]]] = []
+
+        async def consume() -> None:
+            result.append(await drain(group))
+
+        nursery.start_soon(consume)
+        async with (
+            open_remote_topic(f"{url}/node", "events", "p1") as remote,
+            open_producer(remote, max_batch=100, linger=0.01) as producer,
+        ):
+            for start in range(0, 5000, 250):
+                await producer.send_many(columns(start, 250))
+        assert not gateway.waiting_for
+    (seen,) = result
+    assert sorted(v for _, _, v in seen) == list(range(5000))
+    for index in range(3):  # per partition: offsets dense, values (one producer) rising
+        mine = [(o, v) for p, o, v in seen if p == index]
+        assert [o for o, _ in mine] == list(range(len(mine)))
+        assert [v for _, v in mine] == sorted(v for _, v in mine)
+        assert {v % 7 for _, v in mine} <= {
+            k for k in range(7) if topic.partitioner.partition_for(k) == index
+        }
+
+
+async def test_a_full_ring_blocks_a_remote_producer_until_room_is_freed() -> None:
+    topic = Topic("events", partitions=1, capacity=10)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    async with (
+        serving(gateway) as url,
+        open_remote_topic(f"{url}/node", "events", "p1") as remote,
+    ):
+        await remote.partitions[0].send(columns(0, 10))
+        with trio.move_on_after(0.5) as blocked:
+            await remote.partitions[0].send(columns(10, 5))
+        assert blocked.cancelled_caught  # the window is closed: the ring is full
+        assert topic.partitions[0].end_offset == 10
+        async with group.join("m", auto_commit=False) as member:
+            batch = await member.get_batch()
+            await member.commit({0: 6})  # frees 6 records
+            with trio.fail_after(5):
+                await remote.partitions[0].send(columns(10, 5))
+                after = await member.get_batch()
+        assert len(batch) == 10
+        assert (after.base_offset, list(after.values)) == (10, list(range(10, 15)))
+
+
+async def test_a_dropped_producer_connection_resumes_without_loss_or_duplicates() -> None:
+    topic = Topic("events", partitions=2, capacity=500)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    gateway.expect_producers("events", {"p1"})
+    async with serving(gateway) as url, trio.open_nursery() as nursery:
+        result: list[list[tuple[int, int, int]]] = []
+
+        async def consume() -> None:
+            result.append(await drain(group))
+
+        nursery.start_soon(consume)
+        async with open_remote_topic(f"{url}/node", "events", "p1") as remote:
+            for start in range(0, 6000, 200):
+                await remote.partitions[start // 200 % 2].send(columns(start, 200))
+                if start in (1000, 3000):
+                    ws = remote._ws
+                    assert ws is not None
+                    await drop(ws)
+        assert remote.reconnects >= 2
+    values = sorted(v for _, _, v in result[0])
+    assert values == list(range(6000))
+
+
+async def test_remote_consumers_share_a_group_and_skip_what_they_processed() -> None:
+    topic = Topic("events", partitions=4, capacity=20000)
+    gateway = Gateway({"events": topic}, {("g", "events"): ConsumerGroup("g", topic)})
+    async with open_producer(topic) as producer:
+        await producer.send_many(columns(0, 8000))
+    async with serving(gateway) as url:
+        remote = RemoteGroup(f"{url}/node", "events", "g")
+        seen: dict[str, list[int]] = {"a": [], "b": []}
+
+        async def member(name: str) -> None:
+            async with remote.join(name, auto_commit=False) as consumer:
+                count = 0
+                async for batch in consumer.batches():
+                    seen[name].extend(batch.values)
+                    consumer.commit_nowait()
+                    count += 1
+                    if count == 3 and name == "a":
+                        ws = consumer._ws
+                        assert ws is not None
+                        await ws.aclose()  # reconnects as the same member
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(member, "a")
+            nursery.start_soon(member, "b")
+    assert sorted(seen["a"] + seen["b"]) == list(range(8000))
+
+
+async def test_a_tap_streams_json_to_an_independent_client() -> None:
+    topic = Topic("events", partitions=2, capacity=10000)
+    ConsumerGroup("g", topic)  # a real group that never reads: the tap must not commit for it
+    gateway = Gateway({"events": topic})
+    async with open_producer(topic) as producer:
+        await producer.send_many(columns(0, 300))
+    async with serving(gateway) as url:
+
+        def read() -> list[dict[str, Any]]:
+            messages = []
+            with sync_connect(f"{url}/tap/events?partition=1&from=earliest") as client:
+                for message in client:
+                    messages.append(json.loads(message))
+            return messages
+
+        messages = await trio.to_thread.run_sync(read)
+    assert messages[-1] == {"type": "end", "topic": "events"}
+    records = [r for m in messages[:-1] for r in m["records"]]
+    assert {m["partition"] for m in messages[:-1]} == {1}
+    assert [r["offset"] for r in records] == list(range(topic.partitions[1].end_offset))
+    assert [r["value"] for r in records] == sorted(r["value"] for r in records)
+    assert all(r["timestamp"] == float(r["value"]) for r in records)
+    assert topic.partitions[1].statistics().committed == {"g": 0}
+
+
+async def test_a_tap_behind_the_ring_is_told_how_many_records_it_missed() -> None:
+    topic = Topic("events", partitions=1, capacity=100)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    async with group.join("m", auto_commit=False) as member:
+        for start in range(0, 500, 100):  # the group reads and frees everything
+            await topic.partitions[0].send(columns(start, 100))
+            await member.get_batch()
+            member.commit_nowait()
+    async with serving(gateway) as url, client(f"{url}/tap/events?from=120") as ws:
+        skipped = json.loads(await ws.get_message())
+        await topic.partitions[0].send(columns(500, 30))
+        records = json.loads(await ws.get_message())
+    assert skipped == {
+        "type": "skipped",
+        "topic": "events",
+        "partition": 0,
+        "from": 120,
+        "to": 500,
+        "missed": 380,
+    }
+    assert [r["offset"] for r in records["records"]] == list(range(500, 530))
+
+
+@pytest.mark.parametrize(
+    ("token", "path", "reason"),
+    [
+        (None, "/tap/events", "missing token"),
+        ("nope", "/tap/events", "wrong token"),  # in an Authorization header
+        (None, "/tap/events?token=nope", "wrong token"),
+    ],
+)
+async def test_a_wrong_or_missing_token_is_refused(
+    token: str | None, path: str, reason: str
+) -> None:
+    gateway = Gateway({"events": Topic("events")}, token="s3cret")
+    async with serving(gateway) as url:
+        async with client(url + path, token) as ws:
+            code, why = await close_of(ws)
+        assert code == 4001
+        assert reason in why
+        with pytest.raises(GatewayError, match="4001"):
+            async with open_remote_topic(f"{url}/node", "events", "p", token="bad"):
+                pass
+        async with open_remote_topic(f"{url}/node", "events", "p", token="s3cret") as remote:
+            assert remote.partition_count == 1
+
+
+async def test_malformed_and_oversized_frames_close_only_their_connection() -> None:
+    topic = Topic("events", partitions=1, capacity=1000)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic}, max_message_size=64 * 1024)
+    async with serving(gateway) as url, open_remote_topic(f"{url}/node", "events", "good") as good:
+        cases: list[tuple[Callable[[], bytes | str], int, str]] = [
+            (lambda: b"\xc1garbage", 4003, "first frame must be a hello"),
+            (lambda: "text", 4003, "first frame must be a hello"),
+            (lambda: b"x" * 100_000, 1009, ""),
+        ]
+        for make, expected, reason in cases:
+            async with client(f"{url}/node") as ws:
+                await ws.send_message(make())
+                code, why = await close_of(ws)
+            assert code == expected
+            assert reason in why
+        async with client(f"{url}/node") as ws:
+            hello = Hello(1, "test", "produce", "events", "bad")
+            await ws.send_message(ENCODER.encode(hello))
+            await ws.get_message()  # welcome
+            await ws.send_message(msgspec.msgpack.encode(["batch", 0, "not a number"]))
+            code, why = await close_of(ws)
+            assert code == 4003
+            assert "malformed frame" in why
+        await good.partitions[0].send(columns(0, 10))  # the good connection is untouched
+        async with group.join("m") as member:
+            with trio.fail_after(5):
+                batch = await member.get_batch()
+    assert list(batch.values) == list(range(10))
+    assert gateway.refused == 3
+
+
+async def test_a_peer_of_another_version_is_refused_with_both_versions_named() -> None:
+    gateway = Gateway({"events": Topic("events")})
+    async with serving(gateway) as url, client(f"{url}/node") as ws:
+        await ws.send_message(msgspec.msgpack.encode(["hello", 99, "9.9.9", "future"]))
+        code, why = await close_of(ws)
+    assert code == 4002
+    assert "9.9.9 speaks protocol 99" in why
+    assert "speaks 1" in why
+
+
+async def test_an_unreachable_node_is_retried_then_reported() -> None:
+    with trio.socket.socket() as sock:  # a port nothing listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(GatewayError, match=f"cannot reach ws://127.0.0.1:{port}/node"):
+        async with open_remote_topic(f"ws://127.0.0.1:{port}/node", "events", "p", give_up=0.5):
+            pass
