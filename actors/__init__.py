@@ -11,6 +11,7 @@ from .errors import RingflowError as RingflowError
 from .errors import SequenceError as SequenceError
 from .errors import SupervisionError as SupervisionError
 from .errors import TopicClosedError as TopicClosedError
+from .gateway import Gateway as Gateway
 from .group import ASSIGNMENT_STRATEGIES as ASSIGNMENT_STRATEGIES
 from .group import Consumer as Consumer
 from .group import ConsumerGroup as ConsumerGroup
@@ -31,6 +32,10 @@ from .record import Key as Key
 from .record import Record as Record
 from .record import RecordBatch as RecordBatch
 from .record import StoredRecord as StoredRecord
+from .remote import RemoteConsumer as RemoteConsumer
+from .remote import RemoteGroup as RemoteGroup
+from .remote import RemoteTopic as RemoteTopic
+from .remote import open_remote_topic as open_remote_topic
 from .supervisor import CrashReport as CrashReport
 from .supervisor import Supervisor as Supervisor
 from .supervisor import SupervisorStatistics as SupervisorStatistics

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -144,9 +144,12 @@ class Gateway:
     _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = attrs.field(init=False, factory=dict)
     _expected: dict[str, set[str]] = attrs.field(init=False, factory=dict)
     _finished: set[tuple[str, str]] = attrs.field(init=False, factory=set)
+    summaries: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
+    """Per topic, what each producer said it sent when it finished (see :meth:`add_summary`)."""
     _durable: dict[tuple[str, int], dict[str, int]] = attrs.field(init=False, factory=dict)
     _watchers: set[_Signal] = attrs.field(init=False, factory=set)
     _sessions: dict[tuple[str, str, str], _Session] = attrs.field(init=False, factory=dict)
+    _left: set[tuple[str, str, str]] = attrs.field(init=False, factory=set)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _taps: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     connections: int = attrs.field(init=False, default=0)
@@ -172,6 +175,40 @@ class Gateway:
             self.topics[topic].remove_producer(graceful=True)
         self._event("meta", f"producer {producer} finished topic {topic}")
 
+    def add_summary(self, topic: str, producer: str, summary: Any) -> None:
+        """Keep what ``producer`` says it sent to ``topic``; consumers get it at the end.
+
+        Remote producers send theirs with their finish; add local producers' here.
+        """
+        if summary is not None:
+            self.summaries.setdefault(topic, {})[producer] = summary
+
+    def drained(self, members: Set[tuple[str, str, str]] = frozenset()) -> bool:
+        """Whether every topic is closed, every group has committed every record, and no
+        remote member is still connected: nothing is left for this gateway to do.
+
+        Args:
+            members: Remote members, as (group, topic, member name), that must also have
+                come and left after the end (so none is left waiting for this node).
+        """
+        if not members <= self._left:
+            return False
+        for topic in self.topics.values():
+            if not topic.closed:
+                return False
+        for group in self.groups.values():
+            if any(group.statistics().lag):
+                return False
+        return not self._sessions
+
+    async def wait_drained(
+        self, members: Set[tuple[str, str, str]] = frozenset(), poll: float = 0.05
+    ) -> None:
+        """Return once :meth:`drained` (checked every ``poll`` seconds: it ends a node's run,
+        where 50 ms do not matter, and its conditions change in many places)."""
+        while not self.drained(members):  # noqa: ASYNC110
+            await trio.sleep(poll)
+
     def mark_durable(self, sequences: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
         """Note what a written epoch holds: producers may now forget those records."""
         for where, numbers in sequences.items():
@@ -179,13 +216,18 @@ class Gateway:
         for watcher in self._watchers:
             watcher.set()
 
-    def snapshot(self) -> list[list[str]]:
-        """What a checkpoint must keep of the gateway: the producers that have finished."""
-        return [[topic, producer] for topic, producer in sorted(self._finished)]
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint must keep of the gateway: the producers that have finished and
+        their summaries."""
+        return {
+            "finished": [[topic, producer] for topic, producer in sorted(self._finished)],
+            "summaries": self.summaries,
+        }
 
-    def restore(self, state: list[list[str]]) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Take back :meth:`snapshot`; call before :meth:`expect_producers`."""
-        self._finished = {(topic, producer) for topic, producer in state}
+        self._finished = {(topic, producer) for topic, producer in state["finished"]}
+        self.summaries = {t: dict(s) for t, s in state["summaries"].items()}
 
     @property
     def waiting_for(self) -> dict[str, set[str]]:
@@ -361,6 +403,7 @@ class Gateway:
                             raise _Refuse(MALFORMED, str(exc)) from None
                         signal.set()
                     elif isinstance(frame, Finish):
+                        self.add_summary(topic.name, name, frame.summary)
                         self._finish(topic.name, name)
                         await ws.send_message(ENCODER.encode(Finished()))
                     else:
@@ -402,7 +445,8 @@ class Gateway:
                         try:
                             batch = await member.get_batch()
                         except trio.EndOfChannel:
-                            await ws.send_message(ENCODER.encode(End()))
+                            summaries = self.summaries.get(topic.name, {})
+                            await ws.send_message(ENCODER.encode(End(summaries)))
                             continue
                         delivery = Delivery(
                             batch.partition,
@@ -415,6 +459,7 @@ class Gateway:
                     elif isinstance(frame, Leave):
                         _commit(member, frame.offsets)
                         session.left = True
+                        self._left.add(key)
                         return
                     else:
                         raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
@@ -529,7 +574,7 @@ class Gateway:
                     continue
                 progressed = True
                 records = [
-                    {"offset": batch.base_offset + i, "key": k, "timestamp": t, "value": v}
+                    {"offset": batch.base_offset + i, "key": k, "timestamp": t, "value": _plain(v)}
                     for i, (k, v, t) in enumerate(
                         zip(batch.keys, batch.values, batch.timestamps, strict=True)
                     )
@@ -545,6 +590,15 @@ class Gateway:
                 await ws.send_message(_JSON.encode({"type": "end", "topic": topic}).decode())
                 return
             await lot.park()
+
+
+def _plain(value: Any) -> Any:
+    # Structs encoded as arrays on the wire are objects with named fields for taps.
+    if isinstance(value, msgspec.Struct) and value.__struct_config__.array_like:
+        fields = {name: getattr(value, name) for name in value.__struct_fields__}
+        tag = value.__struct_config__.tag
+        return {"type": tag, **fields} if isinstance(tag, str) and "type" not in fields else fields
+    return value
 
 
 def _commit(member: Consumer, offsets: list[tuple[int, int]]) -> None:

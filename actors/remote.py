@@ -240,6 +240,9 @@ class RemoteTopic:
     _restored: dict[int, list[Any]] = attrs.field(init=False, factory=dict)
     reconnects: int = attrs.field(init=False, default=0)
     """Connections opened after the first."""
+    summary: Any = attrs.field(init=False, default=None)
+    """What this producer sent, as plain data, for the remote node to pass on to consumers
+    when it finishes; set it before leaving :func:`open_remote_topic`."""
 
     @property
     def partition_count(self) -> int:
@@ -378,7 +381,7 @@ class RemoteTopic:
                 await self._connected.park()
                 continue
             try:
-                await ws.send_message(ENCODER.encode(Finish()))
+                await ws.send_message(ENCODER.encode(Finish(self.summary)))
             except ConnectionClosed:
                 continue
             with trio.move_on_after(1):
@@ -425,6 +428,8 @@ class RemoteGroup:
     token: str | None = None
     value_type: Any = Any
     give_up: float = 30.0
+    summaries: dict[str, Any] = attrs.field(factory=dict)
+    """What each producer of the topic said it sent, by producer id; known at the end."""
 
     @asynccontextmanager
     async def join(
@@ -558,6 +563,7 @@ class RemoteConsumer:
                 await self._disconnect()
                 continue
             if isinstance(frame, End):
+                self.group.summaries = dict(frame.summaries)
                 raise trio.EndOfChannel
             if not isinstance(frame, Delivery):
                 raise GatewayError(

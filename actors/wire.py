@@ -93,6 +93,9 @@ class Window(msgspec.Struct, tag="window", array_like=True):
 class Finish(msgspec.Struct, tag="finish", array_like=True):
     """Producer to server: it has sent everything and will send no more."""
 
+    summary: Any = None
+    """What the producer says it sent (plain data), passed on to consumers with :class:`End`."""
+
 
 class Finished(msgspec.Struct, tag="finished", array_like=True):
     """Server to producer: the finish is recorded."""
@@ -116,6 +119,9 @@ class Delivery(msgspec.Struct, Generic[T], tag="delivery", array_like=True):
 
 class End(msgspec.Struct, tag="end", array_like=True):
     """Server to consumer: the topic is closed and the group has had every record."""
+
+    summaries: dict[str, Any] = {}
+    """The summary of every producer of the topic, by producer id."""
 
 
 class Leave(msgspec.Struct, tag="leave", array_like=True):

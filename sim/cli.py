@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,9 +16,13 @@ from rich.table import Table
 
 from actors import RingflowError
 from actors.redislog import redact
-from topology import CheckpointError, Pipeline, TopologyError
+from topology import CheckpointError, Pipeline, Topology, TopologyError
 
 from .bench import BenchSettings, run_bench
+
+if TYPE_CHECKING:
+    from .redis_server import EmbeddedRedis
+    from .run import LogSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -89,6 +94,96 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not log events to Redis (as 'redis: {enabled: false}' in the file)",
     )
     run.add_argument("--quiet", action="store_true", help="no live view; print only the summary")
+
+    node = commands.add_parser(
+        "node",
+        help="run one node of a split topology (one per process or container)",
+        description=(
+            "Run the part of a topology that its 'nodes' section puts on NODE: its topics' "
+            "rings, producers and consumers, with a websocket gateway serving its topics to "
+            "the other nodes and to taps. Nodes find each other at their 'listen' addresses "
+            "and may start in any order; a peer that cannot be reached is retried for "
+            "gateway.connect_timeout seconds. Runs on the real clock. Exit code as 'run'."
+        ),
+    )
+    node.add_argument("topology", type=Path, metavar="TOPOLOGY.yaml", help="the topology file")
+    node.add_argument("--node", required=True, metavar="NAME", help="which node to run")
+    node.add_argument(
+        "--seed", type=_non_negative, help="replace the file's seed (same on every node)"
+    )
+    node.add_argument(
+        "--events",
+        type=_non_negative,
+        help="replace the total number of events (give the same number to every node)",
+    )
+    node.add_argument(
+        "--report",
+        type=Path,
+        metavar="PATH",
+        help="where to write this node's JSON report (default: reports/NAME-NODE-seedSEED.json)",
+    )
+    node.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=os.environ.get("RINGFLOW_LISTEN"),
+        help="listen here instead of the node's address in the file, 0.0.0.0:PORT in a "
+        "container for example (default: $RINGFLOW_LISTEN)",
+    )
+    node.add_argument(
+        "--peer",
+        action="append",
+        metavar="NODE=HOST:PORT",
+        help="reach NODE here instead of at its address in the file, such as "
+        "broker=broker:7402 (repeatable; default: $RINGFLOW_PEERS, comma separated)",
+    )
+    node.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("RINGFLOW_REDIS_URL"),
+        help="log to this Redis instead of the file's (default: $RINGFLOW_REDIS_URL)",
+    )
+    node.add_argument("--no-log", action="store_true", help="do not log events to Redis")
+
+    tap = commands.add_parser(
+        "tap",
+        help="print a live stream of a topic as JSON lines",
+        description=(
+            "Connect to ws://HOST:PORT/tap/TOPIC on the node that hosts TOPIC and print its "
+            "records as JSON lines (offset, key, timestamp, value, with topic and partition) "
+            "until the topic ends, --limit records were printed, or Ctrl-C. A tap never "
+            "commits for a consumer group. Lines of type 'skipped' say how many records a "
+            "slow tap missed."
+        ),
+    )
+    tap.add_argument("url", metavar="URL", help="ws://HOST:PORT/tap/TOPIC")
+    tap.add_argument(
+        "--from",
+        dest="start",
+        default="latest",
+        metavar="WHERE",
+        help="earliest, latest (default) or an offset",
+    )
+    tap.add_argument("--partition", type=_non_negative, help="only this partition")
+    tap.add_argument("--limit", type=_positive, help="stop after this many records")
+    tap.add_argument(
+        "--hold",
+        action="store_true",
+        help="never skip records: the tap's reading holds the topic's readers back instead",
+    )
+    tap.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="keep trying a node that cannot be reached yet for this long (default: 10)",
+    )
+    tap.add_argument(
+        "--token-env",
+        default="RINGFLOW_TOKEN",
+        metavar="VAR",
+        help="the environment variable holding the shared token, if the node needs one "
+        "(default: %(default)s)",
+    )
 
     logs = commands.add_parser(
         "logs",
@@ -206,6 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "checkpoints":
         return _checkpoints(args)
+    if args.command == "node":
+        return _node(args)
+    if args.command == "tap":
+        from .tap import run_tap
+
+        return run_tap(args)
     if args.command == "logs":
         from .logs import show_logs
 
@@ -309,16 +410,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .live import LiveView
-    from .redis_server import EmbeddedRedis, RedisUnavailable
     from .report import write_chart, write_report
-    from .run import (
-        REGISTRY,
-        LogSettings,
-        load_topology,
-        new_run_id,
-        open_checkpoints,
-        run_pipeline,
-    )
+    from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
@@ -339,30 +432,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif checkpoints is not None:
         out.print(f"checkpoints: {escape(str(checkpoints.store.path))}")
-    logging, server = None, None
-    spec = topology.redis
-    if spec.enabled and not args.no_log:
-        url = spec.url
-        if url is None:
-            folder = args.state or (
-                checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
-            )
-            try:
-                server = EmbeddedRedis.start(folder)
-                url = server.url
-            except RedisUnavailable as exc:
-                if spec.on_unavailable == "fail":
-                    err.print(escape(f"cannot log to Redis: {exc}"))
-                    return EXIT_USAGE
-                err.print(escape(f"warning: running without logging: {exc}"))
-        if url is not None:
-            logging = LogSettings(
-                url,
-                new_run_id(topology.name),
-                spec.maxlen,
-                fail_if_unavailable=spec.on_unavailable == "fail",
-            )
-            out.print(f"logging to Redis at {escape(redact(url))} as run {logging.run_id}")
+    folder = args.state or (
+        checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
+    )
+    opened = _open_logging(topology, args.no_log, None, folder, topology.name, out, err)
+    if isinstance(opened, int):
+        return opened
+    logging, server = opened
     view = None if args.quiet else LiveView(out, pipeline)
     if view is not None:
         view.start()
@@ -398,10 +474,127 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _node(args: argparse.Namespace) -> int:
+    from topology.build import Placement
+    from topology.schema import parse_address
+
+    from .report import write_report
+    from .run import REGISTRY, load_topology, run_pipeline
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        topology = load_topology(args.topology)
+        peers = _peers(args.peer or os.environ.get("RINGFLOW_PEERS", "").split(","))
+        token_env = topology.gateway.token_env
+        token = os.environ.get(token_env) or None if token_env else None
+        placement = Placement(args.node, args.listen, peers, token)
+        pipeline = Pipeline.build(
+            topology, REGISTRY, seed=args.seed, events=args.events, placement=placement
+        )
+    except (TopologyError, ValueError) as exc:
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
+    address = pipeline.address_of(args.node)
+    host = parse_address(address)[0]
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        hint = f"set {token_env}" if token_env else "name one in gateway.token_env and set it"
+        err.print(
+            f"refusing to listen on {escape(address)} without a shared token: any machine "
+            f"that reaches it could read and write the topics; {escape(hint)}"
+        )
+        return EXIT_USAGE
+    here = topology.nodes[args.node]
+    out.print(
+        f"node {escape(args.node)} of {escape(topology.name)}: gateway on ws://{escape(address)}"
+        f" (topics: {escape(', '.join(here.topics) or '-')}; producers: "
+        f"{escape(', '.join(here.producers) or '-')}; consumers: "
+        f"{escape(', '.join(here.consumers) or '-')})" + ("; token required" if token else "")
+    )
+    folder = Path("state") / f"{topology.name}-{args.node}"
+    opened = _open_logging(
+        topology, args.no_log, args.redis, folder, f"{topology.name}-{args.node}", out, err
+    )
+    if isinstance(opened, int):
+        return opened
+    logging, server = opened
+    try:
+        result = run_pipeline(pipeline, logging=logging, handle_sigint=True)
+    except RingflowError as exc:
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
+    finally:
+        if server is not None:
+            server.stop()
+    report = result.report
+    path = args.report or Path("reports") / f"{topology.name}-{args.node}-seed{pipeline.seed}.json"
+    write_report(report, path)
+    _print_summary(out, report, path)
+    if report["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    if report["status"] == "failed" or not report["expect_ok"]:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _peers(items: Sequence[str]) -> dict[str, str]:
+    peers = {}
+    for item in items:
+        if not item.strip():
+            continue
+        name, equals, address = item.strip().partition("=")
+        if not equals or not name or not address:
+            raise ValueError(f"--peer {item!r}: expected NODE=HOST:PORT")
+        peers[name] = address
+    return peers
+
+
+def _open_logging(
+    topology: Topology,
+    no_log: bool,
+    url: str | None,
+    folder: Path,
+    run_name: str,
+    out: Console,
+    err: Console,
+) -> tuple[LogSettings | None, EmbeddedRedis | None] | int:
+    """Where a run logs to: the Redis at ``url`` or in the file, or an embedded one started
+    in ``folder``; None when logging is off or Redis is unavailable (an exit code when that
+    is configured to fail)."""
+    from .redis_server import EmbeddedRedis, RedisUnavailable
+    from .run import LogSettings, new_run_id
+
+    spec = topology.redis
+    if not spec.enabled or no_log:
+        return None, None
+    server = None
+    url = url or spec.url
+    if url is None:
+        try:
+            server = EmbeddedRedis.start(folder)
+            url = server.url
+        except RedisUnavailable as exc:
+            if spec.on_unavailable == "fail":
+                err.print(escape(f"cannot log to Redis: {exc}"))
+                return EXIT_USAGE
+            err.print(escape(f"warning: running without logging: {exc}"))
+            return None, None
+    logging = LogSettings(
+        url,
+        new_run_id(run_name),
+        spec.maxlen,
+        fail_if_unavailable=spec.on_unavailable == "fail",
+    )
+    out.print(f"logging to Redis at {escape(redact(url))} as run {logging.run_id}")
+    return logging, server
+
+
 def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None:
     latency = report["latency_seconds"]
     table = Table(
-        title=f"{report['topology']} (seed {report['seed']}): {report['status']}",
+        title=f"{report['topology']}"
+        + (f", node {report['node']}" if report.get("node") else "")
+        + f" (seed {report['seed']}): {report['status']}",
         show_header=False,
         title_justify="left",
     )
@@ -410,12 +603,14 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
     table.add_row("events produced", f"{report['events_produced']:,}")
     table.add_row("events consumed (by every consumer)", f"{report['events_consumed']:,}")
     table.add_row("wall time", f"{report['wall_seconds']:,.2f} s")
-    table.add_row("simulated time", f"{report['sim_seconds']:,.2f} s")
+    virtual = report["clock"] == "virtual"
+    if virtual:
+        table.add_row("simulated time", f"{report['sim_seconds']:,.2f} s")
     rate = report["events_per_second"]
     table.add_row("throughput", f"{rate:,.0f} events/s" if rate else "-")
     if latency.get("p50") is not None:
         table.add_row(
-            "latency p50 / p95 / p99 (simulated)",
+            f"latency p50 / p95 / p99 ({'simulated' if virtual else 'real'})",
             " / ".join(f"{latency[p] * 1000:,.1f} ms" for p in ("p50", "p95", "p99")),
         )
     peak = max(report["partitions"], key=lambda p: p["peak_depth"], default=None)

@@ -55,8 +55,9 @@ def build_report(
     wall = (pipeline.wall_finished or 0.0) - (pipeline.wall_started or 0.0)
     sim = (pipeline.finished_at or 0.0) - (pipeline.started_at or 0.0)
     latency: Counter[int] = Counter()
-    for tally in pipeline.tallies.values():
-        latency.update(tally.latency)
+    if pipeline.placement is None:  # across nodes, each has its own origin of event time
+        for tally in pipeline.tallies.values():
+            latency.update(tally.latency)
     aggregates = {name: processor.result() for name, processor in pipeline.processors.items()}
     partitions = [
         {
@@ -76,7 +77,8 @@ def build_report(
     return {
         "topology": pipeline.topology.name,
         "seed": pipeline.seed,
-        "clock": pipeline.topology.clock,
+        "clock": "real" if pipeline.placement is not None else pipeline.topology.clock,
+        "node": None if pipeline.placement is None else pipeline.placement.node,
         "status": status,
         "error": error,
         "events_planned": pipeline.events_planned,

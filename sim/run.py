@@ -137,7 +137,7 @@ def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
     for name, topic in pipeline.topics.items():
         for partition in topic.partitions:
             partition.on_append = functools.partial(_incoming, logger, name)
-    for (_consumer, topic_name), group in pipeline.groups.items():
+    for topic_name, group in pipeline.local_groups():
         group.on_deliver = functools.partial(_outgoing, logger, group.name, topic_name)
         group.on_rebalance = functools.partial(_rebalanced, logger, group.name, topic_name)
 
@@ -153,6 +153,12 @@ def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
         )
 
     pipeline.on_epoch = epoch
+    if pipeline.gateway is not None:
+        pipeline.gateway.on_event = functools.partial(_gateway_event, logger)
+
+
+def _gateway_event(logger: RedisLogger, category: str, message: str) -> None:
+    logger.emit(category, event="gateway", message=message)
 
 
 def _incoming(logger: RedisLogger, topic: str, batch: Any) -> None:
@@ -433,7 +439,7 @@ def run_pipeline(
         return report
 
     clock = None
-    if pipeline.topology.clock == "virtual":
+    if pipeline.topology.clock == "virtual" and pipeline.placement is None:  # nodes: real time
         clock = trio.testing.MockClock(autojump_threshold=0)
         if pipeline.restored_from is not None:
             clock.jump(pipeline.restored_from.sim_time)

@@ -131,11 +131,18 @@ class VideoSite:
     watch, a duration up to the video's length.
     """
 
-    def __init__(self, params: VideoSiteParams, seed: int, name: str, source: int) -> None:
+    def __init__(
+        self,
+        params: VideoSiteParams,
+        seed: int,
+        name: str,
+        instance: int,
+        source: int | None = None,
+    ) -> None:
         self.params = params
         self.catalog = VideoCatalog.build(params, seed)
-        self.source = source
-        self._rng = random.Random(f"{seed}/{name}/{source}")
+        self.source = instance if source is None else source
+        self._rng = random.Random(f"{seed}/{name}/{instance}")
         self._random = self._rng.random
         weights = [params.mix.get(kind, 0.0) for kind in VIDEO_KINDS]
         self._kinds = [VIDEO_KINDS[i] for i in _sampling_table(weights, 1024)]
@@ -280,16 +287,18 @@ class UgcParams:
 class Ugc:
     """User-generated-content events of one producer instance, one stream per kind."""
 
-    def __init__(self, params: UgcParams, seed: int, name: str, source: int) -> None:
+    def __init__(
+        self, params: UgcParams, seed: int, name: str, instance: int, source: int | None = None
+    ) -> None:
         self.params = params
-        self.source = source
+        self.source = instance if source is None else source
         catalog = random.Random(f"{seed}/ugc-catalog")
         self._movie_length = [catalog.randrange(1800, 10_800) for _ in range(params.movies)]
         pages = [f"/page/{i}" for i in range(params.pages)]
         catalog.shuffle(pages)
         weights = [1 / (rank + 1) ** params.zipf for rank in range(params.pages)]
         self._pages = [pages[slot] for slot in _sampling_table(weights)]
-        self._rng = random.Random(f"{seed}/{name}/{source}")
+        self._rng = random.Random(f"{seed}/{name}/{instance}")
         self._random = self._rng.random
         kind_weights = [params.mix.get(kind, 0.0) for kind in UGC_KINDS]
         self._kinds = [UGC_KINDS[i] for i in _sampling_table(kind_weights, 1024)]

@@ -44,6 +44,15 @@ def test_same_seed_gives_the_same_digest_twice_and_with_other_partitioning() -> 
     assert first["expect_ok"]
 
 
+def test_two_producers_on_one_topic_keep_their_own_order_and_tallies() -> None:
+    topology = video_site()
+    site = topology.producers["site"]
+    both = attrs.evolve(topology, producers={"site": site, "mirror": site})
+    report = run(both, events=20_000)
+    assert report["expect_ok"], report["expect"]
+    assert report["events_consumed"] == 20_000
+
+
 def test_a_different_seed_gives_different_aggregates() -> None:
     assert run(video_site(), seed=1)["digest"] != run(video_site(), seed=2)["digest"]
 
@@ -60,7 +69,7 @@ def test_aggregates_equal_a_reference_computed_from_the_same_events() -> None:
     window = topology.consumers["blogger-analytics"].params["window"]
     for plan in pipeline.plans:
         assert plan.rate is not None
-        workload = VideoSite(params, topology.seed, plan.producer, plan.instance)
+        workload = VideoSite(params, topology.seed, plan.producer, plan.instance, plan.source)
         for event in workload.generate(plan.events, 0.0, 1 / plan.rate)["events"]:
             if event.kind == "view":
                 views[event.video_id] += 1

@@ -16,6 +16,8 @@ from .registry import WorkloadType as WorkloadType
 from .schema import CheckpointSpec as CheckpointSpec
 from .schema import ConsumerSpec as ConsumerSpec
 from .schema import ExpectSpec as ExpectSpec
+from .schema import GatewaySpec as GatewaySpec
+from .schema import NodeSpec as NodeSpec
 from .schema import ProducerSpec as ProducerSpec
 from .schema import RedisSpec as RedisSpec
 from .schema import TopicSpec as TopicSpec

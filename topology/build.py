@@ -19,19 +19,23 @@ import trio
 from actors import (
     Columns,
     ConsumerGroup,
+    Gateway,
     Key,
     PartitionState,
     Producer,
     RecordBatch,
+    RemoteGroup,
     Topic,
     open_producer,
+    open_remote_topic,
     open_supervisor,
 )
+from actors._nursery import open_nursery
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .errors import TopologyError
 from .registry import Processor, Registry
-from .schema import RedisSpec, Topology, converter
+from .schema import RedisSpec, Topology, converter, parse_address
 
 LATENCY_SAMPLE_EVERY = 8
 """One record in this many has its latency measured."""
@@ -68,6 +72,17 @@ class TopicTally:
         self.records = state[0]
         self.seq_sums = dict(state[1])
         self.kinds = Counter(state[2])
+
+    @classmethod
+    def merged(cls, states: Any) -> TopicTally:
+        """The sum of several snapshots (of the producers of one topic)."""
+        tally = cls()
+        for records, seq_sums, kinds in states:
+            tally.records += records
+            for source, total in seq_sums:
+                tally.seq_sums[source] = tally.seq_sums.get(source, 0) + total
+            tally.kinds.update(kinds)
+        return tally
 
 
 _SEQ = operator.attrgetter("seq")
@@ -234,6 +249,24 @@ def fingerprint(topology: Topology, seed: int, plans: list[ProducerPlan]) -> str
     return hashlib.sha256(encoded).hexdigest()
 
 
+@attrs.frozen
+class Placement:
+    """Which node of a split topology a pipeline runs as, and how it reaches the others."""
+
+    node: str
+    listen: str | None = None
+    """``HOST:PORT`` to listen on instead of the node's ``listen`` in the file."""
+    peers: dict[str, str] = attrs.field(factory=dict)
+    """``HOST:PORT`` to reach other nodes at, by node name, instead of their ``listen``."""
+    token: str | None = None
+    """The shared token (read from ``gateway.token_env`` by the caller)."""
+
+
+def producer_id(plan: ProducerPlan) -> str:
+    """How a producer instance is known to the gateways of a split topology."""
+    return f"{plan.producer}-{plan.instance}"
+
+
 @attrs.define(eq=False)
 class CheckpointSettings:
     """When a running pipeline writes epochs, and where."""
@@ -265,7 +298,9 @@ class Pipeline:
     seed: int
     plans: list[ProducerPlan]
     topics: dict[str, Topic]
-    groups: dict[tuple[str, str], ConsumerGroup]
+    """The topics whose rings live in this process (all of them unless split into nodes)."""
+    groups: dict[tuple[str, str], ConsumerGroup | RemoteGroup]
+    """By (consumer, topic), the group each consumer running here joins."""
     processors: dict[str, Processor]
     tallies: dict[str, ConsumerTally]
     produced: dict[str, TopicTally]
@@ -293,6 +328,14 @@ class Pipeline:
     _records_due: trio.Event = attrs.field(factory=trio.Event)
     _request_event: trio.Event = attrs.field(factory=trio.Event)
     _next_records: int | None = None
+    placement: Placement | None = None
+    """The node of a split topology this pipeline runs as; None runs the whole topology."""
+    gateway: Gateway | None = None
+    """The node's gateway: serves its topics to other nodes and taps."""
+    remote_members: set[tuple[str, str, str]] = attrs.field(factory=set)
+    """(group, topic, member) of consumers on other nodes reading this node's topics."""
+    remote_urls: dict[str, str] = attrs.field(factory=dict)
+    """For topics on other nodes that this node uses: the ``ws://`` address of their node."""
 
     @classmethod
     def build(
@@ -303,6 +346,7 @@ class Pipeline:
         seed: int | None = None,
         events: int | None = None,
         restore: tuple[EpochInfo, dict[tuple[str, str], bytes]] | None = None,
+        placement: Placement | None = None,
     ) -> Pipeline:
         """Build the pipeline of ``topology``, fresh or from a checkpoint.
 
@@ -313,12 +357,15 @@ class Pipeline:
             events: Replaces the total number of events, split over producers in proportion
                 to what the file gives them.
             restore: An epoch and its parts (from :meth:`CheckpointStore.load`) to resume.
+            placement: Build only the part of the topology that runs on this node.
 
         Raises:
             TopologyError: The topology names unknown workloads or processors, or their
-                params are wrong.
+                params are wrong, or the placement names an unknown node.
         """
         problems = registry.check(topology)
+        if placement is not None:
+            problems.extend(_check_placement(topology, placement))
         if problems:
             raise TopologyError(problems, topology.name)
         run_seed = topology.seed if seed is None else seed
@@ -342,6 +389,7 @@ class Pipeline:
                 value_types[topic] += tuple(
                     t for t in kind.event_types.get(stream, ()) if t not in value_types[topic]
                 )
+        here = None if placement is None else topology.nodes[placement.node]
         topics = {
             name: Topic(
                 name,
@@ -350,6 +398,7 @@ class Pipeline:
                 retention=spec.retention,
             )
             for name, spec in topology.topics.items()
+            if here is None or name in here.topics
         }
         pipeline = cls(
             topology=topology,
@@ -360,18 +409,40 @@ class Pipeline:
             groups={},
             processors={},
             tallies={},
-            produced={name: TopicTally() for name in topics},
+            produced={name: TopicTally() for name in topology.topics},
             fingerprint=fingerprint(topology, run_seed, plans),
             value_types=value_types,
             events_override=events,
+            placement=placement,
         )
         if restore is not None:
             pipeline._restore_topics(restore[1])
+        hosted: dict[tuple[str, str], ConsumerGroup] = {}
         for name, consumer in topology.consumers.items():
+            local = here is None or name in here.consumers
             for topic in consumer.topic_names:
-                pipeline.groups[name, topic] = ConsumerGroup(
-                    consumer.group or name, topics[topic], strategy=consumer.strategy
-                )
+                group_name = consumer.group or name
+                if topic in topics:
+                    group = hosted[group_name, topic] = ConsumerGroup(
+                        group_name, topics[topic], strategy=consumer.strategy
+                    )
+                    if local:
+                        pipeline.groups[name, topic] = group
+                    else:
+                        pipeline.remote_members.update(
+                            (group_name, topic, f"{name}-{i}") for i in range(consumer.instances)
+                        )
+                elif local:
+                    pipeline.groups[name, topic] = RemoteGroup(
+                        pipeline._url_of(topic),
+                        topic,
+                        group_name,
+                        None if placement is None else placement.token,
+                        pipeline.value_type(topic),
+                        topology.gateway.connect_timeout,
+                    )
+            if not local:
+                continue
             processor_type = registry.processors[consumer.processor]
             pipeline.processors[name] = processor_type.make(
                 registry.processor_params(topology, name)
@@ -379,15 +450,76 @@ class Pipeline:
             pipeline.tallies[name] = ConsumerTally(
                 name, tuple(consumer.topic_names), len(plans), topology.expect.per_key_order
             )
+        if placement is not None:
+            pipeline.gateway = Gateway(
+                topics,
+                hosted,
+                {name: pipeline.value_type(name) for name in topics},
+                token=placement.token,
+                session_timeout=topology.gateway.session_timeout,
+                max_message_size=topology.gateway.max_message_size,
+            )
+            for topic in topics:
+                remote = {
+                    producer_id(plan)
+                    for plan in plans
+                    if plan.producer not in here.producers  # type: ignore[union-attr]
+                    and topic in _topics_of(topology, plan.producer)
+                }
+                pipeline.gateway.expect_producers(topic, remote)
         if restore is not None:
             pipeline._restore_state(*restore)
         return pipeline
 
+    # -- split topologies ------------------------------------------------------------------
+
+    @property
+    def local_plans(self) -> list[ProducerPlan]:
+        """The producer instances that run in this process."""
+        if self.placement is None:
+            return self.plans
+        here = self.topology.nodes[self.placement.node]
+        return [plan for plan in self.plans if plan.producer in here.producers]
+
+    def address_of(self, node: str) -> str:
+        """``HOST:PORT`` where ``node``'s gateway is reached (or listens, for this node)."""
+        assert self.placement is not None
+        if node == self.placement.node and self.placement.listen is not None:
+            return self.placement.listen
+        return self.placement.peers.get(node) or self.topology.nodes[node].listen
+
+    def _url_of(self, topic: str) -> str:
+        url = self.remote_urls.get(topic)
+        if url is None:
+            node = self.topology.node_of("topics", topic)
+            url = self.remote_urls[topic] = f"ws://{self.address_of(node)}/node"
+        return url
+
+    def value_type(self, topic: str) -> Any:
+        """The type record values of ``topic`` decode to (a union of the workloads' events)."""
+        types = self.value_types[topic]
+        return Any if not types else (types[0] if len(types) == 1 else Union[types])  # noqa: UP007
+
+    def _gather_summaries(self) -> None:
+        # What every producer of a topic sent, as its node told the topic's node: a consumer
+        # here checks what it processed against that.
+        consumed = {topic for _, topic in self.groups}
+        for topic in consumed:
+            if topic in self.topics:
+                assert self.gateway is not None
+                summaries = self.gateway.summaries.get(topic, {})
+            else:
+                summaries = {}
+                for (_, name), group in self.groups.items():
+                    if name == topic and isinstance(group, RemoteGroup):
+                        summaries.update(group.summaries)
+            if summaries:
+                self.produced[topic] = TopicTally.merged(summaries.values())
+
     # -- checkpoints -----------------------------------------------------------------------
 
     def _partition_decoder(self, topic: str) -> msgspec.msgpack.Decoder[Any]:
-        types = self.value_types[topic]
-        value: Any = Any if not types else (types[0] if len(types) == 1 else Union[types])  # noqa: UP007
+        value: Any = self.value_type(topic)
         batch = tuple[int, list[Key], list[value], list[float]]
         return msgspec.msgpack.Decoder(tuple[int, int, dict[str, int], int, list[batch]])
 
@@ -534,8 +666,8 @@ class Pipeline:
 
     @property
     def events_planned(self) -> int:
-        """Events all producers will make."""
-        return sum(plan.events for plan in self.plans)
+        """Events all producers running here will make."""
+        return sum(plan.events for plan in self.local_plans)
 
     @property
     def events_produced(self) -> int:
@@ -551,7 +683,14 @@ class Pipeline:
 
     def total_lag(self) -> int:
         """Records accepted but not yet committed, summed over groups and partitions."""
-        return sum(sum(group.statistics().lag) for group in self.groups.values())
+        return sum(sum(group.statistics().lag) for _, group in self.local_groups())
+
+    def local_groups(self) -> list[tuple[str, ConsumerGroup]]:
+        """(topic, group) of the consumer groups whose offsets live here, wherever their
+        members run."""
+        if self.gateway is not None:
+            return [(topic, group) for (_, topic), group in self.gateway.groups.items()]
+        return [(t, g) for (_, t), g in self.groups.items() if isinstance(g, ConsumerGroup)]
 
     async def run(
         self,
@@ -574,24 +713,16 @@ class Pipeline:
             self.origin = self.started_at
         else:  # carry event time on from the epoch, whatever this clock reads
             self.origin = self.started_at - self._event_time_at_restore
-        self._active = {(plan.producer, plan.instance) for plan in self.plans}
+        self._active = {(plan.producer, plan.instance) for plan in self.local_plans}
         try:
-            async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
-                for (consumer, topic), group in self.groups.items():
-                    for instance in range(self.topology.consumers[consumer].instances):
-                        supervisor.start_soon(
-                            f"{consumer}-{instance}/{topic}",
-                            self._consume,
-                            consumer,
-                            instance,
-                            topic,
-                            group,
-                            monitor,
-                        )
-                for plan in self.plans:
-                    supervisor.start_soon(f"{plan.producer}-{plan.instance}", self._produce, plan)
-                if checkpoints is not None and (checkpoints.every or checkpoints.every_records):
-                    supervisor.start_soon("checkpointer", self._checkpointer, checkpoints)
+            async with open_nursery() as network:
+                if self.gateway is not None:
+                    host, port = parse_address(self.address_of(self.placement.node))  # type: ignore[union-attr]
+                    await network.start(self.gateway.serve, host, port)
+                await self._supervise(monitor, checkpoints)
+                network.cancel_scope.cancel()
+            if self.placement is not None:
+                self._gather_summaries()
             if checkpoints is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(checkpoints.final_timeout):
                     await self.checkpoint(
@@ -601,12 +732,38 @@ class Pipeline:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()
 
+    async def _supervise(
+        self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
+    ) -> None:
+        async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
+            for (consumer, topic), group in self.groups.items():
+                for instance in range(self.topology.consumers[consumer].instances):
+                    supervisor.start_soon(
+                        f"{consumer}-{instance}/{topic}",
+                        self._consume,
+                        consumer,
+                        instance,
+                        topic,
+                        group,
+                        monitor,
+                    )
+            for plan in self.local_plans:
+                supervisor.start_soon(producer_id(plan), self._produce, plan)
+            if checkpoints is not None and (checkpoints.every or checkpoints.every_records):
+                supervisor.start_soon("checkpointer", self._checkpointer, checkpoints)
+            if self.gateway is not None:
+                # The node's work is done when its topics are closed and every group,
+                # wherever its members run, has read them to the end.
+                supervisor.start_soon(
+                    "gateway", self.gateway.wait_drained, frozenset(self.remote_members)
+                )
+
     async def _produce(self, plan: ProducerPlan) -> None:
         key = (plan.producer, plan.instance)
         spec = self.topology.producers[plan.producer]
         kind = self.registry.workloads[spec.workload]
         params = self.registry.workload_params(self.topology, plan.producer)
-        workload = kind.make(params, self.seed, plan.producer, plan.instance)
+        workload = kind.make(params, self.seed, plan.producer, plan.instance, plan.source)
         topic_of = {s: spec.topic if spec.topic else spec.topics[s] for s in kind.streams}
         key_of: dict[str, Callable[[Any], Any] | None] = {}
         for stream, topic in topic_of.items():
@@ -630,11 +787,29 @@ class Pipeline:
         def position() -> dict[str, Any]:
             return {"done": done, "workload": workload.position()}
 
+        # On a node of a split topology, each instance also counts what it sends to each
+        # topic, for the topic's node to pass on to consumers at the end.
+        mine = {} if self.placement is None else {t: TopicTally() for t in topic_of.values()}
         async with AsyncExitStack() as stack:
             producers = {}
+            remotes: dict[str, Any] = {}
             for stream, topic in topic_of.items():
+                target: Any = self.topics.get(topic)
+                if target is None:
+                    target = remotes.get(topic)
+                if target is None:
+                    target = remotes[topic] = await stack.enter_async_context(
+                        open_remote_topic(
+                            self._url_of(topic),
+                            topic,
+                            producer_id(plan),
+                            token=self.placement.token if self.placement else None,
+                            value_type=self.value_type(topic),
+                            give_up=self.topology.gateway.connect_timeout,
+                        )
+                    )
                 producers[stream] = await stack.enter_async_context(
-                    open_producer(self.topics[topic], max_batch=spec.max_batch, linger=spec.linger)
+                    open_producer(target, max_batch=spec.max_batch, linger=spec.linger)
                 )
             self.producers[key] = list(producers.values())
             while done < plan.events:
@@ -657,12 +832,23 @@ class Pipeline:
                 streams = workload.generate(count, done * interval, interval)
                 for stream, events in streams.items():
                     if events:
+                        topic = topic_of[stream]
                         await self._send(
-                            producers[stream], topic_of[stream], key_of[stream], plan.source, events
+                            producers[stream],
+                            topic,
+                            key_of[stream],
+                            plan.source,
+                            events,
+                            mine.get(topic),
                         )
                 done += count
                 if self._next_records is not None and self.events_produced >= self._next_records:
                     self._records_due.set()
+            for topic, tally in mine.items():
+                if topic in remotes:  # sent with the finish when the block is left
+                    remotes[topic].summary = tally.snapshot()
+                elif self.gateway is not None:
+                    self.gateway.add_summary(topic, producer_id(plan), tally.snapshot())
         self._finished(key, position())
 
     async def _send(
@@ -672,20 +858,23 @@ class Pipeline:
         key: Callable[[Any], Any] | None,
         source: int,
         events: list[Any],
+        also: TopicTally | None = None,
     ) -> None:
         keys = list(map(key, events)) if key is not None else [None] * len(events)
         await producer.send_many(Columns(keys, events, list(map(_TIMESTAMP, events))))
-        tally = self.produced[topic]
-        tally.records += len(events)
-        tally.seq_sums[source] = tally.seq_sums.get(source, 0) + sum(map(_SEQ, events))
-        tally.kinds.update(map(_KIND, events))
+        seq_sum = sum(map(_SEQ, events))
+        for tally in (self.produced[topic], also):
+            if tally is not None:
+                tally.records += len(events)
+                tally.seq_sums[source] = tally.seq_sums.get(source, 0) + seq_sum
+                tally.kinds.update(map(_KIND, events))
 
     async def _consume(
         self,
         consumer: str,
         instance: int,
         topic: str,
-        group: ConsumerGroup,
+        group: ConsumerGroup | RemoteGroup,
         monitor: Callable[[], None] | None,
     ) -> None:
         spec = self.topology.consumers[consumer]
@@ -707,7 +896,9 @@ class Pipeline:
     def expectations(self) -> list[Expectation]:
         """Check the topology's ``expect`` invariants against what happened."""
         expect = self.topology.expect
-        results = []
+        results: list[Expectation] = []
+        if not self.tallies:  # a node with no consumers: checked where they run
+            return results
         if expect.no_loss:
             results.append(self._check_no_loss())
         if expect.per_key_order:
@@ -769,3 +960,31 @@ class Pipeline:
             not problems,
             "; ".join(problems) or "every processor's totals equal the producers' counts",
         )
+
+
+def _topics_of(topology: Topology, producer: str) -> set[str]:
+    spec = topology.producers[producer]
+    return {spec.topic} if spec.topic else set(spec.topics.values())
+
+
+def _check_placement(topology: Topology, placement: Placement) -> list[str]:
+    if not topology.nodes:
+        return ["$.nodes: the topology has no nodes; run it whole with 'ringflow run'"]
+    problems = []
+    if placement.node not in topology.nodes:
+        problems.append(
+            f"no node named {placement.node!r}; nodes are: {', '.join(sorted(topology.nodes))}"
+        )
+    for node in placement.peers:
+        if node not in topology.nodes:
+            problems.append(
+                f"--peer {node}: no node named {node!r}; nodes are: "
+                f"{', '.join(sorted(topology.nodes))}"
+            )
+    for where in [placement.listen, *placement.peers.values()]:
+        if where is not None:
+            try:
+                parse_address(where)
+            except ValueError as exc:
+                problems.append(str(exc))
+    return problems

@@ -79,8 +79,11 @@ class WorkloadType:
     """An attrs class of the workload's settings, filled from ``params`` in the file."""
     streams: tuple[str, ...]
     """The streams the workload writes; each goes to a topic."""
-    make: Callable[[Any, int, str, int], Workload]
-    """Build an instance from (params, run seed, producer name, instance number)."""
+    make: Callable[[Any, int, str, int, int], Workload]
+    """Build an instance from (params, run seed, producer name, instance number, source).
+
+    Its randomness comes from the seed, the name and the instance number; every event carries
+    ``source``, a number unique over all producer instances of the topology."""
     event_types: Mapping[str, tuple[type, ...]] = attrs.field(factory=dict)
     """The event classes of each stream (msgspec structs with tags), to decode checkpoints."""
 

@@ -195,6 +195,54 @@ class RedisSpec:
             raise FieldError(attribute.name, "must start with redis://, rediss:// or unix://")
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[IPv6]:PORT``); raise ValueError with the reason."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} of {text!r} is not between 1 and 65535")
+    return host.strip("[]"), number
+
+
+@attrs.frozen
+class NodeSpec:
+    """One process (or container) of a split topology: ``nodes.NAME`` in the file."""
+
+    listen: str = attrs.field()
+    """``HOST:PORT`` its gateway listens on and other nodes connect to; ``--listen`` and
+    ``--peer`` of ``ringflow node`` override it (in containers, for example)."""
+    topics: list[str] = attrs.field(factory=list)
+    """The topics whose partitions (rings) live on this node."""
+    producers: list[str] = attrs.field(factory=list)
+    """The producers that run here; they write to their topics wherever those live."""
+    consumers: list[str] = attrs.field(factory=list)
+    """The consumers that run here; they join their groups wherever the topics live."""
+
+    @listen.validator
+    def _check_listen(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise FieldError(attribute.name, str(exc)) from None
+
+
+@attrs.frozen
+class GatewaySpec:
+    """How the nodes of a split topology talk: ``gateway`` in the file."""
+
+    token_env: str | None = None
+    """The environment variable holding the shared token every connection must present;
+    None: no token (listen on 127.0.0.1 only)."""
+    session_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds a remote consumer may be away before its group rebalances without it."""
+    connect_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """Seconds a node keeps retrying a peer that cannot be reached before it gives up."""
+    max_message_size: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024))
+    """The largest websocket message accepted, in bytes; a larger one closes the connection."""
+
+
 @attrs.frozen
 class Topology:
     """A whole topology file.
@@ -221,6 +269,18 @@ class Topology:
     """Checkpoints; without this section, only ``--state`` turns them on."""
     redis: RedisSpec = RedisSpec()
     """Logging to Redis; on by default, with an embedded server."""
+    nodes: dict[str, NodeSpec] = attrs.field(factory=dict)
+    """How the topology splits across processes for ``ringflow node``; ``ringflow run``
+    ignores it and runs everything in one process."""
+    gateway: GatewaySpec = GatewaySpec()
+    """Settings of the websocket gateways between nodes."""
+
+    def node_of(self, kind: Literal["topics", "producers", "consumers"], name: str) -> str:
+        """The node a topic, producer or consumer is assigned to (the topology has nodes)."""
+        for node, spec in self.nodes.items():
+            if name in getattr(spec, kind):
+                return node
+        raise KeyError(f"{kind[:-1]} {name!r} is on no node")
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "topology") -> Topology:
@@ -310,6 +370,65 @@ class Topology:
                 groups[group, topic] = name
         if not self.producers:
             problems.append("$.producers: at least one producer is needed")
+        problems.extend(self._check_nodes())
+        return problems
+
+    def _check_nodes(self) -> list[str]:
+        if not self.nodes:
+            return []
+        problems = []
+        places: dict[str, dict[str, str]] = {"topics": {}, "producers": {}, "consumers": {}}
+        listening: dict[tuple[str, int], str] = {}
+        for node, spec in self.nodes.items():
+            if not NAME.match(node):
+                problems.append(f"$.nodes.{node}: {node!r} is not a valid name")
+            address = parse_address(spec.listen)
+            if address in listening:
+                problems.append(
+                    f"$.nodes.{node}.listen: {spec.listen} is also where node "
+                    f"{listening[address]!r} listens"
+                )
+            listening[address] = node
+            if not (spec.topics or spec.producers or spec.consumers):
+                problems.append(f"$.nodes.{node}: hosts no topic, producer or consumer")
+            for kind, known in (
+                ("topics", self.topics),
+                ("producers", self.producers),
+                ("consumers", self.consumers),
+            ):
+                for name in getattr(spec, kind):
+                    if name not in known:
+                        problems.append(
+                            f"$.nodes.{node}.{kind}: no {kind[:-1]} named {name!r}; "
+                            f"{kind} are: {', '.join(sorted(known)) or 'none'}"
+                        )
+                    elif name in places[kind]:
+                        problems.append(
+                            f"$.nodes.{node}.{kind}: {name!r} is already on node "
+                            f"{places[kind][name]!r}; each runs on exactly one node"
+                        )
+                    else:
+                        places[kind][name] = node
+        for kind, known in (
+            ("topics", self.topics),
+            ("producers", self.producers),
+            ("consumers", self.consumers),
+        ):
+            missing = sorted(set(known) - set(places[kind]))
+            if missing:
+                problems.append(
+                    f"$.nodes: {kind} {', '.join(map(repr, missing))} on no node; with a "
+                    "'nodes' section every topic, producer and consumer needs one"
+                )
+        if self.gateway.token_env is None:
+            for node, spec in self.nodes.items():
+                host = parse_address(spec.listen)[0]
+                if host not in ("127.0.0.1", "localhost", "::1"):
+                    problems.append(
+                        f"$.nodes.{node}.listen: {spec.listen} is reachable from other "
+                        "machines, so the gateways need a shared token: set "
+                        "gateway.token_env to the name of an environment variable holding it"
+                    )
         return problems
 
 

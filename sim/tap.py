@@ -1,0 +1,119 @@
+"""``ringflow tap``: print a topic's records, live, from the gateway of the node that hosts it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import trio
+from rich.console import Console
+from rich.markup import escape
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from actors.remote import connect
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
+    """Add the tap's query parameters to ``url``; raise ValueError for what is not a tap URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise ValueError(f"{url!r} is not a ws://HOST:PORT/tap/TOPIC address")
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) != 2 or segments[0] != "tap":
+        raise ValueError(f"{url!r}: the path must be /tap/TOPIC")
+    if start not in ("earliest", "latest") and not start.isdigit():
+        raise ValueError(f"--from {start!r}: expected earliest, latest or an offset")
+    query = dict(parse_qsl(parts.query))
+    query["from"] = start
+    if partition is not None:
+        query["partition"] = str(partition)
+    if hold:
+        query["hold"] = "true"
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def stream(
+    url: str,
+    out: TextIO,
+    err: Console,
+    *,
+    token: str | None = None,
+    limit: int | None = None,
+    wait: float = 10.0,
+) -> int:
+    """Print the records the tap at ``url`` sends as JSON lines on ``out``; return an exit code.
+
+    A node that cannot be reached is tried again for ``wait`` seconds.
+    """
+    printed = 0
+    async with trio.open_nursery() as nursery:
+        delay, deadline = 0.05, trio.current_time() + wait
+        while True:
+            try:
+                connection = await connect(nursery, url, token=token)
+                break
+            except (OSError, HandshakeError, trio.TooSlowError) as exc:
+                if trio.current_time() + delay > deadline:
+                    err.print(escape(f"cannot reach {url} (tried for {wait:g} s): {exc!r}"))
+                    return EXIT_FAILED
+                await trio.sleep(delay)  # the node may be starting: try again
+                delay = min(1.0, delay * 2)
+        try:
+            while limit is None or printed < limit:
+                message: dict[str, Any] = json.loads(await connection.ws.get_message())
+                kind = message.get("type")
+                if kind == "records":
+                    lines = []
+                    for record in message["records"][: None if limit is None else limit - printed]:
+                        line = {"topic": message["topic"], "partition": message["partition"]}
+                        lines.append(json.dumps({**line, **record}, ensure_ascii=False))
+                    out.write("\n".join(lines) + "\n")
+                    out.flush()
+                    printed += len(lines)
+                elif kind == "skipped":
+                    err.print(
+                        f"skipped {message['missed']:,} records of "
+                        f"{escape(message['topic'])}[{message['partition']}] "
+                        f"(offsets {message['from']:,} to {message['to'] - 1:,}): this tap fell "
+                        "behind the ring"
+                    )
+                elif kind == "end":
+                    err.print(escape(f"{message['topic']} ended: every record has been sent"))
+                    break
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            if reason is not None and reason.code not in (1000, 1001):
+                err.print(escape(f"{url} closed the tap ({reason.code}): {reason.reason or ''}"))
+                return EXIT_FAILED
+        finally:
+            await connection.close()
+    return EXIT_OK
+
+
+def run_tap(args: argparse.Namespace) -> int:
+    """Run ``ringflow tap`` with parsed arguments; return its exit code."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        url = tap_url(args.url, args.start, args.partition, args.hold)
+    except ValueError as exc:
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
+    token = os.environ.get(args.token_env) or None
+    try:
+        return trio.run(
+            lambda: stream(url, sys.stdout, err, token=token, limit=args.limit, wait=args.wait)
+        )
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (| head): not an error
+        sys.stderr.close()
+        return EXIT_OK
