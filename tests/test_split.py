@@ -214,21 +214,58 @@ async def test_the_tap_command_prints_json_lines_up_to_its_limit() -> None:
 # -- `ringflow node` as subprocesses ----------------------------------------------------------
 
 
+COMPOSE = Path(__file__).resolve().parent.parent / "compose.yml"
+
+
+def compose_commands() -> dict[str, list[str]]:
+    """The command of each node's service in compose.yml."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    return {
+        name: service["command"]
+        for name, service in services.items()
+        if service.get("command", [None, None])[:2] == ["ringflow", "node"]
+    }
+
+
 def node_command(node: str, events: int, report: Path) -> list[str]:
+    """The node's command in compose.yml, run from the repository with this Python, plus the
+    options of a short test run."""
+    command = compose_commands()[node]
+    assert command[0] == "ringflow"
     return [
         sys.executable,
         "-m",
         "sim",
-        "node",
-        str(SPLIT),
-        "--node",
-        node,
+        *command[1:],
         "--events",
         str(events),
         "--report",
         str(report),
         "--no-log",
     ]
+
+
+def test_compose_runs_every_node_of_the_split_example_with_its_command() -> None:
+    topology = Topology.from_yaml(SPLIT.read_text())
+    commands = compose_commands()
+    assert set(commands) == set(topology.nodes)
+    for node, command in commands.items():
+        assert command == [
+            "ringflow",
+            "node",
+            "topology/examples/video-site-split.yaml",
+            "--node",
+            node,
+        ]
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    peers = dict(
+        p.split("=") for p in services["broker"]["environment"]["RINGFLOW_PEERS"].split(",")
+    )
+    for node in topology.nodes:
+        port = topology.nodes[node].listen.rsplit(":", 1)[1]
+        assert peers[node] == f"{node}:{port}"
+        assert services[node]["environment"]["RINGFLOW_LISTEN"] == f"0.0.0.0:{port}"
+    assert "redis" in services
 
 
 def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Path) -> None:
@@ -246,6 +283,7 @@ def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Pa
         node_env = {**env, "RINGFLOW_LISTEN": f"127.0.0.1:{port}"}
         processes[name] = subprocess.Popen(
             node_command(name, events, tmp_path / f"{name}.json"),
+            cwd=COMPOSE.parent,
             env=node_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -284,7 +322,8 @@ def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Pa
     assert reports["consumers"]["events_consumed"] == events
     assert tap.returncode == 0, tap.stderr
     records = [json.loads(line) for line in tap.stdout.splitlines()]
-    assert [r["offset"] for r in records] == list(range(500))
+    offsets = [r["offset"] for r in records]  # from what the ring still held when it came
+    assert offsets == list(range(offsets[0], offsets[0] + 500))
     assert {r["partition"] for r in records} == {2}
     assert {r["value"]["type"] for r in records} == {"video"}
 
@@ -294,6 +333,7 @@ def test_a_node_refuses_to_listen_beyond_loopback_without_its_token(tmp_path: Pa
     env["RINGFLOW_LISTEN"] = "0.0.0.0:7402"
     done = subprocess.run(
         node_command("broker", 10, tmp_path / "r.json"),
+        cwd=COMPOSE.parent,
         env=env,
         capture_output=True,
         text=True,
