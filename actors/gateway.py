@@ -41,12 +41,14 @@ from .partition import Partition
 from .record import Columns
 from .topic import Topic
 from .wire import (
+    CLOSE_CODES,
     ENCODER,
     INCOMPATIBLE,
     MALFORMED,
     MAX_MESSAGE_SIZE,
     NOT_FOUND,
     PROTOCOL,
+    SHUTTING_DOWN,
     SOFTWARE,
     UNAUTHORIZED,
     Batch,
@@ -272,6 +274,10 @@ class Gateway:
         peer = _peer(ws)
         try:
             await self._dispatch(request, ws)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):  # the node is stopping: say so, then go
+                await _close(ws, SHUTTING_DOWN, CLOSE_CODES[SHUTTING_DOWN], wait=0.05)
+            raise
         except _Refuse as refuse:
             self.refused += 1
             self._event("errors", f"closed a connection from {peer}: {refuse.reason}")
@@ -626,9 +632,11 @@ def _gone(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionClosed, trio.BrokenResourceError))
 
 
-async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
+async def _close(ws: WebSocketConnection, code: int, reason: str, wait: float = 2) -> None:
+    # Sends the close frame at once, then waits up to ``wait`` seconds for the peer's answer
+    # (which needs this connection's reader: a node that is stopping does not wait).
     try:
-        with trio.move_on_after(2):
+        with trio.move_on_after(wait):
             await ws.aclose(code, reason)
     except Exception:  # the peer may be gone already
         return

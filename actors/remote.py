@@ -11,6 +11,7 @@ records they have already processed when a batch comes again.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -65,8 +66,11 @@ class Connection:
 
     async def close(self) -> None:
         """Close the websocket (waiting a moment for the peer), then the TCP stream."""
+        # When the caller is being cancelled, so is the connection's reader (in the same
+        # nursery, usually), and the peer's answer would never be read: do not wait for it.
+        cancelled = trio.current_effective_deadline() == -math.inf
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(2):
+            with trio.move_on_after(0.05 if cancelled else 2):
                 await self.ws.aclose()
             await trio.aclose_forcefully(self.stream)
 

@@ -297,3 +297,22 @@ async def test_an_unreachable_node_is_retried_then_reported() -> None:
     with pytest.raises(GatewayError, match=f"cannot reach ws://127.0.0.1:{port}/node"):
         async with open_remote_topic(f"ws://127.0.0.1:{port}/node", "events", "p", give_up=0.5):
             pass
+
+
+async def test_a_stopping_node_closes_its_connections_with_4005() -> None:
+    topic = Topic("events", partitions=1)
+    ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    stop = trio.CancelScope()
+
+    async def node(task_status: trio.TaskStatus[Any]) -> None:
+        with stop:
+            await gateway.serve("127.0.0.1", 0, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(node)
+        async with client(f"ws://127.0.0.1:{server.port}/tap/events") as ws:
+            stop.cancel()  # the node stops while a tap is connected
+            with trio.fail_after(5):
+                code, why = await close_of(ws)
+    assert (code, why) == (4005, "the node is stopping")
