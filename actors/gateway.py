@@ -152,6 +152,9 @@ class Gateway:
     _watchers: set[_Signal] = attrs.field(init=False, factory=set)
     _sessions: dict[tuple[str, str, str], _Session] = attrs.field(init=False, factory=dict)
     _left: set[tuple[str, str, str]] = attrs.field(init=False, factory=set)
+    _finish_waiters: dict[tuple[str, str], trio.Event] = attrs.field(init=False, factory=dict)
+    _producing: int = attrs.field(init=False, default=0)
+    _durable_finishes: set[tuple[str, str]] = attrs.field(init=False, factory=set)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _taps: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     connections: int = attrs.field(init=False, default=0)
@@ -187,14 +190,14 @@ class Gateway:
 
     def drained(self, members: Set[tuple[str, str, str]] = frozenset()) -> bool:
         """Whether every topic is closed, every group has committed every record, and no
-        remote member is still connected: nothing is left for this gateway to do.
+        remote producer or member is still connected: nothing is left for this gateway to do.
 
         Args:
             members: Remote members, as (group, topic, member name), that must also have
                 come and left after the end (so none is left waiting for this node).
         """
-        if not members <= self._left:
-            return False
+        if not members <= self._left or self._producing or self._finish_waiters:
+            return False  # some member has not had the end, some producer not its answer
         for topic in self.topics.values():
             if not topic.closed:
                 return False
@@ -211,12 +214,32 @@ class Gateway:
         while not self.drained(members):  # noqa: ASYNC110
             await trio.sleep(poll)
 
-    def mark_durable(self, sequences: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
-        """Note what a written epoch holds: producers may now forget those records."""
+    def mark_durable(
+        self,
+        sequences: Mapping[tuple[str, int], Mapping[str, int]],
+        finished: Set[tuple[str, str]] = frozenset(),
+    ) -> None:
+        """Note what a written epoch holds: per (topic, partition), the records of each
+        producer it has (producers may now forget them), and the (topic, producer) finishes
+        it has (those producers are told their finish is recorded)."""
         for where, numbers in sequences.items():
             self._durable[where] = dict(numbers)
+        for key in finished:
+            waiter = self._finish_waiters.pop(key, None)
+            self._durable_finishes.add(key)
+            if waiter is not None:
+                waiter.set()
         for watcher in self._watchers:
             watcher.set()
+
+    async def _finish_recorded(self, topic: str, producer: str) -> None:
+        # With durable_only, a finish counts for the producer once an epoch holds it: a node
+        # restored from an older epoch would otherwise wait for a producer that has gone.
+        key = (topic, producer)
+        if not self.durable_only or key in self._durable_finishes:
+            return
+        waiter = self._finish_waiters.setdefault(key, trio.Event())
+        await waiter.wait()
 
     def snapshot(self) -> dict[str, Any]:
         """What a checkpoint must keep of the gateway: the producers that have finished and
@@ -229,6 +252,7 @@ class Gateway:
     def restore(self, state: dict[str, Any]) -> None:
         """Take back :meth:`snapshot`; call before :meth:`expect_producers`."""
         self._finished = {(topic, producer) for topic, producer in state["finished"]}
+        self._durable_finishes = set(self._finished)
         self.summaries = {t: dict(s) for t, s in state["summaries"].items()}
 
     @property
@@ -371,6 +395,7 @@ class Gateway:
         await ws.send_message(ENCODER.encode(welcome))
         signal = _Signal()
         self._watchers.add(signal)
+        self._producing += 1
 
         async def watch(partition: Partition) -> None:
             while True:
@@ -411,11 +436,13 @@ class Gateway:
                     elif isinstance(frame, Finish):
                         self.add_summary(topic.name, name, frame.summary)
                         self._finish(topic.name, name)
+                        await self._finish_recorded(topic.name, name)
                         await ws.send_message(ENCODER.encode(Finished()))
                     else:
                         raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
         finally:
             self._watchers.discard(signal)
+            self._producing -= 1
 
     # -- remote consumers --------------------------------------------------------------------
 

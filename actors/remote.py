@@ -349,30 +349,35 @@ class RemoteTopic:
     async def _resend(self, ws: WebSocketConnection, expected: list[int]) -> None:
         # Resend, in order, what the remote node does not have; new sends wait until done
         # (they see no connection and keep their records), so numbers never arrive out of
-        # order. Records the node already has are skipped there.
-        for partition, start in zip(self.partitions, expected, strict=True):
-            sent = start
-            while True:
-                pending = [(s, c) for s, c in partition._retained if s + len(c) > sent]
-                if not pending:
-                    break
+        # order. Records the node already has are skipped there. Records kept meanwhile, in
+        # any partition, are sent by the next pass: done when a pass finds nothing to send.
+        sent = list(expected)
+        for partition in self.partitions:
+            first = partition._retained[0][0] if partition._retained else partition._next
+            if first > sent[partition.index]:
+                raise GatewayError(
+                    f"{self.url} lost records {sent[partition.index]} to {first - 1} of "
+                    f"producer {self.producer!r} on {self.name}[{partition.index}], and they "
+                    "are no longer kept here: was it restored from an older checkpoint than "
+                    "this producer?"
+                )
+        progressed = True
+        while progressed:
+            progressed = False
+            for partition in self.partitions:
+                index = partition.index
+                pending = [(s, c) for s, c in partition._retained if s + len(c) > sent[index]]
                 for sequence, columns in pending:
                     frame = Batch(
-                        partition.index,
+                        index,
                         sequence,
                         list(columns.keys),
                         list(columns.values),
                         list(columns.timestamps),
                     )
                     await ws.send_message(ENCODER.encode(frame))
-                    sent = sequence + len(columns)
-            if partition._next > sent and not partition._retained:
-                raise GatewayError(
-                    f"{self.url} lost records {sent} to {partition._next - 1} of producer "
-                    f"{self.producer!r} on {self.name}[{partition.index}], and they are no "
-                    "longer kept here: was it restored from an older checkpoint than this "
-                    "producer?"
-                )
+                    sent[index] = sequence + len(columns)
+                    progressed = True
 
     async def _finish(self) -> None:
         # Wait until everything is durable remotely, then say so (again after a reconnect).
@@ -434,6 +439,11 @@ class RemoteGroup:
     give_up: float = 30.0
     summaries: dict[str, Any] = attrs.field(factory=dict)
     """What each producer of the topic said it sent, by producer id; known at the end."""
+    processed: dict[int, int] = attrs.field(factory=dict)
+    """Per partition, the offset processed up to by the members joined here. Shared: after a
+    rebalance or a reconnect, a member skips what another member here already processed."""
+    durable: dict[int, int] = attrs.field(factory=dict)
+    """Per partition, the offset a checkpoint of this side holds (with ``durable_commits``)."""
 
     @asynccontextmanager
     async def join(
@@ -443,17 +453,24 @@ class RemoteGroup:
         auto_commit: bool = True,
         max_records: int | None = None,
         positions: Mapping[int, int] | None = None,
+        durable_commits: bool = False,
     ) -> AsyncIterator[RemoteConsumer]:
         """Join as member ``name`` for the duration of the block.
 
         Args:
             positions: Offsets per partition processed before (from a checkpoint): records
                 below them are skipped if they come again.
+            durable_commits: Commit to the group only what :meth:`RemoteConsumer.mark_durable`
+                says a checkpoint of this side holds, so a restore of this side never finds
+                its records freed on the other.
         """
         async with open_nursery() as nursery:
-            consumer = RemoteConsumer(self, name, nursery, auto_commit, max_records)
+            consumer = RemoteConsumer(
+                self, name, nursery, auto_commit, max_records, durable_commits=durable_commits
+            )
             if positions:
-                consumer._processed.update(positions)
+                _advance(self.processed, positions)
+                _advance(self.durable, positions)
             try:
                 await consumer._connect()
                 yield consumer
@@ -471,7 +488,7 @@ class RemoteConsumer:
     _nursery: trio.Nursery
     auto_commit: bool = True
     max_records: int | None = None
-    _processed: dict[int, int] = attrs.field(factory=dict)
+    durable_commits: bool = False
     _last: RecordBatch | None = None
     _ws: WebSocketConnection | None = None
     _connection: Connection | None = None
@@ -483,7 +500,16 @@ class RemoteConsumer:
     @property
     def positions(self) -> dict[int, int]:
         """The offset processed up to, per partition (what a checkpoint keeps)."""
-        return dict(self._processed)
+        return dict(self.group.processed)
+
+    def mark_durable(self, positions: Mapping[int, int]) -> None:
+        """Note that a checkpoint holds everything processed up to ``positions``; with
+        ``durable_commits``, the group learns these offsets with the next request."""
+        _advance(self.group.durable, positions)
+
+    def _commits(self) -> list[tuple[int, int]]:
+        group = self.group
+        return sorted((group.durable if self.durable_commits else group.processed).items())
 
     async def _disconnect(self) -> None:
         connection, self._connection = self._connection, None
@@ -509,7 +535,7 @@ class RemoteConsumer:
                     self.name,
                     group.name,
                     self.max_records or 0,
-                    sorted(self._processed.items()),
+                    self._commits(),
                 )
                 await ws.send_message(ENCODER.encode(hello))
                 welcome = self._decode.decode(_binary(await ws.get_message()))
@@ -534,9 +560,9 @@ class RemoteConsumer:
         """
         if offsets is None:
             if self._last is not None:
-                self._processed[self._last.partition] = self._last.next_offset
+                _advance(self.group.processed, {self._last.partition: self._last.next_offset})
             return
-        self._processed.update(offsets)
+        _advance(self.group.processed, offsets)
 
     async def commit(self, offsets: Mapping[int, int] | None = None) -> None:
         """As :meth:`commit_nowait` (the commit travels with the next request)."""
@@ -558,7 +584,7 @@ class RemoteConsumer:
                 ws = await self._connect()
                 self.reconnects += 1
             try:
-                await ws.send_message(ENCODER.encode(Next(sorted(self._processed.items()))))
+                await ws.send_message(ENCODER.encode(Next(self._commits())))
                 frame = self._decode.decode(_binary(await ws.get_message()))
             except ConnectionClosed as exc:
                 fatal = _fatal(self.group.url, exc)
@@ -581,7 +607,7 @@ class RemoteConsumer:
                 frame.values,
                 frame.timestamps,
             )
-            done = self._processed.get(batch.partition, 0)
+            done = self.group.processed.get(batch.partition, 0)
             if batch.next_offset <= done:
                 self.skipped += len(batch)
                 continue
@@ -602,6 +628,13 @@ class RemoteConsumer:
         if ws is None:
             return
         try:
-            await ws.send_message(ENCODER.encode(Leave(sorted(self._processed.items()))))
+            await ws.send_message(ENCODER.encode(Leave(self._commits())))
         except ConnectionClosed:
             return
+
+
+def _advance(positions: dict[int, int], offsets: Mapping[int, int]) -> None:
+    # Positions only move forward.
+    for partition, offset in offsets.items():
+        if offset > positions.get(partition, -1):
+            positions[partition] = offset

@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RINGFLOW_REDIS_URL"),
         help="log to this Redis instead of the file's (default: $RINGFLOW_REDIS_URL)",
     )
+    node.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="keep this node's checkpoints in DIR and resume from the newest one there (also "
+        "turns checkpoints on when the file has no 'checkpoint' section; default folder: "
+        "state/NAME-NODE)",
+    )
     node.add_argument("--no-log", action="store_true", help="do not log events to Redis")
 
     tap = commands.add_parser(
@@ -479,7 +487,7 @@ def _node(args: argparse.Namespace) -> int:
     from topology.schema import parse_address
 
     from .report import write_report
-    from .run import REGISTRY, load_topology, run_pipeline
+    from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
@@ -493,6 +501,11 @@ def _node(args: argparse.Namespace) -> int:
             topology, REGISTRY, seed=args.seed, events=args.events, placement=placement
         )
     except (TopologyError, ValueError) as exc:
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
+    try:
+        checkpoints, pipeline = open_checkpoints(pipeline, args.state)
+    except CheckpointError as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
     address = pipeline.address_of(args.node)
@@ -511,7 +524,19 @@ def _node(args: argparse.Namespace) -> int:
         f"{escape(', '.join(here.producers) or '-')}; consumers: "
         f"{escape(', '.join(here.consumers) or '-')})" + ("; token required" if token else "")
     )
-    folder = Path("state") / f"{topology.name}-{args.node}"
+    if pipeline.restored_from is not None and checkpoints is not None:
+        epoch = pipeline.restored_from
+        out.print(
+            f"resuming from epoch {epoch.epoch} of {escape(str(checkpoints.store.path))}: "
+            f"{epoch.events_produced:,} events produced, {epoch.ring_records:,} records in rings"
+        )
+    elif checkpoints is not None:
+        out.print(f"checkpoints: {escape(str(checkpoints.store.path))}")
+    folder = (
+        checkpoints.store.path.parent
+        if checkpoints
+        else Path("state") / f"{topology.name}-{args.node}"
+    )
     opened = _open_logging(
         topology, args.no_log, args.redis, folder, f"{topology.name}-{args.node}", out, err
     )
@@ -519,7 +544,9 @@ def _node(args: argparse.Namespace) -> int:
         return opened
     logging, server = opened
     try:
-        result = run_pipeline(pipeline, logging=logging, handle_sigint=True)
+        result = run_pipeline(
+            pipeline, checkpoints=checkpoints, logging=logging, handle_sigint=True
+        )
     except RingflowError as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE

@@ -219,7 +219,14 @@ def open_checkpoints(
     if spec is None and state is None:
         return None, pipeline
     spec = spec or CheckpointSpec()
-    folder = Path(spec.path) if spec.path else state or Path("state") / pipeline.topology.name
+    name = pipeline.topology.name
+    node = None if pipeline.placement is None else pipeline.placement.node
+    if node is None:
+        folder = Path(spec.path) if spec.path else state or Path("state") / name
+    else:  # each node of a split topology keeps its own part
+        folder = state or (
+            Path(spec.path) / node if spec.path else Path("state") / f"{name}-{node}"
+        )
     store = CheckpointStore.open(
         folder, pipeline.fingerprint, keep=spec.keep, name=pipeline.topology.name
     )
@@ -227,7 +234,7 @@ def open_checkpoints(
         store,
         every=spec.every,
         every_records=spec.every_records,
-        in_thread=pipeline.topology.clock == "real",
+        in_thread=pipeline.topology.clock == "real" or node is not None,
     )
     loaded = store.load()
     if loaded is not None:
@@ -242,6 +249,7 @@ def _rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:
         seed=pipeline.seed,
         events=pipeline.events_override,
         restore=loaded,
+        placement=pipeline.placement,
     )
 
 

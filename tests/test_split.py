@@ -328,6 +328,63 @@ def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Pa
     assert {r["value"]["type"] for r in records} == {"video"}
 
 
+def start_nodes(
+    tmp_path: Path, events: int, extra: dict[str, list[str]] | None = None
+) -> tuple[dict[str, subprocess.Popen[str]], dict[str, dict[str, str]], dict[str, list[str]]]:
+    """Start the three node commands on free loopback ports, consumers first."""
+    names = ["producers", "broker", "consumers"]
+    ports = free_ports(3)
+    env = {
+        **os.environ,
+        "RINGFLOW_PEERS": ",".join(f"{n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)),
+    }
+    envs, commands, processes = {}, {}, {}
+    for name, port in zip(reversed(names), reversed(ports), strict=True):
+        envs[name] = {**env, "RINGFLOW_LISTEN": f"127.0.0.1:{port}"}
+        commands[name] = node_command(name, events, tmp_path / f"{name}.json")
+        commands[name] += (extra or {}).get(name, [])
+        processes[name] = subprocess.Popen(
+            commands[name],
+            cwd=COMPOSE.parent,
+            env=envs[name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return processes, envs, commands
+
+
+def test_a_broker_killed_and_restarted_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    events = 200_000  # four seconds of the example's 50,000 events a second
+    state = ["--state", str(tmp_path / "broker-state")]
+    processes, envs, commands = start_nodes(tmp_path, events, {"broker": state})
+    time.sleep(2.5)
+    broker = processes["broker"]
+    assert broker.poll() is None, broker.communicate()[0]
+    broker.kill()  # SIGKILL: no final epoch, connections dropped mid-stream
+    first = broker.communicate()[0]
+    assert "checkpoints:" in first
+    restarted = subprocess.run(
+        commands["broker"],
+        cwd=COMPOSE.parent,
+        env=envs["broker"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    outputs = {n: p.communicate(timeout=90)[0] for n, p in processes.items() if n != "broker"}
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "resuming from epoch" in restarted.stdout
+    for name in ("producers", "consumers"):
+        assert processes[name].returncode == 0, outputs[name]
+    consumers = json.loads((tmp_path / "consumers.json").read_text())
+    expected = single_process(Topology.from_yaml(SPLIT.read_text()), events)
+    assert consumers["events_consumed"] == events
+    assert consumers["expect_ok"], consumers["expect"]  # nothing lost, nothing twice
+    assert consumers["digest"] == expected["digest"]
+
+
 def test_a_node_refuses_to_listen_beyond_loopback_without_its_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RINGFLOW_TOKEN"}
     env["RINGFLOW_LISTEN"] = "0.0.0.0:7402"

@@ -18,12 +18,14 @@ import trio
 
 from actors import (
     Columns,
+    Consumer,
     ConsumerGroup,
     Gateway,
     Key,
     PartitionState,
     Producer,
     RecordBatch,
+    RemoteConsumer,
     RemoteGroup,
     Topic,
     open_producer,
@@ -231,20 +233,28 @@ def split_proportionally(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def fingerprint(topology: Topology, seed: int, plans: list[ProducerPlan]) -> str:
-    """Return what identifies a run's state: the topology, the seed and the producers' plans.
+def fingerprint(
+    topology: Topology, seed: int, plans: list[ProducerPlan], node: str | None = None
+) -> str:
+    """Return what identifies a run's state: the topology, the seed and the producers' plans,
+    and for a node of a split topology, the nodes and which one it is.
 
     Checkpoints of one run may only be resumed by a run with the same fingerprint.
     """
     # How often epochs are written does not change what the state means, so it is left out:
-    # a run may be resumed with other checkpoint settings.
+    # a run may be resumed with other checkpoint settings. Nor do the nodes and gateway
+    # settings for a run of the whole topology in one process.
+    described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
+    described.pop("gateway")
+    nodes = described.pop("nodes")
     data = {
-        "topology": converter.unstructure(
-            attrs.evolve(topology, checkpoint=None, redis=RedisSpec())
-        ),
+        "topology": described,
         "seed": seed,
         "plans": [attrs.astuple(plan) for plan in plans],
     }
+    if node is not None:  # what runs where; not where they listen
+        layout = {name: [n["topics"], n["producers"], n["consumers"]] for name, n in nodes.items()}
+        data["node"] = [node, layout]
     encoded = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(encoded).hexdigest()
 
@@ -336,6 +346,18 @@ class Pipeline:
     """(group, topic, member) of consumers on other nodes reading this node's topics."""
     remote_urls: dict[str, str] = attrs.field(factory=dict)
     """For topics on other nodes that this node uses: the ``ws://`` address of their node."""
+    _remote_topics: dict[str, Any] = attrs.field(factory=dict)
+    """By ``producer/instance/topic``, the remote topics local producers write to."""
+    _members: dict[str, RemoteConsumer] = attrs.field(factory=dict)
+    """By ``consumer/instance/topic``, the members of groups on other nodes."""
+    _restored_remote: dict[str, Any] = attrs.field(factory=dict)
+    _restored_members: dict[str, dict[int, int]] = attrs.field(factory=dict)
+    _captures: int = 0
+    _written: int = 0
+    _durable_after: dict[int, Callable[[], None]] = attrs.field(factory=dict)
+    _epoch_written: trio.Event = attrs.field(factory=trio.Event)
+    _durable_reads: bool = False
+    _checkpointing: bool = False
 
     @classmethod
     def build(
@@ -410,7 +432,9 @@ class Pipeline:
             processors={},
             tallies={},
             produced={name: TopicTally() for name in topology.topics},
-            fingerprint=fingerprint(topology, run_seed, plans),
+            fingerprint=fingerprint(
+                topology, run_seed, plans, None if placement is None else placement.node
+            ),
             value_types=value_types,
             events_override=events,
             placement=placement,
@@ -459,6 +483,9 @@ class Pipeline:
                 session_timeout=topology.gateway.session_timeout,
                 max_message_size=topology.gateway.max_message_size,
             )
+            saved = None if restore is None else restore[1].get(("gateway", "state"))
+            if saved is not None:
+                pipeline.gateway.restore(msgspec.msgpack.decode(saved))
             for topic in topics:
                 remote = {
                     producer_id(plan)
@@ -557,9 +584,44 @@ class Pipeline:
             parts["topic", name] = _ENCODER.encode(topic_tally.snapshot())
         for (producer, instance), position in self._positions.items():
             parts["producer", f"{producer}/{instance}"] = _ENCODER.encode(position)
+        self._capture_split(parts)
         now = trio.current_time()
         parts["run", "clock"] = _ENCODER.encode({"sim_time": now, "event_time": now - self.origin})
         return Snapshot(now, self.events_produced, held, parts, final)
+
+    def _capture_split(self, parts: dict[tuple[str, str], bytes]) -> None:
+        # A node's own part of a split topology, and what becomes durable, for the other
+        # nodes, once this epoch is written.
+        self._captures += 1
+        if self.placement is None:
+            return
+        for key, remote in self._remote_topics.items():
+            parts["remote", key] = _ENCODER.encode(remote.snapshot())
+        positions = {key: member.positions for key, member in self._members.items()}
+        for key, where in positions.items():
+            parts["member", key] = _ENCODER.encode(list(where.items()))
+        ends: dict[Any, int] = {}
+        sequences: dict[tuple[str, int], dict[str, int]] = {}
+        finished: set[tuple[str, str]] = set()
+        if self.gateway is not None:
+            state = self.gateway.snapshot()
+            parts["gateway", "state"] = _ENCODER.encode(state)
+            finished = {(topic, producer) for topic, producer in state["finished"]}
+            for name, topic in self.topics.items():
+                for partition in topic.partitions:
+                    ends[partition] = partition.end_offset
+                    sequences[name, partition.index] = dict(partition.snapshot().sequences)
+        gateway, members = self.gateway, dict(self._members)
+
+        def durable() -> None:
+            for partition, end in ends.items():
+                partition.expose(end)
+            if gateway is not None:
+                gateway.mark_durable(sequences, finished)
+            for key, member in members.items():
+                member.mark_durable(positions[key])
+
+        self._durable_after[self._captures] = durable
 
     def _restore_topics(self, parts: dict[tuple[str, str], bytes]) -> None:
         for name, topic in self.topics.items():
@@ -596,6 +658,10 @@ class Pipeline:
                 self.produced[name].restore(state)
             elif kind == "run" and name == "clock":
                 self._event_time_at_restore = float((state or {})["event_time"])
+            elif kind == "remote":
+                self._restored_remote[name] = state
+            elif kind == "member":
+                self._restored_members[name] = dict(state or [])
             elif kind == "producer":
                 producer, instance = name.rsplit("/", 1)
                 self._positions[producer, int(instance)] = dict(state or {})
@@ -645,18 +711,35 @@ class Pipeline:
             info = store.write(snapshot)
             await trio.lowlevel.checkpoint()
         self.epochs.append(info)
+        self._made_durable()
         if self.on_epoch is not None:
             self.on_epoch(info)
         return info
 
+    def _made_durable(self) -> None:
+        # Every capture up to the last one is now in the database.
+        for number in sorted(self._durable_after):
+            self._durable_after.pop(number)()
+            self._written = number
+        self._epoch_written.set()
+        self._epoch_written = trio.Event()
+
+    async def _wait_for_epoch(self) -> None:
+        # Ask for an epoch now and wait until one captured after this moment is written.
+        target = self._captures + 1
+        while self._written < target:
+            self._records_due.set()
+            await self._epoch_written.wait()
+
     async def _checkpointer(self, settings: CheckpointSettings) -> None:
         if settings.every_records:
             self._next_records = self.events_produced + settings.every_records
-        while self._active:
+        split = self.placement is not None  # a node's checkpointer runs until its work is done
+        while self._active or split:
             self._records_due = trio.Event()
             with trio.move_on_after(settings.every if settings.every else math.inf):
                 await self._records_due.wait()
-            if not self._active:
+            if not (self._active or split):
                 return
             await self.checkpoint(settings.store, in_thread=settings.in_thread)
             if settings.every_records:
@@ -714,6 +797,16 @@ class Pipeline:
         else:  # carry event time on from the epoch, whatever this clock reads
             self.origin = self.started_at - self._event_time_at_restore
         self._active = {(plan.producer, plan.instance) for plan in self.local_plans}
+        if checkpoints is not None and self.gateway is not None:
+            # Other nodes only see what an epoch holds: a restart from it never rewrites an
+            # offset they saw, and producers keep their records until it holds them.
+            self._durable_reads = True
+            self.gateway.durable_only = True
+            for topic in self.topics.values():
+                for partition in topic.partitions:
+                    partition.hold_back()
+                    partition.expose(partition.end_offset)
+        self._checkpointing = checkpoints is not None
         try:
             async with open_nursery() as network:
                 if self.gateway is not None:
@@ -735,6 +828,20 @@ class Pipeline:
     async def _supervise(
         self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
     ) -> None:
+        periodic = checkpoints is not None and bool(checkpoints.every or checkpoints.every_records)
+        if self.placement is None or not periodic:
+            await self._supervise_actors(monitor, checkpoints if periodic else None)
+            return
+        # A node's checkpointer runs beside its actors until they are done.
+        assert checkpoints is not None
+        async with open_nursery() as background:
+            background.start_soon(self._checkpointer, checkpoints)
+            await self._supervise_actors(monitor, None)
+            background.cancel_scope.cancel()
+
+    async def _supervise_actors(
+        self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
+    ) -> None:
         async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
             for (consumer, topic), group in self.groups.items():
                 for instance in range(self.topology.consumers[consumer].instances):
@@ -749,7 +856,7 @@ class Pipeline:
                     )
             for plan in self.local_plans:
                 supervisor.start_soon(producer_id(plan), self._produce, plan)
-            if checkpoints is not None and (checkpoints.every or checkpoints.every_records):
+            if checkpoints is not None:
                 supervisor.start_soon("checkpointer", self._checkpointer, checkpoints)
             if self.gateway is not None:
                 # The node's work is done when its topics are closed and every group,
@@ -798,6 +905,7 @@ class Pipeline:
                 if target is None:
                     target = remotes.get(topic)
                 if target is None:
+                    name = f"{plan.producer}/{plan.instance}/{topic}"
                     target = remotes[topic] = await stack.enter_async_context(
                         open_remote_topic(
                             self._url_of(topic),
@@ -806,8 +914,10 @@ class Pipeline:
                             token=self.placement.token if self.placement else None,
                             value_type=self.value_type(topic),
                             give_up=self.topology.gateway.connect_timeout,
+                            restore=self._restored_remote.get(name),
                         )
                     )
+                    self._remote_topics[name] = target
                 producers[stream] = await stack.enter_async_context(
                     open_producer(target, max_batch=spec.max_batch, linger=spec.linger)
                 )
@@ -883,15 +993,40 @@ class Pipeline:
         # Commit in the same step as processing, with no checkpoint between: then at every
         # moment the processor's state matches the committed offsets, which is what makes a
         # snapshot consistent without stopping consumers.
+        member_name = f"{consumer}-{instance}"
+        if isinstance(group, RemoteGroup):
+            key = f"{consumer}/{instance}/{topic}"
+            async with group.join(
+                member_name,
+                auto_commit=False,
+                max_records=spec.max_records,
+                positions=self._restored_members.get(key),
+                durable_commits=self._checkpointing,
+            ) as remote:
+                self._members[key] = remote
+                await self._read(remote, topic, processor, tally, monitor)
+                if self._checkpointing:  # leave once an epoch holds everything processed
+                    await self._wait_for_epoch()
+            return
         async with group.join(
-            f"{consumer}-{instance}", auto_commit=False, max_records=spec.max_records
-        ) as member:
-            async for batch in member.batches():
-                tally.observe(topic, batch, trio.current_time() - self.origin)
-                processor.process(batch.values)
-                member.commit_nowait()
-                if monitor is not None:
-                    monitor()
+            member_name, auto_commit=False, max_records=spec.max_records
+        ) as local:
+            await self._read(local, topic, processor, tally, monitor)
+
+    async def _read(
+        self,
+        member: Consumer | RemoteConsumer,
+        topic: str,
+        processor: Processor,
+        tally: ConsumerTally,
+        monitor: Callable[[], None] | None,
+    ) -> None:
+        async for batch in member.batches():
+            tally.observe(topic, batch, trio.current_time() - self.origin)
+            processor.process(batch.values)
+            member.commit_nowait()
+            if monitor is not None:
+                monitor()
 
     def expectations(self) -> list[Expectation]:
         """Check the topology's ``expect`` invariants against what happened."""
