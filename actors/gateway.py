@@ -66,6 +66,8 @@ from .wire import (
     incompatible,
 )
 
+WINDOW_LINGER = 0.002
+"""Seconds between windows to one producer: one window for many batches under load."""
 TAP_BATCH = 500
 """The most records in one tap message."""
 
@@ -405,11 +407,15 @@ class Gateway:
         async def send_windows() -> None:
             sent: list[Window | None] = [None] * len(partitions)
             while True:
+                wrote = False
                 for index, partition in enumerate(partitions):
                     window = self._window(topic, partition, name)
                     if window != sent[index]:
                         await ws.send_message(ENCODER.encode(window))
                         sent[index] = window
+                        wrote = True
+                if wrote:  # gather what changes meanwhile into the next windows
+                    await trio.sleep(WINDOW_LINGER)
                 await signal.wait()
 
         try:

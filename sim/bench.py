@@ -45,6 +45,10 @@ class BenchSettings:
     """Events of the video-site topology run against the plain loop (0 skips it)."""
     restore_records: int = 1_000_000
     """Records held in rings in the epoch whose restore is timed (0 skips it)."""
+    gateway_records: int = 2_000_000
+    """Records sent through a websocket gateway and through raw trio-websocket (0 skips it)."""
+    tap_seconds: float = 5.0
+    """Seconds of a 10,000 records/s stream whose delay to a tap is measured (0 skips it)."""
 
 
 def _batch_of(size: int) -> list[Record]:
@@ -418,6 +422,36 @@ def run_bench(
         result["no_logging_events_per_s"] = statistics.median(plain_rates)
         result["logging_ratio"] = statistics.median(log_ratios)
         result["logging_dropped_entries"] = dropped
+    if settings.gateway_records:
+        from .bench_gateway import measure_gateway
+
+        gateway_rates: list[float] = []
+        raw_rates: list[float] = []
+        gateway_ratios: list[float] = []
+        for round_ in range(1, settings.repeat + 1):
+            progress(
+                f"round {round_}/{settings.repeat}: {settings.gateway_records:,} records through "
+                "a gateway and through raw trio-websocket"
+            )
+            through, raw_ws = measure_gateway(
+                settings.gateway_records, settings.batch, raw_first=round_ % 2 == 0
+            )
+            gateway_rates.append(through)
+            raw_rates.append(raw_ws)
+            gateway_ratios.append(through / raw_ws)
+        result["gateway_records"] = settings.gateway_records
+        result["gateway_records_per_s"] = statistics.median(gateway_rates)
+        result["raw_websocket_records_per_s"] = statistics.median(raw_rates)
+        result["gateway_ratio"] = statistics.median(gateway_ratios)
+    if settings.tap_seconds:
+        from .bench_gateway import measure_tap_latency
+
+        progress(f"tap latency at 10,000 records/s for {settings.tap_seconds:g} s (real time)")
+        latency = measure_tap_latency(10_000, settings.tap_seconds)
+        result["tap_latency_records"] = latency["records"]
+        result["tap_latency_p50_ms"] = latency["p50"] * 1000
+        result["tap_latency_p99_ms"] = latency["p99"] * 1000
+        result["tap_latency_max_ms"] = latency["max"] * 1000
     if settings.restore_records:
         progress(f"restoring an epoch holding {settings.restore_records:,} records")
         restores = [measure_restore(settings.restore_records) for _ in range(settings.repeat)]

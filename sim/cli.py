@@ -293,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="records held in the epoch whose restore is timed; 0 skips it (default: %(default)s)",
     )
     bench.add_argument(
+        "--gateway-records",
+        type=_non_negative,
+        default=defaults.gateway_records,
+        help="records sent through a websocket gateway on loopback and through raw "
+        "trio-websocket; 0 skips it (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--tap-seconds",
+        type=float,
+        default=defaults.tap_seconds,
+        help="seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips "
+        "it (default: %(default)s)",
+    )
+    bench.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
     return parser
@@ -331,6 +345,8 @@ def _bench(args: argparse.Namespace) -> int:
         memory_records=args.memory_records,
         video_events=args.video_events,
         restore_records=args.restore_records,
+        gateway_records=args.gateway_records,
+        tap_seconds=args.tap_seconds,
     )
     err = Console(stderr=True)
     if args.json:
@@ -375,6 +391,21 @@ def _bench(args: argparse.Namespace) -> int:
             f"{result['logging_events_per_s']:,.0f} events/s",
         )
         table.add_row("ratio logging on / off", f"{result['logging_ratio']:.2f}")
+    if "gateway_records_per_s" in result:
+        table.add_row(
+            f"through a websocket gateway, {result['gateway_records']:,} records",
+            f"{result['gateway_records_per_s']:,.0f} records/s",
+        )
+        table.add_row(
+            "raw trio-websocket, same batches",
+            f"{result['raw_websocket_records_per_s']:,.0f} records/s",
+        )
+        table.add_row("ratio gateway / raw websocket", f"{result['gateway_ratio']:.2f}")
+    if "tap_latency_p99_ms" in result:
+        table.add_row(
+            "tap latency at 10,000 records/s, p50 / p99",
+            f"{result['tap_latency_p50_ms']:.2f} / {result['tap_latency_p99_ms']:.2f} ms",
+        )
     if "restore_seconds" in result:
         table.add_row(
             f"restore an epoch of {result['restore_records']:,} buffered records "

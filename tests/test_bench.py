@@ -19,6 +19,8 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--memory-records=20000",
             "--video-events=20000",
             "--restore-records=5000",
+            "--gateway-records=20000",
+            "--tap-seconds=0.5",
         ]
     )
     assert code == 0
@@ -48,6 +50,12 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     assert result["logging_dropped_entries"] >= 0
     assert result["restore_records"] == 5000
     assert result["restore_seconds"] > 0
+    assert result["gateway_records"] == 20000
+    assert result["gateway_ratio"] == pytest.approx(
+        result["gateway_records_per_s"] / result["raw_websocket_records_per_s"]
+    )
+    assert result["tap_latency_records"] > 0
+    assert 0 < result["tap_latency_p50_ms"] <= result["tap_latency_p99_ms"]
 
 
 @pytest.mark.parametrize(
