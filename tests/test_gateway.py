@@ -316,3 +316,28 @@ async def test_a_stopping_node_closes_its_connections_with_4005() -> None:
             with trio.fail_after(5):
                 code, why = await close_of(ws)
     assert (code, why) == (4005, "the node is stopping")
+
+
+async def test_a_vanished_node_s_partitions_go_to_the_others_after_the_session_timeout() -> None:
+    topic = Topic("events", partitions=2, capacity=5000)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic}, {("g", "events"): group}, session_timeout=0.3)
+    async with open_producer(topic) as producer:
+        await producer.send_many(columns(0, 2000))
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    async with serving(gateway) as url:
+        node_a = RemoteGroup(f"{url}/node", "events", "g")  # two nodes: nothing shared
+        node_b = RemoteGroup(f"{url}/node", "events", "g")
+        with trio.CancelScope() as vanish:
+            async with node_a.join("a", max_records=100) as a:
+                seen["a"].extend((await a.get_batch()).values)
+                assert a._ws is not None
+                await drop(a._ws)  # the node dies: no leave, no commit of that batch
+                vanish.cancel()
+        with trio.fail_after(10):
+            async with node_b.join("b", max_records=100) as b:
+                async for batch in b.batches():
+                    seen["b"].extend(batch.values)
+    assert sorted(set(seen["a"]) | set(seen["b"])) == list(range(2000))
+    assert len(seen["b"]) == 2000  # b took over a's partition from its last commit
+    assert gateway.drained()
