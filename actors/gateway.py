@@ -57,6 +57,7 @@ from .wire import (
     Finish,
     Finished,
     Hello,
+    Idle,
     Leave,
     Next,
     Welcome,
@@ -66,6 +67,9 @@ from .wire import (
     incompatible,
 )
 
+FETCH_WAIT = 0.5
+"""Seconds a remote member's request waits for records before the answer is 'idle': its
+next request brings the commits it made meanwhile (which may be what frees the ring)."""
 WINDOW_LINGER = 0.002
 """Seconds between windows to one producer: one window for many batches under load."""
 TAP_BATCH = 500
@@ -481,8 +485,13 @@ class Gateway:
                     frame = await self._receive(ws, topic.name)
                     if isinstance(frame, Next):
                         _commit(member, frame.offsets)
+                        batch = None
                         try:
-                            batch = await member.get_batch()
+                            with trio.move_on_after(FETCH_WAIT):
+                                batch = await member.get_batch()
+                            if batch is None:  # let the member send fresher commits
+                                await ws.send_message(ENCODER.encode(Idle()))
+                                continue
                         except trio.EndOfChannel:
                             summaries = self.summaries.get(topic.name, {})
                             await ws.send_message(ENCODER.encode(End(summaries)))

@@ -46,6 +46,7 @@ from .wire import (
     Finish,
     Finished,
     Hello,
+    Idle,
     Leave,
     Next,
     Welcome,
@@ -595,6 +596,8 @@ class RemoteConsumer:
             if isinstance(frame, End):
                 self.group.summaries = dict(frame.summaries)
                 raise trio.EndOfChannel
+            if isinstance(frame, Idle):
+                continue  # nothing yet: ask again, with the commits made meanwhile
             if not isinstance(frame, Delivery):
                 raise GatewayError(
                     f"{self.group.url} sent {type(frame).__name__} instead of records"

@@ -117,6 +117,10 @@ class Delivery(msgspec.Struct, Generic[T], tag="delivery", array_like=True):
     timestamps: list[float]
 
 
+class Idle(msgspec.Struct, tag="idle", array_like=True):
+    """Server to consumer: nothing to deliver for a while; ask again (with fresh commits)."""
+
+
 class End(msgspec.Struct, tag="end", array_like=True):
     """Server to consumer: the topic is closed and the group has had every record."""
 
@@ -144,6 +148,7 @@ def decoder(value_type: Any = Any) -> msgspec.msgpack.Decoder[Any]:
         Finished,
         Next,
         Delivery[value_type],
+        Idle,
         End,
         Leave,
     ]

@@ -341,3 +341,31 @@ async def test_a_vanished_node_s_partitions_go_to_the_others_after_the_session_t
     assert sorted(set(seen["a"]) | set(seen["b"])) == list(range(2000))
     assert len(seen["b"]) == 2000  # b took over a's partition from its last commit
     assert gateway.drained()
+
+
+async def test_durable_commits_made_while_waiting_reach_the_group_and_free_the_ring() -> None:
+    topic = Topic("events", partitions=1, capacity=100)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic}, {("g", "events"): group})
+    seen: list[int] = []
+    async with serving(gateway) as url, trio.open_nursery() as nursery:
+
+        async def produce() -> None:
+            async with open_producer(topic) as producer:
+                await producer.send_many(columns(0, 300))  # blocks until commits free room
+
+        nursery.start_soon(produce)
+        remote = RemoteGroup(f"{url}/node", "events", "g")
+        async with remote.join("m", durable_commits=True) as member:
+
+            async def checkpoints() -> None:  # this side's epochs, every 0.1 s
+                while True:
+                    await trio.sleep(0.1)
+                    member.mark_durable(member.positions)
+
+            nursery.start_soon(checkpoints)
+            with trio.fail_after(10):
+                async for batch in member.batches():
+                    seen.extend(batch.values)
+            nursery.cancel_scope.cancel()
+    assert seen == list(range(300))

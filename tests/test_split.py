@@ -22,7 +22,7 @@ from rich.console import Console
 
 from actors import Columns, ConsumerGroup, Gateway, Topic, open_producer
 from sim.report import build_report
-from sim.run import REGISTRY
+from sim.run import REGISTRY, run_pipeline
 from sim.tap import stream, tap_url
 from topology import Pipeline, Topology, TopologyError
 from topology.build import Placement
@@ -354,30 +354,35 @@ def start_nodes(
     return processes, envs, commands
 
 
-def test_a_broker_killed_and_restarted_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("victim", ["broker", "consumers", "producers"])
+def test_a_node_killed_and_restarted_loses_and_duplicates_nothing(
+    tmp_path: Path, victim: str
+) -> None:
+    """SIGKILL one node mid-run and start it again: every node checkpoints its part."""
     events = 200_000  # four seconds of the example's 50,000 events a second
-    state = ["--state", str(tmp_path / "broker-state")]
-    processes, envs, commands = start_nodes(tmp_path, events, {"broker": state})
+    states = {
+        n: ["--state", str(tmp_path / f"state-{n}")] for n in ("producers", "broker", "consumers")
+    }
+    processes, envs, commands = start_nodes(tmp_path, events, states)
     time.sleep(2.5)
-    broker = processes["broker"]
-    assert broker.poll() is None, broker.communicate()[0]
-    broker.kill()  # SIGKILL: no final epoch, connections dropped mid-stream
-    first = broker.communicate()[0]
-    assert "checkpoints:" in first
+    killed = processes.pop(victim)
+    assert killed.poll() is None, killed.communicate()[0]
+    killed.kill()  # SIGKILL: no final epoch, connections dropped mid-stream
+    assert "checkpoints:" in killed.communicate()[0]
     restarted = subprocess.run(
-        commands["broker"],
+        commands[victim],
         cwd=COMPOSE.parent,
-        env=envs["broker"],
+        env=envs[victim],
         capture_output=True,
         text=True,
         timeout=90,
         check=False,
     )
-    outputs = {n: p.communicate(timeout=90)[0] for n, p in processes.items() if n != "broker"}
+    outputs = {n: p.communicate(timeout=90)[0] for n, p in processes.items()}
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert "resuming from epoch" in restarted.stdout
-    for name in ("producers", "consumers"):
-        assert processes[name].returncode == 0, outputs[name]
+    for name, process in processes.items():
+        assert process.returncode == 0, outputs[name]
     consumers = json.loads((tmp_path / "consumers.json").read_text())
     expected = single_process(Topology.from_yaml(SPLIT.read_text()), events)
     assert consumers["events_consumed"] == events
@@ -408,3 +413,16 @@ async def test_the_tap_command_retries_then_reports_an_unreachable_node() -> Non
     url = f"ws://127.0.0.1:{port}/tap/events"
     assert await stream(url, io.StringIO(), err, wait=0.3) == 1
     assert f"cannot reach {url} (tried for 0.3 s)" in err.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_node_whose_peer_never_comes_is_retried_then_fails_naming_it() -> None:
+    data = split_data()
+    data["gateway"] = {"connect_timeout": 0.5}
+    topology = Topology.from_dict(data)
+    pipeline = Pipeline.build(topology, REGISTRY, events=1000, placement=Placement("producers"))
+    started = time.monotonic()
+    report = run_pipeline(pipeline).report  # the broker never starts
+    assert time.monotonic() - started >= 0.5  # it kept trying for the connect timeout
+    broker = data["nodes"]["broker"]["listen"]
+    assert report["status"] == "failed"
+    assert f"cannot reach ws://{broker}/node (tried for 0.5 s)" in report["error"]

@@ -892,11 +892,16 @@ class Pipeline:
         origin = self.origin
 
         def position() -> dict[str, Any]:
-            return {"done": done, "workload": workload.position()}
+            where = {"done": done, "workload": workload.position()}
+            if mine:
+                where["sent"] = {topic: tally.snapshot() for topic, tally in mine.items()}
+            return where
 
         # On a node of a split topology, each instance also counts what it sends to each
         # topic, for the topic's node to pass on to consumers at the end.
         mine = {} if self.placement is None else {t: TopicTally() for t in topic_of.values()}
+        for topic, state in (saved or {}).get("sent", {}).items():
+            mine[topic].restore(state)
         async with AsyncExitStack() as stack:
             producers = {}
             remotes: dict[str, Any] = {}
