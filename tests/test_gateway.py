@@ -369,3 +369,52 @@ async def test_durable_commits_made_while_waiting_reach_the_group_and_free_the_r
                     seen.extend(batch.values)
             nursery.cancel_scope.cancel()
     assert seen == list(range(300))
+
+
+@pytest.mark.parametrize("hold", [True, False])
+async def test_a_holding_tap_holds_the_ring_and_a_lossy_one_does_not(hold: bool) -> None:
+    topic = Topic("events", partitions=1, capacity=1000)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    big = "x" * 2000  # 20,000 records of 2 KB: far more than socket buffers hold
+    values = [f"{i}:{big}" for i in range(20_000)]
+    async with serving(gateway) as url, trio.open_nursery() as nursery:
+        query = "from=earliest" + ("&hold=true" if hold else "")
+        async with client(f"{url}/tap/events?{query}") as tap:
+            nursery.start_soon(drain, group)
+            produced = trio.Event()
+
+            async def produce() -> None:
+                async with open_producer(topic, max_batch=500) as producer:
+                    await producer.send_many(Columns([0] * 20_000, values, [0.0] * 20_000))
+                produced.set()
+
+            nursery.start_soon(produce)
+            partition = topic.partitions[0]
+            with trio.fail_after(20):  # the tap reads nothing meanwhile
+                if hold:  # the group has read everything accepted; the ring is full: the tap
+                    while partition.free_room or group.statistics().lag[0]:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                else:
+                    await produced.wait()
+            accepted = partition.end_offset
+            if hold:
+                assert accepted < 20_000  # producers wait for the tap, not only for the group
+                assert not produced.is_set()
+            else:
+                assert accepted == 20_000
+            offsets, skipped = [], 0
+            with trio.fail_after(30):
+                while True:
+                    message = json.loads(await tap.get_message())
+                    if message["type"] == "end":
+                        break
+                    if message["type"] == "skipped":
+                        skipped += message["missed"]
+                    else:
+                        offsets.extend(r["offset"] for r in message["records"])
+    if hold:
+        assert (offsets, skipped) == (list(range(20_000)), 0)
+    else:
+        assert skipped > 0
+        assert len(offsets) + skipped == 20_000
