@@ -178,8 +178,16 @@ class Partition:
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return base
-        task = trio.lowlevel.current_task()
-        sender = _Sender(task, records, trio.current_time())
+        return await self._wait_as_sender(records)
+
+    async def _wait_as_sender(
+        self, records: Columns, producer: str | None = None, sequence: int = 0
+    ) -> int:
+        # Queue behind the senders already waiting; _admit_senders hands over the result (the
+        # first offset, or for numbered records how many were new) when there is room.
+        sender = _Sender(
+            trio.lowlevel.current_task(), records, trio.current_time(), producer, sequence
+        )
         self._senders.append(sender)
 
         def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
@@ -187,8 +195,8 @@ class Partition:
             self._blocked += trio.current_time() - sender.since
             return trio.lowlevel.Abort.SUCCEEDED
 
-        offset: int = await trio.lowlevel.wait_task_rescheduled(abort)
-        return offset
+        result: int = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
 
     async def send_sequenced(self, records: Columns, producer: str, sequence: int) -> int:
         """Append records numbered by their producer, skipping any already accepted.
@@ -220,17 +228,7 @@ class Partition:
             self._sequences[producer] = sequence + len(records)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return count
-        task = trio.lowlevel.current_task()
-        sender = _Sender(task, records, trio.current_time(), producer, sequence)
-        self._senders.append(sender)
-
-        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
-            self._senders.remove(sender)
-            self._blocked += trio.current_time() - sender.since
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        accepted: int = await trio.lowlevel.wait_task_rescheduled(abort)
-        return accepted
+        return await self._wait_as_sender(records, producer, sequence)
 
     def _fresh(self, records: Columns, producer: str, sequence: int) -> Columns:
         expected = self._sequences.get(producer, 0)
@@ -421,14 +419,8 @@ class Partition:
 
     def unregister_group(self, group: str) -> None:
         """Stop keeping records for ``group`` (a reader that leaves for good)."""
-        if self._committed.pop(group, None) is None:
-            return
-        low = min(self._committed.values(), default=self._start)
-        if low > self._start:
-            self._start = low
-            self._free()
-            self._admit_senders()
-            self._room.unpark_all()
+        if self._committed.pop(group, None) is not None:
+            self._release_committed()
 
     def add_listener(self, listener: trio.lowlevel.ParkingLot) -> None:
         """Unpark ``listener`` whenever records arrive or the partition closes."""
@@ -496,7 +488,11 @@ class Partition:
                 f"it must lie between its last commit {previous} and the end {self._end}"
             )
         self._committed[group] = offset
-        low = min(self._committed.values())
+        self._release_committed()
+
+    def _release_committed(self) -> None:
+        # Free what every group has committed past, then let waiting senders in.
+        low = min(self._committed.values(), default=self._start)
         if low > self._start:
             self._start = low
             self._free()

@@ -130,6 +130,14 @@ def _binary(message: bytes | str) -> bytes:
     return message
 
 
+def batch_frame(partition: int, sequence: int, columns: Columns) -> bytes:
+    """Encode records ``sequence``, ``sequence + 1``, ... of one partition as a batch frame."""
+    frame = Batch(
+        partition, sequence, list(columns.keys), list(columns.values), list(columns.timestamps)
+    )
+    return ENCODER.encode(frame)
+
+
 @attrs.define(eq=False)
 class _Backoff:
     """Retry delays from ``first`` doubling to ``most``; gives up after ``give_up`` seconds."""
@@ -283,11 +291,8 @@ class RemoteTopic:
         ws = self._ws
         if ws is None:
             return  # kept; sent when the connection is back
-        frame = Batch(
-            index, sequence, list(columns.keys), list(columns.values), list(columns.timestamps)
-        )
         try:
-            await ws.send_message(ENCODER.encode(frame))
+            await ws.send_message(batch_frame(index, sequence, columns))
         except ConnectionClosed:
             if self._ws is ws:
                 self._ws = None
@@ -369,14 +374,7 @@ class RemoteTopic:
                 index = partition.index
                 pending = [(s, c) for s, c in partition._retained if s + len(c) > sent[index]]
                 for sequence, columns in pending:
-                    frame = Batch(
-                        index,
-                        sequence,
-                        list(columns.keys),
-                        list(columns.values),
-                        list(columns.timestamps),
-                    )
-                    await ws.send_message(ENCODER.encode(frame))
+                    await ws.send_message(batch_frame(index, sequence, columns))
                     sent[index] = sequence + len(columns)
                     progressed = True
 

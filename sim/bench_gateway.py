@@ -19,8 +19,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from actors import Columns, ConsumerGroup, Gateway, Topic
-from actors.remote import connect, open_remote_topic
-from actors.wire import ENCODER, Batch, decoder
+from actors.remote import batch_frame, connect, open_remote_topic
+from actors.wire import decoder
 
 
 def _columns(start: int, size: int) -> Columns:
@@ -54,17 +54,12 @@ async def _raw(records: int, batch: int) -> float:
         connection = await connect(nursery, f"ws://127.0.0.1:{server.port}/raw")
         started = time.perf_counter()
         for index, columns in enumerate(batches):  # encoded here, as a remote producer does
-            frame = Batch(0, index * batch, *_lists(columns))
-            await connection.ws.send_message(ENCODER.encode(frame))
+            await connection.ws.send_message(batch_frame(0, index * batch, columns))
         await done.wait()
         elapsed = time.perf_counter() - started
         await connection.close()
         nursery.cancel_scope.cancel()
     return records / elapsed
-
-
-def _lists(columns: Columns) -> tuple[list[Any], list[Any], list[float]]:
-    return list(columns.keys), list(columns.values), list(columns.timestamps)
 
 
 async def _through_gateway(records: int, batch: int) -> float:

@@ -16,10 +16,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from actors.remote import connect
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
 def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:

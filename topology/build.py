@@ -356,7 +356,6 @@ class Pipeline:
     _written: int = 0
     _durable_after: dict[int, Callable[[], None]] = attrs.field(factory=dict)
     _epoch_written: trio.Event = attrs.field(factory=trio.Event)
-    _durable_reads: bool = False
     _checkpointing: bool = False
 
     @classmethod
@@ -800,7 +799,6 @@ class Pipeline:
         if checkpoints is not None and self.gateway is not None:
             # Other nodes only see what an epoch holds: a restart from it never rewrites an
             # offset they saw, and producers keep their records until it holds them.
-            self._durable_reads = True
             self.gateway.durable_only = True
             for topic in self.topics.values():
                 for partition in topic.partitions:
