@@ -615,8 +615,10 @@ class Gateway:
                         "to": retained,
                         "missed": retained - offset,
                     }
+                    offsets[index] = retained
                     await ws.send_message(_JSON.encode(message).decode())
-                    offset = offsets[index] = retained
+                    progressed = True
+                    continue  # the ring may have moved on again while that was sent
                 batch = partition.read(offset, TAP_BATCH)
                 if batch is None:
                     continue
