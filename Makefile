@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test stress bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check actors topology sim tests
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Not part of 'make test': every kill test repeated 20 times under CPU load (~30 min).
+stress: $(STAMP)
+	$(BIN)/python tests/stress.py --repeat 20
 
 bench: $(STAMP)
 	$(BIN)/ringflow bench

@@ -112,6 +112,10 @@ class _Session:
     attached: bool = False
     left: bool = False
     scope: trio.CancelScope | None = None
+    """The scope of the newest connection's handler (waiting for its turn, or serving)."""
+    busy: bool = False
+    """A connection's handler is using the member. Only one may: a handler that was woken
+    with a batch must let go of it before a newer connection rewinds the member."""
     changed: _Signal = attrs.field(factory=_Signal)
 
 
@@ -465,9 +469,33 @@ class Gateway:
             await self._nursery.start(self._run_session, session, group, hello)
             self._event("meta", f"{hello.name} joined group {hello.group} on {hello.topic}")
         else:
-            if session.scope is not None:  # the old connection may still be waiting
-                session.scope.cancel()
             self._event("meta", f"{hello.name} reconnected to group {hello.group}")
+        serving = False
+        try:
+            with trio.CancelScope() as scope:
+                previous, session.scope = session.scope, scope
+                if previous is not None:  # the old connection may still be waiting
+                    previous.cancel()
+                # The old connection's handler may have been woken with a batch it has not
+                # sent yet: wait until it has let go, so that the rewind below covers that
+                # batch too. Rewinding first would let it move the member past records that
+                # no connection delivers.
+                while session.busy:
+                    await session.changed.wait()
+                session.busy = serving = True
+                await self._serve_member(ws, hello, group, session)
+        finally:
+            if serving:
+                session.busy = False
+            if session.scope is scope:
+                session.attached = False
+                session.scope = None
+            session.changed.set()
+
+    async def _serve_member(
+        self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup, session: _Session
+    ) -> None:
+        key = session.key
         member = session.member
         assert member is not None
         _commit(member, hello.positions)
@@ -475,47 +503,39 @@ class Gateway:
         session.attached = True
         session.changed.set()
         topic = group.topic
-        try:
-            with trio.CancelScope() as scope:
-                session.scope = scope
-                await ws.send_message(
-                    ENCODER.encode(Welcome(PROTOCOL, SOFTWARE, topic.partition_count, None))
+        await ws.send_message(
+            ENCODER.encode(Welcome(PROTOCOL, SOFTWARE, topic.partition_count, None))
+        )
+        while True:
+            frame = await self._receive(ws, topic.name)
+            if isinstance(frame, Next):
+                _commit(member, frame.offsets)
+                batch = None
+                try:
+                    with trio.move_on_after(FETCH_WAIT):
+                        batch = await member.get_batch()
+                    if batch is None:  # let the member send fresher commits
+                        await ws.send_message(ENCODER.encode(Idle()))
+                        continue
+                except trio.EndOfChannel:
+                    summaries = self.summaries.get(topic.name, {})
+                    await ws.send_message(ENCODER.encode(End(summaries)))
+                    continue
+                delivery = Delivery(
+                    batch.partition,
+                    batch.base_offset,
+                    list(batch.keys),
+                    list(batch.values),
+                    list(batch.timestamps),
                 )
-                while True:
-                    frame = await self._receive(ws, topic.name)
-                    if isinstance(frame, Next):
-                        _commit(member, frame.offsets)
-                        batch = None
-                        try:
-                            with trio.move_on_after(FETCH_WAIT):
-                                batch = await member.get_batch()
-                            if batch is None:  # let the member send fresher commits
-                                await ws.send_message(ENCODER.encode(Idle()))
-                                continue
-                        except trio.EndOfChannel:
-                            summaries = self.summaries.get(topic.name, {})
-                            await ws.send_message(ENCODER.encode(End(summaries)))
-                            continue
-                        delivery = Delivery(
-                            batch.partition,
-                            batch.base_offset,
-                            list(batch.keys),
-                            list(batch.values),
-                            list(batch.timestamps),
-                        )
-                        await ws.send_message(ENCODER.encode(delivery))
-                    elif isinstance(frame, Leave):
-                        _commit(member, frame.offsets)
-                        session.left = True
-                        self._left.add(key)
-                        return
-                    else:
-                        raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
-        finally:
-            if session.scope is scope:
-                session.attached = False
-                session.scope = None
-            session.changed.set()
+                await ws.send_message(ENCODER.encode(delivery))
+            elif isinstance(frame, Leave):
+                _commit(member, frame.offsets)
+                session.left = True
+                self._left.add(key)
+                return
+            else:
+                raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
 
     async def _run_session(
         self,

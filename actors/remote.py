@@ -444,6 +444,17 @@ class RemoteGroup:
     durable: dict[int, int] = attrs.field(factory=dict)
     """Per partition, the offset a checkpoint of this side holds (with ``durable_commits``)."""
 
+    def resume_from(self, positions: Mapping[int, int]) -> None:
+        """Note offsets per partition processed before (restored from a checkpoint of this
+        side): records below them are skipped if they come again, and they are committed."""
+        _advance(self.processed, positions)
+        _advance(self.durable, positions)
+
+    def mark_durable(self, positions: Mapping[int, int]) -> None:
+        """Note that a checkpoint of this side holds everything processed up to
+        ``positions``; with ``durable_commits``, the group learns them with the next request."""
+        _advance(self.durable, positions)
+
     @asynccontextmanager
     async def join(
         self,
@@ -468,8 +479,7 @@ class RemoteGroup:
                 self, name, nursery, auto_commit, max_records, durable_commits=durable_commits
             )
             if positions:
-                _advance(self.processed, positions)
-                _advance(self.durable, positions)
+                self.resume_from(positions)
             try:
                 await consumer._connect()
                 yield consumer
@@ -504,7 +514,7 @@ class RemoteConsumer:
     def mark_durable(self, positions: Mapping[int, int]) -> None:
         """Note that a checkpoint holds everything processed up to ``positions``; with
         ``durable_commits``, the group learns these offsets with the next request."""
-        _advance(self.group.durable, positions)
+        self.group.mark_durable(positions)
 
     def _commits(self) -> list[tuple[int, int]]:
         group = self.group

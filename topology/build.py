@@ -596,9 +596,14 @@ class Pipeline:
             return
         for key, remote in self._remote_topics.items():
             parts["remote", key] = _ENCODER.encode(remote.snapshot())
-        positions = {key: member.positions for key, member in self._members.items()}
-        for key, where in positions.items():
-            parts["member", key] = _ENCODER.encode(list(where.items()))
+        # What the members here processed, per group: saved whether or not they have joined
+        # yet (after a restore, positions restored but not yet joined must not be forgotten).
+        remote_groups = self._remote_groups()
+        processed = {key: dict(group.processed) for key, group in remote_groups.items()}
+        for (consumer, read), where in processed.items():
+            encoded = _ENCODER.encode(list(where.items()))
+            for instance in range(self.topology.consumers[consumer].instances):
+                parts["member", f"{consumer}/{instance}/{read}"] = encoded
         ends: dict[Any, int] = {}
         sequences: dict[tuple[str, int], dict[str, int]] = {}
         finished: set[tuple[str, str]] = set()
@@ -610,15 +615,15 @@ class Pipeline:
                 for partition in topic.partitions:
                     ends[partition] = partition.end_offset
                     sequences[name, partition.index] = dict(partition.snapshot().sequences)
-        gateway, members = self.gateway, dict(self._members)
+        gateway = self.gateway
 
         def durable() -> None:
             for partition, end in ends.items():
                 partition.expose(end)
             if gateway is not None:
                 gateway.mark_durable(sequences, finished)
-            for key, member in members.items():
-                member.mark_durable(positions[key])
+            for key, group in remote_groups.items():
+                group.mark_durable(processed[key])
 
         self._durable_after[self._captures] = durable
 
@@ -664,6 +669,15 @@ class Pipeline:
             elif kind == "producer":
                 producer, instance = name.rsplit("/", 1)
                 self._positions[producer, int(instance)] = dict(state or {})
+        for (consumer, read), group in self._remote_groups().items():
+            for number in range(self.topology.consumers[consumer].instances):
+                where = self._restored_members.get(f"{consumer}/{number}/{read}")
+                if where:
+                    group.resume_from(where)
+
+    def _remote_groups(self) -> dict[tuple[str, str], RemoteGroup]:
+        """By (consumer, topic), the groups on other nodes that consumers here read."""
+        return {key: g for key, g in self.groups.items() if isinstance(g, RemoteGroup)}
 
     async def _safe_point(
         self, key: tuple[str, int], producers: list[Producer], position: dict[str, Any]
@@ -1003,7 +1017,6 @@ class Pipeline:
                 member_name,
                 auto_commit=False,
                 max_records=spec.max_records,
-                positions=self._restored_members.get(key),
                 durable_commits=self._checkpointing,
             ) as remote:
                 self._members[key] = remote
