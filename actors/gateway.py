@@ -362,7 +362,13 @@ class Gateway:
         first = await ws.get_message()
         version = check_hello(first)
         if version is None:
-            raise _Refuse(MALFORMED, "the first frame must be a hello")
+            why = ""
+            if isinstance(first, bytes):
+                try:
+                    msgspec.msgpack.decode(first)
+                except DECODE_ERRORS as exc:
+                    why = f": {describe_decode_error(exc, first)}"
+            raise _Refuse(MALFORMED, f"the first frame must be a hello{why}")
         if version[0] != PROTOCOL:
             raise _Refuse(INCOMPATIBLE, incompatible(version))
         assert isinstance(first, bytes)
@@ -547,6 +553,9 @@ class Gateway:
                         return
                     else:
                         raise _Refuse(MALFORMED, f"unexpected {type(frame).__name__} frame")
+        except _Refuse:
+            session.left = True  # a member that broke the protocol is not waited for
+            raise
         finally:
             if session.scope is scope:
                 session.attached = False
@@ -677,6 +686,9 @@ def _tap_options(query: str, topic: Topic) -> tuple[list[int] | None, str, bool]
         if name in given:
             raise _Refuse(MALFORMED, f"parameter {name!r} given twice")
         given[name] = value
+    for name, value in given.items():
+        if len(value) > 20:
+            given[name] = value[:20] + "..."  # echoed in the reason, which must stay short
     indexes = None
     last = topic.partition_count - 1
     if "partition" in given:

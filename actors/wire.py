@@ -171,7 +171,7 @@ DECODE_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 """What decoding a peer's bytes may raise: not MessagePack, not the schema, a string that is
 not UTF-8, nesting too deep."""
 
-_AT = re.compile(r" - at `\$\[(\d+)\]")
+_AT = re.compile(r" - at `\$\[(\d+)\]([^`]*)`")
 
 
 def describe_decode_error(exc: Exception, data: bytes) -> str:
@@ -188,8 +188,8 @@ def describe_decode_error(exc: Exception, data: bytes) -> str:
     index = int(match.group(1)) - 1  # index 0 is the tag
     if kind is None or not 0 <= index < len(kind.__struct_fields__):
         return message
-    rest = message[match.end() :]
-    return f"{message[: match.start()]} - in {kind.__struct_fields__[index]}{rest}"
+    field = kind.__struct_fields__[index] + match.group(2)
+    return f"{message[: match.start()]} - in {field}{message[match.end() :]}"
 
 
 def _tag_of(data: bytes) -> Any:
