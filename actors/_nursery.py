@@ -14,12 +14,15 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
 
     Users of ``async with open_producer(...)`` should see the ``ValueError`` their own block
     raised, not an ``ExceptionGroup`` wrapping it. Several exceptions still come as a group.
+    ``trio.Cancelled`` beside one other exception (the block failed while an outer scope
+    was cancelling the tasks) is dropped: the task unwinds with that exception anyway.
     """
     try:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            error = group.exceptions[0]
+        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(group.exceptions) == 1 or len(errors) == 1:
+            error = group.exceptions[0] if len(group.exceptions) == 1 else errors[0]
             raise error from error.__cause__
         raise

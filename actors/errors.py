@@ -47,8 +47,12 @@ class GatewayError(RingflowError):
     """A peer node could not be reached in time, or refused the connection for good.
 
     The message names the URL (never a token) and, when the peer closed the connection, its
-    close code and reason.
+    close code and reason; :attr:`code` is that close code (None when it was not refused).
     """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SupervisionError(RingflowError):

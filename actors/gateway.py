@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Callable, Mapping, Set
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import attrs
 import msgspec
@@ -42,6 +42,8 @@ from .record import Columns
 from .topic import Topic
 from .wire import (
     CLOSE_CODES,
+    DECODE_ERRORS,
+    DISAGREEMENT,
     ENCODER,
     INCOMPATIBLE,
     MALFORMED,
@@ -62,9 +64,14 @@ from .wire import (
     Next,
     Welcome,
     Window,
+    batch_problem,
     check_hello,
     decoder,
+    describe_decode_error,
+    disagreement,
+    hello_problem,
     incompatible,
+    offsets_problem,
 )
 
 FETCH_WAIT = 0.5
@@ -74,6 +81,8 @@ WINDOW_LINGER = 0.002
 """Seconds between windows to one producer: one window for many batches under load."""
 TAP_BATCH = 500
 """The most records in one tap message."""
+TAP_PARAMETERS = ("partition", "from", "hold", "token")
+"""The query parameters a tap understands."""
 
 _JSON = msgspec.json.Encoder()
 
@@ -142,6 +151,12 @@ class Gateway:
             before the group rebalances without it.
         on_event: Called with (category, message) for connections refused, closed by error,
             and members that joined, came back or expired (for logging).
+        agreement: What every node of the topology must agree on (topology, seed, events),
+            with this node's name under ``node``: a hello that carries other values is
+            refused with close code 4006 naming the settings that differ.
+        summary_type: The type a producer's summary (sent with its finish) must convert to;
+            a finish with another summary is refused, so consumers never get one they cannot
+            read.
     """
 
     topics: Mapping[str, Topic]
@@ -153,6 +168,8 @@ class Gateway:
     on_event: Callable[[str, str], None] | None = None
     durable_only: bool = False
     """Producers may forget records only once :meth:`mark_durable` says an epoch holds them."""
+    agreement: Mapping[str, str] = attrs.field(factory=dict)
+    summary_type: Any = Any
     _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = attrs.field(init=False, factory=dict)
     _expected: dict[str, set[str]] = attrs.field(init=False, factory=dict)
     _finished: set[tuple[str, str]] = attrs.field(init=False, factory=set)
@@ -335,7 +352,7 @@ class Gateway:
         if parts == ["node"]:
             await self._node(ws)
         elif len(parts) == 2 and parts[0] == "tap":
-            await self._tap(ws, parts[1], parse_qs(url.query))
+            await self._tap(ws, parts[1], url.query)
         else:
             raise _Refuse(NOT_FOUND, f"no endpoint {url.path!r}; use /node or /tap/TOPIC")
 
@@ -349,14 +366,28 @@ class Gateway:
         first = await ws.get_message()
         version = check_hello(first)
         if version is None:
-            raise _Refuse(MALFORMED, "the first frame must be a hello")
+            why = ""
+            if isinstance(first, bytes):
+                try:
+                    msgspec.msgpack.decode(first)
+                except DECODE_ERRORS as exc:
+                    why = f": {describe_decode_error(exc, first)}"
+            raise _Refuse(MALFORMED, f"the first frame must be a hello{why}")
         if version[0] != PROTOCOL:
             raise _Refuse(INCOMPATIBLE, incompatible(version))
         assert isinstance(first, bytes)
         try:
             hello = msgspec.msgpack.decode(first, type=Hello)
-        except msgspec.MsgspecError as exc:
-            raise _Refuse(MALFORMED, f"malformed hello: {exc}") from None
+        except DECODE_ERRORS as exc:
+            raise _Refuse(
+                MALFORMED, f"malformed hello: {describe_decode_error(exc, first)}"
+            ) from None
+        problem = hello_problem(hello)
+        if problem is not None:
+            raise _Refuse(MALFORMED, problem)
+        differ = disagreement(self.agreement, hello.agreement)
+        if differ is not None:
+            raise _Refuse(DISAGREEMENT, differ)
         topic = self.topics.get(hello.topic)
         if topic is None:
             raise _Refuse(NOT_FOUND, f"this node hosts no topic {hello.topic!r}")
@@ -369,8 +400,6 @@ class Gateway:
                     NOT_FOUND, f"no consumer group {hello.group!r} on topic {hello.topic!r}"
                 )
             await self._consume(ws, hello, group)
-        else:
-            raise _Refuse(MALFORMED, f"unknown role {hello.role!r}")
 
     async def _receive(self, ws: WebSocketConnection, topic: str) -> Any:
         data = await ws.get_message()
@@ -378,8 +407,10 @@ class Gateway:
             raise _Refuse(MALFORMED, "text frame on /node; frames are binary MessagePack")
         try:
             return self._decoder(topic).decode(data)
-        except msgspec.MsgspecError as exc:
-            raise _Refuse(MALFORMED, f"malformed frame: {exc}") from None
+        except DECODE_ERRORS as exc:
+            raise _Refuse(
+                MALFORMED, f"malformed frame: {describe_decode_error(exc, data)}"
+            ) from None
 
     # -- remote producers --------------------------------------------------------------------
 
@@ -434,11 +465,9 @@ class Gateway:
                 while True:
                     frame = await self._receive(ws, topic.name)
                     if isinstance(frame, Batch):
-                        if not 0 <= frame.partition < len(partitions):
-                            raise _Refuse(
-                                MALFORMED,
-                                f"topic {topic.name!r} has no partition {frame.partition}",
-                            )
+                        problem = batch_problem(frame, len(partitions))
+                        if problem is not None:
+                            raise _Refuse(MALFORMED, problem)
                         columns = Columns(frame.keys, frame.values, frame.timestamps)
                         try:
                             await partitions[frame.partition].send_sequenced(
@@ -448,6 +477,10 @@ class Gateway:
                             raise _Refuse(MALFORMED, str(exc)) from None
                         signal.set()
                     elif isinstance(frame, Finish):
+                        try:
+                            msgspec.convert(frame.summary, self.summary_type)
+                        except msgspec.ValidationError as exc:
+                            raise _Refuse(MALFORMED, f"finish: summary: {exc}") from None
                         self.add_summary(topic.name, name, frame.summary)
                         self._finish(topic.name, name)
                         await self._finish_recorded(topic.name, name)
@@ -461,6 +494,10 @@ class Gateway:
     # -- remote consumers --------------------------------------------------------------------
 
     async def _consume(self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup) -> None:
+        count = group.topic.partition_count
+        problem = offsets_problem(hello.positions, count, "hello: positions")
+        if problem is not None:
+            raise _Refuse(MALFORMED, problem)
         key = (hello.group, hello.topic, hello.name)
         session = self._sessions.get(key)
         if session is None:
@@ -484,6 +521,9 @@ class Gateway:
                     await session.changed.wait()
                 session.busy = serving = True
                 await self._serve_member(ws, hello, group, session)
+        except _Refuse:
+            session.left = True  # a member that broke the protocol is not waited for
+            raise
         finally:
             if serving:
                 session.busy = False
@@ -506,8 +546,14 @@ class Gateway:
         await ws.send_message(
             ENCODER.encode(Welcome(PROTOCOL, SOFTWARE, topic.partition_count, None))
         )
+        count = topic.partition_count
         while True:
             frame = await self._receive(ws, topic.name)
+            if isinstance(frame, (Next, Leave)):
+                where = type(frame).__name__.lower()
+                problem = offsets_problem(frame.offsets, count, f"{where}: offsets")
+                if problem is not None:
+                    raise _Refuse(MALFORMED, problem)
             if isinstance(frame, Next):
                 _commit(member, frame.offsets)
                 batch = None
@@ -570,24 +616,11 @@ class Gateway:
 
     # -- taps --------------------------------------------------------------------------------
 
-    async def _tap(
-        self, ws: WebSocketConnection, topic_name: str, query: dict[str, list[str]]
-    ) -> None:
+    async def _tap(self, ws: WebSocketConnection, topic_name: str, query: str) -> None:
         topic = self.topics.get(topic_name)
         if topic is None:
             raise _Refuse(NOT_FOUND, f"this node hosts no topic {topic_name!r}")
-        try:
-            indexes = [int(query["partition"][0])] if "partition" in query else None
-            start = query.get("from", ["latest"])[0]
-            hold = query.get("hold", ["false"])[0].lower() in ("1", "true", "yes")
-            if start not in ("earliest", "latest"):
-                int(start)
-        except ValueError:
-            raise _Refuse(
-                MALFORMED, "partition must be a number; from: an offset, earliest or latest"
-            ) from None
-        if indexes is not None and not 0 <= indexes[0] < topic.partition_count:
-            raise _Refuse(NOT_FOUND, f"topic {topic_name!r} has no partition {indexes[0]}")
+        indexes, start, hold = _tap_options(query, topic)
         partitions = [topic.partitions[i] for i in indexes or range(topic.partition_count)]
         lot = trio.lowlevel.ParkingLot()
         tap_group = f"tap:{next(self._taps)}"
@@ -660,6 +693,50 @@ class Gateway:
                 await ws.send_message(_JSON.encode({"type": "end", "topic": topic}).decode())
                 return
             await lot.park()
+
+
+def _tap_options(query: str, topic: Topic) -> tuple[list[int] | None, str, bool]:
+    # A tap's query parameters: (partitions or None for all, from, hold). Each mistake is
+    # refused with what was wrong and what is expected.
+    given: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in TAP_PARAMETERS:
+            raise _Refuse(
+                MALFORMED, f"unknown parameter {name!r}; a tap takes {', '.join(TAP_PARAMETERS)}"
+            )
+        if name in given:
+            raise _Refuse(MALFORMED, f"parameter {name!r} given twice")
+        given[name] = value
+    for name, value in given.items():
+        if len(value) > 20:
+            given[name] = value[:20] + "..."  # echoed in the reason, which must stay short
+    indexes = None
+    last = topic.partition_count - 1
+    if "partition" in given:
+        text = given["partition"]
+        number = _whole(text)
+        if number is None or number > last:
+            raise _Refuse(
+                MALFORMED,
+                f"partition={text}: topic {topic.name!r} has partitions 0 to {last}",
+            )
+        indexes = [number]
+    start = given.get("from", "latest")
+    if start not in ("earliest", "latest") and _whole(start) is None:
+        raise _Refuse(
+            MALFORMED, f"from={start}: expected earliest, latest or an offset (0 or more)"
+        )
+    hold = given.get("hold", "false")
+    if hold not in ("true", "false"):
+        raise _Refuse(MALFORMED, f"hold={hold}: expected true or false")
+    return indexes, start, hold == "true"
+
+
+def _whole(text: str) -> int | None:
+    # A whole number of at most 18 digits (an offset fits), or None.
+    if 0 < len(text) <= 18 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -120,7 +120,9 @@ async def connect(
 def _fatal(url: str, exc: ConnectionClosed) -> GatewayError | None:
     reason = exc.reason
     if reason is not None and reason.code in FATAL_CLOSE_CODES:
-        return GatewayError(f"{url} refused the connection ({reason.code}): {reason.reason}")
+        return GatewayError(
+            f"{url} refused the connection ({reason.code}): {reason.reason}", reason.code
+        )
     return None
 
 
@@ -244,6 +246,8 @@ class RemoteTopic:
     token: str | None = None
     value_type: Any = Any
     give_up: float = 30.0
+    agreement: dict[str, str] = attrs.field(factory=dict)
+    """What the nodes of one topology must agree on, sent with the hello."""
     capacity: int | None = attrs.field(init=False, default=None)
     partitions: tuple[RemotePartition, ...] = attrs.field(init=False, default=())
     _layout: Topic | None = attrs.field(init=False, default=None)
@@ -330,7 +334,9 @@ class RemoteTopic:
                 await backoff.wait(exc)
 
     async def _hello(self, ws: WebSocketConnection, decode: Any) -> Welcome:
-        hello = Hello(PROTOCOL, SOFTWARE, "produce", self.name, self.producer)
+        hello = Hello(
+            PROTOCOL, SOFTWARE, "produce", self.name, self.producer, agreement=self.agreement
+        )
         await ws.send_message(ENCODER.encode(hello))
         welcome = decode.decode(_binary(await ws.get_message()))
         if not isinstance(welcome, Welcome):
@@ -406,17 +412,22 @@ async def open_remote_topic(
     value_type: Any = Any,
     give_up: float = 30.0,
     restore: list[list[Any]] | None = None,
+    agreement: dict[str, str] | None = None,
 ) -> AsyncIterator[RemoteTopic]:
     """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
 
     Leaving the block normally waits until every record is durable on the remote node and
     tells it this producer has finished (the topic closes when all its producers have).
 
+    Args:
+        agreement: What the nodes of one topology must agree on (see
+            :func:`~actors.wire.disagreement`), sent with the hello.
+
     Raises:
         GatewayError: The node could not be reached within ``give_up`` seconds, or refused
-            the connection (wrong token, another protocol version).
+            the connection (wrong token, another protocol version, a disagreement).
     """
-    remote = RemoteTopic(url, topic, producer, token, value_type, give_up)
+    remote = RemoteTopic(url, topic, producer, token, value_type, give_up, dict(agreement or {}))
     if restore is not None:
         remote.restore(restore)
     async with open_nursery() as nursery:
@@ -443,6 +454,8 @@ class RemoteGroup:
     rebalance or a reconnect, a member skips what another member here already processed."""
     durable: dict[int, int] = attrs.field(factory=dict)
     """Per partition, the offset a checkpoint of this side holds (with ``durable_commits``)."""
+    agreement: dict[str, str] = attrs.field(factory=dict)
+    """What the nodes of one topology must agree on, sent with every hello."""
 
     def resume_from(self, positions: Mapping[int, int]) -> None:
         """Note offsets per partition processed before (restored from a checkpoint of this
@@ -545,6 +558,7 @@ class RemoteConsumer:
                     group.name,
                     self.max_records or 0,
                     self._commits(),
+                    group.agreement,
                 )
                 await ws.send_message(ENCODER.encode(hello))
                 welcome = self._decode.decode(_binary(await ws.get_message()))

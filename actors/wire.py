@@ -7,6 +7,9 @@ Close codes in the 4000 range carry a reason meant for people: see :data:`CLOSE_
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Generic, TypeVar, Union
 
@@ -28,16 +31,22 @@ INCOMPATIBLE = 4002
 MALFORMED = 4003
 NOT_FOUND = 4004
 SHUTTING_DOWN = 4005
+DISAGREEMENT = 4006
 CLOSE_CODES = {
     UNAUTHORIZED: "missing or wrong token",
     INCOMPATIBLE: "the peer speaks another protocol version",
     MALFORMED: "a frame could not be decoded or broke the protocol",
     NOT_FOUND: "no such topic, group or endpoint on this node",
     SHUTTING_DOWN: "the node is stopping",
+    DISAGREEMENT: "the nodes run different topologies, seeds or numbers of events",
 }
 """ringflow's close codes and what they mean; the close reason adds the details."""
 
+MAX_NAME = 200
+"""The longest topic, producer, member or group name a hello may carry."""
+
 T = TypeVar("T")
+Key = Union[str, int, None]  # noqa: UP007 - msgspec needs a runtime union here
 
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):
@@ -54,6 +63,9 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
     max_records: int = 0
     positions: list[tuple[int, int]] = []
     """A consumer's processed offsets per partition, committed before anything is delivered."""
+    agreement: dict[str, str] = {}
+    """What every node of one topology must agree on (see :func:`disagreement`), with the
+    connecting node's name under ``node``; empty when the client has nothing to compare."""
 
 
 class Welcome(msgspec.Struct, tag="welcome", array_like=True):
@@ -72,7 +84,7 @@ class Batch(msgspec.Struct, Generic[T], tag="batch", array_like=True):
 
     partition: int
     sequence: int
-    keys: list[Any]
+    keys: list[Key]
     values: list[T]
     timestamps: list[float]
 
@@ -155,6 +167,39 @@ def decoder(value_type: Any = Any) -> msgspec.msgpack.Decoder[Any]:
     return msgspec.msgpack.Decoder(frames)
 
 
+DECODE_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+"""What decoding a peer's bytes may raise: not MessagePack, not the schema, a string that is
+not UTF-8, nesting too deep."""
+
+_AT = re.compile(r" - at `\$\[(\d+)\]([^`]*)`")
+
+
+def describe_decode_error(exc: Exception, data: bytes) -> str:
+    """Say what is wrong with ``data`` in words: the field of the frame, not ``$[3]``."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "a string is not valid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "values nested too deep"
+    message = str(exc)
+    match = _AT.search(message)
+    if match is None:
+        return message
+    kind = _FRAMES.get(_tag_of(data))
+    index = int(match.group(1)) - 1  # index 0 is the tag
+    if kind is None or not 0 <= index < len(kind.__struct_fields__):
+        return message
+    field = kind.__struct_fields__[index] + match.group(2)
+    return f"{message[: match.start()]} - in {field}{message[match.end() :]}"
+
+
+def _tag_of(data: bytes) -> Any:
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except DECODE_ERRORS:
+        return None
+    return raw[0] if isinstance(raw, list) and raw and isinstance(raw[0], str) else None
+
+
 def check_hello(data: bytes | str) -> tuple[int, str] | None:
     """Return (protocol, software) from a frame that starts like :class:`Hello`, else None.
 
@@ -164,7 +209,7 @@ def check_hello(data: bytes | str) -> tuple[int, str] | None:
         return None
     try:
         raw = msgspec.msgpack.decode(data)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
     if (
         isinstance(raw, list)
@@ -183,3 +228,66 @@ def incompatible(theirs: tuple[int, str]) -> str:
         f"incompatible ringflow: peer {theirs[1]} speaks protocol {theirs[0]}, "
         f"this node {SOFTWARE} speaks {PROTOCOL}"
     )[:120]
+
+
+_FRAMES: dict[Any, type[msgspec.Struct]] = {
+    kind.__struct_config__.tag: kind
+    for kind in (Hello, Welcome, Batch, Window, Finish, Finished, Next, Delivery, Idle, End, Leave)
+}
+
+
+def hello_problem(hello: Hello) -> str | None:
+    """What is wrong with a hello that decoded, or None: names, sizes, positions."""
+    if hello.role not in ("produce", "consume"):
+        return f"unknown role {hello.role!r}; use produce or consume"
+    for field in ("topic", "name") + (("group",) if hello.role == "consume" else ()):
+        value = getattr(hello, field)
+        if not value or len(value) > MAX_NAME:
+            return f"hello: {field} must be 1 to {MAX_NAME} characters, got {len(value)}"
+    if hello.max_records < 0:
+        return f"hello: max_records must be 0 (no limit) or more, got {hello.max_records}"
+    return None
+
+
+def offsets_problem(offsets: list[tuple[int, int]], partitions: int, where: str) -> str | None:
+    """What is wrong with (partition, offset) pairs for a topic of ``partitions``, or None."""
+    for partition, offset in offsets:
+        if not 0 <= partition < partitions:
+            return f"{where}: no partition {partition} (the topic has {partitions})"
+        if offset < 0:
+            return f"{where}: offset {offset} of partition {partition} is negative"
+    return None
+
+
+def batch_problem(batch: Batch[Any], partitions: int) -> str | None:
+    """What is wrong with a decoded batch for a topic of ``partitions``, or None.
+
+    Checked before a record of it touches a ring: the partition exists, the sequence number
+    is not negative, the three columns are equally long, and timestamps are finite.
+    """
+    if not 0 <= batch.partition < partitions:
+        return f"batch: no partition {batch.partition} (the topic has {partitions})"
+    if batch.sequence < 0:
+        return f"batch: sequence {batch.sequence} is negative"
+    keys, values, stamps = len(batch.keys), len(batch.values), len(batch.timestamps)
+    if not keys == values == stamps:
+        return f"batch: {keys} keys, {values} values and {stamps} timestamps; they must match"
+    if not all(map(math.isfinite, batch.timestamps)):
+        return "batch: a timestamp is not a finite number"
+    return None
+
+
+def disagreement(ours: Mapping[str, str], theirs: Mapping[str, str]) -> str | None:
+    """Name what two nodes of one topology disagree on, with both values, or None.
+
+    Settings only one side names are not compared; ``node`` names each side.
+    """
+    differ = [
+        f"{name} ({theirs[name]} vs {ours[name]})"
+        for name in ("seed", "events", "plans", "topology")
+        if name in ours and name in theirs and ours[name] != theirs[name]
+    ]
+    if not differ:
+        return None
+    both = f"{theirs.get('node', 'the peer')} and {ours.get('node', 'this node')}"
+    return f"nodes {both} disagree on {', '.join(differ)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from actors import RingflowError
 from actors.redislog import redact
+from actors.wire import DISAGREEMENT
 from topology import CheckpointError, Pipeline, Topology, TopologyError
 
 from .bench import BenchSettings, run_bench
@@ -44,9 +46,13 @@ def _positive(text: str) -> int:
 
 
 def _non_negative(text: str) -> int:
-    if text.strip() == "0":
-        return 0
-    return _positive(text)
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -548,6 +554,10 @@ def _node(args: argparse.Namespace) -> int:
             f"that reaches it could read and write the topics; {escape(hint)}"
         )
         return EXIT_USAGE
+    problem = _cannot_listen(address)
+    if problem is not None:
+        err.print(escape(problem))
+        return EXIT_USAGE
     here = topology.nodes[args.node]
     out.print(
         f"node {escape(args.node)} of {escape(topology.name)}: gateway on ws://{escape(address)}"
@@ -584,6 +594,11 @@ def _node(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+    if result.refused is not None and result.refused.code == DISAGREEMENT:
+        err.print(
+            escape(f"{result.refused}; give every node the same topology file, --seed and --events")
+        )
+        return EXIT_USAGE
     report = result.report
     path = args.report or Path("reports") / f"{topology.name}-{args.node}-seed{pipeline.seed}.json"
     write_report(report, path)
@@ -593,6 +608,29 @@ def _node(args: argparse.Namespace) -> int:
     if report["status"] == "failed" or not report["expect_ok"]:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _cannot_listen(address: str) -> str | None:
+    """Why this node could not listen on ``address`` (HOST:PORT), or None if it can."""
+    from topology.schema import parse_address
+
+    host, port = parse_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot listen on {address}: {exc.strerror or exc}"
+    for family, kind, protocol, _, where in infos:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gateway does
+            try:
+                probe.bind(where)
+            except OSError as exc:
+                why = (exc.strerror or str(exc)).lower()
+                return (
+                    f"cannot listen on {address}: {why}; stop what listens there or give "
+                    "this node another address (--listen HOST:PORT)"
+                )
+    return None
 
 
 def _peers(items: Sequence[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from actors import RingflowError, SupervisionError
+from actors import GatewayError, RingflowError, SupervisionError
 from actors.redislog import (
     RedisLogger,
     make_client,
@@ -113,6 +113,8 @@ class RunResult:
 
     report: dict[str, Any]
     pipeline: Pipeline
+    refused: GatewayError | None = None
+    """When a peer node refused this one for good (wrong token, version, disagreement)."""
 
 
 @attrs.frozen
@@ -414,6 +416,11 @@ def run_pipeline(
                 except (SupervisionError, CheckpointError) as exc:
                     if logger is not None:
                         logger.emit("errors", event="crash", error=str(exc)[:2000])
+                    refused = _refusal(exc)
+                    if refused is not None:  # retrying from a checkpoint cannot fix it
+                        state["refused"] = refused
+                        status, error = "failed", str(exc)
+                        break
                     if checkpoints is None or len(state["rollbacks"]) >= MAX_ROLLBACKS:
                         status, error = "failed", str(exc)
                         break
@@ -457,7 +464,15 @@ def run_pipeline(
     finally:
         if checkpoints is not None:
             checkpoints.store.close()
-    return RunResult(report, state["pipeline"])
+    return RunResult(report, state["pipeline"], state.get("refused"))
+
+
+def _refusal(exc: BaseException) -> GatewayError | None:
+    # The refusal by a peer node behind a crash, if that is what it was.
+    cause = exc.__cause__
+    if isinstance(cause, GatewayError) and cause.code is not None:
+        return cause
+    return None
 
 
 def _checkpoint_report(

@@ -259,6 +259,45 @@ def fingerprint(
     return hashlib.sha256(encoded).hexdigest()
 
 
+def agreement(
+    topology: Topology, seed: int, plans: list[ProducerPlan], node: str
+) -> dict[str, str]:
+    """Return what every node of a split topology must agree on, as the gateways compare it.
+
+    ``seed`` and ``events`` (the total) as they are, so that a difference is named with both
+    values; ``plans`` (the events of every producer instance) and ``topology`` (the file
+    without the settings that may differ per node: listen addresses, gateway, checkpoints,
+    Redis, clock, expectations) as short hashes; ``node`` names the side and is not compared.
+    """
+    described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
+    for setting in ("seed", "clock", "expect", "gateway"):
+        described.pop(setting)
+    for producer in described["producers"].values():
+        producer.pop("events")
+        producer.pop("duration")
+    described["nodes"] = {
+        name: [n["topics"], n["producers"], n["consumers"]]
+        for name, n in described["nodes"].items()
+    }
+
+    def digest(data: Any) -> str:
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[
+            :12
+        ]
+
+    return {
+        "node": node,
+        "seed": str(seed),
+        "events": str(sum(plan.events for plan in plans)),
+        "plans": digest([[plan.producer, plan.instance, plan.events] for plan in plans]),
+        "topology": digest(described),
+    }
+
+
+SUMMARY = tuple[int, list[tuple[int, int]], dict[str, int]]
+"""What a producer says it sent (:meth:`TopicTally.snapshot`), as gateways check it."""
+
+
 @attrs.frozen
 class Placement:
     """Which node of a split topology a pipeline runs as, and how it reaches the others."""
@@ -346,6 +385,8 @@ class Pipeline:
     """(group, topic, member) of consumers on other nodes reading this node's topics."""
     remote_urls: dict[str, str] = attrs.field(factory=dict)
     """For topics on other nodes that this node uses: the ``ws://`` address of their node."""
+    agreement: dict[str, str] = attrs.field(factory=dict)
+    """What this node's peers must agree with (see :func:`agreement`); empty when whole."""
     _remote_topics: dict[str, Any] = attrs.field(factory=dict)
     """By ``producer/instance/topic``, the remote topics local producers write to."""
     _members: dict[str, RemoteConsumer] = attrs.field(factory=dict)
@@ -437,6 +478,9 @@ class Pipeline:
             value_types=value_types,
             events_override=events,
             placement=placement,
+            agreement={}
+            if placement is None
+            else agreement(topology, run_seed, plans, placement.node),
         )
         if restore is not None:
             pipeline._restore_topics(restore[1])
@@ -463,6 +507,7 @@ class Pipeline:
                         None if placement is None else placement.token,
                         pipeline.value_type(topic),
                         topology.gateway.connect_timeout,
+                        agreement=pipeline.agreement,
                     )
             if not local:
                 continue
@@ -481,6 +526,8 @@ class Pipeline:
                 token=placement.token,
                 session_timeout=topology.gateway.session_timeout,
                 max_message_size=topology.gateway.max_message_size,
+                agreement=pipeline.agreement,
+                summary_type=SUMMARY,
             )
             saved = None if restore is None else restore[1].get(("gateway", "state"))
             if saved is not None:
@@ -932,6 +979,7 @@ class Pipeline:
                             value_type=self.value_type(topic),
                             give_up=self.topology.gateway.connect_timeout,
                             restore=self._restored_remote.get(name),
+                            agreement=self.agreement,
                         )
                     )
                     self._remote_topics[name] = target
