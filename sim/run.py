@@ -76,11 +76,7 @@ def load_topology(path: Path) -> Topology:
     Raises:
         TopologyError: The file cannot be read, or it has problems (every one is listed).
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TopologyError([f"cannot read the file: {exc.strerror}"], str(path)) from None
-    topology = Topology.from_yaml(text, str(path))
+    topology = Topology.from_file(path)
     problems = REGISTRY.check(topology)
     if problems:
         raise TopologyError(problems, str(path))

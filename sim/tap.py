@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from actors.remote import connect
 
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .console import make_console
 
 
 def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
@@ -98,7 +99,7 @@ async def stream(
 
 def run_tap(args: argparse.Namespace) -> int:
     """Run ``ringflow tap`` with parsed arguments; return its exit code."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = make_console(stderr=True)
     try:
         url = tap_url(args.url, args.start, args.partition, args.hold)
     except ValueError as exc:
