@@ -669,6 +669,8 @@ def _open_logging(
 
 
 def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None:
+    from .report import broker_rows
+
     latency = report["latency_seconds"]
     table = Table(
         title=f"{report['topology']}"
@@ -679,8 +681,13 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
     )
     table.add_column("what")
     table.add_column("figure", justify="right")
-    table.add_row("events produced", f"{report['events_produced']:,}")
-    table.add_row("events consumed (by every consumer)", f"{report['events_consumed']:,}")
+    if report["events_planned"] or not report.get("node"):
+        table.add_row("events produced", f"{report['events_produced']:,}")
+    if report["consumers"] or not report.get("node"):
+        table.add_row("events consumed (by every consumer)", f"{report['events_consumed']:,}")
+    if report.get("node") and report["partitions"]:  # a node hosting topics: its rings' work
+        for what, figure in broker_rows(report):
+            table.add_row(escape(what), figure)
     table.add_row("wall time", f"{report['wall_seconds']:,.2f} s")
     virtual = report["clock"] == "virtual"
     if virtual:
@@ -704,7 +711,8 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
         "blocked time, all partitions",
         f"{sum(p['blocked_seconds'] for p in report['partitions']):,.2f} s",
     )
-    table.add_row("digest of aggregates", report["digest"][:16] + "...")
+    if report["aggregates"]:  # where no consumer runs there are none to digest
+        table.add_row("digest of aggregates", report["digest"][:16] + "...")
     console.print(table)
     for name, result in report["expect"].items():
         mark = "[green]ok[/green]" if result["ok"] else "[red]FAILED[/red]"

@@ -43,6 +43,7 @@ from topology import (
 
 from .processors import PROCESSORS
 from .report import build_report
+from .stall import watch_progress
 from .workloads import WORKLOADS
 
 REGISTRY = Registry(workloads=WORKLOADS, processors=PROCESSORS)
@@ -402,6 +403,12 @@ def run_pipeline(
                 nursery.start_soon(
                     _stop_on_sigint, nursery.cancel_scope, interrupted, state, checkpoints
                 )
+            if pipeline.placement is None:  # a node may wait for its peers as long as needed
+                nursery.start_soon(
+                    watch_progress,
+                    lambda: state["pipeline"],
+                    functools.partial(_stalled, nursery.cancel_scope, state),
+                )
             while True:
                 current: Pipeline = state["pipeline"]
                 try:
@@ -434,6 +441,8 @@ def run_pipeline(
             nursery.cancel_scope.cancel()  # the run is over: stop listening for Ctrl-C
         if interrupted.is_set():
             status = "interrupted"
+        elif "stalled" in state:
+            status, error = "failed", state["stalled"]
         final: Pipeline = state["pipeline"]
         final.wall_started = wall_started
         sample()
@@ -472,6 +481,11 @@ def _checkpoint_report(
         "write_seconds_total": round(sum(e.write_seconds for e in pipeline.epochs), 6),
         "rollbacks": rollbacks,
     }
+
+
+def _stalled(scope: trio.CancelScope, state: dict[str, Any], reason: str) -> None:
+    state["stalled"] = reason
+    scope.cancel()
 
 
 async def _stop_on_sigint(
