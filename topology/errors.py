@@ -23,7 +23,7 @@ class TopologyError(RingflowError, ValueError):
             )
 
 
-class FieldError(ValueError):
+class FieldError(RingflowError, ValueError):
     """Raised by a field validator; carries the field's name so the path can name it."""
 
     def __init__(self, field: str, message: str) -> None:
