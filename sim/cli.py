@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a topology file to completion with a live view, then print a summary and "
             "write a JSON report (and a PNG chart when matplotlib is installed). Ctrl-C stops "
             "cleanly and writes a partial report. Exit code: 0 when every 'expect' invariant "
-            "holds, 1 when one fails or an actor crashes, 2 for a bad file, 130 on Ctrl-C."
+            "holds, 1 when one fails, an actor crashes or the run stalls, 2 for a bad file, "
+            "130 on Ctrl-C."
         ),
     )
     run.add_argument("topology", type=Path, metavar="TOPOLOGY.yaml", help="the topology file")
