@@ -29,7 +29,7 @@ def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
     if len(segments) != 2 or segments[0] != "tap":
         raise ValueError(f"{url!r}: the path must be /tap/TOPIC")
     if start not in ("earliest", "latest") and not start.isdigit():
-        raise ValueError(f"--from {start!r}: expected earliest, latest or an offset")
+        raise ValueError(f"--from {start!r}: expected earliest, latest or an offset (0 or more)")
     query = dict(parse_qsl(parts.query))
     query["from"] = start
     if partition is not None:

@@ -157,6 +157,11 @@ def test_every_problem_of_a_topic_or_producer_block_is_reported(
             "$.topics: at most 10,000,000 records in all rings",
         ),
         (
+            "capacity: 100",
+            "capacity: dynamic, retention: 9000000",
+            "$.topics: at most 10,000,000 records in all rings",
+        ),
+        (
             "events: 100}",
             "events: 100, instances: 100000000}",
             "$.producers.site.instances: at most 256 instances, got 100,000,000: each instance",
@@ -381,6 +386,15 @@ def test_numeric_options_name_their_real_bounds(
         build_parser().parse_args(args)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_negative_tap_offset_is_refused_with_its_bound(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["tap", "ws://127.0.0.1:1/tap/events", "--from", "-5"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "--from '-5': expected earliest, latest or an offset (0 or more)"
+    )
 
 
 def test_the_bounds_themselves_are_accepted() -> None:

@@ -139,10 +139,9 @@ class TopicSpec(Checked):
 
     @property
     def ring_records(self) -> int:
-        """The most records the topic's rings hold at once (0 for dynamic rings)."""
-        if self.ring_capacity is None:
-            return 0
-        return self.partitions * (self.ring_capacity + self.retention)
+        """The most records the topic's rings hold at once; for dynamic rings, which grow as
+        far as consumers lag, only what retention keeps."""
+        return self.partitions * ((self.ring_capacity or 0) + self.retention)
 
 
 @attrs.frozen
