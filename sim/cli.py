@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
@@ -19,8 +20,10 @@ from actors import RingflowError
 from actors.redislog import redact
 from actors.wire import DISAGREEMENT
 from topology import CheckpointError, Pipeline, Topology, TopologyError
+from topology.limits import MAX_EVENTS
 
 from .bench import BenchSettings, run_bench
+from .console import make_console
 
 if TYPE_CHECKING:
     from .redis_server import EmbeddedRedis
@@ -35,23 +38,37 @@ EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C; a partial report was written."""
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, low: int, high: int | None = None) -> int:
     try:
         value = int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {value:,}")
     return value
 
 
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
 def _non_negative(text: str) -> int:
+    return _whole(text, 0)
+
+
+def _events(text: str) -> int:
+    return _whole(text, 0, MAX_EVENTS)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = int(text.replace("_", ""))
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -70,14 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a topology file to completion with a live view, then print a summary and "
             "write a JSON report (and a PNG chart when matplotlib is installed). Ctrl-C stops "
             "cleanly and writes a partial report. Exit code: 0 when every 'expect' invariant "
-            "holds, 1 when one fails or an actor crashes, 2 for a bad file, 130 on Ctrl-C."
+            "holds, 1 when one fails, an actor crashes or the run stalls, 2 for a bad file, "
+            "130 on Ctrl-C."
         ),
     )
     run.add_argument("topology", type=Path, metavar="TOPOLOGY.yaml", help="the topology file")
     run.add_argument("--seed", type=_non_negative, help="replace the file's seed")
     run.add_argument(
         "--events",
-        type=_non_negative,
+        type=_events,
         help="replace the total number of events (split over producers in proportion to the file)",
     )
     run.add_argument(
@@ -119,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--events",
-        type=_non_negative,
+        type=_events,
         help="replace the total number of events (give the same number to every node)",
     )
     node.add_argument(
@@ -186,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tap.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="keep trying a node that cannot be reached yet for this long (default: 10)",
@@ -307,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--tap-seconds",
-        type=float,
+        type=_seconds,
         default=defaults.tap_seconds,
         help="seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips "
         "it (default: %(default)s)",
@@ -354,7 +372,7 @@ def _bench(args: argparse.Namespace) -> int:
         gateway_records=args.gateway_records,
         tap_seconds=args.tap_seconds,
     )
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     if args.json:
         result = run_bench(settings)
         print(json.dumps(result, indent=2))
@@ -427,7 +445,7 @@ def _bench(args: argparse.Namespace) -> int:
             "ring peak depth / capacity",
             f"{result['slow_consumer_peak_depth']:,} / {result['slow_consumer_capacity']:,}",
         )
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 
@@ -439,13 +457,13 @@ def run() -> None:
 def _validate(args: argparse.Namespace) -> int:
     from .run import load_topology
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:
         console.print(escape(str(exc)))
         return EXIT_USAGE
-    Console(highlight=False).print(
+    make_console().print(
         f"{escape(str(args.topology))}: valid topology {topology.name!r}: "
         f"{len(topology.topics)} topics, {len(topology.producers)} producers, "
         f"{len(topology.consumers)} consumers"
@@ -458,7 +476,7 @@ def _run(args: argparse.Namespace) -> int:
     from .report import write_chart, write_report
     from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
@@ -466,7 +484,7 @@ def _run(args: argparse.Namespace) -> int:
     except (TopologyError, CheckpointError) as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
-    out = Console(highlight=False)
+    out = make_console()
     if pipeline.restored_from is not None and checkpoints is not None:
         epoch = pipeline.restored_from
         out.print(
@@ -526,8 +544,8 @@ def _node(args: argparse.Namespace) -> int:
     from .report import write_report
     from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out = Console(highlight=False, soft_wrap=True)
+    err = make_console(stderr=True)
+    out = make_console()
     try:
         topology = load_topology(args.topology)
         peers = _peers(args.peer or os.environ.get("RINGFLOW_PEERS", "").split(","))
@@ -686,6 +704,8 @@ def _open_logging(
 
 
 def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None:
+    from .report import broker_rows
+
     latency = report["latency_seconds"]
     table = Table(
         title=f"{report['topology']}"
@@ -696,8 +716,13 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
     )
     table.add_column("what")
     table.add_column("figure", justify="right")
-    table.add_row("events produced", f"{report['events_produced']:,}")
-    table.add_row("events consumed (by every consumer)", f"{report['events_consumed']:,}")
+    if report["events_planned"] or not report.get("node"):
+        table.add_row("events produced", f"{report['events_produced']:,}")
+    if report["consumers"] or not report.get("node"):
+        table.add_row("events consumed (by every consumer)", f"{report['events_consumed']:,}")
+    if report.get("node") and report["partitions"]:  # a node hosting topics: its rings' work
+        for what, figure in broker_rows(report):
+            table.add_row(escape(what), figure)
     table.add_row("wall time", f"{report['wall_seconds']:,.2f} s")
     virtual = report["clock"] == "virtual"
     if virtual:
@@ -721,7 +746,8 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
         "blocked time, all partitions",
         f"{sum(p['blocked_seconds'] for p in report['partitions']):,.2f} s",
     )
-    table.add_row("digest of aggregates", report["digest"][:16] + "...")
+    if report["aggregates"]:  # where no consumer runs there are none to digest
+        table.add_row("digest of aggregates", report["digest"][:16] + "...")
     console.print(table)
     for name, result in report["expect"].items():
         mark = "[green]ok[/green]" if result["ok"] else "[red]FAILED[/red]"
@@ -762,8 +788,8 @@ def _checkpoints(args: argparse.Namespace) -> int:
 
     from topology.checkpoint import read_store
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out = Console(highlight=False)
+    err = make_console(stderr=True)
+    out = make_console()
     try:
         meta, store = read_store(args.state)
         epochs = store.epochs()

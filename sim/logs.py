@@ -14,6 +14,7 @@ from rich.table import Table
 
 from actors.redislog import CATEGORIES, RUNS_KEY, counters_key, redact, run_key, stream_key
 
+from .console import make_console
 from .redis_server import EmbeddedRedis, RedisUnavailable
 
 
@@ -36,7 +37,7 @@ def _state_folder(args: argparse.Namespace) -> Path | None:
 
 def show_logs(args: argparse.Namespace) -> int:
     """Run ``ringflow logs``; return the exit code."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = make_console(stderr=True)
     server = None
     url = args.redis
     if url is None:

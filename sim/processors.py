@@ -12,7 +12,9 @@ from typing import Any
 
 import attrs
 
-from topology import FieldError, ProcessorType
+from topology import Checked, FieldError, ProcessorType
+
+from .workloads import Click, CustomEvent, PageView, VideoEvent, WatchProgress
 
 
 @attrs.frozen
@@ -88,8 +90,14 @@ class VideoStats:
 # -- blogger analytics -----------------------------------------------------------------------
 
 
+MIN_WINDOW = 0.01
+"""The shortest window of ``blogger_analytics``, in seconds of event time."""
+MAX_TOP = 1000
+"""The most videos listed per window."""
+
+
 @attrs.frozen
-class BloggerAnalyticsParams:
+class BloggerAnalyticsParams(Checked):
     """Settings of ``blogger_analytics``."""
 
     window: float = 60.0
@@ -97,11 +105,24 @@ class BloggerAnalyticsParams:
     top: int = 3
     """How many top videos each window lists."""
 
-    def __attrs_post_init__(self) -> None:
-        if not self.window > 0:
-            raise FieldError("window", f"must be > 0 seconds, got {self.window}")
+    def problems(self) -> list[FieldError]:
+        """Every setting out of range, all at once."""
+        errors = []
+        if not self.window >= MIN_WINDOW:
+            errors.append(
+                FieldError(
+                    "window",
+                    f"must be >= {MIN_WINDOW:g} seconds, got {self.window}: every window is "
+                    "kept until the run ends, so shorter ones would cost memory per event",
+                )
+                if self.window > 0
+                else FieldError("window", f"must be > 0 seconds, got {self.window}")
+            )
         if self.top < 1:
-            raise FieldError("top", f"must be >= 1, got {self.top}")
+            errors.append(FieldError("top", f"must be >= 1, got {self.top}"))
+        elif self.top > MAX_TOP:
+            errors.append(FieldError("top", f"at most {MAX_TOP}, got {self.top:,}"))
+        return errors
 
 
 class BloggerAnalytics:
@@ -303,6 +324,7 @@ PROCESSORS: dict[str, ProcessorType] = {
         description="per video: views, likes, dislikes, comments, watches, seconds watched",
         params=NoParams,
         make=VideoStats,
+        accepts=(VideoEvent,),
     ),
     "blogger_analytics": ProcessorType(
         name="blogger_analytics",
@@ -310,12 +332,14 @@ PROCESSORS: dict[str, ProcessorType] = {
         "top videos",
         params=BloggerAnalyticsParams,
         make=BloggerAnalytics,
+        accepts=(VideoEvent,),
     ),
     "ugc_counters": ProcessorType(
         name="ugc_counters",
         description="counts per UGC event kind, per page, per custom event and per film",
         params=NoParams,
         make=UgcCounters,
+        accepts=(Click, PageView, CustomEvent, WatchProgress),
     ),
 }
 """Processors by name."""

@@ -59,14 +59,21 @@ def build_report(
         for tally in pipeline.tallies.values():
             latency.update(tally.latency)
     aggregates = {name: processor.result() for name, processor in pipeline.processors.items()}
+    delivered: dict[tuple[str, int], dict[str, int]] = {}
+    for topic_name, group in pipeline.local_groups():
+        for index, offset in enumerate(group.statistics().delivered):
+            delivered.setdefault((topic_name, index), {})[group.name] = offset
     partitions = [
         {
             "topic": s.topic,
             "partition": s.partition,
             "records": s.end_offset,
             "capacity": s.capacity,
+            "depth": s.depth,
             "peak_depth": s.peak_depth,
             "blocked_seconds": round(s.blocked_seconds, 6),
+            "delivered": delivered.get((s.topic, s.partition), {}),
+            "committed": s.committed,
             "lag": s.lag,
         }
         for topic in pipeline.topics.values()
@@ -103,6 +110,37 @@ def build_report(
             "rows": samples or [],
         },
     }
+
+
+def broker_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for the summary of a node that hosts topics: what its rings accepted, delivered
+    to each consumer group, and still hold, in total and per partition."""
+    parts = report["partitions"]
+    groups = sorted({group for p in parts for group in p["delivered"]})
+    rows = [("records accepted", f"{sum(p['records'] for p in parts):,}")]
+    rows.extend(
+        (
+            f"records delivered to group {group}",
+            f"{sum(p['delivered'].get(group, 0) for p in parts):,}",
+        )
+        for group in groups
+    )
+    rows.append(("records in rings", f"{sum(p['depth'] for p in parts):,}"))
+    for p in parts:
+        capacity = "dynamic" if p["capacity"] is None else f"{p['capacity']:,}"
+        counts = {group: p["delivered"].get(group, 0) for group in groups}
+        if len(set(counts.values())) == 1:
+            delivered = f"{next(iter(counts.values())):,} delivered to each group"
+        else:
+            delivered = ", ".join(f"{n:,} delivered to {group}" for group, n in counts.items())
+        rows.append(
+            (
+                f"{p['topic']}[{p['partition']}]",
+                f"{p['records']:,} accepted, {delivered or 'no group'}, {p['depth']:,} in ring "
+                f"(peak {p['peak_depth']:,} of {capacity})",
+            )
+        )
+    return rows
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

@@ -43,6 +43,7 @@ from topology import (
 
 from .processors import PROCESSORS
 from .report import build_report
+from .stall import watch_progress
 from .workloads import WORKLOADS
 
 REGISTRY = Registry(workloads=WORKLOADS, processors=PROCESSORS)
@@ -76,11 +77,7 @@ def load_topology(path: Path) -> Topology:
     Raises:
         TopologyError: The file cannot be read, or it has problems (every one is listed).
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TopologyError([f"cannot read the file: {exc.strerror}"], str(path)) from None
-    topology = Topology.from_yaml(text, str(path))
+    topology = Topology.from_file(path)
     problems = REGISTRY.check(topology)
     if problems:
         raise TopologyError(problems, str(path))
@@ -408,6 +405,12 @@ def run_pipeline(
                 nursery.start_soon(
                     _stop_on_sigint, nursery.cancel_scope, interrupted, state, checkpoints
                 )
+            if pipeline.placement is None:  # a node may wait for its peers as long as needed
+                nursery.start_soon(
+                    watch_progress,
+                    lambda: state["pipeline"],
+                    functools.partial(_stalled, nursery.cancel_scope, state),
+                )
             while True:
                 current: Pipeline = state["pipeline"]
                 try:
@@ -445,6 +448,8 @@ def run_pipeline(
             nursery.cancel_scope.cancel()  # the run is over: stop listening for Ctrl-C
         if interrupted.is_set():
             status = "interrupted"
+        elif "stalled" in state:
+            status, error = "failed", state["stalled"]
         final: Pipeline = state["pipeline"]
         final.wall_started = wall_started
         sample()
@@ -491,6 +496,11 @@ def _checkpoint_report(
         "write_seconds_total": round(sum(e.write_seconds for e in pipeline.epochs), 6),
         "rollbacks": rollbacks,
     }
+
+
+def _stalled(scope: trio.CancelScope, state: dict[str, Any], reason: str) -> None:
+    state["stalled"] = reason
+    scope.cancel()
 
 
 async def _stop_on_sigint(

@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from actors.remote import connect
 
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from .console import make_console
 
 
 def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
@@ -28,7 +29,7 @@ def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
     if len(segments) != 2 or segments[0] != "tap":
         raise ValueError(f"{url!r}: the path must be /tap/TOPIC")
     if start not in ("earliest", "latest") and not start.isdigit():
-        raise ValueError(f"--from {start!r}: expected earliest, latest or an offset")
+        raise ValueError(f"--from {start!r}: expected earliest, latest or an offset (0 or more)")
     query = dict(parse_qsl(parts.query))
     query["from"] = start
     if partition is not None:
@@ -98,7 +99,7 @@ async def stream(
 
 def run_tap(args: argparse.Namespace) -> int:
     """Run ``ringflow tap`` with parsed arguments; return its exit code."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = make_console(stderr=True)
     try:
         url = tap_url(args.url, args.start, args.partition, args.hold)
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
 from typing import Any, ClassVar
@@ -10,11 +11,15 @@ from typing import Any, ClassVar
 import attrs
 import msgspec
 
-from topology import FieldError, WorkloadType
+from topology import Checked, FieldError, WorkloadType
+from topology.limits import MAX_CATALOGUE, MAX_CATALOGUE_WHY, MAX_IDS, MAX_IDS_WHY, limit_problem
 
 # Event payloads are msgspec structs rather than attrs classes: measured here, building one
 # costs ~120 ns against ~770 ns for a frozen attrs class, and gc=False keeps tens of millions of
 # them out of the cyclic garbage collector. Records around them are still attrs classes.
+
+MAX_WATCH_SECONDS = 86_400
+"""The longest video of the video site, in seconds."""
 
 TABLE_SIZE = 65_536
 """Slots in the lookup tables used to sample skewed distributions quickly."""
@@ -31,12 +36,27 @@ def _sampling_table(weights: list[float], size: int = TABLE_SIZE) -> list[int]:
     return [bisect.bisect_right(cumulative, (j + 0.5) / size) for j in range(size)]
 
 
-def _check_mix(name: str, mix: dict[str, float], kinds: tuple[str, ...]) -> None:
+def _check_mix(name: str, mix: dict[str, float], kinds: tuple[str, ...]) -> list[FieldError]:
     unknown = set(mix) - set(kinds)
     if unknown:
-        raise FieldError(name, f"unknown kinds {sorted(unknown)}; kinds are {', '.join(kinds)}")
+        return [FieldError(name, f"unknown kinds {sorted(unknown)}; kinds are {', '.join(kinds)}")]
     if any(not w >= 0 for w in mix.values()) or not sum(mix.values()) > 0:
-        raise FieldError(name, "weights must be >= 0 and not all zero")
+        return [FieldError(name, "weights must be >= 0 and not all zero")]
+    return []
+
+
+def _check_counts(params: Any, fields: tuple[str, ...], limits: dict[str, int]) -> list[FieldError]:
+    errors = []
+    for field in fields:
+        value = getattr(params, field)
+        if value < 1:
+            errors.append(FieldError(field, f"must be >= 1, got {value}"))
+            continue
+        why = MAX_IDS_WHY if field == "users" else MAX_CATALOGUE_WHY
+        problem = limit_problem(value, limits[field], field, why)
+        if problem is not None:
+            errors.append(FieldError(field, problem))
+    return errors
 
 
 # -- the video site -------------------------------------------------------------------------
@@ -69,7 +89,7 @@ def _default_video_mix() -> dict[str, float]:
 
 
 @attrs.frozen
-class VideoSiteParams:
+class VideoSiteParams(Checked):
     """Settings of the ``video_site`` workload."""
 
     videos: int = 1000
@@ -85,17 +105,30 @@ class VideoSiteParams:
     max_watch_seconds: int = 600
     """Videos last between 30 seconds and this; a watch lasts up to the video's length."""
 
-    def __attrs_post_init__(self) -> None:
-        for field in ("videos", "bloggers", "users"):
-            if getattr(self, field) < 1:
-                raise FieldError(field, f"must be >= 1, got {getattr(self, field)}")
-        if self.bloggers > self.videos:
-            raise FieldError("bloggers", f"cannot exceed videos ({self.videos})")
+    def problems(self) -> list[FieldError]:
+        """Every setting out of range, all at once."""
+        errors = _check_counts(
+            self,
+            ("videos", "bloggers", "users"),
+            {"videos": MAX_CATALOGUE, "bloggers": MAX_CATALOGUE, "users": MAX_IDS},
+        )
+        if self.bloggers > self.videos >= 1:
+            errors.append(FieldError("bloggers", f"cannot exceed videos ({self.videos})"))
         if not self.zipf >= 0:
-            raise FieldError("zipf", f"must be >= 0, got {self.zipf}")
+            errors.append(FieldError("zipf", f"must be >= 0, got {self.zipf}"))
         if self.max_watch_seconds < 30:
-            raise FieldError("max_watch_seconds", f"must be >= 30, got {self.max_watch_seconds}")
-        _check_mix("mix", self.mix, VIDEO_KINDS)
+            errors.append(
+                FieldError("max_watch_seconds", f"must be >= 30, got {self.max_watch_seconds}")
+            )
+        elif self.max_watch_seconds > MAX_WATCH_SECONDS:
+            errors.append(
+                FieldError(
+                    "max_watch_seconds",
+                    f"at most {MAX_WATCH_SECONDS:,} (a day), got {self.max_watch_seconds:,}",
+                )
+            )
+        errors.extend(_check_mix("mix", self.mix, VIDEO_KINDS))
+        return errors
 
 
 @attrs.frozen
@@ -124,6 +157,18 @@ class VideoCatalog:
         return cls(owner, length_ms, popularity)
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_catalog(
+    videos: int, bloggers: int, zipf: float, max_watch_seconds: int, seed: int
+) -> VideoCatalog:
+    # The instances of a producer share one catalogue (it derives from these alone): with many
+    # instances and a large catalogue, one copy each would multiply the memory.
+    params = VideoSiteParams(
+        videos=videos, bloggers=bloggers, zipf=zipf, max_watch_seconds=max_watch_seconds
+    )
+    return VideoCatalog.build(params, seed)
+
+
 class VideoSite:
     """The video site of one producer instance.
 
@@ -140,7 +185,9 @@ class VideoSite:
         source: int | None = None,
     ) -> None:
         self.params = params
-        self.catalog = VideoCatalog.build(params, seed)
+        self.catalog = _shared_catalog(
+            params.videos, params.bloggers, params.zipf, params.max_watch_seconds, seed
+        )
         self.source = instance if source is None else source
         self._rng = random.Random(f"{seed}/{name}/{instance}")
         self._random = self._rng.random
@@ -259,7 +306,7 @@ def _default_custom_names() -> list[str]:
 
 
 @attrs.frozen
-class UgcParams:
+class UgcParams(Checked):
     """Settings of the ``ugc`` workload."""
 
     users: int = 100_000
@@ -275,13 +322,19 @@ class UgcParams:
     custom_names: list[str] = attrs.field(factory=_default_custom_names)
     """Names of custom events."""
 
-    def __attrs_post_init__(self) -> None:
-        for field in ("users", "pages", "movies"):
-            if getattr(self, field) < 1:
-                raise FieldError(field, f"must be >= 1, got {getattr(self, field)}")
+    def problems(self) -> list[FieldError]:
+        """Every setting out of range, all at once."""
+        errors = _check_counts(
+            self,
+            ("users", "pages", "movies"),
+            {"users": MAX_IDS, "pages": MAX_CATALOGUE, "movies": MAX_CATALOGUE},
+        )
+        if not self.zipf >= 0:
+            errors.append(FieldError("zipf", f"must be >= 0, got {self.zipf}"))
         if not self.custom_names:
-            raise FieldError("custom_names", "needs at least one name")
-        _check_mix("mix", self.mix, UGC_KINDS)
+            errors.append(FieldError("custom_names", "needs at least one name"))
+        errors.extend(_check_mix("mix", self.mix, UGC_KINDS))
+        return errors
 
 
 class Ugc:

@@ -1,31 +1,148 @@
-"""The packages export exactly their public API."""
+"""The packages export exactly their public API.
+
+Every public class and function defined in a module of ``actors`` or ``topology`` is either
+re-exported by its package or listed below as used through its module (the wire protocol's
+frames, the Redis logger's helpers, the builder's internals); every name a package exports is
+defined in one of its own modules. A new public name must take one side.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 import types
 
+import pytest
+
 import actors
+import topology
+
+MODULE_LEVEL = {
+    "actors": {
+        "partition": {"as_columns"},
+        "producer": {"Destination", "Sink"},
+        "redislog": {
+            "LoggerStatistics",
+            "RedisLogger",
+            "counters_key",
+            "make_client",
+            "real_time_limit",
+            "redact",
+            "run_key",
+            "sleep_real",
+            "stream_key",
+        },
+        "remote": {"Connection", "RemotePartition", "batch_frame", "connect"},
+        "wire": {
+            "Batch",
+            "Delivery",
+            "End",
+            "Finish",
+            "Finished",
+            "Hello",
+            "Idle",
+            "Leave",
+            "Next",
+            "Welcome",
+            "Window",
+            "batch_problem",
+            "check_hello",
+            "decoder",
+            "describe_decode_error",
+            "disagreement",
+            "hello_problem",
+            "incompatible",
+            "offsets_problem",
+        },
+    },
+    "topology": {
+        "build": {
+            "ConsumerTally",
+            "agreement",
+            "Placement",
+            "ProducerPlan",
+            "TopicTally",
+            "fingerprint",
+            "producer_id",
+            "split_evenly",
+            "split_proportionally",
+        },
+        "checkpoint": {"Snapshot", "read_store"},
+        "limits": {"limit_problem"},
+        "schema": {
+            "checks",
+            "describe_errors",
+            "duplicate_keys",
+            "make_converter",
+            "parse_address",
+        },
+    },
+}
+"""Public names used through their module rather than the package, per package and module."""
+
+PACKAGES = [actors, topology]
 
 
-def test_actors_exports_are_public_and_exist() -> None:
-    public = {name for name in vars(actors) if not name.startswith("_")}
-    modules = {
-        "errors",
-        "group",
-        "partition",
-        "partitioner",
-        "producer",
-        "record",
-        "supervisor",
-        "topic",
+def modules_of(package: types.ModuleType) -> dict[str, types.ModuleType]:
+    """Every public module of ``package``, imported, by short name."""
+    return {
+        info.name: importlib.import_module(f"{package.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_")
     }
-    exported = public - modules
-    for name in exported:
-        value = getattr(actors, name)
-        if isinstance(value, types.UnionType):  # a type alias such as Key
-            continue
-        module = getattr(value, "__module__", "actors.")
-        assert module.startswith("actors."), f"{name} comes from {module}, not from actors"
+
+
+def defined_in(module: types.ModuleType) -> set[str]:
+    """The public classes and functions ``module`` itself defines (not those it imports)."""
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == module.__name__
+    }
+
+
+def exported_by(package: types.ModuleType) -> dict[str, object]:
+    """What ``package`` exports: its public names that are not its submodules."""
+    return {
+        name: value
+        for name, value in vars(package).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_every_public_name_of_every_module_is_exported_or_listed(
+    package: types.ModuleType,
+) -> None:
+    exported = exported_by(package)
+    listed = MODULE_LEVEL[package.__name__]
+    modules = modules_of(package)
+    assert set(listed) <= set(modules), "a listed module does not exist"
+    for name, module in modules.items():
+        public = defined_in(module)
+        here = listed.get(name, set())
+        missing = public - set(exported) - here
+        assert not missing, f"{module.__name__} defines {sorted(missing)}: export or list them"
+        gone = here - public
+        assert not gone, f"{module.__name__} no longer defines {sorted(gone)}: unlist them"
+        both = here & set(exported)
+        assert not both, f"{sorted(both)} of {module.__name__} are exported and listed"
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_every_exported_name_is_defined_in_the_package(package: types.ModuleType) -> None:
+    modules = modules_of(package).values()
+    for name, value in exported_by(package).items():
+        homes = [m.__name__ for m in modules if vars(m).get(name) is value]
+        assert homes, f"{package.__name__}.{name} is not defined in any of its modules"
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__module__ in homes, f"{name} comes from {value.__module__}"
+
+
+def test_the_core_api_is_exported() -> None:
     for name in (
         "Topic",
         "Partition",
@@ -37,16 +154,21 @@ def test_actors_exports_are_public_and_exist() -> None:
         "open_supervisor",
         "RingflowError",
         "BatchCodec",
+        "Gateway",
+        "open_remote_topic",
     ):
-        assert name in exported
+        assert name in exported_by(actors)
+    for name in ("Topology", "Pipeline", "Registry", "TopologyError", "CheckpointStore"):
+        assert name in exported_by(topology)
 
 
 def test_every_error_derives_from_ringflow_error() -> None:
     errors = [
         value
-        for name, value in vars(actors).items()
+        for package in PACKAGES
+        for value in exported_by(package).values()
         if isinstance(value, type) and issubclass(value, Exception)
     ]
-    assert len(errors) >= 6
+    assert len(errors) >= 8
     for error in errors:
         assert issubclass(error, actors.RingflowError)

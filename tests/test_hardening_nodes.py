@@ -148,7 +148,7 @@ def test_a_node_whose_listen_address_is_taken_says_so_in_one_line(tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--partition", "-3"], "argument --partition: must be 0 or more, got -3"),
+        (["--partition", "-3"], "argument --partition: must be at least 0, got -3"),
         (["--partition", "x"], "argument --partition: expected a whole number, got 'x'"),
         (["--limit", "0"], "argument --limit: must be at least 1, got 0"),
     ],

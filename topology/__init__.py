@@ -8,11 +8,13 @@ from .checkpoint import EpochInfo as EpochInfo
 from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
+from .errors import raise_field_errors as raise_field_errors
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType
 from .registry import Registry as Registry
 from .registry import Workload as Workload
 from .registry import WorkloadType as WorkloadType
+from .schema import Checked as Checked
 from .schema import CheckpointSpec as CheckpointSpec
 from .schema import ConsumerSpec as ConsumerSpec
 from .schema import ExpectSpec as ExpectSpec

@@ -102,7 +102,9 @@ class ConsumerTally:
     The order check is per key and producer instance: events of one key from one instance
     must arrive in the order they were made, each once. It is done a batch at a time: within
     a partition, each instance's sequence numbers must rise strictly, and each key must only
-    ever be seen in one partition; together these imply per-key order.
+    ever be seen in one partition; together these imply per-key order. Records without a key
+    are spread round robin, so only the first part applies to them: within each partition,
+    each instance's records arrive in the order made, each once.
     """
 
     name: str
@@ -170,6 +172,8 @@ class ConsumerTally:
         seen = self._key_partition[topic]
         partition = batch.partition
         for key in set(batch.keys):
+            if key is None:  # spread round robin: no key, so no per-key order to keep
+                continue
             where = seen.setdefault(key, partition)
             if where != partition:
                 self._violation(

@@ -15,16 +15,32 @@ class TopologyError(RingflowError, ValueError):
     def __init__(self, problems: list[str], source: str = "topology") -> None:
         self.problems = problems
         self.source = source
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {p}" for p in problems))
+        if len(problems) == 1:  # one line, as a compiler would say it
+            super().__init__(f"{source}: {problems[0]}")
+        else:
+            super().__init__(
+                f"{source}: {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)
+            )
 
 
-class FieldError(ValueError):
+class FieldError(RingflowError, ValueError):
     """Raised by a field validator; carries the field's name so the path can name it."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def raise_field_errors(errors: list[FieldError]) -> None:
+    """Raise every problem found in one block of a topology file at once.
+
+    One problem is raised as itself, several as an :exc:`ExceptionGroup` of them (which the
+    topology's error reporting flattens into one line each); nothing is raised for none.
+    """
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup(f"{len(errors)} problems", errors)
 
 
 class CheckpointError(RingflowError):

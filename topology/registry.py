@@ -84,8 +84,9 @@ class WorkloadType:
 
     Its randomness comes from the seed, the name and the instance number; every event carries
     ``source``, a number unique over all producer instances of the topology."""
-    event_types: Mapping[str, tuple[type, ...]] = attrs.field(factory=dict)
-    """The event classes of each stream (msgspec structs with tags), to decode checkpoints."""
+    event_types: Mapping[str, tuple[type, ...]]
+    """The event classes each stream produces (msgspec structs with tags): what a processor
+    reading the stream's topic must accept, and how checkpoints and the wire decode them."""
 
 
 @attrs.frozen
@@ -98,6 +99,8 @@ class ProcessorType:
     """An attrs class of the processor's settings, filled from ``params`` in the file."""
     make: Callable[[Any], Processor]
     """Build an instance from its params."""
+    accepts: tuple[type, ...]
+    """The event classes it can fold: every topic it reads must carry only these."""
 
 
 @attrs.frozen
@@ -143,6 +146,43 @@ class Registry:
                 )
                 continue
             problems.extend(_check_params(processor.params, consumer.params, f"{path}.params"))
+            problems.extend(self._check_events(topology, name, processor))
+        return problems
+
+    def _check_events(self, topology: Topology, name: str, processor: ProcessorType) -> list[str]:
+        """Every event a consumer's topics carry must be one its processor accepts."""
+        problems = []
+        consumer = topology.consumers[name]
+        for topic in consumer.topic_names:
+            for producer_name, producer in topology.producers.items():
+                workload = self.workloads.get(producer.workload)
+                if workload is None:
+                    continue  # reported with the producer
+                for stream in workload.streams:
+                    target = producer.topic if producer.topic else producer.topics.get(stream)
+                    if target != topic:
+                        continue
+                    refused = [
+                        t
+                        for t in workload.event_types.get(stream, ())
+                        if t not in processor.accepts
+                    ]
+                    if not refused:
+                        continue
+                    names = ", ".join(t.__name__ for t in refused)
+                    fitting = sorted(
+                        other.name
+                        for other in self.processors.values()
+                        if all(t in other.accepts for t in refused)
+                    )
+                    problems.append(
+                        f"$.consumers.{name}.processor: processor {processor.name!r} accepts "
+                        f"{', '.join(t.__name__ for t in processor.accepts)} events, but topic "
+                        f"{topic!r} carries {names} events from workload {workload.name!r} "
+                        f"(producer {producer_name!r}); use a processor that accepts them"
+                        + (f" ({', '.join(fitting)})" if fitting else "")
+                        + " or read another topic"
+                    )
         return problems
 
     def workload_params(self, topology: Topology, producer: str) -> Any:

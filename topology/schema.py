@@ -6,6 +6,7 @@ import math
 import re
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
@@ -13,15 +14,43 @@ import cattrs
 import yaml
 from cattrs.errors import ForbiddenExtraKeysError
 
-from .errors import FieldError, TopologyError
+from .errors import FieldError, TopologyError, raise_field_errors
+from .limits import (
+    MAX_BATCH,
+    MAX_BATCH_WHY,
+    MAX_EVENTS,
+    MAX_EVENTS_WHY,
+    MAX_INSTANCES,
+    MAX_INSTANCES_WHY,
+    MAX_MESSAGE_SIZE,
+    MAX_MESSAGE_SIZE_WHY,
+    MAX_PARTITIONS,
+    MAX_PARTITIONS_WHY,
+    MAX_RING_RECORDS,
+    MAX_RING_RECORDS_WHY,
+    limit_problem,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _at_least(low: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+Check = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+"""A check of one field's value: raises :exc:`FieldError` when the value is wrong."""
+
+
+def _at_least(low: float) -> Check:
     def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and value < low:
             raise FieldError(attribute.name, f"must be >= {low:g}, got {value}")
+
+    return check
+
+
+def _at_most(high: int, what: str, why: str) -> Check:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        problem = None if value is None else limit_problem(value, high, what, why)
+        if problem is not None:
+            raise FieldError(attribute.name, problem)
 
     return check
 
@@ -40,33 +69,83 @@ def _optional_name(_instance: Any, attribute: attrs.Attribute[Any], value: Any) 
         )
 
 
+def _capacity(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value != "dynamic" and isinstance(value, int) and value < 1:
+        raise FieldError(attribute.name, f"must be >= 1 or 'dynamic', got {value}")
+
+
+def checks(*run: Check) -> dict[str, Any]:
+    """Field metadata naming the checks of a field of a :class:`Checked` class.
+
+    Unlike attrs validators, which stop at the first value that is wrong, every check of every
+    field runs, so a block with several problems has all of them reported at once.
+    """
+    return {"checks": run}
+
+
+class Checked:
+    """A mixin for attrs classes of a topology file: checks every field, reports every problem.
+
+    Fields name their checks with :func:`checks`; a class adds checks across its fields by
+    overriding :meth:`problems`. After ``__init__`` every check runs, and all the problems
+    found are raised at once (see :func:`raise_field_errors`).
+    """
+
+    __slots__ = ()
+
+    def __attrs_post_init__(self) -> None:
+        errors = []
+        for field in attrs.fields(type(self)):  # type: ignore[arg-type]
+            for check in field.metadata.get("checks", ()):
+                try:
+                    check(self, field, getattr(self, field.name))
+                except FieldError as error:
+                    errors.append(error)
+        errors.extend(self.problems())
+        raise_field_errors(errors)
+
+    def problems(self) -> list[FieldError]:
+        """Return the problems across fields (values that are wrong alone are already
+        reported: skip them here)."""
+        return []
+
+
 @attrs.frozen
-class TopicSpec:
+class TopicSpec(Checked):
     """A topic: ``topics.NAME`` in the file."""
 
-    partitions: int = attrs.field(default=1, validator=_at_least(1))
+    partitions: int = attrs.field(
+        default=1,
+        metadata=checks(
+            _at_least(1), _at_most(MAX_PARTITIONS, "partitions per topic", MAX_PARTITIONS_WHY)
+        ),
+    )
     """How many partitions; records with the same key always share one."""
-    capacity: int | Literal["dynamic"] = attrs.field(default=10_000)
+    capacity: int | Literal["dynamic"] = attrs.field(default=10_000, metadata=checks(_capacity))
     """Records each partition's ring holds at once; ``dynamic`` grows without bound but blocks
     producers while no consumer is attached."""
     key: str | None = None
     """The field of each event used as the record key; None spreads records round robin."""
-    retention: int = attrs.field(default=0, validator=_at_least(0))
+    retention: int = attrs.field(default=0, metadata=checks(_at_least(0)))
     """Records kept after every group has committed them (readable by late readers)."""
-
-    @capacity.validator
-    def _check_capacity(self, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value != "dynamic" and isinstance(value, int) and value < 1:
-            raise FieldError(attribute.name, f"must be >= 1 or 'dynamic', got {value}")
+    allow_unconsumed: bool = False
+    """Let no consumer of the topology read this topic (only taps do). Without it such a topic
+    is refused: its producers would block for good once its rings are full."""
 
     @property
     def ring_capacity(self) -> int | None:
         """The capacity to give partitions: None in dynamic mode."""
         return None if self.capacity == "dynamic" else self.capacity
 
+    @property
+    def ring_records(self) -> int:
+        """The most records the topic's rings hold at once; for dynamic rings, which grow as
+        far as consumers lag, only what retention keeps."""
+        return self.partitions * ((self.ring_capacity or 0) + self.retention)
+
 
 @attrs.frozen
-class ProducerSpec:
+class ProducerSpec(Checked):
     """A producer: ``producers.NAME`` in the file."""
 
     workload: str
@@ -75,32 +154,57 @@ class ProducerSpec:
     """The topic every stream of the workload goes to."""
     topics: dict[str, str] = attrs.field(factory=dict)
     """Topic per stream of the workload (``{click: clicks, ...}``), instead of ``topic``."""
-    instances: int = attrs.field(default=1, validator=_at_least(1))
+    instances: int = attrs.field(
+        default=1,
+        metadata=checks(_at_least(1), _at_most(MAX_INSTANCES, "instances", MAX_INSTANCES_WHY)),
+    )
     """How many copies run; events and rate are split evenly among them."""
-    rate: float | None = attrs.field(default=None, validator=_positive)
+    rate: float | None = attrs.field(default=None, metadata=checks(_positive))
     """Events per simulated second over all instances; None produces as fast as possible."""
-    events: int | None = attrs.field(default=None, validator=_at_least(0))
+    events: int | None = attrs.field(
+        default=None,
+        metadata=checks(_at_least(0), _at_most(MAX_EVENTS, "events", MAX_EVENTS_WHY)),
+    )
     """How many events in total over all instances."""
-    duration: float | None = attrs.field(default=None, validator=_positive)
+    duration: float | None = attrs.field(default=None, metadata=checks(_positive))
     """Simulated seconds to produce for, at ``rate``, instead of ``events``."""
-    max_batch: int = attrs.field(default=1000, validator=_at_least(1))
+    max_batch: int = attrs.field(
+        default=1000,
+        metadata=checks(_at_least(1), _at_most(MAX_BATCH, "records per batch", MAX_BATCH_WHY)),
+    )
     """The most records per batch."""
-    linger: float = attrs.field(default=0.005, validator=_at_least(0))
+    linger: float = attrs.field(default=0.005, metadata=checks(_at_least(0)))
     """Seconds a partly filled batch may wait before it is sent."""
     params: dict[str, Any] = attrs.field(factory=dict)
     """The workload's own settings; see the workload's reference."""
 
-    def __attrs_post_init__(self) -> None:
+    def problems(self) -> list[FieldError]:
+        """Exactly one of ``topic`` and ``topics``, of ``events`` and ``duration``; ``rate``
+        with ``duration``; not too many events."""
+        errors = []
         if self.topic is None and not self.topics:
-            raise FieldError("topic", "required: name the topic (or give 'topics' per stream)")
+            errors.append(
+                FieldError("topic", "required: name the topic (or give 'topics' per stream)")
+            )
         if self.topic is not None and self.topics:
-            raise FieldError("topics", "give either 'topic' or 'topics', not both")
+            errors.append(FieldError("topics", "give either 'topic' or 'topics', not both"))
         if self.events is None and self.duration is None:
-            raise FieldError("events", "required: say how many events (or give 'duration')")
+            errors.append(
+                FieldError("events", "required: say how many events (or give 'duration')")
+            )
         if self.events is not None and self.duration is not None:
-            raise FieldError("duration", "give either 'events' or 'duration', not both")
+            errors.append(FieldError("duration", "give either 'events' or 'duration', not both"))
         if self.duration is not None and self.rate is None:
-            raise FieldError("rate", "required with 'duration': events per simulated second")
+            errors.append(
+                FieldError("rate", "required with 'duration': events per simulated second")
+            )
+        if self.events is None and self.duration and self.rate and self.duration > 0:
+            problem = limit_problem(
+                self.duration * self.rate, MAX_EVENTS, "events (duration x rate)", MAX_EVENTS_WHY
+            )
+            if problem is not None:
+                errors.append(FieldError("duration", problem))
+        return errors
 
     @property
     def total_events(self) -> int:
@@ -113,7 +217,7 @@ class ProducerSpec:
 
 
 @attrs.frozen
-class ConsumerSpec:
+class ConsumerSpec(Checked):
     """A consumer: ``consumers.NAME`` in the file."""
 
     processor: str
@@ -122,26 +226,36 @@ class ConsumerSpec:
     """The topic to read."""
     topics: list[str] = attrs.field(factory=list)
     """Several topics to read, instead of ``topic``; one group per topic, one processor."""
-    group: str | None = attrs.field(default=None, validator=_optional_name)
+    group: str | None = attrs.field(default=None, metadata=checks(_optional_name))
     """The consumer group's name; the consumer's name by default."""
-    instances: int = attrs.field(default=1, validator=_at_least(1))
+    instances: int = attrs.field(
+        default=1,
+        metadata=checks(_at_least(1), _at_most(MAX_INSTANCES, "instances", MAX_INSTANCES_WHY)),
+    )
     """How many members the group has; they share the partitions."""
     strategy: str = "range"
     """How partitions are assigned to members: ``range`` or ``round_robin``."""
-    max_records: int | None = attrs.field(default=None, validator=_at_least(1))
+    max_records: int | None = attrs.field(default=None, metadata=checks(_at_least(1)))
     """The most records handed to a member at once; None hands whole stored batches."""
     params: dict[str, Any] = attrs.field(factory=dict)
     """The processor's own settings; see the processor's reference."""
 
-    def __attrs_post_init__(self) -> None:
+    def problems(self) -> list[FieldError]:
+        """Exactly one of ``topic`` and ``topics``; a known strategy."""
+        errors = []
         if self.topic is None and not self.topics:
-            raise FieldError("topic", "required: name the topic to read (or give 'topics')")
-        if self.topic is not None and self.topics:
-            raise FieldError("topics", "give either 'topic' or 'topics', not both")
-        if self.strategy not in ("range", "round_robin"):
-            raise FieldError(
-                "strategy", f"unknown strategy {self.strategy!r}; use range or round_robin"
+            errors.append(
+                FieldError("topic", "required: name the topic to read (or give 'topics')")
             )
+        if self.topic is not None and self.topics:
+            errors.append(FieldError("topics", "give either 'topic' or 'topics', not both"))
+        if self.strategy not in ("range", "round_robin"):
+            errors.append(
+                FieldError(
+                    "strategy", f"unknown strategy {self.strategy!r}; use range or round_robin"
+                )
+            )
+        return errors
 
     @property
     def topic_names(self) -> list[str]:
@@ -229,7 +343,7 @@ class NodeSpec:
 
 
 @attrs.frozen
-class GatewaySpec:
+class GatewaySpec(Checked):
     """How the nodes of a split topology talk: ``gateway`` in the file."""
 
     token_env: str | None = None
@@ -239,19 +353,22 @@ class GatewaySpec:
     """Seconds a remote consumer may be away before its group rebalances without it."""
     connect_timeout: float = attrs.field(default=30.0, validator=_positive)
     """Seconds a node keeps retrying a peer that cannot be reached before it gives up."""
-    max_message_size: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024))
+    max_message_size: int = attrs.field(
+        default=16 * 1024 * 1024,
+        metadata=checks(_at_least(1024), _at_most(MAX_MESSAGE_SIZE, "bytes", MAX_MESSAGE_SIZE_WHY)),
+    )
     """The largest websocket message accepted, in bytes; a larger one closes the connection."""
 
 
 @attrs.frozen
-class Topology:
+class Topology(Checked):
     """A whole topology file.
 
     Make one with :meth:`from_yaml` or :meth:`from_dict`; both report every problem at once
     as a :exc:`TopologyError`.
     """
 
-    name: str = attrs.field(validator=_optional_name)
+    name: str = attrs.field(metadata=checks(_optional_name))
     """The topology's name, used in reports."""
     topics: dict[str, TopicSpec]
     """The topics by name."""
@@ -289,14 +406,47 @@ class Topology:
         Raises:
             TopologyError: The YAML is malformed or the topology has problems.
         """
+        loader = yaml.SafeLoader(text)
         try:
-            data = yaml.safe_load(text)
+            node = loader.get_single_node()
+            duplicates = [] if node is None else duplicate_keys(node)
+            if duplicates:
+                raise TopologyError(duplicates, source)
+            data = None if node is None else loader.construct_document(node)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise TopologyError([f"{where}malformed YAML: {problem}"], source) from None
+        finally:
+            loader.dispose()
         return cls.from_dict(data, source)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Topology:
+        """Read, parse and validate a topology file (UTF-8 text).
+
+        Raises:
+            TopologyError: The file cannot be read, is not UTF-8, is malformed YAML, or the
+                topology has problems.
+        """
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise TopologyError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise TopologyError(
+                [
+                    f"line {line}, column {column} (byte {exc.start}): byte "
+                    f"0x{raw[exc.start]:02x} is not UTF-8 text; save the file as UTF-8"
+                ],
+                str(path),
+            ) from None
+        return cls.from_yaml(text, str(path))
 
     @classmethod
     def from_dict(cls, data: object, source: str = "topology") -> Topology:
@@ -370,6 +520,36 @@ class Topology:
                 groups[group, topic] = name
         if not self.producers:
             problems.append("$.producers: at least one producer is needed")
+        consumed = {t for c in self.consumers.values() for t in c.topic_names}
+        for name, topic_spec in self.topics.items():
+            if name in consumed or topic_spec.allow_unconsumed:
+                continue
+            writers = sorted(
+                p
+                for p, spec in self.producers.items()
+                if name in ([spec.topic] if spec.topic else spec.topics.values())
+            )
+            if not writers:
+                continue  # a topic nobody uses blocks nothing
+            blocks = (
+                "block while no consumer is attached"
+                if topic_spec.ring_capacity is None
+                else "block for good once its rings are full"
+            )
+            problems.append(
+                f"$.topics.{name}: no consumer reads this topic, so its producers "
+                f"({', '.join(writers)}) would {blocks}; add a consumer, or set "
+                "'allow_unconsumed: true' if only taps read it"
+            )
+        ring_records = sum(spec.ring_records for spec in self.topics.values())
+        problem = limit_problem(
+            ring_records,
+            MAX_RING_RECORDS,
+            "records in all rings (partitions x (capacity + retention), over the topics)",
+            MAX_RING_RECORDS_WHY,
+        )
+        if problem is not None:
+            problems.append(f"$.topics: {problem}")
         problems.extend(self._check_nodes())
         return problems
 
@@ -432,6 +612,42 @@ class Topology:
         return problems
 
 
+def duplicate_keys(root: yaml.Node) -> list[str]:
+    """Return one problem per key given twice in one mapping of a YAML document.
+
+    YAML leaves duplicates to the reader and PyYAML keeps the last, so a setting given twice
+    would silently lose its first value; a topology file refuses them instead.
+    """
+    problems: list[str] = []
+    seen: set[int] = set()  # aliases may share nodes, or even form cycles
+    todo: list[tuple[yaml.Node, str]] = [(root, "$")]
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag.endswith(":merge"):
+                    todo.append((value, path))
+                    continue
+                line = key.start_mark.line + 1
+                first = lines.get((key.tag, key.value))
+                if first is None:
+                    lines[key.tag, key.value] = line
+                else:
+                    where = f"line {line}" if first == line else f"lines {first} and {line}"
+                    problems.append(
+                        f"{path}.{key.value}: given twice ({where}); keep one, or the last "
+                        "would silently replace the first"
+                    )
+                todo.append((value, f"{path}.{key.value}"))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return sorted(problems)
+
+
 def _strict(kind: type, names: str) -> Callable[[Any, type], Any]:
     def structure(value: Any, _type: type) -> Any:
         if isinstance(value, bool) and kind is not bool:
@@ -440,6 +656,8 @@ def _strict(kind: type, names: str) -> Callable[[Any, type], Any]:
             return float(value)
         if not isinstance(value, kind):
             raise TypeError(f"expected {names}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError(f"expected a finite number, got {value}")
         return value
 
     return structure
