@@ -217,6 +217,8 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes]
     socket_path: Path
     folder: Path
+    temporary: bool = False
+    """Whether the folder is a temporary one, removed by :meth:`stop`."""
 
     @property
     def url(self) -> str:
@@ -258,6 +260,37 @@ class EmbeddedRedis:
         return server.url, server
 
     @classmethod
+    def open_for_reading(cls, folder: Path) -> tuple[str, EmbeddedRedis | None]:
+        """Return a URL to read the log of ``folder`` from, and a server to stop afterwards.
+
+        A server that a running command serves there is read directly (None is returned for
+        the server). Otherwise a server is started on a copy of the saved ``redis.rdb`` in a
+        temporary folder, so reading never touches the state folder nor a run that starts on
+        it meanwhile. A server left running by an owner that has ended is stopped first
+        (saving its data).
+
+        Raises:
+            RedisUnavailable: No server could be started.
+        """
+        folder = folder.resolve()
+        socket_path = folder / "redis.sock"
+        found = find_folder_server(folder) if folder.is_dir() else None
+        if found is not None and not found.orphaned and ping(socket_path):
+            return f"unix://{socket_path}", None
+        if found is not None:
+            stop_folder_server(folder, found)
+        copy = Path(tempfile.mkdtemp(prefix="ringflow-log-"))
+        if (folder / "redis.rdb").exists():
+            shutil.copyfile(folder / "redis.rdb", copy / "redis.rdb")
+        try:
+            server = cls.start(copy)
+        except RedisUnavailable:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        server.temporary = True
+        return server.url, server
+
+    @classmethod
     def start(cls, folder: Path | None = None, *, timeout: float = 10.0) -> EmbeddedRedis:
         """Start a server listening only on a unix socket in ``folder`` (a temporary one when
         None, or when the path would be too long for a socket). It loads ``redis.rdb`` from the
@@ -270,8 +303,10 @@ class EmbeddedRedis:
         if folder is not None:
             # redis-server changes into --dir before it opens the socket: paths must be absolute.
             folder = folder.resolve()
-        if folder is None or len(str(folder / "redis.sock")) > 100:
+        temporary = folder is None or len(str(folder / "redis.sock")) > 100
+        if temporary:
             folder = Path(tempfile.mkdtemp(prefix="ringflow-redis-"))
+        assert folder is not None
         folder.mkdir(parents=True, exist_ok=True)
         socket_path = folder / "redis.sock"
         socket_path.unlink(missing_ok=True)
@@ -304,7 +339,7 @@ class EmbeddedRedis:
             stderr=subprocess.PIPE,
             preexec_fn=_parent_death_hook(),
         )
-        server = cls(process, socket_path, folder)
+        server = cls(process, socket_path, folder, temporary)
         (folder / PID_FILE).write_text(f"{process.pid} {os.getpid()}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -353,6 +388,8 @@ class EmbeddedRedis:
         with contextlib.suppress(OSError, ValueError):
             if int(pid_file.read_text().split()[0]) == self.process.pid:
                 pid_file.unlink()
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def ping(socket_path: Path) -> bool:
