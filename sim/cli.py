@@ -665,7 +665,7 @@ def _open_logging(
             err.print(escape(f"{problem} (redis.on_unavailable is 'fail')"))
             return EXIT_USAGE
         if problem is not None:
-            err.print(escape(f"warning: {problem}; running without logging"))
+            err.print(escape(f"warning: {problem} (running without logging)"))
     logging = LogSettings(
         url,
         run_id_for(folder, run_name, resumed=resumed),
