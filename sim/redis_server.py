@@ -205,6 +205,26 @@ def _exited(pidfd: int, timeout: float) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
+def _served_url(folder: Path, found: FolderServer, *, timeout: float = 10.0) -> str:
+    """The URL of a server of ``folder`` whose owner still runs, once it answers (it may be
+    starting, loading its data). It is never stopped: it is not ours.
+
+    Raises:
+        RedisUnavailable: It does not answer within ``timeout``.
+    """
+    socket_path = folder / "redis.sock"
+    deadline = time.monotonic() + timeout
+    while not ping(socket_path):
+        if time.monotonic() > deadline:
+            raise RedisUnavailable(
+                f"the redis-server of {folder} (pid {found.pid}, started by process "
+                f"{found.owner or found.parent}, which still runs) does not answer on "
+                f"{socket_path}: stop that process, or use another state folder"
+            )
+        time.sleep(0.05)
+    return f"unix://{socket_path}"
+
+
 @attrs.define(eq=False)
 class EmbeddedRedis:
     """A ``redis-server`` this process started; :meth:`stop` ends it.
@@ -245,10 +265,9 @@ class EmbeddedRedis:
             RedisUnavailable: No server could be started.
         """
         folder = folder.resolve()
-        socket_path = folder / "redis.sock"
         found = find_folder_server(folder) if folder.is_dir() else None
-        if found is not None and not found.orphaned and ping(socket_path):
-            return f"unix://{socket_path}", None
+        if found is not None and not found.orphaned:
+            return _served_url(folder, found), None
         if found is not None:
             stop_folder_server(folder, found)
             if on_note is not None:
@@ -273,10 +292,9 @@ class EmbeddedRedis:
             RedisUnavailable: No server could be started.
         """
         folder = folder.resolve()
-        socket_path = folder / "redis.sock"
         found = find_folder_server(folder) if folder.is_dir() else None
-        if found is not None and not found.orphaned and ping(socket_path):
-            return f"unix://{socket_path}", None
+        if found is not None and not found.orphaned:
+            return _served_url(folder, found), None
         if found is not None:
             stop_folder_server(folder, found)
         copy = Path(tempfile.mkdtemp(prefix="ringflow-log-"))
