@@ -125,6 +125,8 @@ class RedisLogger:
     _connected: bool = attrs.field(init=False, default=True)
     _last_error: str | None = attrs.field(init=False, default=None)
     _writing: trio.Lock = attrs.field(init=False, factory=trio.Lock)
+    _registration: dict[str, Field] | None = attrs.field(init=False, default=None)
+    _started_at: float = attrs.field(init=False, default=0.0)
 
     def __attrs_post_init__(self) -> None:
         self._buffers = {category: deque() for category in CATEGORIES}
@@ -186,14 +188,45 @@ class RedisLogger:
             try:
                 await self.write_some()
             except (redis.exceptions.RedisError, OSError) as exc:
-                self._failures += 1
-                self._connected = False
-                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._failed(exc)
                 await sleep_real(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
             else:
                 self._connected = True
                 backoff = 0.05
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._connected = False
+        self._last_error = f"{type(exc).__name__}: {exc}"
+
+    async def flush(self, **final: Field) -> None:
+        """Write every entry left, then ``final`` (the run's status, digest...) into the run's
+        hash; failures are counted and retried after a pause that grows to ``max_backoff``.
+
+        It returns only when everything is written: bound it with :func:`real_time_limit`
+        (``pending`` then says how many entries were not written).
+        """
+        backoff = 0.05
+        while True:
+            try:
+                if self.pending:
+                    await self.write_some()
+                    continue
+                await self._finish(final)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                self._failed(exc)
+                await sleep_real(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+            else:
+                self._connected = True
+                return
+
+    async def _finish(self, final: dict[str, Field]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._register(pipe)
+        pipe.hset(run_key(self.run_id), mapping=final)
+        await trio_asyncio.aio_as_trio(pipe.execute)()
 
     async def write_some(self) -> None:
         """Write up to ``batch`` entries (most important first) in one pipeline.
@@ -224,6 +257,7 @@ class RedisLogger:
             written[category] += 1
             records[category] += entry.records
         pipe = self.client.pipeline(transaction=False)
+        self._register(pipe)
         for category, entry in taken:
             pipe.xadd(
                 stream_key(self.run_id, category),
@@ -247,13 +281,50 @@ class RedisLogger:
                 raise result
         self._written, self._records = written, records
 
-    async def describe_run(self, **fields: Field) -> None:
-        """Register the run in :data:`RUNS_KEY` and store what describes it."""
-        started = float(fields.get("started_at", time.time()))
+    def _register(self, pipe: Any) -> None:
+        # Every write registers the run again, so a Redis that restarted empty lists it.
+        if self._registration is not None:
+            pipe.zadd(RUNS_KEY, {self.run_id: self._started_at}, nx=True)
+            pipe.hset(run_key(self.run_id), mapping=self._registration)
+
+    async def describe_run(self, **fields: Field) -> int:
+        """Register the run in :data:`RUNS_KEY` and store what describes it.
+
+        A run already there (a run resumed from a checkpoint logs on under the same id) is
+        continued: its start time is kept, its counters go on from their totals, and its
+        ``segments`` count goes up by one.
+
+        Returns:
+            The segment this process logs: 1 for a new run.
+        """
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(RUNS_KEY, {self.run_id: started})
-        pipe.hset(run_key(self.run_id), mapping=fields)
+        pipe.hgetall(run_key(self.run_id))
+        pipe.hgetall(counters_key(self.run_id))
+        for category in CATEGORIES:
+            pipe.xrevrange(stream_key(self.run_id, category), count=1)
+        described, counters, *lasts = await trio_asyncio.aio_as_trio(pipe.execute)()
+        described = {_text(k): _text(v) for k, v in described.items()}
+        counters = {_text(k): int(v) for k, v in counters.items()}
+        for category in CATEGORIES:
+            self._written[category] = counters.get(f"{category}:entries", 0)
+            self._records[category] = counters.get(f"{category}:records", 0)
+            self._dropped[category] = counters.get(f"{category}:dropped", 0)
+        for last in lasts:
+            if last:  # new entries get later ids than the ones already there
+                self._last_ms = max(self._last_ms, int(_text(last[0][0]).split("-")[0]) + 1)
+        segment = int(described.get("segments", 0)) + 1
+        self._started_at = float(described.get("started_at", fields.get("started_at", time.time())))
+        self._registration = {**fields, "started_at": self._started_at, "segments": segment}
+        if segment > 1:
+            self._registration["resumed_at"] = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        self._register(pipe)
         await trio_asyncio.aio_as_trio(pipe.execute)()
+        return segment
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def sleep_real(seconds: float) -> None:

@@ -498,7 +498,16 @@ def _run(args: argparse.Namespace) -> int:
     folder = args.state or (
         checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
     )
-    opened = _open_logging(topology, args.no_log, None, folder, topology.name, out, err)
+    opened = _open_logging(
+        topology,
+        args.no_log,
+        None,
+        folder,
+        topology.name,
+        out,
+        err,
+        resumed=pipeline.restored_from is not None,
+    )
     if isinstance(opened, int):
         return opened
     logging, server = opened
@@ -597,7 +606,14 @@ def _node(args: argparse.Namespace) -> int:
         else Path("state") / f"{topology.name}-{args.node}"
     )
     opened = _open_logging(
-        topology, args.no_log, args.redis, folder, f"{topology.name}-{args.node}", out, err
+        topology,
+        args.no_log,
+        args.redis,
+        folder,
+        f"{topology.name}-{args.node}",
+        out,
+        err,
+        resumed=pipeline.restored_from is not None,
     )
     if isinstance(opened, int):
         return opened
@@ -671,35 +687,51 @@ def _open_logging(
     run_name: str,
     out: Console,
     err: Console,
+    *,
+    resumed: bool = False,
 ) -> tuple[LogSettings | None, EmbeddedRedis | None] | int:
-    """Where a run logs to: the Redis at ``url`` or in the file, or an embedded one started
-    in ``folder``; None when logging is off or Redis is unavailable (an exit code when that
-    is configured to fail)."""
+    """Where a run logs to: the Redis at ``url`` or in the file, or the embedded one of
+    ``folder`` (started, or attached to when another command serves it); None when logging is
+    off. Redis is checked here, before the run: unavailable, it is said at once, and the run
+    goes on without logging (an exit code when that is configured to fail). A run resumed
+    from a checkpoint logs on under the run id of the folder's earlier segments."""
     from .redis_server import EmbeddedRedis, RedisUnavailable
-    from .run import LogSettings, new_run_id
+    from .run import LogSettings, probe_redis, run_id_for
 
     spec = topology.redis
     if not spec.enabled or no_log:
         return None, None
     server = None
     url = url or spec.url
+    problem = None
     if url is None:
         try:
-            server = EmbeddedRedis.start(folder)
-            url = server.url
+            url, server = EmbeddedRedis.attach_or_start(
+                folder, on_note=lambda line: err.print(escape(line))
+            )
         except RedisUnavailable as exc:
             if spec.on_unavailable == "fail":
                 err.print(escape(f"cannot log to Redis: {exc}"))
                 return EXIT_USAGE
             err.print(escape(f"warning: running without logging: {exc}"))
             return None, None
+    else:
+        problem = probe_redis(url)
+        if problem is not None and spec.on_unavailable == "fail":
+            err.print(escape(f"{problem} (redis.on_unavailable is 'fail')"))
+            return EXIT_USAGE
+        if problem is not None:
+            err.print(escape(f"warning: {problem} (running without logging)"))
     logging = LogSettings(
         url,
-        new_run_id(run_name),
+        run_id_for(folder, run_name, resumed=resumed),
         spec.maxlen,
         fail_if_unavailable=spec.on_unavailable == "fail",
+        flush_timeout=spec.flush_timeout,
+        unavailable=problem,
     )
-    out.print(f"logging to Redis at {escape(redact(url))} as run {logging.run_id}")
+    if problem is None:
+        out.print(f"logging to Redis at {escape(redact(url))} as run {logging.run_id}")
     return logging, server
 
 
@@ -772,6 +804,12 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
             + (f", dropped {dropped:,} while Redis fell behind" if dropped else "")
             + (f", {logging['failures']} failed writes retried" if logging["failures"] else "")
         )
+        if logging["unwritten"]:
+            console.print(
+                f"[yellow]not written to Redis: {logging['unwritten']:,} entries[/yellow] "
+                f"(still failing when the run ended; last error: "
+                f"{escape(str(logging['last_error']))})"
+            )
     elif logging:
         console.print(f"[yellow]not logged:[/yellow] {escape(logging['reason'])}")
     if report["error"]:

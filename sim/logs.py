@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.table import Table
 from actors.redislog import CATEGORIES, RUNS_KEY, counters_key, redact, run_key, stream_key
 
 from .console import make_console
-from .redis_server import EmbeddedRedis, RedisUnavailable
+from .redis_server import EmbeddedRedis, RedisUnavailable, ping
 
 
 def _decode(value: Any) -> Any:
@@ -40,6 +41,7 @@ def show_logs(args: argparse.Namespace) -> int:
     err = make_console(stderr=True)
     server = None
     url = args.redis
+    folder = None
     if url is None:
         folder = _state_folder(args)
         if folder is None or (
@@ -51,13 +53,13 @@ def show_logs(args: argparse.Namespace) -> int:
             )
             return 2
         try:
-            url, server = EmbeddedRedis.attach_or_start(folder)
+            url, server = EmbeddedRedis.open_for_reading(folder)
         except RedisUnavailable as exc:
             err.print(escape(str(exc)))
             return 2
     try:
         client = redis.Redis.from_url(url, socket_timeout=10, decode_responses=True)
-        return _print(client, args, err, url)
+        return _print(client, args, err, url, None if args.redis else folder, server)
     except ValueError as exc:
         err.print(escape(f"{redact(url)} is not a Redis URL: {exc}"))
         return 2
@@ -69,7 +71,14 @@ def show_logs(args: argparse.Namespace) -> int:
             server.stop()
 
 
-def _print(client: Any, args: argparse.Namespace, err: Console, url: str) -> int:
+def _print(
+    client: Any,
+    args: argparse.Namespace,
+    err: Console,
+    url: str,
+    folder: Path | None,
+    copy: EmbeddedRedis | None,
+) -> int:
     run_id = args.run
     if run_id is None:
         newest = client.zrevrange(RUNS_KEY, 0, 0)
@@ -90,18 +99,83 @@ def _print(client: Any, args: argparse.Namespace, err: Console, url: str) -> int
             _emit(run_id, category, entry_id, fields)
             last[category] = entry_id
     _counters(client, run_id, err)
-    if args.follow:
-        streams: dict[Any, Any] = {stream_key(run_id, c): last[c] for c in categories}
-        try:
-            while True:
-                for key, entries in client.xread(streams, block=1000) or []:
-                    category = key.rsplit(":", 1)[1]
-                    for entry_id, fields in entries:
-                        _emit(run_id, category, entry_id, fields)
-                        streams[key] = entry_id
-        except KeyboardInterrupt:
+    if not args.follow:
+        return 0
+    streams: dict[Any, Any] = {stream_key(run_id, c): last[c] for c in categories}
+    server = None  # a server on a saved log started below (the caller stops ``copy``)
+    try:
+        while True:
+            try:
+                # A saved log gets no new entries: waiting for them would be forever.
+                ended = _follow(client, run_id, streams, wait=server is None and copy is None)
+            except redis.ConnectionError as exc:
+                if folder is None:
+                    err.print(escape(f"lost the connection to Redis at {redact(url)}: {exc}"))
+                    return 1
+                client, server = _reopen(folder, server)
+                if client is None:
+                    err.print(f"the embedded Redis of {escape(str(folder))} did not stop")
+                    return 1
+                continue  # the folder's Redis now: a resumed run's, or one on the saved log
             _counters(client, run_id, err)
-    return 0
+            if ended:
+                return 0
+            err.print(
+                f"run {run_id} stopped before it ended (its status is still 'running'): "
+                "run the same command again to resume it"
+            )
+            return 1
+    except KeyboardInterrupt:
+        _counters(client, run_id, err)
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+
+
+ENDED_POLL_MS = 500
+"""How long one read waits for new entries before the run's status is looked at again."""
+
+
+def _follow(client: Any, run_id: str, streams: dict[Any, Any], *, wait: bool) -> bool:
+    """Print new entries until the run's status says it ended; return whether it did. With
+    ``wait`` false (a log nobody writes to any more), print what is there and return."""
+    while True:
+        # The status is set after the run's last entry is written: read it first, and what
+        # the streams hold then is complete.
+        ended = client.hget(run_key(run_id), "status") not in (None, "running")
+        if ended or not wait:
+            while _read(client, run_id, streams, block=None):
+                pass
+            return ended
+        _read(client, run_id, streams, block=ENDED_POLL_MS)
+
+
+def _read(client: Any, run_id: str, streams: dict[Any, Any], *, block: int | None) -> int:
+    count = 0
+    for key, entries in client.xread(streams, block=block) or []:
+        category = key.rsplit(":", 1)[1]
+        for entry_id, fields in entries:
+            _emit(run_id, category, entry_id, fields)
+            streams[key] = entry_id
+            count += 1
+    return count
+
+
+def _reopen(folder: Path, server: EmbeddedRedis | None) -> tuple[Any, EmbeddedRedis | None]:
+    """After the folder's Redis went away: wait until it has saved and gone (its socket is
+    removed then), and connect to whatever serves the folder now, or to a server started on
+    the saved log. Returns no client if it does not go within 30 s."""
+    if server is not None:
+        server.stop()
+    socket_path = folder / "redis.sock"
+    deadline = time.monotonic() + 30
+    while socket_path.exists() and not ping(socket_path):
+        if time.monotonic() > deadline:
+            return None, None
+        time.sleep(0.05)
+    url, server = EmbeddedRedis.open_for_reading(folder)
+    return redis.Redis.from_url(url, socket_timeout=10, decode_responses=True), server
 
 
 def _emit(run_id: str, category: str, entry_id: str, fields: dict[str, str]) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -40,13 +47,198 @@ def find_redis_server() -> str:
     )
 
 
+PID_FILE = "redis.pid"
+"""The file in a state folder naming its embedded server: ``SERVER_PID OWNER_PID``."""
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process gets when its parent thread ends (Linux)."""
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that makes the child get SIGTERM when this process ends, or None
+    where that is not available (not Linux, or not the main thread).
+
+    The signal fires when the *thread* that started the child ends, not the process: only the
+    main thread lives as long as the process, so other threads get no hook.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return hook
+
+
+@attrs.frozen
+class FolderServer:
+    """A ``redis-server`` found running for a state folder (see :func:`find_folder_server`)."""
+
+    pid: int
+    """Its process id, checked to be a ``redis-server`` working in the folder."""
+    owner: int | None
+    """The process that started it, as its pid file says (None without one)."""
+    parent: int
+    """Its parent process now."""
+
+    @property
+    def orphaned(self) -> bool:
+        """Whether the process that started it has gone (it was re-parented)."""
+        return self.owner != self.parent if self.owner is not None else self.parent == 1
+
+
+def _is_server_of(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` is a ``redis-server`` whose working folder is ``folder``
+    (redis-server changes into its ``--dir``)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return name.startswith("redis-server") and cwd == str(folder.resolve())
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def _server_pid(socket_path: Path) -> int | None:
+    """The pid of the Redis answering on ``socket_path`` (from ``INFO server``), or None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(2)
+            client.connect(str(socket_path))
+            client.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return None
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+def find_folder_server(folder: Path) -> FolderServer | None:
+    """Return the ``redis-server`` running for ``folder``, if there is one.
+
+    The server answering on ``folder/redis.sock`` (its pid from ``INFO server``) or the one the
+    pid file names counts only if its process really is a ``redis-server`` working in
+    ``folder``; a pid file naming anything else is stale and removed.
+    """
+    pid_file = folder / PID_FILE
+    recorded: tuple[int, int] | None = None
+    try:
+        server_pid, starter = (int(word) for word in pid_file.read_text().split()[:2])
+        recorded = (server_pid, starter)
+    except (OSError, ValueError):
+        pass
+    socket_path = folder / "redis.sock"
+    candidates = [_server_pid(socket_path) if socket_path.exists() else None]
+    candidates.append(recorded[0] if recorded else None)
+    for pid in candidates:
+        if pid is None or not _is_server_of(pid, folder):
+            continue
+        parent = _parent_of(pid)
+        if parent is not None:
+            owner = recorded[1] if recorded and recorded[0] == pid else None
+            return FolderServer(pid, owner, parent)
+    pid_file.unlink(missing_ok=True)
+    return None
+
+
+def stop_folder_server(folder: Path, found: FolderServer, *, timeout: float = 15.0) -> None:
+    """Stop a server of ``folder`` that this process did not start, keeping its data: it is
+    asked to ``SHUTDOWN SAVE``, then sent SIGTERM (it saves then too), then SIGKILL.
+
+    The process is held by a pidfd and checked again before any signal, so a pid reused by
+    another process is never signalled.
+    """
+    try:
+        handle = os.pidfd_open(found.pid)
+    except (OSError, AttributeError):
+        return  # it is gone already (or this system has no pidfds: leave it alone)
+    try:
+        if not _is_server_of(found.pid, folder):
+            return
+        socket_path = folder / "redis.sock"
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
+        ):
+            client.settimeout(timeout)
+            client.connect(str(socket_path))
+            client.sendall(b"SHUTDOWN SAVE\r\n")
+            client.recv(64)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if _exited(handle, timeout / 2):
+                break
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(handle, sig)
+        _exited(handle, timeout / 2)
+    finally:
+        os.close(handle)
+    (folder / PID_FILE).unlink(missing_ok=True)
+
+
+def _exited(pidfd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def _served_url(folder: Path, found: FolderServer, *, timeout: float = 10.0) -> str:
+    """The URL of a server of ``folder`` whose owner still runs, once it answers (it may be
+    starting, loading its data). It is never stopped: it is not ours.
+
+    Raises:
+        RedisUnavailable: It does not answer within ``timeout``.
+    """
+    socket_path = folder / "redis.sock"
+    deadline = time.monotonic() + timeout
+    while not ping(socket_path):
+        if time.monotonic() > deadline:
+            raise RedisUnavailable(
+                f"the redis-server of {folder} (pid {found.pid}, started by process "
+                f"{found.owner or found.parent}, which still runs) does not answer on "
+                f"{socket_path}: stop that process, or use another state folder"
+            )
+        time.sleep(0.05)
+    return f"unix://{socket_path}"
+
+
 @attrs.define(eq=False)
 class EmbeddedRedis:
-    """A ``redis-server`` this process started; :meth:`stop` ends it."""
+    """A ``redis-server`` this process started; :meth:`stop` ends it.
+
+    Started from the main thread on Linux, it gets SIGTERM when this process ends, however it
+    ends (``kill -9`` too), and then saves its data to ``redis.rdb`` and exits: it never
+    outlives its owner. Its pid and its owner's are kept in ``redis.pid`` in its folder.
+    """
 
     process: subprocess.Popen[bytes]
     socket_path: Path
     folder: Path
+    temporary: bool = False
+    """Whether the folder is a temporary one, removed by :meth:`stop`."""
 
     @property
     def url(self) -> str:
@@ -54,19 +246,73 @@ class EmbeddedRedis:
         return f"unix://{self.socket_path}"
 
     @classmethod
-    def attach_or_start(cls, folder: Path) -> tuple[str, EmbeddedRedis | None]:
-        """Return the URL of the server on ``folder``: one already running there (None is
-        returned for the server then), or one started now (returned, to be stopped)."""
-        socket_path = folder / "redis.sock"
-        if socket_path.exists() and ping(socket_path):
-            return f"unix://{socket_path}", None
+    def attach_or_start(
+        cls, folder: Path, *, on_note: Callable[[str], None] | None = None
+    ) -> tuple[str, EmbeddedRedis | None]:
+        """Return the URL of the server of ``folder``, and the server when it was started now.
+
+        - A server of the folder whose owner still runs (another ``ringflow`` command using the
+          same folder) is attached to: its URL is returned with None, as it is not ours to stop.
+        - A server left running by an owner that has gone is stopped, saving its data, and a
+          new one is started: it loads that data, so nothing logged before is lost.
+        - A stale socket or pid file is removed.
+
+        Args:
+            folder: The state folder.
+            on_note: Called with one line when a left-over server was stopped.
+
+        Raises:
+            RedisUnavailable: No server could be started.
+        """
+        folder = folder.resolve()
+        found = find_folder_server(folder) if folder.is_dir() else None
+        if found is not None and not found.orphaned:
+            return _served_url(folder, found), None
+        if found is not None:
+            stop_folder_server(folder, found)
+            if on_note is not None:
+                on_note(
+                    f"stopped a redis-server left running in {folder} (pid {found.pid}) by a "
+                    "process that has ended; its log was saved and is kept"
+                )
         server = cls.start(folder)
+        return server.url, server
+
+    @classmethod
+    def open_for_reading(cls, folder: Path) -> tuple[str, EmbeddedRedis | None]:
+        """Return a URL to read the log of ``folder`` from, and a server to stop afterwards.
+
+        A server that a running command serves there is read directly (None is returned for
+        the server). Otherwise a server is started on a copy of the saved ``redis.rdb`` in a
+        temporary folder, so reading never touches the state folder nor a run that starts on
+        it meanwhile. A server left running by an owner that has ended is stopped first
+        (saving its data).
+
+        Raises:
+            RedisUnavailable: No server could be started.
+        """
+        folder = folder.resolve()
+        found = find_folder_server(folder) if folder.is_dir() else None
+        if found is not None and not found.orphaned:
+            return _served_url(folder, found), None
+        if found is not None:
+            stop_folder_server(folder, found)
+        copy = Path(tempfile.mkdtemp(prefix="ringflow-log-"))
+        if (folder / "redis.rdb").exists():
+            shutil.copyfile(folder / "redis.rdb", copy / "redis.rdb")
+        try:
+            server = cls.start(copy)
+        except RedisUnavailable:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        server.temporary = True
         return server.url, server
 
     @classmethod
     def start(cls, folder: Path | None = None, *, timeout: float = 10.0) -> EmbeddedRedis:
         """Start a server listening only on a unix socket in ``folder`` (a temporary one when
-        None, or when the path would be too long for a socket), with persistence off.
+        None, or when the path would be too long for a socket). It loads ``redis.rdb`` from the
+        folder if there is one, and saves there when stopped or when its owner ends.
 
         Raises:
             RedisUnavailable: It could not be found or did not start within ``timeout``.
@@ -75,8 +321,10 @@ class EmbeddedRedis:
         if folder is not None:
             # redis-server changes into --dir before it opens the socket: paths must be absolute.
             folder = folder.resolve()
-        if folder is None or len(str(folder / "redis.sock")) > 100:
+        temporary = folder is None or len(str(folder / "redis.sock")) > 100
+        if temporary:
             folder = Path(tempfile.mkdtemp(prefix="ringflow-redis-"))
+        assert folder is not None
         folder.mkdir(parents=True, exist_ok=True)
         socket_path = folder / "redis.sock"
         socket_path.unlink(missing_ok=True)
@@ -89,8 +337,11 @@ class EmbeddedRedis:
                 str(socket_path),
                 "--unixsocketperm",
                 "700",
+                # A save point makes redis-server save on SIGTERM (the parent-death signal)
+                # and, during long runs, every five minutes.
                 "--save",
-                "",
+                "300",
+                "1",
                 "--appendonly",
                 "no",
                 "--dir",
@@ -104,8 +355,10 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_parent_death_hook(),
         )
-        server = cls(process, socket_path, folder)
+        server = cls(process, socket_path, folder, temporary)
+        (folder / PID_FILE).write_text(f"{process.pid} {os.getpid()}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -128,12 +381,12 @@ class EmbeddedRedis:
     def stop(self, *, save: bool = True) -> None:
         """Stop the server; with ``save`` its data is kept in ``redis.rdb`` in its folder, where
         the next server started on that folder finds it (``ringflow logs`` reads it so)."""
-        if save and self.process.poll() is None:
+        if self.process.poll() is None:
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
                     client.settimeout(10)
                     client.connect(str(self.socket_path))
-                    client.sendall(b"SHUTDOWN SAVE\r\n")
+                    client.sendall(b"SHUTDOWN SAVE\r\n" if save else b"SHUTDOWN NOSAVE\r\n")
                     client.recv(64)
             except OSError:
                 pass
@@ -149,6 +402,12 @@ class EmbeddedRedis:
         if self.process.stderr is not None:
             self.process.stderr.close()
         self.socket_path.unlink(missing_ok=True)
+        pid_file = self.folder / PID_FILE
+        with contextlib.suppress(OSError, ValueError):
+            if int(pid_file.read_text().split()[0]) == self.process.pid:
+                pid_file.unlink()
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def ping(socket_path: Path) -> bool:

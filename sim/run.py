@@ -6,6 +6,7 @@ import contextlib
 import functools
 import gc
 import json
+import math
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import redis
 import redis.exceptions
 import trio
 import trio.testing
@@ -26,8 +28,6 @@ from actors.redislog import (
     make_client,
     real_time_limit,
     redact,
-    run_key,
-    sleep_real,
 )
 from topology import (
     CheckpointError,
@@ -122,12 +122,60 @@ class LogSettings:
     run_id: str
     maxlen: int = 100_000
     fail_if_unavailable: bool = False
+    flush_timeout: float = 5.0
+    """Real seconds the end of a run may spend writing what is left (Redis away: retrying)."""
+    unavailable: str | None = None
+    """Why Redis is not used, when a check before the run found it unavailable: the run then
+    logs nothing and its report gives this reason."""
+
+
+def probe_redis(url: str, *, timeout: float = 5.0) -> str | None:
+    """Check, before a run, that the Redis at ``url`` answers and takes writes.
+
+    Returns:
+        None when it does, else one line saying what is wrong (never showing a password).
+    """
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    except ValueError as exc:
+        return f"Redis at {redact(url)} is unavailable: {redact(url)} is not a Redis URL: {exc}"
+    try:
+        with client:
+            client.ping()
+            # A write that changes nothing: a read-only replica refuses it.
+            client.delete("ringflow:probe")
+    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
+        return f"Redis at {redact(url)} is unavailable: {describe_redis_error(exc)}"
+    return None
 
 
 def new_run_id(name: str) -> str:
     """Return a fresh id for a run of topology ``name``: its name, the UTC time, a random tag."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     return f"{name}-{stamp}-{os.urandom(2).hex()}"
+
+
+RUN_ID_FILE = "run-id"
+"""The file in a state folder naming the run whose log the folder's segments share."""
+
+
+def run_id_for(folder: Path, name: str, *, resumed: bool) -> str:
+    """Return the run id to log under: a run resumed from a checkpoint of ``folder`` logs on
+    under the id its earlier segments used (kept in ``folder/run-id``); any other run gets a
+    new one, which is kept there for its own resumed segments."""
+    path = folder / RUN_ID_FILE
+    if resumed:
+        try:
+            known = path.read_text().strip()
+        except OSError:
+            known = ""
+        if known.startswith(f"{name}-"):
+            return known
+    run_id = new_run_id(name)
+    if folder.is_dir():
+        with contextlib.suppress(OSError):
+            path.write_text(run_id + "\n")
+    return run_id
 
 
 def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
@@ -260,6 +308,7 @@ def run_pipeline(
     on_refresh: Callable[[Pipeline, float], None] | None = None,
     refresh_every: float = 0.25,
     handle_sigint: bool = False,
+    on_logger: Callable[[RedisLogger], None] | None = None,
 ) -> RunResult:
     """Run a built pipeline to completion and return its report.
 
@@ -275,6 +324,8 @@ def run_pipeline(
         refresh_every: Real seconds between refreshes and timeline samples.
         handle_sigint: Stop cleanly on Ctrl-C (after a final epoch, with checkpoints) with a
             partial report (status ``interrupted``).
+        on_logger: Called with the run's logger once logging has started, for a view of its
+            :meth:`~actors.redislog.RedisLogger.statistics`.
     """
     samples: list[list[float]] = []
     state: dict[str, Any] = {"next": 0.0, "pipeline": pipeline, "rollbacks": []}
@@ -310,6 +361,9 @@ def run_pipeline(
         return result
 
     async def run_logged(settings: LogSettings) -> dict[str, Any] | LoggingUnavailable:
+        if settings.unavailable is not None:
+            state["logging"] = {"enabled": False, "reason": settings.unavailable}
+            return await run_and_report(None)
         try:
             client = make_client(settings.url)
         except ValueError as exc:
@@ -321,10 +375,10 @@ def run_pipeline(
         logger = RedisLogger(
             client, settings.run_id, url=redact(settings.url), maxlen=settings.maxlen
         )
-        problem = None
+        problem, segment = None, 1
         try:
             async with real_time_limit(5) as limit:
-                await logger.describe_run(
+                segment = await logger.describe_run(
                     topology=pipeline.topology.name,
                     seed=pipeline.seed,
                     status="running",
@@ -342,7 +396,12 @@ def run_pipeline(
                 return LoggingUnavailable(message)
             state["logging"] = {"enabled": False, "reason": message}
             return await run_and_report(None)
-        state["logging"] = {"enabled": True, "url": redact(settings.url), "run_id": settings.run_id}
+        state["logging"] = {
+            "enabled": True,
+            "url": redact(settings.url),
+            "run_id": settings.run_id,
+            "segment": segment,
+        }
         attach_logger(pipeline, logger)
         logger.emit(
             "meta",
@@ -353,11 +412,18 @@ def run_pipeline(
             resumed_from_epoch=-1
             if pipeline.restored_from is None
             else pipeline.restored_from.epoch,
+            segment=segment,
         )
+        if on_logger is not None:
+            on_logger(logger)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(logger.run)
             report = await run_and_report(logger)
             nursery.cancel_scope.cancel()  # the final flush below is the only writer now
+            if clock is not None:
+                # Nothing runs on the virtual clock now; an autojumping clock would spin a core
+                # while the flush waits on Redis in real time.
+                clock.autojump_threshold = math.inf
             logger.emit(
                 "meta",
                 event="run_ended",
@@ -367,21 +433,10 @@ def run_pipeline(
                 digest=report["digest"],
             )
             with trio.CancelScope(shield=True):
-                async with real_time_limit(10):
-                    while logger.pending:
-                        try:
-                            await logger.write_some()
-                        except (redis.exceptions.RedisError, OSError):
-                            await sleep_real(0.1)
-                    with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                        await trio_asyncio.aio_as_trio(client.hset)(
-                            run_key(settings.run_id),
-                            mapping={
-                                "status": report["status"],
-                                "ended_at": time.time(),
-                                "digest": report["digest"],
-                            },
-                        )
+                async with real_time_limit(settings.flush_timeout):
+                    await logger.flush(
+                        status=report["status"], ended_at=time.time(), digest=report["digest"]
+                    )
             nursery.cancel_scope.cancel()
         await trio_asyncio.aio_as_trio(client.aclose)()
         stats = logger.statistics()

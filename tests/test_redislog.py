@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,42 +83,60 @@ def test_streams_are_trimmed_near_maxlen(server: EmbeddedRedis) -> None:
 
 
 def test_redis_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path) -> None:
+    """Redis is killed mid-run and started again (empty) once the logger has seen a write fail;
+    the run's result does not change, and logging resumes, registering the run again."""
     folder = tmp_path / "redis"
     servers = [EmbeddedRedis.start(folder)]
-    steps: list[str] = []
+    loggers: list[RedisLogger] = []
+    killed = threading.Event()
 
     def chaos(pipeline: Pipeline, now: float) -> None:
-        consumed = pipeline.events_consumed
-        if not steps and consumed > 60_000:
+        if not killed.is_set() and pipeline.events_consumed > 60_000:
             servers[0].process.kill()
             servers[0].process.wait()
-            steps.append("killed")
-        elif steps == ["killed"] and consumed > 140_000:
-            servers.append(EmbeddedRedis.start(folder))
-            steps.append("restarted")
+            killed.set()
 
+    def restart_after_a_failure() -> None:
+        # The logger may see the failure during the run or in its final flush (given 60 s).
+        if not killed.wait(60):
+            return
+        deadline = time.monotonic() + 60
+        while loggers[0].statistics().failures == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        servers.append(EmbeddedRedis.start(folder))
+
+    restarter = threading.Thread(target=restart_after_a_failure)
+    restarter.start()
     try:
         topology = load_topology(EXAMPLES / "video-site.yaml")
         pipeline = Pipeline.build(topology, REGISTRY, events=200_000)
         report = run_pipeline(
             pipeline,
-            logging=LogSettings(servers[0].url, "run-1"),
+            logging=LogSettings(servers[0].url, "run-1", flush_timeout=60),
             on_refresh=chaos,
             refresh_every=0,
+            on_logger=loggers.append,
         ).report
-        assert steps == ["killed", "restarted"]
+        restarter.join()
+        assert len(servers) == 2
         plain = run_pipeline(Pipeline.build(topology, REGISTRY, events=200_000)).report
         assert report["status"] == "completed"
         assert report["digest"] == plain["digest"]
         assert report["expect_ok"]
         assert report["logging"]["failures"] >= 1
+        assert report["logging"]["unwritten"] == 0
         assert "Error" in report["logging"]["last_error"]
-        # Logging resumed on the new server: the end of the run is there.
+        # Logging resumed on the new server: the end of the run is there, and the run is
+        # registered there again.
         db = client(servers[-1])
         events = [f["event"] for _, f in db.xrange(stream_key("run-1", "meta"))]
         assert events[-1] == "run_ended"
         assert db.hget("ringflow:run:run-1", "status") == "completed"
+        assert db.hget("ringflow:run:run-1", "topology") == "video-site"
+        assert db.zscore("ringflow:runs", "run-1") is not None
     finally:
+        killed.set()
+        restarter.join()
         for server in servers:
             server.stop(save=False)
 

@@ -302,6 +302,9 @@ class RedisSpec:
     """Approximate length each stream is trimmed to."""
     on_unavailable: Literal["warn", "fail"] = "warn"
     """When Redis cannot be reached at start: run without logging and say so, or refuse to run."""
+    flush_timeout: float = attrs.field(default=5.0, validator=_positive)
+    """Real seconds the end of a run may spend writing the entries left (retrying while Redis
+    is away); what is still unwritten then is counted and reported."""
 
     @url.validator
     def _check_url(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
