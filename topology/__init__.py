@@ -4,7 +4,9 @@ from .build import CheckpointSettings as CheckpointSettings
 from .build import Expectation as Expectation
 from .build import Pipeline as Pipeline
 from .checkpoint import CheckpointStore as CheckpointStore
+from .checkpoint import DamagedEpoch as DamagedEpoch
 from .checkpoint import EpochInfo as EpochInfo
+from .checkpoint import Segment as Segment
 from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
