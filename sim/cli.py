@@ -775,9 +775,10 @@ def _print_summary(
             start = segment["resumed_from_epoch"]
             speed = segment["events_per_second"]
             table.add_row(
-                f"  segment {segment['segment']} "
-                + ("(fresh)" if start is None else f"(from epoch {start})"),
-                f"{segment['wall_seconds']:,.2f} s, {segment['events']:,} events, "
+                f"  segment {segment['segment']}"
+                + ("" if start is None else f" (from epoch {start})")
+                + f": {segment['events']:,} events",
+                f"{segment['wall_seconds']:,.2f} s, "
                 + (f"{speed:,.0f} events/s" if speed else "-"),
             )
     if latency.get("p50") is not None:
@@ -809,10 +810,11 @@ def _print_summary(
                 f"[yellow]rolled back to epoch {rollback['to_epoch']}[/yellow] after: "
                 f"{escape(rollback['error'])}"
             )
-        console.print(
-            f"checkpoints: {checkpoints['epochs_written']} epochs written "
-            f"(last: {checkpoints['last_epoch']}) to {escape(checkpoints['database'])}"
-        )
+        if not report.get("already_complete"):
+            console.print(
+                f"checkpoints: {checkpoints['epochs_written']} epochs written "
+                f"(last: {checkpoints['last_epoch']}) to {escape(checkpoints['database'])}"
+            )
     logging = report.get("logging")
     if logging and logging.get("enabled"):
         written = sum(logging["written"].values())

@@ -194,7 +194,7 @@ def restoring(kind: str, name: str) -> Iterator[None]:
         AttributeError,
     ) as exc:
         raise DamagedEpoch(
-            None, f"{kind}/{name}", f"does not decode ({type(exc).__name__}: {exc})"
+            None, f"{kind}/{name}", f"cannot be restored ({type(exc).__name__}: {exc})"
         ) from None
 
 
@@ -238,7 +238,7 @@ def _check_file(path: Path) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
     if not head:
-        problem = "it is empty (0 bytes)"
+        problem = "it is empty: 0 bytes"
     elif head != _SQLITE_HEADER:
         problem = "it is not an SQLite file"
     else:
@@ -604,7 +604,7 @@ class CheckpointStore:
         self, restore: Callable[[tuple[EpochInfo, dict[tuple[str, str], bytes]]], _T]
     ) -> _T | None:
         """Restore from the newest intact epoch: ``restore`` gets the epoch and its parts, and
-        raises :class:`DamagedEpoch` for a part that does not decode; the next older epoch is
+        raises :class:`DamagedEpoch` for a part that cannot be restored; the next older epoch is
         tried then. Epochs passed over are listed in :attr:`damaged`.
 
         Returns:
