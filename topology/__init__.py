@@ -6,7 +6,6 @@ from .build import Pipeline as Pipeline
 from .checkpoint import CheckpointStore as CheckpointStore
 from .checkpoint import DamagedEpoch as DamagedEpoch
 from .checkpoint import EpochInfo as EpochInfo
-from .checkpoint import Segment as Segment
 from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
@@ -24,3 +23,4 @@ from .schema import ProducerSpec as ProducerSpec
 from .schema import RedisSpec as RedisSpec
 from .schema import TopicSpec as TopicSpec
 from .schema import Topology as Topology
+from .segment import Segment as Segment

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import threading
 import time
@@ -17,6 +16,7 @@ import attrs
 import msgspec
 
 from .errors import CheckpointError
+from .segment import Segment, decode_segments, encode_segments
 
 SCHEMA_VERSION = 2
 """The layout of the database; another one is refused, never rewritten. Version 2 added a
@@ -54,66 +54,6 @@ CREATE TABLE IF NOT EXISTS parts (
 """
 
 _T = TypeVar("_T")
-
-
-@attrs.frozen
-class Segment:
-    """One process's share of a run: from its start, fresh or resumed from an epoch, to an
-    epoch it wrote (or, in a report, to its end)."""
-
-    number: int
-    """1 for the process that started the run, 2 for the first that resumed it, and so on."""
-    resumed_from_epoch: int | None
-    """The epoch this segment started from; None for the first."""
-    started_at: float
-    """Wall-clock time (Unix seconds) the segment started."""
-    wall_seconds: float
-    """Real time from the segment's start to its epoch (or its end)."""
-    events_from: int
-    """Events produced when the segment started."""
-    events_to: int
-    """Events produced at its epoch (or its end)."""
-    sim_from: float
-    """The run's simulated time when the segment started."""
-    sim_to: float
-    """The run's simulated time at its epoch (or its end)."""
-
-    @property
-    def events(self) -> int:
-        """Events produced during the segment."""
-        return self.events_to - self.events_from
-
-    @property
-    def events_per_second(self) -> float | None:
-        """Events produced during the segment per real second; None if it took no time."""
-        return self.events / self.wall_seconds if self.wall_seconds > 0 else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The segment as plain data (the database and the report store it so)."""
-        return {
-            "segment": self.number,
-            "resumed_from_epoch": self.resumed_from_epoch,
-            "started_at": self.started_at,
-            "wall_seconds": self.wall_seconds,
-            "events_from": self.events_from,
-            "events_to": self.events_to,
-            "sim_from": self.sim_from,
-            "sim_to": self.sim_to,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Segment:
-        """The segment that :meth:`to_dict` gave."""
-        return cls(
-            number=int(data["segment"]),
-            resumed_from_epoch=data["resumed_from_epoch"],
-            started_at=float(data["started_at"]),
-            wall_seconds=float(data["wall_seconds"]),
-            events_from=int(data["events_from"]),
-            events_to=int(data["events_to"]),
-            sim_from=float(data["sim_from"]),
-            sim_to=float(data["sim_to"]),
-        )
 
 
 @attrs.frozen
@@ -215,18 +155,6 @@ def _epoch_checksum(row: Sequence[Any], parts: Sequence[tuple[str, str, str]]) -
     )
     text += "".join(f"{kind}\0{name}\0{checksum}\n" for kind, name, checksum in sorted(parts))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _encode_segments(segments: Sequence[Segment]) -> str:
-    return json.dumps([s.to_dict() for s in segments], sort_keys=True, separators=(",", ":"))
-
-
-def _decode_segments(text: str) -> tuple[Segment, ...]:
-    # Damage here shows in the epoch's checksum; listing must not fail on it.
-    try:
-        return tuple(Segment.from_dict(s) for s in json.loads(text))
-    except (ValueError, TypeError, KeyError):
-        return ()
 
 
 def _check_file(path: Path) -> None:
@@ -428,7 +356,7 @@ class CheckpointStore:
         started = time.perf_counter()
         size = sum(len(data) for data in snapshot.parts.values())
         segments = self._segments_at(snapshot)
-        history = _encode_segments(segments)
+        history = encode_segments(segments)
         parts = [
             (kind, name, data, part_checksum(kind, name, data))
             for (kind, name), data in snapshot.parts.items()
@@ -533,7 +461,7 @@ class CheckpointStore:
                 write_seconds=row[6],
                 final=bool(row[7]),
                 completed=bool(row[8]),
-                segments=_decode_segments(row[9]),
+                segments=decode_segments(row[9]),
             )
             for row in rows
         ]
