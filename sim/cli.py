@@ -8,6 +8,7 @@ import math
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from rich.table import Table
 from actors import RingflowError
 from actors.redislog import redact
 from actors.wire import DISAGREEMENT
-from topology import CheckpointError, Pipeline, Topology, TopologyError
+from topology import CheckpointError, CheckpointSettings, Pipeline, Topology, TopologyError
 from topology.limits import MAX_EVENTS
 
 from .bench import BenchSettings, run_bench
@@ -31,11 +32,14 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-"""The run completed but an invariant failed, or an actor crashed."""
+"""The run completed but an invariant failed, or an actor crashed, or the report could not
+be written where asked (it was saved elsewhere, and its path printed)."""
 EXIT_USAGE = 2
 """Bad input: a malformed topology, bad arguments. Nothing was run."""
 EXIT_INTERRUPTED = 130
-"""Stopped by Ctrl-C; a partial report was written."""
+"""Stopped by Ctrl-C (SIGINT); a partial report was written."""
+EXIT_TERMINATED = 143
+"""Stopped by SIGTERM (``docker stop``, a process manager): as Ctrl-C, 128 + 15."""
 
 
 def _whole(text: str, low: int, high: int | None = None) -> int:
@@ -85,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a topology file and report on it",
         description=(
             "Run a topology file to completion with a live view, then print a summary and "
-            "write a JSON report (and a PNG chart when matplotlib is installed). Ctrl-C stops "
-            "cleanly and writes a partial report. Exit code: 0 when every 'expect' invariant "
-            "holds, 1 when one fails, an actor crashes or the run stalls, 2 for a bad file, "
-            "130 on Ctrl-C."
+            "write a JSON report (and a PNG chart when matplotlib is installed). Ctrl-C or "
+            "SIGTERM stops cleanly and writes a partial report. Exit code: 0 when every "
+            "'expect' invariant holds, 1 when one fails, an actor crashes or the run stalls "
+            "(or the report could not be written where asked), 2 for a bad file or argument, "
+            "130 on Ctrl-C, 143 on SIGTERM."
         ),
     )
     run.add_argument("topology", type=Path, metavar="TOPOLOGY.yaml", help="the topology file")
@@ -473,26 +478,37 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .live import LiveView
-    from .report import write_chart, write_report
+    from .report import write_chart
     from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
     err = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
+        path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
+        _check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
-    except (TopologyError, CheckpointError) as exc:
+    except (TopologyError, CheckpointError, ReportPathError) as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
     out = make_console()
+    _warn_damaged(err, checkpoints)
     if pipeline.restored_from is not None and checkpoints is not None:
         epoch = pipeline.restored_from
-        out.print(
-            f"resuming from epoch {epoch.epoch} of {escape(str(checkpoints.store.path))}: "
-            f"t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events produced, "
-            f"{epoch.ring_records:,} records in rings"
-            + (" (the run had already ended)" if epoch.final else "")
-        )
+        where = escape(str(checkpoints.store.path))
+        if epoch.completed:
+            out.print(
+                f"already complete: epoch {epoch.epoch} of {where} is the final epoch of a "
+                f"completed run (t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events "
+                "produced); nothing is left to run, its results follow"
+            )
+        else:
+            out.print(
+                f"resuming from epoch {epoch.epoch} of {where}: "
+                f"t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events produced, "
+                f"{epoch.ring_records:,} records in rings"
+                + (" (the run was stopped there)" if epoch.final else "")
+            )
     elif checkpoints is not None:
         out.print(f"checkpoints: {escape(str(checkpoints.store.path))}")
     folder = args.state or (
@@ -532,25 +548,22 @@ def _run(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     report = result.report
-    path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
-    write_report(report, path)
-    _print_summary(out, report, path)
-    if not args.no_chart and report["status"] != "failed":
-        chart = path.with_suffix(".png")
-        problem = write_chart(report, chart)
-        out.print(escape(problem) if problem else f"chart: {escape(str(chart))}")
-    if report["status"] == "interrupted":
-        return EXIT_INTERRUPTED
-    if report["status"] == "failed" or not report["expect_ok"]:
-        return EXIT_FAILED
-    return EXIT_OK
+    saved, problem = _save_report(report, path, checkpoints, topology.name)
+    _print_summary(out, report, saved, problem)
+    if not args.no_chart and report["status"] != "failed" and saved is not None:
+        chart = saved.with_suffix(".png")
+        try:
+            drawn = write_chart(report, chart)
+        except OSError as exc:
+            drawn = f"no chart: cannot write {chart}: {exc.strerror or exc}"
+        out.print(escape(drawn) if drawn else f"chart: {escape(str(chart))}")
+    return _exit_code(report, problem)
 
 
 def _node(args: argparse.Namespace) -> int:
     from topology.build import Placement
     from topology.schema import parse_address
 
-    from .report import write_report
     from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
     err = make_console(stderr=True)
@@ -567,11 +580,14 @@ def _node(args: argparse.Namespace) -> int:
     except (TopologyError, ValueError) as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
+    path = args.report or Path("reports") / f"{topology.name}-{args.node}-seed{pipeline.seed}.json"
     try:
+        _check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
-    except CheckpointError as exc:
+    except (CheckpointError, ReportPathError) as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
+    _warn_damaged(err, checkpoints)
     address = pipeline.address_of(args.node)
     host = parse_address(address)[0]
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
@@ -634,12 +650,85 @@ def _node(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     report = result.report
-    path = args.report or Path("reports") / f"{topology.name}-{args.node}-seed{pipeline.seed}.json"
-    write_report(report, path)
-    _print_summary(out, report, path)
+    saved, problem = _save_report(report, path, checkpoints, f"{topology.name}-{args.node}")
+    _print_summary(out, report, saved, problem)
+    return _exit_code(report, problem)
+
+
+class ReportPathError(RingflowError):
+    """The report cannot be written where it is to go."""
+
+
+def _check_report_path(path: Path) -> None:
+    """Make sure the report can be written to ``path`` before anything runs; create its
+    folder, leave no file behind.
+
+    Raises:
+        ReportPathError: It is a folder, its folder cannot be made, or it cannot be written.
+    """
+    hint = "choose another path with --report"
+    if path.is_dir():
+        raise ReportPathError(f"cannot write the report to {path}: it is a folder; {hint}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ReportPathError(
+            f"cannot write the report to {path}: a part of {path.parent} is a file, not a "
+            f"folder; {hint}"
+        ) from None
+    except OSError as exc:
+        raise ReportPathError(
+            f"cannot write the report to {path}: its folder {path.parent} cannot be created "
+            f"({exc.strerror}); {hint}"
+        ) from None
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise ReportPathError(
+            f"cannot write the report to {path}: {exc.strerror}; {hint}"
+        ) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def _save_report(
+    report: dict[str, Any], path: Path, checkpoints: CheckpointSettings | None, name: str
+) -> tuple[Path | None, str | None]:
+    """Write the report to ``path``; when that fails (a full disk, a path taken meanwhile),
+    to the state folder, else to a temporary file.
+
+    Returns:
+        Where it was written (None if nowhere), and why not to ``path`` (None if it was).
+    """
+    from .report import write_report
+
+    try:
+        write_report(report, path)
+        return path, None
+    except OSError as exc:
+        problem = f"cannot write the report to {path}: {exc.strerror or exc}"
+    if checkpoints is not None:
+        fallback = checkpoints.store.path.parent / f"report-{name}-seed{report['seed']}.json"
+        try:
+            write_report(report, fallback)
+            return fallback, problem
+        except OSError:
+            pass
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f"ringflow-{name}-", suffix=".json")
+        os.close(handle)
+        write_report(report, Path(temporary))
+        return Path(temporary), problem
+    except OSError:
+        return None, problem
+
+
+def _exit_code(report: dict[str, Any], report_problem: str | None) -> int:
     if report["status"] == "interrupted":
-        return EXIT_INTERRUPTED
-    if report["status"] == "failed" or not report["expect_ok"]:
+        return EXIT_TERMINATED if report.get("stopped_by") == "SIGTERM" else EXIT_INTERRUPTED
+    if report["status"] == "failed" or not report["expect_ok"] or report_problem:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -665,6 +754,16 @@ def _cannot_listen(address: str) -> str | None:
                     "this node another address (--listen HOST:PORT)"
                 )
     return None
+
+
+def _warn_damaged(err: Console, checkpoints: CheckpointSettings | None) -> None:
+    if checkpoints is None:
+        return
+    for damage in checkpoints.store.damaged:
+        err.print(
+            f"[yellow]warning:[/yellow] {escape(str(checkpoints.store.path))}: "
+            f"{escape(str(damage))}; passed over for an older epoch"
+        )
 
 
 def _peers(items: Sequence[str]) -> dict[str, str]:
@@ -735,7 +834,9 @@ def _open_logging(
     return logging, server
 
 
-def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None:
+def _print_summary(
+    console: Console, report: dict[str, Any], path: Path | None, problem: str | None = None
+) -> None:
     from .report import broker_rows
 
     latency = report["latency_seconds"]
@@ -755,12 +856,25 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
     if report.get("node") and report["partitions"]:  # a node hosting topics: its rings' work
         for what, figure in broker_rows(report):
             table.add_row(escape(what), figure)
-    table.add_row("wall time", f"{report['wall_seconds']:,.2f} s")
+    segments = report["segments"]
+    several = f" over {len(segments)} segments" if len(segments) > 1 else ""
+    table.add_row("wall time", f"{report['wall_seconds']:,.2f} s{several}")
     virtual = report["clock"] == "virtual"
     if virtual:
         table.add_row("simulated time", f"{report['sim_seconds']:,.2f} s")
     rate = report["events_per_second"]
     table.add_row("throughput", f"{rate:,.0f} events/s" if rate else "-")
+    if several:
+        for segment in segments:
+            start = segment["resumed_from_epoch"]
+            speed = segment["events_per_second"]
+            table.add_row(
+                f"  segment {segment['segment']}"
+                + ("" if start is None else f" (from epoch {start})")
+                + f": {segment['events']:,} events",
+                f"{segment['wall_seconds']:,.2f} s, "
+                + (f"{speed:,.0f} events/s" if speed else "-"),
+            )
     if latency.get("p50") is not None:
         table.add_row(
             f"latency p50 / p95 / p99 ({'simulated' if virtual else 'real'})",
@@ -791,10 +905,11 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
                 f"[yellow]rolled back to epoch {rollback['to_epoch']}[/yellow] after: "
                 f"{escape(rollback['error'])}"
             )
-        console.print(
-            f"checkpoints: {checkpoints['epochs_written']} epochs written "
-            f"(last: {checkpoints['last_epoch']}) to {escape(checkpoints['database'])}"
-        )
+        if not report.get("already_complete"):
+            console.print(
+                f"checkpoints: {checkpoints['epochs_written']} epochs written "
+                f"(last: {checkpoints['last_epoch']}) to {escape(checkpoints['database'])}"
+            )
     logging = report.get("logging")
     if logging and logging.get("enabled"):
         written = sum(logging["written"].values())
@@ -815,7 +930,20 @@ def _print_summary(console: Console, report: dict[str, Any], path: Path) -> None
     if report["error"]:
         console.print(f"[red]run failed:[/red] {escape(report['error'])}")
     if report["status"] == "interrupted":
-        console.print("[yellow]interrupted: the report is partial[/yellow]")
+        by = f" by {report['stopped_by']}" if report.get("stopped_by") else ""
+        console.print(f"[yellow]interrupted{by}: the report is partial[/yellow]")
+    if report.get("already_complete"):
+        console.print(
+            "already complete: nothing was run; the figures are those of the run that completed it"
+        )
+    if problem is not None:
+        console.print(f"[red]{escape(problem)}[/red]")
+        console.print(f"digest: {report['digest']}")
+        if path is None:
+            console.print("[red]the report could not be saved anywhere[/red]")
+            return
+        console.print(f"report saved instead to: {escape(str(path))}")
+        return
     console.print(f"report: {escape(str(path))}")
 
 
@@ -824,24 +952,42 @@ def _checkpoints(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from topology.checkpoint import read_store
+    from topology.checkpoint import SCHEMA_VERSION, read_store
 
     err = make_console(stderr=True)
     out = make_console()
     try:
         meta, store = read_store(args.state)
-        epochs = store.epochs()
-        loaded = store.load(args.epoch) if args.epoch else None
     except CheckpointError as exc:
         err.print(escape(str(exc)))
         return EXIT_USAGE
+    checked = store.version >= SCHEMA_VERSION
+    try:
+        epochs = store.epochs()
+        loaded = store.load(args.epoch, verify=False) if args.epoch else None
+        damage = {e.epoch: store.verify(e.epoch) if checked else None for e in epochs}
+    except CheckpointError as exc:
+        err.print(escape(str(exc)))
+        return EXIT_USAGE
+    finally:
+        store.close()
     out.print(
         f"{escape(str(store.path))}: topology {meta.get('topology')!r}, schema "
         f"{meta.get('schema_version')}, fingerprint {meta.get('fingerprint', '?')[:12]}"
+        + ("" if checked else " (an older schema: epochs have no checksums to verify)")
     )
+    bad = [d for d in damage.values() if d is not None]
     if loaded is None:
         table = Table(
-            "epoch", "written", "sim time", "events", "in rings", "size", "write", "final"
+            "epoch",
+            "written",
+            "sim time",
+            "events",
+            "in rings",
+            "size",
+            "write",
+            "final",
+            "intact",
         )
         for e in epochs:
             written = datetime.datetime.fromtimestamp(e.created_at).strftime("%H:%M:%S")
@@ -853,31 +999,52 @@ def _checkpoints(args: argparse.Namespace) -> int:
                 f"{e.ring_records:,}",
                 f"{e.bytes / 1024:,.1f} KiB",
                 f"{e.write_seconds * 1000:,.1f} ms",
-                "yes" if e.final else "",
+                ("completed" if e.completed else "yes") if e.final else "",
+                "?" if not checked else "yes" if damage[e.epoch] is None else "[red]DAMAGED[/red]",
             )
         out.print(table if epochs else "no epochs yet")
+        for found in bad:
+            out.print(f"[red]damaged:[/red] {escape(str(found))}")
         return EXIT_OK
     info, parts = loaded
     out.print(
         f"epoch {info.epoch}: t={info.sim_time:,.2f}s, {info.events_produced:,} events "
         f"produced, {info.ring_records:,} records in rings, {info.bytes:,} bytes, "
         f"written in {info.write_seconds * 1000:,.1f} ms{', final' if info.final else ''}"
+        + (", the run completed" if info.completed else "")
     )
+    problem = damage.get(info.epoch)
+    if problem is not None:
+        out.print(f"[red]damaged:[/red] {escape(str(problem))}")
     table = Table("part", "name", "bytes", "what")
     for (kind, name), data in sorted(parts.items()):
-        what = ""
-        decoded = msgspec.msgpack.decode(data)
-        if kind == "partition":
-            start, end, committed = decoded[0], decoded[1], decoded[2]
-            what = f"offsets {start:,}..{end:,}; committed " + ", ".join(
-                f"{group}={offset:,}" for group, offset in committed.items()
-            )
-        elif kind == "producer":
-            what = f"{decoded['done']:,} events made"
-        elif kind == "consumer":
-            what = f"{decoded['records']:,} records processed"
-        elif kind == "topic":
-            what = f"{decoded[0]:,} records produced"
+        if problem is not None and problem.part == f"{kind}/{name}":
+            table.add_row(kind, escape(name), f"{len(data):,}", "[red]damaged[/red]")
+            continue
+        try:
+            decoded = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError:
+            table.add_row(kind, escape(name), f"{len(data):,}", "[red]not MessagePack[/red]")
+            continue
+        try:
+            what = _describe_part(kind, decoded)
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError):
+            what = "[red]not what this part holds[/red]"
         table.add_row(kind, escape(name), f"{len(data):,}", what)
     out.print(table)
     return EXIT_OK
+
+
+def _describe_part(kind: str, decoded: Any) -> str:
+    if kind == "partition":
+        start, end, committed = decoded[0], decoded[1], decoded[2]
+        return f"offsets {start:,}..{end:,}; committed " + ", ".join(
+            f"{group}={offset:,}" for group, offset in committed.items()
+        )
+    if kind == "producer":
+        return f"{decoded['done']:,} events made"
+    if kind == "consumer":
+        return f"{decoded['records']:,} records processed"
+    if kind == "topic":
+        return f"{decoded[0]:,} records produced"
+    return ""

@@ -47,7 +47,7 @@ class LiveView:
         then, before = self._last
         rate = (consumed - before) / (wall - then) if wall > then else 0.0
         self._last = (wall, consumed)
-        sim = now - (pipeline.started_at or 0.0)
+        sim = now - pipeline.origin  # the run's simulated time, continuous across resumes
         self.progress.update(
             self.produced, completed=pipeline.events_produced, detail=f"t={sim:,.1f}s simulated"
         )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from topology import Pipeline
+from topology import EpochInfo, Pipeline, Segment
 from topology.build import LATENCY_RESOLUTION
 
 
@@ -41,19 +43,66 @@ def percentiles(histogram: Counter[int], points: tuple[float, ...]) -> dict[str,
     return result
 
 
+def this_segment(pipeline: Pipeline, resumed: EpochInfo | None, number: int) -> Segment:
+    """The segment a pipeline ran in this process, from its start (fresh or resumed from
+    ``resumed``) to its end."""
+    started = pipeline.wall_started or 0.0
+    return Segment(
+        number=number,
+        resumed_from_epoch=None if resumed is None else resumed.epoch,
+        started_at=time.time() - (time.perf_counter() - started),
+        wall_seconds=(pipeline.wall_finished or started) - started,
+        events_from=0 if resumed is None else resumed.events_produced,
+        events_to=pipeline.events_produced,
+        sim_from=0.0 if resumed is None else resumed.sim_time,
+        sim_to=(pipeline.finished_at or 0.0) - pipeline.origin,
+    )
+
+
+def segment_report(segment: Segment) -> dict[str, Any]:
+    """A segment as the report shows it."""
+    rate = segment.events_per_second
+    return {
+        **segment.to_dict(),
+        "wall_seconds": round(segment.wall_seconds, 6),
+        "sim_from": round(segment.sim_from, 6),
+        "sim_to": round(segment.sim_to, 6),
+        "events": segment.events,
+        "events_per_second": None if rate is None else round(rate, 1),
+    }
+
+
 def build_report(
     pipeline: Pipeline,
     *,
     status: str,
     error: str | None = None,
     samples: list[list[float]] | None = None,
+    earlier: Sequence[Segment] = (),
+    resumed: EpochInfo | None = None,
+    already_complete: bool = False,
 ) -> dict[str, Any]:
     """Assemble the report of a finished, failed or interrupted run.
 
     Call it inside the Trio run (partition statistics read the run's clock).
+
+    Args:
+        pipeline: The pipeline that ran.
+        status: ``completed``, ``interrupted`` or ``failed``.
+        error: What failed.
+        samples: The timeline's rows.
+        earlier: The segments (processes) of the run before this one, from the epoch it
+            resumed from: wall time and throughput are given per segment and in total.
+        resumed: The epoch this process resumed from.
+        already_complete: The epoch was the final one of a completed run, so this process
+            did nothing: the figures are those of the segments that did the work.
     """
-    wall = (pipeline.wall_finished or 0.0) - (pipeline.wall_started or 0.0)
-    sim = (pipeline.finished_at or 0.0) - (pipeline.started_at or 0.0)
+    segments = list(earlier)
+    if not already_complete:
+        segments.append(this_segment(pipeline, resumed, len(segments) + 1))
+    wall = sum(s.wall_seconds for s in segments)
+    # Simulated time goes on across resumes: from the run's start to its end.
+    sim = (pipeline.finished_at or 0.0) - pipeline.origin
     latency: Counter[int] = Counter()
     if pipeline.placement is None:  # across nodes, each has its own origin of event time
         for tally in pipeline.tallies.values():
@@ -87,6 +136,7 @@ def build_report(
         "clock": "real" if pipeline.placement is not None else pipeline.topology.clock,
         "node": None if pipeline.placement is None else pipeline.placement.node,
         "status": status,
+        "already_complete": already_complete,
         "error": error,
         "events_planned": pipeline.events_planned,
         "events_produced": produced,
@@ -98,6 +148,7 @@ def build_report(
         "wall_seconds": round(wall, 6),
         "sim_seconds": round(sim, 6),
         "events_per_second": round(produced / wall, 1) if wall > 0 else None,
+        "segments": [segment_report(s) for s in segments],
         "latency_seconds": percentiles(latency, (50, 95, 99)),
         "latency_sampled_records": sum(latency.values()),
         "partitions": partitions,

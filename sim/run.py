@@ -34,6 +34,7 @@ from topology import (
     CheckpointSettings,
     CheckpointSpec,
     CheckpointStore,
+    DamagedEpoch,
     EpochInfo,
     Pipeline,
     Registry,
@@ -254,13 +255,17 @@ def open_checkpoints(
     Checkpoints are on when the topology has a ``checkpoint`` section or ``state`` is given.
     The folder is the section's ``path``, else ``state``, else ``state/NAME``.
 
+    An epoch that is damaged (a part that does not match its checksum or does not decode)
+    is passed over for the next older one; ``settings.store.damaged`` lists those.
+
     Returns:
         The settings (None when checkpoints are off) and the pipeline to run: a new one
-        restored from the newest epoch, or the one given.
+        restored from the newest intact epoch, or the one given.
 
     Raises:
-        CheckpointError: The folder cannot be used (another topology, a newer schema, a
-            damaged database, no permission); nothing in it was changed.
+        CheckpointError: The folder cannot be used (another topology, another schema, a
+            damaged database, epochs none of which is intact, no permission); nothing in it
+            was changed.
     """
     spec = pipeline.topology.checkpoint
     if spec is None and state is None:
@@ -283,10 +288,12 @@ def open_checkpoints(
         every_records=spec.every_records,
         in_thread=pipeline.topology.clock == "real" or node is not None,
     )
-    loaded = store.load()
-    if loaded is not None:
-        pipeline = _rebuild(pipeline, loaded)
-    return settings, pipeline
+    try:
+        restored = store.load_intact(functools.partial(_rebuild, pipeline))
+    except CheckpointError:
+        store.close()
+        raise
+    return settings, restored or pipeline
 
 
 def _rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:
@@ -322,21 +329,34 @@ def run_pipeline(
         on_refresh: Called about every ``refresh_every`` real seconds with the pipeline and the
             run's clock, for a live view.
         refresh_every: Real seconds between refreshes and timeline samples.
-        handle_sigint: Stop cleanly on Ctrl-C (after a final epoch, with checkpoints) with a
-            partial report (status ``interrupted``).
+        handle_sigint: Stop cleanly on Ctrl-C or SIGTERM (after a final epoch, with
+            checkpoints) with a partial report (status ``interrupted``, ``stopped_by`` naming
+            the signal).
         on_logger: Called with the run's logger once logging has started, for a view of its
             :meth:`~actors.redislog.RedisLogger.statistics`.
     """
     samples: list[list[float]] = []
     state: dict[str, Any] = {"next": 0.0, "pipeline": pipeline, "rollbacks": []}
+    resumed = pipeline.restored_from
+    earlier = () if resumed is None else resumed.segments
+    # Resumed from the final epoch of a completed run: nothing is left to do, and nothing
+    # new is written (a node still runs, for the nodes that may need it).
+    complete = resumed is not None and resumed.completed and pipeline.placement is None
+    wall_before = sum(s.wall_seconds for s in earlier)
+    damaged = [] if checkpoints is None else list(checkpoints.store.damaged)
 
     def sample() -> None:
         current: Pipeline = state["pipeline"]
         now = trio.current_time()
         samples.append(
             [
-                round(now - (current.started_at or 0.0), 6),
-                round(time.perf_counter() - (current.wall_started or time.perf_counter()), 6),
+                round(now - current.origin, 6),
+                round(
+                    wall_before
+                    + time.perf_counter()
+                    - (current.wall_started or time.perf_counter()),
+                    6,
+                ),
                 current.events_produced,
                 current.events_consumed,
                 current.total_lag(),
@@ -455,10 +475,13 @@ def run_pipeline(
         status, error = "completed", None
         interrupted = trio.Event()
         wall_started = time.perf_counter()
+        writing = None if complete else checkpoints
+        if writing is not None:
+            writing.store.begin_segment(resumed)
         async with trio.open_nursery() as nursery:
             if handle_sigint:
                 nursery.start_soon(
-                    _stop_on_sigint, nursery.cancel_scope, interrupted, state, checkpoints
+                    _stop_on_sigint, nursery.cancel_scope, interrupted, state, writing
                 )
             if pipeline.placement is None:  # a node may wait for its peers as long as needed
                 nursery.start_soon(
@@ -469,7 +492,7 @@ def run_pipeline(
             while True:
                 current: Pipeline = state["pipeline"]
                 try:
-                    await current.run(monitor, checkpoints)
+                    await current.run(monitor, writing)
                     break
                 except (SupervisionError, CheckpointError) as exc:
                     if logger is not None:
@@ -479,18 +502,26 @@ def run_pipeline(
                         state["refused"] = refused
                         status, error = "failed", str(exc)
                         break
-                    if checkpoints is None or len(state["rollbacks"]) >= MAX_ROLLBACKS:
+                    if writing is None or len(state["rollbacks"]) >= MAX_ROLLBACKS:
                         status, error = "failed", str(exc)
                         break
-                    loaded = checkpoints.store.load()
+                    try:
+                        rebuilt = writing.store.load_intact(
+                            functools.partial(_rebuild, current)
+                        ) or _rebuild(current, None)
+                    except CheckpointError as lost:
+                        status, error = "failed", f"{exc}; then {lost}"
+                        break
+                    back = rebuilt.restored_from
+                    to_epoch = None if back is None else back.epoch
                     state["rollbacks"].append(
                         {
                             "error": str(exc),
-                            "to_epoch": loaded[0].epoch if loaded else None,
-                            "at": trio.current_time(),
+                            "to_epoch": to_epoch,
+                            "at": trio.current_time() - current.origin,
+                            "damaged_epochs": [str(d) for d in writing.store.damaged],
                         }
                     )
-                    rebuilt = _rebuild(current, loaded) if loaded else _rebuild(current, None)
                     rebuilt.epochs = current.epochs
                     state["pipeline"] = rebuilt
                     if logger is not None:
@@ -498,7 +529,7 @@ def run_pipeline(
                         logger.emit(
                             "meta",
                             event="rollback",
-                            to_epoch=-1 if loaded is None else loaded[0].epoch,
+                            to_epoch=-1 if to_epoch is None else to_epoch,
                         )
             nursery.cancel_scope.cancel()  # the run is over: stop listening for Ctrl-C
         if interrupted.is_set():
@@ -507,9 +538,25 @@ def run_pipeline(
             status, error = "failed", state["stalled"]
         final: Pipeline = state["pipeline"]
         final.wall_started = wall_started
+        last = final.epochs[-1] if final.epochs else None
+        if status == "completed" and writing is not None and last is not None and last.final:
+            try:
+                writing.store.mark_completed(last.epoch)
+            except CheckpointError as exc:
+                if logger is not None:
+                    logger.emit("errors", event="checkpoint", error=str(exc)[:2000])
         sample()
-        report = build_report(final, status=status, error=error, samples=samples)
-        report["checkpoints"] = _checkpoint_report(final, checkpoints, state["rollbacks"])
+        report = build_report(
+            final,
+            status=status,
+            error=error,
+            samples=samples,
+            earlier=earlier,
+            resumed=resumed,
+            already_complete=complete,
+        )
+        report["stopped_by"] = state.get("stopped_by")
+        report["checkpoints"] = _checkpoint_report(final, checkpoints, state["rollbacks"], damaged)
         report["logging"] = state.get("logging")
         return report
 
@@ -536,7 +583,10 @@ def _refusal(exc: BaseException) -> GatewayError | None:
 
 
 def _checkpoint_report(
-    pipeline: Pipeline, checkpoints: CheckpointSettings | None, rollbacks: list[Any]
+    pipeline: Pipeline,
+    checkpoints: CheckpointSettings | None,
+    rollbacks: list[Any],
+    damaged: list[DamagedEpoch],
 ) -> dict[str, Any] | None:
     if checkpoints is None:
         return None
@@ -546,6 +596,9 @@ def _checkpoint_report(
         "resumed_from_epoch": None
         if pipeline.restored_from is None
         else pipeline.restored_from.epoch,
+        "damaged_epochs": [
+            {"epoch": d.epoch, "part": d.part, "problem": d.problem} for d in damaged
+        ],
         "epochs_written": len(pipeline.epochs),
         "last_epoch": None if last is None else last.epoch,
         "write_seconds_total": round(sum(e.write_seconds for e in pipeline.epochs), 6),
@@ -564,8 +617,10 @@ async def _stop_on_sigint(
     state: dict[str, Any],
     checkpoints: CheckpointSettings | None,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async for _ in signals:
+    # SIGTERM (what docker stop and process managers send) stops the run as Ctrl-C does.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            state["stopped_by"] = signal.Signals(signum).name
             interrupted.set()
             if checkpoints is not None:
                 # A final epoch first, so running the same command again carries on from here.

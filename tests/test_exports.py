@@ -68,8 +68,9 @@ MODULE_LEVEL = {
             "split_evenly",
             "split_proportionally",
         },
-        "checkpoint": {"Snapshot", "read_store"},
+        "checkpoint": {"Snapshot", "part_checksum", "read_store", "restoring"},
         "limits": {"limit_problem"},
+        "segment": {"decode_segments", "encode_segments"},
         "schema": {
             "checks",
             "describe_errors",

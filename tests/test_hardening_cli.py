@@ -475,7 +475,7 @@ def test_output_into_a_pipe_is_never_wrapped_or_cut(tmp_path: Path) -> None:
         header,
     )
     assert "300,000" in shown
-    final = [line for line in shown.splitlines() if "yes" in line]
+    final = [line for line in shown.splitlines() if " completed " in line]
     assert len(final) == 1
     assert "300,000" in final[0]
 

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ pytestmark = pytest.mark.timeout(120)
 
 KILL_SEED = os.environ.get("RINGFLOW_KILL_SEED", "0")
 """Seeds the moments kill tests pick; 'make stress' runs them with many seeds."""
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way leaves its node processes running: stop them."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def free_ports(count: int) -> list[int]:
@@ -295,6 +311,7 @@ def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Pa
             stderr=subprocess.STDOUT,
             text=True,
         )
+        _STARTED.append(processes[name])
         time.sleep(0.2)
     tap = subprocess.run(
         [
@@ -357,6 +374,7 @@ def start_nodes(
             stderr=subprocess.STDOUT,
             text=True,
         )
+        _STARTED.append(processes[name])
     return processes, envs, commands
 
 

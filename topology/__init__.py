@@ -4,6 +4,7 @@ from .build import CheckpointSettings as CheckpointSettings
 from .build import Expectation as Expectation
 from .build import Pipeline as Pipeline
 from .checkpoint import CheckpointStore as CheckpointStore
+from .checkpoint import DamagedEpoch as DamagedEpoch
 from .checkpoint import EpochInfo as EpochInfo
 from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
@@ -24,3 +25,4 @@ from .schema import ProducerSpec as ProducerSpec
 from .schema import RedisSpec as RedisSpec
 from .schema import TopicSpec as TopicSpec
 from .schema import Topology as Topology
+from .segment import Segment as Segment

@@ -34,7 +34,7 @@ from actors import (
 )
 from actors._nursery import open_nursery
 
-from .checkpoint import CheckpointStore, EpochInfo, Snapshot
+from .checkpoint import CheckpointStore, EpochInfo, Snapshot, restoring
 from .errors import TopologyError
 from .registry import Processor, Registry
 from .schema import RedisSpec, Topology, converter, parse_address
@@ -542,7 +542,8 @@ class Pipeline:
             )
             saved = None if restore is None else restore[1].get(("gateway", "state"))
             if saved is not None:
-                pipeline.gateway.restore(msgspec.msgpack.decode(saved))
+                with restoring("gateway", "state"):
+                    pipeline.gateway.restore(msgspec.msgpack.decode(saved))
             for topic in topics:
                 remote = {
                     producer_id(plan)
@@ -644,7 +645,9 @@ class Pipeline:
         self._capture_split(parts)
         now = trio.current_time()
         parts["run", "clock"] = _ENCODER.encode({"sim_time": now, "event_time": now - self.origin})
-        return Snapshot(now, self.events_produced, held, parts, final)
+        # The run's simulated time counts from its origin, so it goes on across resumes
+        # whatever the clock read when a resumed run started.
+        return Snapshot(now - self.origin, self.events_produced, held, parts, final)
 
     def _capture_split(self, parts: dict[tuple[str, str], bytes]) -> None:
         # A node's own part of a split topology, and what becomes durable, for the other
@@ -692,41 +695,48 @@ class Pipeline:
                 data = parts.get(("partition", f"{name}/{partition.index}"))
                 if data is None:
                     continue
-                start, end, committed, peak, batches = decoder.decode(data)
+                with restoring("partition", f"{name}/{partition.index}"):
+                    start, end, committed, peak, batches = decoder.decode(data)
                 sequences = parts.get(("sequences", f"{name}/{partition.index}"))
-                partition.restore(
-                    PartitionState(
-                        start,
-                        end,
-                        committed,
-                        [
-                            RecordBatch(name, partition.index, base, keys, values, stamps)
-                            for base, keys, values, stamps in batches
-                        ],
-                        peak,
-                        {} if sequences is None else _SEQUENCES.decode(sequences),
+                with restoring("sequences", f"{name}/{partition.index}"):
+                    restored_sequences = {} if sequences is None else _SEQUENCES.decode(sequences)
+                with restoring("partition", f"{name}/{partition.index}"):
+                    partition.restore(
+                        PartitionState(
+                            start,
+                            end,
+                            committed,
+                            [
+                                RecordBatch(name, partition.index, base, keys, values, stamps)
+                                for base, keys, values, stamps in batches
+                            ],
+                            peak,
+                            restored_sequences,
+                        )
                     )
-                )
 
     def _restore_state(self, info: EpochInfo, parts: dict[tuple[str, str], bytes]) -> None:
         self.restored_from = info
         for (kind, name), data in parts.items():
-            state = msgspec.msgpack.decode(data) if kind not in ("partition", "sequences") else None
-            if kind == "processor" and name in self.processors:
-                self.processors[name].restore(state)
-            elif kind == "consumer" and name in self.tallies:
-                self.tallies[name].restore(state)
-            elif kind == "topic" and name in self.produced:
-                self.produced[name].restore(state)
-            elif kind == "run" and name == "clock":
-                self._event_time_at_restore = float((state or {})["event_time"])
-            elif kind == "remote":
-                self._restored_remote[name] = state
-            elif kind == "member":
-                self._restored_members[name] = dict(state or [])
-            elif kind == "producer":
-                producer, instance = name.rsplit("/", 1)
-                self._positions[producer, int(instance)] = dict(state or {})
+            with restoring(kind, name):
+                state = (
+                    msgspec.msgpack.decode(data) if kind not in ("partition", "sequences") else None
+                )
+                if kind == "processor" and name in self.processors:
+                    self.processors[name].restore(state)
+                elif kind == "consumer" and name in self.tallies:
+                    self.tallies[name].restore(state)
+                elif kind == "topic" and name in self.produced:
+                    self.produced[name].restore(state)
+                elif kind == "run" and name == "clock":
+                    self._event_time_at_restore = float((state or {})["event_time"])
+                elif kind == "remote":
+                    self._restored_remote[name] = state
+                elif kind == "member":
+                    self._restored_members[name] = dict(state or [])
+                elif kind == "producer":
+                    producer, instance = name.rsplit("/", 1)
+                    self._positions[producer, int(instance)] = dict(state or {})
         for (consumer, read), group in self._remote_groups().items():
             for number in range(self.topology.consumers[consumer].instances):
                 where = self._restored_members.get(f"{consumer}/{number}/{read}")

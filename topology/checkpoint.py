@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import attrs
+import msgspec
 
 from .errors import CheckpointError
+from .segment import Segment, decode_segments, encode_segments
 
-SCHEMA_VERSION = 1
-"""The layout of the database; a newer one is refused, never rewritten."""
+SCHEMA_VERSION = 2
+"""The layout of the database; another one is refused, never rewritten. Version 2 added a
+checksum to every part and every epoch, whether the epoch ended a completed run, and the
+segments (processes) of the run that led to it."""
 
 FILE_NAME = "checkpoints.sqlite3"
 """The database's name inside a state folder."""
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,16 +38,22 @@ CREATE TABLE IF NOT EXISTS epochs (
     ring_records INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     write_seconds REAL NOT NULL,
-    final INTEGER NOT NULL
+    final INTEGER NOT NULL,
+    completed INTEGER NOT NULL,
+    segments TEXT NOT NULL,
+    checksum TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS parts (
     epoch INTEGER NOT NULL REFERENCES epochs(epoch) ON DELETE CASCADE,
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     data BLOB NOT NULL,
+    checksum TEXT NOT NULL,
     PRIMARY KEY (epoch, kind, name)
 );
 """
+
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -50,7 +65,8 @@ class EpochInfo:
     created_at: float
     """Wall-clock time (Unix seconds) the epoch was written."""
     sim_time: float
-    """The run's clock at the snapshot."""
+    """The run's simulated time at the snapshot: seconds of the run's clock since the run
+    began, continuous across resumes."""
     events_produced: int
     """Events accepted into topics by then."""
     ring_records: int
@@ -61,6 +77,10 @@ class EpochInfo:
     """How long the write took."""
     final: bool
     """Whether it was written as the run ended (completed or stopped)."""
+    completed: bool = False
+    """Whether the run had completed with it: nothing is left to do after it."""
+    segments: tuple[Segment, ...] = ()
+    """The segments of the run up to this epoch, the last one being the one that wrote it."""
 
 
 @attrs.frozen
@@ -74,13 +94,103 @@ class Snapshot:
     final: bool = False
 
 
+class DamagedEpoch(CheckpointError):
+    """An epoch that cannot be resumed from: a part does not match its checksum, or does not
+    decode, or the epoch's own record does not match its checksum.
+
+    Attributes:
+        epoch: The epoch's number (None while a part is restored, before it is known).
+        part: What is damaged: ``kind/name`` of a part, such as ``processor/video-stats``,
+            or ``epoch record`` for the epoch's row and its list of parts.
+        problem: What was found.
+    """
+
+    def __init__(self, epoch: int | None, part: str, problem: str) -> None:
+        self.epoch = epoch
+        self.part = part
+        self.problem = problem
+        where = "an epoch" if epoch is None else f"epoch {epoch}"
+        super().__init__(f"{where} is damaged: {part} {problem}")
+
+    def of_epoch(self, epoch: int) -> DamagedEpoch:
+        """The same damage, naming ``epoch``."""
+        return DamagedEpoch(epoch, self.part, self.problem)
+
+
+@contextmanager
+def restoring(kind: str, name: str) -> Iterator[None]:
+    """Report a part that fails to decode or to restore as :class:`DamagedEpoch`.
+
+    Its checksum matched, so it was written so: the bytes are not what its reader expects.
+    """
+    try:
+        yield
+    except (
+        msgspec.DecodeError,
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as exc:
+        raise DamagedEpoch(
+            None, f"{kind}/{name}", f"cannot be restored ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def part_checksum(kind: str, name: str, data: bytes) -> str:
+    """The checksum of one part: sha256 of its kind, name and bytes."""
+    digest = hashlib.sha256(f"{kind}\0{name}\0".encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _epoch_checksum(row: Sequence[Any], parts: Sequence[tuple[str, str, str]]) -> str:
+    # Over what resuming relies on: the epoch's number and figures, its segments, and every
+    # part by name and checksum (so a part lost or added shows too).
+    epoch, sim_time, events, ring_records, final, completed, segments = row
+    text = (
+        f"{int(epoch)}\n{float(sim_time)!r}\n{int(events)}\n{int(ring_records)}\n"
+        f"{int(final)}\n{int(completed)}\n{segments}\n"
+    )
+    text += "".join(f"{kind}\0{name}\0{checksum}\n" for kind, name, checksum in sorted(parts))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, without opening it as a database (which would write to it), a file that is
+    empty or not SQLite."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+    if not head:
+        problem = "it is empty: 0 bytes"
+    elif head != _SQLITE_HEADER:
+        problem = "it is not an SQLite file"
+    else:
+        return
+    raise CheckpointError(
+        f"{path} is not a usable checkpoint database ({problem}); it was left as it is. "
+        "Move it away to start afresh, or restore it from a backup"
+    )
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=10)
+
+
 class CheckpointStore:
     """Epochs of one topology's state in ``DIR/checkpoints.sqlite3``.
 
     Open with :meth:`open`, which checks what is already there and refuses (without changing
-    anything) a database of another topology, of a newer schema, or one that is damaged.
+    anything) a database of another topology, of another schema, or one that is damaged.
     Every epoch is written in one transaction, so a crash while writing leaves the previous
-    epochs intact. Only the newest ``keep`` epochs are kept.
+    epochs intact. Every part carries a checksum, and every epoch a checksum over its parts:
+    :meth:`load_intact` resumes from the newest epoch that is intact and says which were not.
+    Only the newest ``keep`` epochs are kept.
 
     The store keeps one connection open; call :meth:`close` when done with it.
     """
@@ -89,8 +199,14 @@ class CheckpointStore:
         self.path = path
         self.fingerprint = fingerprint
         self.keep = keep
+        self.version = SCHEMA_VERSION
+        self.damaged: list[DamagedEpoch] = []
+        """The epochs :meth:`load_intact` passed over, newest first."""
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._earlier: tuple[Segment, ...] = ()
+        self._segment: Segment | None = None
+        self._segment_clock = 0.0
 
     @classmethod
     def open(
@@ -100,7 +216,8 @@ class CheckpointStore:
 
         Raises:
             CheckpointError: The folder cannot be created or written, or the database belongs
-                to another topology, has a newer schema, or is damaged.
+                to another topology, has another schema, or is damaged (an empty file or one
+                that is not SQLite included); it is left as it was.
         """
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -113,10 +230,14 @@ class CheckpointStore:
         store = cls(path, fingerprint, keep)
         existed = path.exists()
         try:
-            with store._connect() as db:
-                if existed:
+            if existed:
+                # Check before the writable connection, which would turn an empty file into a
+                # database and switch the journal mode.
+                _check_file(path)
+                with closing(_read_only(path)) as db:
                     store._check(db)
-                else:
+            with store._connect() as db:
+                if not existed:
                     db.executescript(_SCHEMA)
                     db.executemany(
                         "INSERT INTO meta VALUES (?, ?)",
@@ -182,6 +303,13 @@ class CheckpointStore:
                 f"{self.path} has schema version {version}, newer than this ringflow's "
                 f"{SCHEMA_VERSION}; run it with a newer ringflow, or use another --state folder"
             )
+        if version < SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{self.path} has schema version {version}, older than this ringflow's "
+                f"{SCHEMA_VERSION}: its epochs carry no checksums, so they cannot be verified "
+                "and it is not resumed (it was left as it is). Finish the run with the "
+                "ringflow that wrote it, or use another --state folder to start afresh"
+            )
         if meta.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"{self.path} holds checkpoints of another topology or settings "
@@ -191,6 +319,34 @@ class CheckpointStore:
                 "--events"
             )
 
+    def begin_segment(self, resumed: EpochInfo | None) -> None:
+        """Count from now a new segment of the run, after the segments that led to
+        ``resumed`` (the epoch it resumed from; None for a fresh run). Every epoch written
+        from now on records them, with this one up to the epoch."""
+        self._earlier = () if resumed is None else resumed.segments
+        self._segment_clock = time.perf_counter()
+        self._segment = Segment(
+            number=len(self._earlier) + 1,
+            resumed_from_epoch=None if resumed is None else resumed.epoch,
+            started_at=time.time(),
+            wall_seconds=0.0,
+            events_from=0 if resumed is None else resumed.events_produced,
+            events_to=0 if resumed is None else resumed.events_produced,
+            sim_from=0.0 if resumed is None else resumed.sim_time,
+            sim_to=0.0 if resumed is None else resumed.sim_time,
+        )
+
+    def _segments_at(self, snapshot: Snapshot) -> tuple[Segment, ...]:
+        if self._segment is None:
+            return self._earlier
+        current = attrs.evolve(
+            self._segment,
+            wall_seconds=time.perf_counter() - self._segment_clock,
+            events_to=snapshot.events_produced,
+            sim_to=snapshot.sim_time,
+        )
+        return (*self._earlier, current)
+
     def write(self, snapshot: Snapshot) -> EpochInfo:
         """Write ``snapshot`` as the next epoch, in one transaction; drop epochs beyond ``keep``.
 
@@ -199,12 +355,30 @@ class CheckpointStore:
         """
         started = time.perf_counter()
         size = sum(len(data) for data in snapshot.parts.values())
+        segments = self._segments_at(snapshot)
+        history = encode_segments(segments)
+        parts = [
+            (kind, name, data, part_checksum(kind, name, data))
+            for (kind, name), data in snapshot.parts.items()
+        ]
         try:
             with self._connect() as db:
                 row = db.execute("SELECT COALESCE(MAX(epoch), 0) + 1 FROM epochs").fetchone()
                 epoch = int(row[0])
+                checksum = _epoch_checksum(
+                    (
+                        epoch,
+                        snapshot.sim_time,
+                        snapshot.events_produced,
+                        snapshot.ring_records,
+                        snapshot.final,
+                        False,
+                        history,
+                    ),
+                    [(kind, name, sha) for kind, name, _, sha in parts],
+                )
                 db.execute(
-                    "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                    "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, ?, ?)",
                     (
                         epoch,
                         time.time(),
@@ -213,11 +387,13 @@ class CheckpointStore:
                         snapshot.ring_records,
                         size,
                         int(snapshot.final),
+                        history,
+                        checksum,
                     ),
                 )
                 db.executemany(
-                    "INSERT INTO parts VALUES (?, ?, ?, ?)",
-                    [(epoch, kind, name, data) for (kind, name), data in snapshot.parts.items()],
+                    "INSERT INTO parts VALUES (?, ?, ?, ?, ?)",
+                    [(epoch, kind, name, data, sha) for kind, name, data, sha in parts],
                 )
                 self._before_commit(db, epoch)
                 seconds = time.perf_counter() - started
@@ -226,25 +402,53 @@ class CheckpointStore:
         except sqlite3.Error as exc:
             raise CheckpointError(f"writing a checkpoint to {self.path} failed: {exc}") from None
         return EpochInfo(
-            epoch,
-            time.time(),
-            snapshot.sim_time,
-            snapshot.events_produced,
-            snapshot.ring_records,
-            size,
-            seconds,
-            snapshot.final,
+            epoch=epoch,
+            created_at=time.time(),
+            sim_time=snapshot.sim_time,
+            events_produced=snapshot.events_produced,
+            ring_records=snapshot.ring_records,
+            bytes=size,
+            write_seconds=seconds,
+            final=snapshot.final,
+            segments=segments,
         )
 
     def _before_commit(self, db: sqlite3.Connection, epoch: int) -> None:
         """A hook for tests that crash a write half-way; does nothing."""
 
+    def mark_completed(self, epoch: int) -> None:
+        """Record that the run completed with ``epoch`` (its final epoch): a run resumed from
+        it has nothing left to do.
+
+        Raises:
+            CheckpointError: The database could not be written.
+        """
+        try:
+            with self._connect() as db:
+                row = db.execute(
+                    "SELECT epoch, sim_time, events_produced, ring_records, final, 1, segments "
+                    "FROM epochs WHERE epoch = ?",
+                    (epoch,),
+                ).fetchone()
+                if row is None:
+                    return
+                parts = db.execute(
+                    "SELECT kind, name, checksum FROM parts WHERE epoch = ?", (epoch,)
+                ).fetchall()
+                db.execute(
+                    "UPDATE epochs SET completed = 1, checksum = ? WHERE epoch = ?",
+                    (_epoch_checksum(row, parts), epoch),
+                )
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"writing a checkpoint to {self.path} failed: {exc}") from None
+
     def epochs(self) -> list[EpochInfo]:
         """Every epoch kept, oldest first."""
+        extra = "completed, segments" if self.version >= 2 else "0, '[]'"
         with self._connect() as db:
             rows = db.execute(
                 "SELECT epoch, created_at, sim_time, events_produced, ring_records, bytes, "
-                "write_seconds, final FROM epochs ORDER BY epoch"
+                f"write_seconds, final, {extra} FROM epochs ORDER BY epoch"
             ).fetchall()
         return [
             EpochInfo(
@@ -256,14 +460,21 @@ class CheckpointStore:
                 bytes=row[5],
                 write_seconds=row[6],
                 final=bool(row[7]),
+                completed=bool(row[8]),
+                segments=decode_segments(row[9]),
             )
             for row in rows
         ]
 
     def load(
-        self, epoch: int | None = None
+        self, epoch: int | None = None, *, verify: bool = True
     ) -> tuple[EpochInfo, dict[tuple[str, str], bytes]] | None:
-        """Return an epoch (the newest when None) and its parts, or None if there is none."""
+        """Return an epoch (the newest when None) and its parts, or None if there is none.
+
+        Raises:
+            DamagedEpoch: With ``verify``, a part or the epoch does not match its checksum.
+            CheckpointError: There is no such epoch.
+        """
         epochs = self.epochs()
         if not epochs:
             return None
@@ -275,11 +486,77 @@ class CheckpointStore:
                 f"{self.path} has no epoch {epoch}; it keeps "
                 f"{', '.join(str(e.epoch) for e in epochs)}"
             )
+        parts = self._parts(chosen.epoch, verify=verify)
+        return chosen, {key: data for key, (data, _) in parts.items()}
+
+    def _parts(self, epoch: int, *, verify: bool) -> dict[tuple[str, str], tuple[bytes, str]]:
+        checksum = "checksum" if self.version >= 2 else "''"
         with self._connect() as db:
             rows = db.execute(
-                "SELECT kind, name, data FROM parts WHERE epoch = ?", (chosen.epoch,)
+                f"SELECT kind, name, data, {checksum} FROM parts WHERE epoch = ?", (epoch,)
             ).fetchall()
-        return chosen, {(kind, name): bytes(data) for kind, name, data in rows}
+            if not verify:
+                return {(kind, name): (bytes(data), sha) for kind, name, data, sha in rows}
+            record = db.execute(
+                "SELECT epoch, sim_time, events_produced, ring_records, final, completed, "
+                "segments, checksum FROM epochs WHERE epoch = ?",
+                (epoch,),
+            ).fetchone()
+        parts = {(kind, name): (bytes(data), sha) for kind, name, data, sha in rows}
+        for (kind, name), (data, checksum) in sorted(parts.items()):
+            if part_checksum(kind, name, data) != checksum:
+                raise DamagedEpoch(epoch, f"{kind}/{name}", "does not match its checksum")
+        listed = [(kind, name, checksum) for (kind, name), (_, checksum) in parts.items()]
+        if record is None or _epoch_checksum(record[:7], listed) != record[7]:
+            raise DamagedEpoch(
+                epoch, "epoch record", "(figures or list of parts) does not match its checksum"
+            )
+        return parts
+
+    def verify(self, epoch: int) -> DamagedEpoch | None:
+        """Check ``epoch`` without restoring it: its checksums, and that every part is
+        MessagePack. Return the damage found, or None when it looks intact (a part can still
+        fail to restore: :meth:`load_intact` finds that)."""
+        try:
+            parts = self._parts(epoch, verify=True)
+        except DamagedEpoch as exc:
+            return exc
+        for (kind, name), (data, _) in sorted(parts.items()):
+            try:
+                msgspec.msgpack.decode(data)
+            except msgspec.DecodeError as exc:
+                return DamagedEpoch(epoch, f"{kind}/{name}", f"is not MessagePack ({exc})")
+        return None
+
+    def load_intact(
+        self, restore: Callable[[tuple[EpochInfo, dict[tuple[str, str], bytes]]], _T]
+    ) -> _T | None:
+        """Restore from the newest intact epoch: ``restore`` gets the epoch and its parts, and
+        raises :class:`DamagedEpoch` for a part that cannot be restored; the next older epoch is
+        tried then. Epochs passed over are listed in :attr:`damaged`.
+
+        Returns:
+            What ``restore`` returned, or None when there is no epoch yet.
+
+        Raises:
+            CheckpointError: There are epochs but none is intact (the file is left as it is).
+        """
+        self.damaged = []
+        epochs = self.epochs()
+        for info in reversed(epochs):
+            try:
+                loaded = self.load(info.epoch)
+                assert loaded is not None
+                return restore(loaded)
+            except DamagedEpoch as exc:
+                self.damaged.append(exc.of_epoch(info.epoch))
+        if epochs:
+            found = "; ".join(f"{e.part} {e.problem} in epoch {e.epoch}" for e in self.damaged)
+            raise CheckpointError(
+                f"{self.path} has no intact epoch to resume from ({found}); it was left as it "
+                "is. Move it away to start afresh, or restore it from a backup"
+            )
+        return None
 
 
 def read_store(folder: Path) -> tuple[dict[str, str], CheckpointStore]:
@@ -291,9 +568,15 @@ def read_store(folder: Path) -> tuple[dict[str, str], CheckpointStore]:
     path = folder / FILE_NAME if folder.is_dir() else folder
     if not path.exists():
         raise CheckpointError(f"no checkpoints in {folder}: {path} does not exist")
+    _check_file(path)
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with closing(_read_only(path)) as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.Error as exc:
         raise CheckpointError(f"{path} is not a usable checkpoint database ({exc})") from None
-    return meta, CheckpointStore(path, meta.get("fingerprint", ""), keep=0)
+    store = CheckpointStore(path, meta.get("fingerprint", ""), keep=0)
+    try:
+        store.version = int(meta.get("schema_version", "0"))
+    except ValueError:
+        store.version = 0
+    return meta, store
