@@ -290,8 +290,12 @@ def test_compose_runs_every_node_of_the_split_example_with_its_command() -> None
     assert "redis" in services
 
 
-def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Path) -> None:
-    """The commands compose.yml runs, on loopback: the consumers' aggregates equal `run`'s."""
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["plain", "checkpoints"])
+def test_node_commands_as_subprocesses_equal_the_single_process_run(
+    tmp_path: Path, checkpoints: bool
+) -> None:
+    """The commands compose.yml runs, on loopback: the consumers' aggregates equal `run`'s,
+    and a tap of the broker streams what its rings hold (with checkpoints, what epochs hold)."""
     events = 100_000
     ports = free_ports(3)
     names = ["producers", "broker", "consumers"]
@@ -303,8 +307,11 @@ def test_node_commands_as_subprocesses_equal_the_single_process_run(tmp_path: Pa
     processes = {}
     for name, port in zip(reversed(names), reversed(ports), strict=True):  # consumers first
         node_env = {**env, "RINGFLOW_LISTEN": f"127.0.0.1:{port}"}
+        command = node_command(name, events, tmp_path / f"{name}.json")
+        if checkpoints:
+            command += ["--state", str(tmp_path / f"state-{name}")]
         processes[name] = subprocess.Popen(
-            node_command(name, events, tmp_path / f"{name}.json"),
+            command,
             cwd=COMPOSE.parent,
             env=node_env,
             stdout=subprocess.PIPE,
