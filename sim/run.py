@@ -340,8 +340,10 @@ def run_pipeline(
     resumed = pipeline.restored_from
     earlier = () if resumed is None else resumed.segments
     # Resumed from the final epoch of a completed run: nothing is left to do, and nothing
-    # new is written (a node still runs, for the nodes that may need it).
-    complete = resumed is not None and resumed.completed and pipeline.placement is None
+    # new is written. This holds for a node too: it completes only once no other node needs
+    # it (a broker when every group has read everything, producers when their finish is
+    # durable on the broker, consumers when they have had the end).
+    complete = resumed is not None and resumed.completed
     wall_before = sum(s.wall_seconds for s in earlier)
     damaged = [] if checkpoints is None else list(checkpoints.store.damaged)
 
@@ -491,6 +493,8 @@ def run_pipeline(
                 )
             while True:
                 current: Pipeline = state["pipeline"]
+                if complete and current.placement is not None:
+                    break  # its gateway would wait for peers that have all finished
                 try:
                     await current.run(monitor, writing)
                     break

@@ -356,6 +356,28 @@ def test_node_commands_as_subprocesses_equal_the_single_process_run(
     assert offsets == list(range(offsets[0], offsets[0] + 500))
     assert {r["partition"] for r in records} == {2}
     assert {r["value"]["type"] for r in records} == {"video"}
+    if not checkpoints:
+        return
+    # The same commands again on the finished state folders: each node is already complete,
+    # says so and ends at once (none of them waits for the others), with the same results.
+    for name, port in zip(names, ports, strict=True):
+        command = node_command(name, events, tmp_path / f"again-{name}.json")
+        command += ["--state", str(tmp_path / f"state-{name}")]
+        again = subprocess.run(
+            command,
+            cwd=COMPOSE.parent,
+            env={**env, "RINGFLOW_LISTEN": f"127.0.0.1:{port}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "already complete" in again.stdout
+        report = json.loads((tmp_path / f"again-{name}.json").read_text())
+        assert report["already_complete"]
+        assert report["digest"] == reports[name]["digest"]
+        assert report["events_consumed"] == reports[name]["events_consumed"]
 
 
 def start_nodes(
