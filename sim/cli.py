@@ -938,7 +938,8 @@ def _print_summary(
         )
     if problem is not None:
         console.print(f"[red]{escape(problem)}[/red]")
-        console.print(f"digest: {report['digest']}")
+        if report["digest"]:
+            console.print(f"digest: {report['digest']}")
         if path is None:
             console.print("[red]the report could not be saved anywhere[/red]")
             return

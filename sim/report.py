@@ -154,7 +154,8 @@ def build_report(
         "partitions": partitions,
         "expect": {e.name: {"ok": e.ok, "detail": e.detail} for e in expectations},
         "expect_ok": all(e.ok for e in expectations) if status == "completed" else False,
-        "digest": digest(aggregates),
+        # A node that runs no consumer has no aggregates, so nothing to digest.
+        "digest": digest(aggregates) if pipeline.processors else None,
         "aggregates": aggregates,
         "timeline": {
             "columns": ["sim_seconds", "wall_seconds", "produced", "consumed", "lag"],

@@ -452,12 +452,12 @@ def run_pipeline(
                 status=report["status"],
                 events_produced=report["events_produced"],
                 events_consumed=report["events_consumed"],
-                digest=report["digest"],
+                digest=report["digest"] or "",
             )
             with trio.CancelScope(shield=True):
                 async with real_time_limit(settings.flush_timeout):
                     await logger.flush(
-                        status=report["status"], ended_at=time.time(), digest=report["digest"]
+                        status=report["status"], ended_at=time.time(), digest=report["digest"] or ""
                     )
             nursery.cancel_scope.cancel()
         await trio_asyncio.aio_as_trio(client.aclose)()

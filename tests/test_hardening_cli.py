@@ -422,6 +422,8 @@ async def test_the_broker_node_summary_shows_what_its_rings_did_and_no_digest() 
     broker = reports["broker"]
     text = summary(broker)
     assert "digest" not in text
+    assert broker["digest"] is None  # nothing to digest where no consumer runs
+    assert reports["producers"]["digest"] is None
     assert "events produced" not in text
     assert "events consumed" not in text
     rows = {
