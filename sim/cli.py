@@ -636,7 +636,11 @@ def _node(args: argparse.Namespace) -> int:
     logging, server = opened
     try:
         result = run_pipeline(
-            pipeline, checkpoints=checkpoints, logging=logging, handle_sigint=True
+            pipeline,
+            checkpoints=checkpoints,
+            logging=logging,
+            handle_sigint=True,
+            on_gateway_error=lambda message: err.print(f"gateway: {escape(message)}"),
         )
     except RingflowError as exc:
         err.print(escape(str(exc)))

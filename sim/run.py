@@ -201,12 +201,18 @@ def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
         )
 
     pipeline.on_epoch = epoch
-    if pipeline.gateway is not None:
-        pipeline.gateway.on_event = functools.partial(_gateway_event, logger)
 
 
-def _gateway_event(logger: RedisLogger, category: str, message: str) -> None:
-    logger.emit(category, event="gateway", message=message)
+def _gateway_event(
+    logger: RedisLogger | None,
+    on_error: Callable[[str], None] | None,
+    category: str,
+    message: str,
+) -> None:
+    if logger is not None:
+        logger.emit(category, event="gateway", message=message)
+    if category == "errors" and on_error is not None:
+        on_error(message)
 
 
 def _incoming(logger: RedisLogger, topic: str, batch: Any) -> None:
@@ -316,6 +322,7 @@ def run_pipeline(
     refresh_every: float = 0.25,
     handle_sigint: bool = False,
     on_logger: Callable[[RedisLogger], None] | None = None,
+    on_gateway_error: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run a built pipeline to completion and return its report.
 
@@ -334,6 +341,9 @@ def run_pipeline(
             the signal).
         on_logger: Called with the run's logger once logging has started, for a view of its
             :meth:`~actors.redislog.RedisLogger.statistics`.
+        on_gateway_error: Called with each problem the node's gateway meets (a connection
+            refused, a peer's frame that broke the protocol), with or without logging, so that
+            the operator sees it.
     """
     samples: list[list[float]] = []
     state: dict[str, Any] = {"next": 0.0, "pipeline": pipeline, "rollbacks": []}
@@ -495,6 +505,10 @@ def run_pipeline(
                 current: Pipeline = state["pipeline"]
                 if complete and current.placement is not None:
                     break  # its gateway would wait for peers that have all finished
+                if current.gateway is not None:
+                    current.gateway.on_event = functools.partial(
+                        _gateway_event, logger, on_gateway_error
+                    )
                 try:
                     await current.run(monitor, writing)
                     break
