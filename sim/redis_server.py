@@ -356,6 +356,10 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_parent_death_hook(),
+            # Its own session: Ctrl-C at a terminal (SIGINT to the whole foreground process
+            # group) must reach only its owner, which writes its last log entries and then
+            # stops the server, not the server itself first.
+            start_new_session=True,
         )
         server = cls(process, socket_path, folder, temporary)
         (folder / PID_FILE).write_text(f"{process.pid} {os.getpid()}\n")

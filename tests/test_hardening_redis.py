@@ -437,3 +437,28 @@ def test_logs_follow_of_a_killed_run_says_it_did_not_end(
     assert follow.returncode == 1
     assert "stopped before it ended" in " ".join(err.split())
     assert not servers_of(state)
+
+
+def test_ctrl_c_at_a_terminal_stops_the_run_before_its_redis_server(
+    tmp_path: Path, kill_on_exit: list[subprocess.Popen[Any]]
+) -> None:
+    """Ctrl-C sends SIGINT to the whole foreground process group: the embedded server, in a
+    session of its own, does not get it, so the run writes its last entries (its end among
+    them) before stopping the server."""
+    state, report = tmp_path / "state", tmp_path / "r.json"
+    run = subprocess.Popen(
+        [*command(state, "--events", "5000000"), "--report", str(report)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
+    )
+    kill_on_exit.append(run)
+    wait_until(lambda: any(m["event"] == "run_started" for m in logged_meta(state)), "logging")
+    (server,) = servers_of(state)
+    assert os.getsid(server) != os.getsid(run.pid)
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.wait(timeout=60) == 130
+    result = json.loads(report.read_text())
+    assert result["status"] == "interrupted"
+    assert result["logging"]["unwritten"] == 0, result["logging"]
+    assert result["logging"]["failures"] == 0, result["logging"]
