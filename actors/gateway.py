@@ -181,6 +181,8 @@ class Gateway:
     _left: set[tuple[str, str, str]] = attrs.field(init=False, factory=set)
     _finish_waiters: dict[tuple[str, str], trio.Event] = attrs.field(init=False, factory=dict)
     _producing: int = attrs.field(init=False, default=0)
+    _holding_taps: int = attrs.field(init=False, default=0)
+    """Taps with ``hold=true`` still streaming: like consumer groups, the node waits for them."""
     _durable_finishes: set[tuple[str, str]] = attrs.field(init=False, factory=set)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _taps: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
@@ -217,13 +219,19 @@ class Gateway:
 
     def drained(self, members: Set[tuple[str, str, str]] = frozenset()) -> bool:
         """Whether every topic is closed, every group has committed every record, and no
-        remote producer or member is still connected: nothing is left for this gateway to do.
+        remote producer, member or holding tap is still connected: nothing is left for this
+        gateway to do.
 
         Args:
             members: Remote members, as (group, topic, member name), that must also have
                 come and left after the end (so none is left waiting for this node).
         """
-        if not members <= self._left or self._producing or self._finish_waiters:
+        if (
+            not members <= self._left
+            or self._producing
+            or self._finish_waiters
+            or self._holding_taps
+        ):
             return False  # some member has not had the end, some producer not its answer
         for topic in self.topics.values():
             if not topic.closed:
@@ -635,9 +643,11 @@ class Gateway:
                 offsets[partition.index] = int(start)
             if hold:
                 partition.register_group(tap_group, lot)
+        self._holding_taps += hold
         try:
             await self._stream_tap(ws, topic.name, partitions, offsets, lot, tap_group, hold)
         finally:
+            self._holding_taps -= hold
             for partition in partitions:
                 partition.remove_listener(lot)
                 if hold:

@@ -6,6 +6,7 @@ each bad client and must lose nothing.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ import msgspec
 import pytest
 import trio
 
-from actors import ConsumerGroup, GatewayError, Topic
+from actors import ConsumerGroup, GatewayError, Topic, open_producer
 from actors.gateway import Gateway
 from actors.remote import RemoteGroup, batch_frame, open_remote_topic
 from actors.wire import ENCODER, Batch, Finish, Hello, Leave, Next, describe_decode_error
@@ -277,3 +278,33 @@ def test_frames_name_their_fields_in_errors() -> None:
         decoder.decode(batch(values=["x", "y", "z"]))
     message = describe_decode_error(caught.value, batch(values=["x", "y", "z"]))
     assert message == "Expected `int`, got `str` - in values[0]"
+
+
+async def test_a_node_waits_for_a_holding_tap_to_read_everything() -> None:
+    """A tap with hold=true holds the ring like a consumer group, so the node is not done
+    (its run does not end) until the tap has had every record and the end."""
+    topic = Topic("events", partitions=1, capacity=100)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic}, {("g", "events"): group})
+    partition = topic.partitions[0]
+    async with serving(gateway) as url, client(f"{url}/tap/events?hold=true") as tap:
+        with trio.fail_after(10):
+            while not any(n.startswith("tap:") for n in partition.statistics().committed):  # noqa: ASYNC110
+                await trio.sleep(0.01)  # the tap has not registered yet
+        async with open_producer(topic, max_batch=10) as producer:
+            await producer.send_many(columns(0, 50))
+        async with group.join("local") as member:  # the group reads everything
+            async for _ in member.batches():
+                pass
+        assert topic.closed
+        assert not gateway.drained()  # the tap has read nothing yet
+        seen: list[int] = []
+        while True:
+            message = json.loads(await tap.get_message())
+            if message["type"] == "end":
+                break
+            seen.extend(record["value"] for record in message["records"])
+        assert seen == list(range(50))
+        with trio.fail_after(10):
+            while not gateway.drained():  # noqa: ASYNC110
+                await trio.sleep(0.01)
