@@ -468,10 +468,16 @@ def _validate(args: argparse.Namespace) -> int:
     except TopologyError as exc:
         console.print(escape(str(exc)))
         return EXIT_USAGE
+    counts = ", ".join(
+        _count(len(things), what)
+        for things, what in (
+            (topology.topics, "topic"),
+            (topology.producers, "producer"),
+            (topology.consumers, "consumer"),
+        )
+    )
     make_console().print(
-        f"{escape(str(args.topology))}: valid topology {topology.name!r}: "
-        f"{len(topology.topics)} topics, {len(topology.producers)} producers, "
-        f"{len(topology.consumers)} consumers"
+        f"{escape(str(args.topology))}: valid topology {topology.name!r}: {counts}"
     )
     return EXIT_OK
 
@@ -768,6 +774,10 @@ def _warn_damaged(err: Console, checkpoints: CheckpointSettings | None) -> None:
             f"[yellow]warning:[/yellow] {escape(str(checkpoints.store.path))}: "
             f"{escape(str(damage))}; passed over for an older epoch"
         )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _peers(items: Sequence[str]) -> dict[str, str]:

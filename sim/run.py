@@ -518,7 +518,7 @@ def run_pipeline(
                     refused = _refusal(exc)
                     if refused is not None:  # retrying from a checkpoint cannot fix it
                         state["refused"] = refused
-                        status, error = "failed", str(exc)
+                        status, error = "failed", str(refused)  # the rest is the supervisor's
                         break
                     if writing is None or len(state["rollbacks"]) >= MAX_ROLLBACKS:
                         status, error = "failed", str(exc)

@@ -105,6 +105,7 @@ def test_a_node_refused_for_its_token_fails_cleanly_with_its_report(
     assert err == ""
     assert "run failed:" in out
     assert "refused the connection (4001): wrong token" in out
+    assert "restarts" not in out  # the refusal, not how the supervisor gave up
     report = json.loads((tmp_path / f"{refused}.json").read_text())
     assert report["status"] == "failed"
     assert "(4001): wrong token" in report["error"]

@@ -147,4 +147,6 @@ def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
 def test_examples_are_valid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = Path(__file__).parent.parent / "topology" / "examples" / name
     assert main(["validate", str(path)]) == 0
-    assert "valid topology" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valid topology" in out
+    assert "1 producer," in out  # counted in words that agree with the number
