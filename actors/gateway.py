@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import math
 from collections.abc import Callable, Mapping, Set
 from functools import partial
 from typing import Any
@@ -45,6 +46,7 @@ from .wire import (
     DECODE_ERRORS,
     DISAGREEMENT,
     ENCODER,
+    IDLE_MEMBER,
     INCOMPATIBLE,
     MALFORMED,
     MAX_MESSAGE_SIZE,
@@ -555,8 +557,20 @@ class Gateway:
             ENCODER.encode(Welcome(PROTOCOL, SOFTWARE, topic.partition_count, None))
         )
         count = topic.partition_count
+        ended = False  # once told the end, a member holds nothing up while it finishes
         while True:
-            frame = await self._receive(ws, topic.name)
+            # A member that holds partitions and never asks would hold up its group, and so
+            # the producers, for ever: as with Kafka's max.poll.interval, it has a session
+            # timeout to ask, or loses its partitions (it may join again).
+            frame = None
+            with trio.move_on_after(math.inf if ended else self.session_timeout):
+                frame = await self._receive(ws, topic.name)
+            if frame is None:
+                raise _Refuse(
+                    IDLE_MEMBER,
+                    f"{hello.name} asked for nothing for {self.session_timeout:g} s; its "
+                    "partitions went to the other members",
+                )
             if isinstance(frame, (Next, Leave)):
                 where = type(frame).__name__.lower()
                 problem = offsets_problem(frame.offsets, count, f"{where}: offsets")
@@ -574,6 +588,7 @@ class Gateway:
                 except trio.EndOfChannel:
                     summaries = self.summaries.get(topic.name, {})
                     await ws.send_message(ENCODER.encode(End(summaries)))
+                    ended = True
                     continue
                 delivery = Delivery(
                     batch.partition,

@@ -37,8 +37,10 @@ from .topic import Topic
 from .wire import (
     CLOSE_CODES,
     ENCODER,
+    IDLE_MEMBER,
     MAX_MESSAGE_SIZE,
     PROTOCOL,
+    SHUTTING_DOWN,
     SOFTWARE,
     Batch,
     Delivery,
@@ -54,8 +56,9 @@ from .wire import (
     decoder,
 )
 
-FATAL_CLOSE_CODES = frozenset(CLOSE_CODES) - {4005}
-"""Close codes that retrying cannot fix (a bad token, another version, a bad frame)."""
+FATAL_CLOSE_CODES = frozenset(CLOSE_CODES) - {SHUTTING_DOWN, IDLE_MEMBER}
+"""Close codes that retrying cannot fix (a bad token, another version, a bad frame). A node
+that stops, or that dropped an idle member, may be reconnected to (the member joins again)."""
 
 
 @attrs.define(eq=False)

@@ -32,6 +32,7 @@ MALFORMED = 4003
 NOT_FOUND = 4004
 SHUTTING_DOWN = 4005
 DISAGREEMENT = 4006
+IDLE_MEMBER = 4007
 CLOSE_CODES = {
     UNAUTHORIZED: "missing or wrong token",
     INCOMPATIBLE: "the peer speaks another protocol version",
@@ -39,6 +40,7 @@ CLOSE_CODES = {
     NOT_FOUND: "no such topic, group or endpoint on this node",
     SHUTTING_DOWN: "the node is stopping",
     DISAGREEMENT: "the nodes run different topologies, seeds or numbers of events",
+    IDLE_MEMBER: "a group member asked for nothing for a session timeout: it lost its partitions",
 }
 """ringflow's close codes and what they mean; the close reason adds the details."""
 

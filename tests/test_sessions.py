@@ -20,8 +20,19 @@ from actors import Columns, ConsumerGroup, Topic
 from actors.gateway import Gateway
 from actors.group import Consumer
 from actors.remote import connect
-from actors.wire import ENCODER, PROTOCOL, SOFTWARE, Delivery, Hello, Next, Welcome, decoder
+from actors.wire import (
+    ENCODER,
+    IDLE_MEMBER,
+    PROTOCOL,
+    SOFTWARE,
+    Delivery,
+    Hello,
+    Next,
+    Welcome,
+    decoder,
+)
 from sim.run import REGISTRY
+from tests.test_gateway import close_of
 from topology import Pipeline, Topology
 from topology.build import Placement
 from topology.checkpoint import EpochInfo
@@ -131,3 +142,35 @@ async def test_a_restored_node_keeps_its_members_positions_in_epochs_before_they
         data = snapshot.parts["member", f"video-stats/{instance}/events"]
         assert msgspec.msgpack.decode(data) == [[0, 1234], [3, 77]]
     assert msgspec.msgpack.decode(snapshot.parts["member", "blogger-analytics/0/events"]) == []
+
+
+async def test_a_member_that_never_asks_loses_its_partitions_after_the_session_timeout() -> None:
+    """A member that joins and then asks for nothing would hold its partitions, and so its
+    group and the producers, for ever: after the session timeout it is closed with 4007 and
+    the other members get its partitions."""
+    topic = Topic("events", partitions=2, capacity=1000)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic}, {("g", "events"): group}, session_timeout=0.5)
+    for index in range(2):
+        topic.partitions[index].send_nowait(Columns([index] * 5, list(range(5)), [0.0] * 5))
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(gateway.serve, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.port}/node"
+        async with member(url, "a-lazy") as lazy, member(url, "b-busy") as busy:
+            assert group.statistics().assignment == {"a-lazy": (0,), "b-busy": (1,)}
+            first = await next_delivery(busy)
+            assert first.partition == 1
+            # The busy member keeps asking (idle answers come every 0.5 s) until the lazy
+            # one's partition is handed to it.
+            with trio.fail_after(10):
+                while True:
+                    await busy.send_message(ENCODER.encode(Next([(1, 5)])))
+                    frame = DECODE.decode(await busy.get_message())
+                    if isinstance(frame, Delivery):
+                        break
+            assert (frame.partition, frame.values) == (0, list(range(5)))
+            assert group.statistics().assignment == {"b-busy": (0, 1)}
+            code, reason = await close_of(lazy)
+            assert code == IDLE_MEMBER
+            assert "a-lazy asked for nothing for 0.5 s" in reason
+        nursery.cancel_scope.cancel()
