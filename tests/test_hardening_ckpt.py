@@ -626,3 +626,54 @@ def test_simulated_time_goes_on_across_a_resume_whatever_the_clock_read(
     first_segment, second_segment = second["segments"]
     assert first_segment["sim_to"] == second_segment["sim_from"] == first["sim_seconds"]
     assert second["timeline"]["rows"][0][0] >= second_segment["sim_from"]
+
+
+TAMPERINGS = [
+    # (SQL on the newest epoch, whether an older epoch is still there to fall back to)
+    pytest.param(
+        "UPDATE epochs SET segments = CAST(x'5bff5d' AS TEXT) WHERE epoch = 2",
+        True,
+        id="segments-not-utf8",
+    ),
+    pytest.param("UPDATE parts SET data = 'abc' WHERE epoch = 2", True, id="data-as-text"),
+    pytest.param(
+        "UPDATE parts SET name = CAST(name AS BLOB) WHERE epoch = 2", True, id="name-as-blob"
+    ),
+    pytest.param("UPDATE epochs SET sim_time = 'abc' WHERE epoch = 2", False, id="figure-text"),
+    pytest.param(
+        "UPDATE meta SET value = 'abc' WHERE key = 'schema_version'", False, id="schema-text"
+    ),
+    pytest.param("DROP TABLE parts", False, id="no-parts-table"),
+]
+
+
+@pytest.mark.parametrize(("sql", "falls_back"), TAMPERINGS)
+def test_a_database_damaged_in_its_structure_is_passed_over_or_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sql: str, falls_back: bool
+) -> None:
+    """Not a flipped bit but a column of the wrong type or encoding, a missing table: the
+    epoch is passed over like any damaged one, or the folder refused with exit 2; never a
+    traceback, in `run` or in `checkpoints`."""
+    state = tmp_path / "state"
+    run_with_state(state)
+    with closing(sqlite3.connect(state / FILE_NAME)) as db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.execute(sql)
+        db.commit()
+    capsys.readouterr()
+    code = cli_run(state, tmp_path / "r.json")
+    out, err = capsys.readouterr()
+    if falls_back:
+        assert code == 0, out + err
+        (warning,) = lines(err)
+        assert warning.startswith(f"warning: {state / FILE_NAME}: epoch 2 is damaged: ")
+        assert warning.endswith("passed over for an older epoch")
+        assert json.loads((tmp_path / "r.json").read_text())["digest"] == reference()["digest"]
+    else:
+        assert code == 2, out + err
+        (line,) = lines(err)
+        assert str(state / FILE_NAME) in line
+    assert "Traceback" not in out + err
+    assert main(["checkpoints", str(state)]) in (0, 2)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err

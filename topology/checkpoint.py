@@ -297,7 +297,10 @@ class CheckpointStore:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.OperationalError:
             raise sqlite3.DatabaseError("it has no ringflow metadata") from None
-        version = int(meta.get("schema_version", "0"))
+        try:
+            version = int(meta.get("schema_version", "0"))
+        except (TypeError, ValueError):
+            raise sqlite3.DatabaseError("its schema version is not a number") from None
         if version > SCHEMA_VERSION:
             raise CheckpointError(
                 f"{self.path} has schema version {version}, newer than this ringflow's "
@@ -443,28 +446,38 @@ class CheckpointStore:
             raise CheckpointError(f"writing a checkpoint to {self.path} failed: {exc}") from None
 
     def epochs(self) -> list[EpochInfo]:
-        """Every epoch kept, oldest first."""
-        extra = "completed, segments" if self.version >= 2 else "0, '[]'"
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT epoch, created_at, sim_time, events_produced, ring_records, bytes, "
-                f"write_seconds, final, {extra} FROM epochs ORDER BY epoch"
-            ).fetchall()
-        return [
-            EpochInfo(
-                epoch=row[0],
-                created_at=row[1],
-                sim_time=row[2],
-                events_produced=row[3],
-                ring_records=row[4],
-                bytes=row[5],
-                write_seconds=row[6],
-                final=bool(row[7]),
-                completed=bool(row[8]),
-                segments=decode_segments(row[9]),
-            )
-            for row in rows
-        ]
+        """Every epoch kept, oldest first.
+
+        Raises:
+            CheckpointError: The list of epochs cannot be read (the file is damaged).
+        """
+        extra = "completed, CAST(segments AS BLOB)" if self.version >= 2 else "0, '[]'"
+        try:
+            with self._connect() as db:
+                rows = db.execute(
+                    "SELECT epoch, created_at, sim_time, events_produced, ring_records, bytes, "
+                    f"write_seconds, final, {extra} FROM epochs ORDER BY epoch"
+                ).fetchall()
+            return [
+                EpochInfo(
+                    epoch=int(row[0]),
+                    created_at=float(row[1]),
+                    sim_time=float(row[2]),
+                    events_produced=int(row[3]),
+                    ring_records=int(row[4]),
+                    bytes=int(row[5]),
+                    write_seconds=float(row[6]),
+                    final=bool(row[7]),
+                    completed=bool(row[8]),
+                    segments=decode_segments(_text(row[9])),
+                )
+                for row in rows
+            ]
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"{self.path} is damaged: its list of epochs cannot be read ({exc}); it was "
+                "left as it is. Move it away to start afresh, or restore it from a backup"
+            ) from None
 
     def load(
         self, epoch: int | None = None, *, verify: bool = True
@@ -490,6 +503,12 @@ class CheckpointStore:
         return chosen, {key: data for key, (data, _) in parts.items()}
 
     def _parts(self, epoch: int, *, verify: bool) -> dict[tuple[str, str], tuple[bytes, str]]:
+        try:
+            return self._read_parts(epoch, verify=verify)
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # not even readable as data
+            raise DamagedEpoch(epoch, "parts", f"cannot be read ({exc})") from None
+
+    def _read_parts(self, epoch: int, *, verify: bool) -> dict[tuple[str, str], tuple[bytes, str]]:
         checksum = "checksum" if self.version >= 2 else "''"
         with self._connect() as db:
             rows = db.execute(
@@ -557,6 +576,13 @@ class CheckpointStore:
                 "is. Move it away to start afresh, or restore it from a backup"
             )
         return None
+
+
+def _text(value: object) -> str:
+    # A text column read as bytes, so that text that is not UTF-8 is damage, not a crash.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
 def read_store(folder: Path) -> tuple[dict[str, str], CheckpointStore]:
