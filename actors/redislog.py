@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -27,7 +28,10 @@ Field = str | int | float
 
 def redact(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, for messages and reports."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not even a URL: hide whatever sits between a colon and an '@'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
     credentials, at, host = parts.netloc.rpartition("@")
     if not at or ":" not in credentials:
         return url

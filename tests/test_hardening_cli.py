@@ -492,3 +492,45 @@ def test_the_readme_writes_reports_only_where_git_ignores_them() -> None:
     for path in paths:
         assert path.startswith("reports/"), path
     assert "/reports/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+# -- what validate must catch so that run never fails on it --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param(
+            "name: t\x00x\n", "the control character U+0000 cannot appear in a topology", id="nul"
+        ),
+        pytest.param(
+            "name: t\x07x\n", "the control character U+0007 cannot appear in a topology", id="bel"
+        ),
+        pytest.param(
+            GOOD + "seed: " + "[" * 600 + "]" * 600 + "\n", "nested too deeply", id="deep-list"
+        ),
+        pytest.param(
+            GOOD.replace("key: video_id", "key: nope"),
+            "$.topics.events.key: VideoEvent events of workload 'video_site' have no field "
+            "'nope'; their fields are kind, user_id, video_id",
+            id="key-not-a-field",
+        ),
+        pytest.param(
+            GOOD + 'redis: {url: "redis://u:secretpw@[::1"}\n',
+            "$.redis.url: is not a usable URL: Invalid IPv6 URL",
+            id="redis-ipv6",
+        ),
+        pytest.param(
+            GOOD + 'redis: {url: "redis://:99999999"}\n',
+            "$.redis.url: is not a usable URL: Port out of range",
+            id="redis-port",
+        ),
+    ],
+)
+def test_validate_catches_what_would_fail_a_run_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    err = validate(tmp_path, text, capsys)
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert problem in line
+    assert "secretpw" not in err

@@ -136,6 +136,7 @@ class Registry:
                         f"{path}.topics: workload {workload.name!r} has no stream "
                         f"{', '.join(sorted(extra))}; its streams are {', '.join(workload.streams)}"
                     )
+            problems.extend(_check_keys(topology, producer.topic, producer.topics, workload))
         for name, consumer in topology.consumers.items():
             path = f"$.consumers.{name}"
             processor = self.processors.get(consumer.processor)
@@ -202,3 +203,34 @@ def _check_params(kind: type, params: dict[str, Any], path: str) -> list[str]:
     except Exception as exc:
         return describe_errors(exc, path)
     return []
+
+
+def _fields_of(event_type: type) -> tuple[str, ...] | None:
+    # The fields of an event type (a msgspec struct or an attrs class); None if unknown.
+    fields = getattr(event_type, "__struct_fields__", None)
+    if fields is not None:
+        return tuple(fields)
+    if attrs.has(event_type):
+        return tuple(field.name for field in attrs.fields(event_type))
+    return None
+
+
+def _check_keys(
+    topology: Topology, topic: str | None, topics: Mapping[str, str], workload: WorkloadType
+) -> list[str]:
+    """A topic's ``key`` must be a field of every event written to it: it is read from each."""
+    problems = []
+    for stream in workload.streams:
+        target = topic if topic else topics.get(stream)
+        spec = topology.topics.get(target or "")
+        if spec is None or not spec.key:
+            continue
+        for event_type in workload.event_types.get(stream, ()):
+            fields = _fields_of(event_type)
+            if fields is not None and spec.key not in fields:
+                problems.append(
+                    f"$.topics.{target}.key: {event_type.__name__} events of workload "
+                    f"{workload.name!r} have no field {spec.key!r}; their fields are "
+                    f"{', '.join(fields)}"
+                )
+    return problems

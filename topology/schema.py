@@ -8,6 +8,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -308,8 +309,14 @@ class RedisSpec:
 
     @url.validator
     def _check_url(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value is None:
+            return
+        if not value.startswith(("redis://", "rediss://", "unix://")):
             raise FieldError(attribute.name, "must start with redis://, rediss:// or unix://")
+        try:
+            _ = urlsplit(value).port  # a bad port or IPv6 host shows only when read
+        except ValueError as exc:  # its message never holds the password
+            raise FieldError(attribute.name, f"is not a usable URL: {exc}") from None
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -363,6 +370,13 @@ class GatewaySpec(Checked):
     """The largest websocket message accepted, in bytes; a larger one closes the connection."""
 
 
+def _code_point(character: object) -> int:
+    return character if isinstance(character, int) else ord(str(character)[:1] or "\0")
+
+
+_TOO_DEEP = "$: values are nested too deeply (hundreds of levels); a topology is a few levels deep"
+
+
 @attrs.frozen
 class Topology(Checked):
     """A whole topology file.
@@ -409,20 +423,33 @@ class Topology(Checked):
         Raises:
             TopologyError: The YAML is malformed or the topology has problems.
         """
-        loader = yaml.SafeLoader(text)
+        loader: yaml.SafeLoader | None = None
         try:
+            loader = yaml.SafeLoader(text)  # refuses control characters already
             node = loader.get_single_node()
             duplicates = [] if node is None else duplicate_keys(node)
             if duplicates:
                 raise TopologyError(duplicates, source)
             data = None if node is None else loader.construct_document(node)
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            raise TopologyError(
+                [
+                    f"line {line} (character {exc.position}): the control character "
+                    f"U+{_code_point(exc.character):04X} cannot appear in a topology file"
+                ],
+                source,
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise TopologyError([f"{where}malformed YAML: {problem}"], source) from None
+        except RecursionError:
+            raise TopologyError([_TOO_DEEP], source) from None
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
         return cls.from_dict(data, source)
 
     @classmethod
@@ -463,8 +490,14 @@ class Topology(Checked):
             raise TopologyError([f"$: expected a mapping of topology fields, got {kind}"], source)
         try:
             topology = converter.structure(data, cls)
+        except RecursionError:
+            raise TopologyError([_TOO_DEEP], source) from None
         except Exception as exc:  # cattrs raises groups of everything it found
-            raise TopologyError(describe_errors(exc), source) from None
+            try:
+                problems = describe_errors(exc)
+            except RecursionError:
+                problems = [_TOO_DEEP]
+            raise TopologyError(problems, source) from None
         problems = topology.cross_check()
         if problems:
             raise TopologyError(problems, source)
