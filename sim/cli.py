@@ -677,7 +677,13 @@ def _check_report_path(path: Path) -> None:
         ReportPathError: It is a folder, its folder cannot be made, or it cannot be written.
     """
     hint = "choose another path with --report"
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError as exc:  # a name too long, say
+        raise ReportPathError(
+            f"cannot write the report to {path}: {exc.strerror}; {hint}"
+        ) from None
+    if folder:
         raise ReportPathError(f"cannot write the report to {path}: it is a folder; {hint}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -691,8 +697,8 @@ def _check_report_path(path: Path) -> None:
             f"cannot write the report to {path}: its folder {path.parent} cannot be created "
             f"({exc.strerror}); {hint}"
         ) from None
-    existed = path.exists()
     try:
+        existed = path.exists()
         with path.open("a"):
             pass
     except OSError as exc:

@@ -22,8 +22,12 @@ from .console import make_console
 
 def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
     """Add the tap's query parameters to ``url``; raise ValueError for what is not a tap URL."""
-    parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # read now: a bad port or IPv6 host raises only when read
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a ws://HOST:PORT/tap/TOPIC address: {exc}") from None
+    if parts.scheme != "ws" or not parts.hostname or port == 0:
         raise ValueError(f"{url!r} is not a ws://HOST:PORT/tap/TOPIC address")
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) != 2 or segments[0] != "tap":

@@ -534,3 +534,17 @@ def test_validate_catches_what_would_fail_a_run_in_one_line(
     (line,) = [line for line in err.splitlines() if line.strip()]
     assert problem in line
     assert "secretpw" not in err
+
+
+def test_a_report_name_too_long_and_a_tap_port_out_of_range_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / ("a" * 300 + ".json")
+    assert (
+        main(["run", str(VIDEO_SITE), "--events", "100", "--no-log", "--report", str(report)]) == 2
+    )
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.endswith("File name too long; choose another path with --report")
+    assert main(["tap", "ws://127.0.0.1:99999/tap/events"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "is not a ws://HOST:PORT/tap/TOPIC address: Port out of range" in line
