@@ -548,3 +548,13 @@ def test_a_report_name_too_long_and_a_tap_port_out_of_range_are_one_line_and_exi
     assert main(["tap", "ws://127.0.0.1:99999/tap/events"]) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert "is not a ws://HOST:PORT/tap/TOPIC address: Port out of range" in line
+
+
+@pytest.mark.parametrize("value", ["[]", "null", "5"])
+def test_a_section_that_is_not_a_mapping_is_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    err = validate(tmp_path, GOOD + f"redis: {value}\ngateway: {value}\n", capsys)
+    assert "$.redis: expected a mapping" in err
+    assert "$.gateway: expected a mapping" in err
+    assert "Error" not in err  # no exception's name for a user's mistake

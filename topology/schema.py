@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -732,16 +733,30 @@ converter = make_converter()
 """The one converter for topology files."""
 
 
+def _wants_mapping(wanted: Any) -> bool:
+    # Whether a value was to become a mapping (a section, a dict), also inside an Optional.
+    if wanted is dict or typing.get_origin(wanted) is dict:
+        return True
+    if isinstance(wanted, type) and attrs.has(wanted):
+        return True
+    if typing.get_origin(wanted) in (typing.Union, types.UnionType):
+        return any(_wants_mapping(arg) for arg in typing.get_args(wanted))
+    return False
+
+
 def describe_errors(exc: BaseException, path: str = "$") -> list[str]:
     """Flatten what cattrs raised into one ``path: message`` line per problem."""
     notes = getattr(exc, "__notes__", None) or []
+    wanted: Any = None  # the type the value was to become, when cattrs says
     for note in notes:
         name = getattr(note, "name", None)
         index = getattr(note, "index", None)
+        wanted = getattr(note, "type", wanted)
         if name is not None:
             path = f"{path}.{name}"
         elif index is not None:
             path = f"{path}.{index}" if isinstance(index, str) else f"{path}[{index}]"
+    mapping = _wants_mapping(wanted)
     if isinstance(exc, BaseExceptionGroup):
         problems: list[str] = []
         for sub in exc.exceptions:
@@ -758,11 +773,11 @@ def describe_errors(exc: BaseException, path: str = "$") -> list[str]:
         return [f"{path}.{exc.field}: {exc}"]
     if isinstance(exc, KeyError):
         return [f"{path}: required field missing"]
-    if isinstance(exc, AttributeError) and "items" in str(exc):
+    if isinstance(exc, AttributeError) and ("items" in str(exc) or "keys" in str(exc)):
         return [f"{path}: expected a mapping"]
     if isinstance(exc, TypeError | ValueError):
         message = str(exc)
         if "not iterable" in message or "unhashable" in message:
-            message = "expected a list"
+            message = "expected a mapping" if mapping else "expected a list"
         return [f"{path}: {message}"]
     return [f"{path}: {type(exc).__name__}: {exc}"]
