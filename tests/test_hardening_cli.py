@@ -520,6 +520,7 @@ def test_the_readme_writes_reports_only_where_git_ignores_them() -> None:
             "$.redis.url: is not a usable URL: Invalid IPv6 URL",
             id="redis-ipv6",
         ),
+        pytest.param(GOOD + "seed: -1\n", "$.seed: must be >= 0, got -1", id="seed"),
         pytest.param(
             GOOD + 'redis: {url: "redis://:99999999"}\n',
             "$.redis.url: is not a usable URL: Port out of range",

@@ -394,8 +394,8 @@ class Topology(Checked):
     """The producers by name."""
     consumers: dict[str, ConsumerSpec]
     """The consumers by name."""
-    seed: int = 0
-    """The seed every random choice is derived from."""
+    seed: int = attrs.field(default=0, metadata=checks(_at_least(0)))
+    """The seed every random choice is derived from (0 or more, as ``--seed``)."""
     clock: Literal["virtual", "real"] = "virtual"
     """``virtual`` runs in simulated time (fast, deterministic); ``real`` uses the wall clock."""
     expect: ExpectSpec = ExpectSpec()
