@@ -205,6 +205,23 @@ def _exited(pidfd: int, timeout: float) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
+def _served_or_stopped(folder: Path, on_note: Callable[[str], None] | None) -> str | None:
+    """The URL of the server a running command serves for ``folder``, if any; a server left
+    running there by an owner that has ended is stopped (saving its data) instead."""
+    found = find_folder_server(folder) if folder.is_dir() else None
+    if found is None:
+        return None
+    if not found.orphaned:
+        return _served_url(folder, found)
+    stop_folder_server(folder, found)
+    if on_note is not None:
+        on_note(
+            f"stopped a redis-server left running in {folder} (pid {found.pid}) by a "
+            "process that has ended; its log was saved and is kept"
+        )
+    return None
+
+
 def _served_url(folder: Path, found: FolderServer, *, timeout: float = 10.0) -> str:
     """The URL of a server of ``folder`` whose owner still runs, once it answers (it may be
     starting, loading its data). It is never stopped: it is not ours.
@@ -265,16 +282,9 @@ class EmbeddedRedis:
             RedisUnavailable: No server could be started.
         """
         folder = folder.resolve()
-        found = find_folder_server(folder) if folder.is_dir() else None
-        if found is not None and not found.orphaned:
-            return _served_url(folder, found), None
-        if found is not None:
-            stop_folder_server(folder, found)
-            if on_note is not None:
-                on_note(
-                    f"stopped a redis-server left running in {folder} (pid {found.pid}) by a "
-                    "process that has ended; its log was saved and is kept"
-                )
+        served = _served_or_stopped(folder, on_note)
+        if served is not None:
+            return served, None
         server = cls.start(folder)
         return server.url, server
 
@@ -292,11 +302,9 @@ class EmbeddedRedis:
             RedisUnavailable: No server could be started.
         """
         folder = folder.resolve()
-        found = find_folder_server(folder) if folder.is_dir() else None
-        if found is not None and not found.orphaned:
-            return _served_url(folder, found), None
-        if found is not None:
-            stop_folder_server(folder, found)
+        served = _served_or_stopped(folder, None)
+        if served is not None:
+            return served, None
         copy = Path(tempfile.mkdtemp(prefix="ringflow-log-"))
         if (folder / "redis.rdb").exists():
             shutil.copyfile(folder / "redis.rdb", copy / "redis.rdb")
