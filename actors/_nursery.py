@@ -22,7 +22,7 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
             yield nursery
     except BaseExceptionGroup as group:
         errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(group.exceptions) == 1 or len(errors) == 1:
-            error = group.exceptions[0] if len(group.exceptions) == 1 else errors[0]
+        if len(errors) == 1 or len(group.exceptions) == 1:
+            (error,) = errors or group.exceptions
             raise error from error.__cause__
         raise

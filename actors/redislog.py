@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,6 +55,10 @@ def run_key(run_id: str) -> str:
     """The Redis hash describing a run."""
     return f"ringflow:run:{run_id}"
 
+
+FIRST_BACKOFF = 0.05
+"""Real seconds the logger waits after a first failed write; the pause doubles up to
+``max_backoff`` while writes keep failing."""
 
 RUNS_KEY = "ringflow:runs"
 """The sorted set of every run id, scored by start time (Unix seconds)."""
@@ -130,6 +135,7 @@ class RedisLogger:
     _last_error: str | None = attrs.field(init=False, default=None)
     _writing: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     _registration: dict[str, Field] | None = attrs.field(init=False, default=None)
+    _backoff: float = attrs.field(init=False, default=FIRST_BACKOFF)
     _started_at: float = attrs.field(init=False, default=0.0)
 
     def __attrs_post_init__(self) -> None:
@@ -182,27 +188,14 @@ class RedisLogger:
 
     async def run(self) -> None:
         """Write entries as they come, until cancelled. Failures are retried, never raised."""
-        backoff = 0.05
+        self._backoff = FIRST_BACKOFF
         while True:
             if not self.pending:
                 self._wake = trio.Event()
                 await self._wake.wait()
             if self.pending < self.batch:
                 await sleep_real(self.linger)
-            try:
-                await self.write_some()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                self._failed(exc)
-                await sleep_real(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-            else:
-                self._connected = True
-                backoff = 0.05
-
-    def _failed(self, exc: BaseException) -> None:
-        self._failures += 1
-        self._connected = False
-        self._last_error = f"{type(exc).__name__}: {exc}"
+            await self._attempt(self.write_some)
 
     async def flush(self, **final: Field) -> None:
         """Write every entry left, then ``final`` (the run's status, digest...) into the run's
@@ -211,20 +204,27 @@ class RedisLogger:
         It returns only when everything is written: bound it with :func:`real_time_limit`
         (``pending`` then says how many entries were not written).
         """
-        backoff = 0.05
-        while True:
-            try:
-                if self.pending:
-                    await self.write_some()
-                    continue
-                await self._finish(final)
-            except (redis.exceptions.RedisError, OSError) as exc:
-                self._failed(exc)
-                await sleep_real(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-            else:
-                self._connected = True
-                return
+        self._backoff = FIRST_BACKOFF
+        while self.pending:
+            await self._attempt(self.write_some)
+        while not await self._attempt(partial(self._finish, final)):
+            pass
+
+    async def _attempt(self, write: Callable[[], Awaitable[None]]) -> bool:
+        # One write, the one retry policy of the logger: a failure is counted and followed by
+        # a pause of real time that doubles up to max_backoff; a success resets the pause.
+        try:
+            await write()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self._failures += 1
+            self._connected = False
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            await sleep_real(self._backoff)
+            self._backoff = min(self._backoff * 2, self.max_backoff)
+            return False
+        self._connected = True
+        self._backoff = FIRST_BACKOFF
+        return True
 
     async def _finish(self, final: dict[str, Field]) -> None:
         pipe = self.client.pipeline(transaction=False)

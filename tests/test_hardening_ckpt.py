@@ -24,6 +24,7 @@ import yaml
 import sim.run
 from sim.cli import main
 from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
+from tests.test_split import epochs_in
 from topology import CheckpointStore, Pipeline, Topology
 from topology.build import CheckpointSettings
 from topology.checkpoint import FILE_NAME, Snapshot
@@ -326,20 +327,20 @@ WIDE = {**os.environ, "COLUMNS": "250"}
 """Lines are not wrapped in the subprocesses' output."""
 
 
-def epochs_in(database: Path) -> int:
-    try:
-        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0])
-    except sqlite3.Error:  # not there yet, or its tables not made yet
-        return 0
-
-
-def wait_for_an_epoch(database: Path, process: subprocess.Popen[str]) -> None:
+def stop_with_sigterm_after_an_epoch(command: list[str], state: Path, cwd: Path) -> tuple[int, str]:
+    """Start ``command``, send it SIGTERM once ``state`` holds an epoch; its exit code and
+    output."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=WIDE
+    )
     deadline = time.monotonic() + 60
-    while epochs_in(database) < 1:
+    while epochs_in(state) < 1:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no epoch written within 60 s"
         time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    return process.returncode, output
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does_and_a_rerun_completes_it(tmp_path: Path) -> None:
@@ -347,18 +348,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_a_rerun_completes_it(tmp_path: P
     events = 600_000
     state, report = tmp_path / "state", tmp_path / "report.json"
     command = run_command(state, report, events)
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        env=WIDE,
-    )
-    wait_for_an_epoch(state / FILE_NAME, process)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=60)[0]
-    assert process.returncode == 143, output
+    code, output = stop_with_sigterm_after_an_epoch(command, state, tmp_path)
+    assert code == 143, output
     assert "interrupted by SIGTERM: the report is partial" in output
     partial = json.loads(report.read_text())
     assert (partial["status"], partial["stopped_by"]) == ("interrupted", "SIGTERM")
@@ -446,18 +437,8 @@ def test_sigterm_stops_a_node_with_exit_143_and_a_partial_report(tmp_path: Path)
         str(report),
         "--no-log",
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-        env=WIDE,
-    )
-    wait_for_an_epoch(state / FILE_NAME, process)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=60)[0]
-    assert process.returncode == 143, output
+    code, output = stop_with_sigterm_after_an_epoch(command, state, tmp_path)
+    assert code == 143, output
     assert "interrupted by SIGTERM" in output
     partial = json.loads(report.read_text())
     assert (partial["status"], partial["stopped_by"]) == ("interrupted", "SIGTERM")

@@ -99,6 +99,24 @@ def logged_meta(state: Path) -> list[dict[str, Any]]:
     return [fields for run in runs for _, fields in db.xrange(stream_key(run, "meta"))]
 
 
+def wait_until_logging(state: Path) -> None:
+    """Wait until the run of ``state`` has logged its start."""
+    wait_until(lambda: any(m["event"] == "run_started" for m in logged_meta(state)), "logging")
+
+
+def follow_log(state: Path, kill_on_exit: list[subprocess.Popen[Any]]) -> subprocess.Popen[str]:
+    """Start ``ringflow logs --follow`` of the meta entries of ``state``'s run."""
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "sim", "logs", "--state", str(state), "--follow", *META],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kill_on_exit.append(follow)
+    assert follow.stdout is not None
+    return follow
+
+
 @pytest.fixture
 def kill_on_exit() -> Iterator[list[subprocess.Popen[Any]]]:
     processes: list[subprocess.Popen[Any]] = []
@@ -121,7 +139,7 @@ def test_a_killed_run_takes_its_redis_server_with_it(
         command(state, "--events", "5000000"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     kill_on_exit.append(run)
-    wait_until(lambda: any(m["event"] == "run_started" for m in logged_meta(state)), "logging")
+    wait_until_logging(state)
     (server,) = servers_of(state)
     assert run.poll() is None, "the run ended before it could be killed"
     os.kill(run.pid, sig)
@@ -392,15 +410,8 @@ def test_logs_follow_ends_with_the_run(
         text=True,
     )
     kill_on_exit.append(run)
-    wait_until(lambda: any(m["event"] == "run_started" for m in logged_meta(state)), "logging")
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "sim", "logs", "--state", str(state), "--follow", *META],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    kill_on_exit.append(follow)
-    assert follow.stdout is not None
+    wait_until_logging(state)
+    follow = follow_log(state, kill_on_exit)
     first = json.loads(follow.stdout.readline())
     assert first["event"] == "run_started"
     assert run.poll() is None, "the run ended before the log was followed"
@@ -421,15 +432,8 @@ def test_logs_follow_of_a_killed_run_says_it_did_not_end(
         command(state, "--events", "5000000"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     kill_on_exit.append(run)
-    wait_until(lambda: any(m["event"] == "run_started" for m in logged_meta(state)), "logging")
-    follow = subprocess.Popen(
-        [sys.executable, "-m", "sim", "logs", "--state", str(state), "--follow", *META],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    kill_on_exit.append(follow)
-    assert follow.stdout is not None
+    wait_until_logging(state)
+    follow = follow_log(state, kill_on_exit)
     assert json.loads(follow.stdout.readline())["event"] == "run_started"
     run.kill()
     run.wait()
@@ -453,7 +457,7 @@ def test_ctrl_c_at_a_terminal_stops_the_run_before_its_redis_server(
         start_new_session=True,  # a process group of its own, as a terminal gives a command
     )
     kill_on_exit.append(run)
-    wait_until(lambda: any(m["event"] == "run_started" for m in logged_meta(state)), "logging")
+    wait_until_logging(state)
     (server,) = servers_of(state)
     assert os.getsid(server) != os.getsid(run.pid)
     os.killpg(run.pid, signal.SIGINT)

@@ -244,30 +244,40 @@ def split_proportionally(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
+def _described(topology: Topology) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    # The topology as plain data without what does not change what a run computes (how often
+    # epochs are written, Redis, gateway settings), and apart from it what runs on each node
+    # (not where the nodes listen).
+    described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
+    described.pop("gateway")
+    nodes = described.pop("nodes")
+    layout = {name: [n["topics"], n["producers"], n["consumers"]] for name, n in nodes.items()}
+    return described, layout
+
+
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fingerprint(
     topology: Topology, seed: int, plans: list[ProducerPlan], node: str | None = None
 ) -> str:
     """Return what identifies a run's state: the topology, the seed and the producers' plans,
     and for a node of a split topology, the nodes and which one it is.
 
-    Checkpoints of one run may only be resumed by a run with the same fingerprint.
+    Checkpoints of one run may only be resumed by a run with the same fingerprint: a run may
+    be resumed with other checkpoint, Redis or gateway settings, which do not change what the
+    state means.
     """
-    # How often epochs are written does not change what the state means, so it is left out:
-    # a run may be resumed with other checkpoint settings. Nor do the nodes and gateway
-    # settings for a run of the whole topology in one process.
-    described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
-    described.pop("gateway")
-    nodes = described.pop("nodes")
-    data = {
+    described, layout = _described(topology)
+    data: dict[str, Any] = {
         "topology": described,
         "seed": seed,
         "plans": [attrs.astuple(plan) for plan in plans],
     }
-    if node is not None:  # what runs where; not where they listen
-        layout = {name: [n["topics"], n["producers"], n["consumers"]] for name, n in nodes.items()}
+    if node is not None:
         data["node"] = [node, layout]
-    encoded = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(encoded).hexdigest()
+    return _sha256(data)
 
 
 def agreement(
@@ -280,28 +290,19 @@ def agreement(
     without the settings that may differ per node: listen addresses, gateway, checkpoints,
     Redis, clock, expectations) as short hashes; ``node`` names the side and is not compared.
     """
-    described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
-    for setting in ("seed", "clock", "expect", "gateway"):
+    described, layout = _described(topology)
+    for setting in ("seed", "clock", "expect"):
         described.pop(setting)
     for producer in described["producers"].values():
         producer.pop("events")
         producer.pop("duration")
-    described["nodes"] = {
-        name: [n["topics"], n["producers"], n["consumers"]]
-        for name, n in described["nodes"].items()
-    }
-
-    def digest(data: Any) -> str:
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[
-            :12
-        ]
-
+    described["nodes"] = layout
     return {
         "node": node,
         "seed": str(seed),
         "events": str(sum(plan.events for plan in plans)),
-        "plans": digest([[plan.producer, plan.instance, plan.events] for plan in plans]),
-        "topology": digest(described),
+        "plans": _sha256([[plan.producer, plan.instance, plan.events] for plan in plans])[:12],
+        "topology": _sha256(described)[:12],
     }
 
 
@@ -400,10 +401,7 @@ class Pipeline:
     """What this node's peers must agree with (see :func:`agreement`); empty when whole."""
     _remote_topics: dict[str, Any] = attrs.field(factory=dict)
     """By ``producer/instance/topic``, the remote topics local producers write to."""
-    _members: dict[str, RemoteConsumer] = attrs.field(factory=dict)
-    """By ``consumer/instance/topic``, the members of groups on other nodes."""
     _restored_remote: dict[str, Any] = attrs.field(factory=dict)
-    _restored_members: dict[str, dict[int, int]] = attrs.field(factory=dict)
     _captures: int = 0
     _written: int = 0
     _durable_after: dict[int, Callable[[], None]] = attrs.field(factory=dict)
@@ -695,12 +693,11 @@ class Pipeline:
                 data = parts.get(("partition", f"{name}/{partition.index}"))
                 if data is None:
                     continue
-                with restoring("partition", f"{name}/{partition.index}"):
-                    start, end, committed, peak, batches = decoder.decode(data)
                 sequences = parts.get(("sequences", f"{name}/{partition.index}"))
                 with restoring("sequences", f"{name}/{partition.index}"):
                     restored_sequences = {} if sequences is None else _SEQUENCES.decode(sequences)
                 with restoring("partition", f"{name}/{partition.index}"):
+                    start, end, committed, peak, batches = decoder.decode(data)
                     partition.restore(
                         PartitionState(
                             start,
@@ -717,6 +714,7 @@ class Pipeline:
 
     def _restore_state(self, info: EpochInfo, parts: dict[tuple[str, str], bytes]) -> None:
         self.restored_from = info
+        members: dict[str, dict[int, int]] = {}
         for (kind, name), data in parts.items():
             with restoring(kind, name):
                 state = (
@@ -733,13 +731,13 @@ class Pipeline:
                 elif kind == "remote":
                     self._restored_remote[name] = state
                 elif kind == "member":
-                    self._restored_members[name] = dict(state or [])
+                    members[name] = dict(state or [])
                 elif kind == "producer":
                     producer, instance = name.rsplit("/", 1)
                     self._positions[producer, int(instance)] = dict(state or {})
         for (consumer, read), group in self._remote_groups().items():
             for number in range(self.topology.consumers[consumer].instances):
-                where = self._restored_members.get(f"{consumer}/{number}/{read}")
+                where = members.get(f"{consumer}/{number}/{read}")
                 if where:
                     group.resume_from(where)
 
@@ -1081,14 +1079,12 @@ class Pipeline:
         # snapshot consistent without stopping consumers.
         member_name = f"{consumer}-{instance}"
         if isinstance(group, RemoteGroup):
-            key = f"{consumer}/{instance}/{topic}"
             async with group.join(
                 member_name,
                 auto_commit=False,
                 max_records=spec.max_records,
                 durable_commits=self._checkpointing,
             ) as remote:
-                self._members[key] = remote
                 await self._read(remote, topic, processor, tally, monitor)
                 if self._checkpointing:  # leave once an epoch holds everything processed
                     await self._wait_for_epoch()
