@@ -35,9 +35,9 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from ._nursery import open_nursery
 from .errors import CommitError, RingflowError
 from .group import Consumer, ConsumerGroup
+from .nursery import open_nursery
 from .partition import Partition
 from .record import Columns
 from .topic import Topic

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._nursery import open_nursery
 from .errors import ConfigurationError
+from .nursery import open_nursery
 from .partitioner import Partitioner
 from .record import Columns, Key, Record
 

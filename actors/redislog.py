@@ -17,7 +17,7 @@ import redis.exceptions
 import trio
 import trio_asyncio
 
-from ._nursery import open_nursery
+from .nursery import open_nursery
 
 CATEGORIES: tuple[str, ...] = ("incoming", "outgoing", "errors", "meta")
 """The categories, as the broker's specification names them."""

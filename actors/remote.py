@@ -27,9 +27,9 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from ._nursery import open_nursery
 from .errors import GatewayError
 from .group import _Batches
+from .nursery import open_nursery
 from .partition import as_columns
 from .partitioner import Partitioner
 from .record import Columns, Record, RecordBatch

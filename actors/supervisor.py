@@ -10,8 +10,8 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ._nursery import open_nursery
 from .errors import ConfigurationError, SupervisionError
+from .nursery import open_nursery
 
 Strategy = Literal["one_for_one", "one_for_all"]
 Restart = Literal["permanent", "transient", "temporary"]

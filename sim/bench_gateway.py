@@ -18,9 +18,16 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from actors import Columns, ConsumerGroup, Gateway, Topic
-from actors.remote import batch_frame, connect, open_remote_topic
-from actors.wire import decoder
+from actors import (
+    Columns,
+    ConsumerGroup,
+    Gateway,
+    Topic,
+    batch_frame,
+    connect,
+    decoder,
+    open_remote_topic,
+)
 
 
 def _columns(start: int, size: int) -> Columns:

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -17,11 +18,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from actors import RingflowError
-from actors.redislog import redact
-from actors.wire import DISAGREEMENT
-from topology import CheckpointError, CheckpointSettings, Pipeline, Topology, TopologyError
-from topology.limits import MAX_EVENTS
+from actors import DISAGREEMENT, RingflowError, redact
+from topology import (
+    MAX_EVENTS,
+    CheckpointError,
+    CheckpointSettings,
+    Pipeline,
+    Topology,
+    TopologyError,
+)
 
 from .bench import BenchSettings, run_bench
 from .console import make_console
@@ -40,6 +45,21 @@ EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C (SIGINT); a partial report was written."""
 EXIT_TERMINATED = 143
 """Stopped by SIGTERM (``docker stop``, a process manager): as Ctrl-C, 128 + 15."""
+
+
+FLAG_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\(checkpoint\.path\)"), "(checkpoint.path in the file, or --state)"),
+    (re.compile(r"the same seed and events"), "the same --seed and --events"),
+    (re.compile(r"(?<![\w.$])peers\.([^:\s]+):"), r"--peer \1:"),
+)
+"""How settings named in messages of the lower layers are set on the command line."""
+
+
+def with_flags(message: str) -> str:
+    """Return ``message`` with the command-line flag added wherever it names a setting."""
+    for pattern, replacement in FLAG_HINTS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def _whole(text: str, low: int, high: int | None = None) -> int:
@@ -466,7 +486,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         topology = load_topology(args.topology)
     except TopologyError as exc:
-        console.print(escape(str(exc)))
+        console.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     counts = ", ".join(
         _count(len(things), what)
@@ -495,7 +515,7 @@ def _run(args: argparse.Namespace) -> int:
         _check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
     except (TopologyError, CheckpointError, ReportPathError) as exc:
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     out = make_console()
     _warn_damaged(err, checkpoints)
@@ -545,7 +565,7 @@ def _run(args: argparse.Namespace) -> int:
             handle_sigint=True,
         )
     except RingflowError as exc:  # Redis unreachable at start, configured to fail
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     finally:
         if view is not None:
@@ -567,8 +587,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
-    from topology.build import Placement
-    from topology.schema import parse_address
+    from topology import Placement, parse_address
 
     from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 
@@ -584,14 +603,14 @@ def _node(args: argparse.Namespace) -> int:
             topology, REGISTRY, seed=args.seed, events=args.events, placement=placement
         )
     except (TopologyError, ValueError) as exc:
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     path = args.report or Path("reports") / f"{topology.name}-{args.node}-seed{pipeline.seed}.json"
     try:
         _check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
     except (CheckpointError, ReportPathError) as exc:
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     _warn_damaged(err, checkpoints)
     address = pipeline.address_of(args.node)
@@ -649,7 +668,7 @@ def _node(args: argparse.Namespace) -> int:
             on_gateway_error=lambda message: err.print(f"gateway: {escape(message)}"),
         )
     except RingflowError as exc:
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     finally:
         if server is not None:
@@ -751,7 +770,7 @@ def _exit_code(report: dict[str, Any], report_problem: str | None) -> int:
 
 def _cannot_listen(address: str) -> str | None:
     """Why this node could not listen on ``address`` (HOST:PORT), or None if it can."""
-    from topology.schema import parse_address
+    from topology import parse_address
 
     host, port = parse_address(address)
     try:
@@ -973,14 +992,14 @@ def _checkpoints(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from topology.checkpoint import SCHEMA_VERSION, read_store
+    from topology import SCHEMA_VERSION, read_store
 
     err = make_console(stderr=True)
     out = make_console()
     try:
         meta, store = read_store(args.state)
     except CheckpointError as exc:
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     checked = store.version >= SCHEMA_VERSION
     try:
@@ -988,7 +1007,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
         loaded = store.load(args.epoch, verify=False) if args.epoch else None
         damage = {e.epoch: store.verify(e.epoch) if checked else None for e in epochs}
     except CheckpointError as exc:
-        err.print(escape(str(exc)))
+        err.print(escape(with_flags(str(exc))))
         return EXIT_USAGE
     finally:
         store.close()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from actors.redislog import CATEGORIES, RUNS_KEY, counters_key, redact, run_key, stream_key
+from actors import CATEGORIES, RUNS_KEY, counters_key, redact, run_key, stream_key
 
 from .console import make_console
 from .redis_server import EmbeddedRedis, RedisUnavailable, ping

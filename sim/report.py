@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from topology import EpochInfo, Pipeline, Segment
-from topology.build import LATENCY_RESOLUTION
+from topology import LATENCY_RESOLUTION, EpochInfo, Pipeline, Segment
 
 
 def canonical_json(data: Any) -> bytes:

@@ -22,9 +22,11 @@ import trio
 import trio.testing
 import trio_asyncio
 
-from actors import GatewayError, RingflowError, SupervisionError
-from actors.redislog import (
+from actors import (
+    GatewayError,
     RedisLogger,
+    RingflowError,
+    SupervisionError,
     make_client,
     real_time_limit,
     redact,

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from actors.remote import connect
+from actors import connect
 
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .console import make_console

@@ -11,8 +11,16 @@ from typing import Annotated, Any, ClassVar, Literal
 import attrs
 import msgspec
 
-from topology import Checked, FieldError, WorkloadType
-from topology.limits import MAX_CATALOGUE, MAX_CATALOGUE_WHY, MAX_IDS, MAX_IDS_WHY, limit_problem
+from topology import (
+    MAX_CATALOGUE,
+    MAX_CATALOGUE_WHY,
+    MAX_IDS,
+    MAX_IDS_WHY,
+    Checked,
+    FieldError,
+    WorkloadType,
+    limit_problem,
+)
 
 # Event payloads are msgspec structs rather than attrs classes: measured here, building one
 # costs ~120 ns against ~770 ns for a frozen attrs class, and gc=False keeps tens of millions of

@@ -22,18 +22,8 @@ MODULE_LEVEL = {
     "actors": {
         "partition": {"as_columns"},
         "producer": {"Destination", "Sink"},
-        "redislog": {
-            "LoggerStatistics",
-            "RedisLogger",
-            "counters_key",
-            "make_client",
-            "real_time_limit",
-            "redact",
-            "run_key",
-            "sleep_real",
-            "stream_key",
-        },
-        "remote": {"Connection", "RemotePartition", "batch_frame", "connect"},
+        "redislog": {"sleep_real"},
+        "remote": {"RemotePartition"},
         "wire": {
             "Batch",
             "Delivery",
@@ -48,7 +38,6 @@ MODULE_LEVEL = {
             "Window",
             "batch_problem",
             "check_hello",
-            "decoder",
             "describe_decode_error",
             "disagreement",
             "hello_problem",
@@ -60,7 +49,6 @@ MODULE_LEVEL = {
         "build": {
             "ConsumerTally",
             "agreement",
-            "Placement",
             "ProducerPlan",
             "TopicTally",
             "fingerprint",
@@ -68,15 +56,13 @@ MODULE_LEVEL = {
             "split_evenly",
             "split_proportionally",
         },
-        "checkpoint": {"Snapshot", "part_checksum", "read_store", "restoring"},
-        "limits": {"limit_problem"},
+        "checkpoint": {"Snapshot", "part_checksum", "restoring"},
         "segment": {"decode_segments", "encode_segments"},
         "schema": {
             "checks",
             "describe_errors",
             "duplicate_keys",
             "make_converter",
-            "parse_address",
         },
     },
 }

@@ -265,8 +265,8 @@ def test_a_store_of_the_older_schema_is_refused_and_can_still_be_listed(
     assert refusal == (
         f"{state / FILE_NAME} has schema version 1, older than this ringflow's 2: its epochs "
         "carry no checksums, so they cannot be verified and it is not resumed (it was left as "
-        "it is). Finish the run with the ringflow that wrote it, or use another --state folder "
-        "to start afresh"
+        "it is). Finish the run with the ringflow that wrote it, or use another state folder "
+        "(checkpoint.path in the file, or --state) to start afresh"
     )
     assert (state / FILE_NAME).read_bytes() == before
     assert main(["checkpoints", str(state)]) == 0

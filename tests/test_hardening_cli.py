@@ -559,3 +559,15 @@ def test_a_section_that_is_not_a_mapping_is_said_so(
     assert "$.redis: expected a mapping" in err
     assert "$.gateway: expected a mapping" in err
     assert "Error" not in err  # no exception's name for a user's mistake
+
+
+def test_messages_of_the_lower_layers_get_the_flag_that_sets_their_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The builder names a peer as a setting; the CLI says which flag gave it."""
+    split = ROOT / "topology" / "examples" / "video-site-split.yaml"
+    args = ["node", str(split), "--node", "broker", "--peer", "db=127.0.0.1:1"]
+    assert main([*args, "--state", str(tmp_path / "s")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--peer db: no node named 'db'; nodes are: broker, consumers, producers" in line
+    assert "peers." not in line

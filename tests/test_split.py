@@ -141,7 +141,7 @@ def test_an_unknown_node_or_peer_is_refused_with_the_nodes_listed() -> None:
     topology = Topology.from_dict(split_data())
     with pytest.raises(TopologyError, match="no node named 'brokr'; nodes are: broker, "):
         Pipeline.build(topology, REGISTRY, placement=Placement("brokr"))
-    with pytest.raises(TopologyError, match="--peer db: no node named 'db'"):
+    with pytest.raises(TopologyError, match=r"peers\.db: no node named 'db'"):
         Pipeline.build(topology, REGISTRY, placement=Placement("broker", peers={"db": "x:1"}))
     whole = Topology.from_yaml((EXAMPLES / "video-site.yaml").read_text())
     with pytest.raises(TopologyError, match="has no nodes"):

@@ -1,15 +1,25 @@
 """Topology files: their schema, the registry of names they use, and the builder."""
 
+from .build import LATENCY_RESOLUTION as LATENCY_RESOLUTION
 from .build import CheckpointSettings as CheckpointSettings
 from .build import Expectation as Expectation
 from .build import Pipeline as Pipeline
+from .build import Placement as Placement
+from .checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from .checkpoint import CheckpointStore as CheckpointStore
 from .checkpoint import DamagedEpoch as DamagedEpoch
 from .checkpoint import EpochInfo as EpochInfo
+from .checkpoint import read_store as read_store
 from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
 from .errors import raise_field_errors as raise_field_errors
+from .limits import MAX_CATALOGUE as MAX_CATALOGUE
+from .limits import MAX_CATALOGUE_WHY as MAX_CATALOGUE_WHY
+from .limits import MAX_EVENTS as MAX_EVENTS
+from .limits import MAX_IDS as MAX_IDS
+from .limits import MAX_IDS_WHY as MAX_IDS_WHY
+from .limits import limit_problem as limit_problem
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType
 from .registry import Registry as Registry
@@ -25,4 +35,5 @@ from .schema import ProducerSpec as ProducerSpec
 from .schema import RedisSpec as RedisSpec
 from .schema import TopicSpec as TopicSpec
 from .schema import Topology as Topology
+from .schema import parse_address as parse_address
 from .segment import Segment as Segment

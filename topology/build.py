@@ -28,11 +28,11 @@ from actors import (
     RemoteConsumer,
     RemoteGroup,
     Topic,
+    open_nursery,
     open_producer,
     open_remote_topic,
     open_supervisor,
 )
-from actors._nursery import open_nursery
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot, restoring
 from .errors import TopologyError
@@ -1192,7 +1192,7 @@ def _topics_of(topology: Topology, producer: str) -> set[str]:
 
 def _check_placement(topology: Topology, placement: Placement) -> list[str]:
     if not topology.nodes:
-        return ["$.nodes: the topology has no nodes; run it whole with 'ringflow run'"]
+        return ["$.nodes: the topology has no nodes, so no part of it runs as a node; run it whole"]
     problems = []
     if placement.node not in topology.nodes:
         problems.append(
@@ -1201,7 +1201,7 @@ def _check_placement(topology: Topology, placement: Placement) -> list[str]:
     for node in placement.peers:
         if node not in topology.nodes:
             problems.append(
-                f"--peer {node}: no node named {node!r}; nodes are: "
+                f"peers.{node}: no node named {node!r}; nodes are: "
                 f"{', '.join(sorted(topology.nodes))}"
             )
     for where in [placement.listen, *placement.peers.values()]:

@@ -224,7 +224,7 @@ class CheckpointStore:
         except OSError as exc:
             raise CheckpointError(
                 f"cannot create the state folder {folder}: {exc.strerror}; "
-                "choose a folder you can write with --state"
+                "choose a state folder you can write (checkpoint.path)"
             ) from None
         path = folder / FILE_NAME
         store = cls(path, fingerprint, keep)
@@ -304,22 +304,24 @@ class CheckpointStore:
         if version > SCHEMA_VERSION:
             raise CheckpointError(
                 f"{self.path} has schema version {version}, newer than this ringflow's "
-                f"{SCHEMA_VERSION}; run it with a newer ringflow, or use another --state folder"
+                f"{SCHEMA_VERSION}; run it with a newer ringflow, or use another state folder "
+                "(checkpoint.path)"
             )
         if version < SCHEMA_VERSION:
             raise CheckpointError(
                 f"{self.path} has schema version {version}, older than this ringflow's "
                 f"{SCHEMA_VERSION}: its epochs carry no checksums, so they cannot be verified "
                 "and it is not resumed (it was left as it is). Finish the run with the "
-                "ringflow that wrote it, or use another --state folder to start afresh"
+                "ringflow that wrote it, or use another state folder (checkpoint.path) to start "
+                "afresh"
             )
         if meta.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"{self.path} holds checkpoints of another topology or settings "
                 f"({meta.get('topology') or 'unnamed'}, fingerprint "
                 f"{meta.get('fingerprint', '?')[:12]}; this run's is {self.fingerprint[:12]}). "
-                "Use another --state folder, or run the same file with the same --seed and "
-                "--events"
+                "Use another state folder (checkpoint.path), or run the same file with the same "
+                "seed and events"
             )
 
     def begin_segment(self, resumed: EpochInfo | None) -> None:
