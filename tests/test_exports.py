@@ -57,13 +57,11 @@ MODULE_LEVEL = {
             "split_proportionally",
         },
         "checkpoint": {"Snapshot", "part_checksum", "restoring"},
+        "checks": {"at_least", "at_most", "checks", "optional_name", "positive"},
+        "convert": {"describe_errors", "make_converter"},
+        "crosscheck": {"problems_across"},
+        "loading": {"duplicate_keys", "load_yaml", "read_text"},
         "segment": {"decode_segments", "encode_segments"},
-        "schema": {
-            "checks",
-            "describe_errors",
-            "duplicate_keys",
-            "make_converter",
-        },
     },
 }
 """Public names used through their module rather than the package, per package and module."""

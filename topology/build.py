@@ -35,9 +35,11 @@ from actors import (
 )
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot, restoring
+from .convert import converter
 from .errors import TopologyError
 from .registry import Processor, Registry
-from .schema import RedisSpec, Topology, converter, parse_address
+from .schema import Topology
+from .sections import RedisSpec, parse_address
 
 LATENCY_SAMPLE_EVERY = 8
 """One record in this many has its latency measured."""

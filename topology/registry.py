@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from .schema import Topology, converter, describe_errors
+from .convert import converter, describe_errors
+from .schema import Topology
 
 
 class Workload(Protocol):

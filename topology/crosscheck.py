@@ -1,0 +1,178 @@
+"""The checks of a topology file that span its sections: the names one section gives another."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .checks import NAME
+from .limits import MAX_RING_RECORDS, MAX_RING_RECORDS_WHY, limit_problem
+from .sections import ConsumerSpec, GatewaySpec, NodeSpec, ProducerSpec, TopicSpec, parse_address
+
+
+def problems_across(
+    *,
+    topics: Mapping[str, TopicSpec],
+    producers: Mapping[str, ProducerSpec],
+    consumers: Mapping[str, ConsumerSpec],
+    nodes: Mapping[str, NodeSpec],
+    gateway: GatewaySpec,
+) -> list[str]:
+    """Return the problems of a topology that span sections, one ``path: message`` each.
+
+    Names must be valid and refer to what exists; every consumed topic needs a producer and
+    every produced one a consumer (or ``allow_unconsumed``); the rings must fit in memory; and
+    with a ``nodes`` section, everything runs on exactly one node.
+
+    Args:
+        topics: The topics by name.
+        producers: The producers by name.
+        consumers: The consumers by name.
+        nodes: The nodes by name (empty: the topology runs in one process).
+        gateway: The settings of the gateways between nodes.
+    """
+    problems = []
+    for kind, specs in (
+        ("topics", topics),
+        ("producers", producers),
+        ("consumers", consumers),
+    ):
+        for name in specs:
+            if not NAME.match(name):
+                problems.append(f"$.{kind}.{name}: {name!r} is not a valid name")
+    for name, producer in producers.items():
+        targets = (
+            {"topic": producer.topic}
+            if producer.topic
+            else {f"topics.{s}": t for s, t in producer.topics.items()}
+        )
+        for field, topic in targets.items():
+            if topic not in topics:
+                problems.append(
+                    f"$.producers.{name}.{field}: no topic named {topic!r}; "
+                    f"topics are: {', '.join(sorted(topics)) or 'none'}"
+                )
+    produced = {
+        t for p in producers.values() for t in ([p.topic] if p.topic else p.topics.values())
+    }
+    for name, consumer in consumers.items():
+        field = "topic" if consumer.topic else "topics"
+        for topic in consumer.topic_names:
+            if topic not in topics:
+                problems.append(
+                    f"$.consumers.{name}.{field}: no topic named {topic!r}; "
+                    f"topics are: {', '.join(sorted(topics)) or 'none'}"
+                )
+            elif topic not in produced:
+                problems.append(
+                    f"$.consumers.{name}.{field}: no producer writes to topic {topic!r}, "
+                    "so this consumer would wait forever"
+                )
+    groups: dict[tuple[str, str], str] = {}
+    for name, consumer in consumers.items():
+        for topic in consumer.topic_names:
+            group = consumer.group or name
+            if (group, topic) in groups:
+                problems.append(
+                    f"$.consumers.{name}.group: group {group!r} on topic {topic!r} is "
+                    f"already used by consumer {groups[group, topic]!r}"
+                )
+            groups[group, topic] = name
+    if not producers:
+        problems.append("$.producers: at least one producer is needed")
+    consumed = {t for c in consumers.values() for t in c.topic_names}
+    for name, topic_spec in topics.items():
+        if name in consumed or topic_spec.allow_unconsumed:
+            continue
+        writers = sorted(
+            p
+            for p, spec in producers.items()
+            if name in ([spec.topic] if spec.topic else spec.topics.values())
+        )
+        if not writers:
+            continue  # a topic nobody uses blocks nothing
+        blocks = (
+            "block while no consumer is attached"
+            if topic_spec.ring_capacity is None
+            else "block for good once its rings are full"
+        )
+        problems.append(
+            f"$.topics.{name}: no consumer reads this topic, so its producers "
+            f"({', '.join(writers)}) would {blocks}; add a consumer, or set "
+            "'allow_unconsumed: true' if only taps read it"
+        )
+    ring_records = sum(spec.ring_records for spec in topics.values())
+    problem = limit_problem(
+        ring_records,
+        MAX_RING_RECORDS,
+        "records in all rings (partitions x (capacity + retention), over the topics)",
+        MAX_RING_RECORDS_WHY,
+    )
+    if problem is not None:
+        problems.append(f"$.topics: {problem}")
+    problems.extend(_check_nodes(topics, producers, consumers, nodes, gateway))
+    return problems
+
+
+def _check_nodes(
+    topics: Mapping[str, TopicSpec],
+    producers: Mapping[str, ProducerSpec],
+    consumers: Mapping[str, ConsumerSpec],
+    nodes: Mapping[str, NodeSpec],
+    gateway: GatewaySpec,
+) -> list[str]:
+    if not nodes:
+        return []
+    problems = []
+    places: dict[str, dict[str, str]] = {"topics": {}, "producers": {}, "consumers": {}}
+    listening: dict[tuple[str, int], str] = {}
+    for node, spec in nodes.items():
+        if not NAME.match(node):
+            problems.append(f"$.nodes.{node}: {node!r} is not a valid name")
+        address = parse_address(spec.listen)
+        if address in listening:
+            problems.append(
+                f"$.nodes.{node}.listen: {spec.listen} is also where node "
+                f"{listening[address]!r} listens"
+            )
+        listening[address] = node
+        if not (spec.topics or spec.producers or spec.consumers):
+            problems.append(f"$.nodes.{node}: hosts no topic, producer or consumer")
+        for kind, known in (
+            ("topics", topics),
+            ("producers", producers),
+            ("consumers", consumers),
+        ):
+            for name in getattr(spec, kind):
+                if name not in known:
+                    problems.append(
+                        f"$.nodes.{node}.{kind}: no {kind[:-1]} named {name!r}; "
+                        f"{kind} are: {', '.join(sorted(known)) or 'none'}"
+                    )
+                elif name in places[kind]:
+                    problems.append(
+                        f"$.nodes.{node}.{kind}: {name!r} is already on node "
+                        f"{places[kind][name]!r}; each runs on exactly one node"
+                    )
+                else:
+                    places[kind][name] = node
+    for kind, known in (
+        ("topics", topics),
+        ("producers", producers),
+        ("consumers", consumers),
+    ):
+        missing = sorted(set(known) - set(places[kind]))
+        if missing:
+            problems.append(
+                f"$.nodes: {kind} {', '.join(map(repr, missing))} on no node; with a "
+                "'nodes' section every topic, producer and consumer needs one"
+            )
+    if gateway.token_env is None:
+        for node, spec in nodes.items():
+            host = parse_address(spec.listen)[0]
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                problems.append(
+                    f"$.nodes.{node}.listen: {spec.listen} is reachable from other "
+                    "machines, so the gateways need a shared token: set "
+                    "gateway.token_env to the name of an environment variable holding it"
+                )
+    return problems
