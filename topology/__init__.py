@@ -21,6 +21,7 @@ from .limits import MAX_EVENTS as MAX_EVENTS
 from .limits import MAX_IDS as MAX_IDS
 from .limits import MAX_IDS_WHY as MAX_IDS_WHY
 from .limits import limit_problem as limit_problem
+from .registry import Event as Event
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType
 from .registry import Registry as Registry

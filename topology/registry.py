@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -11,15 +11,49 @@ from .convert import converter, describe_errors
 from .schema import Topology
 
 
+@runtime_checkable
+class Event(Protocol):
+    """What a pipeline reads of every event a workload generates; the rest is the processors'.
+
+    A producer stamps each record with the event's :attr:`timestamp`; the tallies of a run sum
+    :attr:`seq` per :attr:`source` to prove that nothing was lost or counted twice, check that
+    each source's events arrive in order, and count events per :attr:`kind` to compare with
+    the processors' totals. Event types are usually frozen msgspec structs (they cross
+    gateways and checkpoints), and :attr:`kind` may be a class variable of a type that has
+    one kind only.
+    """
+
+    @property
+    def seq(self) -> int:
+        """The event's position in its source's sequence: 0, 1, 2... with no gap."""
+        ...
+
+    @property
+    def source(self) -> int:
+        """The producer instance that generated it, unique over the topology's instances."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """What happened (``view``, ``click``...), as the processors' totals count it."""
+        ...
+
+    @property
+    def timestamp(self) -> float:
+        """Event time, in seconds of the run's clock."""
+        ...
+
+
 class Workload(Protocol):
-    """Generates the events of one producer instance, reproducibly from its random source.
+    """Generates the events (each an :class:`Event`) of one producer instance, reproducibly
+    from its random source.
 
     The events a workload generates depend only on its random source and on how many it has
     generated before, never on how they are split into calls: generating 10 then 90 events
     gives the same 100 events as generating 100 at once.
     """
 
-    def generate(self, count: int, start: float, interval: float) -> dict[str, list[Any]]:
+    def generate(self, count: int, start: float, interval: float) -> dict[str, list[Event]]:
         """Return the next ``count`` events, grouped by stream.
 
         Args:
@@ -49,7 +83,7 @@ class Processor(Protocol):
     break ties in rankings by key.
     """
 
-    def process(self, events: Sequence[Any]) -> None:
+    def process(self, events: Sequence[Event]) -> None:
         """Fold a batch of events (the values of the records read) into the aggregates."""
         ...
 
@@ -85,9 +119,10 @@ class WorkloadType:
 
     Its randomness comes from the seed, the name and the instance number; every event carries
     ``source``, a number unique over all producer instances of the topology."""
-    event_types: Mapping[str, tuple[type, ...]]
-    """The event classes each stream produces (msgspec structs with tags): what a processor
-    reading the stream's topic must accept, and how checkpoints and the wire decode them."""
+    event_types: Mapping[str, tuple[type[Event], ...]]
+    """The event classes each stream produces (msgspec structs with tags, each an
+    :class:`Event`): what a processor reading the stream's topic must accept, and how
+    checkpoints and the wire decode them."""
 
 
 @attrs.frozen
@@ -100,7 +135,7 @@ class ProcessorType:
     """An attrs class of the processor's settings, filled from ``params`` in the file."""
     make: Callable[[Any], Processor]
     """Build an instance from its params."""
-    accepts: tuple[type, ...]
+    accepts: tuple[type[Event], ...]
     """The event classes it can fold: every topic it reads must carry only these."""
 
 
