@@ -13,7 +13,10 @@ For the modules of ``actors/``, ``topology/`` and ``sim/``, subpackages included
   ``import actors.remote``, ``from actors import remote`` or a private name
   (``from actors._nursery import ...``, ``from topology import _x``). Within a package,
   modules import each other freely;
-- **layers**: imports point downward only, ``sim`` -> ``topology`` -> ``actors``.
+- **layers**: imports point downward only, ``sim`` -> ``topology`` -> ``actors``;
+- **messages**: the strings of ``actors/`` and ``topology/`` name a setting
+  (``checkpoint.keep``, ``seed``), never a flag or command of the CLI (``--state``,
+  ``ringflow run``), which adds its flags in its own error handling. Docstrings may name both.
 
 ``tests/`` may import a module of a package directly, since a test often specifies one module
 (the wire frames of ``actors.wire``, the store's file name in ``topology.checkpoint``). Two
@@ -29,6 +32,7 @@ modules and watch it fail.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -98,6 +102,14 @@ BOUNDARIES_ALLOWED = frozenset(
 
 LAYERS_ALLOWED: frozenset[str] = frozenset()
 """Imports that point up a layer, as :func:`layer_violations` keys them."""
+
+QUIET_LAYERS = ("actors", "topology")
+"""The packages whose messages never name the CLI."""
+
+CLI_WORDS = re.compile(
+    r"(?<![\w-])--[a-z][a-z-]*|\bringflow (?:run|node|validate|tap|bench|logs|checkpoints)\b"
+)
+"""A flag or a command of the ``ringflow`` CLI."""
 
 
 @attrs.frozen
@@ -366,6 +378,38 @@ def layer_violations(
     return violations
 
 
+def cli_words(
+    modules: Mapping[str, Module], packages: Iterable[str] = QUIET_LAYERS
+) -> list[Violation]:
+    """The strings of ``packages``, docstrings aside, that name a flag or command of the CLI."""
+    packages = set(packages)
+    violations = []
+    for module in modules.values():
+        if module.top not in packages:
+            continue
+        tree = ast.parse(module.source, module.where)
+        documentation = {
+            id(node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in documentation
+            ):
+                for word in CLI_WORDS.findall(node.value):
+                    violations.append(
+                        Violation(
+                            f"{module.where}: {word}",
+                            f"{module.where}:{node.lineno}: {node.value!r} names {word}: name "
+                            "the setting instead; the CLI adds its flag",
+                        )
+                    )
+    return violations
+
+
 def unexcused(violations: list[Violation], allowed: frozenset[str]) -> list[str]:
     """The messages of the violations no entry of ``allowed`` names."""
     return [v.message for v in violations if v.key not in allowed]
@@ -400,6 +444,10 @@ def test_packages_reach_each_other_through_public_names(code: dict[str, Module])
 
 def test_imports_point_downward(code: dict[str, Module]) -> None:
     assert unexcused(layer_violations(code), LAYERS_ALLOWED) == []
+
+
+def test_lower_layers_name_settings_not_flags(code: dict[str, Module]) -> None:
+    assert [v.message for v in cli_words(code)] == []
 
 
 def test_the_allow_lists_name_only_current_offenders(code: dict[str, Module]) -> None:
@@ -563,3 +611,24 @@ def test_an_offender_not_allowed_fails_the_check() -> None:
         "sim/long.py: 601 lines, more than 600"
     ]
     assert unexcused(long_modules(modules), frozenset({"sim/long.py"})) == []
+
+
+def test_a_flag_in_a_message_of_a_lower_layer_is_caught() -> None:
+    modules = modules_of(
+        {
+            "topology/t.py": (
+                '"""Set with --state, or ringflow run."""\n'
+                "def f(path):\n"
+                '    """Says to use --state."""\n'
+                '    raise ValueError(f"{path}: give --state or ringflow run again")\n'
+                'NOTE = "named by checkpoint.path and seed"\n'
+                '"""As --seed sets it."""\n'
+            ),
+            "sim/s.py": 'raise SystemExit("use --state")\n',
+        }
+    )
+    assert [v.key for v in cli_words(modules)] == [
+        "topology/t.py: --state",
+        "topology/t.py: ringflow run",
+    ]
+    assert cli_words(modules)[0].message.startswith("topology/t.py:4: ")
