@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from sim.cli import main
+from topology import Topology, TopologyError
 
 GOOD = """
 name: t
@@ -150,3 +154,39 @@ def test_examples_are_valid(name: str, capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "valid topology" in out
     assert "1 producer," in out  # counted in words that agree with the number
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"topics": {"it's": {"partitions": 0}}}, "$.topics.it's.partitions: must be >= 1, got 0"),
+        (
+            {"topics": {"a @ b": {"capacity": "x"}}},
+            "$.topics.a @ b.capacity: expected a whole number of records or 'dynamic', got 'x'",
+        ),
+        (
+            {"topics": {"x]y[z": {"partitions": "q"}}},
+            "$.topics.x]y[z.partitions: expected a whole number, got str 'q'",
+        ),
+        ({"topics": {1: {}}}, "$.topics[1]: expected a string, got int 1"),
+        (
+            {"topics": {datetime.date(2020, 1, 2): {}}},
+            "$.topics[2020-01-02]: expected a string, got date datetime.date(2020, 1, 2)",
+        ),
+        (
+            {"consumers": {"stats": {"processor": "video_stats", "topics": ["events", 7]}}},
+            "$.consumers.stats.topics[1]: expected a string, got int 7",
+        ),
+        ({"nodes": {"n": [1]}}, "$.nodes.n: expected a mapping"),
+    ],
+)
+def test_a_problem_names_its_place_as_the_file_writes_it(
+    change: dict[str, Any], problem: str
+) -> None:
+    """Keys read as the file writes them (``.events``, ``[1]``), whatever their characters."""
+    data = yaml.safe_load(GOOD)
+    for section, entries in change.items():
+        data.setdefault(section, {}).update(entries)
+    with pytest.raises(TopologyError) as info:
+        Topology.from_dict(data, "t")
+    assert info.value.problems == [problem]
