@@ -20,10 +20,11 @@ import topology
 
 MODULE_LEVEL = {
     "actors": {
+        "connection": {"binary", "greet", "keep_trying", "refusal"},
         "partition": {"as_columns"},
         "producer": {"Destination", "Sink"},
         "redislog": {"sleep_real"},
-        "remote": {"RemotePartition"},
+        "remote_topic": {"RemotePartition"},
         "wire": {
             "Batch",
             "Delivery",
@@ -72,11 +73,13 @@ PACKAGES = [actors, topology]
 
 
 def modules_of(package: types.ModuleType) -> dict[str, types.ModuleType]:
-    """Every public module of ``package``, imported, by short name."""
+    """Every public module of ``package`` and of its subpackages, imported, by its name
+    inside the package (``gateway.taps``); a subpackage itself is listed too."""
+    prefix = f"{package.__name__}."
     return {
-        info.name: importlib.import_module(f"{package.__name__}.{info.name}")
-        for info in pkgutil.iter_modules(package.__path__)
-        if not info.name.startswith("_")
+        info.name.removeprefix(prefix): importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(package.__path__, prefix)
+        if not any(part.startswith("_") for part in info.name.split("."))
     }
 
 
