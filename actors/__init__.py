@@ -14,6 +14,10 @@ from .errors import SequenceError as SequenceError
 from .errors import SupervisionError as SupervisionError
 from .errors import TopicClosedError as TopicClosedError
 from .gateway import Gateway as Gateway
+from .gateway import GatewayStatistics as GatewayStatistics
+from .gateway.members import MemberEndpointStatistics as MemberEndpointStatistics
+from .gateway.producers import ProducerEndpointStatistics as ProducerEndpointStatistics
+from .gateway.taps import TapEndpointStatistics as TapEndpointStatistics
 from .group import ASSIGNMENT_STRATEGIES as ASSIGNMENT_STRATEGIES
 from .group import BatchIterator as BatchIterator
 from .group import BatchSource as BatchSource

@@ -21,6 +21,19 @@ import topology
 MODULE_LEVEL = {
     "actors": {
         "connection": {"binary", "greet", "keep_trying", "refusal"},
+        "gateway.endpoint": {
+            "FrameReader",
+            "Refusal",
+            "Settings",
+            "Signal",
+            "close",
+            "gone",
+            "peer",
+        },
+        "gateway.members": {"MemberEndpoint"},
+        "gateway.producers": {"ProducerEndpoint"},
+        "gateway.routing": {"token_of"},
+        "gateway.taps": {"TapEndpoint"},
         "partition": {"as_columns"},
         "producer": {"Destination", "Sink"},
         "redislog": {"sleep_real"},

@@ -18,8 +18,12 @@ from actors import (
     ConsumerGroup,
     Gateway,
     GatewayError,
+    GatewayStatistics,
+    MemberEndpointStatistics,
+    ProducerEndpointStatistics,
     RemoteConsumerStatistics,
     RemoteGroup,
+    TapEndpointStatistics,
     Topic,
     connect,
     open_producer,
@@ -256,6 +260,36 @@ async def test_a_remote_member_counts_its_reconnects_and_the_records_it_skipped(
     assert (group.members, group.reconnects, group.skipped) == (1, 1, 10)
     assert (group.processed, group.durable) == ({0: 10}, {})
     assert remote.statistics().members == 0
+
+
+async def test_gateway_statistics_count_connections_refusals_and_each_endpoint() -> None:
+    topic = Topic("events", partitions=1, capacity=100)
+    gateway = Gateway({"events": topic}, {("g", "events"): ConsumerGroup("g", topic)})
+    gateway.expect_producers("events", {"p1"})
+    assert gateway.statistics() == GatewayStatistics(
+        connections=0,
+        refused=0,
+        producers=ProducerEndpointStatistics(connected=0, finished=0, waiting_for=1),
+        members=MemberEndpointStatistics(sessions=0, attached=0, left=0),
+        taps=TapEndpointStatistics(opened=0, streaming=0, holding=0),
+    )
+    async with serving(gateway) as url:
+        async with client(f"{url}/tap/nowhere") as ws:
+            assert (await close_of(ws))[0] == 4004
+        assert (gateway.statistics().connections, gateway.statistics().refused) == (1, 1)
+        async with open_remote_topic(f"{url}/node", "events", "p1") as remote:
+            await remote.partitions[0].send(columns(0, 10))  # waits for a first window
+            assert gateway.statistics().producers.connected == 1
+        producers = gateway.statistics().producers
+        assert (producers.finished, producers.waiting_for) == (1, 0)
+        async with client(f"{url}/tap/events?from=earliest") as tap:
+            assert json.loads(await tap.get_message())["type"] == "records"
+            assert gateway.statistics().taps == TapEndpointStatistics(1, 1, 0)
+            async with RemoteGroup(f"{url}/node", "events", "g").join("m") as member:
+                await member.get_batch()
+                members = gateway.statistics().members
+                assert (members.sessions, members.attached) == (1, 1)
+        assert gateway.statistics().connections == 4
 
 
 async def test_a_tap_streams_json_to_an_independent_client() -> None:
