@@ -3,6 +3,8 @@
 This package knows nothing of topology files or workloads; ``topology`` and ``sim`` build on it.
 """
 
+from .connection import Connection as Connection
+from .connection import connect as connect
 from .errors import BatchTooLargeError as BatchTooLargeError
 from .errors import CommitError as CommitError
 from .errors import ConfigurationError as ConfigurationError
@@ -12,7 +14,13 @@ from .errors import SequenceError as SequenceError
 from .errors import SupervisionError as SupervisionError
 from .errors import TopicClosedError as TopicClosedError
 from .gateway import Gateway as Gateway
+from .gateway import GatewayStatistics as GatewayStatistics
+from .gateway.members import MemberEndpointStatistics as MemberEndpointStatistics
+from .gateway.producers import ProducerEndpointStatistics as ProducerEndpointStatistics
+from .gateway.taps import TapEndpointStatistics as TapEndpointStatistics
 from .group import ASSIGNMENT_STRATEGIES as ASSIGNMENT_STRATEGIES
+from .group import BatchIterator as BatchIterator
+from .group import BatchSource as BatchSource
 from .group import Consumer as Consumer
 from .group import ConsumerGroup as ConsumerGroup
 from .group import GroupStatistics as GroupStatistics
@@ -43,13 +51,15 @@ from .redislog import real_time_limit as real_time_limit
 from .redislog import redact as redact
 from .redislog import run_key as run_key
 from .redislog import stream_key as stream_key
-from .remote import Connection as Connection
-from .remote import RemoteConsumer as RemoteConsumer
-from .remote import RemoteGroup as RemoteGroup
-from .remote import RemoteTopic as RemoteTopic
-from .remote import batch_frame as batch_frame
-from .remote import connect as connect
-from .remote import open_remote_topic as open_remote_topic
+from .remote_group import RemoteConsumer as RemoteConsumer
+from .remote_group import RemoteConsumerStatistics as RemoteConsumerStatistics
+from .remote_group import RemoteGroup as RemoteGroup
+from .remote_group import RemoteGroupStatistics as RemoteGroupStatistics
+from .remote_topic import RemoteTopic as RemoteTopic
+from .remote_topic import RemoteTopicStatistics as RemoteTopicStatistics
+from .remote_topic import open_remote_topic as open_remote_topic
+from .retry import Backoff as Backoff
+from .retry import BackoffStatistics as BackoffStatistics
 from .supervisor import CrashReport as CrashReport
 from .supervisor import Supervisor as Supervisor
 from .supervisor import SupervisorStatistics as SupervisorStatistics
@@ -57,4 +67,5 @@ from .supervisor import open_supervisor as open_supervisor
 from .topic import Topic as Topic
 from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT
+from .wire import batch_frame as batch_frame
 from .wire import decoder as decoder

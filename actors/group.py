@@ -428,7 +428,7 @@ class Consumer:
 
     def batches(self) -> AsyncIterator[RecordBatch]:
         """Iterate over batches: ``async for batch in consumer.batches()``."""
-        return _Batches(self)
+        return BatchIterator(self)
 
     def __aiter__(self) -> Consumer:
         return self
@@ -447,17 +447,22 @@ class Consumer:
         return batch.record(index)
 
 
-class _BatchSource(Protocol):
-    async def get_batch(self) -> RecordBatch: ...
+class BatchSource(Protocol):
+    """Anything that hands out batches one at a time: a local or a remote group member."""
+
+    async def get_batch(self) -> RecordBatch:
+        """Return the next batch; raise ``trio.EndOfChannel`` after the last one."""
+        ...
 
 
 @attrs.define(eq=False)
-class _Batches:
-    """``async for`` over the batches of a local or remote consumer."""
+class BatchIterator:
+    """``async for batch in BatchIterator(consumer)``: the batches of a :class:`BatchSource`
+    until it ends, as :meth:`Consumer.batches` and ``RemoteConsumer.batches`` return them."""
 
-    consumer: _BatchSource
+    consumer: BatchSource
 
-    def __aiter__(self) -> _Batches:
+    def __aiter__(self) -> BatchIterator:
         return self
 
     async def __anext__(self) -> RecordBatch:

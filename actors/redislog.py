@@ -18,6 +18,7 @@ import trio
 import trio_asyncio
 
 from .nursery import open_nursery
+from .retry import Backoff
 
 CATEGORIES: tuple[str, ...] = ("incoming", "outgoing", "errors", "meta")
 """The categories, as the broker's specification names them."""
@@ -135,8 +136,13 @@ class RedisLogger:
     _last_error: str | None = attrs.field(init=False, default=None)
     _writing: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     _registration: dict[str, Field] | None = attrs.field(init=False, default=None)
-    _backoff: float = attrs.field(init=False, default=FIRST_BACKOFF)
+    _backoff: Backoff = attrs.field(init=False)
     _started_at: float = attrs.field(init=False, default=0.0)
+
+    @_backoff.default
+    def _default_backoff(self) -> Backoff:
+        # Real time: Redis is away for real seconds, whatever clock the run uses.
+        return Backoff(first=FIRST_BACKOFF, most=self.max_backoff, sleep=sleep_real)
 
     def __attrs_post_init__(self) -> None:
         self._buffers = {category: deque() for category in CATEGORIES}
@@ -188,7 +194,7 @@ class RedisLogger:
 
     async def run(self) -> None:
         """Write entries as they come, until cancelled. Failures are retried, never raised."""
-        self._backoff = FIRST_BACKOFF
+        self._backoff.reset()
         while True:
             if not self.pending:
                 self._wake = trio.Event()
@@ -204,26 +210,25 @@ class RedisLogger:
         It returns only when everything is written: bound it with :func:`real_time_limit`
         (``pending`` then says how many entries were not written).
         """
-        self._backoff = FIRST_BACKOFF
+        self._backoff.reset()
         while self.pending:
             await self._attempt(self.write_some)
         while not await self._attempt(partial(self._finish, final)):
             pass
 
     async def _attempt(self, write: Callable[[], Awaitable[None]]) -> bool:
-        # One write, the one retry policy of the logger: a failure is counted and followed by
-        # a pause of real time that doubles up to max_backoff; a success resets the pause.
+        # One write: a failure is counted and followed by the backoff's pause of real time,
+        # which doubles up to max_backoff; a success resets the pause.
         try:
             await write()
         except (redis.exceptions.RedisError, OSError) as exc:
             self._failures += 1
             self._connected = False
             self._last_error = f"{type(exc).__name__}: {exc}"
-            await sleep_real(self._backoff)
-            self._backoff = min(self._backoff * 2, self.max_backoff)
+            await self._backoff.failed()
             return False
         self._connected = True
-        self._backoff = FIRST_BACKOFF
+        self._backoff.reset()
         return True
 
     async def _finish(self, final: dict[str, Field]) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Generic, TypeVar, Union
 
 import msgspec
 
+from .record import Columns
+
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 """The largest websocket message a node accepts (a larger one closes that connection)."""
 
@@ -149,6 +151,14 @@ class Leave(msgspec.Struct, tag="leave", array_like=True):
 
 
 ENCODER = msgspec.msgpack.Encoder()
+
+
+def batch_frame(partition: int, sequence: int, columns: Columns) -> bytes:
+    """Encode records ``sequence``, ``sequence + 1``, ... of one partition as a batch frame."""
+    frame = Batch(
+        partition, sequence, list(columns.keys), list(columns.values), list(columns.timestamps)
+    )
+    return ENCODER.encode(frame)
 
 
 def decoder(value_type: Any = Any) -> msgspec.msgpack.Decoder[Any]:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from actors import connect
+from actors import Backoff, connect
 
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .console import make_console
@@ -58,17 +58,15 @@ async def stream(
     """
     printed = 0
     async with trio.open_nursery() as nursery:
-        delay, deadline = 0.05, trio.current_time() + wait
+        backoff = Backoff(most=1.0, give_up=wait)
         while True:
             try:
                 connection = await connect(nursery, url, token=token)
                 break
             except (OSError, HandshakeError, trio.TooSlowError) as exc:
-                if trio.current_time() + delay > deadline:
+                if not await backoff.failed():  # the node may be starting: try again
                     err.print(escape(f"cannot reach {url} (tried for {wait:g} s): {exc!r}"))
                     return EXIT_FAILED
-                await trio.sleep(delay)  # the node may be starting: try again
-                delay = min(1.0, delay * 2)
         try:
             while limit is None or printed < limit:
                 message: dict[str, Any] = json.loads(await connection.ws.get_message())

@@ -20,10 +20,24 @@ import topology
 
 MODULE_LEVEL = {
     "actors": {
+        "connection": {"binary", "greet", "keep_trying", "refusal"},
+        "gateway.endpoint": {
+            "FrameReader",
+            "Refusal",
+            "Settings",
+            "Signal",
+            "close",
+            "gone",
+            "peer",
+        },
+        "gateway.members": {"MemberEndpoint"},
+        "gateway.producers": {"ProducerEndpoint"},
+        "gateway.routing": {"token_of"},
+        "gateway.taps": {"TapEndpoint"},
         "partition": {"as_columns"},
         "producer": {"Destination", "Sink"},
         "redislog": {"sleep_real"},
-        "remote": {"RemotePartition"},
+        "remote_topic": {"RemotePartition"},
         "wire": {
             "Batch",
             "Delivery",
@@ -70,11 +84,13 @@ PACKAGES = [actors, topology]
 
 
 def modules_of(package: types.ModuleType) -> dict[str, types.ModuleType]:
-    """Every public module of ``package``, imported, by short name."""
+    """Every public module of ``package`` and of its subpackages, imported, by its name
+    inside the package (``gateway.taps``); a subpackage itself is listed too."""
+    prefix = f"{package.__name__}."
     return {
-        info.name: importlib.import_module(f"{package.__name__}.{info.name}")
-        for info in pkgutil.iter_modules(package.__path__)
-        if not info.name.startswith("_")
+        info.name.removeprefix(prefix): importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(package.__path__, prefix)
+        if not any(part.startswith("_") for part in info.name.split("."))
     }
 
 

@@ -10,12 +10,26 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from websockets.sync.client import connect as sync_connect
 
-from actors import Columns, ConsumerGroup, GatewayError, Topic, open_producer
-from actors.gateway import Gateway
-from actors.remote import RemoteGroup, connect, open_remote_topic
+from actors import (
+    Columns,
+    ConsumerGroup,
+    Gateway,
+    GatewayError,
+    GatewayStatistics,
+    MemberEndpointStatistics,
+    ProducerEndpointStatistics,
+    RemoteConsumerStatistics,
+    RemoteGroup,
+    TapEndpointStatistics,
+    Topic,
+    connect,
+    open_producer,
+    open_remote_topic,
+    remote_topic,  # the module, to break its connections on purpose
+)
 from actors.wire import ENCODER, Hello
 
 pytestmark = pytest.mark.timeout(60)
@@ -143,9 +157,56 @@ async def test_a_dropped_producer_connection_resumes_without_loss_or_duplicates(
                     ws = remote._ws
                     assert ws is not None
                     await drop(ws)
-        assert remote.reconnects >= 2
+        assert remote.statistics().reconnects >= 2
     values = sorted(v for _, _, v in result[0])
     assert values == list(range(6000))
+
+
+async def test_a_remote_producer_reconnects_when_two_tasks_of_its_connection_fail_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first connection's reader and writer both see it drop in the same step: the
+    failures come as one exception group, which must count as one dropped connection."""
+    topic = Topic("events", partitions=2, capacity=500)
+    group = ConsumerGroup("g", topic)
+    gateway = Gateway({"events": topic})
+    gateway.expect_producers("events", {"p1"})
+    drop_both = trio.Event()
+    connections = 0
+    greet = remote_topic.greet
+
+    async def greet_then_fail_twice(nursery: trio.Nursery, *args: Any, **kwargs: Any) -> Any:
+        nonlocal connections
+        connections += 1
+        connection, welcome = await greet(nursery, *args, **kwargs)
+        if connections == 1:
+
+            async def fail() -> None:
+                await drop_both.wait()
+                raise ConnectionClosed(CloseReason(1006, None))
+
+            nursery.start_soon(fail, name="reader")
+            nursery.start_soon(fail, name="writer")
+        return connection, welcome
+
+    monkeypatch.setattr(remote_topic, "greet", greet_then_fail_twice)
+    async with serving(gateway) as url, trio.open_nursery() as nursery:
+        result: list[list[tuple[int, int, int]]] = []
+
+        async def consume() -> None:
+            result.append(await drain(group))
+
+        nursery.start_soon(consume)
+        async with open_remote_topic(f"{url}/node", "events", "p1") as remote:
+            for start in range(0, 4000, 200):
+                await remote.partitions[start // 200 % 2].send(columns(start, 200))
+                if start == 1000:
+                    drop_both.set()
+        statistics = remote.statistics()
+    assert (connections, statistics.reconnects, statistics.finished) == (2, 1, True)
+    assert statistics.numbered == (2000, 2000)
+    assert statistics.retained == (0, 0)
+    assert sorted(v for _, _, v in result[0]) == list(range(4000))  # once each
 
 
 async def test_remote_consumers_share_a_group_and_skip_what_they_processed() -> None:
@@ -173,6 +234,62 @@ async def test_remote_consumers_share_a_group_and_skip_what_they_processed() -> 
             nursery.start_soon(member, "a")
             nursery.start_soon(member, "b")
     assert sorted(seen["a"] + seen["b"]) == list(range(8000))
+
+
+async def test_a_remote_member_counts_its_reconnects_and_the_records_it_skipped() -> None:
+    """With durable commits and no checkpoint, the group rewinds a reconnected member to
+    offset 0: the ten records it processed come again and are skipped."""
+    topic = Topic("events", partitions=1, capacity=1000)
+    gateway = Gateway({"events": topic}, {("g", "events"): ConsumerGroup("g", topic)})
+    async with open_producer(topic) as producer:
+        await producer.send_many(columns(0, 100))
+    async with serving(gateway) as url:
+        remote = RemoteGroup(f"{url}/node", "events", "g")
+        async with remote.join("a", max_records=10, durable_commits=True) as member:
+            first = await member.get_batch()
+            before = member.statistics()
+            assert member._ws is not None
+            await drop(member._ws)
+            with trio.fail_after(10):
+                second = await member.get_batch()
+            after = member.statistics()
+            group = remote.statistics()
+    assert (first.base_offset, second.base_offset) == (0, 10)
+    assert before == RemoteConsumerStatistics("a", True, 0, 0, 0)
+    assert after == RemoteConsumerStatistics("a", True, 1, 0, 10)
+    assert (group.members, group.reconnects, group.skipped) == (1, 1, 10)
+    assert (group.processed, group.durable) == ({0: 10}, {})
+    assert remote.statistics().members == 0
+
+
+async def test_gateway_statistics_count_connections_refusals_and_each_endpoint() -> None:
+    topic = Topic("events", partitions=1, capacity=100)
+    gateway = Gateway({"events": topic}, {("g", "events"): ConsumerGroup("g", topic)})
+    gateway.expect_producers("events", {"p1"})
+    assert gateway.statistics() == GatewayStatistics(
+        connections=0,
+        refused=0,
+        producers=ProducerEndpointStatistics(connected=0, finished=0, waiting_for=1),
+        members=MemberEndpointStatistics(sessions=0, attached=0, left=0),
+        taps=TapEndpointStatistics(opened=0, streaming=0, holding=0),
+    )
+    async with serving(gateway) as url:
+        async with client(f"{url}/tap/nowhere") as ws:
+            assert (await close_of(ws))[0] == 4004
+        assert (gateway.statistics().connections, gateway.statistics().refused) == (1, 1)
+        async with open_remote_topic(f"{url}/node", "events", "p1") as remote:
+            await remote.partitions[0].send(columns(0, 10))  # waits for a first window
+            assert gateway.statistics().producers.connected == 1
+        producers = gateway.statistics().producers
+        assert (producers.finished, producers.waiting_for) == (1, 0)
+        async with client(f"{url}/tap/events?from=earliest") as tap:
+            assert json.loads(await tap.get_message())["type"] == "records"
+            assert gateway.statistics().taps == TapEndpointStatistics(1, 1, 0)
+            async with RemoteGroup(f"{url}/node", "events", "g").join("m") as member:
+                await member.get_batch()
+                members = gateway.statistics().members
+                assert (members.sessions, members.attached) == (1, 1)
+        assert gateway.statistics().connections == 4
 
 
 async def test_a_tap_streams_json_to_an_independent_client() -> None:

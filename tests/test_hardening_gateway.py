@@ -16,9 +16,16 @@ import msgspec
 import pytest
 import trio
 
-from actors import ConsumerGroup, GatewayError, Topic, open_producer
-from actors.gateway import Gateway
-from actors.remote import RemoteGroup, batch_frame, open_remote_topic
+from actors import (
+    ConsumerGroup,
+    Gateway,
+    GatewayError,
+    RemoteGroup,
+    Topic,
+    batch_frame,
+    open_producer,
+    open_remote_topic,
+)
 from actors.wire import ENCODER, Batch, Finish, Hello, Leave, Next, describe_decode_error
 from tests.test_gateway import client, close_of, columns, serving
 

@@ -16,10 +16,7 @@ import trio
 import yaml
 from trio_websocket import WebSocketConnection
 
-from actors import Columns, ConsumerGroup, Topic
-from actors.gateway import Gateway
-from actors.group import Consumer
-from actors.remote import connect
+from actors import Columns, Consumer, ConsumerGroup, Gateway, Topic, connect
 from actors.wire import (
     ENCODER,
     IDLE_MEMBER,

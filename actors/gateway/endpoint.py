@@ -1,0 +1,115 @@
+"""What the gateway's endpoints share: refusals with a close code, frames, closing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ..wire import DECODE_ERRORS, MALFORMED, decoder, describe_decode_error
+
+
+class Settings(Protocol):
+    """The settings of a gateway its endpoints read each time they use one (a gateway's
+    settings may change after it is made, before it serves)."""
+
+    @property
+    def durable_only(self) -> bool:
+        """Producers may forget records only once an epoch holds them."""
+        ...
+
+    @property
+    def summary_type(self) -> Any:
+        """The type a producer's summary must convert to."""
+        ...
+
+    @property
+    def session_timeout(self) -> float:
+        """Seconds a remote member may be away, or silent, before it loses its partitions."""
+        ...
+
+
+class Refusal(Exception):
+    """A connection the gateway closes with one of ringflow's close codes and a reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason[:120]  # a close reason must fit in 123 bytes
+
+
+@attrs.define(eq=False)
+class Signal:
+    """Wakes one waiter whenever something it watches may have changed."""
+
+    _event: trio.Event = attrs.field(factory=trio.Event)
+
+    def set(self) -> None:
+        """Wake the waiter, now or when it next waits."""
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Wait until :meth:`set` has been called since the last wait returned."""
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+@attrs.define(eq=False)
+class FrameReader:
+    """Reads ``/node`` frames, decoding each topic's record values to its type."""
+
+    value_types: Mapping[str, Any]
+    """Per topic, the type record values decode to (default: plain data)."""
+    _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = attrs.field(factory=dict)
+
+    def decoder(self, topic: str) -> msgspec.msgpack.Decoder[Any]:
+        """The decoder of frames about ``topic``."""
+        found = self._decoders.get(topic)
+        if found is None:
+            found = self._decoders[topic] = decoder(self.value_types.get(topic, Any))
+        return found
+
+    async def receive(self, ws: WebSocketConnection, topic: str) -> Any:
+        """Return the next frame about ``topic``.
+
+        Raises:
+            Refusal: The frame is text, or does not decode (close code 4003).
+        """
+        data = await ws.get_message()
+        if isinstance(data, str):
+            raise Refusal(MALFORMED, "text frame on /node; frames are binary MessagePack")
+        try:
+            return self.decoder(topic).decode(data)
+        except DECODE_ERRORS as exc:
+            raise Refusal(
+                MALFORMED, f"malformed frame: {describe_decode_error(exc, data)}"
+            ) from None
+
+
+def peer(ws: WebSocketConnection) -> str:
+    """Who is at the other end of ``ws``, for messages."""
+    try:
+        return str(ws.remote)
+    except OSError:  # the socket is closed already
+        return "a peer that left"
+
+
+def gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection closed, in one task or in several at once."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(gone(e) for e in exc.exceptions)
+    return isinstance(exc, (ConnectionClosed, trio.BrokenResourceError))
+
+
+async def close(ws: WebSocketConnection, code: int, reason: str, wait: float = 2) -> None:
+    """Send the close frame at once, then wait up to ``wait`` seconds for the peer's answer
+    (which needs this connection's reader: a node that is stopping does not wait)."""
+    try:
+        with trio.move_on_after(wait):
+            await ws.aclose(code, reason)
+    except Exception:  # the peer may be gone already
+        return

@@ -1,0 +1,261 @@
+"""Remote members of consumer groups on ``/node``: one batch per request, sessions that
+outlive their connections for a while."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Set
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import WebSocketConnection
+
+from ..errors import CommitError
+from ..group import Consumer, ConsumerGroup
+from ..wire import (
+    ENCODER,
+    IDLE_MEMBER,
+    MALFORMED,
+    PROTOCOL,
+    SOFTWARE,
+    Delivery,
+    End,
+    Hello,
+    Idle,
+    Leave,
+    Next,
+    Welcome,
+    offsets_problem,
+)
+from .endpoint import FrameReader, Refusal, Settings, Signal
+
+FETCH_WAIT = 0.5
+"""Seconds a remote member's request waits for records before the answer is 'idle': its
+next request brings the commits it made meanwhile (which may be what frees the ring)."""
+
+
+class _Expired(Exception):
+    pass
+
+
+@attrs.define(eq=False)
+class _Session:
+    """A remote member of a consumer group; outlives its connections for a while."""
+
+    key: tuple[str, str, str]
+    member: Consumer | None = None
+    attached: bool = False
+    left: bool = False
+    scope: trio.CancelScope | None = None
+    """The scope of the newest connection's handler (waiting for its turn, or serving)."""
+    busy: bool = False
+    """A connection's handler is using the member. Only one may: a handler that was woken
+    with a batch must let go of it before a newer connection rewinds the member."""
+    changed: Signal = attrs.field(factory=Signal)
+
+
+@attrs.frozen
+class MemberEndpointStatistics:
+    """A snapshot of a gateway's remote members, as :meth:`MemberEndpoint.statistics`
+    returns it."""
+
+    sessions: int
+    """Remote members with a session: connected, or away for less than the session timeout."""
+    attached: int
+    """Of those, the members connected now."""
+    left: int
+    """Remote members that have left after the end of their topic, in good order."""
+
+
+@attrs.define(eq=False)
+class MemberEndpoint:
+    """Serves remote members of a gateway's consumer groups.
+
+    Args:
+        frames: Reads the frames members send.
+        summaries: Per topic, what its producers said they sent (members get it at the end).
+        event: Called with (category, message) for members that joined, came back or expired.
+        settings: The gateway's ``session_timeout``: seconds a remote member's partitions
+            wait for it to reconnect, or for its next request, before the group rebalances
+            without it.
+    """
+
+    frames: FrameReader
+    summaries: Callable[[str], Mapping[str, Any]]
+    event: Callable[[str, str], None]
+    settings: Settings
+    nursery: trio.Nursery | None = None
+    """Where sessions run: the gateway's own nursery, set while it serves."""
+    _sessions: dict[tuple[str, str, str], _Session] = attrs.field(init=False, factory=dict)
+    _left: set[tuple[str, str, str]] = attrs.field(init=False, factory=set)
+
+    @property
+    def active(self) -> bool:
+        """Whether any remote member still has a session."""
+        return bool(self._sessions)
+
+    def have_left(self, members: Set[tuple[str, str, str]]) -> bool:
+        """Whether each of ``members`` (group, topic, member name) has come and left."""
+        return members <= self._left
+
+    def statistics(self) -> MemberEndpointStatistics:
+        """Return a snapshot of the members' sessions."""
+        return MemberEndpointStatistics(
+            sessions=len(self._sessions),
+            attached=sum(session.attached for session in self._sessions.values()),
+            left=len(self._left),
+        )
+
+    async def serve(self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup) -> None:
+        """Serve the member that sent ``hello`` on this connection until it leaves.
+
+        A member that reconnects takes over its session: the older connection's handler is
+        cancelled, and the member is rewound only once that handler has let go of it.
+
+        Raises:
+            Refusal: The member broke the protocol, or asked for nothing for too long.
+        """
+        count = group.topic.partition_count
+        problem = offsets_problem(hello.positions, count, "hello: positions")
+        if problem is not None:
+            raise Refusal(MALFORMED, problem)
+        key = (hello.group, hello.topic, hello.name)
+        session = self._sessions.get(key)
+        if session is None:
+            session = _Session(key)
+            assert self.nursery is not None
+            await self.nursery.start(self._run_session, session, group, hello)
+            self.event("meta", f"{hello.name} joined group {hello.group} on {hello.topic}")
+        else:
+            self.event("meta", f"{hello.name} reconnected to group {hello.group}")
+        serving = False
+        try:
+            with trio.CancelScope() as scope:
+                previous, session.scope = session.scope, scope
+                if previous is not None:  # the old connection may still be waiting
+                    previous.cancel()
+                # The old connection's handler may have been woken with a batch it has not
+                # sent yet: wait until it has let go, so that the rewind below covers that
+                # batch too. Rewinding first would let it move the member past records that
+                # no connection delivers.
+                while session.busy:
+                    await session.changed.wait()
+                session.busy = serving = True
+                await self._serve_member(ws, hello, group, session)
+        except Refusal:
+            session.left = True  # a member that broke the protocol is not waited for
+            raise
+        finally:
+            if serving:
+                session.busy = False
+            if session.scope is scope:
+                session.attached = False
+                session.scope = None
+            session.changed.set()
+
+    async def _serve_member(
+        self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup, session: _Session
+    ) -> None:
+        key = session.key
+        member = session.member
+        assert member is not None
+        _commit(member, hello.positions)
+        member.rewind()
+        session.attached = True
+        session.changed.set()
+        topic = group.topic
+        await ws.send_message(
+            ENCODER.encode(Welcome(PROTOCOL, SOFTWARE, topic.partition_count, None))
+        )
+        count = topic.partition_count
+        ended = False  # once told the end, a member holds nothing up while it finishes
+        while True:
+            # A member that holds partitions and never asks would hold up its group, and so
+            # the producers, for ever: as with Kafka's max.poll.interval, it has a session
+            # timeout to ask, or loses its partitions (it may join again).
+            frame = None
+            with trio.move_on_after(math.inf if ended else self.settings.session_timeout):
+                frame = await self.frames.receive(ws, topic.name)
+            if frame is None:
+                raise Refusal(
+                    IDLE_MEMBER,
+                    f"{hello.name} asked for nothing for {self.settings.session_timeout:g} s; its "
+                    "partitions went to the other members",
+                )
+            if isinstance(frame, (Next, Leave)):
+                where = type(frame).__name__.lower()
+                problem = offsets_problem(frame.offsets, count, f"{where}: offsets")
+                if problem is not None:
+                    raise Refusal(MALFORMED, problem)
+            if isinstance(frame, Next):
+                _commit(member, frame.offsets)
+                batch = None
+                try:
+                    with trio.move_on_after(FETCH_WAIT):
+                        batch = await member.get_batch()
+                    if batch is None:  # let the member send fresher commits
+                        await ws.send_message(ENCODER.encode(Idle()))
+                        continue
+                except trio.EndOfChannel:
+                    summaries = dict(self.summaries(topic.name))
+                    await ws.send_message(ENCODER.encode(End(summaries)))
+                    ended = True
+                    continue
+                delivery = Delivery(
+                    batch.partition,
+                    batch.base_offset,
+                    list(batch.keys),
+                    list(batch.values),
+                    list(batch.timestamps),
+                )
+                await ws.send_message(ENCODER.encode(delivery))
+            elif isinstance(frame, Leave):
+                _commit(member, frame.offsets)
+                session.left = True
+                self._left.add(key)
+                return
+            else:
+                raise Refusal(MALFORMED, f"unexpected {type(frame).__name__} frame")
+
+    async def _run_session(
+        self,
+        session: _Session,
+        group: ConsumerGroup,
+        hello: Hello,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._sessions[session.key] = session
+        try:
+            async with group.join(
+                hello.name, auto_commit=False, max_records=hello.max_records or None
+            ) as member:
+                session.member = member
+                task_status.started()
+                while not session.left:
+                    if session.attached:
+                        await session.changed.wait()
+                        continue
+                    with trio.move_on_after(self.settings.session_timeout):
+                        await session.changed.wait()
+                        continue
+                    raise _Expired
+        except _Expired:
+            self.event(
+                "meta",
+                f"{hello.name} of group {hello.group} did not come back within "
+                f"{self.settings.session_timeout:g} s; its partitions were reassigned",
+            )
+        finally:
+            del self._sessions[session.key]
+
+
+def _commit(member: Consumer, offsets: list[tuple[int, int]]) -> None:
+    # What a remote member processed, partition by partition. An offset it may no longer
+    # commit (the partition moved on, or a restarted node restored older commits) is left:
+    # those records are delivered again, and the member skips what it has already seen.
+    for partition, offset in offsets:
+        try:
+            member.commit_nowait({partition: offset})
+        except CommitError:
+            continue

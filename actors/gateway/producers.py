@@ -1,0 +1,239 @@
+"""Remote producers on ``/node``: numbered batches in, windows (the free room) out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+from typing import Any
+
+import attrs
+import msgspec
+import trio
+from trio_websocket import WebSocketConnection
+
+from ..errors import RingflowError
+from ..nursery import open_nursery
+from ..partition import Partition
+from ..record import Columns
+from ..topic import Topic
+from ..wire import (
+    ENCODER,
+    MALFORMED,
+    PROTOCOL,
+    SOFTWARE,
+    Batch,
+    Finish,
+    Finished,
+    Hello,
+    Welcome,
+    Window,
+    batch_problem,
+)
+from .endpoint import FrameReader, Refusal, Settings, Signal
+
+WINDOW_LINGER = 0.002
+"""Seconds between windows to one producer: one window for many batches under load."""
+
+
+@attrs.frozen
+class ProducerEndpointStatistics:
+    """A snapshot of a gateway's producers, as :meth:`ProducerEndpoint.statistics` returns it."""
+
+    connected: int
+    """Remote producers connected now."""
+    finished: int
+    """Remote producers that have sent their finish (restored ones included)."""
+    waiting_for: int
+    """Producers the topics are kept open for that have not finished yet."""
+
+
+@attrs.define(eq=False)
+class ProducerEndpoint:
+    """Serves remote producers of a gateway's topics and keeps what they finished.
+
+    Args:
+        topics: The topics whose partitions the gateway hosts.
+        frames: Reads the frames producers send.
+        event: Called with (category, message) for producers that finished.
+        settings: The gateway's ``durable_only`` (producers may forget records only once
+            :meth:`mark_durable` says an epoch holds them) and ``summary_type`` (what a
+            producer's summary, sent with its finish, must convert to).
+    """
+
+    topics: Mapping[str, Topic]
+    frames: FrameReader
+    event: Callable[[str, str], None]
+    settings: Settings
+    _expected: dict[str, set[str]] = attrs.field(init=False, factory=dict)
+    _finished: set[tuple[str, str]] = attrs.field(init=False, factory=set)
+    summaries: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
+    """Per topic, what each producer said it sent when it finished (see :meth:`add_summary`)."""
+    _durable: dict[tuple[str, int], dict[str, int]] = attrs.field(init=False, factory=dict)
+    _watchers: set[Signal] = attrs.field(init=False, factory=set)
+    _finish_waiters: dict[tuple[str, str], trio.Event] = attrs.field(init=False, factory=dict)
+    _producing: int = attrs.field(init=False, default=0)
+    _durable_finishes: set[tuple[str, str]] = attrs.field(init=False, factory=set)
+
+    # -- producers that must finish ----------------------------------------------------------
+
+    def expect(self, topic: str, producers: set[str]) -> None:
+        """Keep ``topic`` open until each of ``producers`` (remote ids) has sent its finish."""
+        waiting = producers - {p for t, p in self._finished if t == topic}
+        self._expected.setdefault(topic, set()).update(waiting)
+        for _ in waiting:
+            self.topics[topic].add_producer()
+
+    def _finish(self, topic: str, producer: str) -> None:
+        if (topic, producer) in self._finished:
+            return
+        self._finished.add((topic, producer))
+        if producer in self._expected.get(topic, ()):
+            self._expected[topic].discard(producer)
+            self.topics[topic].remove_producer(graceful=True)
+        self.event("meta", f"producer {producer} finished topic {topic}")
+
+    def add_summary(self, topic: str, producer: str, summary: Any) -> None:
+        """Keep what ``producer`` says it sent to ``topic``; consumers get it at the end."""
+        if summary is not None:
+            self.summaries.setdefault(topic, {})[producer] = summary
+
+    @property
+    def busy(self) -> bool:
+        """Whether a producer is connected, or waits for its finish to be recorded."""
+        return bool(self._producing or self._finish_waiters)
+
+    def mark_durable(
+        self,
+        sequences: Mapping[tuple[str, int], Mapping[str, int]],
+        finished: Set[tuple[str, str]] = frozenset(),
+    ) -> None:
+        """Note what a written epoch holds: per (topic, partition), the records of each
+        producer it has (producers may now forget them), and the (topic, producer) finishes
+        it has (those producers are told their finish is recorded)."""
+        for where, numbers in sequences.items():
+            self._durable[where] = dict(numbers)
+        for key in finished:
+            waiter = self._finish_waiters.pop(key, None)
+            self._durable_finishes.add(key)
+            if waiter is not None:
+                waiter.set()
+        for watcher in self._watchers:
+            watcher.set()
+
+    async def _finish_recorded(self, topic: str, producer: str) -> None:
+        # With durable_only, a finish counts for the producer once an epoch holds it: a node
+        # restored from an older epoch would otherwise wait for a producer that has gone.
+        key = (topic, producer)
+        if not self.settings.durable_only or key in self._durable_finishes:
+            return
+        waiter = self._finish_waiters.setdefault(key, trio.Event())
+        await waiter.wait()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The producers that have finished and their summaries, for a checkpoint."""
+        return {
+            "finished": [[topic, producer] for topic, producer in sorted(self._finished)],
+            "summaries": self.summaries,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back :meth:`snapshot`; call before :meth:`expect`."""
+        self._finished = {(topic, producer) for topic, producer in state["finished"]}
+        self._durable_finishes = set(self._finished)
+        self.summaries = {t: dict(s) for t, s in state["summaries"].items()}
+
+    @property
+    def waiting_for(self) -> dict[str, set[str]]:
+        """Per topic, the remote producers that have not finished yet."""
+        return {topic: set(ids) for topic, ids in self._expected.items() if ids}
+
+    def statistics(self) -> ProducerEndpointStatistics:
+        """Return a snapshot of the producers connected, finished and awaited."""
+        return ProducerEndpointStatistics(
+            connected=self._producing,
+            finished=len(self._finished),
+            waiting_for=sum(len(ids) for ids in self._expected.values()),
+        )
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _window(self, topic: Topic, partition: Partition, producer: str) -> Window:
+        acked = partition.next_sequence(producer)
+        if self.settings.durable_only:
+            durable = self._durable.get((topic.name, partition.index), {}).get(producer, 0)
+        else:
+            durable = acked
+        room = partition.free_room
+        return Window(partition.index, acked, durable, None if room is None else acked + room)
+
+    async def serve(self, ws: WebSocketConnection, hello: Hello, topic: Topic) -> None:
+        """Serve the producer that sent ``hello`` until it leaves.
+
+        Raises:
+            Refusal: The producer broke the protocol.
+        """
+        name = hello.name
+        partitions = topic.partitions
+        welcome = Welcome(
+            PROTOCOL,
+            SOFTWARE,
+            len(partitions),
+            topic.capacity,
+            [p.next_sequence(name) for p in partitions],
+        )
+        await ws.send_message(ENCODER.encode(welcome))
+        signal = Signal()
+        self._watchers.add(signal)
+        self._producing += 1
+
+        async def watch(partition: Partition) -> None:
+            while True:
+                await partition.wait_room_changed()
+                signal.set()
+
+        async def send_windows() -> None:
+            sent: list[Window | None] = [None] * len(partitions)
+            while True:
+                wrote = False
+                for index, partition in enumerate(partitions):
+                    window = self._window(topic, partition, name)
+                    if window != sent[index]:
+                        await ws.send_message(ENCODER.encode(window))
+                        sent[index] = window
+                        wrote = True
+                if wrote:  # gather what changes meanwhile into the next windows
+                    await trio.sleep(WINDOW_LINGER)
+                await signal.wait()
+
+        try:
+            async with open_nursery() as nursery:
+                for partition in partitions:
+                    nursery.start_soon(watch, partition)
+                nursery.start_soon(send_windows)
+                while True:
+                    frame = await self.frames.receive(ws, topic.name)
+                    if isinstance(frame, Batch):
+                        problem = batch_problem(frame, len(partitions))
+                        if problem is not None:
+                            raise Refusal(MALFORMED, problem)
+                        columns = Columns(frame.keys, frame.values, frame.timestamps)
+                        try:
+                            await partitions[frame.partition].send_sequenced(
+                                columns, name, frame.sequence
+                            )
+                        except RingflowError as exc:
+                            raise Refusal(MALFORMED, str(exc)) from None
+                        signal.set()
+                    elif isinstance(frame, Finish):
+                        try:
+                            msgspec.convert(frame.summary, self.settings.summary_type)
+                        except msgspec.ValidationError as exc:
+                            raise Refusal(MALFORMED, f"finish: summary: {exc}") from None
+                        self.add_summary(topic.name, name, frame.summary)
+                        self._finish(topic.name, name)
+                        await self._finish_recorded(topic.name, name)
+                        await ws.send_message(ENCODER.encode(Finished()))
+                    else:
+                        raise Refusal(MALFORMED, f"unexpected {type(frame).__name__} frame")
+        finally:
+            self._watchers.discard(signal)
+            self._producing -= 1

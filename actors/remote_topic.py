@@ -1,0 +1,340 @@
+"""Producers of partitions hosted by another node's gateway.
+
+:func:`open_remote_topic` gives a topic that :func:`~actors.producer.open_producer` writes to
+exactly as to a local one: records are numbered per partition, sent in batches as the
+gateway's window (the free room in the remote ring) allows, and kept until the gateway says
+they are durable, so a dropped connection or a restarted node is resumed, after a backoff,
+from what the gateway has, with nothing lost and nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import msgspec
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .connection import binary, greet, keep_trying
+from .errors import GatewayError
+from .nursery import open_nursery
+from .partition import as_columns
+from .partitioner import Partitioner
+from .record import Columns, Record
+from .retry import Backoff
+from .topic import Topic
+from .wire import (
+    ENCODER,
+    PROTOCOL,
+    SOFTWARE,
+    Finish,
+    Finished,
+    Hello,
+    Welcome,
+    Window,
+    batch_frame,
+    decoder,
+)
+
+
+@attrs.frozen
+class RemoteTopicStatistics:
+    """A snapshot of a remote topic, as :meth:`RemoteTopic.statistics` returns it."""
+
+    url: str
+    """The gateway's address."""
+    topic: str
+    """The topic's name on the remote node."""
+    producer: str
+    """The id the gateway counts this producer's records by."""
+    connected: bool
+    """Whether a connection is open and welcomed now."""
+    reconnects: int
+    """Connections opened after the first."""
+    failures: int
+    """Attempts to reach the node that failed in a row (0 while connected)."""
+    numbered: tuple[int, ...]
+    """Per partition, the records numbered so far (sent, or waiting for the window)."""
+    acked: tuple[int, ...]
+    """Per partition, the records the remote node has accepted."""
+    durable: tuple[int, ...]
+    """Per partition, the records the remote node holds durably (may be forgotten here)."""
+    retained: tuple[int, ...]
+    """Per partition, the records kept here for resending: sent but not yet durable."""
+    finished: bool
+    """Whether the remote node has recorded this producer's finish."""
+
+
+@attrs.define(eq=False)
+class RemotePartition:
+    """One partition of a :class:`RemoteTopic`: numbers records and respects the window."""
+
+    topic: RemoteTopic
+    index: int
+    _next: int = 0
+    _acked: int = 0
+    _durable: int = 0
+    _limit: int | None = 0
+    _retained: deque[tuple[int, Columns]] = attrs.field(factory=deque)
+    _changed: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+
+    async def send(self, records: Columns | Sequence[Record]) -> int:
+        """Number the records and send them when the window allows; return the first number.
+
+        Waits while the remote ring has no room for them (the window is closed).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        columns = as_columns(records)
+        count = len(columns)
+        while self._limit is not None and self._next + count > self._limit:
+            await self._changed.park()
+        sequence = self._next
+        self._next += count
+        self._retained.append((sequence, columns))
+        await self.topic._send(self.index, sequence, columns)
+        return sequence
+
+    def _window(self, window: Window) -> None:
+        self._acked, self._durable, self._limit = window.acked, window.durable, window.limit
+        retained = self._retained
+        while retained and retained[0][0] + len(retained[0][1]) <= self._durable:
+            retained.popleft()
+        self._changed.unpark_all()
+
+    @property
+    def settled(self) -> bool:
+        """Whether every record sent is durable on the remote node."""
+        return self._durable >= self._next
+
+    @property
+    def retained(self) -> int:
+        """Records kept for resending: sent but not yet durable remotely."""
+        return sum(len(columns) for _, columns in self._retained)
+
+    def snapshot(self) -> list[Any]:
+        """The numbering and the records not yet durable, for a checkpoint."""
+        return [
+            self._next,
+            [[s, list(c.keys), list(c.values), list(c.timestamps)] for s, c in self._retained],
+        ]
+
+    def restore(self, state: list[Any]) -> None:
+        """Take back :meth:`snapshot`, before the connection is opened."""
+        self._next = state[0]
+        self._retained = deque((s, Columns(k, v, t)) for s, k, v, t in state[1])
+
+
+@attrs.define(eq=False)
+class RemoteTopic:
+    """A topic on another node, as a producer sees it; open with :func:`open_remote_topic`."""
+
+    url: str
+    name: str
+    producer: str
+    """The id the gateway counts this producer's numbered records by."""
+    token: str | None = None
+    value_type: Any = Any
+    give_up: float = 30.0
+    agreement: dict[str, str] = attrs.field(factory=dict)
+    """What the nodes of one topology must agree on, sent with the hello."""
+    capacity: int | None = attrs.field(init=False, default=None)
+    partitions: tuple[RemotePartition, ...] = attrs.field(init=False, default=())
+    _layout: Topic | None = attrs.field(init=False, default=None)
+    _ws: WebSocketConnection | None = attrs.field(init=False, default=None)
+    _finished: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _connected: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    _restored: dict[int, list[Any]] = attrs.field(init=False, factory=dict)
+    _reconnects: int = attrs.field(init=False, default=0)
+    _backoff: Backoff = attrs.field(init=False)
+    summary: Any = attrs.field(init=False, default=None)
+    """What this producer sent, as plain data, for the remote node to pass on to consumers
+    when it finishes; set it before leaving :func:`open_remote_topic`."""
+
+    @_backoff.default
+    def _default_backoff(self) -> Backoff:
+        return Backoff(give_up=self.give_up)
+
+    @property
+    def partition_count(self) -> int:
+        """How many partitions the remote topic has."""
+        return len(self.partitions)
+
+    @property
+    def partitioner(self) -> Partitioner:
+        """The same partitioner the remote topic uses: keys land where they would locally."""
+        assert self._layout is not None
+        return self._layout.partitioner
+
+    def split(self, batch: Columns) -> list[Columns]:
+        """Split columns by partition, as :meth:`Topic.split`."""
+        assert self._layout is not None
+        return self._layout.split(batch)
+
+    def add_producer(self) -> None:
+        """Nothing to do: the remote node counts producers by their finish."""
+
+    def remove_producer(self, *, graceful: bool = True) -> None:
+        """Nothing to do: leaving :func:`open_remote_topic` sends the finish."""
+
+    def snapshot(self) -> list[list[Any]]:
+        """Each partition's numbering and unsettled records, for a checkpoint."""
+        return [partition.snapshot() for partition in self.partitions]
+
+    def restore(self, state: list[list[Any]]) -> None:
+        """Resume from :meth:`snapshot`; call before :func:`open_remote_topic` connects."""
+        self._restored = dict(enumerate(state))
+
+    def statistics(self) -> RemoteTopicStatistics:
+        """Return a snapshot of the connection and of each partition's numbering."""
+        partitions = self.partitions
+        return RemoteTopicStatistics(
+            url=self.url,
+            topic=self.name,
+            producer=self.producer,
+            connected=self._ws is not None,
+            reconnects=self._reconnects,
+            failures=self._backoff.statistics().failures,
+            numbered=tuple(p._next for p in partitions),
+            acked=tuple(p._acked for p in partitions),
+            durable=tuple(p._durable for p in partitions),
+            retained=tuple(p.retained for p in partitions),
+            finished=self._finished.is_set(),
+        )
+
+    async def _send(self, index: int, sequence: int, columns: Columns) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # kept; sent when the connection is back
+        try:
+            await ws.send_message(batch_frame(index, sequence, columns))
+        except ConnectionClosed:
+            if self._ws is ws:
+                self._ws = None
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        decode = decoder(self.value_type)
+        status: trio.TaskStatus[None] | None = task_status
+
+        async def attempt() -> None:
+            nonlocal status
+            hello = Hello(
+                PROTOCOL, SOFTWARE, "produce", self.name, self.producer, agreement=self.agreement
+            )
+            async with open_nursery() as nursery:
+                connection, welcome = await greet(
+                    nursery, self.url, hello, decode, token=self.token
+                )
+                try:
+                    if status is not None:
+                        self._setup(welcome)
+                        status.started()
+                        status = None
+                    else:
+                        self._reconnects += 1
+                    self._backoff.reset()
+                    await self._resend(connection.ws, welcome.sequences)
+                    self._ws = connection.ws
+                    self._connected.unpark_all()
+                    await self._receive(connection.ws, decode)
+                finally:
+                    self._ws = None
+                    await connection.close()
+
+        await keep_trying(self.url, self._backoff, attempt)
+
+    async def _receive(self, ws: WebSocketConnection, decode: msgspec.msgpack.Decoder[Any]) -> None:
+        while True:
+            frame = decode.decode(binary(await ws.get_message()))
+            if isinstance(frame, Window):
+                self.partitions[frame.partition]._window(frame)
+            elif isinstance(frame, Finished):
+                self._finished.set()
+
+    def _setup(self, welcome: Welcome) -> None:
+        self.capacity = welcome.capacity
+        self._layout = Topic(self.name, partitions=welcome.partitions)
+        self.partitions = tuple(RemotePartition(self, i) for i in range(welcome.partitions))
+        for index, state in self._restored.items():
+            self.partitions[index].restore(state)
+
+    async def _resend(self, ws: WebSocketConnection, expected: list[int]) -> None:
+        # Resend, in order, what the remote node does not have; new sends wait until done
+        # (they see no connection and keep their records), so numbers never arrive out of
+        # order. Records the node already has are skipped there. Records kept meanwhile, in
+        # any partition, are sent by the next pass: done when a pass finds nothing to send.
+        sent = list(expected)
+        for partition in self.partitions:
+            first = partition._retained[0][0] if partition._retained else partition._next
+            if first > sent[partition.index]:
+                raise GatewayError(
+                    f"{self.url} lost records {sent[partition.index]} to {first - 1} of "
+                    f"producer {self.producer!r} on {self.name}[{partition.index}], and they "
+                    "are no longer kept here: was it restored from an older checkpoint than "
+                    "this producer?"
+                )
+        progressed = True
+        while progressed:
+            progressed = False
+            for partition in self.partitions:
+                index = partition.index
+                pending = [(s, c) for s, c in partition._retained if s + len(c) > sent[index]]
+                for sequence, columns in pending:
+                    await ws.send_message(batch_frame(index, sequence, columns))
+                    sent[index] = sequence + len(columns)
+                    progressed = True
+
+    async def _finish(self) -> None:
+        # Wait until everything is durable remotely, then say so (again after a reconnect).
+        while not all(partition.settled for partition in self.partitions):
+            with trio.move_on_after(0.5):
+                await self.partitions[0]._changed.park()
+        while not self._finished.is_set():
+            ws = self._ws
+            if ws is None:
+                await self._connected.park()
+                continue
+            try:
+                await ws.send_message(ENCODER.encode(Finish(self.summary)))
+            except ConnectionClosed:
+                continue
+            with trio.move_on_after(1):
+                await self._finished.wait()
+
+
+@asynccontextmanager
+async def open_remote_topic(
+    url: str,
+    topic: str,
+    producer: str,
+    *,
+    token: str | None = None,
+    value_type: Any = Any,
+    give_up: float = 30.0,
+    restore: list[list[Any]] | None = None,
+    agreement: dict[str, str] | None = None,
+) -> AsyncIterator[RemoteTopic]:
+    """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
+
+    Leaving the block normally waits until every record is durable on the remote node and
+    tells it this producer has finished (the topic closes when all its producers have).
+
+    Args:
+        agreement: What the nodes of one topology must agree on (see
+            :func:`~actors.wire.disagreement`), sent with the hello.
+
+    Raises:
+        GatewayError: The node could not be reached within ``give_up`` seconds, or refused
+            the connection (wrong token, another protocol version, a disagreement).
+    """
+    remote = RemoteTopic(url, topic, producer, token, value_type, give_up, dict(agreement or {}))
+    if restore is not None:
+        remote.restore(restore)
+    async with open_nursery() as nursery:
+        await nursery.start(remote._run)
+        yield remote
+        await remote._finish()
+        nursery.cancel_scope.cancel()
