@@ -328,8 +328,9 @@ def _make_converter() -> cattrs.Converter:
     def structure_logging(data: Any, _: Any) -> LoggingReport | LoggingOff | None:
         if data is None:
             return None
-        kind = LoggingReport if data.get("enabled") else LoggingOff
-        return converter.structure(data, kind)
+        if data.get("enabled"):
+            return converter.structure(data, LoggingReport)
+        return converter.structure(data, LoggingOff)
 
     converter.register_structure_hook_func(lambda t: t == logging_type, structure_logging)
     return converter
