@@ -71,7 +71,7 @@ class Command:
         parser.set_defaults(handler=self.handler)
 
 
-def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
+def parser_for(commands: Sequence[Command]) -> argparse.ArgumentParser:
     """Return the ``ringflow`` parser with ``commands``; each sets ``handler`` in the
     namespace it parses."""
     parser = argparse.ArgumentParser(

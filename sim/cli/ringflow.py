@@ -22,7 +22,7 @@ COMMANDS = (RUN, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, BENCH)
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``ringflow`` command."""
-    return options.build_parser(COMMANDS)
+    return options.parser_for(COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> ExitCode:
