@@ -1,0 +1,2 @@
+"""The simulator on top of the topology: workloads, processors, runs, reports, benchmarks
+and the ``ringflow`` command."""

@@ -1,5 +1,5 @@
 """``python -m sim`` runs the ``ringflow`` command."""
 
-from .cli import run
+from .cli.ringflow import run
 
 run()

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -25,6 +25,16 @@ import trio.testing
 
 import topology
 from actors import Columns, ConsumerGroup, Record, Topic, open_producer
+
+from .baseline import plain_loop
+from .bench_gateway import measure_gateway, measure_tap_latency
+from .redis_logging import LogSettings
+from .redis_server import EmbeddedRedis
+from .report import LoggingReport, digest
+from .run import REGISTRY, load_topology, open_checkpoints, relaxed_gc, run_pipeline
+from .workloads import VideoSite, VideoSiteParams
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -208,16 +218,12 @@ def measure_video_site(events: int) -> tuple[float, float, bool]:
     Returns events per second of the ringflow run, of the plain loop, and whether both
     computed the same aggregates.
     """
-    from .baseline import plain_loop
-    from .report import digest
-    from .run import REGISTRY, load_topology, relaxed_gc, run_pipeline
-
     spec = load_topology(example_topology("video-site.yaml"))
     report = run_pipeline(topology.Pipeline.build(spec, REGISTRY, events=events)).report
     with relaxed_gc():
         loop = plain_loop(topology.Pipeline.build(spec, REGISTRY, events=events))
-    same = digest(loop["aggregates"]) == report["digest"]
-    return report["events_per_second"], loop["events_per_second"], same
+    same = digest(loop["aggregates"]) == report.digest
+    return report.events_per_second or 0.0, loop["events_per_second"], same
 
 
 def measure_checkpoint_cost(
@@ -233,20 +239,18 @@ def measure_checkpoint_cost(
     Returns:
         Events per second with checkpoints, without, and the epochs written.
     """
-    from .run import REGISTRY, load_topology, open_checkpoints, run_pipeline
-
     spec = load_topology(example_topology("video-site.yaml"))
 
     def without() -> float:
         pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
-        return float(run_pipeline(pipeline).report["events_per_second"])
+        return float(run_pipeline(pipeline).report.events_per_second or 0.0)
 
     def with_checkpoints() -> tuple[float, int]:
         with tempfile.TemporaryDirectory() as state:
             pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
             settings, pipeline = open_checkpoints(pipeline, Path(state))
             result = run_pipeline(pipeline, checkpoints=settings)
-            return float(result.report["events_per_second"]), len(result.pipeline.epochs)
+            return float(result.report.events_per_second or 0.0), len(result.pipeline.epochs)
 
     if checkpoints_first:
         (on, epochs), off = with_checkpoints(), without()
@@ -260,14 +264,11 @@ def measure_logging_cost(events: int, *, logging_first: bool = False) -> tuple[f
 
     Returns events per second with logging, without, and the entries dropped.
     """
-    from .redis_server import EmbeddedRedis
-    from .run import REGISTRY, LogSettings, load_topology, run_pipeline
-
     spec = load_topology(example_topology("video-site.yaml"))
 
     def without() -> float:
         pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
-        return float(run_pipeline(pipeline).report["events_per_second"])
+        return float(run_pipeline(pipeline).report.events_per_second or 0.0)
 
     def logged() -> tuple[float, int]:
         with tempfile.TemporaryDirectory() as folder:
@@ -277,8 +278,8 @@ def measure_logging_cost(events: int, *, logging_first: bool = False) -> tuple[f
                 report = run_pipeline(pipeline, logging=LogSettings(server.url, "bench")).report
             finally:
                 server.stop(save=False)
-        assert report["logging"]["enabled"], report["logging"]
-        return float(report["events_per_second"]), sum(report["logging"]["dropped"].values())
+        assert isinstance(report.logging, LoggingReport), report.logging
+        return float(report.events_per_second or 0.0), sum(report.logging.dropped.values())
 
     if logging_first:
         (on, dropped), off = logged(), without()
@@ -293,9 +294,6 @@ def measure_restore(records: int) -> dict[str, float]:
     Returns the seconds to load the epoch and rebuild the pipeline from it, and the epoch's
     size in MB.
     """
-    from .run import REGISTRY, load_topology
-    from .workloads import VideoSite, VideoSiteParams
-
     spec = load_topology(example_topology("video-site.yaml"))
     topic = attrs.evolve(spec.topics["events"], capacity=records)
     spec = attrs.evolve(spec, topics={"events": topic})
@@ -304,7 +302,7 @@ def measure_restore(records: int) -> dict[str, float]:
     keys = [event.video_id for event in events]
     stamps = [event.timestamp for event in events]
 
-    async def fill() -> topology.checkpoint.Snapshot:
+    async def fill() -> None:
         for group in pipeline.groups.values():
             assert group  # registered: the records are held until they commit
         parts = pipeline.topics["events"].split(Columns(keys, events, stamps))
@@ -317,9 +315,8 @@ def measure_restore(records: int) -> dict[str, float]:
                         part.timestamps[start : start + 1000],
                     )
                 )
-        return pipeline.capture()
 
-    snapshot = trio.run(fill)
+    snapshot = trio.run(_then, fill, pipeline.capture)
     with tempfile.TemporaryDirectory() as state:
         store = topology.CheckpointStore.open(Path(state), pipeline.fingerprint)
         info = store.write(snapshot)
@@ -330,6 +327,12 @@ def measure_restore(records: int) -> dict[str, float]:
     held = sum(p.statistics().depth for p in restored.topics["events"].partitions)
     assert held == records == info.ring_records
     return {"restore_seconds": seconds, "epoch_mb": info.bytes / 1e6}
+
+
+async def _then(first: Callable[[], Awaitable[None]], then: Callable[[], T]) -> T:
+    # Awaits ``first``, then returns what ``then`` gives, in the same Trio run.
+    await first()
+    return then()
 
 
 def machine() -> dict[str, Any]:
@@ -423,8 +426,6 @@ def run_bench(
         result["logging_ratio"] = statistics.median(log_ratios)
         result["logging_dropped_entries"] = dropped
     if settings.gateway_records:
-        from .bench_gateway import measure_gateway
-
         gateway_rates: list[float] = []
         raw_rates: list[float] = []
         gateway_ratios: list[float] = []
@@ -444,8 +445,6 @@ def run_bench(
         result["raw_websocket_records_per_s"] = statistics.median(raw_rates)
         result["gateway_ratio"] = statistics.median(gateway_ratios)
     if settings.tap_seconds:
-        from .bench_gateway import measure_tap_latency
-
         progress(f"tap latency at 10,000 records/s for {settings.tap_seconds:g} s (real time)")
         latency = measure_tap_latency(10_000, settings.tap_seconds)
         result["tap_latency_records"] = latency["records"]

@@ -1,13 +1,14 @@
-"""``ringflow logs``: print what a run logged to Redis."""
+"""Reading what a run logged to Redis (``ringflow logs``): its entries as JSON lines, and its
+counters."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import redis
 from rich.console import Console
 from rich.markup import escape
@@ -16,6 +17,7 @@ from rich.table import Table
 from actors import CATEGORIES, RUNS_KEY, counters_key, redact, run_key, stream_key
 
 from .console import make_console
+from .exitcode import ExitCode
 from .redis_server import EmbeddedRedis, RedisUnavailable, ping
 
 
@@ -29,21 +31,44 @@ def _decode(value: Any) -> Any:
     return text
 
 
-def _state_folder(args: argparse.Namespace) -> Path | None:
-    if args.state is not None:
-        return Path(args.state)
+@attrs.frozen
+class LogQuery:
+    """What to print of a run's log."""
+
+    run: str | None = None
+    """The run's id; None for the newest run."""
+    categories: tuple[str, ...] = CATEGORIES
+    """The categories to print, in order."""
+    limit: int | None = None
+    """At most this many entries per category."""
+    follow: bool = False
+    """Keep printing new entries until the run ends."""
+
+
+def _state_folder(state: Path | None) -> Path | None:
+    if state is not None:
+        return state
     candidates = sorted(Path("state").glob("*/redis.rdb"), key=lambda p: p.stat().st_mtime)
     return candidates[-1].parent if candidates else None
 
 
-def show_logs(args: argparse.Namespace) -> int:
-    """Run ``ringflow logs``; return the exit code."""
+def show_logs(query: LogQuery, *, redis_url: str | None, state: Path | None) -> ExitCode:
+    """Print the log of a run (standard output) and its counters (standard error).
+
+    Args:
+        query: What to print.
+        redis_url: The Redis to read; None for the embedded Redis of ``state``.
+        state: A run's state folder; None for the newest under ``./state``.
+
+    Returns:
+        The exit code of ``ringflow logs``.
+    """
     err = make_console(stderr=True)
     server = None
-    url = args.redis
+    url = redis_url
     folder = None
     if url is None:
-        folder = _state_folder(args)
+        folder = _state_folder(state)
         if folder is None or (
             not (folder / "redis.rdb").exists() and not (folder / "redis.sock").exists()
         ):
@@ -51,21 +76,21 @@ def show_logs(args: argparse.Namespace) -> int:
                 f"no Redis log found in {escape(str(folder or 'state/'))}: give --state "
                 "DIR (the folder of a run) or --redis URL"
             )
-            return 2
+            return ExitCode.USAGE
         try:
             url, server = EmbeddedRedis.open_for_reading(folder)
         except RedisUnavailable as exc:
             err.print(escape(str(exc)))
-            return 2
+            return ExitCode.USAGE
     try:
         client = redis.Redis.from_url(url, socket_timeout=10, decode_responses=True)
-        return _print(client, args, err, url, None if args.redis else folder, server)
+        return _print(client, query, err, url, None if redis_url else folder, server)
     except ValueError as exc:
         err.print(escape(f"{redact(url)} is not a Redis URL: {exc}"))
-        return 2
+        return ExitCode.USAGE
     except redis.RedisError as exc:
         err.print(escape(f"cannot read the log at {redact(url)}: {exc}"))
-        return 2
+        return ExitCode.USAGE
     finally:
         if server is not None:
             server.stop()
@@ -73,34 +98,34 @@ def show_logs(args: argparse.Namespace) -> int:
 
 def _print(
     client: Any,
-    args: argparse.Namespace,
+    query: LogQuery,
     err: Console,
     url: str,
     folder: Path | None,
     copy: EmbeddedRedis | None,
-) -> int:
-    run_id = args.run
+) -> ExitCode:
+    run_id = query.run
     if run_id is None:
         newest = client.zrevrange(RUNS_KEY, 0, 0)
         if not newest:
             err.print(f"no runs logged at {escape(redact(url))}")
-            return 2
+            return ExitCode.USAGE
         run_id = newest[0]
     elif not client.exists(run_key(run_id)):
         known = ", ".join(client.zrevrange(RUNS_KEY, 0, 4))
         err.print(f"no run {run_id!r} at {escape(redact(url))}; newest: {known or 'none'}")
-        return 2
-    categories = args.category or list(CATEGORIES)
+        return ExitCode.USAGE
+    categories = query.categories
     last = dict.fromkeys(categories, "-")
     for category in categories:
         key = stream_key(run_id, category)
-        entries = client.xrange(key, count=args.limit) if args.limit else client.xrange(key)
+        entries = client.xrange(key, count=query.limit) if query.limit else client.xrange(key)
         for entry_id, fields in entries:
             _emit(run_id, category, entry_id, fields)
             last[category] = entry_id
     _counters(client, run_id, err)
-    if not args.follow:
-        return 0
+    if not query.follow:
+        return ExitCode.OK
     streams: dict[Any, Any] = {stream_key(run_id, c): last[c] for c in categories}
     server = None  # a server on a saved log started below (the caller stops ``copy``)
     try:
@@ -111,23 +136,23 @@ def _print(
             except redis.ConnectionError as exc:
                 if folder is None:
                     err.print(escape(f"lost the connection to Redis at {redact(url)}: {exc}"))
-                    return 1
+                    return ExitCode.FAILED
                 client, server = _reopen(folder, server)
                 if client is None:
                     err.print(f"the embedded Redis of {escape(str(folder))} did not stop")
-                    return 1
+                    return ExitCode.FAILED
                 continue  # the folder's Redis now: a resumed run's, or one on the saved log
             _counters(client, run_id, err)
             if ended:
-                return 0
+                return ExitCode.OK
             err.print(
                 f"run {run_id} stopped before it ended (its status is still 'running'): "
                 "run the same command again to resume it"
             )
-            return 1
+            return ExitCode.FAILED
     except KeyboardInterrupt:
         _counters(client, run_id, err)
-        return 0
+        return ExitCode.OK
     finally:
         if server is not None:
             server.stop()

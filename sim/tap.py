@@ -1,11 +1,9 @@
-"""``ringflow tap``: print a topic's records, live, from the gateway of the node that hosts it."""
+"""The tap client: print a topic's records, live, from the gateway of the node that hosts it
+(``ringflow tap``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -16,8 +14,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from actors import Backoff, connect
 
-from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .console import make_console
+from .exitcode import ExitCode
 
 
 def tap_url(url: str, start: str, partition: int | None, hold: bool) -> str:
@@ -51,7 +48,7 @@ async def stream(
     token: str | None = None,
     limit: int | None = None,
     wait: float = 10.0,
-) -> int:
+) -> ExitCode:
     """Print the records the tap at ``url`` sends as JSON lines on ``out``; return an exit code.
 
     A node that cannot be reached is tried again for ``wait`` seconds.
@@ -66,7 +63,7 @@ async def stream(
             except (OSError, HandshakeError, trio.TooSlowError) as exc:
                 if not await backoff.failed():  # the node may be starting: try again
                     err.print(escape(f"cannot reach {url} (tried for {wait:g} s): {exc!r}"))
-                    return EXIT_FAILED
+                    return ExitCode.FAILED
         try:
             while limit is None or printed < limit:
                 message: dict[str, Any] = json.loads(await connection.ws.get_message())
@@ -93,27 +90,7 @@ async def stream(
             reason = exc.reason
             if reason is not None and reason.code not in (1000, 1001):
                 err.print(escape(f"{url} closed the tap ({reason.code}): {reason.reason or ''}"))
-                return EXIT_FAILED
+                return ExitCode.FAILED
         finally:
             await connection.close()
-    return EXIT_OK
-
-
-def run_tap(args: argparse.Namespace) -> int:
-    """Run ``ringflow tap`` with parsed arguments; return its exit code."""
-    err = make_console(stderr=True)
-    try:
-        url = tap_url(args.url, args.start, args.partition, args.hold)
-    except ValueError as exc:
-        err.print(escape(str(exc)))
-        return EXIT_USAGE
-    token = os.environ.get(args.token_env) or None
-    try:
-        return trio.run(
-            lambda: stream(url, sys.stdout, err, token=token, limit=args.limit, wait=args.wait)
-        )
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader went away (| head): not an error
-        sys.stderr.close()
-        return EXIT_OK
+    return ExitCode.OK

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 
-from sim.cli import main
+from sim.bench import BenchSettings
+from sim.cli import build_parser, main
 
 
 def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +75,12 @@ def test_bad_arguments_exit_2_with_a_message(
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_bench_setting_is_an_option_with_the_settings_default() -> None:
+    defaults = BenchSettings()
+    args = build_parser().parse_args(["bench"])
+    for field in attrs.fields(BenchSettings):
+        assert getattr(args, field.name) == getattr(defaults, field.name), field.name
+    args = build_parser().parse_args(["bench", "--restore-records=7", "--tap-seconds=0.5"])
+    assert (args.restore_records, args.tap_seconds) == (7, 0.5)

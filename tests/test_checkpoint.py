@@ -33,13 +33,13 @@ def topology() -> Topology:
 
 def reference_digest(events: int = EVENTS) -> str:
     pipeline = Pipeline.build(topology(), REGISTRY, events=events)
-    return str(run_pipeline(pipeline).report["digest"])
+    return str(run_pipeline(pipeline).report.digest)
 
 
 def run_with_state(state: Path, events: int = EVENTS, **kwargs: Any) -> dict[str, Any]:
     pipeline = Pipeline.build(topology(), REGISTRY, events=events)
     checkpoints, pipeline = open_checkpoints(pipeline, state)
-    return run_pipeline(pipeline, checkpoints=checkpoints, **kwargs).report
+    return run_pipeline(pipeline, checkpoints=checkpoints, **kwargs).report.to_dict()
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def run_with_state_spec(state: Path, spec: Any, events: int) -> dict[str, Any]:
     changed = attrs.evolve(topology(), checkpoint=attrs.evolve(spec, path=str(state)))
     pipeline = Pipeline.build(changed, REGISTRY, events=events)
     checkpoints, pipeline = open_checkpoints(pipeline, None)
-    return run_pipeline(pipeline, checkpoints=checkpoints).report
+    return run_pipeline(pipeline, checkpoints=checkpoints).report.to_dict()
 
 
 def test_epochs_can_be_triggered_by_records_alone(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def topology() -> Topology:
 @functools.cache
 def reference(events: int = EVENTS) -> dict[str, Any]:
     """The report of an uninterrupted run without checkpoints."""
-    return run_pipeline(Pipeline.build(topology(), REGISTRY, events=events)).report
+    return run_pipeline(Pipeline.build(topology(), REGISTRY, events=events)).report.to_dict()
 
 
 def fingerprint(events: int = EVENTS) -> str:
@@ -60,7 +60,7 @@ def fingerprint(events: int = EVENTS) -> str:
 def run_with_state(state: Path, events: int = EVENTS, **kwargs: Any) -> dict[str, Any]:
     pipeline = Pipeline.build(topology(), REGISTRY, events=events)
     checkpoints, pipeline = open_checkpoints(pipeline, state)
-    return run_pipeline(pipeline, checkpoints=checkpoints, **kwargs).report
+    return run_pipeline(pipeline, checkpoints=checkpoints, **kwargs).report.to_dict()
 
 
 def cli_run(state: Path | None, report: Path, *extra: str, events: int = EVENTS) -> int:

@@ -16,7 +16,9 @@ import pytest
 from rich.console import Console
 
 from actors import RecordBatch
-from sim.cli import _print_summary, build_parser, main
+from sim.cli import build_parser, main
+from sim.cli.summary import print_summary
+from sim.report import Report
 from sim.workloads import VideoEvent
 from tests.test_split import run_nodes, split_data
 from topology import Topology
@@ -412,7 +414,7 @@ def test_the_bounds_themselves_are_accepted() -> None:
 
 def summary(report: dict[str, Any]) -> str:
     console = Console(file=io.StringIO(), width=300)
-    _print_summary(console, report, Path("r.json"))
+    print_summary(console, Report.from_dict(report), Path("r.json"))
     return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
 
 

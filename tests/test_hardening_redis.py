@@ -20,9 +20,12 @@ from rich.console import Console
 
 import sim.run
 from actors.redislog import RUNS_KEY, counters_key, stream_key
-from sim.cli import _print_summary, main
+from sim.cli import main
+from sim.cli.summary import print_summary
+from sim.redis_logging import LogSettings
 from sim.redis_server import PID_FILE, EmbeddedRedis, ping
-from sim.run import REGISTRY, LogSettings, load_topology, run_pipeline
+from sim.report import Report
+from sim.run import REGISTRY, load_topology, run_pipeline
 from topology import Pipeline, Topology, TopologyError
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
@@ -298,7 +301,7 @@ def test_the_end_of_a_run_without_redis_is_bounded_idle_and_counts_what_was_lost
             logging=LogSettings(server.url, "run-1", flush_timeout=2.0),
             on_refresh=chaos,
             refresh_every=0,
-        ).report
+        ).report.to_dict()
     finally:
         server.stop(save=False)
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -314,7 +317,7 @@ def test_the_end_of_a_run_without_redis_is_bounded_idle_and_counts_what_was_lost
 
     console = Console(file=None, record=True, width=300)
     with console.capture() as captured:
-        _print_summary(console, report, tmp_path / "r.json")
+        print_summary(console, Report.from_dict(report), tmp_path / "r.json")
     assert f"not written to Redis: {logging['unwritten']:,} entries" in captured.get()
 
 

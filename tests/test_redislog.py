@@ -14,8 +14,9 @@ import redis
 
 from actors.redislog import RedisLogger, counters_key, redact, stream_key
 from sim.cli import main
+from sim.redis_logging import LoggingUnavailable, LogSettings
 from sim.redis_server import EmbeddedRedis
-from sim.run import REGISTRY, LoggingUnavailable, LogSettings, load_topology, run_pipeline
+from sim.run import REGISTRY, load_topology, run_pipeline
 from topology import Pipeline
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
@@ -40,7 +41,7 @@ def logged_run(url: str, events: int = 30_000, **kwargs: Any) -> dict[str, Any]:
     )
     return run_pipeline(
         pipeline, logging=settings, **{k: v for k, v in kwargs.items() if k == "on_refresh"}
-    ).report
+    ).report.to_dict()
 
 
 def test_every_category_lands_with_its_fields(server: EmbeddedRedis) -> None:
@@ -116,10 +117,10 @@ def test_redis_killed_and_restarted_mid_run_loses_nothing(tmp_path: Path) -> Non
             on_refresh=chaos,
             refresh_every=0,
             on_logger=loggers.append,
-        ).report
+        ).report.to_dict()
         restarter.join()
         assert len(servers) == 2
-        plain = run_pipeline(Pipeline.build(topology, REGISTRY, events=200_000)).report
+        plain = run_pipeline(Pipeline.build(topology, REGISTRY, events=200_000)).report.to_dict()
         assert report["status"] == "completed"
         assert report["digest"] == plain["digest"]
         assert report["expect_ok"]

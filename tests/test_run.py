@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import cattrs
 import pytest
+import trio
+import trio.testing
 
 from actors import Columns, Partition
 from sim.cli import main
 from sim.processors import VideoStats
+from sim.report import Report, digest, read_report, write_report
 from sim.run import REGISTRY, load_topology, run_pipeline
 from sim.workloads import VideoSite, VideoSiteParams
 from topology import Pipeline, Topology
@@ -32,7 +36,7 @@ def video_site(**topic_changes: Any) -> Topology:
 
 def run(topology: Topology, *, seed: int | None = None, events: int = EVENTS) -> dict[str, Any]:
     pipeline = Pipeline.build(topology, REGISTRY, seed=seed, events=events)
-    return run_pipeline(pipeline).report
+    return run_pipeline(pipeline).report.to_dict()
 
 
 def test_same_seed_gives_the_same_digest_twice_and_with_other_partitioning() -> None:
@@ -199,7 +203,7 @@ def test_ctrl_c_stops_cleanly_with_a_partial_report() -> None:
 
     report = run_pipeline(
         pipeline, on_refresh=interrupt_once, refresh_every=0, handle_sigint=True
-    ).report
+    ).report.to_dict()
     assert raised
     assert report["status"] == "interrupted"
     assert 50_000 < report["events_consumed"] < 2_000_000
@@ -267,14 +271,28 @@ def test_real_clock_runs_on_the_wall_clock() -> None:
 
 def test_event_time_does_not_depend_on_the_clock_at_start() -> None:
     """Waiting on I/O before the run (Redis, say) lets autojump move the clock first."""
-    import trio
-    import trio.testing
-
-    from sim.report import digest
-
     pipeline = Pipeline.build(video_site(), REGISTRY, events=EVENTS)
     clock = trio.testing.MockClock(autojump_threshold=0)
     clock.jump(123.456)
     trio.run(pipeline.run, clock=clock)
     aggregates = {name: p.result() for name, p in pipeline.processors.items()}
     assert digest(aggregates) == run(video_site())["digest"]
+
+
+def test_a_report_file_reads_back_as_the_report_that_wrote_it(tmp_path: Path) -> None:
+    report = run_pipeline(Pipeline.build(video_site(), REGISTRY, events=EVENTS)).report
+    path = tmp_path / "report.json"
+    write_report(report, path)
+    again = read_report(path)
+    assert again == report
+    assert again.to_dict() == json.loads(path.read_text())
+    write_report(again, tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == path.read_text()
+
+
+def test_a_file_that_is_not_a_report_is_refused_by_the_reader() -> None:
+    data = run(video_site())
+    Report.from_dict(data)  # the file's form reads back
+    with pytest.raises(cattrs.ClassValidationError) as caught:
+        Report.from_dict({**data, "unknown": 1})
+    assert cattrs.transform_error(caught.value) == ["extra fields found (unknown) @ $"]

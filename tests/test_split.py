@@ -84,7 +84,7 @@ def single_process(topology: Topology, events: int) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         await pipeline.run()
-        return build_report(pipeline, status="completed")
+        return build_report(pipeline, status="completed").to_dict()
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -97,7 +97,7 @@ async def run_nodes(topology: Topology, events: int) -> dict[str, dict[str, Any]
     async with trio.open_nursery() as nursery:
         for pipeline in pipelines.values():
             nursery.start_soon(pipeline.run)
-    return {node: build_report(p, status="completed") for node, p in pipelines.items()}
+    return {node: build_report(p, status="completed").to_dict() for node, p in pipelines.items()}
 
 
 # -- the nodes section --------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_a_node_whose_peer_never_comes_is_retried_then_fails_naming_it() -> None
     topology = Topology.from_dict(data)
     pipeline = Pipeline.build(topology, REGISTRY, events=1000, placement=Placement("producers"))
     started = time.monotonic()
-    report = run_pipeline(pipeline).report  # the broker never starts
+    report = run_pipeline(pipeline).report.to_dict()  # the broker never starts
     assert time.monotonic() - started >= 0.5  # it kept trying for the connect timeout
     broker = data["nodes"]["broker"]["listen"]
     assert report["status"] == "failed"

@@ -1,0 +1,157 @@
+"""``ringflow bench``: measure this machine, the raw Trio channel against the ringflow
+pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+import attrs
+from rich.table import Table
+
+from ..bench import BenchSettings, run_bench
+from ..console import make_console
+from ..exitcode import ExitCode
+from .options import Command, Option, flag, non_negative, option, positive, seconds
+
+SETTINGS: tuple[tuple[str, Callable[[str], int | float], str], ...] = (
+    ("records", positive, "records for the batched measurements"),
+    ("batch", positive, "records per batch"),
+    ("single_records", positive, "records sent one per send"),
+    ("repeat", positive, "rounds of each throughput measurement"),
+    ("memory_records", non_negative, "records in the slow-consumer memory run; 0 skips it"),
+    (
+        "video_events",
+        non_negative,
+        "events of the video-site run compared with a plain Python loop; 0 skips it",
+    ),
+    (
+        "restore_records",
+        non_negative,
+        "records held in the epoch whose restore is timed; 0 skips it",
+    ),
+    (
+        "gateway_records",
+        non_negative,
+        "records sent through a websocket gateway on loopback and through raw "
+        "trio-websocket; 0 skips it",
+    ),
+    (
+        "tap_seconds",
+        seconds,
+        "seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips it",
+    ),
+)
+"""One option per field of :class:`~sim.bench.BenchSettings`: its name, its type, its help
+(the default is the field's)."""
+
+
+def _setting_options() -> tuple[Option, ...]:
+    defaults = BenchSettings()
+    return tuple(
+        option(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, name),
+            help=f"{text} (default: %(default)s)",
+        )
+        for name, kind, text in SETTINGS
+    )
+
+
+def bench(args: argparse.Namespace) -> ExitCode:
+    """Run ``ringflow bench``; return its exit code."""
+    settings = attrs.evolve(
+        BenchSettings(), **{name: getattr(args, name) for name, _, _ in SETTINGS}
+    )
+    err = make_console(stderr=True)
+    if args.json:
+        result = run_bench(settings)
+        print(json.dumps(result, indent=2))
+        return ExitCode.OK
+    with err.status("measuring...") as status:
+        result = run_bench(settings, progress=lambda text: status.update(text))
+    table = Table(
+        title=f"ringflow bench: {settings.records:,} records, batches of {settings.batch:,}"
+    )
+    table.add_column("measurement")
+    table.add_column("figure", justify="right")
+    table.add_row("raw Trio channel, batches", f"{result['raw_records_per_s']:,.0f} records/s")
+    table.add_row(
+        "ringflow pipeline, batches", f"{result['pipeline_records_per_s']:,.0f} records/s"
+    )
+    table.add_row(
+        "ringflow pipeline, one record per send", f"{result['single_records_per_s']:,.0f} records/s"
+    )
+    table.add_row("ratio pipeline / raw", f"{result['ratio']:.2f}")
+    if "video_run_events_per_s" in result:
+        table.add_row(
+            f"video site, ringflow run, {result['video_events']:,} events",
+            f"{result['video_run_events_per_s']:,.0f} events/s",
+        )
+        table.add_row(
+            "video site, plain Python loop, same events",
+            f"{result['plain_loop_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("ratio run / plain loop", f"{result['video_ratio']:.2f}")
+        table.add_row("same aggregates", "yes" if result["video_same_aggregates"] else "NO")
+    if "checkpoint_cost" in result:
+        table.add_row(
+            f"video site, an epoch every simulated second ({result['checkpoint_epochs']} epochs)",
+            f"{result['checkpoint_every_second_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("checkpoint cost (1 - with / without)", f"{result['checkpoint_cost']:.1%}")
+    if "logging_ratio" in result:
+        table.add_row(
+            "video site, every event logged to Redis",
+            f"{result['logging_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("ratio logging on / off", f"{result['logging_ratio']:.2f}")
+    if "gateway_records_per_s" in result:
+        table.add_row(
+            f"through a websocket gateway, {result['gateway_records']:,} records",
+            f"{result['gateway_records_per_s']:,.0f} records/s",
+        )
+        table.add_row(
+            "raw trio-websocket, same batches",
+            f"{result['raw_websocket_records_per_s']:,.0f} records/s",
+        )
+        table.add_row("ratio gateway / raw websocket", f"{result['gateway_ratio']:.2f}")
+    if "tap_latency_p99_ms" in result:
+        table.add_row(
+            "tap latency at 10,000 records/s, p50 / p99",
+            f"{result['tap_latency_p50_ms']:.2f} / {result['tap_latency_p99_ms']:.2f} ms",
+        )
+    if "restore_seconds" in result:
+        table.add_row(
+            f"restore an epoch of {result['restore_records']:,} buffered records "
+            f"({result['restore_epoch_mb']:,.0f} MB)",
+            f"{result['restore_seconds']:,.2f} s",
+        )
+    if "slow_consumer_peak_rss_mb" in result:
+        table.add_row(
+            f"peak RSS, consumer 10x slower, {result['slow_consumer_records']:,} records",
+            f"{result['slow_consumer_peak_rss_mb']:,.0f} MB",
+        )
+        table.add_row(
+            "ring peak depth / capacity",
+            f"{result['slow_consumer_peak_depth']:,} / {result['slow_consumer_capacity']:,}",
+        )
+    make_console().print(table)
+    return ExitCode.OK
+
+
+BENCH = Command(
+    name="bench",
+    help="measure this machine: the raw Trio channel against the ringflow pipeline",
+    description=(
+        "Measure, in one run, a raw Trio memory channel carrying batches, the ringflow "
+        "pipeline (producer -> partition -> consumer) with the same batches and with one "
+        "record per send, and the peak memory of a run whose consumer is ten times slower "
+        "than its producer. Throughputs are medians over --repeat rounds."
+    ),
+    options=(*_setting_options(), flag("--json", "print one JSON object instead of a table")),
+    handler=bench,
+)
+"""The ``bench`` command."""

@@ -1,0 +1,37 @@
+"""The ``ringflow`` command: its commands, its parser and its entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..exitcode import ExitCode
+from . import options
+from .bench import BENCH
+from .checkpoints import CHECKPOINTS
+from .logs import LOGS
+from .node import NODE
+from .run import RUN
+from .tap import TAP
+from .validate import VALIDATE
+
+COMMANDS = (RUN, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, BENCH)
+"""Every command, in the order ``ringflow --help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``ringflow`` command."""
+    return options.parser_for(COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> ExitCode:
+    """Run the ``ringflow`` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    code: ExitCode = args.handler(args)
+    return code
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""``ringflow run``: run a topology file to completion and report on it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from topology import CheckpointError, Pipeline, TopologyError
+
+from ..console import make_console
+from ..exitcode import ExitCode
+from ..live import LiveView
+from ..run import REGISTRY, load_topology, open_checkpoints
+from .errors import refuse
+from .options import (
+    Command,
+    events_option,
+    flag,
+    report_option,
+    seed_option,
+    state_option,
+    topology_file,
+)
+from .report_file import ReportPathError, check_report_path
+from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    """Run ``ringflow run``; return its exit code."""
+    err = make_console(stderr=True)
+    try:
+        topology = load_topology(args.topology)
+        pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
+        path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
+        check_report_path(path)
+        checkpoints, pipeline = open_checkpoints(pipeline, args.state)
+    except (TopologyError, CheckpointError, ReportPathError) as exc:
+        return refuse(err, exc)
+    out = make_console()
+    warn_damaged(err, checkpoints)
+    announce_checkpoints(out, pipeline, checkpoints, node=False)
+    folder = args.state or (
+        checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
+    )
+    logging = open_logging(
+        topology,
+        args.no_log,
+        None,
+        folder,
+        topology.name,
+        out,
+        err,
+        resumed=pipeline.restored_from is not None,
+    )
+    if isinstance(logging, ExitCode):
+        return logging
+    return run_to_the_end(
+        pipeline,
+        checkpoints,
+        logging,
+        report_path=path,
+        name=topology.name,
+        out=out,
+        err=err,
+        view=None if args.quiet else LiveView(out, pipeline),
+        chart=not args.no_chart,
+    )
+
+
+RUN = Command(
+    name="run",
+    help="run a topology file and report on it",
+    description=(
+        "Run a topology file to completion with a live view, then print a summary and "
+        "write a JSON report (and a PNG chart when matplotlib is installed). Ctrl-C or "
+        "SIGTERM stops cleanly and writes a partial report. Exit code: 0 when every "
+        "'expect' invariant holds, 1 when one fails, an actor crashes or the run stalls "
+        "(or the report could not be written where asked), 2 for a bad file or argument, "
+        "130 on Ctrl-C, 143 on SIGTERM."
+    ),
+    options=(
+        topology_file(help="the topology file"),
+        seed_option("replace the file's seed"),
+        events_option(
+            "replace the total number of events (split over producers in proportion to the file)"
+        ),
+        report_option("where to write the JSON report (default: reports/NAME-seedSEED.json)"),
+        state_option(
+            "keep checkpoints in DIR and resume from the newest one there (also turns "
+            "checkpoints on when the file has no 'checkpoint' section)"
+        ),
+        flag("--no-chart", "do not draw the PNG chart"),
+        flag("--no-log", "do not log events to Redis (as 'redis: {enabled: false}' in the file)"),
+        flag("--quiet", "no live view; print only the summary"),
+    ),
+    handler=run,
+)
+"""The ``run`` command."""
