@@ -19,7 +19,7 @@ import redis
 from rich.console import Console
 
 import sim.run
-from actors.redislog import RUNS_KEY, counters_key, stream_key
+from actors import RUNS_KEY, counters_key, stream_key
 from sim.cli import main
 from sim.cli.summary import print_summary
 from sim.redis_logging import LogSettings
@@ -48,9 +48,18 @@ def servers_of(folder: Path) -> list[int]:
     return found
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float = 30.0,
+    running: subprocess.Popen[str] | None = None,
+) -> None:
+    """Poll ``condition``; fail after ``timeout`` s, or at once if ``running`` has ended."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if running is not None and running.poll() is not None:
+            _, err = running.communicate()
+            raise AssertionError(f"{what}: the run ended first ({running.returncode}): {err}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(0.02)
@@ -159,7 +168,11 @@ def test_a_resumed_run_logs_every_segment_under_one_run_id(
     args = command(state, "--events", "2000000", "--report", str(report))
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     kill_on_exit.append(first)
-    wait_until(lambda: any(m["event"] == "checkpoint" for m in logged_meta(state)), "an epoch")
+    wait_until(
+        lambda: any(m["event"] == "checkpoint" for m in logged_meta(state)),
+        "an epoch",
+        running=first,
+    )
     assert first.poll() is None, "the run ended before it could be killed"
     first.kill()
     first.wait()

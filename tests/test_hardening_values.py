@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import ConsumerGroup, RecordBatch, Topic
-from actors.gateway import Gateway
+from actors import ConsumerGroup, Gateway, RecordBatch, Topic
 from actors.wire import MALFORMED
 from sim.run import REGISTRY
 from sim.workloads import VideoEvent

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from actors.redislog import RedisLogger, counters_key, redact, stream_key
+from actors import RedisLogger, counters_key, redact, stream_key
 from sim.cli import main
 from sim.redis_logging import LoggingUnavailable, LogSettings
 from sim.redis_server import EmbeddedRedis

@@ -16,7 +16,7 @@ import trio
 import yaml
 from trio_websocket import WebSocketConnection
 
-from actors import Columns, Consumer, ConsumerGroup, Gateway, Topic, connect
+from actors import Columns, Consumer, ConsumerGroup, Gateway, Topic, connect, decoder
 from actors.wire import (
     ENCODER,
     IDLE_MEMBER,
@@ -26,13 +26,10 @@ from actors.wire import (
     Hello,
     Next,
     Welcome,
-    decoder,
 )
 from sim.run import REGISTRY
 from tests.test_gateway import close_of
-from topology import Pipeline, Topology
-from topology.build import Placement
-from topology.checkpoint import EpochInfo
+from topology import EpochInfo, Pipeline, Placement, Topology
 
 SPLIT = Path(__file__).resolve().parent.parent / "topology" / "examples" / "video-site-split.yaml"
 
