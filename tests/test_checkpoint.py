@@ -91,7 +91,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     CheckpointStore.open(tmp_path, "print")
     with sqlite3.connect(tmp_path / FILE_NAME) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(CheckpointError, match="schema version 99, newer than this ringflow's 2"):
+    with pytest.raises(CheckpointError, match="schema version 99, newer than this ringflow's 3"):
         CheckpointStore.open(tmp_path, "print")
 
 

@@ -19,8 +19,7 @@ from actors import RecordBatch
 from sim.cli import _print_summary, build_parser, main
 from sim.workloads import VideoEvent
 from tests.test_split import run_nodes, split_data
-from topology import Topology
-from topology.build import ConsumerTally
+from topology import ConsumerTally, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_SITE = ROOT / "topology" / "examples" / "video-site.yaml"
