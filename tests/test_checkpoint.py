@@ -131,7 +131,7 @@ def test_parts_are_described_as_the_checkpoints_command_lists_them(tmp_path: Pat
     loaded = store.load()
     store.close()
     assert loaded is not None
-    info, parts = loaded
+    parts = loaded[1]
     described = {key: describe_part(*key, data) for key, data in parts.items()}
     committed = report["partitions"][0]["committed"]
     assert described["partition", "events/0"] == (
