@@ -62,7 +62,7 @@ MODULE_LEVEL = {
             "topics_of",
             "value_type",
         },
-        "processing": {"consume"},
+        "processing": {"Consumers", "consume", "make_consumers"},
         "segment": {"SegmentLog", "decode_segments", "encode_segments"},
         "snapshot": {
             "ClockPart",

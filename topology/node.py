@@ -9,6 +9,7 @@ an epoch holds becomes visible to the other nodes only once it is written.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -197,6 +198,21 @@ class Node:
             self.agreement,
         )
         return link
+
+    def source_wiring(
+        self, plan: ProducerPlan, topics: Mapping[str, Topic], value_type: Callable[[str], Any]
+    ) -> dict[str, Any]:
+        """What the source of ``plan`` needs on this node (the fields of a
+        :class:`~topology.source.WorkloadSource`): links to the topics it writes to that are
+        not among ``topics`` (held here), a tally per topic of what it alone sent, and where
+        to hand the summaries of what it sent to topics held here."""
+        written = topics_of(self.topology, plan.producer)
+        links = {t: self.link(plan, t, value_type(t)) for t in written if t not in topics}
+        return {
+            "open_remote": links.__getitem__,
+            "sent": {t: TopicTally() for t in written},
+            "add_summary": functools.partial(self.add_summary, plan),
+        }
 
     def open_gateway(
         self,

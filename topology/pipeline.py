@@ -35,7 +35,7 @@ from .plan import (
     producer_id,
     value_type,
 )
-from .processing import consume
+from .processing import consume, make_consumers
 from .registry import Processor, Registry
 from .schema import Topology
 from .snapshot import (
@@ -153,7 +153,11 @@ class Pipeline:
             raise TopologyError(problems, topology.name)
         run_seed = topology.seed if seed is None else seed
         plans = make_plans(topology, events)
-        here = None if placement is None else topology.nodes[placement.node]
+        types = event_types(topology, registry)
+        node = None
+        if placement is not None:
+            node = Node(topology, placement, agreement(topology, run_seed, plans, placement.node))
+        here = None if node is None else node.spec
         topics = {
             name: Topic(
                 name,
@@ -164,27 +168,6 @@ class Pipeline:
             for name, spec in topology.topics.items()
             if here is None or name in here.topics
         }
-        pipeline = cls(
-            topology=topology,
-            registry=registry,
-            seed=run_seed,
-            plans=plans,
-            topics=topics,
-            groups={},
-            processors={},
-            tallies={},
-            produced={name: TopicTally() for name in topology.topics},
-            fingerprint=fingerprint(
-                topology, run_seed, plans, None if placement is None else placement.node
-            ),
-            value_types=event_types(topology, registry),
-            events_override=events,
-            placement=placement,
-        )
-        if placement is not None:
-            pipeline.node = Node(
-                topology, placement, agreement(topology, run_seed, plans, placement.node)
-            )
         parts = {} if restore is None else restore[1]
         # Partitions first: groups register on them, and a partition restores only fresh.
         contents: dict[tuple[str, str], Stateful[Any]] = {
@@ -193,19 +176,37 @@ class Pipeline:
             for p in topic.partitions
         }
         restore_parts(
-            contents,
-            parts,
-            {key: pipeline.value_type(key[1].rsplit("/", 1)[0]) for key in contents},
+            contents, parts, {key: value_type(types[key[1].rsplit("/", 1)[0]]) for key in contents}
         )
-        hosted = pipeline._make_groups()
-        if pipeline.node is not None:
-            pipeline.node.open_gateway(
-                topics, hosted, {name: pipeline.value_type(name) for name in topics}, TopicSummary
+        consumers = make_consumers(
+            topology, registry, topics, len(plans), lambda t: value_type(types[t]), node
+        )
+        pipeline = cls(
+            topology=topology,
+            registry=registry,
+            seed=run_seed,
+            plans=plans,
+            topics=topics,
+            groups=consumers.groups,
+            processors=consumers.processors,
+            tallies=consumers.tallies,
+            produced={name: TopicTally() for name in topology.topics},
+            fingerprint=fingerprint(
+                topology, run_seed, plans, None if placement is None else placement.node
+            ),
+            value_types=types,
+            events_override=events,
+            placement=placement,
+            node=node,
+        )
+        if node is not None:
+            node.open_gateway(
+                topics, consumers.hosted, {n: pipeline.value_type(n) for n in topics}, TopicSummary
             )
             # Finished producers first: the gateway then expects only the others.
             gateway = {key: data for key, data in parts.items() if key[0] == "gateway"}
-            restore_parts(pipeline.node.states(), gateway)
-            pipeline.node.expect_producers(plans, topics)
+            restore_parts(node.states(), gateway)
+            node.expect_producers(plans, topics)
         pipeline._make_sources()
         if restore is not None:
             pipeline.restored_from = restore[0]
@@ -222,58 +223,10 @@ class Pipeline:
             )
         return pipeline
 
-    def _make_groups(self) -> dict[tuple[str, str], ConsumerGroup]:
-        # One group per (consumer, topic), hosted where the topic's ring is; one processor and
-        # one tally per consumer running here, shared by its instances.
-        topology, node = self.topology, self.node
-        here = None if node is None else node.spec
-        hosted: dict[tuple[str, str], ConsumerGroup] = {}
-        for name, consumer in topology.consumers.items():
-            local = here is None or name in here.consumers
-            for topic in consumer.topic_names:
-                group_name = consumer.group or name
-                if topic in self.topics:
-                    group = hosted[group_name, topic] = ConsumerGroup(
-                        group_name, self.topics[topic], strategy=consumer.strategy
-                    )
-                    if local:
-                        self.groups[name, topic] = group
-                    elif node is not None:
-                        node.remote_members.update(
-                            (group_name, topic, f"{name}-{i}") for i in range(consumer.instances)
-                        )
-                elif local and node is not None:
-                    self.groups[name, topic] = node.remote_group(
-                        name, topic, group_name, self.value_type(topic)
-                    )
-            if not local:
-                continue
-            processor_type = self.registry.processors[consumer.processor]
-            self.processors[name] = processor_type.make(
-                self.registry.processor_params(topology, name)
-            )
-            self.tallies[name] = ConsumerTally(
-                name, tuple(consumer.topic_names), len(self.plans), topology.expect.per_key_order
-            )
-        return hosted
-
     def _make_sources(self) -> None:
         node = self.node
         for plan in self.local_plans:
-            wiring: dict[str, Any] = {}
-            if node is not None:
-                spec = self.topology.producers[plan.producer]
-                topics = {spec.topic} if spec.topic else set(spec.topics.values())
-                links = {
-                    t: node.link(plan, t, self.value_type(t))
-                    for t in topics
-                    if t not in self.topics
-                }
-                wiring = {
-                    "open_remote": links.__getitem__,
-                    "sent": {t: TopicTally() for t in topics},
-                    "add_summary": functools.partial(node.add_summary, plan),
-                }
+            wiring = {} if node is None else node.source_wiring(plan, self.topics, self.value_type)
             self.sources[plan.producer, plan.instance] = WorkloadSource.make(
                 plan,
                 self.topology,
