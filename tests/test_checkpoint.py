@@ -214,15 +214,38 @@ async def test_a_stop_and_a_periodic_epoch_asked_at_once_are_both_answered(
     store.close()
 
 
+async def test_epochs_asked_at_once_of_a_pipeline_that_is_not_running_are_both_written(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    pipeline = Pipeline.build(topology(), REGISTRY, events=EVENTS)
+    store = CheckpointStore.open(tmp_path, pipeline.fingerprint, keep=10)
+    answers: list[Any] = []
+
+    async def ask(final: bool) -> None:
+        answers.append(await pipeline.checkpoint(store, final=final, in_thread=False))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, False)
+            nursery.start_soon(ask, True)
+    assert len(answers) == 2
+    assert [e.epoch for e in store.epochs()] == sorted({a.epoch for a in answers})
+    assert any(a.final for a in answers)
+    store.close()
+
+
 class StalledStore(CheckpointStore):
     """A store whose final epoch stalls in the write, as on a disk that hangs."""
 
     release = threading.Event()
+    written = threading.Event()
 
     def write(self, snap: Snapshot) -> Any:
         if snap.final:
             self.release.wait(timeout=20)
-        return super().write(snap)
+        info = super().write(snap)
+        self.written.set()
+        return info
 
 
 async def test_the_final_timeout_bounds_a_final_epoch_whose_write_hangs(tmp_path: Path) -> None:
@@ -232,6 +255,7 @@ async def test_the_final_timeout_bounds_a_final_epoch_whose_write_hangs(tmp_path
     store = StalledStore.open(tmp_path, pipeline.fingerprint)
     settings = CheckpointSettings(store, every=None, final_timeout=0.2, in_thread=True)
     StalledStore.release.clear()
+    StalledStore.written.clear()
     started = time.monotonic()
     await pipeline.run(None, settings)
     took = time.monotonic() - started
@@ -240,7 +264,8 @@ async def test_the_final_timeout_bounds_a_final_epoch_whose_write_hangs(tmp_path
     assert took < 5, f"the run took {took:.1f} s with a final timeout of 0.2 s"
     assert pipeline.statistics().final_epoch == "timed out"
     assert pipeline.epochs == []
-    epochs = await trio.to_thread.run_sync(store.epochs)  # once the write has ended
+    assert await trio.to_thread.run_sync(StalledStore.written.wait, 20)
+    epochs = store.epochs()
     assert [(e.epoch, e.final) for e in epochs] == [(1, True)]
     assert store.verify(1) is None
     store.close()

@@ -226,6 +226,8 @@ class Checkpointer:
     _in_thread: bool = True
     _queue: list[_Request] = attrs.field(factory=list)
     _wake: trio.Event = attrs.field(factory=trio.Event)
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+    _turn: trio.Lock = attrs.field(factory=trio.Lock)
     _due: trio.Event = attrs.field(factory=trio.Event)
     _next_records: int | None = None
     _last_final: EpochInfo | None = None
@@ -249,36 +251,38 @@ class Checkpointer:
     ) -> None:
         """Write every epoch asked for, one at a time, to ``store`` until cancelled.
 
-        A write in a worker thread (``in_thread``) that is cancelled is abandoned: the task
-        returns at once, and the thread ends the transaction, or the process ends first and
-        SQLite rolls it back. Requests still waiting when it stops are answered with the
-        final epoch if one was written (nothing changed after it), else with an error.
-
-        Raises:
-            RuntimeError: The actor is already serving.
+        Only one call serves at a time: another waits until it stops, then takes over the
+        requests still waiting. A write in a worker thread (``in_thread``) that is cancelled
+        is abandoned: the task returns at once, and the thread ends the transaction, or the
+        process ends first and SQLite rolls it back. Requests still waiting when the last
+        call stops are answered with the final epoch if one was written (nothing changed
+        after it), else with an error.
         """
-        if self._store is not None:
-            raise RuntimeError("a pipeline has one checkpoint actor, and it is serving")
-        self._store, self._in_thread = store, in_thread
-        try:
-            task_status.started()
-            while True:
-                while not self._queue:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                await self._take(store)
-        finally:
-            self._store = None
-            stranded, self._queue = self._queue, []
-            for request in stranded:
-                if self._last_final is not None:
-                    request.answer(self._last_final)
-                else:
-                    request.answer(
-                        error=CheckpointError(
-                            "the run stopped before the epoch asked for could be taken"
-                        )
-                    )
+        async with self._turn:
+            self._store, self._in_thread = store, in_thread
+            try:
+                task_status.started()
+                while True:
+                    while not self._queue:
+                        self._idle.set()
+                        self._wake = trio.Event()
+                        await self._wake.wait()
+                    self._idle = trio.Event()
+                    await self._take(store)
+            finally:
+                self._store = None
+                if not self._turn.statistics().tasks_waiting:
+                    self._strand()
+
+    def _strand(self) -> None:
+        stranded, self._queue = self._queue, []
+        for request in stranded:
+            if self._last_final is not None:
+                request.answer(self._last_final)
+            else:
+                request.answer(
+                    error=CheckpointError("the run stopped before the epoch asked for was taken")
+                )
 
     async def _take(self, store: CheckpointStore) -> None:
         # Requests that came before the capture share this epoch; later ones wait for the next.
@@ -321,12 +325,11 @@ class Checkpointer:
         Args:
             final: Mark the epoch as written at the end of the run (completed or stopped).
 
+        The request waits for :meth:`serve` if the actor is not serving yet.
+
         Raises:
             CheckpointError: The epoch could not be written, or the run stopped first.
-            RuntimeError: The actor is not serving.
         """
-        if self._store is None:
-            raise RuntimeError("no checkpoint actor is serving: run serve() first")
         request = _Request(final)
         self._requests += 1
         if self._queue:
@@ -345,6 +348,11 @@ class Checkpointer:
             raise request.error
         assert request.info is not None
         return request.info
+
+    async def settled(self) -> None:
+        """Wait until the actor has answered every request and waits for the next."""
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
 
     def wake(self) -> None:
         """Let the periodic timer look again now (the producers may have finished)."""

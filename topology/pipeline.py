@@ -113,6 +113,7 @@ class Pipeline:
     _barrier: Barrier = attrs.field(factory=Barrier)
     _checkpointer: Checkpointer = attrs.field(init=False)
     _checkpointing: bool = False
+    _writing_one: bool = False
 
     def __attrs_post_init__(self) -> None:
         self._checkpointer = Checkpointer(
@@ -399,14 +400,19 @@ class Pipeline:
             ValueError: The running actor writes to another store.
         """
         writing = self._checkpointer.store
-        if writing is not None:
-            if writing is not store:
-                raise ValueError(f"this pipeline writes its epochs to {writing.path}")
+        if writing is not None and writing is not store:
+            raise ValueError(f"this pipeline writes its epochs to {writing.path}")
+        if writing is not None or self._writing_one:  # an actor serves, or is starting to
             return await self._checkpointer.epoch(final=final)
-        async with open_nursery() as nursery:
-            await nursery.start(self._serve_epochs, store, in_thread)
-            info = await self._checkpointer.epoch(final=final)
-            nursery.cancel_scope.cancel()
+        self._writing_one = True
+        try:
+            async with open_nursery() as nursery:
+                await nursery.start(self._serve_epochs, store, in_thread)
+                info = await self._checkpointer.epoch(final=final)
+                await self._checkpointer.settled()  # requests that came meanwhile too
+                nursery.cancel_scope.cancel()
+        finally:
+            self._writing_one = False
         return info
 
     async def _serve_epochs(
