@@ -209,6 +209,9 @@ class CheckpointReport:
     """Real seconds spent writing epochs."""
     rollbacks: list[Rollback]
     """Every rollback, in order."""
+    final_epoch: str = "not asked"
+    """What became of the final epoch: ``written``, ``failed``, ``timed out`` (not written
+    within ``final_timeout``; the run resumes from the epoch before it) or ``not asked``."""
 
 
 @attrs.frozen(kw_only=True)

@@ -546,6 +546,7 @@ class Run:
             last_epoch=None if last is None else last.epoch,
             write_seconds_total=round(sum(e.write_seconds for e in pipeline.epochs), 6),
             rollbacks=self._rollbacks,
+            final_epoch=pipeline.statistics().final_epoch,
         )
 
     def _on_stall(self, scope: trio.CancelScope, reason: str) -> None:

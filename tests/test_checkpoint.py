@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
+import trio
+import trio.testing
+from rich.console import Console
 
 from sim.cli import main
+from sim.cli.summary import print_summary
 from sim.processors import BloggerAnalytics
+from sim.report import Report
 from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 from sim.workloads import VideoSite
 from tests.test_split import epochs_in
-from topology import CheckpointError, CheckpointStore, Pipeline, Topology
+from topology import (
+    CheckpointError,
+    CheckpointSettings,
+    CheckpointStore,
+    DamagedEpoch,
+    Pipeline,
+    Topology,
+    describe_part,
+)
 from topology.checkpoint import FILE_NAME, Snapshot
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
@@ -91,7 +107,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     CheckpointStore.open(tmp_path, "print")
     with sqlite3.connect(tmp_path / FILE_NAME) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(CheckpointError, match="schema version 99, newer than this ringflow's 2"):
+    with pytest.raises(CheckpointError, match="schema version 99, newer than this ringflow's 3"):
         CheckpointStore.open(tmp_path, "print")
 
 
@@ -111,6 +127,50 @@ def test_a_damaged_database_is_refused_and_left_alone(tmp_path: Path, damage: st
     assert path.read_bytes() == before
 
 
+def test_parts_are_described_as_the_checkpoints_command_lists_them(tmp_path: Path) -> None:
+    report = run_with_state(tmp_path)
+    store = CheckpointStore.open(
+        tmp_path, Pipeline.build(topology(), REGISTRY, events=EVENTS).fingerprint
+    )
+    loaded = store.load()
+    store.close()
+    assert loaded is not None
+    parts = loaded[1]
+    described = {key: describe_part(*key, data) for key, data in parts.items()}
+    committed = report["partitions"][0]["committed"]
+    assert described["partition", "events/0"] == (
+        f"offsets {committed['video-stats']:,}..{report['partitions'][0]['records']:,}; "
+        "committed " + ", ".join(f"{g}={o:,}" for g, o in committed.items())
+    )
+    assert described["producer", "site/0"] == f"{EVENTS // 2:,} events made"
+    assert described["consumer", "video-stats"] == f"{EVENTS:,} records processed"
+    assert described["topic", "events"] == f"{EVENTS:,} records produced"
+    assert described["processor", "video-stats"] == described["run", "clock"] == ""
+
+
+def test_parts_of_older_schemas_are_described_by_position() -> None:
+    def old(kind: str, data: Any) -> str:
+        return describe_part(kind, "x", msgspec.msgpack.encode(data), schema=2)
+
+    assert (
+        old("partition", [5, 1_200, {"g": 1_000}, 9, []]) == "offsets 5..1,200; committed g=1,000"
+    )
+    assert old("producer", {"done": 4_000, "workload": []}) == "4,000 events made"
+    assert old("consumer", {"records": 12}) == "12 records processed"
+    assert old("topic", [3_000, [], {}]) == "3,000 records produced"
+    assert old("sequences", {"p-0": 3}) == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [(b"\xc1", "not MessagePack"), (msgspec.msgpack.encode([1, 2]), "not what this part holds")],
+)
+def test_a_part_that_cannot_be_described_says_why(data: bytes, problem: str) -> None:
+    with pytest.raises(DamagedEpoch) as caught:
+        describe_part("partition", "events/0", data)
+    assert (caught.value.part, caught.value.problem) == ("partition/events/0", problem)
+
+
 def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="cannot create the state folder"):
@@ -127,10 +187,112 @@ def test_checkpointed_run_gives_the_same_aggregates_and_writes_epochs(tmp_path: 
     checkpoints = report["checkpoints"]
     # 60,000 events at 50,000 a second: epochs at t=1 and a final one.
     assert checkpoints["epochs_written"] == 2
+    assert checkpoints["final_epoch"] == "written"
     store = CheckpointStore.open(
         tmp_path, Pipeline.build(topology(), REGISTRY, events=EVENTS).fingerprint
     )
     assert [e.final for e in store.epochs()] == [False, True]
+
+
+def test_the_summary_says_when_the_final_epoch_was_not_written(tmp_path: Path) -> None:
+    report = run_with_state(tmp_path)
+    written = summary_of(report)
+    assert "the final epoch" not in written
+    for outcome in ("timed out", "failed"):
+        late = {**report, "checkpoints": {**report["checkpoints"], "final_epoch": outcome}}
+        assert Report.from_dict(late).checkpoints.final_epoch == outcome  # type: ignore[union-attr]
+        assert (
+            f"the final epoch {outcome}: running the same command again resumes from the last "
+            "epoch written"
+        ) in summary_of(late)
+
+
+def summary_of(report: dict[str, Any]) -> str:
+    """The summary ``ringflow run`` prints for ``report``."""
+    console = Console(file=io.StringIO(), width=300)
+    print_summary(console, Report.from_dict(report), Path("r.json"))
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_a_stop_and_a_periodic_epoch_asked_at_once_are_both_answered(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The timer asks for an epoch at t=1 s and a stop (Ctrl-C) at the same instant: neither
+    waits for ever, the stop's epoch is final and written, and the run goes on to the end."""
+    pipeline = Pipeline.build(topology(), REGISTRY, events=EVENTS)
+    store = CheckpointStore.open(tmp_path, pipeline.fingerprint, keep=10)
+    settings = CheckpointSettings(store, every=1.0, in_thread=False)
+    with trio.fail_after(600):  # simulated seconds: the run takes 1.2
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.run, None, settings)
+            await trio.sleep(settings.every or 0)  # the timer's instant
+            with trio.move_on_after(settings.final_timeout) as waiting:
+                stop = await pipeline.checkpoint(store, final=True, in_thread=False)
+            assert not waiting.cancelled_caught, "the stop's epoch timed out"
+    assert stop.final
+    assert stop in pipeline.epochs
+    assert pipeline.events_consumed == EVENTS
+    numbers = [e.epoch for e in pipeline.epochs]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert [e.epoch for e in store.epochs()] == numbers
+    assert pipeline.epochs[-1].final  # the end of the run still writes its final epoch
+    store.close()
+
+
+async def test_epochs_asked_at_once_of_a_pipeline_that_is_not_running_are_both_written(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    pipeline = Pipeline.build(topology(), REGISTRY, events=EVENTS)
+    store = CheckpointStore.open(tmp_path, pipeline.fingerprint, keep=10)
+    answers: list[Any] = []
+
+    async def ask(final: bool) -> None:
+        answers.append(await pipeline.checkpoint(store, final=final, in_thread=False))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, False)
+            nursery.start_soon(ask, True)
+    assert len(answers) == 2
+    assert [e.epoch for e in store.epochs()] == sorted({a.epoch for a in answers})
+    assert any(a.final for a in answers)
+    store.close()
+
+
+class StalledStore(CheckpointStore):
+    """A store whose final epoch stalls in the write, as on a disk that hangs."""
+
+    release = threading.Event()
+    written = threading.Event()
+
+    def write(self, snap: Snapshot) -> Any:
+        if snap.final:
+            self.release.wait(timeout=20)
+        info = super().write(snap)
+        self.written.set()
+        return info
+
+
+async def test_the_final_timeout_bounds_a_final_epoch_whose_write_hangs(tmp_path: Path) -> None:
+    """The write goes on in its thread; the run returns after the final timeout, says so, and
+    the epoch lands whole when the write ends."""
+    pipeline = Pipeline.build(topology(), REGISTRY, events=2_000)
+    store = StalledStore.open(tmp_path, pipeline.fingerprint)
+    settings = CheckpointSettings(store, every=None, final_timeout=0.2, in_thread=True)
+    StalledStore.release.clear()
+    StalledStore.written.clear()
+    await pipeline.run(None, settings)
+    assert not StalledStore.written.is_set(), "the run waited for the write"
+    store.close()  # does not wait for the write either
+    assert not StalledStore.written.is_set()
+    StalledStore.release.set()
+    assert pipeline.statistics().final_epoch == "timed out"
+    assert pipeline.epochs == []
+    assert await trio.to_thread.run_sync(StalledStore.written.wait, 20)
+    epochs = store.epochs()
+    assert [(e.epoch, e.final) for e in epochs] == [(1, True)]
+    assert store.verify(1) is None
+    store.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -2,7 +2,7 @@
 
 Every public class and function defined in a module of ``actors`` or ``topology`` is either
 re-exported by its package or listed below as used through its module (the wire protocol's
-frames, the Redis logger's helpers, the builder's internals); every name a package exports is
+frames, the Redis logger's helpers, the builder's parts); every name a package exports is
 defined in one of its own modules. A new public name must take one side.
 """
 
@@ -60,22 +60,54 @@ MODULE_LEVEL = {
         },
     },
     "topology": {
-        "build": {
-            "ConsumerTally",
-            "agreement",
+        "checkpoint": {"Snapshot", "part_checksum"},
+        "epochs": {"Barrier", "BarrierStatistics", "Checkpointer", "RunClock"},
+        "node": {"GatewayState", "MemberPositions", "Node", "NodeStatistics", "RemoteLink"},
+        "plan": {
             "ProducerPlan",
-            "TopicTally",
+            "agreement",
+            "check_placement",
+            "event_types",
             "fingerprint",
+            "make_plans",
             "producer_id",
             "split_evenly",
             "split_proportionally",
+            "topics_of",
+            "value_type",
         },
-        "checkpoint": {"Snapshot", "part_checksum", "restoring"},
         "checks": {"at_least", "at_most", "checks", "optional_name", "positive"},
         "convert": {"describe_errors", "make_converter"},
         "crosscheck": {"problems_across"},
         "loading": {"duplicate_keys", "load_yaml", "read_text"},
-        "segment": {"decode_segments", "encode_segments"},
+        "segment": {"SegmentLog", "decode_segments", "encode_segments"},
+        "processing": {"Consumers", "consume", "make_consumers"},
+        "snapshot": {
+            "ClockPart",
+            "ConsumerTallyPart",
+            "GatewayPart",
+            "MemberPart",
+            "Part",
+            "PartitionContents",
+            "PartitionPart",
+            "ProcessorPart",
+            "ProcessorState",
+            "ProducerPart",
+            "RemotePartitionPart",
+            "RemoteTopicPart",
+            "RetainedRecords",
+            "Stateful",
+            "StoredBatch",
+            "TopicSummary",
+            "TopicTallyPart",
+            "capture_parts",
+            "decode",
+            "encode",
+            "restore_parts",
+            "restoring",
+        },
+        "source": {"SourceStatistics", "WorkloadSource"},
+        "tally": {"TopicTally", "check_expectations"},
     },
 }
 """Public names used through their module rather than the package, per package and module."""

@@ -25,9 +25,9 @@ import sim.run
 from sim.cli import main
 from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 from tests.test_split import epochs_in
-from topology import CheckpointStore, Pipeline, Topology
-from topology.build import CheckpointSettings
+from topology import CheckpointSettings, CheckpointStore, Pipeline, Topology
 from topology.checkpoint import FILE_NAME, Snapshot
+from topology.snapshot import ProcessorPart, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "topology" / "examples"
@@ -164,8 +164,15 @@ def write_buggy_epoch(state: Path, kind: str, name: str, data: bytes, drop: list
     ("kind", "name", "data", "problem"),
     [
         ("processor", "video-stats", b"\xc1 not MessagePack", "DecodeError"),
-        ("processor", "video-stats", msgspec.msgpack.encode(5), "TypeError"),
+        ("processor", "video-stats", msgspec.msgpack.encode(5), "ValidationError"),
+        ("processor", "video-stats", encode(ProcessorPart(state=5)), "TypeError"),
         ("partition", "events/0", msgspec.msgpack.encode("a string"), "ValidationError"),
+        (
+            "partition",
+            "events/0",
+            msgspec.msgpack.encode([0, 0, {"video-stats": 0}, 0, []]),  # schema 2's layout
+            "ValidationError",
+        ),
     ],
 )
 def test_a_part_that_cannot_be_restored_falls_back_or_is_refused(
@@ -263,7 +270,7 @@ def test_a_store_of_the_older_schema_is_refused_and_can_still_be_listed(
     assert cli_run(state, tmp_path / "r.json") == 2
     [refusal] = lines(capsys.readouterr().err)
     assert refusal == (
-        f"{state / FILE_NAME} has schema version 1, older than this ringflow's 2: its epochs "
+        f"{state / FILE_NAME} has schema version 1, older than this ringflow's 3: its epochs "
         "carry no checksums, so they cannot be verified and it is not resumed (it was left as "
         "it is). Finish the run with the ringflow that wrote it, or use another state folder "
         "(checkpoint.path in the file, or --state) to start afresh"
@@ -273,6 +280,41 @@ def test_a_store_of_the_older_schema_is_refused_and_can_still_be_listed(
     listing = capsys.readouterr().out
     assert "an older schema: epochs have no checksums to verify" in listing
     assert "50,000" in listing
+
+
+def test_a_store_of_schema_2_is_refused_and_can_still_be_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Schema 2 had checksums, but its parts were lists read by position: it is refused with
+    what to do, left as it is, and still listed."""
+    state = tmp_path / "state"
+    store = CheckpointStore.open(state, fingerprint(), name="video-site")
+    parts = {
+        ("topic", "events"): msgspec.msgpack.encode([50_000, [[0, 7]], {"view": 50_000}]),
+        ("partition", "events/0"): msgspec.msgpack.encode([0, 10, {"video-stats": 10}, 10, []]),
+    }
+    store.write(Snapshot(1.0, 50_000, 0, parts))
+    store.close()
+    with closing(sqlite3.connect(state / FILE_NAME)) as db, db:
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    before = (state / FILE_NAME).read_bytes()
+    capsys.readouterr()
+    assert cli_run(state, tmp_path / "r.json") == 2
+    [refusal] = lines(capsys.readouterr().err)
+    assert refusal == (
+        f"{state / FILE_NAME} has schema version 2, older than this ringflow's 3: its parts are "
+        "laid out as lists read by position, so it is not resumed (it was left as it is). "
+        "Finish the run with the ringflow that wrote it, or use another state folder "
+        "(checkpoint.path in the file, or --state) to start afresh"
+    )
+    assert (state / FILE_NAME).read_bytes() == before
+    assert not (tmp_path / "r.json").exists()
+    assert main(["checkpoints", str(state)]) == 0
+    assert "50,000" in capsys.readouterr().out
+    assert main(["checkpoints", str(state), "--epoch", "1"]) == 0
+    listing = capsys.readouterr().out
+    assert "50,000 records produced" in listing
+    assert "offsets 0..10; committed video-stats=10" in listing
 
 
 def test_the_checkpoints_command_shows_damaged_epochs(

@@ -21,8 +21,7 @@ from sim.cli.summary import print_summary
 from sim.report import Report
 from sim.workloads import VideoEvent
 from tests.test_split import run_nodes, split_data
-from topology import Topology
-from topology.build import ConsumerTally
+from topology import ConsumerTally, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_SITE = ROOT / "topology" / "examples" / "video-site.yaml"

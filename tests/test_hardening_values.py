@@ -14,6 +14,7 @@ from sim.workloads import VideoEvent
 from tests.test_gateway import client, close_of, serving
 from tests.test_hardening_gateway import batch, hello
 from topology import Pipeline, Topology
+from topology.snapshot import ConsumerTallyPart, decode, encode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,5 +65,7 @@ def test_records_of_an_unknown_producer_fail_no_loss_instead_of_crashing() -> No
         no_loss.detail
     )
     restored = type(tally)(tally.name, tally.topics, tally.sources, tally.check_order)
-    restored.restore(tally.snapshot())
+    part = decode("consumer", encode(tally.capture()))
+    assert isinstance(part, ConsumerTallyPart)
+    restored.restore(part)
     assert restored.strangers == {"events": 3}

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import trio
 import yaml
@@ -30,6 +29,7 @@ from actors.wire import (
 from sim.run import REGISTRY
 from tests.test_gateway import close_of
 from topology import EpochInfo, Pipeline, Placement, Topology
+from topology.snapshot import MemberPart, decode, encode
 
 SPLIT = Path(__file__).resolve().parent.parent / "topology" / "examples" / "video-site-split.yaml"
 
@@ -125,7 +125,7 @@ async def test_a_restored_node_keeps_its_members_positions_in_epochs_before_they
     second restart would process those records again."""
     data = yaml.safe_load(SPLIT.read_text())
     topology = Topology.from_dict(data)
-    saved = msgspec.msgpack.encode([[0, 1234], [3, 77]])
+    saved = encode(MemberPart(processed={0: 1234, 3: 77}))
     parts = {("member", f"video-stats/{i}/events"): saved for i in range(2)}
     info = EpochInfo(1, 0.0, 0.0, 0, 0, len(saved), 0.0, False)
     pipeline = Pipeline.build(
@@ -134,8 +134,9 @@ async def test_a_restored_node_keeps_its_members_positions_in_epochs_before_they
     snapshot = pipeline.capture()
     for instance in range(2):
         data = snapshot.parts["member", f"video-stats/{instance}/events"]
-        assert msgspec.msgpack.decode(data) == [[0, 1234], [3, 77]]
-    assert msgspec.msgpack.decode(snapshot.parts["member", "blogger-analytics/0/events"]) == []
+        assert decode("member", data) == MemberPart(processed={0: 1234, 3: 77})
+    empty = decode("member", snapshot.parts["member", "blogger-analytics/0/events"])
+    assert empty == MemberPart(processed={})
 
 
 async def test_a_member_that_never_asks_loses_its_partitions_after_the_session_timeout() -> None:

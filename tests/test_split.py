@@ -28,8 +28,7 @@ from actors import Columns, ConsumerGroup, Gateway, Topic, open_producer
 from sim.report import build_report
 from sim.run import REGISTRY, run_pipeline
 from sim.tap import stream, tap_url
-from topology import Pipeline, Topology, TopologyError
-from topology.build import Placement
+from topology import Pipeline, Placement, Topology, TopologyError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "topology" / "examples"
 SPLIT = EXAMPLES / "video-site-split.yaml"

@@ -1,16 +1,13 @@
 """Topology files: their schema, the registry of names they use, and the builder."""
 
-from .build import LATENCY_RESOLUTION as LATENCY_RESOLUTION
-from .build import CheckpointSettings as CheckpointSettings
-from .build import Expectation as Expectation
-from .build import Pipeline as Pipeline
-from .build import Placement as Placement
 from .checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from .checkpoint import CheckpointStore as CheckpointStore
 from .checkpoint import DamagedEpoch as DamagedEpoch
 from .checkpoint import EpochInfo as EpochInfo
 from .checkpoint import read_store as read_store
 from .checks import Checked as Checked
+from .epochs import CheckpointerStatistics as CheckpointerStatistics
+from .epochs import CheckpointSettings as CheckpointSettings
 from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
@@ -21,6 +18,9 @@ from .limits import MAX_EVENTS as MAX_EVENTS
 from .limits import MAX_IDS as MAX_IDS
 from .limits import MAX_IDS_WHY as MAX_IDS_WHY
 from .limits import limit_problem as limit_problem
+from .pipeline import Pipeline as Pipeline
+from .pipeline import PipelineStatistics as PipelineStatistics
+from .plan import Placement as Placement
 from .registry import Event as Event
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType
@@ -38,3 +38,7 @@ from .sections import RedisSpec as RedisSpec
 from .sections import TopicSpec as TopicSpec
 from .sections import parse_address as parse_address
 from .segment import Segment as Segment
+from .snapshot import describe_part as describe_part
+from .tally import LATENCY_RESOLUTION as LATENCY_RESOLUTION
+from .tally import ConsumerTally as ConsumerTally
+from .tally import Expectation as Expectation

@@ -16,12 +16,15 @@ import attrs
 import msgspec
 
 from .errors import CheckpointError
-from .segment import Segment, decode_segments, encode_segments
+from .segment import Segment, SegmentLog, decode_segments, encode_segments
 
-SCHEMA_VERSION = 2
-"""The layout of the database; another one is refused, never rewritten. Version 2 added a
-checksum to every part and every epoch, whether the epoch ended a completed run, and the
-segments (processes) of the run that led to it."""
+SCHEMA_VERSION = 3
+"""The layout of the database and its parts; another one is refused, never rewritten.
+Version 2 added checksums, whether the epoch ended a completed run, and the run's segments;
+version 3 stores each part as a versioned map (``snapshot.py``), not a list read by position."""
+
+CHECKSUMS_SINCE = 2
+"""The first schema version whose parts and epochs carry checksums."""
 
 FILE_NAME = "checkpoints.sqlite3"
 """The database's name inside a state folder."""
@@ -117,27 +120,6 @@ class DamagedEpoch(CheckpointError):
         return DamagedEpoch(epoch, self.part, self.problem)
 
 
-@contextmanager
-def restoring(kind: str, name: str) -> Iterator[None]:
-    """Report a part that fails to decode or to restore as :class:`DamagedEpoch`.
-
-    Its checksum matched, so it was written so: the bytes are not what its reader expects.
-    """
-    try:
-        yield
-    except (
-        msgspec.DecodeError,
-        KeyError,
-        IndexError,
-        TypeError,
-        ValueError,
-        AttributeError,
-    ) as exc:
-        raise DamagedEpoch(
-            None, f"{kind}/{name}", f"cannot be restored ({type(exc).__name__}: {exc})"
-        ) from None
-
-
 def part_checksum(kind: str, name: str, data: bytes) -> str:
     """The checksum of one part: sha256 of its kind, name and bytes."""
     digest = hashlib.sha256(f"{kind}\0{name}\0".encode())
@@ -204,9 +186,8 @@ class CheckpointStore:
         """The epochs :meth:`load_intact` passed over, newest first."""
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._earlier: tuple[Segment, ...] = ()
-        self._segment: Segment | None = None
-        self._segment_clock = 0.0
+        self._closing = False
+        self._segments = SegmentLog()
 
     @classmethod
     def open(
@@ -267,6 +248,7 @@ class CheckpointStore:
         # One connection for the store's life: opening one per epoch cost more than writing
         # the epoch. Writes may come from a worker thread, so access is serialised here.
         with self._lock:
+            self._closing = False
             if self._db is None:
                 db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
                 try:
@@ -279,15 +261,31 @@ class CheckpointStore:
                     db.close()
                     raise
                 self._db = db
-            with self._db:
-                yield self._db
+            try:
+                with self._db:
+                    yield self._db
+            finally:
+                if self._closing:
+                    self._close()
 
     def close(self) -> None:
-        """Close the database connection (the store opens it again when needed)."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Close the database connection (the store opens it again when needed).
+
+        A write still in progress (in a worker thread its caller abandoned) is not waited
+        for: the connection is closed when that write ends.
+        """
+        if not self._lock.acquire(blocking=False):
+            self._closing = True
+            return
+        try:
+            self._close()
+        finally:
+            self._lock.release()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def _check(self, db: sqlite3.Connection) -> None:
         problem = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -308,10 +306,14 @@ class CheckpointStore:
                 "(checkpoint.path)"
             )
         if version < SCHEMA_VERSION:
+            why = (
+                "its epochs carry no checksums, so they cannot be verified and it is not resumed"
+                if version < CHECKSUMS_SINCE
+                else "its parts are laid out as lists read by position, so it is not resumed"
+            )
             raise CheckpointError(
                 f"{self.path} has schema version {version}, older than this ringflow's "
-                f"{SCHEMA_VERSION}: its epochs carry no checksums, so they cannot be verified "
-                "and it is not resumed (it was left as it is). Finish the run with the "
+                f"{SCHEMA_VERSION}: {why} (it was left as it is). Finish the run with the "
                 "ringflow that wrote it, or use another state folder (checkpoint.path) to start "
                 "afresh"
             )
@@ -324,33 +326,21 @@ class CheckpointStore:
                 "seed and events"
             )
 
+    @property
+    def checksummed(self) -> bool:
+        """Whether the store's schema has checksums to verify (version 2 on)."""
+        return self.version >= CHECKSUMS_SINCE
+
     def begin_segment(self, resumed: EpochInfo | None) -> None:
         """Count from now a new segment of the run, after the segments that led to
         ``resumed`` (the epoch it resumed from; None for a fresh run). Every epoch written
         from now on records them, with this one up to the epoch."""
-        self._earlier = () if resumed is None else resumed.segments
-        self._segment_clock = time.perf_counter()
-        self._segment = Segment(
-            number=len(self._earlier) + 1,
-            resumed_from_epoch=None if resumed is None else resumed.epoch,
-            started_at=time.time(),
-            wall_seconds=0.0,
-            events_from=0 if resumed is None else resumed.events_produced,
-            events_to=0 if resumed is None else resumed.events_produced,
-            sim_from=0.0 if resumed is None else resumed.sim_time,
-            sim_to=0.0 if resumed is None else resumed.sim_time,
-        )
-
-    def _segments_at(self, snapshot: Snapshot) -> tuple[Segment, ...]:
-        if self._segment is None:
-            return self._earlier
-        current = attrs.evolve(
-            self._segment,
-            wall_seconds=time.perf_counter() - self._segment_clock,
-            events_to=snapshot.events_produced,
-            sim_to=snapshot.sim_time,
-        )
-        return (*self._earlier, current)
+        if resumed is None:
+            self._segments = SegmentLog.fresh()
+        else:
+            self._segments = SegmentLog.after(
+                resumed.segments, resumed.epoch, resumed.events_produced, resumed.sim_time
+            )
 
     def write(self, snapshot: Snapshot) -> EpochInfo:
         """Write ``snapshot`` as the next epoch, in one transaction; drop epochs beyond ``keep``.
@@ -360,7 +350,7 @@ class CheckpointStore:
         """
         started = time.perf_counter()
         size = sum(len(data) for data in snapshot.parts.values())
-        segments = self._segments_at(snapshot)
+        segments = self._segments.up_to(snapshot.events_produced, snapshot.sim_time)
         history = encode_segments(segments)
         parts = [
             (kind, name, data, part_checksum(kind, name, data))
@@ -453,7 +443,7 @@ class CheckpointStore:
         Raises:
             CheckpointError: The list of epochs cannot be read (the file is damaged).
         """
-        extra = "completed, CAST(segments AS BLOB)" if self.version >= 2 else "0, '[]'"
+        extra = "completed, CAST(segments AS BLOB)" if self.checksummed else "0, '[]'"
         try:
             with self._connect() as db:
                 rows = db.execute(
@@ -511,7 +501,7 @@ class CheckpointStore:
             raise DamagedEpoch(epoch, "parts", f"cannot be read ({exc})") from None
 
     def _read_parts(self, epoch: int, *, verify: bool) -> dict[tuple[str, str], tuple[bytes, str]]:
-        checksum = "checksum" if self.version >= 2 else "''"
+        checksum = "checksum" if self.checksummed else "''"
         with self._connect() as db:
             rows = db.execute(
                 f"SELECT kind, name, data, {checksum} FROM parts WHERE epoch = ?", (epoch,)

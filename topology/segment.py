@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,6 +68,54 @@ class Segment:
             sim_from=float(data["sim_from"]),
             sim_to=float(data["sim_to"]),
         )
+
+
+@attrs.define(eq=False)
+class SegmentLog:
+    """The segments of a run as this process sees it: those before it, and its own, which
+    grows from the process's start to each epoch it writes."""
+
+    earlier: tuple[Segment, ...] = ()
+    """The segments of the processes before this one."""
+    current: Segment | None = None
+    """This process's segment, as it began; None until it begins."""
+    started: float = 0.0
+    """``time.perf_counter()`` when it began."""
+
+    @classmethod
+    def fresh(cls) -> SegmentLog:
+        """The first segment of a run, beginning now."""
+        return cls.after((), None, 0, 0.0)
+
+    @classmethod
+    def after(
+        cls, earlier: tuple[Segment, ...], epoch: int | None, events: int, sim_time: float
+    ) -> SegmentLog:
+        """A segment beginning now, resumed from ``epoch`` (with ``events`` produced at
+        ``sim_time``), after the segments ``earlier`` that led to it."""
+        current = Segment(
+            number=len(earlier) + 1,
+            resumed_from_epoch=epoch,
+            started_at=time.time(),
+            wall_seconds=0.0,
+            events_from=events,
+            events_to=events,
+            sim_from=sim_time,
+            sim_to=sim_time,
+        )
+        return cls(earlier, current, time.perf_counter())
+
+    def up_to(self, events: int, sim_time: float) -> tuple[Segment, ...]:
+        """Every segment, this one ending now with ``events`` produced at ``sim_time``."""
+        if self.current is None:
+            return self.earlier
+        current = attrs.evolve(
+            self.current,
+            wall_seconds=time.perf_counter() - self.started,
+            events_to=events,
+            sim_to=sim_time,
+        )
+        return (*self.earlier, current)
 
 
 def encode_segments(segments: Sequence[Segment]) -> str:

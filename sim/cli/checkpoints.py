@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime
 from pathlib import Path
-from typing import Any
 
-import msgspec
 from rich.markup import escape
 from rich.table import Table
 
-from topology import SCHEMA_VERSION, CheckpointError, read_store
+from topology import CheckpointError, DamagedEpoch, describe_part, read_store
 
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -27,7 +25,7 @@ def checkpoints(args: argparse.Namespace) -> ExitCode:
         meta, store = read_store(args.state)
     except CheckpointError as exc:
         return refuse(err, exc)
-    checked = store.version >= SCHEMA_VERSION
+    checked = store.checksummed
     try:
         epochs = store.epochs()
         loaded = store.load(args.epoch, verify=False) if args.epoch else None
@@ -87,33 +85,12 @@ def checkpoints(args: argparse.Namespace) -> ExitCode:
             table.add_row(kind, escape(name), f"{len(data):,}", "[red]damaged[/red]")
             continue
         try:
-            decoded = msgspec.msgpack.decode(data)
-        except msgspec.DecodeError:
-            table.add_row(kind, escape(name), f"{len(data):,}", "[red]not MessagePack[/red]")
-            continue
-        try:
-            what = _describe_part(kind, decoded)
-        except (TypeError, KeyError, IndexError, AttributeError, ValueError):
-            what = "[red]not what this part holds[/red]"
+            what = describe_part(kind, name, data, schema=store.version)
+        except DamagedEpoch as exc:
+            what = f"[red]{exc.problem}[/red]"
         table.add_row(kind, escape(name), f"{len(data):,}", what)
     out.print(table)
     return ExitCode.OK
-
-
-def _describe_part(kind: str, decoded: Any) -> str:
-    # What one part of an epoch holds, decoded by position as the builder encodes it.
-    if kind == "partition":
-        start, end, committed = decoded[0], decoded[1], decoded[2]
-        return f"offsets {start:,}..{end:,}; committed " + ", ".join(
-            f"{group}={offset:,}" for group, offset in committed.items()
-        )
-    if kind == "producer":
-        return f"{decoded['done']:,} events made"
-    if kind == "consumer":
-        return f"{decoded['records']:,} records processed"
-    if kind == "topic":
-        return f"{decoded[0]:,} records produced"
-    return ""
 
 
 CHECKPOINTS = Command(

@@ -111,6 +111,11 @@ def _print_checkpoints(console: Console, report: Report) -> None:
             f"checkpoints: {checkpoints.epochs_written} epochs written "
             f"(last: {checkpoints.last_epoch}) to {escape(checkpoints.database)}"
         )
+    if checkpoints.final_epoch in ("timed out", "failed"):
+        console.print(
+            f"[yellow]the final epoch {checkpoints.final_epoch}[/yellow]: running the same "
+            "command again resumes from the last epoch written"
+        )
 
 
 def _print_logging(console: Console, report: Report) -> None:

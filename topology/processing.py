@@ -1,0 +1,141 @@
+"""Processing: the consumers of a topology, whose instances read their group's batches and
+fold them into their processor.
+
+Each consumer instance is one actor. It commits a batch in the same step as it processes it,
+with no checkpoint between: then at every moment the processor's state matches the committed
+offsets, which is what makes a snapshot consistent without stopping consumers. A new kind of
+consumer (a sink that writes to another system) is a function here with the same duties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from actors import Consumer, ConsumerGroup, RemoteConsumer, RemoteGroup, Topic
+
+from .node import Node
+from .registry import Processor, Registry
+from .schema import Topology
+from .tally import ConsumerTally
+
+
+@attrs.frozen
+class Consumers:
+    """The consumers of a topology, as built for one process."""
+
+    groups: dict[tuple[str, str], ConsumerGroup | RemoteGroup]
+    """By (consumer, topic), the group each consumer running here joins."""
+    hosted: dict[tuple[str, str], ConsumerGroup]
+    """By (group, topic), the groups whose offsets live here, wherever their members run."""
+    processors: dict[str, Processor]
+    """By consumer running here, its processor (shared by its instances)."""
+    tallies: dict[str, ConsumerTally]
+    """By consumer running here, what it processed."""
+
+
+def make_consumers(
+    topology: Topology,
+    registry: Registry,
+    topics: Mapping[str, Topic],
+    sources: int,
+    value_type: Callable[[str], Any],
+    node: Node | None = None,
+) -> Consumers:
+    """One group per (consumer, topic), hosted where the topic's ring is (``topics``: the
+    rings here); one processor and one tally per consumer running here.
+
+    Args:
+        topology: A validated topology.
+        registry: The processors it may name.
+        topics: The topics whose rings live here.
+        sources: How many producer instances the topology has.
+        value_type: The type record values of a topic decode to.
+        node: The node of a split topology this process runs as; None when whole.
+    """
+    here = None if node is None else node.spec
+    consumers = Consumers({}, {}, {}, {})
+    for name, consumer in topology.consumers.items():
+        local = here is None or name in here.consumers
+        for topic in consumer.topic_names:
+            group_name = consumer.group or name
+            if topic in topics:
+                group = consumers.hosted[group_name, topic] = ConsumerGroup(
+                    group_name, topics[topic], strategy=consumer.strategy
+                )
+                if local:
+                    consumers.groups[name, topic] = group
+                elif node is not None:
+                    node.remote_members.update(
+                        (group_name, topic, f"{name}-{i}") for i in range(consumer.instances)
+                    )
+            elif local and node is not None:
+                consumers.groups[name, topic] = node.remote_group(
+                    name, topic, group_name, value_type(topic)
+                )
+        if not local:
+            continue
+        processor_type = registry.processors[consumer.processor]
+        consumers.processors[name] = processor_type.make(registry.processor_params(topology, name))
+        consumers.tallies[name] = ConsumerTally(
+            name, tuple(consumer.topic_names), sources, topology.expect.per_key_order
+        )
+    return consumers
+
+
+async def consume(
+    group: ConsumerGroup | RemoteGroup,
+    member: str,
+    topic: str,
+    processor: Processor,
+    tally: ConsumerTally,
+    *,
+    max_records: int | None,
+    origin: float,
+    monitor: Callable[[], None] | None = None,
+    epoch: Callable[[], Awaitable[Any]] | None = None,
+) -> None:
+    """Join ``group`` of ``topic`` as ``member`` and process every batch until the end.
+
+    Args:
+        group: The group, here or on another node.
+        member: The member's name in the group.
+        topic: The topic the group reads.
+        processor: Folds the batches (shared by the consumer's instances).
+        tally: Counts and checks what the consumer processed.
+        max_records: The most records handed over at once.
+        origin: The run's clock at event time 0 (for latency).
+        monitor: Called after every batch (keep it cheap).
+        epoch: Asks for an epoch and waits until it is written, when the run writes epochs:
+            a member of a group on another node commits only what an epoch holds, and leaves
+            once one holds everything it processed.
+    """
+    if isinstance(group, RemoteGroup):
+        async with group.join(
+            member, auto_commit=False, max_records=max_records, durable_commits=epoch is not None
+        ) as remote:
+            await _read(remote, topic, processor, tally, origin, monitor)
+            if epoch is not None:
+                await epoch()
+        return
+    async with group.join(member, auto_commit=False, max_records=max_records) as local:
+        await _read(local, topic, processor, tally, origin, monitor)
+
+
+async def _read(
+    member: Consumer | RemoteConsumer,
+    topic: str,
+    processor: Processor,
+    tally: ConsumerTally,
+    origin: float,
+    monitor: Callable[[], None] | None,
+) -> None:
+    async for batch in member.batches():
+        tally.observe(topic, batch, trio.current_time() - origin)
+        processor.process(batch.values)
+        member.commit_nowait()
+        if monitor is not None:
+            monitor()

@@ -1,0 +1,420 @@
+"""Snapshots: one versioned msgspec ``Struct`` per kind of state an epoch saves.
+
+An epoch is a set of parts, each stored under (kind, name), such as ``("partition",
+"events/0")`` or ``("processor", "video-stats")``. Every kind has one ``Struct`` here, encoded
+as a MessagePack map with its field names and a version ``v``: capture writes it, restore
+reads it, and ``ringflow checkpoints`` describes it with :func:`describe_part`, all through the
+same class. A new layout of a kind is a new ``Struct`` with the next ``v``; an old one is then
+still recognised, never misread by position.
+
+Every object whose state an epoch keeps has the :class:`Stateful` interface: ``capture()``
+gives its part, ``restore(part)`` takes one back. What a processor or a workload keeps is
+theirs to define: it is carried opaque, inside :class:`ProcessorPart` and
+:class:`ProducerPart`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+import msgspec
+
+from actors import Key, Partition, PartitionState, RecordBatch
+
+from .checkpoint import SCHEMA_VERSION, DamagedEpoch
+
+V = TypeVar("V")
+P = TypeVar("P", bound="Part")
+
+
+class Part(msgspec.Struct, frozen=True, kw_only=True, tag_field="v"):
+    """One kind of state in an epoch; ``v`` is the version of its layout."""
+
+
+class StoredBatch(msgspec.Struct, Generic[V], frozen=True):
+    """A batch held in a partition's ring."""
+
+    base_offset: int
+    keys: Sequence[Key]
+    values: Sequence[V]
+    timestamps: Sequence[float]
+
+
+class PartitionPart(Part, Generic[V], frozen=True, tag=1):
+    """A partition: its offsets, each group's commit, the records it holds, and the
+    sequence numbers of producers on other nodes (what makes their resends idempotent)."""
+
+    start_offset: int
+    end_offset: int
+    committed: dict[str, int]
+    peak_depth: int
+    batches: list[StoredBatch[V]]
+    sequences: dict[str, int] = {}
+
+    @classmethod
+    def of(cls, state: PartitionState) -> PartitionPart[Any]:
+        """The part of a partition's :meth:`~actors.Partition.snapshot`."""
+        return PartitionPart(
+            start_offset=state.start_offset,
+            end_offset=state.end_offset,
+            committed=state.committed,
+            peak_depth=state.peak_depth,
+            batches=[
+                StoredBatch(b.base_offset, b.keys, b.values, b.timestamps) for b in state.batches
+            ],
+            sequences=state.sequences,
+        )
+
+    def state(self, topic: str, index: int) -> PartitionState:
+        """What :meth:`~actors.Partition.restore` takes, for partition ``index`` of ``topic``."""
+        return PartitionState(
+            self.start_offset,
+            self.end_offset,
+            dict(self.committed),
+            [
+                RecordBatch(topic, index, b.base_offset, b.keys, b.values, b.timestamps)
+                for b in self.batches
+            ],
+            self.peak_depth,
+            dict(self.sequences),
+        )
+
+
+class ProcessorPart(Part, frozen=True, tag=1):
+    """A processor's state, as its own ``snapshot()`` gives it (opaque here)."""
+
+    state: Any
+
+
+class ConsumerTallyPart(Part, frozen=True, tag=1):
+    """What a consumer has processed and checked (see ``ConsumerTally``)."""
+
+    records: int
+    per_topic: dict[str, int]
+    seq_sums: dict[str, list[int]]
+    order_violations: int
+    first_violation: str | None
+    strangers: dict[str, int]
+    latency: list[tuple[int, int]]
+    """(bucket, records) pairs of the latency sample."""
+    last_seq: list[tuple[str, int, list[int]]]
+    """(topic, partition, last sequence number per source) of the order check."""
+    key_partition: dict[str, list[tuple[Key, int]]]
+    """Per topic, (key, partition) pairs: where each key was seen."""
+
+
+class TopicTallyPart(Part, frozen=True, tag=1):
+    """What producers got accepted into one topic (see ``TopicTally``)."""
+
+    records: int
+    seq_sums: dict[int, int]
+    kinds: dict[str, int]
+
+
+class TopicSummary(msgspec.Struct, frozen=True, array_like=True):
+    """What one producer instance says it sent to a topic, as nodes pass it on.
+
+    This travels in the gateways' frames, which are MessagePack arrays: it keeps their
+    positional layout, checked field by field when it arrives.
+    """
+
+    records: int
+    seq_sums: list[tuple[int, int]]
+    kinds: dict[str, int]
+
+
+class ProducerPart(Part, frozen=True, tag=1):
+    """Where a producer instance is: events made, its workload's position (opaque here), and
+    on a node of a split topology what it sent to each topic."""
+
+    done: int
+    workload: Any
+    sent: dict[str, TopicTallyPart] = {}
+
+
+class RetainedRecords(msgspec.Struct, Generic[V], frozen=True):
+    """Records a producer sent to another node that the node has not made durable yet."""
+
+    sequence: int
+    keys: list[Key]
+    values: list[V]
+    timestamps: list[float]
+
+
+class RemotePartitionPart(msgspec.Struct, Generic[V], frozen=True):
+    """A producer's numbering for one partition on another node, and what it keeps to resend."""
+
+    next_sequence: int
+    retained: list[RetainedRecords[V]]
+
+
+class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
+    """A producer's link to a topic on another node."""
+
+    partitions: list[RemotePartitionPart[V]]
+
+    @classmethod
+    def of(cls, snapshot: list[list[Any]]) -> RemoteTopicPart[Any]:
+        """The part of a :meth:`~actors.RemoteTopic.snapshot`."""
+        return RemoteTopicPart(
+            partitions=[
+                RemotePartitionPart(
+                    next_sequence, [RetainedRecords(*retained) for retained in kept]
+                )
+                for next_sequence, kept in snapshot
+            ]
+        )
+
+    def state(self) -> list[list[Any]]:
+        """What :meth:`~actors.RemoteTopic.restore` takes."""
+        return [
+            [
+                partition.next_sequence,
+                [[r.sequence, r.keys, r.values, r.timestamps] for r in partition.retained],
+            ]
+            for partition in self.partitions
+        ]
+
+
+class MemberPart(Part, frozen=True, tag=1):
+    """Per partition, the offset that consumers here processed up to, of a group on another
+    node."""
+
+    processed: dict[int, int]
+
+
+class GatewayPart(Part, frozen=True, tag=1):
+    """A node's gateway: the producers on other nodes that finished, and what each sent."""
+
+    finished: list[tuple[str, str]]
+    """(topic, producer id) pairs."""
+    summaries: dict[str, dict[str, TopicSummary]]
+    """Per topic and producer id."""
+
+    @classmethod
+    def of(cls, snapshot: Mapping[str, Any]) -> GatewayPart:
+        """The part of a :meth:`~actors.Gateway.snapshot`."""
+        return msgspec.convert(snapshot, GatewayPart)
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`~actors.Gateway.restore` takes."""
+        return {
+            "finished": [list(pair) for pair in self.finished],
+            "summaries": {topic: dict(by) for topic, by in self.summaries.items()},
+        }
+
+
+class ClockPart(Part, frozen=True, tag=1):
+    """The run's clock at the snapshot: simulated time, and event time (seconds since the
+    run's origin, continuous across resumes)."""
+
+    sim_time: float
+    event_time: float
+
+
+KINDS: Mapping[str, type[Part]] = {
+    "partition": PartitionPart,
+    "processor": ProcessorPart,
+    "consumer": ConsumerTallyPart,
+    "topic": TopicTallyPart,
+    "producer": ProducerPart,
+    "remote": RemoteTopicPart,
+    "member": MemberPart,
+    "gateway": GatewayPart,
+    "run": ClockPart,
+}
+"""The class of each kind of part."""
+
+GENERIC_KINDS = frozenset({"partition", "remote"})
+"""Kinds whose parts hold records, decoded to the value type of their topic."""
+
+
+class Stateful(Protocol[P]):
+    """Something whose state an epoch keeps as one part."""
+
+    def capture(self) -> P | None:
+        """Return the state as its part; None when there is nothing to keep."""
+        ...
+
+    def restore(self, state: P) -> None:
+        """Take back a part that :meth:`capture` gave."""
+        ...
+
+
+class _Snapshotting(Protocol):
+    def snapshot(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
+
+
+@attrs.define(eq=False)
+class PartitionContents:
+    """A partition's part of an epoch: what :class:`PartitionPart` holds."""
+
+    partition: Partition
+    topic: str
+
+    def capture(self) -> PartitionPart[Any]:
+        """Offsets, commits, the records held and the producers' sequence numbers."""
+        return PartitionPart.of(self.partition.snapshot())
+
+    def restore(self, state: PartitionPart[Any]) -> None:
+        """Take them back; only on a fresh partition."""
+        self.partition.restore(state.state(self.topic, self.partition.index))
+
+
+@attrs.define(eq=False)
+class ProcessorState:
+    """A processor's part of an epoch: its own snapshot, wrapped."""
+
+    processor: _Snapshotting
+
+    def capture(self) -> ProcessorPart:
+        """What the processor's ``snapshot()`` gives."""
+        return ProcessorPart(state=self.processor.snapshot())
+
+    def restore(self, state: ProcessorPart) -> None:
+        """Hand it back to the processor's ``restore()``."""
+        self.processor.restore(state.state)
+
+
+@contextmanager
+def restoring(kind: str, name: str) -> Iterator[None]:
+    """Report a part that fails to decode or to restore as :class:`DamagedEpoch`.
+
+    Its checksum matched, so it was written so: the bytes are not what its reader expects.
+    """
+    try:
+        yield
+    except (
+        msgspec.DecodeError,
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as exc:
+        raise DamagedEpoch(
+            None, f"{kind}/{name}", f"cannot be restored ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def encode(part: Part) -> bytes:
+    """The bytes an epoch stores for ``part``."""
+    return _ENCODER.encode(part)
+
+
+@functools.cache
+def _decoder(kind: str, value_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    cls: Any = KINDS[kind]
+    return msgspec.msgpack.Decoder(cls[value_type] if kind in GENERIC_KINDS else cls)
+
+
+def decode(kind: str, data: bytes, value_type: Any = Any) -> Part:
+    """Decode a part of ``kind``; records in it decode to ``value_type``.
+
+    Raises:
+        KeyError: ``kind`` is no kind of part.
+        msgspec.DecodeError: The bytes are not such a part.
+    """
+    return _decoder(kind, value_type).decode(data)  # type: ignore[no-any-return]
+
+
+def restore_parts(
+    states: Mapping[tuple[str, str], Stateful[Any]],
+    parts: Mapping[tuple[str, str], bytes],
+    value_type: Mapping[tuple[str, str], Any] | None = None,
+) -> None:
+    """Restore each of ``states`` whose part is among ``parts``; other parts are left alone.
+
+    Raises:
+        DamagedEpoch: A part does not decode to its kind, or its owner refuses it.
+    """
+    for key, state in states.items():
+        data = parts.get(key)
+        if data is None:
+            continue
+        kind, name = key
+        with restoring(kind, name):
+            state.restore(decode(kind, data, (value_type or {}).get(key, Any)))
+
+
+def capture_parts(states: Mapping[tuple[str, str], Stateful[Any]]) -> dict[tuple[str, str], bytes]:
+    """The encoded parts of ``states`` that have something to keep."""
+    parts = {}
+    for key, state in states.items():
+        part = state.capture()
+        if part is not None:
+            parts[key] = encode(part)
+    return parts
+
+
+def describe_part(kind: str, name: str, data: bytes, *, schema: int = SCHEMA_VERSION) -> str:
+    """Say in a few words what a part holds, as ``ringflow checkpoints`` lists it.
+
+    Args:
+        kind: The part's kind (``partition``, ``producer``...).
+        name: The part's name (``events/0``...).
+        data: Its bytes.
+        schema: The schema version of the store it comes from: parts of stores older than
+            version 3 were positional lists.
+
+    Returns:
+        Offsets and commits of a partition, events made by a producer, records processed by
+        a consumer or produced into a topic; nothing for other kinds.
+
+    Raises:
+        DamagedEpoch: The part is ``not MessagePack``, or ``not what this part holds``
+            (its ``problem``).
+    """
+    try:
+        if schema < 3:
+            return _describe_positional(kind, msgspec.msgpack.decode(data))
+        if kind not in KINDS:
+            msgspec.msgpack.decode(data)
+            return ""
+        return _describe(decode(kind, data))
+    except msgspec.ValidationError:
+        raise DamagedEpoch(None, f"{kind}/{name}", "not what this part holds") from None
+    except msgspec.DecodeError:
+        raise DamagedEpoch(None, f"{kind}/{name}", "not MessagePack") from None
+    except (TypeError, KeyError, IndexError, AttributeError, ValueError):
+        raise DamagedEpoch(None, f"{kind}/{name}", "not what this part holds") from None
+
+
+def _describe(part: Part) -> str:
+    if isinstance(part, PartitionPart):
+        return _offsets(part.start_offset, part.end_offset, part.committed)
+    if isinstance(part, ProducerPart):
+        return f"{part.done:,} events made"
+    if isinstance(part, ConsumerTallyPart):
+        return f"{part.records:,} records processed"
+    if isinstance(part, TopicTallyPart):
+        return f"{part.records:,} records produced"
+    return ""
+
+
+def _describe_positional(kind: str, decoded: Any) -> str:
+    # Schemas 1 and 2: partitions and topic tallies were lists, read by position.
+    if kind == "partition":
+        return _offsets(decoded[0], decoded[1], decoded[2])
+    if kind == "producer":
+        return f"{decoded['done']:,} events made"
+    if kind == "consumer":
+        return f"{decoded['records']:,} records processed"
+    if kind == "topic":
+        return f"{decoded[0]:,} records produced"
+    return ""
+
+
+def _offsets(start: int, end: int, committed: Mapping[str, int]) -> str:
+    return f"offsets {start:,}..{end:,}; committed " + ", ".join(
+        f"{group}={offset:,}" for group, offset in committed.items()
+    )

@@ -1,0 +1,228 @@
+"""Sources: the producer instances of a pipeline, each making its workload's events on its
+plan's schedule and sending them to its topics.
+
+A source runs as one actor. Between chunks it is at a safe point: it checks the epoch
+barrier, and pauses there when an epoch is being taken. A new kind of source (events read
+from files, received over HTTP) is a class here with the same duties: count what it sends in
+the run's topic tallies, keep the safe points, and capture and restore its position.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any
+
+import attrs
+import trio
+
+from actors import Columns, Producer, RemoteTopic, Topic, open_producer
+
+from .epochs import Barrier
+from .plan import ProducerPlan
+from .registry import Registry, Workload
+from .schema import Topology
+from .snapshot import ProducerPart, TopicSummary
+from .tally import TopicTally
+
+_SEQ = operator.attrgetter("seq")
+_TIMESTAMP = operator.attrgetter("timestamp")
+
+
+@attrs.frozen
+class SourceStatistics:
+    """A snapshot of a :class:`WorkloadSource`."""
+
+    events_planned: int
+    """Events the source makes in the whole run."""
+    events_made: int
+    """Events made and handed to producers so far (across resumes)."""
+    running: bool
+    """Whether the source's actor has started and not finished."""
+
+
+@attrs.define(eq=False)
+class WorkloadSource:
+    """One producer instance: its workload's events, made on its plan's schedule.
+
+    A plan with a ``rate`` follows a fixed schedule: event i has event time ``i / rate``, and
+    the source makes its events ``rate x linger`` at a time, sleeping until the last of them
+    is due, so event times never depend on backpressure or scheduling. The workload is made
+    when the source starts.
+
+    Args:
+        make_workload: Makes the workload (called once, when the source starts).
+        topic_of: The topic of each of the workload's streams.
+        key_of: How to read the key of an event of each stream (None: no key).
+        produced: The run's tallies, by topic, that every source counts what it sends in.
+        local_topics: Topics whose rings live in this process.
+        open_remote: Opens a topic on another node (a node of a split topology).
+        sent: On a node, a tally per topic of what this source alone sent.
+        add_summary: Hands over the summary of what it sent to a topic whose ring is here.
+        after_chunk: Called after every chunk made.
+        finished: Called once the source is done.
+    """
+
+    plan: ProducerPlan
+    make_workload: Callable[[], Workload]
+    topic_of: Mapping[str, str]
+    key_of: Mapping[str, Callable[[Any], Any] | None]
+    max_batch: int
+    linger: float
+    barrier: Barrier
+    produced: Mapping[str, TopicTally]
+    local_topics: Mapping[str, Topic]
+    open_remote: Callable[[str], AbstractAsyncContextManager[RemoteTopic]] | None = None
+    sent: dict[str, TopicTally] | None = None
+    add_summary: Callable[[str, TopicSummary], None] | None = None
+    after_chunk: Callable[[], None] = lambda: None
+    finished: Callable[[], None] = lambda: None
+    producers: list[Producer] = attrs.field(factory=list)
+    """The producers it sends through, one per stream, once started."""
+    done: int = 0
+    """Events made so far."""
+    _workload: Workload | None = None
+    _restored: ProducerPart | None = None
+    _running: bool = False
+
+    @classmethod
+    def make(
+        cls, plan: ProducerPlan, topology: Topology, registry: Registry, seed: int, **wiring: Any
+    ) -> WorkloadSource:
+        """The source of ``plan``'s producer instance, as the topology describes it;
+        ``wiring`` gives the other fields."""
+        spec = topology.producers[plan.producer]
+        kind = registry.workloads[spec.workload]
+        params = registry.workload_params(topology, plan.producer)
+        topic_of = {s: spec.topic if spec.topic else spec.topics[s] for s in kind.streams}
+        key_of: dict[str, Callable[[Any], Any] | None] = {}
+        for stream, topic in topic_of.items():
+            field = topology.topics[topic].key
+            key_of[stream] = operator.attrgetter(field) if field else None
+        return cls(
+            plan,
+            lambda: kind.make(params, seed, plan.producer, plan.instance, plan.source),
+            topic_of,
+            key_of,
+            spec.max_batch,
+            spec.linger,
+            **wiring,
+        )
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(producer, instance)."""
+        return self.plan.producer, self.plan.instance
+
+    def capture(self) -> ProducerPart | None:
+        """Where the source is; call only at a safe point. Before it starts, the position it
+        was restored to (None for a fresh one)."""
+        if self._workload is None:
+            return self._restored
+        return ProducerPart(
+            done=self.done,
+            workload=self._workload.position(),
+            sent={} if self.sent is None else {t: s.capture() for t, s in self.sent.items()},
+        )
+
+    def restore(self, state: ProducerPart) -> None:
+        """Start, when run, from a captured position."""
+        self._restored = state
+        self.done = state.done
+
+    async def run(self, origin: float) -> None:
+        """Make and send every event of the plan, pausing at the barrier when asked.
+
+        Args:
+            origin: The run's clock at event time 0.
+        """
+        self._running = True
+        workload = self._workload = self.make_workload()
+        saved = self._restored
+        if saved is not None:
+            workload.restore(saved.workload)
+            for topic, state in saved.sent.items():
+                if self.sent is not None:
+                    self.sent[topic].restore(state)
+        try:
+            await self._make_all(workload, origin)
+        finally:
+            self._running = False
+        self.barrier.finished(self.key)
+        self.finished()
+
+    async def _make_all(self, workload: Workload, origin: float) -> None:
+        plan, key = self.plan, self.key
+        rate = plan.rate
+        interval = 1 / rate if rate else 0.0
+        chunk = (
+            self.max_batch
+            if rate is None
+            else max(1, min(self.max_batch, math.ceil(rate * self.linger)))
+        )
+        async with AsyncExitStack() as stack:
+            producers: dict[str, Producer] = {}
+            remotes: dict[str, RemoteTopic] = {}
+            for stream, topic in self.topic_of.items():
+                target: Topic | RemoteTopic | None = self.local_topics.get(topic)
+                if target is None:
+                    target = remotes.get(topic)
+                if target is None:
+                    assert self.open_remote is not None, f"topic {topic!r} is nowhere"
+                    target = remotes[topic] = await stack.enter_async_context(
+                        self.open_remote(topic)
+                    )
+                producers[stream] = await stack.enter_async_context(
+                    open_producer(target, max_batch=self.max_batch, linger=self.linger)
+                )
+            self.producers = list(producers.values())
+            while self.done < plan.events:
+                done = self.done
+                if self.barrier.pending(key):
+                    # Hand everything over to the partitions before the snapshot. Consumers
+                    # keep running meanwhile, so the flush always finds room.
+                    for producer in self.producers:
+                        await producer.flush()
+                    await self.barrier.pause(key)
+                    continue
+                left = plan.events - done
+                if rate is None:
+                    count = min(chunk, left)
+                else:
+                    due = math.floor((trio.current_time() - origin) * rate + 1e-9) + 1 - done
+                    if due < min(chunk, left):
+                        # Sleep until the chunk is due, unless a checkpoint asks first.
+                        with trio.move_on_at(origin + (done + min(chunk, left) - 1) * interval):
+                            await self.barrier.asked()
+                        continue
+                    count = min(due, self.max_batch, left)
+                # Event time counts from the run's origin, never from whatever the clock read
+                # when this task happened to start, so it is the same in every run.
+                streams = workload.generate(count, done * interval, interval)
+                for stream, events in streams.items():
+                    if events:
+                        await self._send(producers[stream], self.topic_of[stream], stream, events)
+                self.done = done + count
+                self.after_chunk()
+            for topic, tally in (self.sent or {}).items():
+                if topic in remotes:  # sent with the finish when the block is left
+                    remotes[topic].summary = tally.summary()
+                elif self.add_summary is not None:
+                    self.add_summary(topic, tally.summary())
+
+    async def _send(self, producer: Producer, topic: str, stream: str, events: list[Any]) -> None:
+        key = self.key_of[stream]
+        keys = list(map(key, events)) if key is not None else [None] * len(events)
+        await producer.send_many(Columns(keys, events, list(map(_TIMESTAMP, events))))
+        seq_sum = sum(map(_SEQ, events))
+        self.produced[topic].count(self.plan.source, events, seq_sum)
+        if self.sent is not None:
+            self.sent[topic].count(self.plan.source, events, seq_sum)
+
+    def statistics(self) -> SourceStatistics:
+        """Return a snapshot of the source's progress."""
+        return SourceStatistics(
+            events_planned=self.plan.events, events_made=self.done, running=self._running
+        )

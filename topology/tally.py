@@ -1,0 +1,292 @@
+"""Tallies kept while a pipeline runs, and the ``expect`` invariants checked against them."""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import msgspec
+
+from actors import RecordBatch
+
+from .registry import Processor
+from .sections import ExpectSpec
+from .snapshot import ConsumerTallyPart, TopicSummary, TopicTallyPart
+
+LATENCY_SAMPLE_EVERY = 8
+"""One record in this many has its latency measured."""
+LATENCY_RESOLUTION = 10_000
+"""Latency histogram buckets per second (0.1 ms)."""
+
+_SEQ = operator.attrgetter("seq")
+_SOURCE = operator.attrgetter("source")
+_KIND = operator.attrgetter("kind")
+
+
+@attrs.define(eq=False)
+class TopicTally:
+    """What producers got accepted into one topic."""
+
+    records: int = 0
+    seq_sums: dict[int, int] = attrs.field(factory=dict)
+    kinds: Counter[str] = attrs.field(factory=Counter)
+
+    def count(self, source: int, events: list[Any], seq_sum: int) -> None:
+        """Add ``events`` of producer instance ``source``, whose sequence numbers sum to
+        ``seq_sum``."""
+        self.records += len(events)
+        self.seq_sums[source] = self.seq_sums.get(source, 0) + seq_sum
+        self.kinds.update(map(_KIND, events))
+
+    def capture(self) -> TopicTallyPart:
+        """The tally as a part of an epoch."""
+        return TopicTallyPart(
+            records=self.records, seq_sums=dict(self.seq_sums), kinds=dict(self.kinds)
+        )
+
+    def restore(self, state: TopicTallyPart) -> None:
+        """Replace the tally with a part of an epoch."""
+        self.records = state.records
+        self.seq_sums = dict(state.seq_sums)
+        self.kinds = Counter(state.kinds)
+
+    def summary(self) -> TopicSummary:
+        """What a producer instance says it sent, as gateways pass it on."""
+        return TopicSummary(self.records, list(self.seq_sums.items()), dict(self.kinds))
+
+    @classmethod
+    def merged(cls, summaries: Iterable[Any]) -> TopicTally:
+        """The sum of the summaries of the producers of one topic (as :meth:`summary` gave
+        them, or as they came over the wire).
+
+        Raises:
+            msgspec.ValidationError: A summary is not one.
+        """
+        tally = cls()
+        for summary in summaries:
+            checked = msgspec.convert(summary, TopicSummary)
+            tally.records += checked.records
+            for source, total in checked.seq_sums:
+                tally.seq_sums[source] = tally.seq_sums.get(source, 0) + total
+            tally.kinds.update(checked.kinds)
+        return tally
+
+
+@attrs.define(eq=False)
+class ConsumerTally:
+    """What one consumer has processed: counts, checks, and a latency sample.
+
+    The order check is per key and producer instance: events of one key from one instance
+    must arrive in the order they were made, each once. It is done a batch at a time: within
+    a partition, each instance's sequence numbers must rise strictly, and each key must only
+    ever be seen in one partition; together these imply per-key order. Records without a key
+    are spread round robin, so only the first part applies to them: within each partition,
+    each instance's records arrive in the order made, each once.
+    """
+
+    name: str
+    topics: tuple[str, ...]
+    sources: int
+    check_order: bool
+    records: int = 0
+    per_topic: dict[str, int] = attrs.field(factory=dict)
+    seq_sums: dict[str, list[int]] = attrs.field(factory=dict)
+    order_violations: int = 0
+    strangers: dict[str, int] = attrs.field(factory=dict)
+    """Per topic, records whose source is no producer instance of this topology."""
+    first_violation: str | None = None
+    latency: Counter[int] = attrs.field(factory=Counter)
+    _last_seq: dict[tuple[str, int], list[int]] = attrs.field(factory=dict)
+    _key_partition: dict[str, dict[Any, int]] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for topic in self.topics:
+            self.per_topic[topic] = 0
+            self.seq_sums[topic] = [0] * self.sources
+            self._key_partition[topic] = {}
+
+    def observe(self, topic: str, batch: RecordBatch, now: float) -> None:
+        """Account for a batch about to be processed."""
+        partition, events = batch.partition, batch.values
+        count = len(events)
+        self.records += count
+        self.per_topic[topic] += count
+        seqs = list(map(_SEQ, events))
+        sources = set(map(_SOURCE, events))
+        if max(sources) >= self.sources:  # sent through a gateway by no producer of ours
+            self.strangers[topic] = self.strangers.get(topic, 0) + count
+            return
+        if len(sources) == 1:
+            (source,) = sources
+            self.seq_sums[topic][source] += sum(seqs)
+            if self.check_order:
+                last = self._last_seq.get((topic, partition))
+                if last is None:
+                    last = self._last_seq[topic, partition] = [-1] * self.sources
+                if seqs[0] <= last[source] or not all(map(operator.lt, seqs, seqs[1:])):
+                    self._out_of_order(topic, batch)
+                else:
+                    last[source] = seqs[-1]
+                self._check_keys(topic, batch)
+        else:
+            for event in events:
+                self.seq_sums[topic][event.source] += event.seq
+            if self.check_order:
+                self._out_of_order(topic, batch)
+                self._check_keys(topic, batch)
+        latency = self.latency
+        for timestamp in batch.timestamps[::LATENCY_SAMPLE_EVERY]:
+            latency[int((now - timestamp) * LATENCY_RESOLUTION)] += 1
+
+    def _out_of_order(self, topic: str, batch: RecordBatch) -> None:
+        # The slow path: find exactly which events broke the order.
+        last = self._last_seq.setdefault((topic, batch.partition), [-1] * self.sources)
+        for key, event in zip(batch.keys, batch.values, strict=True):
+            if event.seq <= last[event.source]:
+                self._violation(
+                    f"topic {topic!r}, key {key!r}: event {event.seq} of source "
+                    f"{event.source} came after event {last[event.source]}"
+                )
+            else:
+                last[event.source] = event.seq
+
+    def _check_keys(self, topic: str, batch: RecordBatch) -> None:
+        seen = self._key_partition[topic]
+        partition = batch.partition
+        for key in set(batch.keys):
+            if key is None:  # spread round robin: no key, so no per-key order to keep
+                continue
+            where = seen.setdefault(key, partition)
+            if where != partition:
+                self._violation(
+                    f"topic {topic!r}, key {key!r}: seen in partitions {where} and {partition}, "
+                    "so its events lost their order"
+                )
+
+    def _violation(self, message: str) -> None:
+        self.order_violations += 1
+        if self.first_violation is None:
+            self.first_violation = message
+
+    def capture(self) -> ConsumerTallyPart:
+        """The tally as a part of an epoch."""
+        return ConsumerTallyPart(
+            records=self.records,
+            per_topic=dict(self.per_topic),
+            seq_sums={t: list(sums) for t, sums in self.seq_sums.items()},
+            order_violations=self.order_violations,
+            first_violation=self.first_violation,
+            strangers=dict(self.strangers),
+            latency=list(self.latency.items()),
+            last_seq=[(t, p, list(last)) for (t, p), last in self._last_seq.items()],
+            key_partition={t: list(keys.items()) for t, keys in self._key_partition.items()},
+        )
+
+    def restore(self, state: ConsumerTallyPart) -> None:
+        """Replace the tally with a part of an epoch."""
+        self.records = state.records
+        self.per_topic = dict(state.per_topic)
+        self.seq_sums = {t: list(sums) for t, sums in state.seq_sums.items()}
+        self.order_violations, self.first_violation = state.order_violations, state.first_violation
+        self.strangers = dict(state.strangers)
+        self.latency = Counter(dict(state.latency))
+        self._last_seq = {(t, p): list(last) for t, p, last in state.last_seq}
+        self._key_partition = {t: dict(pairs) for t, pairs in state.key_partition.items()}
+
+
+@attrs.frozen
+class Expectation:
+    """The result of one ``expect`` invariant."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_expectations(
+    expect: ExpectSpec,
+    tallies: Mapping[str, ConsumerTally],
+    produced: Mapping[str, TopicTally],
+    processors: Mapping[str, Processor],
+) -> list[Expectation]:
+    """Check the ``expect`` invariants: what each consumer processed (``tallies``, by
+    consumer) against what producers sent to each topic (``produced``), and each processor's
+    totals against the producers' counts."""
+    results: list[Expectation] = []
+    if not tallies:  # a node with no consumers: checked where they run
+        return results
+    if expect.no_loss:
+        results.append(_check_no_loss(tallies, produced))
+    if expect.per_key_order:
+        bad = [t for t in tallies.values() if t.order_violations]
+        detail = "; ".join(
+            f"{t.name}: {t.order_violations} out of order, first: {t.first_violation}" for t in bad
+        )
+        results.append(
+            Expectation(
+                "per_key_order", not bad, detail or "every key's events arrived in the order sent"
+            )
+        )
+    if expect.totals_match:
+        results.append(_check_totals(tallies, produced, processors))
+    return results
+
+
+def _check_no_loss(
+    tallies: Mapping[str, ConsumerTally], produced: Mapping[str, TopicTally]
+) -> Expectation:
+    problems = []
+    for name, tally in tallies.items():
+        for topic in tally.topics:
+            sent = produced[topic]
+            got = tally.per_topic[topic]
+            strangers = tally.strangers.get(topic, 0)
+            if strangers:
+                problems.append(
+                    f"{name} processed {strangers:,} records of topic {topic!r} whose "
+                    "source is no producer of this topology"
+                )
+                continue
+            sums = {s: v for s, v in enumerate(tally.seq_sums[topic]) if v}
+            expected = {s: v for s, v in sent.seq_sums.items() if v}
+            if got != sent.records:
+                problems.append(
+                    f"{name} processed {got:,} records of topic {topic!r}, "
+                    f"producers sent {sent.records:,}"
+                )
+            elif sums != expected:
+                problems.append(
+                    f"{name} processed as many records of topic {topic!r} as "
+                    "were sent, but not the same ones (some lost, some twice)"
+                )
+    return Expectation(
+        "no_loss",
+        not problems,
+        "; ".join(problems) or "every consumer processed every record once",
+    )
+
+
+def _check_totals(
+    tallies: Mapping[str, ConsumerTally],
+    produced: Mapping[str, TopicTally],
+    processors: Mapping[str, Processor],
+) -> Expectation:
+    problems = []
+    for name, processor in processors.items():
+        expected: Counter[str] = Counter()
+        for topic in tallies[name].topics:
+            expected.update(produced[topic].kinds)
+        totals = processor.totals()
+        for kind, count in sorted(totals.items()):
+            if count != expected.get(kind, 0):
+                problems.append(
+                    f"{name}: {kind} totals {count:,}, producers reported {expected.get(kind, 0):,}"
+                )
+    return Expectation(
+        "totals_match",
+        not problems,
+        "; ".join(problems) or "every processor's totals equal the producers' counts",
+    )
