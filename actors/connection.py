@@ -169,9 +169,17 @@ async def keep_trying(url: str, backoff: Backoff, attempt: Callable[[], Awaitabl
     while True:
         failures: list[Exception] = []
         try:
-            return await attempt()
-        except* RETRYABLE as group:
-            failures = _leaves(group)
+            try:
+                return await attempt()
+            except* RETRYABLE as group:
+                failures = _leaves(group)
+        except BaseExceptionGroup as rest:
+            # What is not worth retrying left over beside failures that are: one such error
+            # goes on as itself (a refusal, a bug), as a nursery would have let it through.
+            errors = [e for e in rest.exceptions if not isinstance(e, BaseExceptionGroup)]
+            if len(rest.exceptions) == 1 and errors:
+                raise errors[0] from errors[0].__cause__
+            raise
         for failure in failures:
             if isinstance(failure, ConnectionClosed):
                 refused = refusal(url, failure)

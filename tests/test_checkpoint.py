@@ -239,6 +239,44 @@ async def test_a_stop_and_a_periodic_epoch_asked_at_once_are_both_answered(
     store.close()
 
 
+async def test_every_request_of_an_epoch_whose_hook_fails_gets_the_error(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Epochs are written, but what runs after each write (logging it) fails: every request
+    hears of the failure, each with an error of its own (the first of an epoch the error
+    itself, the others a CheckpointError caused by it), and none waits for ever."""
+    pipeline = Pipeline.build(topology(), REGISTRY, events=EVENTS)
+    store = CheckpointStore.open(tmp_path, pipeline.fingerprint, keep=10)
+
+    def log(info: Any) -> None:
+        raise OSError("the log is gone")
+
+    pipeline.on_epoch = log
+    errors: list[BaseException] = []
+
+    async def ask(final: bool) -> None:
+        try:
+            await pipeline.checkpoint(store, final=final, in_thread=False)
+        except Exception as exc:
+            errors.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, False)
+            nursery.start_soon(ask, True)
+    assert len(errors) == 2
+    assert errors[0] is not errors[1]
+    for error in errors:
+        assert str(error) == "the log is gone"
+        if isinstance(error, CheckpointError):  # it shared the epoch of the other
+            assert isinstance(error.__cause__, OSError)
+            assert error.__cause__ in errors
+        else:
+            assert isinstance(error, OSError)
+    assert 1 <= len(store.epochs()) <= 2  # written before the hook failed
+    store.close()
+
+
 async def test_epochs_asked_at_once_of_a_pipeline_that_is_not_running_are_both_written(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

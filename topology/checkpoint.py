@@ -274,8 +274,8 @@ class CheckpointStore:
         A write still in progress (in a worker thread its caller abandoned) is not waited
         for: the connection is closed when that write ends.
         """
+        self._closing = True  # first: a write ending now then closes it, or the lock is free
         if not self._lock.acquire(blocking=False):
-            self._closing = True
             return
         try:
             self._close()

@@ -208,6 +208,15 @@ class _Request:
         self.done.set()
 
 
+def _shared(error: Exception) -> CheckpointError:
+    # Each waiter of a failed epoch raises its own error: one exception object raised by
+    # several tasks would be reported as the crash of whichever was named first, and its
+    # traceback would grow with each raise. The first waiter gets the error itself.
+    shared = CheckpointError(str(error))
+    shared.__cause__ = error
+    return shared
+
+
 @attrs.define(eq=False)
 class Checkpointer:
     """The checkpoint actor of a pipeline: the only writer of its epochs.
@@ -267,7 +276,8 @@ class Checkpointer:
                         self._idle.set()
                         self._wake = trio.Event()
                         await self._wake.wait()
-                    self._idle = trio.Event()
+                    if self._idle.is_set():
+                        self._idle = trio.Event()
                     await self._take(store)
             finally:
                 self._store = None
@@ -294,29 +304,36 @@ class Checkpointer:
                 snapshot, durable = self.capture(final)
             writing = True
             if self._in_thread:
-                info = await trio.to_thread.run_sync(store.write, snapshot, abandon_on_cancel=True)
+                # Only a final epoch is abandoned when its time is up: a periodic write that
+                # is cancelled (a crash rolling back) is waited for, so that the store is free
+                # again when the rollback reads it.
+                info = await trio.to_thread.run_sync(store.write, snapshot, abandon_on_cancel=final)
             else:
                 info = store.write(snapshot)
+            self._epochs_written += 1
+            if final:
+                self._last_final, self._final = info, "written"
+            if durable is not None:
+                durable()
+            self.written(info)
+            for request in taken:
+                request.answer(info)
         except trio.Cancelled:
-            if writing and self._in_thread:
+            if writing and self._in_thread and final:
                 self._abandoned += 1
             for request in taken:
                 request.answer(error=CheckpointError("the epoch was abandoned: the run stopped"))
             raise
         except Exception as exc:
-            if final:
+            if final and self._final != "written":
                 self._final = "failed"
-            for request in taken:
-                request.answer(error=exc)
+            for number, request in enumerate(taken):
+                request.answer(error=exc if number == 0 else _shared(exc))
             return
-        self._epochs_written += 1
-        if final:
-            self._last_final, self._final = info, "written"
-        if durable is not None:
-            durable()
-        self.written(info)
-        for request in taken:
-            request.answer(info)
+        finally:
+            for request in taken:  # whatever escaped above, nobody is left waiting
+                if not request.done.is_set():
+                    request.answer(error=CheckpointError("the epoch could not be written"))
         await trio.lowlevel.checkpoint()
 
     async def epoch(self, *, final: bool = False) -> EpochInfo:
@@ -335,6 +352,8 @@ class Checkpointer:
         if self._queue:
             self._shared += 1
         self._queue.append(request)
+        if self._idle.is_set():  # busy again from now: settled() waits for this one too
+            self._idle = trio.Event()
         self._wake.set()
         try:
             await request.done.wait()
