@@ -106,9 +106,9 @@ def logged_meta(state: Path) -> list[dict[str, Any]]:
     """The meta entries the run of ``state`` logged, if its Redis answers."""
     if not ping(state / "redis.sock"):
         return []
-    db = reader(state)
-    runs = db.zrange(RUNS_KEY, 0, -1)
-    return [fields for run in runs for _, fields in db.xrange(stream_key(run, "meta"))]
+    with reader(state) as db:
+        runs = db.zrange(RUNS_KEY, 0, -1)
+        return [fields for run in runs for _, fields in db.xrange(stream_key(run, "meta"))]
 
 
 def wait_until_logging(state: Path) -> None:
@@ -201,8 +201,8 @@ def test_a_resumed_run_logs_every_segment_under_one_run_id(
     assert meta[-1]["status"] == "completed"
 
     url, server = EmbeddedRedis.open_for_reading(state)
+    db = redis.Redis.from_url(url, decode_responses=True)
     try:
-        db = redis.Redis.from_url(url, decode_responses=True)
         assert db.zrange(RUNS_KEY, 0, -1) == [run_id]
         assert db.hget(f"ringflow:run:{run_id}", "segments") == "2"
         counters = db.hgetall(counters_key(run_id))
@@ -210,6 +210,7 @@ def test_a_resumed_run_logs_every_segment_under_one_run_id(
         assert int(counters["incoming:records"]) >= 2_000_000
         assert int(counters["meta:entries"]) == db.xlen(stream_key(run_id, "meta"))
     finally:
+        db.close()
         assert server is not None
         server.stop()
     assert not servers_of(state)
@@ -253,7 +254,8 @@ def test_a_server_left_running_is_stopped_and_its_log_kept(
     assert not servers_of(state)
     url, server = EmbeddedRedis.open_for_reading(state)
     try:
-        runs = redis.Redis.from_url(url, decode_responses=True).zrange(RUNS_KEY, 0, -1)
+        with redis.Redis.from_url(url, decode_responses=True) as db:
+            runs = db.zrange(RUNS_KEY, 0, -1)
     finally:
         assert server is not None
         server.stop()

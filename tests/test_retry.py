@@ -1,10 +1,15 @@
-"""The retry policy: pauses that double up to a limit, a reset, and a time to give up."""
+"""The retry policy: pauses that double up to a limit, a reset, and a time to give up; and
+retrying a connection with it."""
 
 from __future__ import annotations
 
+import pytest
 import trio
+import trio.testing
+from trio_websocket import CloseReason, ConnectionClosed
 
 from actors import Backoff, BackoffStatistics
+from actors.connection import keep_trying
 
 
 async def test_pauses_double_up_to_the_most_and_a_success_starts_again(
@@ -49,3 +54,29 @@ async def test_the_pause_can_be_taken_on_another_clock() -> None:
     for _ in range(4):
         assert await backoff.failed()
     assert slept == [1.0, 2.0, 4.0, 4.0]
+
+
+async def test_a_connection_failing_in_a_retryable_and_another_way_at_once_raises_the_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reader that sees the connection drop beside a writer that hits a bug: the bug leaves
+    as itself, not inside an exception group that callers would not recognise."""
+    attempts = 0
+
+    async def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+
+        async def dropped() -> None:
+            raise ConnectionClosed(CloseReason(1006, None))
+
+        async def bug() -> None:
+            raise RuntimeError("a bug in the writer")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dropped)
+            nursery.start_soon(bug)
+
+    with pytest.raises(RuntimeError, match="a bug in the writer"):
+        await keep_trying("ws://127.0.0.1:1/node", Backoff(give_up=5), attempt)
+    assert attempts == 1
