@@ -24,6 +24,7 @@ from .group import BatchIterator as BatchIterator
 from .group import BatchSource as BatchSource
 from .group import Consumer as Consumer
 from .group import ConsumerGroup as ConsumerGroup
+from .group import ConsumerStatistics as ConsumerStatistics
 from .group import GroupStatistics as GroupStatistics
 from .group import assign_range as assign_range
 from .group import assign_round_robin as assign_round_robin

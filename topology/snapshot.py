@@ -34,7 +34,8 @@ from actors import (
     RemoteTopicState,
 )
 
-from .checkpoint import SCHEMA_VERSION, DamagedEpoch
+from .checkpoint import SCHEMA_VERSION
+from .integrity import DamagedEpoch
 
 V = TypeVar("V")
 P = TypeVar("P", bound="Part")
