@@ -14,6 +14,7 @@ from .errors import SequenceError as SequenceError
 from .errors import SupervisionError as SupervisionError
 from .errors import TopicClosedError as TopicClosedError
 from .gateway import Gateway as Gateway
+from .gateway import GatewayCheckpoint as GatewayCheckpoint
 from .gateway import GatewayStatistics as GatewayStatistics
 from .gateway.members import MemberEndpointStatistics as MemberEndpointStatistics
 from .gateway.producers import ProducerEndpointStatistics as ProducerEndpointStatistics
@@ -23,6 +24,7 @@ from .group import BatchIterator as BatchIterator
 from .group import BatchSource as BatchSource
 from .group import Consumer as Consumer
 from .group import ConsumerGroup as ConsumerGroup
+from .group import ConsumerStatistics as ConsumerStatistics
 from .group import GroupStatistics as GroupStatistics
 from .group import assign_range as assign_range
 from .group import assign_round_robin as assign_round_robin
@@ -55,7 +57,9 @@ from .remote_group import RemoteConsumer as RemoteConsumer
 from .remote_group import RemoteConsumerStatistics as RemoteConsumerStatistics
 from .remote_group import RemoteGroup as RemoteGroup
 from .remote_group import RemoteGroupStatistics as RemoteGroupStatistics
+from .remote_topic import RemotePartitionState as RemotePartitionState
 from .remote_topic import RemoteTopic as RemoteTopic
+from .remote_topic import RemoteTopicState as RemoteTopicState
 from .remote_topic import RemoteTopicStatistics as RemoteTopicStatistics
 from .remote_topic import open_remote_topic as open_remote_topic
 from .retry import Backoff as Backoff

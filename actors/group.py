@@ -309,6 +309,31 @@ class ConsumerGroup:
         )
 
 
+@attrs.frozen
+class ConsumerStatistics:
+    """A snapshot of a group member, as :meth:`Consumer.statistics` returns it."""
+
+    group: str
+    """The group's name."""
+    name: str
+    """The member's name, unique in its group."""
+    active: bool
+    """Whether it is still a member (False once it has left the group)."""
+    assignment: tuple[int, ...]
+    """The partitions it owns now."""
+    holding: tuple[int, ...]
+    """Partitions it was handed records of and has not committed up to what it was handed:
+    no other member reads them until it lets go."""
+    delivered: dict[int, int]
+    """Per partition it owns, the group's offset just past the last record handed out."""
+    committed: dict[int, int]
+    """Per partition it owns, the group's committed offset."""
+    batches: int
+    """Batches handed to it."""
+    records: int
+    """Records handed to it (those delivered again after a rewind or a rebalance included)."""
+
+
 @attrs.define(eq=False)
 class Consumer:
     """A member of a :class:`ConsumerGroup`; made by :meth:`ConsumerGroup.join`.
@@ -333,6 +358,8 @@ class Consumer:
     _batch: RecordBatch | None = attrs.field(init=False, default=None)
     _index: int = attrs.field(init=False, default=0)
     _active: bool = attrs.field(init=False, default=True)
+    _batches: int = attrs.field(init=False, default=0)
+    _records: int = attrs.field(init=False, default=0)
 
     @property
     def assignment(self) -> tuple[int, ...]:
@@ -383,6 +410,8 @@ class Consumer:
             batch = group._fetch(self, assigned[slot])
             if batch is not None:
                 self._next = (slot + 1) % count
+                self._batches += 1
+                self._records += len(batch.values)
                 return batch
         if group._done():
             raise trio.EndOfChannel
@@ -425,6 +454,22 @@ class Consumer:
             if not 0 <= partition < group.topic.partition_count:
                 raise CommitError(f"topic {group.topic.name!r} has no partition {partition}")
             group._commit(self, partition, offset)
+
+    def statistics(self) -> ConsumerStatistics:
+        """Return a snapshot of this member's partitions, offsets and deliveries."""
+        group = self.group
+        owned = self._assigned if self._active else []  # a member that left owns nothing
+        return ConsumerStatistics(
+            group=group.name,
+            name=self.name,
+            active=self._active,
+            assignment=tuple(owned),
+            holding=tuple(sorted(self._held)),
+            delivered={p: group._position[p] for p in owned},
+            committed={p: group._committed[p] for p in owned},
+            batches=self._batches,
+            records=self._records,
+        )
 
     def batches(self) -> AsyncIterator[RecordBatch]:
         """Iterate over batches: ``async for batch in consumer.batches()``."""

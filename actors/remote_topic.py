@@ -69,6 +69,27 @@ class RemoteTopicStatistics:
     """Whether the remote node has recorded this producer's finish."""
 
 
+@attrs.frozen
+class RemotePartitionState:
+    """A remote partition's numbering and the records kept to resend, as
+    :meth:`RemotePartition.snapshot` gives it and :meth:`RemotePartition.restore` takes it."""
+
+    next_sequence: int
+    """The sequence number the next record sent will get."""
+    retained: tuple[tuple[int, Columns], ...] = ()
+    """(first sequence number, records) of the batches sent but not yet durable on the
+    remote node, oldest first: what a reconnection resends."""
+
+
+@attrs.frozen
+class RemoteTopicState:
+    """A remote topic's state for a checkpoint, as :meth:`RemoteTopic.snapshot` gives it
+    and :meth:`RemoteTopic.restore` takes it."""
+
+    partitions: tuple[RemotePartitionState, ...]
+    """Per partition, in partition order."""
+
+
 @attrs.define(eq=False)
 class RemotePartition:
     """One partition of a :class:`RemoteTopic`: numbers records and respects the window."""
@@ -115,17 +136,14 @@ class RemotePartition:
         """Records kept for resending: sent but not yet durable remotely."""
         return sum(len(columns) for _, columns in self._retained)
 
-    def snapshot(self) -> list[Any]:
+    def snapshot(self) -> RemotePartitionState:
         """The numbering and the records not yet durable, for a checkpoint."""
-        return [
-            self._next,
-            [[s, list(c.keys), list(c.values), list(c.timestamps)] for s, c in self._retained],
-        ]
+        return RemotePartitionState(self._next, tuple(self._retained))
 
-    def restore(self, state: list[Any]) -> None:
+    def restore(self, state: RemotePartitionState) -> None:
         """Take back :meth:`snapshot`, before the connection is opened."""
-        self._next = state[0]
-        self._retained = deque((s, Columns(k, v, t)) for s, k, v, t in state[1])
+        self._next = state.next_sequence
+        self._retained = deque(state.retained)
 
 
 @attrs.define(eq=False)
@@ -147,7 +165,7 @@ class RemoteTopic:
     _ws: WebSocketConnection | None = attrs.field(init=False, default=None)
     _finished: trio.Event = attrs.field(init=False, factory=trio.Event)
     _connected: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
-    _restored: dict[int, list[Any]] = attrs.field(init=False, factory=dict)
+    _restored: dict[int, RemotePartitionState] = attrs.field(init=False, factory=dict)
     _reconnects: int = attrs.field(init=False, default=0)
     _backoff: Backoff = attrs.field(init=False)
     summary: Any = attrs.field(init=False, default=None)
@@ -180,13 +198,13 @@ class RemoteTopic:
     def remove_producer(self, *, graceful: bool = True) -> None:
         """Nothing to do: leaving :func:`open_remote_topic` sends the finish."""
 
-    def snapshot(self) -> list[list[Any]]:
+    def snapshot(self) -> RemoteTopicState:
         """Each partition's numbering and unsettled records, for a checkpoint."""
-        return [partition.snapshot() for partition in self.partitions]
+        return RemoteTopicState(tuple(partition.snapshot() for partition in self.partitions))
 
-    def restore(self, state: list[list[Any]]) -> None:
+    def restore(self, state: RemoteTopicState) -> None:
         """Resume from :meth:`snapshot`; call before :func:`open_remote_topic` connects."""
-        self._restored = dict(enumerate(state))
+        self._restored = dict(enumerate(state.partitions))
 
     def statistics(self) -> RemoteTopicStatistics:
         """Return a snapshot of the connection and of each partition's numbering."""
@@ -314,7 +332,7 @@ async def open_remote_topic(
     token: str | None = None,
     value_type: Any = Any,
     give_up: float = 30.0,
-    restore: list[list[Any]] | None = None,
+    restore: RemoteTopicState | None = None,
     agreement: dict[str, str] | None = None,
 ) -> AsyncIterator[RemoteTopic]:
     """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
@@ -323,6 +341,8 @@ async def open_remote_topic(
     tells it this producer has finished (the topic closes when all its producers have).
 
     Args:
+        restore: A :meth:`RemoteTopic.snapshot` to resume from: its numbering, and the
+            records it kept, resent to the node unless the node has them already.
         agreement: What the nodes of one topology must agree on (see
             :func:`~actors.wire.disagreement`), sent with the hello.
 

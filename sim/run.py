@@ -535,18 +535,16 @@ class Run:
     def _checkpoint_report(self, pipeline: Pipeline) -> CheckpointReport | None:
         if self._checkpoints is None:
             return None
-        last = pipeline.epochs[-1] if pipeline.epochs else None
+        statistics = pipeline.statistics()
         return CheckpointReport(
             database=str(self._checkpoints.store.path),
-            resumed_from_epoch=None
-            if pipeline.restored_from is None
-            else pipeline.restored_from.epoch,
+            resumed_from_epoch=statistics.restored_from,
             damaged_epochs=[DamagedEpochReport.of(d) for d in self._damaged],
-            epochs_written=len(pipeline.epochs),
-            last_epoch=None if last is None else last.epoch,
-            write_seconds_total=round(sum(e.write_seconds for e in pipeline.epochs), 6),
+            epochs_written=statistics.epochs_written,
+            last_epoch=statistics.last_epoch,
+            write_seconds_total=round(statistics.write_seconds, 6),
             rollbacks=self._rollbacks,
-            final_epoch=pipeline.statistics().final_epoch,
+            final_epoch=statistics.final_epoch,
         )
 
     def _on_stall(self, scope: trio.CancelScope, reason: str) -> None:

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 from rich.console import Console
 
+from actors import Columns, GatewayCheckpoint, RemotePartitionState, RemoteTopicState
 from sim.cli import main
 from sim.cli.summary import print_summary
 from sim.processors import BloggerAnalytics
@@ -38,6 +39,7 @@ from topology import (
     describe_part,
 )
 from topology.checkpoint import FILE_NAME, Snapshot
+from topology.snapshot import GatewayPart, RemoteTopicPart, TopicSummary, decode, encode
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
 EVENTS = 60_000
@@ -159,6 +161,62 @@ def test_parts_of_older_schemas_are_described_by_position() -> None:
     assert old("consumer", {"records": 12}) == "12 records processed"
     assert old("topic", [3_000, [], {}]) == "3,000 records produced"
     assert old("sequences", {"p-0": 3}) == ""
+
+
+def test_a_remote_topic_s_part_is_stored_as_named_fields_and_restored_whole() -> None:
+    state = RemoteTopicState(
+        (
+            RemotePartitionState(
+                next_sequence=5,
+                retained=(
+                    (0, Columns([1, 2], [10, 20], [1.0, 2.0])),
+                    (2, Columns([3], [30], [3.0])),
+                ),
+            ),
+            RemotePartitionState(next_sequence=0),
+        )
+    )
+    data = encode(RemoteTopicPart.of(state))
+    assert msgspec.msgpack.decode(data) == {
+        "v": 1,
+        "partitions": [
+            {
+                "next_sequence": 5,
+                "retained": [
+                    {"sequence": 0, "keys": [1, 2], "values": [10, 20], "timestamps": [1.0, 2.0]},
+                    {"sequence": 2, "keys": [3], "values": [30], "timestamps": [3.0]},
+                ],
+            },
+            {"next_sequence": 0, "retained": []},
+        ],
+    }
+    part = decode("remote", data, int)
+    assert isinstance(part, RemoteTopicPart)
+    assert part.state() == state
+
+
+def test_a_gateway_s_part_is_stored_as_named_fields_and_restored_whole() -> None:
+    summary = TopicSummary(records=3, seq_sums=[(0, 6)], kinds={"view": 3})
+    state = GatewayCheckpoint(
+        finished=(("events", "p1"), ("events", "p2")),
+        summaries={"events": {"p1": summary, "p2": [1, [[1, 1]], {"like": 1}]}},
+    )
+    data = encode(GatewayPart.of(state))
+    assert msgspec.msgpack.decode(data) == {
+        "v": 1,
+        "finished": [["events", "p1"], ["events", "p2"]],
+        "summaries": {
+            "events": {"p1": [3, [[0, 6]], {"view": 3}], "p2": [1, [[1, 1]], {"like": 1}]}
+        },
+    }
+    part = decode("gateway", data)
+    assert isinstance(part, GatewayPart)
+    assert part.state() == attrs.evolve(
+        state,
+        summaries={"events": {"p1": summary, "p2": TopicSummary(1, [(1, 1)], {"like": 1})}},
+    )
+    with pytest.raises(msgspec.ValidationError):
+        GatewayPart.of(GatewayCheckpoint(summaries={"events": {"p1": "not a summary"}}))
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,8 @@ MODULE_LEVEL = {
         },
     },
     "topology": {
-        "checkpoint": {"Snapshot", "part_checksum"},
+        "checkpoint": {"Snapshot"},
+        "integrity": {"epoch_checksum", "part_checksum"},
         "epochs": {"Barrier", "BarrierStatistics", "Checkpointer", "RunClock"},
         "node": {"GatewayState", "MemberPositions", "Node", "NodeStatistics", "RemoteLink"},
         "plan": {

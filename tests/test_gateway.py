@@ -17,12 +17,15 @@ from actors import (
     Columns,
     ConsumerGroup,
     Gateway,
+    GatewayCheckpoint,
     GatewayError,
     GatewayStatistics,
     MemberEndpointStatistics,
     ProducerEndpointStatistics,
     RemoteConsumerStatistics,
     RemoteGroup,
+    RemotePartitionState,
+    RemoteTopicState,
     TapEndpointStatistics,
     Topic,
     connect,
@@ -394,7 +397,7 @@ async def test_malformed_and_oversized_frames_close_only_their_connection() -> N
             with trio.fail_after(5):
                 batch = await member.get_batch()
     assert list(batch.values) == list(range(10))
-    assert gateway.refused == 3
+    assert gateway.statistics().refused == 3
 
 
 async def test_a_peer_of_another_version_is_refused_with_both_versions_named() -> None:
@@ -535,3 +538,66 @@ async def test_a_holding_tap_holds_the_ring_and_a_lossy_one_does_not(hold: bool)
     else:
         assert skipped > 0
         assert len(offsets) + skipped == 20_000
+
+
+async def test_a_remote_topic_s_state_keeps_what_is_not_durable_and_a_restored_one_resends_it() -> (
+    None
+):
+    """The first node never makes the records durable, so the producer keeps them; a
+    producer restored from its state resends them to a fresh node, then goes on numbering."""
+    first = Topic("events", partitions=2, capacity=100)
+    with trio.fail_after(10):
+        async with serving(Gateway({"events": first}, durable_only=True)) as url:
+            with trio.CancelScope() as stop:
+                async with open_remote_topic(f"{url}/node", "events", "p1") as remote:
+                    await remote.partitions[1].send(columns(0, 4))
+                    await remote.partitions[1].send(columns(4, 3))
+                    state = remote.snapshot()
+                    stop.cancel()  # leave without waiting for what never becomes durable
+    assert state == RemoteTopicState(
+        (
+            RemotePartitionState(next_sequence=0),
+            RemotePartitionState(
+                next_sequence=7, retained=((0, columns(0, 4)), (4, columns(4, 3)))
+            ),
+        )
+    )
+    second = Topic("events", partitions=2, capacity=100)
+    group = ConsumerGroup("g", second)
+    gateway = Gateway({"events": second})
+    gateway.expect_producers("events", {"p1"})
+    with trio.fail_after(10):
+        async with serving(gateway) as url, trio.open_nursery() as nursery:
+            result: list[list[tuple[int, int, int]]] = []
+
+            async def consume() -> None:
+                result.append(await drain(group))
+
+            nursery.start_soon(consume)
+            async with open_remote_topic(f"{url}/node", "events", "p1", restore=state) as remote:
+                await remote.partitions[1].send(columns(7, 3))
+            assert remote.statistics().numbered == (0, 10)
+    assert result[0] == [(1, offset, offset) for offset in range(10)]
+
+
+async def test_a_gateway_s_state_names_the_producers_that_finished_and_what_they_sent() -> None:
+    topic = Topic("events", partitions=1, capacity=100)
+    gateway = Gateway({"events": topic})
+    gateway.expect_producers("events", {"p1", "p2"})
+    with trio.fail_after(10):
+        async with (
+            serving(gateway) as url,
+            open_remote_topic(f"{url}/node", "events", "p1") as remote,
+        ):
+            await remote.partitions[0].send(columns(0, 3))
+            remote.summary = {"records": 3}
+    state = gateway.snapshot()
+    assert state == GatewayCheckpoint(
+        finished=(("events", "p1"),), summaries={"events": {"p1": {"records": 3}}}
+    )
+    restored = Gateway({"events": Topic("events", partitions=1, capacity=100)})
+    restored.restore(state)
+    restored.expect_producers("events", {"p1", "p2"})
+    assert restored.waiting_for == {"events": {"p2"}}  # p1 finished before the checkpoint
+    assert restored.summaries == {"events": {"p1": {"records": 3}}}
+    assert restored.snapshot() == state

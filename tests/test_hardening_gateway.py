@@ -145,7 +145,7 @@ async def test_a_bad_frame_is_refused_with_4003_and_harms_no_one(
         assert (code, reason in why) == (4003, True), why
     assert sorted(seen) == list(range(GOOD_RECORDS))  # every accepted record, once
     assert sum(p.end_offset for p in topic.partitions) == GOOD_RECORDS  # none of the bad
-    assert gateway.refused == 1
+    assert gateway.statistics().refused == 1
 
 
 async def test_a_well_formed_batch_of_a_producer_is_still_accepted() -> None:
@@ -276,7 +276,7 @@ async def test_a_node_of_other_settings_is_refused_with_4006_naming_them() -> No
         async with open_remote_topic(f"{url}/node", "events", "p", agreement=agreed) as good:
             await good.partitions[0].send(columns(0, 5))
     assert topic.partitions[0].end_offset == 5
-    assert gateway.refused == 2
+    assert gateway.statistics().refused == 2
 
 
 def test_frames_name_their_fields_in_errors() -> None:

@@ -2,7 +2,7 @@
 
 from .checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from .checkpoint import CheckpointStore as CheckpointStore
-from .checkpoint import DamagedEpoch as DamagedEpoch
+from .checkpoint import CheckpointStoreStatistics as CheckpointStoreStatistics
 from .checkpoint import EpochInfo as EpochInfo
 from .checkpoint import read_store as read_store
 from .checks import Checked as Checked
@@ -12,6 +12,7 @@ from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
 from .errors import raise_field_errors as raise_field_errors
+from .integrity import DamagedEpoch as DamagedEpoch
 from .limits import MAX_CATALOGUE as MAX_CATALOGUE
 from .limits import MAX_CATALOGUE_WHY as MAX_CATALOGUE_WHY
 from .limits import MAX_EVENTS as MAX_EVENTS
@@ -41,4 +42,6 @@ from .segment import Segment as Segment
 from .snapshot import describe_part as describe_part
 from .tally import LATENCY_RESOLUTION as LATENCY_RESOLUTION
 from .tally import ConsumerTally as ConsumerTally
+from .tally import ConsumerTallyStatistics as ConsumerTallyStatistics
 from .tally import Expectation as Expectation
+from .tally import TopicTallyStatistics as TopicTallyStatistics

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import msgspec
 
 from .errors import CheckpointError
+from .integrity import DamagedEpoch, epoch_checksum, part_checksum
 from .segment import Segment, SegmentLog, decode_segments, encode_segments
 
 SCHEMA_VERSION = 3
@@ -97,46 +97,22 @@ class Snapshot:
     final: bool = False
 
 
-class DamagedEpoch(CheckpointError):
-    """An epoch that cannot be resumed from: a part does not match its checksum, or does not
-    decode, or the epoch's own record does not match its checksum.
+@attrs.frozen
+class CheckpointStoreStatistics:
+    """A snapshot of a :class:`CheckpointStore`, as :meth:`CheckpointStore.statistics` gives it."""
 
-    Attributes:
-        epoch: The epoch's number (None while a part is restored, before it is known).
-        part: What is damaged: ``kind/name`` of a part, such as ``processor/video-stats``,
-            or ``epoch record`` for the epoch's row and its list of parts.
-        problem: What was found.
-    """
-
-    def __init__(self, epoch: int | None, part: str, problem: str) -> None:
-        self.epoch = epoch
-        self.part = part
-        self.problem = problem
-        where = "an epoch" if epoch is None else f"epoch {epoch}"
-        super().__init__(f"{where} is damaged: {part} {problem}")
-
-    def of_epoch(self, epoch: int) -> DamagedEpoch:
-        """The same damage, naming ``epoch``."""
-        return DamagedEpoch(epoch, self.part, self.problem)
-
-
-def part_checksum(kind: str, name: str, data: bytes) -> str:
-    """The checksum of one part: sha256 of its kind, name and bytes."""
-    digest = hashlib.sha256(f"{kind}\0{name}\0".encode())
-    digest.update(data)
-    return digest.hexdigest()
-
-
-def _epoch_checksum(row: Sequence[Any], parts: Sequence[tuple[str, str, str]]) -> str:
-    # Over what resuming relies on: the epoch's number and figures, its segments, and every
-    # part by name and checksum (so a part lost or added shows too).
-    epoch, sim_time, events, ring_records, final, completed, segments = row
-    text = (
-        f"{int(epoch)}\n{float(sim_time)!r}\n{int(events)}\n{int(ring_records)}\n"
-        f"{int(final)}\n{int(completed)}\n{segments}\n"
-    )
-    text += "".join(f"{kind}\0{name}\0{checksum}\n" for kind, name, checksum in sorted(parts))
-    return hashlib.sha256(text.encode()).hexdigest()
+    path: Path
+    """The database file."""
+    schema_version: int
+    """The schema version of the database (this ringflow's, unless opened for inspection)."""
+    keep: int
+    """How many of the newest epochs the store keeps (``checkpoint.keep``)."""
+    epochs_written: int
+    """Epochs this store object has written."""
+    last_epoch: int | None
+    """The number of the newest epoch this store object wrote; None before its first."""
+    damaged: int
+    """Epochs the last :meth:`CheckpointStore.load_intact` passed over as damaged."""
 
 
 def _check_file(path: Path) -> None:
@@ -188,6 +164,8 @@ class CheckpointStore:
         self._lock = threading.Lock()
         self._closing = False
         self._segments = SegmentLog()
+        self._written = 0
+        self._last: int | None = None
 
     @classmethod
     def open(
@@ -360,7 +338,7 @@ class CheckpointStore:
             with self._connect() as db:
                 row = db.execute("SELECT COALESCE(MAX(epoch), 0) + 1 FROM epochs").fetchone()
                 epoch = int(row[0])
-                checksum = _epoch_checksum(
+                checksum = epoch_checksum(
                     (
                         epoch,
                         snapshot.sim_time,
@@ -396,6 +374,7 @@ class CheckpointStore:
                 db.execute("DELETE FROM epochs WHERE epoch <= ?", (epoch - self.keep,))
         except sqlite3.Error as exc:
             raise CheckpointError(f"writing a checkpoint to {self.path} failed: {exc}") from None
+        self._written, self._last = self._written + 1, epoch
         return EpochInfo(
             epoch=epoch,
             created_at=time.time(),
@@ -406,6 +385,17 @@ class CheckpointStore:
             write_seconds=seconds,
             final=snapshot.final,
             segments=segments,
+        )
+
+    def statistics(self) -> CheckpointStoreStatistics:
+        """Return a snapshot of the store's settings and of what this object wrote."""
+        return CheckpointStoreStatistics(
+            path=self.path,
+            schema_version=self.version,
+            keep=self.keep,
+            epochs_written=self._written,
+            last_epoch=self._last,
+            damaged=len(self.damaged),
         )
 
     def _before_commit(self, db: sqlite3.Connection, epoch: int) -> None:
@@ -432,7 +422,7 @@ class CheckpointStore:
                 ).fetchall()
                 db.execute(
                     "UPDATE epochs SET completed = 1, checksum = ? WHERE epoch = ?",
-                    (_epoch_checksum(row, parts), epoch),
+                    (epoch_checksum(row, parts), epoch),
                 )
         except sqlite3.Error as exc:
             raise CheckpointError(f"writing a checkpoint to {self.path} failed: {exc}") from None
@@ -518,7 +508,7 @@ class CheckpointStore:
             if part_checksum(kind, name, data) != checksum:
                 raise DamagedEpoch(epoch, f"{kind}/{name}", "does not match its checksum")
         listed = [(kind, name, checksum) for (kind, name), (_, checksum) in parts.items()]
-        if record is None or _epoch_checksum(record[:7], listed) != record[7]:
+        if record is None or epoch_checksum(record[:7], listed) != record[7]:
             raise DamagedEpoch(
                 epoch, "epoch record", "(figures or list of parts) does not match its checksum"
             )

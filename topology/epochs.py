@@ -192,7 +192,7 @@ class CheckpointerStatistics:
     final_epoch: FinalEpoch
     """``written``; ``failed`` (capturing or writing raised); ``timed out`` (not written
     within its time: it may still land, whole, if the process lives on); or ``not asked``."""
-    writing: bool
+    serving: bool
     """Whether the actor is serving (between :meth:`Checkpointer.serve`'s start and end)."""
 
 
@@ -406,5 +406,5 @@ class Checkpointer:
             shared=self._shared,
             abandoned_writes=self._abandoned,
             final_epoch=self._final,
-            writing=self._store is not None,
+            serving=self._store is not None,
         )

@@ -280,7 +280,7 @@ class Node:
         finished: set[tuple[str, str]] = set()
         gateway = self.gateway
         if gateway is not None:
-            finished = {(topic, producer) for topic, producer in gateway.snapshot()["finished"]}
+            finished = set(gateway.snapshot().finished)
             for name, topic in topics.items():
                 for partition in topic.partitions:
                     ends[partition] = partition.end_offset

@@ -13,7 +13,6 @@ import trio
 from actors import (
     ConsumerGroup,
     Gateway,
-    Producer,
     RemoteGroup,
     Topic,
     open_nursery,
@@ -66,6 +65,8 @@ class PipelineStatistics:
     """Epochs written by this pipeline (and the ones it was rolled back from)."""
     last_epoch: int | None
     """The number of the newest epoch written, if any."""
+    write_seconds: float
+    """Seconds those epochs took to write, in total."""
     restored_from: int | None
     """The epoch the pipeline was built from; None when it started fresh."""
     final_epoch: FinalEpoch
@@ -96,7 +97,6 @@ class Pipeline:
     value_types: dict[str, tuple[type, ...]]
     events_override: int | None = None
     restored_from: EpochInfo | None = None
-    started_at: float | None = None
     finished_at: float | None = None
     wall_started: float | None = None
     wall_finished: float | None = None
@@ -256,11 +256,6 @@ class Pipeline:
         return [plan for plan in self.plans if plan.producer in here.producers]
 
     @property
-    def producers(self) -> dict[tuple[str, int], list[Producer]]:
-        """By (producer, instance), the producers each running instance sends through."""
-        return {key: source.producers for key, source in self.sources.items() if source.producers}
-
-    @property
     def gateway(self) -> Gateway | None:
         """The node's gateway: serves its topics to other nodes and taps; None when whole."""
         return None if self.node is None else self.node.gateway
@@ -269,16 +264,6 @@ class Pipeline:
     def remote_members(self) -> set[tuple[str, str, str]]:
         """(group, topic, member) of consumers on other nodes reading this node's topics."""
         return set() if self.node is None else self.node.remote_members
-
-    @property
-    def remote_urls(self) -> dict[str, str]:
-        """For topics on other nodes that this node uses: the ``ws://`` address of their node."""
-        return {} if self.node is None else self.node.remote_urls
-
-    @property
-    def agreement(self) -> dict[str, str]:
-        """What this node's peers must agree with (see :func:`agreement`); empty when whole."""
-        return {} if self.node is None else self.node.agreement
 
     @property
     def origin(self) -> float:
@@ -333,6 +318,7 @@ class Pipeline:
             lag=self.total_lag(),
             epochs_written=len(self.epochs),
             last_epoch=self.epochs[-1].epoch if self.epochs else None,
+            write_seconds=sum(e.write_seconds for e in self.epochs),
             restored_from=None if self.restored_from is None else self.restored_from.epoch,
             final_epoch=self._checkpointer.statistics().final_epoch,
         )
@@ -441,7 +427,7 @@ class Pipeline:
             SupervisionError: An actor crashed; the message names it and the error.
             CheckpointError: An epoch could not be written.
         """
-        self.started_at = self._clock.start()
+        self._clock.start()
         self.wall_started = time.perf_counter()
         self._barrier.start(self.sources)
         if checkpoints is not None and self.node is not None:

@@ -23,9 +23,19 @@ from typing import Any, Generic, Protocol, TypeVar
 import attrs
 import msgspec
 
-from actors import Key, Partition, PartitionState, RecordBatch
+from actors import (
+    Columns,
+    GatewayCheckpoint,
+    Key,
+    Partition,
+    PartitionState,
+    RecordBatch,
+    RemotePartitionState,
+    RemoteTopicState,
+)
 
-from .checkpoint import SCHEMA_VERSION, DamagedEpoch
+from .checkpoint import SCHEMA_VERSION
+from .integrity import DamagedEpoch
 
 V = TypeVar("V")
 P = TypeVar("P", bound="Part")
@@ -158,26 +168,40 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
     partitions: list[RemotePartitionPart[V]]
 
     @classmethod
-    def of(cls, snapshot: list[list[Any]]) -> RemoteTopicPart[Any]:
+    def of(cls, state: RemoteTopicState) -> RemoteTopicPart[Any]:
         """The part of a :meth:`~actors.RemoteTopic.snapshot`."""
         return RemoteTopicPart(
             partitions=[
                 RemotePartitionPart(
-                    next_sequence, [RetainedRecords(*retained) for retained in kept]
+                    next_sequence=partition.next_sequence,
+                    retained=[
+                        RetainedRecords(
+                            sequence=sequence,
+                            keys=list(columns.keys),
+                            values=list(columns.values),
+                            timestamps=list(columns.timestamps),
+                        )
+                        for sequence, columns in partition.retained
+                    ],
                 )
-                for next_sequence, kept in snapshot
+                for partition in state.partitions
             ]
         )
 
-    def state(self) -> list[list[Any]]:
+    def state(self) -> RemoteTopicState:
         """What :meth:`~actors.RemoteTopic.restore` takes."""
-        return [
-            [
-                partition.next_sequence,
-                [[r.sequence, r.keys, r.values, r.timestamps] for r in partition.retained],
-            ]
-            for partition in self.partitions
-        ]
+        return RemoteTopicState(
+            tuple(
+                RemotePartitionState(
+                    partition.next_sequence,
+                    tuple(
+                        (r.sequence, Columns(r.keys, r.values, r.timestamps))
+                        for r in partition.retained
+                    ),
+                )
+                for partition in self.partitions
+            )
+        )
 
 
 class MemberPart(Part, frozen=True, tag=1):
@@ -196,16 +220,23 @@ class GatewayPart(Part, frozen=True, tag=1):
     """Per topic and producer id."""
 
     @classmethod
-    def of(cls, snapshot: Mapping[str, Any]) -> GatewayPart:
-        """The part of a :meth:`~actors.Gateway.snapshot`."""
-        return msgspec.convert(snapshot, GatewayPart)
+    def of(cls, state: GatewayCheckpoint) -> GatewayPart:
+        """The part of a :meth:`~actors.Gateway.snapshot`.
 
-    def state(self) -> dict[str, Any]:
+        Raises:
+            msgspec.ValidationError: A summary is not a :class:`TopicSummary`.
+        """
+        return GatewayPart(
+            finished=list(state.finished),
+            summaries=msgspec.convert(state.summaries, dict[str, dict[str, TopicSummary]]),
+        )
+
+    def state(self) -> GatewayCheckpoint:
         """What :meth:`~actors.Gateway.restore` takes."""
-        return {
-            "finished": [list(pair) for pair in self.finished],
-            "summaries": {topic: dict(by) for topic, by in self.summaries.items()},
-        }
+        return GatewayCheckpoint(
+            finished=tuple(self.finished),
+            summaries={topic: dict(by) for topic, by in self.summaries.items()},
+        )
 
 
 class ClockPart(Part, frozen=True, tag=1):

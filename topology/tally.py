@@ -26,6 +26,18 @@ _SOURCE = operator.attrgetter("source")
 _KIND = operator.attrgetter("kind")
 
 
+@attrs.frozen
+class TopicTallyStatistics:
+    """A snapshot of a :class:`TopicTally`."""
+
+    records: int
+    """Records producers got accepted into the topic."""
+    sources: int
+    """Producer instances whose records were counted."""
+    kinds: dict[str, int]
+    """Records per kind of event."""
+
+
 @attrs.define(eq=False)
 class TopicTally:
     """What producers got accepted into one topic."""
@@ -53,6 +65,12 @@ class TopicTally:
         self.seq_sums = dict(state.seq_sums)
         self.kinds = Counter(state.kinds)
 
+    def statistics(self) -> TopicTallyStatistics:
+        """Return a snapshot of the counts."""
+        return TopicTallyStatistics(
+            records=self.records, sources=len(self.seq_sums), kinds=dict(self.kinds)
+        )
+
     def summary(self) -> TopicSummary:
         """What a producer instance says it sent, as gateways pass it on."""
         return TopicSummary(self.records, list(self.seq_sums.items()), dict(self.kinds))
@@ -73,6 +91,27 @@ class TopicTally:
                 tally.seq_sums[source] = tally.seq_sums.get(source, 0) + total
             tally.kinds.update(checked.kinds)
         return tally
+
+
+@attrs.frozen
+class ConsumerTallyStatistics:
+    """A snapshot of a :class:`ConsumerTally`."""
+
+    name: str
+    """The consumer's name."""
+    records: int
+    """Records processed, over all its topics."""
+    per_topic: dict[str, int]
+    """Records processed per topic."""
+    order_violations: int
+    """Events that arrived out of the order they were made in, or twice, or whose key was
+    seen in two partitions (0 unless the order is checked)."""
+    first_violation: str | None
+    """What the first of those was; None when there was none."""
+    strangers: dict[str, int]
+    """Per topic, records whose source is no producer instance of this topology."""
+    latency_samples: int
+    """Records whose latency was measured (one in :data:`LATENCY_SAMPLE_EVERY`)."""
 
 
 @attrs.define(eq=False)
@@ -170,6 +209,18 @@ class ConsumerTally:
         self.order_violations += 1
         if self.first_violation is None:
             self.first_violation = message
+
+    def statistics(self) -> ConsumerTallyStatistics:
+        """Return a snapshot of the counts and checks."""
+        return ConsumerTallyStatistics(
+            name=self.name,
+            records=self.records,
+            per_topic=dict(self.per_topic),
+            order_violations=self.order_violations,
+            first_violation=self.first_violation,
+            strangers=dict(self.strangers),
+            latency_samples=self.latency.total(),
+        )
 
     def capture(self) -> ConsumerTallyPart:
         """The tally as a part of an epoch."""

@@ -5,5 +5,6 @@ connection); :mod:`.producers`, :mod:`.members` and :mod:`.taps` serve the three
 connection; :mod:`.endpoint` holds what they share.
 """
 
+from .producers import GatewayCheckpoint as GatewayCheckpoint
 from .routing import Gateway as Gateway
 from .routing import GatewayStatistics as GatewayStatistics

@@ -46,6 +46,19 @@ class ProducerEndpointStatistics:
     """Producers the topics are kept open for that have not finished yet."""
 
 
+@attrs.frozen
+class GatewayCheckpoint:
+    """What a checkpoint keeps of a gateway, as :meth:`~actors.Gateway.snapshot` gives it
+    and :meth:`~actors.Gateway.restore` takes it: the remote producers that finished, and
+    what each said it sent."""
+
+    finished: tuple[tuple[str, str], ...] = ()
+    """(topic, producer id) of each producer that has sent its finish, sorted."""
+    summaries: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    """Per topic and producer id, what the producer said it sent (see
+    :meth:`~actors.Gateway.add_summary`)."""
+
+
 @attrs.define(eq=False)
 class ProducerEndpoint:
     """Serves remote producers of a gateway's topics and keeps what they finished.
@@ -128,18 +141,17 @@ class ProducerEndpoint:
         waiter = self._finish_waiters.setdefault(key, trio.Event())
         await waiter.wait()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GatewayCheckpoint:
         """The producers that have finished and their summaries, for a checkpoint."""
-        return {
-            "finished": [[topic, producer] for topic, producer in sorted(self._finished)],
-            "summaries": self.summaries,
-        }
+        return GatewayCheckpoint(
+            tuple(sorted(self._finished)), {t: dict(s) for t, s in self.summaries.items()}
+        )
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: GatewayCheckpoint) -> None:
         """Take back :meth:`snapshot`; call before :meth:`expect`."""
-        self._finished = {(topic, producer) for topic, producer in state["finished"]}
+        self._finished = set(state.finished)
         self._durable_finishes = set(self._finished)
-        self.summaries = {t: dict(s) for t, s in state["summaries"].items()}
+        self.summaries = {t: dict(s) for t, s in state.summaries.items()}
 
     @property
     def waiting_for(self) -> dict[str, set[str]]:

@@ -48,7 +48,7 @@ from ..wire import (
 )
 from .endpoint import FrameReader, Refusal, close, gone, peer
 from .members import MemberEndpoint, MemberEndpointStatistics
-from .producers import ProducerEndpoint, ProducerEndpointStatistics
+from .producers import GatewayCheckpoint, ProducerEndpoint, ProducerEndpointStatistics
 from .taps import TapEndpoint, TapEndpointStatistics
 
 
@@ -162,11 +162,6 @@ class Gateway:
         """Per topic, the remote producers that have not finished yet."""
         return self._producers.waiting_for
 
-    @property
-    def refused(self) -> int:
-        """Connections closed because of a bad token, version or frame."""
-        return self._refused
-
     def drained(self, members: Set[tuple[str, str, str]] = frozenset()) -> bool:
         """Whether every topic is closed, every group has committed every record, and no
         remote producer, member or holding tap is still connected: nothing is left for this
@@ -204,12 +199,12 @@ class Gateway:
         it has (those producers are told their finish is recorded)."""
         self._producers.mark_durable(sequences, finished)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GatewayCheckpoint:
         """What a checkpoint must keep of the gateway: the producers that have finished and
         their summaries."""
         return self._producers.snapshot()
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: GatewayCheckpoint) -> None:
         """Take back :meth:`snapshot`; call before :meth:`expect_producers`."""
         self._producers.restore(state)
 
