@@ -252,7 +252,7 @@ class GeneratorPosition(State, frozen=True, tag=1):
 
     random_version: int
     """The version of the random generator's state (``random.getstate()[0]``)."""
-    random_internal: list[int]
+    random_internal: list[Annotated[int, msgspec.Meta(ge=0, lt=2**32)]]
     """The generator's internal state: the Mersenne Twister's words and its index."""
     random_gauss: float | None
     """The spare normal variate the generator keeps, if any."""
@@ -260,6 +260,14 @@ class GeneratorPosition(State, frozen=True, tag=1):
     """The sequence number of the next event."""
     counts: dict[str, int]
     """Events generated so far, per kind."""
+
+    def __post_init__(self) -> None:
+        # Refused when decoded, not later when the workload is made: a state of the wrong size
+        # or with a word out of range raises ValueError or TypeError here.
+        _SCRATCH.setstate(self._random_state())
+
+    def _random_state(self) -> tuple[Any, ...]:
+        return self.random_version, tuple(self.random_internal), self.random_gauss
 
     @classmethod
     def of(cls, rng: random.Random, seq: int, counts: dict[str, int]) -> GeneratorPosition:
@@ -274,13 +282,13 @@ class GeneratorPosition(State, frozen=True, tag=1):
         )
 
     def restore(self, rng: random.Random) -> tuple[int, dict[str, int]]:
-        """Put ``rng`` back where it was; return the sequence number and a copy of the counts.
-
-        Raises:
-            ValueError: The generator's state is not one ``random`` takes.
-        """
-        rng.setstate((self.random_version, tuple(self.random_internal), self.random_gauss))
+        """Put ``rng`` back where it was; return the sequence number and a copy of the counts."""
+        rng.setstate(self._random_state())
         return self.seq, dict(self.counts)
+
+
+_SCRATCH = random.Random(0)
+"""Checks that a position's generator state is one ``random`` takes."""
 
 
 # -- UGC events -----------------------------------------------------------------------------

@@ -260,6 +260,19 @@ def test_columns_of_different_lengths_are_refused(name: str) -> None:
         ProcessorPart(state=msgspec.Raw(msgspec.msgpack.encode(fields))).state_as(state_type)
 
 
+@pytest.mark.parametrize(
+    "internal",
+    [[1, 2, 3], [*range(624), 625], [-1, *range(624)], [*range(624), "a"]],
+    ids=["short", "index", "negative", "not-a-number"],
+)
+def test_a_random_state_that_random_does_not_take_is_refused(internal: list[Any]) -> None:
+    state_type, state = states()["video_site"]
+    fields = {**fields_of(state), "random_internal": internal}
+    raw = msgspec.Raw(msgspec.msgpack.encode(fields))
+    with pytest.raises(msgspec.ValidationError):
+        ProducerPart(done=0, workload=raw).position_as(state_type)
+
+
 def test_a_processor_part_that_cannot_be_restored_is_damage_and_changes_nothing() -> None:
     processor = make_processor("video_stats")
     processor.process(events_of("video_site", 100))
