@@ -4,12 +4,12 @@ An epoch is a set of parts, each stored under (kind, name), such as ``("partitio
 "events/0")`` or ``("processor", "video-stats")``. Every kind has one ``Struct`` here, encoded
 as a MessagePack map with its field names and the version ``v`` of its layout: capture writes
 it, restore reads it, and ``ringflow checkpoints`` describes it with :func:`describe_part`, all
-through the same class, so nothing is ever read by position.
+through the same class.
 
-Each kind decodes as its one class: a part that says another ``v``, lacks a required field or has
-one of another type, is "not what this part holds" and is refused as damage (restoring it
-raises :class:`DamagedEpoch`, and its epoch is passed over), never misread. Old layouts are not
-kept: a new layout of a kind is a new ``Struct`` with the next ``v``, and the store's
+Each kind decodes as its one class: a part that says another ``v``, lacks a required field or
+has one of another type is "not what this part holds", and is refused as damage (restoring it
+raises :class:`DamagedEpoch`, and its epoch is passed over), never misread. Old layouts are
+not kept: a new layout of a kind is a new ``Struct`` with the next ``v``, and the store's
 ``SCHEMA_VERSION`` is raised with it, so a store of the old layout is refused as a whole, with
 a message that says why, before any of its parts is read.
 
