@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from topology import Checked, FieldError, ProcessorType
+from topology import Checked, FieldError, ProcessorType, State
 
 from .workloads import Click, CustomEvent, PageView, VideoEvent, WatchProgress
 
@@ -20,6 +20,16 @@ from .workloads import Click, CustomEvent, PageView, VideoEvent, WatchProgress
 @attrs.frozen
 class NoParams:
     """A processor without settings."""
+
+
+def _same_lengths(state: State, *names: str) -> None:
+    # Columns of one table: a row is the same index in each, so they must be as long.
+    lengths = {name: len(getattr(state, name)) for name in names}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            "columns of different lengths: "
+            + ", ".join(f"{name} {length}" for name, length in lengths.items())
+        )
 
 
 # -- video statistics ------------------------------------------------------------------------
@@ -32,6 +42,25 @@ _VIDEO_SLOT = {
     "comment": _COMMENT,
     "watch": _WATCH,
 }
+
+
+class VideoStatsState(State, frozen=True, tag=1):
+    """The state of ``video_stats``: a table of videos, a column per field (row i of the
+    table is index i of every column; columns keep it small and quick to encode)."""
+
+    video: Sequence[int]
+    blogger: Sequence[int]
+    """The owner of each video."""
+    views: Sequence[int]
+    likes: Sequence[int]
+    dislikes: Sequence[int]
+    comments: Sequence[int]
+    watches: Sequence[int]
+    watch_ms: Sequence[int]
+    """Milliseconds watched."""
+
+    def __post_init__(self) -> None:
+        _same_lengths(self, *self.__struct_fields__)
 
 
 class VideoStats:
@@ -73,13 +102,38 @@ class VideoStats:
             kind: sum(s[slot] for s in self._videos.values()) for kind, slot in _VIDEO_SLOT.items()
         }
 
-    def snapshot(self) -> Any:
-        """The state: one row per video."""
-        return [[video, *stats] for video, stats in self._videos.items()]
+    def snapshot(self) -> VideoStatsState:
+        """The state: every video's counts."""
+        videos = self._videos
+        columns = list(zip(*videos.values(), strict=True)) or [()] * 7
+        return VideoStatsState(
+            video=list(videos),
+            blogger=columns[6],
+            views=columns[_VIEW],
+            likes=columns[_LIKE],
+            dislikes=columns[_DISLIKE],
+            comments=columns[_COMMENT],
+            watches=columns[_WATCH],
+            watch_ms=columns[_WATCH_MS],
+        )
 
-    def restore(self, state: Any) -> None:
+    def restore(self, state: VideoStatsState) -> None:
         """Replace the state with a snapshot."""
-        self._videos = {row[0]: list(row[1:]) for row in state}
+        # In the order of _VIDEO_SLOT, then the owner.
+        self._videos = {
+            video: [views, likes, dislikes, comments, watches, watch_ms, blogger]
+            for video, blogger, views, likes, dislikes, comments, watches, watch_ms in zip(
+                state.video,
+                state.blogger,
+                state.views,
+                state.likes,
+                state.dislikes,
+                state.comments,
+                state.watches,
+                state.watch_ms,
+                strict=True,
+            )
+        }
 
     def live(self) -> list[tuple[str, str]]:
         """The most viewed videos so far, for the live view."""
@@ -123,6 +177,29 @@ class BloggerAnalyticsParams(Checked):
         elif self.top > MAX_TOP:
             errors.append(FieldError("top", f"at most {MAX_TOP}, got {self.top:,}"))
         return errors
+
+
+class BloggerAnalyticsState(State, frozen=True, tag=1):
+    """The state of ``blogger_analytics``: a table of (blogger, window) pairs, a column per
+    field (row i of the table is index i of every column), and the latest window."""
+
+    latest: int
+    """The latest window index seen."""
+    blogger: Sequence[int]
+    window: Sequence[int]
+    """The window's index: it starts at ``window x params.window`` seconds of event time."""
+    views: Sequence[int]
+    likes: Sequence[int]
+    dislikes: Sequence[int]
+    comments: Sequence[int]
+    watches: Sequence[int]
+    watch_ms: Sequence[int]
+    """Milliseconds watched."""
+    video_views: Sequence[dict[int, int]]
+    """Views per video."""
+
+    def __post_init__(self) -> None:
+        _same_lengths(self, *(name for name in self.__struct_fields__ if name != "latest"))
 
 
 class BloggerAnalytics:
@@ -206,22 +283,52 @@ class BloggerAnalytics:
             for kind, slot in _VIDEO_SLOT.items()
         }
 
-    def snapshot(self) -> Any:
-        """The state: one row per (blogger, window)."""
-        return {
-            "latest": self._latest,
-            "windows": [
-                [blogger, index, *state[:6], list(state[6].items())]
-                for (blogger, index), state in self._windows.items()
-            ],
-        }
+    def snapshot(self) -> BloggerAnalyticsState:
+        """The state: every window of every blogger."""
+        windows = self._windows
+        keys = list(zip(*windows, strict=True)) or [(), ()]
+        columns = list(zip(*windows.values(), strict=True)) or [()] * 7
+        return BloggerAnalyticsState(
+            latest=self._latest,
+            blogger=keys[0],
+            window=keys[1],
+            views=columns[_VIEW],
+            likes=columns[_LIKE],
+            dislikes=columns[_DISLIKE],
+            comments=columns[_COMMENT],
+            watches=columns[_WATCH],
+            watch_ms=columns[_WATCH_MS],
+            video_views=[views.copy() for views in columns[6]],
+        )
 
-    def restore(self, state: Any) -> None:
+    def restore(self, state: BloggerAnalyticsState) -> None:
         """Replace the state with a snapshot."""
-        self._latest = state["latest"]
+        self._latest = state.latest
+        # In the order of _VIDEO_SLOT, then the views per video.
         self._windows = {
-            (row[0], row[1]): [*row[2:8], {video: views for video, views in row[8]}]
-            for row in state["windows"]
+            (blogger, index): [views, likes, dislikes, comments, watches, watch_ms, dict(videos)]
+            for (
+                blogger,
+                index,
+                views,
+                likes,
+                dislikes,
+                comments,
+                watches,
+                watch_ms,
+                videos,
+            ) in zip(
+                state.blogger,
+                state.window,
+                state.views,
+                state.likes,
+                state.dislikes,
+                state.comments,
+                state.watches,
+                state.watch_ms,
+                state.video_views,
+                strict=True,
+            )
         }
 
     def live(self) -> list[tuple[str, str]]:
@@ -241,6 +348,30 @@ class BloggerAnalytics:
 
 
 # -- UGC counters ----------------------------------------------------------------------------
+
+
+class UgcCountersState(State, frozen=True, tag=1):
+    """The state of ``ugc_counters``: counts by name, and tables of pages and of films, a
+    column per field (row i of a table is index i of each of its columns)."""
+
+    kinds: dict[str, int]
+    """Events per kind."""
+    custom: dict[str, int]
+    """Custom events per name."""
+    page: Sequence[str]
+    page_clicks: Sequence[int]
+    page_views: Sequence[int]
+    page_view_ms: Sequence[int]
+    """Milliseconds spent on the page."""
+    movie: Sequence[int]
+    movie_updates: Sequence[int]
+    """Progress updates of the film."""
+    movie_completed: Sequence[int]
+    """Updates that said 90% or more of the film was watched."""
+
+    def __post_init__(self) -> None:
+        _same_lengths(self, "page", "page_clicks", "page_views", "page_view_ms")
+        _same_lengths(self, "movie", "movie_updates", "movie_completed")
 
 
 class UgcCounters:
@@ -297,21 +428,38 @@ class UgcCounters:
             "watch_progress": sum(m[0] for m in self._movies.values()),
         }
 
-    def snapshot(self) -> Any:
+    def snapshot(self) -> UgcCountersState:
         """The state: all counters."""
-        return {
-            "kinds": self._kinds,
-            "pages": self._pages,
-            "custom": self._custom,
-            "movies": list(self._movies.items()),
-        }
+        pages = list(zip(*self._pages.values(), strict=True)) or [()] * 3
+        movies = list(zip(*self._movies.values(), strict=True)) or [()] * 2
+        return UgcCountersState(
+            kinds=dict(self._kinds),
+            custom=dict(self._custom),
+            page=list(self._pages),
+            page_clicks=pages[0],
+            page_views=pages[1],
+            page_view_ms=pages[2],
+            movie=list(self._movies),
+            movie_updates=movies[0],
+            movie_completed=movies[1],
+        )
 
-    def restore(self, state: Any) -> None:
+    def restore(self, state: UgcCountersState) -> None:
         """Replace the state with a snapshot."""
-        self._kinds = dict(state["kinds"])
-        self._pages = {page: list(c) for page, c in state["pages"].items()}
-        self._custom = dict(state["custom"])
-        self._movies = {movie: list(c) for movie, c in state["movies"]}
+        self._kinds = dict(state.kinds)
+        self._custom = dict(state.custom)
+        self._pages = {
+            page: [clicks, views, ms]
+            for page, clicks, views, ms in zip(
+                state.page, state.page_clicks, state.page_views, state.page_view_ms, strict=True
+            )
+        }
+        self._movies = {
+            movie: [updates, completed]
+            for movie, updates, completed in zip(
+                state.movie, state.movie_updates, state.movie_completed, strict=True
+            )
+        }
 
     def live(self) -> list[tuple[str, str]]:
         """Counts per kind so far."""
@@ -325,6 +473,7 @@ PROCESSORS: dict[str, ProcessorType] = {
         params=NoParams,
         make=VideoStats,
         accepts=(VideoEvent,),
+        state_type=VideoStatsState,
     ),
     "blogger_analytics": ProcessorType(
         name="blogger_analytics",
@@ -333,6 +482,7 @@ PROCESSORS: dict[str, ProcessorType] = {
         params=BloggerAnalyticsParams,
         make=BloggerAnalytics,
         accepts=(VideoEvent,),
+        state_type=BloggerAnalyticsState,
     ),
     "ugc_counters": ProcessorType(
         name="ugc_counters",
@@ -340,6 +490,7 @@ PROCESSORS: dict[str, ProcessorType] = {
         params=NoParams,
         make=UgcCounters,
         accepts=(Click, PageView, CustomEvent, WatchProgress),
+        state_type=UgcCountersState,
     ),
 }
 """Processors by name."""

@@ -18,6 +18,7 @@ from topology import (
     MAX_IDS_WHY,
     Checked,
     FieldError,
+    State,
     WorkloadType,
     limit_problem,
 )
@@ -237,24 +238,57 @@ class VideoSite:
         """Events generated so far, per kind."""
         return dict(self._counts)
 
-    def position(self) -> dict[str, Any]:
+    def position(self) -> GeneratorPosition:
         """Where the workload is in its sequence: enough to carry on exactly from here."""
-        return {"random": _random_state(self._rng), "seq": self._seq, "counts": self.counts()}
+        return GeneratorPosition.of(self._rng, self._seq, self._counts)
 
-    def restore(self, position: dict[str, Any]) -> None:
+    def restore(self, position: GeneratorPosition) -> None:
         """Carry on from a :meth:`position`."""
-        _set_random_state(self._rng, position["random"])
-        self._seq = position["seq"]
-        self._counts = dict(position["counts"])
+        self._seq, self._counts = position.restore(self._rng)
 
 
-def _random_state(rng: random.Random) -> list[Any]:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
+class GeneratorPosition(State, frozen=True, tag=1):
+    """Where a workload is in its sequence (the ``state_type`` of both workloads here)."""
+
+    random_version: int
+    """The version of the random generator's state (``random.getstate()[0]``)."""
+    random_internal: list[Annotated[int, msgspec.Meta(ge=0, lt=2**32)]]
+    """The generator's internal state: the Mersenne Twister's words and its index."""
+    random_gauss: float | None
+    """The spare normal variate the generator keeps, if any."""
+    seq: int
+    """The sequence number of the next event."""
+    counts: dict[str, int]
+    """Events generated so far, per kind."""
+
+    def __post_init__(self) -> None:
+        # Refused when decoded, not later when the workload is made: a state of the wrong size
+        # or with a word out of range raises ValueError or TypeError here.
+        _SCRATCH.setstate(self._random_state())
+
+    def _random_state(self) -> tuple[Any, ...]:
+        return self.random_version, tuple(self.random_internal), self.random_gauss
+
+    @classmethod
+    def of(cls, rng: random.Random, seq: int, counts: dict[str, int]) -> GeneratorPosition:
+        """The position of a workload drawing from ``rng``, at ``seq``, having made ``counts``."""
+        version, internal, gauss = rng.getstate()
+        return cls(
+            random_version=version,
+            random_internal=list(internal),
+            random_gauss=gauss,
+            seq=seq,
+            counts=dict(counts),
+        )
+
+    def restore(self, rng: random.Random) -> tuple[int, dict[str, int]]:
+        """Put ``rng`` back where it was; return the sequence number and a copy of the counts."""
+        rng.setstate(self._random_state())
+        return self.seq, dict(self.counts)
 
 
-def _set_random_state(rng: random.Random, state: list[Any]) -> None:
-    rng.setstate((state[0], tuple(state[1]), state[2]))
+_SCRATCH = random.Random(0)
+"""Checks that a position's generator state is one ``random`` takes."""
 
 
 # -- UGC events -----------------------------------------------------------------------------
@@ -407,15 +441,13 @@ class Ugc:
         """Events generated so far, per kind."""
         return dict(self._counts)
 
-    def position(self) -> dict[str, Any]:
+    def position(self) -> GeneratorPosition:
         """Where the workload is in its sequence: enough to carry on exactly from here."""
-        return {"random": _random_state(self._rng), "seq": self._seq, "counts": self.counts()}
+        return GeneratorPosition.of(self._rng, self._seq, self._counts)
 
-    def restore(self, position: dict[str, Any]) -> None:
+    def restore(self, position: GeneratorPosition) -> None:
         """Carry on from a :meth:`position`."""
-        _set_random_state(self._rng, position["random"])
-        self._seq = position["seq"]
-        self._counts = dict(position["counts"])
+        self._seq, self._counts = position.restore(self._rng)
 
 
 WORKLOADS: dict[str, WorkloadType] = {
@@ -426,6 +458,7 @@ WORKLOADS: dict[str, WorkloadType] = {
         streams=("events",),
         make=VideoSite,
         event_types={"events": (VideoEvent,)},
+        state_type=GeneratorPosition,
     ),
     "ugc": WorkloadType(
         name="ugc",
@@ -439,6 +472,7 @@ WORKLOADS: dict[str, WorkloadType] = {
             "custom": (CustomEvent,),
             "watch_progress": (WatchProgress,),
         },
+        state_type=GeneratorPosition,
     ),
 }
 """Workloads by name."""

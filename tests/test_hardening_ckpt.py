@@ -165,7 +165,28 @@ def write_buggy_epoch(state: Path, kind: str, name: str, data: bytes, drop: list
     [
         ("processor", "video-stats", b"\xc1 not MessagePack", "DecodeError"),
         ("processor", "video-stats", msgspec.msgpack.encode(5), "ValidationError"),
-        ("processor", "video-stats", encode(ProcessorPart(state=5)), "TypeError"),
+        (
+            "processor",
+            "video-stats",
+            encode(ProcessorPart(state=msgspec.Raw(msgspec.msgpack.encode(5)))),
+            "ValidationError: Expected `object`, got `int`",
+        ),
+        (
+            "processor",
+            "video-stats",
+            # The layout of schema 2: a row per video, read by position.
+            msgspec.msgpack.encode({"v": 1, "state": [[7, 1, 0, 0, 0, 0, 0, 3]]}),
+            "ValidationError: Expected `object`, got `array`",
+        ),
+        (
+            "producer",
+            "site/0",
+            # A workload's position read by string keys, as schema 2 kept it.
+            msgspec.msgpack.encode(
+                {"v": 1, "done": 0, "workload": {"random": [3, [0], None], "seq": 0, "counts": {}}}
+            ),
+            "ValidationError: Object",
+        ),
         ("partition", "events/0", msgspec.msgpack.encode("a string"), "ValidationError"),
         (
             "partition",

@@ -26,6 +26,7 @@ from .registry import Event as Event
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType
 from .registry import Registry as Registry
+from .registry import State as State
 from .registry import Workload as Workload
 from .registry import WorkloadType as WorkloadType
 from .schema import Topology as Topology

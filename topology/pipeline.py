@@ -338,7 +338,15 @@ class Pipeline:
             for name, topic in self.topics.items()
             for p in topic.partitions
         }
-        states.update({("processor", n): ProcessorState(p) for n, p in self.processors.items()})
+        kinds = self.registry.processors
+        states.update(
+            {
+                ("processor", n): ProcessorState(
+                    p, kinds[self.topology.consumers[n].processor].state_type
+                )
+                for n, p in self.processors.items()
+            }
+        )
         states.update({("consumer", n): tally for n, tally in self.tallies.items()})
         states.update({("topic", n): tally for n, tally in self.produced.items()})
         states.update({("producer", f"{p}/{i}"): s for (p, i), s in self.sources.items()})

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
+import msgspec
 
 from .convert import converter, describe_errors
 from .schema import Topology
@@ -44,6 +45,20 @@ class Event(Protocol):
         ...
 
 
+class State(msgspec.Struct, frozen=True, kw_only=True, tag_field="v", forbid_unknown_fields=True):
+    """What a processor keeps, or where a workload is, as an epoch saves it.
+
+    Each processor and workload declares a subclass as its ``state_type``, with the version
+    of its layout as its tag: ``class CountsState(State, frozen=True, tag=1)``. It is encoded
+    as a map of its field names and that version ``v``, and decoded strictly as the declared
+    type: a map that says another version, lacks a field, or has a field unknown to it or of
+    another type is refused (the epoch holding it cannot be restored), never misread. A new
+    layout is a new subclass with the next version; the epochs of the old one are then
+    refused. A ``__post_init__`` that raises ``ValueError`` refuses what types alone cannot
+    (columns that must be as long as each other).
+    """
+
+
 class Workload(Protocol):
     """Generates the events (each an :class:`Event`) of one producer instance, reproducibly
     from its random source.
@@ -67,12 +82,16 @@ class Workload(Protocol):
         """Return how many events of each kind were generated so far."""
         ...
 
-    def position(self) -> Any:
-        """Return where the workload is, as plain data msgspec can encode (for checkpoints)."""
+    def position(self) -> State:
+        """Return where the workload is (for checkpoints), as its type's ``state_type``.
+
+        It shares nothing mutable with the workload: what comes next does not change it.
+        """
         ...
 
     def restore(self, position: Any) -> None:
-        """Carry on from a :meth:`position`: the next events are those that would have come."""
+        """Carry on from a :meth:`position` (an instance of its type's ``state_type``): the
+        next events are those that would have come."""
         ...
 
 
@@ -95,12 +114,16 @@ class Processor(Protocol):
         """Return the number of events per kind that the aggregates account for."""
         ...
 
-    def snapshot(self) -> Any:
-        """Return the state as plain data msgspec can encode (for checkpoints)."""
+    def snapshot(self) -> State:
+        """Return the whole state (for checkpoints), as its type's ``state_type``.
+
+        It shares nothing mutable with the processor: processing more does not change it.
+        """
         ...
 
     def restore(self, state: Any) -> None:
-        """Replace the state with a :meth:`snapshot`."""
+        """Replace the state with a :meth:`snapshot` (an instance of its type's
+        ``state_type``); the processor does not keep a reference to ``state``."""
         ...
 
 
@@ -123,6 +146,9 @@ class WorkloadType:
     """The event classes each stream produces (msgspec structs with tags, each an
     :class:`Event`): what a processor reading the stream's topic must accept, and how
     checkpoints and the wire decode them."""
+    state_type: type[State]
+    """What the workload's :meth:`~Workload.position` gives: a checkpoint's producer part
+    decodes its position as this type, and refuses one of any other shape or version."""
 
 
 @attrs.frozen
@@ -137,6 +163,9 @@ class ProcessorType:
     """Build an instance from its params."""
     accepts: tuple[type[Event], ...]
     """The event classes it can fold: every topic it reads must carry only these."""
+    state_type: type[State]
+    """What the processor's :meth:`~Processor.snapshot` gives: a checkpoint's processor part
+    decodes as this type, and is refused if it has any other shape or version."""
 
 
 @attrs.frozen

@@ -2,15 +2,22 @@
 
 An epoch is a set of parts, each stored under (kind, name), such as ``("partition",
 "events/0")`` or ``("processor", "video-stats")``. Every kind has one ``Struct`` here, encoded
-as a MessagePack map with its field names and a version ``v``: capture writes it, restore
-reads it, and ``ringflow checkpoints`` describes it with :func:`describe_part`, all through the
-same class. A new layout of a kind is a new ``Struct`` with the next ``v``; an old one is then
-still recognised, never misread by position.
+as a MessagePack map with its field names and the version ``v`` of its layout: capture writes
+it, restore reads it, and ``ringflow checkpoints`` describes it with :func:`describe_part`, all
+through the same class.
+
+Each kind decodes as its one class: a part that says another ``v``, lacks a required field or
+has one of another type is "not what this part holds", and is refused as damage (restoring it
+raises :class:`DamagedEpoch`, and its epoch is passed over), never misread. Old layouts are
+not kept: a new layout of a kind is a new ``Struct`` with the next ``v``, and the store's
+``SCHEMA_VERSION`` is raised with it, so a store of the old layout is refused as a whole, with
+a message that says why, before any of its parts is read.
 
 Every object whose state an epoch keeps has the :class:`Stateful` interface: ``capture()``
 gives its part, ``restore(part)`` takes one back. What a processor or a workload keeps is
-theirs to define: it is carried opaque, inside :class:`ProcessorPart` and
-:class:`ProducerPart`.
+theirs to define, as the versioned :class:`~topology.State` their type declares
+(``state_type``): :class:`ProcessorPart` and :class:`ProducerPart` carry its bytes unread, and
+only that type decodes them, under the same rules.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ from actors import (
 
 from .checkpoint import SCHEMA_VERSION
 from .integrity import DamagedEpoch
+from .registry import Processor, State
 
 V = TypeVar("V")
 P = TypeVar("P", bound="Part")
+S = TypeVar("S", bound=State)
 
 
 class Part(msgspec.Struct, frozen=True, kw_only=True, tag_field="v"):
@@ -95,9 +104,22 @@ class PartitionPart(Part, Generic[V], frozen=True, tag=1):
 
 
 class ProcessorPart(Part, frozen=True, tag=1):
-    """A processor's state, as its own ``snapshot()`` gives it (opaque here)."""
+    """A processor's state: its :class:`~topology.State`, kept as encoded (opaque here)."""
 
-    state: Any
+    state: msgspec.Raw
+
+    @classmethod
+    def of(cls, state: State) -> ProcessorPart:
+        """The part of what a processor's ``snapshot()`` gave."""
+        return ProcessorPart(state=_raw(state))
+
+    def state_as(self, state_type: type[S]) -> S:
+        """The state, decoded as the processor's type declares it.
+
+        Raises:
+            msgspec.ValidationError: It is not a ``state_type`` (another shape or version).
+        """
+        return _decode_state(self.state, state_type)
 
 
 class ConsumerTallyPart(Part, frozen=True, tag=1):
@@ -138,12 +160,27 @@ class TopicSummary(msgspec.Struct, frozen=True, array_like=True):
 
 
 class ProducerPart(Part, frozen=True, tag=1):
-    """Where a producer instance is: events made, its workload's position (opaque here), and
-    on a node of a split topology what it sent to each topic."""
+    """Where a producer instance is: events made, its workload's position (a
+    :class:`~topology.State`, kept as encoded: opaque here), and on a node of a split
+    topology what it sent to each topic."""
 
     done: int
-    workload: Any
+    workload: msgspec.Raw
     sent: dict[str, TopicTallyPart] = {}
+
+    @classmethod
+    def of(cls, done: int, position: State, sent: dict[str, TopicTallyPart]) -> ProducerPart:
+        """The part of a producer instance that made ``done`` events, whose workload gave
+        ``position``."""
+        return ProducerPart(done=done, workload=_raw(position), sent=sent)
+
+    def position_as(self, state_type: type[S]) -> S:
+        """The workload's position, decoded as the workload's type declares it.
+
+        Raises:
+            msgspec.ValidationError: It is not a ``state_type`` (another shape or version).
+        """
+        return _decode_state(self.workload, state_type)
 
 
 class RetainedRecords(msgspec.Struct, Generic[V], frozen=True):
@@ -276,12 +313,6 @@ class Stateful(Protocol[P]):
         ...
 
 
-class _Snapshotting(Protocol):
-    def snapshot(self) -> Any: ...
-
-    def restore(self, state: Any) -> None: ...
-
-
 @attrs.define(eq=False)
 class PartitionContents:
     """A partition's part of an epoch: what :class:`PartitionPart` holds."""
@@ -300,17 +331,24 @@ class PartitionContents:
 
 @attrs.define(eq=False)
 class ProcessorState:
-    """A processor's part of an epoch: its own snapshot, wrapped."""
+    """A processor's part of an epoch: its own state, as the type it declares."""
 
-    processor: _Snapshotting
+    processor: Processor
+    state_type: type[State]
+    """The processor type's ``state_type``."""
 
     def capture(self) -> ProcessorPart:
         """What the processor's ``snapshot()`` gives."""
-        return ProcessorPart(state=self.processor.snapshot())
+        return ProcessorPart.of(self.processor.snapshot())
 
     def restore(self, state: ProcessorPart) -> None:
-        """Hand it back to the processor's ``restore()``."""
-        self.processor.restore(state.state)
+        """Decode the state as :attr:`state_type` and hand it to the processor's
+        ``restore()``.
+
+        Raises:
+            msgspec.ValidationError: The part holds no ``state_type``.
+        """
+        self.processor.restore(state.state_as(self.state_type))
 
 
 @contextmanager
@@ -340,6 +378,19 @@ _ENCODER = msgspec.msgpack.Encoder()
 def encode(part: Part) -> bytes:
     """The bytes an epoch stores for ``part``."""
     return _ENCODER.encode(part)
+
+
+def _raw(state: State) -> msgspec.Raw:
+    return msgspec.Raw(_ENCODER.encode(state))
+
+
+@functools.cache
+def _state_decoder(state_type: type[State]) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(state_type)
+
+
+def _decode_state(raw: msgspec.Raw, state_type: type[S]) -> S:
+    return _state_decoder(state_type).decode(raw)  # type: ignore[no-any-return]
 
 
 @functools.cache

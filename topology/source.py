@@ -22,7 +22,7 @@ from actors import Columns, Producer, RemoteTopic, Topic, open_producer
 
 from .epochs import Barrier
 from .plan import ProducerPlan
-from .registry import Registry, Workload
+from .registry import Registry, State, Workload
 from .schema import Topology
 from .snapshot import ProducerPart, TopicSummary
 from .tally import TopicTally
@@ -54,6 +54,7 @@ class WorkloadSource:
 
     Args:
         make_workload: Makes the workload (called once, when the source starts).
+        state_type: What the workload's position is (its type's ``state_type``).
         topic_of: The topic of each of the workload's streams.
         key_of: How to read the key of an event of each stream (None: no key).
         produced: The run's tallies, by topic, that every source counts what it sends in.
@@ -67,6 +68,7 @@ class WorkloadSource:
 
     plan: ProducerPlan
     make_workload: Callable[[], Workload]
+    state_type: type[State]
     topic_of: Mapping[str, str]
     key_of: Mapping[str, Callable[[Any], Any] | None]
     max_batch: int
@@ -85,6 +87,7 @@ class WorkloadSource:
     """Events made so far."""
     _workload: Workload | None = None
     _restored: ProducerPart | None = None
+    _position: State | None = None
     _running: bool = False
 
     @classmethod
@@ -104,6 +107,7 @@ class WorkloadSource:
         return cls(
             plan,
             lambda: kind.make(params, seed, plan.producer, plan.instance, plan.source),
+            kind.state_type,
             topic_of,
             key_of,
             spec.max_batch,
@@ -121,14 +125,19 @@ class WorkloadSource:
         was restored to (None for a fresh one)."""
         if self._workload is None:
             return self._restored
-        return ProducerPart(
-            done=self.done,
-            workload=self._workload.position(),
-            sent={} if self.sent is None else {t: s.capture() for t, s in self.sent.items()},
+        return ProducerPart.of(
+            self.done,
+            self._workload.position(),
+            {} if self.sent is None else {t: s.capture() for t, s in self.sent.items()},
         )
 
     def restore(self, state: ProducerPart) -> None:
-        """Start, when run, from a captured position."""
+        """Start, when run, from a captured position.
+
+        Raises:
+            msgspec.ValidationError: The workload's position is not a :attr:`state_type`.
+        """
+        self._position = state.position_as(self.state_type)
         self._restored = state
         self.done = state.done
 
@@ -142,7 +151,7 @@ class WorkloadSource:
         workload = self._workload = self.make_workload()
         saved = self._restored
         if saved is not None:
-            workload.restore(saved.workload)
+            workload.restore(self._position)
             for topic, state in saved.sent.items():
                 if self.sent is not None:
                     self.sent[topic].restore(state)
