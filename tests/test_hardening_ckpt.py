@@ -323,8 +323,9 @@ def test_a_store_of_schema_2_is_refused_and_can_still_be_listed(
     assert cli_run(state, tmp_path / "r.json") == 2
     [refusal] = lines(capsys.readouterr().err)
     assert refusal == (
-        f"{state / FILE_NAME} has schema version 2, older than this ringflow's 3: its parts are "
-        "laid out as lists read by position, so it is not resumed (it was left as it is). "
+        f"{state / FILE_NAME} has schema version 2, older than this ringflow's 3: its epochs "
+        "are in an older layout that this ringflow does not read, so it is not resumed (it was "
+        "left as it is). "
         "Finish the run with the ringflow that wrote it, or use another state folder "
         "(checkpoint.path in the file, or --state) to start afresh"
     )

@@ -572,3 +572,14 @@ def test_messages_of_the_lower_layers_get_the_flag_that_sets_their_setting(
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "--peer db: no node named 'db'; nodes are: broker, consumers, producers" in line
     assert "peers." not in line
+    listen = ["node", str(split), "--node", "broker", "--listen", "1.2.3.4:99999"]
+    assert main([*listen, "--state", str(tmp_path / "s")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(": --listen: port 99999 of '1.2.3.4:99999' is not between 1 and 65535")
+    whole = ["node", str(VIDEO_SITE), "--node", "broker", "--state", str(tmp_path / "w")]
+    assert main(whole) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(
+        "$.nodes: the topology has no nodes, so no part of it runs as a node; run it whole "
+        "with 'ringflow run'"
+    )

@@ -287,7 +287,8 @@ class CheckpointStore:
             why = (
                 "its epochs carry no checksums, so they cannot be verified and it is not resumed"
                 if version < CHECKSUMS_SINCE
-                else "its parts are laid out as lists read by position, so it is not resumed"
+                else "its epochs are in an older layout that this ringflow does not read, so it "
+                "is not resumed"
             )
             raise CheckpointError(
                 f"{self.path} has schema version {version}, older than this ringflow's "

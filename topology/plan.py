@@ -188,10 +188,12 @@ def check_placement(topology: Topology, placement: Placement) -> list[str]:
                 f"peers.{node}: no node named {node!r}; nodes are: "
                 f"{', '.join(sorted(topology.nodes))}"
             )
-    for where in [placement.listen, *placement.peers.values()]:
+    places = [("listen", placement.listen)]
+    places += [(f"peers.{node}", where) for node, where in placement.peers.items()]
+    for setting, where in places:
         if where is not None:
             try:
                 parse_address(where)
             except ValueError as exc:
-                problems.append(str(exc))
+                problems.append(f"{setting}: {exc}")
     return problems

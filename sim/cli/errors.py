@@ -14,6 +14,8 @@ FLAG_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\(checkpoint\.path\)"), "(checkpoint.path in the file, or --state)"),
     (re.compile(r"the same seed and events"), "the same --seed and --events"),
     (re.compile(r"(?<![\w.$])peers\.([^:\s]+):"), r"--peer \1:"),
+    (re.compile(r"(?<![\w.$-])listen:"), "--listen:"),
+    (re.compile(r"; run it whole$", re.MULTILINE), "; run it whole with 'ringflow run'"),
 )
 """How settings named in messages of the lower layers are set on the command line."""
 
