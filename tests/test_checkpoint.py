@@ -35,10 +35,11 @@ from topology import (
     CheckpointStore,
     DamagedEpoch,
     Pipeline,
+    Snapshot,
     Topology,
     describe_part,
 )
-from topology.checkpoint import FILE_NAME, Snapshot
+from topology.checkpoint import FILE_NAME
 from topology.snapshot import GatewayPart, RemoteTopicPart, TopicSummary, decode, encode
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"

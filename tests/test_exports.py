@@ -60,7 +60,6 @@ MODULE_LEVEL = {
         },
     },
     "topology": {
-        "checkpoint": {"Snapshot"},
         "integrity": {"epoch_checksum", "part_checksum"},
         "epochs": {"Barrier", "BarrierStatistics", "Checkpointer", "RunClock"},
         "node": {"GatewayState", "MemberPositions", "Node", "NodeStatistics", "RemoteLink"},

@@ -25,8 +25,8 @@ import sim.run
 from sim.cli import main
 from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 from tests.test_split import epochs_in
-from topology import CheckpointSettings, CheckpointStore, Pipeline, Topology
-from topology.checkpoint import FILE_NAME, Snapshot
+from topology import CheckpointSettings, CheckpointStore, Pipeline, Snapshot, Topology
+from topology.checkpoint import FILE_NAME
 from topology.snapshot import ProcessorPart, encode
 
 ROOT = Path(__file__).resolve().parent.parent

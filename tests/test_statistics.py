@@ -17,9 +17,10 @@ from topology import (
     ConsumerTallyStatistics,
     EpochInfo,
     Pipeline,
+    Snapshot,
     TopicTallyStatistics,
 )
-from topology.checkpoint import FILE_NAME, Snapshot
+from topology.checkpoint import FILE_NAME
 from topology.epochs import Barrier, Checkpointer
 from topology.tally import TopicTally
 

@@ -4,6 +4,7 @@ from .checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from .checkpoint import CheckpointStore as CheckpointStore
 from .checkpoint import CheckpointStoreStatistics as CheckpointStoreStatistics
 from .checkpoint import EpochInfo as EpochInfo
+from .checkpoint import Snapshot as Snapshot
 from .checkpoint import read_store as read_store
 from .checks import Checked as Checked
 from .epochs import CheckpointerStatistics as CheckpointerStatistics
