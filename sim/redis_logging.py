@@ -113,6 +113,7 @@ def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
         group.on_deliver = functools.partial(_outgoing, logger, group.name, topic_name)
         group.on_rebalance = functools.partial(_rebalanced, logger, group.name, topic_name)
     pipeline.on_epoch = functools.partial(_epoch, logger)
+    pipeline.on_epoch_skipped = functools.partial(_skipped, logger)
 
 
 def gateway_event(
@@ -126,6 +127,10 @@ def gateway_event(
         logger.emit(category, event="gateway", message=message)
     if category == "errors" and on_error is not None:
         on_error(message)
+
+
+def _skipped(logger: RedisLogger, error: Exception) -> None:
+    logger.emit("errors", event="checkpoint_skipped", error=str(error)[:2000])
 
 
 def _epoch(logger: RedisLogger, info: EpochInfo) -> None:

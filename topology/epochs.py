@@ -189,6 +189,9 @@ class CheckpointerStatistics:
     abandoned_writes: int
     """Writes whose task was cancelled while the worker thread wrote: the thread goes on,
     and the epoch is in the store, or not at all, when it ends (one SQLite transaction)."""
+    skipped_epochs: int
+    """Periodic epochs that could not be written (a full disk, an I/O error) and were skipped:
+    the run went on, and the next one was tried at its time."""
     final_epoch: FinalEpoch
     """``written``; ``failed`` (capturing or writing raised); ``timed out`` (not written
     within its time: it may still land, whole, if the process lives on); or ``not asked``."""
@@ -231,6 +234,8 @@ class Checkpointer:
     capture: Callable[[bool], tuple[Snapshot, Callable[[], None] | None]]
     written: Callable[[EpochInfo], None]
     events_produced: Callable[[], int]
+    on_skipped: Callable[[CheckpointError], None] | None = None
+    """Called with the error of each periodic epoch that could not be written (for logging)."""
     _store: CheckpointStore | None = None
     _in_thread: bool = True
     _queue: list[_Request] = attrs.field(factory=list)
@@ -244,6 +249,7 @@ class Checkpointer:
     _requests: int = 0
     _shared: int = 0
     _abandoned: int = 0
+    _skipped: int = 0
     _final: FinalEpoch = "not asked"
 
     @property
@@ -394,7 +400,15 @@ class Checkpointer:
                 await self._due.wait()
             if until_done and not self.barrier.running:
                 return
-            await self.epoch()
+            try:
+                await self.epoch()
+            except CheckpointError as exc:
+                # The store refused the epoch (a full disk, an I/O error), whole: the epochs
+                # before it are intact and nothing in memory is lost, so the run goes on and
+                # tries again at the next interval, for as long as it takes.
+                self._skipped += 1
+                if self.on_skipped is not None:
+                    self.on_skipped(exc)
             if every_records:
                 self._next_records = self.events_produced() + every_records
 
@@ -405,6 +419,7 @@ class Checkpointer:
             requests=self._requests,
             shared=self._shared,
             abandoned_writes=self._abandoned,
+            skipped_epochs=self._skipped,
             final_epoch=self._final,
             serving=self._store is not None,
         )

@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from actors import (
+    Backoff,
     ConsumerGroup,
     Gateway,
     RemoteGroup,
@@ -21,7 +22,7 @@ from actors import (
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .epochs import Barrier, Checkpointer, CheckpointSettings, FinalEpoch, RunClock
-from .errors import TopologyError
+from .errors import CheckpointError, TopologyError
 from .node import Node
 from .plan import (
     Placement,
@@ -103,6 +104,8 @@ class Pipeline:
     epochs: list[EpochInfo] = attrs.field(factory=list)
     on_epoch: Callable[[EpochInfo], None] | None = None
     """Called after every epoch is written (for logging)."""
+    on_epoch_skipped: Callable[[CheckpointError], None] | None = None
+    """Called when a periodic epoch could not be written and was skipped (for logging)."""
     placement: Placement | None = None
     """The node of a split topology this pipeline runs as; None runs the whole topology."""
     node: Node | None = None
@@ -117,7 +120,11 @@ class Pipeline:
 
     def __attrs_post_init__(self) -> None:
         self._checkpointer = Checkpointer(
-            self._barrier, self._capture, self._record, lambda: self.events_produced
+            self._barrier,
+            self._capture,
+            self._record,
+            lambda: self.events_produced,
+            on_skipped=self._skipped,
         )
 
     @classmethod
@@ -380,6 +387,10 @@ class Pipeline:
         if self.on_epoch is not None:
             self.on_epoch(info)
 
+    def _skipped(self, error: CheckpointError) -> None:
+        if self.on_epoch_skipped is not None:
+            self.on_epoch_skipped(error)
+
     async def checkpoint(
         self, store: CheckpointStore, *, final: bool = False, in_thread: bool = True
     ) -> EpochInfo:
@@ -454,11 +465,24 @@ class Pipeline:
                         trio.CancelScope(shield=True),
                         trio.move_on_after(checkpoints.final_timeout),
                     ):
-                        await self._checkpointer.epoch(final=True)
+                        await self._final_epoch()
                 epochs.cancel_scope.cancel()
         finally:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()
+
+    async def _final_epoch(self) -> None:
+        # Tried again while it fails (a full disk that may clear, a crash of the checkpoint
+        # actor as it wrote), within the final timeout of the caller: everything it would
+        # hold is still in memory, so rolling back to redo the work would not help.
+        backoff = Backoff(first=0.05, most=1.0)
+        while True:
+            try:
+                await self._checkpointer.epoch(final=True)
+                return
+            except Exception as exc:
+                self._skipped(CheckpointError(f"the final epoch could not be written: {exc}"))
+                await backoff.failed()
 
     async def _run_actors(
         self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
