@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test stress bench lint clean
+.PHONY: demo test stress chaos bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(STAMP)
 # Not part of 'make test': every kill test repeated 20 times under CPU load (~30 min).
 stress: $(STAMP)
 	$(BIN)/python tests/stress.py --repeat 20
+
+# Not part of 'make test': 1,000 seeded fault schedules per example topology (~10 min).
+chaos: $(STAMP)
+	for t in video-site video-site-split ugc; do \
+	  $(BIN)/ringflow chaos topology/examples/$$t.yaml --schedules 1000 --keep-going || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/ringflow bench

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from ..exitcode import ExitCode
 from . import options
 from .bench import BENCH
+from .chaos import CHAOS
 from .checkpoints import CHECKPOINTS
 from .logs import LOGS
 from .node import NODE
@@ -16,7 +17,7 @@ from .run import RUN
 from .tap import TAP
 from .validate import VALIDATE
 
-COMMANDS = (RUN, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, BENCH)
+COMMANDS = (RUN, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, CHAOS, BENCH)
 """Every command, in the order ``ringflow --help`` lists them."""
 
 

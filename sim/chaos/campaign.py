@@ -1,0 +1,100 @@
+"""A chaos campaign: many schedules of one topology, each drawn from its own seed and checked.
+
+The fault-free run comes first: its digest is what every schedule must reproduce, and its
+length in simulated time is the horizon faults are drawn within.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from .faults import Fault, Targets, draw_plan, schedule_seeds
+from .harness import Chaos, Outcome, Violation, check
+
+
+@attrs.frozen
+class Schedule:
+    """One schedule, run and checked."""
+
+    outcome: Outcome
+    plan: tuple[Fault, ...]
+
+
+@attrs.frozen
+class Campaign:
+    """What a chaos campaign found."""
+
+    reference: Outcome
+    """The fault-free run."""
+    schedules: tuple[Schedule, ...]
+    """Every schedule run, in order."""
+    wall_seconds: float
+
+    @property
+    def violations(self) -> list[Violation]:
+        """Every violation, schedule by schedule."""
+        return [v for schedule in self.schedules for v in schedule.outcome.violations]
+
+    @property
+    def faults(self) -> dict[str, int]:
+        """Faults that struck, by kind."""
+        counts = Counter(
+            fired.fault.kind for schedule in self.schedules for fired in schedule.outcome.trace
+        )
+        return dict(sorted(counts.items()))
+
+    @property
+    def sim_seconds(self) -> float:
+        """Simulated seconds over every schedule."""
+        return sum(schedule.outcome.sim_seconds for schedule in self.schedules)
+
+
+def targets_of(chaos: Chaos) -> Targets:
+    """The producer instances and processors of ``chaos``'s topology."""
+    topology = chaos.topology
+    producers = tuple(
+        f"{name}-{instance}"
+        for name, spec in topology.producers.items()
+        for instance in range(spec.instances)
+    )
+    processors = tuple(sorted({spec.processor for spec in topology.consumers.values()}))
+    return Targets(producers, processors)
+
+
+def run_schedule(chaos: Chaos, seed: int, kinds: Sequence[str], reference: Outcome) -> Schedule:
+    """Draw the plan of ``seed``, run it and check it."""
+    plan = draw_plan(seed, kinds, reference.sim_seconds, targets_of(chaos))
+    outcome, report = chaos.run(seed, plan)
+    violations = check(outcome, report, reference, plan)
+    return Schedule(attrs.evolve(outcome, violations=violations), plan)
+
+
+def run_campaign(
+    chaos: Chaos,
+    *,
+    seed: int,
+    schedules: int,
+    kinds: Sequence[str],
+    keep_going: bool = False,
+    replay: int | None = None,
+    on_schedule: Callable[[Schedule], None] | None = None,
+) -> Campaign:
+    """Run the fault-free reference, then ``schedules`` schedules drawn from ``seed`` (or the
+    one schedule ``replay``), stopping at the first violation unless ``keep_going``."""
+    started = time.perf_counter()
+    reference, _ = chaos.run(0, ())
+    chaos = chaos.paced(reference.sim_seconds)
+    seeds = [replay] if replay is not None else schedule_seeds(seed, schedules, chaos.fingerprint)
+    done = []
+    for schedule_seed in seeds:
+        schedule = run_schedule(chaos, schedule_seed, kinds, reference)
+        done.append(schedule)
+        if on_schedule is not None:
+            on_schedule(schedule)
+        if schedule.outcome.violations and not keep_going:
+            break
+    return Campaign(reference, tuple(done), time.perf_counter() - started)

@@ -1,0 +1,111 @@
+"""Fault plans: which faults a chaos schedule injects, where and when, drawn from its seed."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+
+import attrs
+
+FAULT_KINDS: tuple[str, ...] = (
+    "actor_crash",
+    "node_crash",
+    "torn_write",
+    "disk_full",
+    "net_drop",
+    "net_delay",
+    "net_partition",
+    "redis_down",
+    "slow_consumer",
+)
+"""Every kind of fault chaos knows of."""
+
+WHOLE_KINDS: tuple[str, ...] = ("actor_crash", "node_crash", "torn_write", "disk_full")
+"""The kinds a topology run whole, in one process, is tested with."""
+
+WEIGHTS: dict[str, int] = {"actor_crash": 4, "node_crash": 3, "torn_write": 2, "disk_full": 2}
+"""How often each kind is drawn, relative to the others (see docs/chaos.md)."""
+
+MAX_FAULTS = 4
+"""The most faults one schedule injects (fewer than a run's rollbacks allow)."""
+
+SEED_BITS = 48
+"""Bits of a schedule's seed: 32 of its own, 16 naming the topology it was drawn for."""
+
+
+@attrs.frozen
+class Fault:
+    """One fault of a plan."""
+
+    at: float
+    """When it strikes: seconds on the run's simulated clock."""
+    kind: str
+    """One of :data:`FAULT_KINDS`."""
+    target: str
+    """What it strikes: ``producer:NAME-INSTANCE``, ``processor:NAME``, ``checkpointer``,
+    ``store`` or ``process``."""
+    lasts: float = 0.0
+    """For faults that heal: how long they last (a full disk, a restart's delay)."""
+
+
+@attrs.frozen
+class Targets:
+    """What a topology offers to strike."""
+
+    producers: tuple[str, ...]
+    """``NAME-INSTANCE`` of every producer instance."""
+    processors: tuple[str, ...]
+    """The processor kinds its consumers use."""
+
+
+def topology_tag(fingerprint: str) -> int:
+    """The 16 bits of a schedule's seed that name the topology (and settings) it is for."""
+    return int(hashlib.sha256(fingerprint.encode()).hexdigest()[:4], 16)
+
+
+def schedule_seeds(seed: int, count: int, fingerprint: str) -> list[int]:
+    """The seeds of ``count`` schedules drawn from ``seed`` for the run of ``fingerprint``."""
+    rng = random.Random(f"chaos/{seed}")
+    tag = topology_tag(fingerprint)
+    return [(rng.getrandbits(SEED_BITS - 16) << 16) | tag for _ in range(count)]
+
+
+def seed_fits(schedule_seed: int, fingerprint: str) -> bool:
+    """Whether ``schedule_seed`` was drawn for the run of ``fingerprint``."""
+    return 0 <= schedule_seed < 1 << SEED_BITS and schedule_seed & 0xFFFF == topology_tag(
+        fingerprint
+    )
+
+
+def draw_plan(
+    schedule_seed: int, kinds: Sequence[str], horizon: float, targets: Targets
+) -> tuple[Fault, ...]:
+    """Draw the faults of one schedule, in time order.
+
+    Args:
+        schedule_seed: The schedule's seed: the same seed always gives the same plan.
+        kinds: The kinds to draw from (a subset of :data:`WHOLE_KINDS`).
+        horizon: Simulated seconds the fault-free run takes: faults strike within it.
+        targets: What there is to strike.
+    """
+    rng = random.Random(f"plan/{schedule_seed}")
+    weighted = [kind for kind in kinds for _ in range(WEIGHTS.get(kind, 1))]
+    faults = []
+    for _ in range(rng.randint(1, MAX_FAULTS)):
+        kind = rng.choice(weighted)
+        at = round(rng.uniform(0.0, horizon), 6)
+        lasts = 0.0
+        if kind == "actor_crash":
+            choices = [f"producer:{p}" for p in targets.producers]
+            choices += [f"processor:{p}" for p in targets.processors]
+            choices.append("checkpointer")
+            target = rng.choice(choices)
+        elif kind == "node_crash":
+            target, lasts = "process", round(rng.uniform(0.0, horizon / 4), 6)
+        elif kind == "torn_write":
+            target = "store"
+        else:  # disk_full
+            target, lasts = "store", round(rng.uniform(horizon / 20, horizon / 2), 6)
+        faults.append(Fault(at, kind, target, lasts))
+    return tuple(sorted(faults, key=lambda fault: (fault.at, fault.kind, fault.target)))

@@ -1,0 +1,166 @@
+"""Injecting a plan's faults into the real actors: wrapped processors and workloads, and a
+checkpoint store that fails when told to.
+
+The wrappers consult one :class:`FaultBox` that outlives every rebuild of the pipeline (a
+rollback or a restarted process builds new processors and workloads through the same
+registry, so they are wrapped again). Each fault fires once, at the first chance on or after
+its time, and is written into the box's trace as it fires.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from topology import CheckpointStore, Registry, Snapshot
+from topology import Event as EventType
+
+from .faults import Fault
+
+
+class InjectedFault(RuntimeError):
+    """The exception an injected ``actor_crash`` raises inside an actor."""
+
+
+@attrs.frozen
+class Fired:
+    """A fault as it struck: when, on the run's simulated clock, and which fault."""
+
+    at: float
+    fault: Fault
+
+    def describe(self) -> str:
+        """The line of the trace."""
+        lasting = f" for {self.fault.lasts:.3f} s" if self.fault.lasts else ""
+        return f"t={self.at:.3f} s  {self.fault.kind:<12} {self.fault.target}{lasting}"
+
+
+@attrs.define(eq=False)
+class FaultBox:
+    """The faults of one schedule still to strike, and the trace of those that struck."""
+
+    pending: list[Fault]
+    trace: list[Fired] = attrs.field(factory=list)
+    _full_until: float | None = None
+
+    def due(self, kind: str, target: str) -> Fault | None:
+        """Take the first pending fault of ``kind`` on ``target`` whose time has come."""
+        now = trio.current_time()
+        for fault in self.pending:
+            if fault.kind == kind and fault.target == target and fault.at <= now:
+                self.pending.remove(fault)
+                self.trace.append(Fired(round(now, 6), fault))
+                return fault
+        return None
+
+    def next_of(self, kind: str) -> Fault | None:
+        """The earliest pending fault of ``kind``, without taking it."""
+        return min(
+            (fault for fault in self.pending if fault.kind == kind),
+            key=lambda fault: fault.at,
+            default=None,
+        )
+
+    def fire(self, fault: Fault) -> None:
+        """Take ``fault`` (struck from outside the actors: a process crash)."""
+        self.pending.remove(fault)
+        self.trace.append(Fired(round(trio.current_time(), 6), fault))
+
+    def full_until(self) -> float | None:
+        """While a full disk lasts, when it is over; None when the disk has room."""
+        fault = self.due("disk_full", "store")
+        if fault is not None:
+            self._full_until = fault.at + fault.lasts
+        until = self._full_until
+        if until is not None and trio.current_time() < until:
+            return until
+        return None
+
+
+@attrs.define(eq=False)
+class FaultyProcessor:
+    """A processor that crashes when its fault is due, and otherwise is the real one."""
+
+    inner: Any
+    name: str
+    box: FaultBox
+
+    def process(self, events: Sequence[EventType]) -> None:
+        """Process, unless an ``actor_crash`` is due on this processor."""
+        if self.box.due("actor_crash", f"processor:{self.name}") is not None:
+            raise InjectedFault(f"injected crash of processor {self.name}")
+        self.inner.process(events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@attrs.define(eq=False)
+class FaultyWorkload:
+    """A workload whose producer instance crashes when its fault is due."""
+
+    inner: Any
+    name: str
+    box: FaultBox
+
+    def generate(self, count: int, start: float, interval: float) -> Any:
+        """Generate, unless an ``actor_crash`` is due on this producer instance."""
+        if self.box.due("actor_crash", f"producer:{self.name}") is not None:
+            raise InjectedFault(f"injected crash of producer {self.name}")
+        return self.inner.generate(count, start, interval)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def faulty_registry(registry: Registry, box: FaultBox) -> Registry:
+    """``registry`` with every processor and workload wrapped to strike ``box``'s faults."""
+
+    def processor_type(kind: Any) -> Any:
+        def make(params: Any) -> Any:
+            return FaultyProcessor(kind.make(params), kind.name, box)
+
+        return attrs.evolve(kind, make=make)
+
+    def workload_type(kind: Any) -> Any:
+        def make(params: Any, seed: int, producer: str, instance: int, source: int) -> Any:
+            inner = kind.make(params, seed, producer, instance, source)
+            return FaultyWorkload(inner, f"{producer}-{instance}", box)
+
+        return attrs.evolve(kind, make=make)
+
+    return Registry(
+        workloads={name: workload_type(kind) for name, kind in registry.workloads.items()},
+        processors={name: processor_type(kind) for name, kind in registry.processors.items()},
+    )
+
+
+class FaultyStore(CheckpointStore):
+    """A checkpoint store that fails as the plan says: a crash of the checkpoint actor as it
+    writes, a write torn inside its transaction, or a full disk for a while."""
+
+    box: FaultBox | None = None
+    _torn: sqlite3.Error | None = None
+
+    def write(self, snapshot: Snapshot) -> Any:
+        """Write, unless the checkpoint actor is to crash or the disk is full."""
+        box = self.box
+        if box is not None:
+            if box.due("actor_crash", "checkpointer") is not None:
+                raise InjectedFault("injected crash of the checkpoint actor")
+            if box.full_until() is not None:
+                # As SQLite says it: the write fails, earlier epochs are intact.
+                self._torn = sqlite3.OperationalError("database or disk is full")
+        return super().write(snapshot)
+
+    def _before_commit(self, db: sqlite3.Connection, epoch: int) -> None:
+        torn = self._torn
+        if torn is not None:
+            self._torn = None
+            raise torn
+        if self.box is not None and self.box.due("torn_write", "store") is not None:
+            raise sqlite3.OperationalError("injected: the write was torn before its commit")
