@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +204,29 @@ def test_every_example_holds_under_30_schedules(name: str) -> None:
     assert campaign.violations == []
     assert len(campaign.schedules) == 30
     assert set(campaign.faults) == set(WHOLE_KINDS)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_campaign_says_how_far_it_got_and_leaves_no_temporary_folder(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "sim", "chaos", str(EXAMPLES / "ugc.yaml"), "--schedules", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temporary)},
+    )
+    try:
+        assert campaign.stdout is not None
+        assert campaign.stdout.readline().startswith("chaos: ugc")  # under way
+        campaign.send_signal(signum)
+        _, err = campaign.communicate(timeout=60)
+    finally:
+        campaign.kill()
+    assert campaign.returncode == code, err
+    assert "Traceback" not in err
+    assert re.search(r"interrupted after [\d,]+ schedules, [\d,]+ violations so far", err), err
+    assert list(temporary.iterdir()) == []

@@ -4,8 +4,11 @@ guarantee holds; replay any schedule exactly from its seed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -68,6 +71,24 @@ def chaos(args: argparse.Namespace) -> ExitCode:
             f"--replay {args.replay}: no schedule of this topology with these --events has "
             "that seed; use the topology file and --events of the run that printed it",
         )
+    finished: list[Schedule] = []
+    try:
+        with _terminated_as_interrupt():
+            return _campaign(args, run, kinds, err, finished)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        broken = sum(len(schedule.outcome.violations) for schedule in finished)
+        err.print(f"interrupted after {len(finished):,} schedules, {broken:,} violations so far")
+        return ExitCode.TERMINATED if isinstance(stop, _Terminated) else ExitCode.INTERRUPTED
+
+
+def _campaign(
+    args: argparse.Namespace,
+    run: Chaos,
+    kinds: tuple[str, ...],
+    err: Console,
+    finished: list[Schedule],
+) -> ExitCode:
+    topology = run.topology
     replay = _replay_command(args, kinds)
     out = make_console()
     if not args.json:
@@ -80,6 +101,7 @@ def chaos(args: argparse.Namespace) -> ExitCode:
         task = progress.add_task("schedules", total=1 if args.replay else args.schedules)
 
         def done(schedule: Schedule) -> None:
+            finished.append(schedule)
             progress.advance(task)
             if not args.json and (schedule.outcome.violations or args.replay is not None):
                 _print_schedule(progress.console, schedule, replay)
@@ -98,6 +120,22 @@ def chaos(args: argparse.Namespace) -> ExitCode:
     else:
         _print_summary(out, campaign)
     return ExitCode.FAILED if campaign.violations else ExitCode.OK
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that temporary folders are removed."""
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    def stop(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def run_events(run: Chaos) -> int:
