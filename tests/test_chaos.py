@@ -20,6 +20,7 @@ from sim.chaos.harness import Chaos, check
 from sim.cli import main
 from sim.run import REGISTRY, load_topology
 from topology import Registry
+from topology.testing import GUARANTEES, breaking
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "topology" / "examples"
 VIDEO_SITE = EXAMPLES / "video-site.yaml"
@@ -230,3 +231,19 @@ def test_a_stopped_campaign_says_how_far_it_got_and_leaves_no_temporary_folder(
     assert "Traceback" not in err
     assert re.search(r"interrupted after [\d,]+ schedules, [\d,]+ violations so far", err), err
     assert list(temporary.iterdir()) == []
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_chaos_finds_each_broken_guarantee_and_replays_it(guarantee: str) -> None:
+    """A harness that never fails proves nothing: with one guarantee broken on purpose,
+    process crashes expose it within 200 schedules, and the printed seed replays it."""
+    run = Chaos.of(load_topology(VIDEO_SITE), EVENTS)
+    with breaking(guarantee):
+        found = run_campaign(run, seed=0, schedules=200, kinds=("node_crash",))
+        assert found.violations, f"200 schedules missed the broken {guarantee}"
+        [violation, *_] = found.violations
+        again = run_campaign(run, seed=0, schedules=1, kinds=("node_crash",), replay=violation.seed)
+    assert again.violations[0] == violation
+    assert again.schedules[0].outcome.trace_digest == found.schedules[-1].outcome.trace_digest
+    fixed = run_campaign(run, seed=0, schedules=1, kinds=("node_crash",), replay=violation.seed)
+    assert fixed.violations == []  # the same schedule holds once the guarantee is kept

@@ -108,6 +108,7 @@ MODULE_LEVEL = {
         },
         "source": {"SourceStatistics", "WorkloadSource"},
         "tally": {"TopicTally", "check_expectations"},
+        "testing": {"breaking"},
     },
 }
 """Public names used through their module rather than the package, per package and module."""

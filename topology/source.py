@@ -20,6 +20,7 @@ import trio
 
 from actors import Columns, Producer, RemoteTopic, Topic, open_producer
 
+from . import testing
 from .epochs import Barrier
 from .plan import ProducerPlan
 from .registry import Registry, State, Workload
@@ -192,8 +193,9 @@ class WorkloadSource:
                 if self.barrier.pending(key):
                     # Hand everything over to the partitions before the snapshot. Consumers
                     # keep running meanwhile, so the flush always finds room.
-                    for producer in self.producers:
-                        await producer.flush()
+                    if "flush_before_snapshot" not in testing.broken:
+                        for producer in self.producers:
+                            await producer.flush()
                     await self.barrier.pause(key)
                     continue
                 left = plan.events - done
