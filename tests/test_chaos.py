@@ -22,7 +22,8 @@ from sim.run import REGISTRY, load_topology
 from topology import Registry
 from topology.testing import GUARANTEES, breaking
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "topology" / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "topology" / "examples"
 VIDEO_SITE = EXAMPLES / "video-site.yaml"
 EVENTS = 6_000
 
@@ -247,3 +248,66 @@ def test_chaos_finds_each_broken_guarantee_and_replays_it(guarantee: str) -> Non
     assert again.schedules[0].outcome.trace_digest == found.schedules[-1].outcome.trace_digest
     fixed = run_campaign(run, seed=0, schedules=1, kinds=("node_crash",), replay=violation.seed)
     assert fixed.violations == []  # the same schedule holds once the guarantee is kept
+
+
+# -- what chaos found: each schedule that broke an invariant, kept as a regression test ------
+
+
+def replayed(events: int, seed: int) -> Any:
+    """Replay the schedule ``seed`` of the video site with ``events`` events, every kind."""
+    run = Chaos.of(load_topology(VIDEO_SITE), events)
+    return run_campaign(run, seed=0, schedules=1, kinds=WHOLE_KINDS, replay=seed)
+
+
+def test_seed_230573834992514_a_full_disk_for_a_moment_does_not_fail_the_run() -> None:
+    """A disk full for 0.158 s with an epoch every 0.05 s: each refused epoch used to count as
+    a crash, and the rollbacks ran out."""
+    campaign = replayed(20_000, 230573834992514)
+    kinds = [fired.fault.kind for fired in campaign.schedules[0].outcome.trace]
+    assert "disk_full" in kinds
+    assert campaign.violations == []
+
+
+def test_seed_5459402212308_a_checkpoint_actor_crashing_in_the_final_epoch_is_survived() -> None:
+    """The checkpoint actor crashed as it wrote the final epoch: the error used to escape the
+    run as a traceback."""
+    campaign = replayed(EVENTS, 5459402212308)
+    [schedule] = campaign.schedules
+    assert any(fired.fault.target == "checkpointer" for fired in schedule.outcome.trace)
+    assert campaign.violations == []
+    assert schedule.outcome.digest == campaign.reference.digest
+
+
+def test_a_replay_is_the_same_in_another_process(tmp_path: Path) -> None:
+    """Trio orders tasks that wake together by memory address unless told not to: a replay in
+    a new process (another hash seed too) must still strike the same faults at the same
+    moments and end the same way, here with a processor whose aggregates depend on it."""
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import sys\n"
+        "import attrs\n"
+        "from sim.run import REGISTRY\n"
+        "from tests.test_chaos import _Forgetful\n"
+        "kind = REGISTRY.processors['video_stats']\n"
+        "REGISTRY.processors['video_stats'] = attrs.evolve(\n"
+        "    kind, make=lambda p: _Forgetful(kind.make(p), kind.make(p))\n"
+        ")\n"
+        "from sim.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [str(VIDEO_SITE), "--events", "20000", "--faults", "node_crash"]
+    digests = set()
+    for hash_seed in ("1", "2", "3"):
+        done = subprocess.run(
+            [sys.executable, str(script), "chaos", *args, "--replay", "165826037316482", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 1, done.stderr
+        result = json.loads(done.stdout)
+        assert result["violations"], "the forgetful processor was not caught"
+        digests.add(result["trace_digest"])
+    assert len(digests) == 1

@@ -11,11 +11,13 @@ built from nothing and resumed from the store, as a restarted process would be.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +116,12 @@ class Chaos:
     def run(self, seed: int, plan: tuple[Fault, ...]) -> tuple[Outcome, Report]:
         """Run the schedule of ``seed`` with ``plan``; return its outcome (unchecked: its
         violations are empty) and its final report."""
-        _seed_scheduler(seed)
         folder = Path(tempfile.mkdtemp(prefix="ringflow-chaos-"))
         box = FaultBox(list(plan))
         try:
             clock = trio.testing.MockClock(autojump_threshold=0)
-            report, ended = trio.run(self._lives, folder, box, clock=clock)
+            with _deterministic_scheduling(seed):
+                report, ended = trio.run(self._lives, folder, box, clock=clock)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         outcome = Outcome(
@@ -167,11 +169,21 @@ class Chaos:
             await trio.sleep(crash.lasts)  # until it is started again
 
 
-def _seed_scheduler(seed: int) -> None:
-    # Trio breaks ties between tasks that become runnable together with a random generator of
-    # its own (its test suite and Hypothesis seed it the same way): seeded, the interleaving
-    # of a schedule is the same on every replay.
-    trio._core._run._r.seed(seed)
+@contextlib.contextmanager
+def _deterministic_scheduling(seed: int) -> Iterator[None]:
+    # Trio runs the tasks that became runnable together in an order that depends on memory
+    # addresses (deadlines that expire at the same moment are cancelled in id order) and on a
+    # random generator of its own. With the switch Hypothesis uses, it sorts them by when the
+    # tasks were made and shuffles them with that generator, which we seed: the interleaving
+    # of a schedule is then the same on every replay, in any process.
+    run = trio._core._run
+    before = run._ALLOW_DETERMINISTIC_SCHEDULING
+    run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    run._r.seed(seed)
+    try:
+        yield
+    finally:
+        run._ALLOW_DETERMINISTIC_SCHEDULING = before  # type: ignore[misc]
 
 
 def check(

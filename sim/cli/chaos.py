@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from topology import TopologyError
+from topology import MAX_EVENTS, TopologyError
 
 from ..chaos.campaign import Campaign, Schedule, run_campaign
 from ..chaos.faults import FAULT_KINDS, WHOLE_KINDS, seed_fits
@@ -25,10 +27,23 @@ from ..console import make_console
 from ..exitcode import ExitCode
 from ..run import load_topology
 from .errors import refuse
-from .options import Command, events, flag, non_negative, option, positive, topology_file
+from .options import Command, flag, non_negative, option, topology_file, whole
 
 DEFAULT_EVENTS = 20_000
 """Events of each schedule unless ``--events`` says otherwise."""
+
+MAX_SCHEDULES = 1_000_000
+"""The most schedules one campaign runs."""
+
+
+def schedules(text: str) -> int:
+    """Parse a number of schedules: 1 to :data:`MAX_SCHEDULES`."""
+    return whole(text, 1, MAX_SCHEDULES)
+
+
+def schedule_events(text: str) -> int:
+    """Parse a number of events for each schedule: 1 to ``MAX_EVENTS``."""
+    return whole(text, 1, MAX_EVENTS)
 
 
 def kinds_of(text: str | None) -> tuple[str, ...]:
@@ -45,7 +60,7 @@ def kinds_of(text: str | None) -> tuple[str, ...]:
     for kind in kinds:
         if kind not in FAULT_KINDS:
             raise ValueError(
-                f"--faults: unknown fault kind {kind!r}; kinds are: {', '.join(FAULT_KINDS)}"
+                f"--faults: unknown fault kind {kind!r}; kinds are: {', '.join(WHOLE_KINDS)}"
             )
         if kind not in WHOLE_KINDS:
             raise ValueError(
@@ -104,7 +119,7 @@ def _campaign(
             finished.append(schedule)
             progress.advance(task)
             if not args.json and (schedule.outcome.violations or args.replay is not None):
-                _print_schedule(progress.console, schedule, replay)
+                _print_schedule(out, schedule, replay)
 
         campaign = run_campaign(
             run,
@@ -116,7 +131,10 @@ def _campaign(
             on_schedule=done,
         )
     if args.json:
-        print(json.dumps(_as_json(campaign, replay, args.replay is not None)))
+        try:
+            print(json.dumps(_as_json(campaign, replay, args.replay is not None)), flush=True)
+        except BrokenPipeError:  # read by something that stopped reading (| head)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     else:
         _print_summary(out, campaign)
     return ExitCode.FAILED if campaign.violations else ExitCode.OK
@@ -240,7 +258,7 @@ CHAOS = Command(
         topology_file(help="the topology file"),
         option(
             "--schedules",
-            type=positive,
+            type=schedules,
             default=100,
             help="how many schedules to run (default: %(default)s)",
         ),
@@ -252,7 +270,7 @@ CHAOS = Command(
         ),
         option(
             "--events",
-            type=events,
+            type=schedule_events,
             default=DEFAULT_EVENTS,
             help="events of each schedule (default: %(default)s)",
         ),
