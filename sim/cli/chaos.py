@@ -252,7 +252,8 @@ CHAOS = Command(
         "run, that no record was lost or reordered, that no ring outgrew its capacity and "
         "that the run finished. A schedule that breaks one is printed with its faults and "
         "the command that replays it exactly. Exit code: 0 when every schedule held, 1 "
-        "when one broke an invariant, 2 for a bad file or argument."
+        "when one broke an invariant, 2 for a bad file or argument, 130 on Ctrl-C, 143 on "
+        "SIGTERM."
     ),
     options=(
         topology_file(help="the topology file"),
@@ -279,7 +280,12 @@ CHAOS = Command(
             metavar="KIND,...",
             help=f"the fault kinds to inject (default: {','.join(WHOLE_KINDS)})",
         ),
-        option("--replay", type=non_negative, metavar="SEED", help="run only this schedule"),
+        option(
+            "--replay",
+            type=non_negative,
+            metavar="SEED",
+            help="run only this schedule (with the --events and --faults it was printed with)",
+        ),
         flag("--json", "print one JSON object instead of the table"),
         flag("--keep-going", "run every schedule even after one broke an invariant"),
     ),
