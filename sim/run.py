@@ -246,6 +246,8 @@ class Run:
     _handle_sigint: bool = False
     _on_logger: Callable[[RedisLogger], None] | None = None
     _on_gateway_error: Callable[[str], None] | None = None
+    _on_pipeline: Callable[[Pipeline], None] | None = None
+    """Called with every pipeline the run is about to run: the first, and each rebuilt one."""
     _first: Pipeline = attrs.field(init=False)
     """The pipeline the run started with (the one given, not a rebuilt one)."""
     _resumed: EpochInfo | None = attrs.field(init=False)
@@ -453,6 +455,8 @@ class Run:
                     current.gateway.on_event = functools.partial(
                         gateway_event, logger, self._on_gateway_error
                     )
+                if self._on_pipeline is not None:
+                    self._on_pipeline(current)
                 try:
                     await current.run(self._monitor, writing)
                     break

@@ -68,6 +68,7 @@ def test_seeds_name_the_run_they_were_drawn_for(chaos: Chaos) -> None:
         Fault(0.05, "node_crash", "process", 0.02),
         Fault(0.03, "torn_write", "store"),
         Fault(0.03, "disk_full", "store", 0.06),
+        Fault(0.02, "slow_consumer", "consumer:video-stats-0", 0.06),
     ],
     ids=lambda fault: f"{fault.kind}-{fault.target}",
 )
@@ -131,6 +132,12 @@ def test_the_plan_strikes_only_what_the_topology_has(chaos: Chaos) -> None:
     targets = targets_of(chaos)
     assert targets.producers == ("site-0", "site-1")
     assert targets.processors == ("blogger_analytics", "video_stats")
+    assert targets.consumers == (
+        "video-stats-0",
+        "video-stats-1",
+        "blogger-analytics-0",
+        "blogger-analytics-1",
+    )
     for seed in schedule_seeds(1, 40, chaos.fingerprint):
         for fault in draw_plan(seed, WHOLE_KINDS, 0.12, targets):
             assert 0 <= fault.at <= 0.12
@@ -253,10 +260,14 @@ def test_chaos_finds_each_broken_guarantee_and_replays_it(guarantee: str) -> Non
 # -- what chaos found: each schedule that broke an invariant, kept as a regression test ------
 
 
+FIRST_KINDS = ("actor_crash", "node_crash", "torn_write", "disk_full")
+"""The kinds chaos drew from when these schedules were found."""
+
+
 def replayed(events: int, seed: int) -> Any:
-    """Replay the schedule ``seed`` of the video site with ``events`` events, every kind."""
+    """Replay the schedule ``seed`` of the video site with ``events`` events."""
     run = Chaos.of(load_topology(VIDEO_SITE), events)
-    return run_campaign(run, seed=0, schedules=1, kinds=WHOLE_KINDS, replay=seed)
+    return run_campaign(run, seed=0, schedules=1, kinds=FIRST_KINDS, replay=seed)
 
 
 def test_seed_230573834992514_a_full_disk_for_a_moment_does_not_fail_the_run() -> None:

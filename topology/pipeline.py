@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -104,6 +104,10 @@ class Pipeline:
     epochs: list[EpochInfo] = attrs.field(factory=list)
     on_epoch: Callable[[EpochInfo], None] | None = None
     """Called after every epoch is written (for logging)."""
+    pace: Callable[[str, int], Awaitable[None]] | None = None
+    """Awaited after every batch a consumer member processes, with the member's name
+    (``CONSUMER-INSTANCE``) and the batch's number of records: a test's way to slow a member
+    down."""
     on_epoch_skipped: Callable[[CheckpointError], None] | None = None
     """Called when a periodic epoch could not be written and was skipped (for logging)."""
     placement: Placement | None = None
@@ -521,6 +525,9 @@ class Pipeline:
                             origin=self.origin,
                             monitor=monitor,
                             epoch=self._checkpointer.epoch if self._checkpointing else None,
+                            pace=None
+                            if self.pace is None
+                            else functools.partial(self.pace, f"{consumer}-{instance}"),
                         ),
                     )
             for source in self.sources.values():

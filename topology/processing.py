@@ -97,6 +97,7 @@ async def consume(
     origin: float,
     monitor: Callable[[], None] | None = None,
     epoch: Callable[[], Awaitable[Any]] | None = None,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     """Join ``group`` of ``topic`` as ``member`` and process every batch until the end.
 
@@ -112,17 +113,19 @@ async def consume(
         epoch: Asks for an epoch and waits until it is written, when the run writes epochs:
             a member of a group on another node commits only what an epoch holds, and leaves
             once one holds everything it processed.
+        pace: Awaited after every batch with its number of records (a test's way to slow
+            the member down).
     """
     if isinstance(group, RemoteGroup):
         async with group.join(
             member, auto_commit=False, max_records=max_records, durable_commits=epoch is not None
         ) as remote:
-            await _read(remote, topic, processor, tally, origin, monitor)
+            await _read(remote, topic, processor, tally, origin, monitor, pace)
             if epoch is not None:
                 await epoch()
         return
     async with group.join(member, auto_commit=False, max_records=max_records) as local:
-        await _read(local, topic, processor, tally, origin, monitor)
+        await _read(local, topic, processor, tally, origin, monitor, pace)
 
 
 async def _read(
@@ -132,6 +135,7 @@ async def _read(
     tally: ConsumerTally,
     origin: float,
     monitor: Callable[[], None] | None,
+    pace: Callable[[int], Awaitable[None]] | None,
 ) -> None:
     async for batch in member.batches():
         tally.observe(topic, batch, trio.current_time() - origin)
@@ -139,3 +143,5 @@ async def _read(
         member.commit_nowait()
         if monitor is not None:
             monitor()
+        if pace is not None:
+            await pace(len(batch.values))

@@ -62,7 +62,12 @@ def targets_of(chaos: Chaos) -> Targets:
         for instance in range(spec.instances)
     )
     processors = tuple(sorted({spec.processor for spec in topology.consumers.values()}))
-    return Targets(producers, processors)
+    consumers = tuple(
+        f"{name}-{instance}"
+        for name, spec in topology.consumers.items()
+        for instance in range(spec.instances)
+    )
+    return Targets(producers, processors, consumers)
 
 
 def run_schedule(chaos: Chaos, seed: int, kinds: Sequence[str], reference: Outcome) -> Schedule:

@@ -21,10 +21,22 @@ FAULT_KINDS: tuple[str, ...] = (
 )
 """Every kind of fault chaos knows of."""
 
-WHOLE_KINDS: tuple[str, ...] = ("actor_crash", "node_crash", "torn_write", "disk_full")
+WHOLE_KINDS: tuple[str, ...] = (
+    "actor_crash",
+    "node_crash",
+    "torn_write",
+    "disk_full",
+    "slow_consumer",
+)
 """The kinds a topology run whole, in one process, is tested with."""
 
-WEIGHTS: dict[str, int] = {"actor_crash": 4, "node_crash": 3, "torn_write": 2, "disk_full": 2}
+WEIGHTS: dict[str, int] = {
+    "actor_crash": 4,
+    "node_crash": 3,
+    "torn_write": 2,
+    "disk_full": 2,
+    "slow_consumer": 2,
+}
 """How often each kind is drawn, relative to the others (see docs/chaos.md)."""
 
 MAX_FAULTS = 4
@@ -44,7 +56,7 @@ class Fault:
     """One of :data:`FAULT_KINDS`."""
     target: str
     """What it strikes: ``producer:NAME-INSTANCE``, ``processor:NAME``, ``checkpointer``,
-    ``store`` or ``process``."""
+    ``consumer:NAME-INSTANCE``, ``store`` or ``process``."""
     lasts: float = 0.0
     """For faults that heal: how long they last (a full disk, a restart's delay)."""
 
@@ -57,6 +69,8 @@ class Targets:
     """``NAME-INSTANCE`` of every producer instance."""
     processors: tuple[str, ...]
     """The processor kinds its consumers use."""
+    consumers: tuple[str, ...] = ()
+    """``NAME-INSTANCE`` of every consumer instance."""
 
 
 def topology_tag(fingerprint: str) -> int:
@@ -105,6 +119,9 @@ def draw_plan(
             target, lasts = "process", round(rng.uniform(0.0, horizon / 4), 6)
         elif kind == "torn_write":
             target = "store"
+        elif kind == "slow_consumer":
+            target = f"consumer:{rng.choice(targets.consumers)}"
+            lasts = round(rng.uniform(horizon / 20, horizon / 2), 6)
         else:  # disk_full
             target, lasts = "store", round(rng.uniform(horizon / 20, horizon / 2), 6)
         faults.append(Fault(at, kind, target, lasts))

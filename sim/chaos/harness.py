@@ -159,7 +159,8 @@ class Chaos:
                 )
                 crash = box.next_of("node_crash")
                 with trio.move_on_at(math.inf if crash is None else crash.at) as life:
-                    report = await Run(pipeline, checkpoints=settings).main()
+                    run = Run(pipeline, checkpoints=settings, on_pipeline=box.attach)
+                    report = await run.main()
             finally:
                 store.close()
             if not life.cancelled_caught:

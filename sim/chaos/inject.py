@@ -16,10 +16,15 @@ from typing import Any
 import attrs
 import trio
 
-from topology import CheckpointStore, Registry, Snapshot
+from topology import CheckpointStore, Pipeline, Registry, Snapshot
 from topology import Event as EventType
 
 from .faults import Fault
+
+SLOW_RECORD_SECONDS = 0.0002
+"""Simulated seconds a slowed consumer member takes over each record: 5,000 records a second,
+a fraction of what the examples' producers make (the video site's 50,000 a second over two
+members, the UGC site's 1,000 over one topic each)."""
 
 
 class InjectedFault(RuntimeError):
@@ -46,6 +51,7 @@ class FaultBox:
     pending: list[Fault]
     trace: list[Fired] = attrs.field(factory=list)
     _full_until: float | None = None
+    _slow_until: dict[str, float] = attrs.field(factory=dict)
 
     def due(self, kind: str, target: str) -> Fault | None:
         """Take the first pending fault of ``kind`` on ``target`` whose time has come."""
@@ -56,6 +62,10 @@ class FaultBox:
                 self.trace.append(Fired(round(now, 6), fault))
                 return fault
         return None
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """Strike ``pipeline``'s consumer members (every pipeline a run runs is given)."""
+        pipeline.pace = self.pace
 
     def next_of(self, kind: str) -> Fault | None:
         """The earliest pending fault of ``kind``, without taking it."""
@@ -69,6 +79,16 @@ class FaultBox:
         """Take ``fault`` (struck from outside the actors: a process crash)."""
         self.pending.remove(fault)
         self.trace.append(Fired(round(trio.current_time(), 6), fault))
+
+    async def pace(self, member: str, records: int) -> None:
+        """After each batch of ``member``: while a ``slow_consumer`` fault on it lasts, take
+        :data:`SLOW_RECORD_SECONDS` of simulated time over each of its ``records``."""
+        fault = self.due("slow_consumer", f"consumer:{member}")
+        if fault is not None:
+            self._slow_until[member] = fault.at + fault.lasts
+        until = self._slow_until.get(member)
+        if until is not None and trio.current_time() < until:
+            await trio.sleep(records * SLOW_RECORD_SECONDS)
 
     def full_until(self) -> float | None:
         """While a full disk lasts, when it is over; None when the disk has room."""
