@@ -9,6 +9,7 @@ its time, and is written into the box's trace as it fires.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -50,8 +51,8 @@ class FaultBox:
 
     pending: list[Fault]
     trace: list[Fired] = attrs.field(factory=list)
-    _full_until: float | None = None
-    _slow_until: dict[str, float] = attrs.field(factory=dict)
+    _until: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    """When each fault that lasts, by (kind, target), is over."""
 
     def due(self, kind: str, target: str) -> Fault | None:
         """Take the first pending fault of ``kind`` on ``target`` whose time has come."""
@@ -80,25 +81,19 @@ class FaultBox:
         self.pending.remove(fault)
         self.trace.append(Fired(round(trio.current_time(), 6), fault))
 
+    def lasting(self, kind: str, target: str) -> bool:
+        """Whether a fault of ``kind`` on ``target`` that lasts (a full disk, a slow member)
+        holds now; the first call on or after its moment starts it."""
+        fault = self.due(kind, target)
+        if fault is not None:
+            self._until[kind, target] = fault.at + fault.lasts
+        return trio.current_time() < self._until.get((kind, target), -math.inf)
+
     async def pace(self, member: str, records: int) -> None:
         """After each batch of ``member``: while a ``slow_consumer`` fault on it lasts, take
         :data:`SLOW_RECORD_SECONDS` of simulated time over each of its ``records``."""
-        fault = self.due("slow_consumer", f"consumer:{member}")
-        if fault is not None:
-            self._slow_until[member] = fault.at + fault.lasts
-        until = self._slow_until.get(member)
-        if until is not None and trio.current_time() < until:
+        if self.lasting("slow_consumer", f"consumer:{member}"):
             await trio.sleep(records * SLOW_RECORD_SECONDS)
-
-    def full_until(self) -> float | None:
-        """While a full disk lasts, when it is over; None when the disk has room."""
-        fault = self.due("disk_full", "store")
-        if fault is not None:
-            self._full_until = fault.at + fault.lasts
-        until = self._full_until
-        if until is not None and trio.current_time() < until:
-            return until
-        return None
 
 
 @attrs.define(eq=False)
@@ -164,23 +159,18 @@ class FaultyStore(CheckpointStore):
     writes, a write torn inside its transaction, or a full disk for a while."""
 
     box: FaultBox | None = None
-    _torn: sqlite3.Error | None = None
 
     def write(self, snapshot: Snapshot) -> Any:
-        """Write, unless the checkpoint actor is to crash or the disk is full."""
-        box = self.box
-        if box is not None:
-            if box.due("actor_crash", "checkpointer") is not None:
-                raise InjectedFault("injected crash of the checkpoint actor")
-            if box.full_until() is not None:
-                # As SQLite says it: the write fails, earlier epochs are intact.
-                self._torn = sqlite3.OperationalError("database or disk is full")
+        """Write, unless the checkpoint actor is to crash as it does."""
+        if self.box is not None and self.box.due("actor_crash", "checkpointer") is not None:
+            raise InjectedFault("injected crash of the checkpoint actor")
         return super().write(snapshot)
 
     def _before_commit(self, db: sqlite3.Connection, epoch: int) -> None:
-        torn = self._torn
-        if torn is not None:
-            self._torn = None
-            raise torn
-        if self.box is not None and self.box.due("torn_write", "store") is not None:
+        # Inside the transaction, as SQLite fails: the write is rolled back whole.
+        if self.box is None:
+            return
+        if self.box.lasting("disk_full", "store"):
+            raise sqlite3.OperationalError("database or disk is full")
+        if self.box.due("torn_write", "store") is not None:
             raise sqlite3.OperationalError("injected: the write was torn before its commit")
