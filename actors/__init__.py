@@ -28,6 +28,9 @@ from .group import ConsumerStatistics as ConsumerStatistics
 from .group import GroupStatistics as GroupStatistics
 from .group import assign_range as assign_range
 from .group import assign_round_robin as assign_round_robin
+from .network import TCP as TCP
+from .network import Network as Network
+from .network import TcpNetwork as TcpNetwork
 from .nursery import open_nursery as open_nursery
 from .partition import Partition as Partition
 from .partition import PartitionState as PartitionState

@@ -23,6 +23,7 @@ from trio_websocket import (
 )
 
 from .errors import GatewayError
+from .network import TCP, Network
 from .retry import Backoff
 from .wire import CLOSE_CODES, ENCODER, IDLE_MEMBER, MAX_MESSAGE_SIZE, SHUTTING_DOWN, Hello, Welcome
 
@@ -48,7 +49,7 @@ class Connection:
     """A client websocket and the TCP stream under it; :meth:`close` releases both."""
 
     ws: WebSocketConnection
-    stream: trio.SocketStream
+    stream: trio.abc.Stream
 
     async def close(self) -> None:
         """Close the websocket (waiting a moment for the peer), then the TCP stream."""
@@ -67,12 +68,13 @@ async def connect(
     *,
     token: str | None = None,
     max_message_size: int = MAX_MESSAGE_SIZE,
+    network: Network = TCP,
 ) -> Connection:
     """Open a websocket to ``url`` (``ws://host:port/path``) whose reader runs in ``nursery``.
 
     The token, if any, goes in an ``Authorization: Bearer`` header. Unlike trio-websocket's
-    own helpers, the TCP stream is closed by :meth:`Connection.close` whoever closed the
-    websocket first.
+    own helpers, the stream is closed by :meth:`Connection.close` whoever closed the
+    websocket first. The stream comes from ``network`` (TCP unless a simulation says).
 
     Raises:
         OSError: Nothing listens there.
@@ -85,12 +87,12 @@ async def connect(
     if parts.query:
         resource += "?" + parts.query
     headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
-    stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
+    stream = await network.connect(parts.hostname, parts.port or 80)
     try:
         with trio.fail_after(10):
             ws = await wrap_client_stream(
                 nursery,
-                stream,
+                stream,  # type: ignore[arg-type]  # any Trio stream carries a websocket
                 parts.hostname,
                 resource,
                 extra_headers=headers,
@@ -120,6 +122,7 @@ async def greet(
     decode: msgspec.msgpack.Decoder[Any],
     *,
     token: str | None = None,
+    network: Network = TCP,
 ) -> tuple[Connection, Welcome]:
     """Connect to the gateway at ``url``, send ``hello`` and read the welcome.
 
@@ -131,7 +134,7 @@ async def greet(
         OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed: As
             :func:`connect`, or the connection dropped (see :data:`RETRYABLE`).
     """
-    connection = await connect(nursery, url, token=token)
+    connection = await connect(nursery, url, token=token, network=network)
     try:
         await connection.ws.send_message(ENCODER.encode(hello))
         welcome = decode.decode(binary(await connection.ws.get_message()))

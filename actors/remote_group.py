@@ -19,6 +19,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from .connection import Connection, binary, greet, keep_trying, refusal
 from .errors import GatewayError
 from .group import BatchIterator
+from .network import TCP, Network
 from .nursery import open_nursery
 from .record import RecordBatch
 from .retry import Backoff
@@ -93,6 +94,8 @@ class RemoteGroup:
     """Per partition, the offset a checkpoint of this side holds (with ``durable_commits``)."""
     agreement: dict[str, str] = attrs.field(factory=dict)
     """What the nodes of one topology must agree on, sent with every hello."""
+    network: Network = TCP
+    """What connections to the node go over."""
     _members: int = attrs.field(init=False, default=0)
     _reconnects: int = attrs.field(init=False, default=0)
     _skipped: int = attrs.field(init=False, default=0)
@@ -228,7 +231,7 @@ class RemoteConsumer:
                 group.agreement,
             )
             self._connection, _ = await greet(
-                self._nursery, group.url, hello, decode, token=group.token
+                self._nursery, group.url, hello, decode, token=group.token, network=group.network
             )
             self._ws = self._connection.ws
             self._backoff.reset()

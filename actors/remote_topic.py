@@ -21,6 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .connection import binary, greet, keep_trying
 from .errors import GatewayError
+from .network import TCP, Network
 from .nursery import open_nursery
 from .partition import as_columns
 from .partitioner import Partitioner
@@ -159,6 +160,8 @@ class RemoteTopic:
     give_up: float = 30.0
     agreement: dict[str, str] = attrs.field(factory=dict)
     """What the nodes of one topology must agree on, sent with the hello."""
+    network: Network = TCP
+    """What connections to the node go over."""
     capacity: int | None = attrs.field(init=False, default=None)
     partitions: tuple[RemotePartition, ...] = attrs.field(init=False, default=())
     _layout: Topic | None = attrs.field(init=False, default=None)
@@ -244,7 +247,7 @@ class RemoteTopic:
             )
             async with open_nursery() as nursery:
                 connection, welcome = await greet(
-                    nursery, self.url, hello, decode, token=self.token
+                    nursery, self.url, hello, decode, token=self.token, network=self.network
                 )
                 try:
                     if status is not None:
@@ -334,6 +337,7 @@ async def open_remote_topic(
     give_up: float = 30.0,
     restore: RemoteTopicState | None = None,
     agreement: dict[str, str] | None = None,
+    network: Network = TCP,
 ) -> AsyncIterator[RemoteTopic]:
     """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
 
@@ -345,12 +349,15 @@ async def open_remote_topic(
             records it kept, resent to the node unless the node has them already.
         agreement: What the nodes of one topology must agree on (see
             :func:`~actors.wire.disagreement`), sent with the hello.
+        network: What connections go over (TCP unless a simulation says).
 
     Raises:
         GatewayError: The node could not be reached within ``give_up`` seconds, or refused
             the connection (wrong token, another protocol version, a disagreement).
     """
-    remote = RemoteTopic(url, topic, producer, token, value_type, give_up, dict(agreement or {}))
+    remote = RemoteTopic(
+        url, topic, producer, token, value_type, give_up, dict(agreement or {}), network
+    )
     if restore is not None:
         remote.restore(restore)
     async with open_nursery() as nursery:

@@ -18,7 +18,16 @@ from typing import Any
 import attrs
 import trio
 
-from actors import ConsumerGroup, Gateway, RemoteGroup, RemoteTopic, Topic, open_remote_topic
+from actors import (
+    TCP,
+    ConsumerGroup,
+    Gateway,
+    Network,
+    RemoteGroup,
+    RemoteTopic,
+    Topic,
+    open_remote_topic,
+)
 
 from .plan import Placement, ProducerPlan, producer_id, topics_of
 from .schema import Topology
@@ -45,6 +54,7 @@ class RemoteLink:
     value_type: Any
     give_up: float
     agreement: dict[str, str]
+    network: Network = TCP
     topic: RemoteTopic | None = None
     """The remote topic, once opened."""
     _restored: RemoteTopicPart[Any] | None = None
@@ -70,6 +80,7 @@ class RemoteLink:
             give_up=self.give_up,
             restore=None if self._restored is None else self._restored.state(),
             agreement=self.agreement,
+            network=self.network,
         )
         self.topic = await self._context.__aenter__()
         return self.topic
@@ -182,6 +193,7 @@ class Node:
             value_type,
             self.topology.gateway.connect_timeout,
             agreement=self.agreement,
+            network=self.placement.network,
         )
         return remote
 
@@ -197,6 +209,7 @@ class Node:
             value_type,
             self.topology.gateway.connect_timeout,
             self.agreement,
+            self.placement.network,
         )
         return link
 
@@ -233,6 +246,7 @@ class Node:
             max_message_size=settings.max_message_size,
             agreement=self.agreement,
             summary_type=summary_type,
+            network=self.placement.network,
         )
         return self.gateway
 

@@ -9,6 +9,8 @@ from typing import Any, Union
 
 import attrs
 
+from actors import TCP, Network
+
 from .convert import converter
 from .registry import Registry
 from .schema import Topology
@@ -171,6 +173,9 @@ class Placement:
     """``HOST:PORT`` to reach other nodes at, by node name, instead of their ``listen``."""
     token: str | None = None
     """The shared token (read from ``gateway.token_env`` by the caller)."""
+    network: Network = TCP
+    """What the node's gateway and its links to the others go over (TCP, unless a
+    simulation hands it a network of its own)."""
 
 
 def check_placement(topology: Topology, placement: Placement) -> list[str]:

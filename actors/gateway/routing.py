@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping, Set
-from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,10 +21,10 @@ from trio_websocket import (
     WebSocketConnection,
     WebSocketRequest,
     WebSocketServer,
-    serve_websocket,
 )
 
 from ..group import ConsumerGroup
+from ..network import TCP, Network
 from ..nursery import open_nursery
 from ..topic import Topic
 from ..wire import (
@@ -109,6 +108,7 @@ class Gateway:
         summary_type: The type a producer's summary (sent with its finish) must convert to;
             a finish with another summary is refused, so consumers never get one they cannot
             read.
+        network: Where it listens (TCP unless a simulation says).
     """
 
     topics: Mapping[str, Topic]
@@ -122,6 +122,7 @@ class Gateway:
     """Producers may forget records only once :meth:`mark_durable` says an epoch holds them."""
     agreement: Mapping[str, str] = attrs.field(factory=dict)
     summary_type: Any = Any
+    network: Network = TCP
     _frames: FrameReader = attrs.field(init=False)
     _producers: ProducerEndpoint = attrs.field(init=False)
     _members: MemberEndpoint = attrs.field(init=False)
@@ -228,19 +229,16 @@ class Gateway:
         task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` until cancelled; ``task_status`` gets the server (its port)."""
+        listeners = await self.network.listen(host, port)
         async with open_nursery() as nursery:
             self._members.nursery = nursery
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    self._handle,
-                    host,
-                    port,
-                    None,
-                    handler_nursery=nursery,
-                    max_message_size=self.max_message_size,
-                )
+            server = WebSocketServer(
+                self._handle,
+                listeners,  # type: ignore[arg-type]  # any Trio listener serves
+                handler_nursery=nursery,
+                max_message_size=self.max_message_size,
             )
+            await nursery.start(server.run)
             task_status.started(server)
 
     def _event(self, category: str, message: str) -> None:
