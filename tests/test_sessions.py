@@ -16,6 +16,7 @@ import yaml
 from trio_websocket import WebSocketConnection
 
 from actors import Columns, Consumer, ConsumerGroup, Gateway, Topic, connect, decoder
+from actors.gateway.endpoint import Signal
 from actors.wire import (
     ENCODER,
     IDLE_MEMBER,
@@ -169,3 +170,42 @@ async def test_a_member_that_never_asks_loses_its_partitions_after_the_session_t
             assert code == IDLE_MEMBER
             assert "a-lazy asked for nothing for 0.5 s" in reason
         nursery.cancel_scope.cancel()
+
+
+async def test_a_signal_wakes_a_waiter_that_waits_again_before_another_has_woken() -> None:
+    # A member's session task and a reconnecting connection's handler both wait on the
+    # session's signal. Found by chaos (a dropped connection): when the handler woke after
+    # the session task had waited again, it replaced the event the session task waited on,
+    # so the member's leave never woke it and the broker node never finished. Which of two
+    # tasks woken together runs first is Trio's choice: 20 rounds leave the old code a
+    # chance of one in a million to pass.
+    for _ in range(20):
+        signal = Signal()
+        woken: list[str] = []
+
+        async def waiter(name: str, rounds: int, signal: Signal, woken: list[str]) -> None:
+            for _ in range(rounds):
+                await signal.wait()
+                woken.append(name)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter, "session", 2, signal, woken)
+            nursery.start_soon(waiter, "handler", 1, signal, woken)
+            await trio.testing.wait_all_tasks_blocked()
+            signal.set()  # both wake
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(woken) == ["handler", "session"]
+            signal.set()  # the session task waits again, and must wake
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken.count("session") == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_signal_set_before_anyone_waits_wakes_the_next_wait() -> None:
+    signal = Signal()
+    signal.set()
+    with trio.fail_after(1):
+        await signal.wait()
+    with trio.move_on_after(1) as waited:
+        await signal.wait()
+    assert waited.cancelled_caught  # one set, one wake

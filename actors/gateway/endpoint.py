@@ -44,18 +44,22 @@ class Refusal(Exception):
 
 @attrs.define(eq=False)
 class Signal:
-    """Wakes one waiter whenever something it watches may have changed."""
+    """Wakes its waiters whenever something they watch may have changed."""
 
     _event: trio.Event = attrs.field(factory=trio.Event)
 
     def set(self) -> None:
-        """Wake the waiter, now or when it next waits."""
+        """Wake every waiter now, or the next one to wait if none waits."""
         self._event.set()
 
     async def wait(self) -> None:
         """Wait until :meth:`set` has been called since the last wait returned."""
-        await self._event.wait()
-        self._event = trio.Event()
+        event = self._event
+        await event.wait()
+        # Only the first waiter to wake starts a new round: one that wakes later must not
+        # replace the event that a faster one waits on again, or a set meant for it is lost.
+        if self._event is event:
+            self._event = trio.Event()
 
 
 @attrs.define(eq=False)
