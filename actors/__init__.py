@@ -71,6 +71,9 @@ from .supervisor import CrashReport as CrashReport
 from .supervisor import Supervisor as Supervisor
 from .supervisor import SupervisorStatistics as SupervisorStatistics
 from .supervisor import open_supervisor as open_supervisor
+from .testing import GUARANTEES as GUARANTEES
+from .testing import breaking as breaking
+from .testing import kept as kept
 from .topic import Topic as Topic
 from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT

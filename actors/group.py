@@ -455,6 +455,34 @@ class Consumer:
                 raise CommitError(f"topic {group.topic.name!r} has no partition {partition}")
             group._commit(self, partition, offset)
 
+    def catch_up(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``offsets`` even past what the group has delivered, moving its position up.
+
+        A member on another node says what it processed; after this node restarted from an
+        older epoch, the group may be behind that (its records are in the ring again, and
+        the member would only skip them). Records up to the offsets count as delivered and
+        processed.
+
+        Raises:
+            CommitError: As :meth:`commit_nowait`: the partition belongs to another member,
+                or the offset goes past what readers may have or backwards.
+        """
+        group = self.group
+        for partition, offset in offsets.items():
+            if not 0 <= partition < group.topic.partition_count:
+                raise CommitError(f"topic {group.topic.name!r} has no partition {partition}")
+            readable = group.topic.partitions[partition].readable_offset
+            if offset > readable:
+                raise CommitError(
+                    f"member {self.name!r} of group {group.name!r} cannot commit offset "
+                    f"{offset} on partition {partition}: the partition has records only up "
+                    f"to {readable}"
+                )
+            owns = group._holder[partition] is self or group._owner[partition] is self
+            if owns and offset > group._position[partition]:
+                group._position[partition] = offset
+            group._commit(self, partition, offset)
+
     def statistics(self) -> ConsumerStatistics:
         """Return a snapshot of this member's partitions, offsets and deliveries."""
         group = self.group

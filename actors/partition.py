@@ -10,6 +10,7 @@ import attrs
 import outcome
 import trio
 
+from . import testing
 from .errors import (
     BatchTooLargeError,
     CommitError,
@@ -239,7 +240,7 @@ class Partition:
                 "missing"
             )
         skip = expected - sequence
-        if not skip:
+        if not skip or "sequence_check" in testing.broken:
             return records
         return Columns(records.keys[skip:], records.values[skip:], records.timestamps[skip:])
 

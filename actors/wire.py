@@ -28,6 +28,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     SOFTWARE = "unknown"
 
+DONE = 1000
+"""The normal close: a gateway closes with it once a member's leave is recorded, or a
+connection's work is done."""
 UNAUTHORIZED = 4001
 INCOMPATIBLE = 4002
 MALFORMED = 4003

@@ -201,6 +201,7 @@ def test_a_gateway_s_part_is_stored_as_named_fields_and_restored_whole() -> None
     state = GatewayCheckpoint(
         finished=(("events", "p1"), ("events", "p2")),
         summaries={"events": {"p1": summary, "p2": [1, [[1, 1]], {"like": 1}]}},
+        left=(("stats", "events", "stats-0"),),
     )
     data = encode(GatewayPart.of(state))
     assert msgspec.msgpack.decode(data) == {
@@ -209,6 +210,7 @@ def test_a_gateway_s_part_is_stored_as_named_fields_and_restored_whole() -> None
         "summaries": {
             "events": {"p1": [3, [[0, 6]], {"view": 3}], "p2": [1, [[1, 1]], {"like": 1}]}
         },
+        "left": [["stats", "events", "stats-0"]],
     }
     part = decode("gateway", data)
     assert isinstance(part, GatewayPart)
@@ -218,6 +220,14 @@ def test_a_gateway_s_part_is_stored_as_named_fields_and_restored_whole() -> None
     )
     with pytest.raises(msgspec.ValidationError):
         GatewayPart.of(GatewayCheckpoint(summaries={"events": {"p1": "not a summary"}}))
+
+
+def test_a_gateway_s_part_from_before_members_left_was_kept_restores_with_none() -> None:
+    data = msgspec.msgpack.encode({"v": 1, "finished": [["events", "p1"]], "summaries": {}})
+    part = decode("gateway", data)
+    assert isinstance(part, GatewayPart)
+    assert part.state().left == ()
+    assert part.state().finished == (("events", "p1"),)
 
 
 @pytest.mark.parametrize(

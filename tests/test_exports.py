@@ -23,6 +23,7 @@ MODULE_LEVEL = {
         "connection": {"binary", "greet", "keep_trying", "refusal"},
         "gateway.endpoint": {
             "FrameReader",
+            "Owed",
             "Refusal",
             "Settings",
             "Signal",
@@ -73,7 +74,6 @@ MODULE_LEVEL = {
             "producer_id",
             "split_evenly",
             "split_proportionally",
-            "topics_of",
             "value_type",
         },
         "checks": {"at_least", "at_most", "checks", "optional_name", "positive"},
@@ -108,7 +108,6 @@ MODULE_LEVEL = {
         },
         "source": {"SourceStatistics", "WorkloadSource"},
         "tally": {"TopicTally", "check_expectations"},
-        "testing": {"breaking"},
     },
 }
 """Public names used through their module rather than the package, per package and module."""

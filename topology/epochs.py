@@ -388,9 +388,15 @@ class Checkpointer:
         if self._next_records is not None and self.events_produced() >= self._next_records:
             self._due.set()
 
-    async def periodic(self, settings: CheckpointSettings, until_done: bool = True) -> None:
+    async def periodic(
+        self, settings: CheckpointSettings, until_done: bool = True, *, skip_crashes: bool = False
+    ) -> None:
         """Ask for an epoch every ``settings.every`` seconds or ``settings.every_records``
-        events, whichever comes first; with ``until_done``, only while producers run."""
+        events, whichever comes first; with ``until_done``, only while producers run.
+
+        An epoch the store refuses is skipped; with ``skip_crashes``, so is one the actor
+        crashed while taking (a node's: see :meth:`~topology.Pipeline.run`).
+        """
         every_records = settings.every_records
         if every_records:
             self._next_records = self.events_produced() + every_records
@@ -402,10 +408,14 @@ class Checkpointer:
                 return
             try:
                 await self.epoch()
-            except CheckpointError as exc:
+            except Exception as exc:
                 # The store refused the epoch (a full disk, an I/O error), whole: the epochs
                 # before it are intact and nothing in memory is lost, so the run goes on and
                 # tries again at the next interval, for as long as it takes.
+                if not isinstance(exc, CheckpointError):
+                    if not skip_crashes:
+                        raise
+                    exc = CheckpointError(f"the checkpoint actor crashed: {exc!r}")
                 self._skipped += 1
                 if self.on_skipped is not None:
                     self.on_skipped(exc)

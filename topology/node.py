@@ -26,6 +26,7 @@ from actors import (
     RemoteGroup,
     RemoteTopic,
     Topic,
+    kept,
     open_remote_topic,
 )
 
@@ -243,6 +244,7 @@ class Node:
             dict(value_types),
             token=self.placement.token,
             session_timeout=settings.session_timeout,
+            linger=settings.connect_timeout,
             max_message_size=settings.max_message_size,
             agreement=self.agreement,
             summary_type=summary_type,
@@ -251,16 +253,20 @@ class Node:
         return self.gateway
 
     def expect_producers(self, plans: Iterable[ProducerPlan], topics: Iterable[str]) -> None:
-        """Tell the gateway which producers on other nodes write to each of ``topics``."""
+        """Tell the gateway which producers on other nodes write to each of ``topics``.
+
+        A topic that only producers elsewhere write, all of which have finished (as an epoch
+        this node is restored from says), is closed now: no producer is left to close it.
+        """
         assert self.gateway is not None
         here = self.spec.producers
         for topic in topics:
-            remote = {
-                producer_id(plan)
-                for plan in plans
-                if plan.producer not in here and topic in topics_of(self.topology, plan.producer)
-            }
+            writers = [plan for plan in plans if topic in topics_of(self.topology, plan.producer)]
+            remote = {producer_id(plan) for plan in writers if plan.producer not in here}
             self.gateway.expect_producers(topic, remote)
+            local = any(plan.producer in here for plan in writers)
+            if remote and not local and not self.gateway.waiting_for.get(topic):
+                self.gateway.topics[topic].close()
 
     def states(self) -> dict[tuple[str, str], Stateful[Any]]:
         """The node's own parts of an epoch, by (kind, name)."""
@@ -280,6 +286,8 @@ class Node:
         offset they saw, and producers keep their records until it holds them."""
         assert self.gateway is not None
         self.gateway.durable_only = True
+        if not kept("hold_back"):
+            return
         for topic in topics:
             for partition in topic.partitions:
                 partition.hold_back()
@@ -292,9 +300,11 @@ class Node:
         ends = {}
         sequences: dict[tuple[str, int], dict[str, int]] = {}
         finished: set[tuple[str, str]] = set()
+        left: set[tuple[str, str, str]] = set()
         gateway = self.gateway
         if gateway is not None:
-            finished = set(gateway.snapshot().finished)
+            held = gateway.snapshot()
+            finished, left = set(held.finished), set(held.left)
             for name, topic in topics.items():
                 for partition in topic.partitions:
                     ends[partition] = partition.end_offset
@@ -305,7 +315,7 @@ class Node:
             for partition, end in ends.items():
                 partition.expose(end)
             if gateway is not None:
-                gateway.mark_durable(sequences, finished)
+                gateway.mark_durable(sequences, finished, left)
             for key, group in groups.items():
                 group.mark_durable(processed[key])
 

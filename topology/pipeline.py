@@ -121,6 +121,8 @@ class Pipeline:
     _checkpointer: Checkpointer = attrs.field(init=False)
     _checkpointing: bool = False
     _writing_one: bool = False
+    _torn: bool = False
+    """An actor crashed: its state may be half changed, and no epoch may capture it."""
 
     def __attrs_post_init__(self) -> None:
         self._checkpointer = Checkpointer(
@@ -383,6 +385,8 @@ class Pipeline:
         return Snapshot(now, self.events_produced, held, parts, final)
 
     def _capture(self, final: bool) -> tuple[Snapshot, Callable[[], None] | None]:
+        if self._torn:
+            raise CheckpointError("an actor crashed: the run goes back to its newest epoch")
         snapshot = self.capture(final=final)
         return snapshot, None if self.node is None else self.node.durable_hook(self.topics)
 
@@ -488,6 +492,23 @@ class Pipeline:
                 self._skipped(CheckpointError(f"the final epoch could not be written: {exc}"))
                 await backoff.failed()
 
+    async def _leaving_epoch(self) -> None:
+        # A member of a group on another node leaves once an epoch holds what it processed.
+        # A store that refuses the epoch (a full disk) is tried again, as periodic epochs
+        # are: what the member processed is all still in memory.
+        backoff = Backoff(first=0.05, most=1.0)
+        while True:
+            try:
+                await self._checkpointer.epoch()
+                return
+            except Exception as exc:  # refused, or the checkpoint actor crashed taking it
+                self._skipped(
+                    exc
+                    if isinstance(exc, CheckpointError)
+                    else CheckpointError(f"the checkpoint actor crashed: {exc!r}")
+                )
+                await backoff.failed()
+
     async def _run_actors(
         self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
     ) -> None:
@@ -499,11 +520,37 @@ class Pipeline:
                 await self._supervise(monitor, checkpoints if periodic else None)
             else:  # a node's timer runs beside its actors until they are done
                 assert checkpoints is not None
-                network.start_soon(self._checkpointer.periodic, checkpoints, False)
+                network.start_soon(self._supervise_timer, checkpoints)
                 await self._supervise(monitor, None)
             network.cancel_scope.cancel()
         if self.node is not None:
             self.node.gather_summaries((t for _, t in self.groups), self.topics, self.produced)
+
+    async def _supervise_timer(self, checkpoints: CheckpointSettings) -> None:
+        # A node's checkpoint actor skips an epoch it crashed in, as one the store refused:
+        # rolling the node back would undo what it told other nodes since (a member's
+        # leave, a producer's finish), and they may have finished meanwhile. Anything else
+        # it raises is an actor's crash, as in a whole pipeline.
+        async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
+            supervisor.start_soon(
+                "checkpointer",
+                functools.partial(
+                    self._checkpointer.periodic, checkpoints, False, skip_crashes=True
+                ),
+            )
+
+    def _guarded(self, actor: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        # Until the supervisor has stopped everything, an epoch could capture the state of
+        # an actor that crashed half way through a batch (a node's timer runs beside the
+        # supervisor): a crash marks the pipeline torn at once.
+        async def run() -> None:
+            try:
+                await actor()
+            except Exception:
+                self._torn = True
+                raise
+
+        return run
 
     async def _supervise(
         self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
@@ -514,24 +561,29 @@ class Pipeline:
                 for instance in range(spec.instances):
                     supervisor.start_soon(
                         f"{consumer}-{instance}/{topic}",
-                        functools.partial(
-                            consume,
-                            group,
-                            f"{consumer}-{instance}",
-                            topic,
-                            self.processors[consumer],
-                            self.tallies[consumer],
-                            max_records=spec.max_records,
-                            origin=self.origin,
-                            monitor=monitor,
-                            epoch=self._checkpointer.epoch if self._checkpointing else None,
-                            pace=None
-                            if self.pace is None
-                            else functools.partial(self.pace, f"{consumer}-{instance}"),
+                        self._guarded(
+                            functools.partial(
+                                consume,
+                                group,
+                                f"{consumer}-{instance}",
+                                topic,
+                                self.processors[consumer],
+                                self.tallies[consumer],
+                                max_records=spec.max_records,
+                                origin=self.origin,
+                                monitor=monitor,
+                                epoch=self._leaving_epoch if self._checkpointing else None,
+                                pace=None
+                                if self.pace is None
+                                else functools.partial(self.pace, f"{consumer}-{instance}"),
+                            )
                         ),
                     )
             for source in self.sources.values():
-                supervisor.start_soon(producer_id(source.plan), source.run, self.origin)
+                supervisor.start_soon(
+                    producer_id(source.plan),
+                    self._guarded(functools.partial(source.run, self.origin)),
+                )
             if checkpoints is not None:
                 supervisor.start_soon("checkpointer", self._checkpointer.periodic, checkpoints)
             if self.gateway is not None:

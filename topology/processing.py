@@ -138,8 +138,10 @@ async def _read(
     pace: Callable[[int], Awaitable[None]] | None,
 ) -> None:
     async for batch in member.batches():
-        tally.observe(topic, batch, trio.current_time() - origin)
+        # Counted once processed: a processor that crashes on a batch leaves it uncounted,
+        # as the positions leave it unprocessed.
         processor.process(batch.values)
+        tally.observe(topic, batch, trio.current_time() - origin)
         member.commit_nowait()
         if monitor is not None:
             monitor()

@@ -249,12 +249,15 @@ class MemberPart(Part, frozen=True, tag=1):
 
 
 class GatewayPart(Part, frozen=True, tag=1):
-    """A node's gateway: the producers on other nodes that finished, and what each sent."""
+    """A node's gateway: the producers on other nodes that finished, and what each sent;
+    the members on other nodes that left."""
 
     finished: list[tuple[str, str]]
     """(topic, producer id) pairs."""
     summaries: dict[str, dict[str, TopicSummary]]
     """Per topic and producer id."""
+    left: list[tuple[str, str, str]] = []
+    """(group, topic, member) of each member that left (none in an epoch from before)."""
 
     @classmethod
     def of(cls, state: GatewayCheckpoint) -> GatewayPart:
@@ -266,6 +269,7 @@ class GatewayPart(Part, frozen=True, tag=1):
         return GatewayPart(
             finished=list(state.finished),
             summaries=msgspec.convert(state.summaries, dict[str, dict[str, TopicSummary]]),
+            left=list(state.left),
         )
 
     def state(self) -> GatewayCheckpoint:
@@ -273,6 +277,7 @@ class GatewayPart(Part, frozen=True, tag=1):
         return GatewayCheckpoint(
             finished=tuple(self.finished),
             summaries={topic: dict(by) for topic, by in self.summaries.items()},
+            left=tuple(self.left),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any, Protocol
 
 import attrs
@@ -19,12 +19,19 @@ class Settings(Protocol):
 
     @property
     def durable_only(self) -> bool:
-        """Producers may forget records only once an epoch holds them."""
+        """Producers may forget records, and members leave, only once an epoch holds
+        them."""
         ...
 
     @property
     def summary_type(self) -> Any:
         """The type a producer's summary must convert to."""
+        ...
+
+    @property
+    def linger(self) -> float:
+        """Seconds a node whose work is done waits for a peer that may not have had its last
+        answer."""
         ...
 
     @property
@@ -109,11 +116,61 @@ def gone(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionClosed, trio.BrokenResourceError))
 
 
-async def close(ws: WebSocketConnection, code: int, reason: str, wait: float = 2) -> None:
+async def close(ws: WebSocketConnection, code: int, reason: str, wait: float = 2) -> bool:
     """Send the close frame at once, then wait up to ``wait`` seconds for the peer's answer
-    (which needs this connection's reader: a node that is stopping does not wait)."""
+    (which needs this connection's reader: a node that is stopping does not wait); return
+    whether the peer answered, so surely had every frame before the close."""
     try:
-        with trio.move_on_after(wait):
+        with trio.move_on_after(wait) as waited:
             await ws.aclose(code, reason)
     except Exception:  # the peer may be gone already
-        return
+        return False
+    # The peer's answer echoes the code and the reason; a connection that broke after the
+    # close was sent keeps the code alone (trio-websocket notes the close as it sends it).
+    closed = ws.closed
+    return (
+        not waited.cancelled_caught
+        and closed is not None
+        and (closed.code, closed.reason) == (code, reason)
+    )
+
+
+ABNORMAL = 1006
+"""The close code of a connection that broke without a closing handshake."""
+
+
+@attrs.define(eq=False)
+class Owed:
+    """Peers that may not have had their last answer: a producer told its finish is
+    recorded, a member told its leave is, when the connection then broke. A node whose work
+    is done waits for them to come back and ask again, for a while (it cannot know whether
+    the answer reached them)."""
+
+    _until: dict[tuple[str, ...], float] = attrs.field(factory=dict)
+    _later: set[tuple[str, ...]] = attrs.field(factory=set)
+
+    def owe(self, key: tuple[str, ...], grace: float) -> None:
+        """``key`` may come back within ``grace`` seconds."""
+        self._until[key] = trio.current_time() + grace
+
+    def later(self, keys: Set[tuple[str, ...]]) -> None:
+        """Each of ``keys`` may come back within the grace :meth:`start` gives."""
+        self._later |= keys
+
+    def start(self, grace: float) -> None:
+        """Owe what :meth:`later` noted, from now on for ``grace`` seconds."""
+        for key in self._later:
+            if key not in self._until:
+                self.owe(key, grace)
+        self._later.clear()
+
+    def back(self, key: tuple[str, ...]) -> None:
+        """``key`` came back: it will be answered again."""
+        self._until.pop(key, None)
+        self._later.discard(key)
+
+    @property
+    def owing(self) -> bool:
+        """Whether some peer may still come back for its answer."""
+        now = trio.current_time()
+        return any(until > now for until in self._until.values())

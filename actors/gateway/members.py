@@ -14,6 +14,7 @@ from trio_websocket import WebSocketConnection
 from ..errors import CommitError
 from ..group import Consumer, ConsumerGroup
 from ..wire import (
+    DONE,
     ENCODER,
     IDLE_MEMBER,
     MALFORMED,
@@ -28,7 +29,7 @@ from ..wire import (
     Welcome,
     offsets_problem,
 )
-from .endpoint import FrameReader, Refusal, Settings, Signal
+from .endpoint import FrameReader, Owed, Refusal, Settings, Signal, close
 
 FETCH_WAIT = 0.5
 """Seconds a remote member's request waits for records before the answer is 'idle': its
@@ -87,17 +88,52 @@ class MemberEndpoint:
     settings: Settings
     nursery: trio.Nursery | None = None
     """Where sessions run: the gateway's own nursery, set while it serves."""
+    owed: Owed = attrs.field(factory=Owed)
+    """Members told their leave is recorded that may not have heard it."""
     _sessions: dict[tuple[str, str, str], _Session] = attrs.field(init=False, factory=dict)
     _left: set[tuple[str, str, str]] = attrs.field(init=False, factory=set)
+    _connected: int = attrs.field(init=False, default=0)
+    """Connections of members being served."""
+    _durable_left: set[tuple[str, str, str]] = attrs.field(init=False, factory=set)
+    """Members whose leave an epoch holds (with the gateway's ``durable_only``)."""
+    _leave_waiters: dict[tuple[str, str, str], trio.Event] = attrs.field(init=False, factory=dict)
 
     @property
     def active(self) -> bool:
-        """Whether any remote member still has a session."""
-        return bool(self._sessions)
+        """Whether any remote member still has a session, or a connection (one that left
+        waits on it for the answer to its leave)."""
+        return bool(self._sessions or self._connected)
 
     def have_left(self, members: Set[tuple[str, str, str]]) -> bool:
         """Whether each of ``members`` (group, topic, member name) has come and left."""
         return members <= self._left
+
+    @property
+    def left(self) -> tuple[tuple[str, str, str], ...]:
+        """(group, topic, member) of each member that has left in good order, sorted."""
+        return tuple(sorted(self._left))
+
+    def restore_left(self, left: Set[tuple[str, str, str]]) -> None:
+        """Take back :attr:`left` from a checkpoint: those members are not waited for."""
+        self._left = set(left)
+        self._durable_left = set(left)
+
+    def mark_durable(self, left: Set[tuple[str, str, str]]) -> None:
+        """Note that a written epoch holds the leaves of ``left``: they are answered."""
+        self._durable_left |= left
+        for key in left:
+            waiter = self._leave_waiters.pop(key, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def _leave_recorded(self, key: tuple[str, str, str]) -> None:
+        # With durable_only, a leave is answered once an epoch holds it (and the commits
+        # that came with it): a node restored from an older epoch would otherwise wait for
+        # a member that has gone, or deliver again what it processed.
+        if not self.settings.durable_only or key in self._durable_left:
+            return
+        waiter = self._leave_waiters.setdefault(key, trio.Event())
+        await waiter.wait()
 
     def statistics(self) -> MemberEndpointStatistics:
         """Return a snapshot of the members' sessions."""
@@ -120,7 +156,15 @@ class MemberEndpoint:
         problem = offsets_problem(hello.positions, count, "hello: positions")
         if problem is not None:
             raise Refusal(MALFORMED, problem)
+        self._connected += 1
+        try:
+            await self._serve(ws, hello, group)
+        finally:
+            self._connected -= 1
+
+    async def _serve(self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup) -> None:
         key = (hello.group, hello.topic, hello.name)
+        self.owed.back(("consume", *key))
         session = self._sessions.get(key)
         if session is None:
             session = _Session(key)
@@ -143,6 +187,10 @@ class MemberEndpoint:
                     await session.changed.wait()
                 session.busy = serving = True
                 await self._serve_member(ws, hello, group, session)
+                # Its leave is recorded: the close says so. A member that did not answer
+                # the close may not have had it, and may come back to leave again.
+                if not await close(ws, DONE, "done"):
+                    self.owed.owe(("consume", *key), self.settings.linger)
         except Refusal:
             session.left = True  # a member that broke the protocol is not waited for
             raise
@@ -214,7 +262,8 @@ class MemberEndpoint:
                 _commit(member, frame.offsets)
                 session.left = True
                 self._left.add(key)
-                return
+                await self._leave_recorded(key)
+                return  # the gateway closes with 1000: the member knows it has left
             else:
                 raise Refusal(MALFORMED, f"unexpected {type(frame).__name__} frame")
 
@@ -251,11 +300,13 @@ class MemberEndpoint:
 
 
 def _commit(member: Consumer, offsets: list[tuple[int, int]]) -> None:
-    # What a remote member processed, partition by partition. An offset it may no longer
-    # commit (the partition moved on, or a restarted node restored older commits) is left:
-    # those records are delivered again, and the member skips what it has already seen.
+    # What a remote member processed, partition by partition. Its side's epochs hold what it
+    # says, so a group behind it (this node restarted from an older epoch) catches up rather
+    # than deliver again what the member would only skip: a member that already had the end
+    # would never read them. An offset it may not commit (the partition is another member's
+    # now) is left to the partition's owner, which says the same.
     for partition, offset in offsets:
         try:
-            member.commit_nowait({partition: offset})
+            member.catch_up({partition: offset})
         except CommitError:
             continue

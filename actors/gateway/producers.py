@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import msgspec
 import trio
-from trio_websocket import WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ..errors import RingflowError
 from ..nursery import open_nursery
@@ -28,7 +28,7 @@ from ..wire import (
     Window,
     batch_problem,
 )
-from .endpoint import FrameReader, Refusal, Settings, Signal
+from .endpoint import ABNORMAL, FrameReader, Owed, Refusal, Settings, Signal
 
 WINDOW_LINGER = 0.002
 """Seconds between windows to one producer: one window for many batches under load."""
@@ -50,13 +50,15 @@ class ProducerEndpointStatistics:
 class GatewayCheckpoint:
     """What a checkpoint keeps of a gateway, as :meth:`~actors.Gateway.snapshot` gives it
     and :meth:`~actors.Gateway.restore` takes it: the remote producers that finished, and
-    what each said it sent."""
+    what each said it sent, and the remote members that left."""
 
     finished: tuple[tuple[str, str], ...] = ()
     """(topic, producer id) of each producer that has sent its finish, sorted."""
     summaries: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Per topic and producer id, what the producer said it sent (see
     :meth:`~actors.Gateway.add_summary`)."""
+    left: tuple[tuple[str, str, str], ...] = ()
+    """(group, topic, member) of each remote member that has left after the end, sorted."""
 
 
 @attrs.define(eq=False)
@@ -67,6 +69,7 @@ class ProducerEndpoint:
         topics: The topics whose partitions the gateway hosts.
         frames: Reads the frames producers send.
         event: Called with (category, message) for producers that finished.
+        owed: Where producers are noted that may not have had their finish's answer.
         settings: The gateway's ``durable_only`` (producers may forget records only once
             :meth:`mark_durable` says an epoch holds them) and ``summary_type`` (what a
             producer's summary, sent with its finish, must convert to).
@@ -76,6 +79,8 @@ class ProducerEndpoint:
     frames: FrameReader
     event: Callable[[str, str], None]
     settings: Settings
+    owed: Owed = attrs.field(factory=Owed)
+    """Producers told their finish is recorded whose connection then broke."""
     _expected: dict[str, set[str]] = attrs.field(init=False, factory=dict)
     _finished: set[tuple[str, str]] = attrs.field(init=False, factory=set)
     summaries: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
@@ -185,6 +190,8 @@ class ProducerEndpoint:
         """
         name = hello.name
         partitions = topic.partitions
+        owed = ("produce", topic.name, name)
+        self.owed.back(owed)
         welcome = Welcome(
             PROTOCOL,
             SOFTWARE,
@@ -194,6 +201,7 @@ class ProducerEndpoint:
         )
         await ws.send_message(ENCODER.encode(welcome))
         signal = Signal()
+        answered = clean = False
         self._watchers.add(signal)
         self._producing += 1
 
@@ -243,9 +251,22 @@ class ProducerEndpoint:
                         self.add_summary(topic.name, name, frame.summary)
                         self._finish(topic.name, name)
                         await self._finish_recorded(topic.name, name)
+                        answered = True
                         await ws.send_message(ENCODER.encode(Finished()))
                     else:
                         raise Refusal(MALFORMED, f"unexpected {type(frame).__name__} frame")
+        except ConnectionClosed as exc:
+            clean = _closed_by_peer(exc)
+            raise
         finally:
+            # A producer that had its answer closes the connection itself; one whose
+            # connection ended otherwise may not have had it, and may come back for it.
+            if answered and not clean:
+                self.owed.owe(owed, self.settings.linger)
             self._watchers.discard(signal)
             self._producing -= 1
+
+
+def _closed_by_peer(exc: ConnectionClosed) -> bool:
+    # Whether the peer closed the connection with a closing handshake.
+    return exc.reason is not None and exc.reason.code != ABNORMAL

@@ -31,6 +31,7 @@ from ..wire import (
     CLOSE_CODES,
     DECODE_ERRORS,
     DISAGREEMENT,
+    DONE,
     INCOMPATIBLE,
     MALFORMED,
     MAX_MESSAGE_SIZE,
@@ -45,7 +46,7 @@ from ..wire import (
     hello_problem,
     incompatible,
 )
-from .endpoint import FrameReader, Refusal, close, gone, peer
+from .endpoint import FrameReader, Owed, Refusal, close, gone, peer
 from .members import MemberEndpoint, MemberEndpointStatistics
 from .producers import GatewayCheckpoint, ProducerEndpoint, ProducerEndpointStatistics
 from .taps import TapEndpoint, TapEndpointStatistics
@@ -105,6 +106,9 @@ class Gateway:
         agreement: What every node of the topology must agree on (topology, seed, events),
             with this node's name under ``node``: a hello that carries other values is
             refused with close code 4006 naming the settings that differ.
+        linger: Seconds the gateway waits, once its work is done, for a producer or member
+            that may not have had its last answer (its connection broke as it was sent): as
+            long as a peer keeps trying to reach it.
         summary_type: The type a producer's summary (sent with its finish) must convert to;
             a finish with another summary is refused, so consumers never get one they cannot
             read.
@@ -116,10 +120,12 @@ class Gateway:
     value_types: Mapping[str, Any] = attrs.field(factory=dict)
     token: str | None = None
     session_timeout: float = 10.0
+    linger: float = 30.0
     max_message_size: int = MAX_MESSAGE_SIZE
     on_event: Callable[[str, str], None] | None = None
     durable_only: bool = False
-    """Producers may forget records only once :meth:`mark_durable` says an epoch holds them."""
+    """Producers may forget records, and members leave, only once :meth:`mark_durable`
+    says an epoch holds them."""
     agreement: Mapping[str, str] = attrs.field(factory=dict)
     summary_type: Any = Any
     network: Network = TCP
@@ -127,13 +133,18 @@ class Gateway:
     _producers: ProducerEndpoint = attrs.field(init=False)
     _members: MemberEndpoint = attrs.field(init=False)
     _taps: TapEndpoint = attrs.field(init=False)
+    _owed: Owed = attrs.field(init=False, factory=Owed)
     _connections: int = attrs.field(init=False, default=0)
     _refused: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._frames = FrameReader(self.value_types)
-        self._producers = ProducerEndpoint(self.topics, self._frames, self._event, self)
-        self._members = MemberEndpoint(self._frames, self._summaries_of, self._event, self)
+        self._producers = ProducerEndpoint(
+            self.topics, self._frames, self._event, self, owed=self._owed
+        )
+        self._members = MemberEndpoint(
+            self._frames, self._summaries_of, self._event, self, owed=self._owed
+        )
         self._taps = TapEndpoint(self.topics)
 
     # -- producers that must finish ----------------------------------------------------------
@@ -180,13 +191,19 @@ class Gateway:
         for group in self.groups.values():
             if any(group.statistics().lag):
                 return False
-        return not self._members.active
+        # A producer or member whose last answer may not have reached it may come back for
+        # it, for a while: its node cannot finish until it has had it.
+        return not self._members.active and not self._owed.owing
 
     async def wait_drained(
         self, members: Set[tuple[str, str, str]] = frozenset(), poll: float = 0.05
     ) -> None:
         """Return once :meth:`drained` (checked every ``poll`` seconds: it ends a node's run,
-        where 50 ms do not matter, and its conditions change in many places)."""
+        where 50 ms do not matter, and its conditions change in many places); at once for
+        a gateway that hosts no topic (nothing of its own to drain: its node's final epoch
+        should not wait)."""
+        if not self.topics and not members:
+            return
         while not self.drained(members):  # noqa: ASYNC110
             await trio.sleep(poll)
 
@@ -194,20 +211,31 @@ class Gateway:
         self,
         sequences: Mapping[tuple[str, int], Mapping[str, int]],
         finished: Set[tuple[str, str]] = frozenset(),
+        left: Set[tuple[str, str, str]] = frozenset(),
     ) -> None:
         """Note what a written epoch holds: per (topic, partition), the records of each
-        producer it has (producers may now forget them), and the (topic, producer) finishes
-        it has (those producers are told their finish is recorded)."""
+        producer it has (producers may now forget them), the (topic, producer) finishes it
+        has (those producers are told their finish is recorded), and the (group, topic,
+        member) leaves it has (those members are told they have left)."""
         self._producers.mark_durable(sequences, finished)
+        self._members.mark_durable(left)
 
     def snapshot(self) -> GatewayCheckpoint:
         """What a checkpoint must keep of the gateway: the producers that have finished and
-        their summaries."""
-        return self._producers.snapshot()
+        their summaries, and the remote members that have left."""
+        return attrs.evolve(self._producers.snapshot(), left=self._members.left)
 
     def restore(self, state: GatewayCheckpoint) -> None:
-        """Take back :meth:`snapshot`; call before :meth:`expect_producers`."""
+        """Take back :meth:`snapshot`; call before :meth:`expect_producers`.
+
+        Whether the producers that finished, and the members that left, had their answers
+        before this node stopped is not known: once it serves, it waits ``linger`` seconds
+        for each to come back, unless it does sooner.
+        """
         self._producers.restore(state)
+        self._members.restore_left(set(state.left))
+        self._owed.later({("produce", *key) for key in state.finished})
+        self._owed.later({("consume", *key) for key in state.left})
 
     def statistics(self) -> GatewayStatistics:
         """Return a snapshot of the connections served and of each endpoint."""
@@ -230,6 +258,7 @@ class Gateway:
     ) -> None:
         """Listen on ``host:port`` until cancelled; ``task_status`` gets the server (its port)."""
         listeners = await self.network.listen(host, port)
+        self._owed.start(self.linger)
         async with open_nursery() as nursery:
             self._members.nursery = nursery
             server = WebSocketServer(
@@ -268,7 +297,7 @@ class Gateway:
             self._event("errors", f"connection from {who} failed: {exc!r}")
             await close(ws, 1011, f"internal error: {exc}")
         else:
-            await close(ws, 1000, "done")
+            await close(ws, DONE, "done")
 
     async def _dispatch(self, request: WebSocketRequest, ws: WebSocketConnection) -> None:
         if self.token is not None:

@@ -12,8 +12,14 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from topology import topics_of
+
 from .faults import Fault, Targets, draw_plan, schedule_seeds
-from .harness import Chaos, Outcome, Violation, check
+from .harness import Chaos, Outcome, Violation, check, liveness_bound
+from .network import pair_of
+
+REFERENCE_DEADLINE = 3600.0
+"""Simulated seconds the fault-free run may take before it counts as stuck."""
 
 
 @attrs.frozen
@@ -67,14 +73,33 @@ def targets_of(chaos: Chaos) -> Targets:
         for name, spec in topology.consumers.items()
         for instance in range(spec.instances)
     )
-    return Targets(producers, processors, consumers)
+    links = set()
+    for node, spec in topology.nodes.items():
+        used = [t for producer in spec.producers for t in topics_of(topology, producer)]
+        for consumer in spec.consumers:
+            read = topology.consumers[consumer]
+            used += [read.topic] if read.topic else read.topics
+        for topic in used:
+            holder = topology.node_of("topics", topic)
+            if holder != node:
+                links.add(pair_of(node, holder))
+    return Targets(
+        producers,
+        processors,
+        consumers,
+        nodes=tuple(topology.nodes),
+        links=tuple(sorted(links)),
+        session_timeout=topology.gateway.session_timeout,
+        connect_timeout=topology.gateway.connect_timeout,
+    )
 
 
 def run_schedule(chaos: Chaos, seed: int, kinds: Sequence[str], reference: Outcome) -> Schedule:
     """Draw the plan of ``seed``, run it and check it."""
     plan = draw_plan(seed, kinds, reference.sim_seconds, targets_of(chaos))
-    outcome, report = chaos.run(seed, plan)
-    violations = check(outcome, report, reference, plan)
+    bound = liveness_bound(reference, plan, chaos.slack)
+    outcome, reports = chaos.run(seed, plan, bound + chaos.slack)
+    violations = check(outcome, reports, reference, plan, chaos.slack)
     return Schedule(attrs.evolve(outcome, violations=violations), plan)
 
 
@@ -91,7 +116,7 @@ def run_campaign(
     """Run the fault-free reference, then ``schedules`` schedules drawn from ``seed`` (or the
     one schedule ``replay``), stopping at the first violation unless ``keep_going``."""
     started = time.perf_counter()
-    reference, _ = chaos.run(0, ())
+    reference, _ = chaos.run(0, (), REFERENCE_DEADLINE)
     chaos = chaos.paced(reference.sim_seconds)
     seeds = [replay] if replay is not None else schedule_seeds(seed, schedules, chaos.fingerprint)
     done = []

@@ -25,12 +25,20 @@ import attrs
 import trio
 import trio.testing
 
-from topology import CheckpointSettings, CheckpointSpec, Pipeline, Registry, Topology
+from topology import (
+    CheckpointSettings,
+    CheckpointSpec,
+    Pipeline,
+    Placement,
+    Registry,
+    Topology,
+)
 
 from ..report import Report
 from ..run import REGISTRY, Run
 from .faults import Fault
 from .inject import FaultBox, FaultyStore, Fired, faulty_registry
+from .network import SimNetwork
 
 LIVENESS_SLACK = 10.0
 """Simulated seconds a run may take, beyond what the fault-free run took, after the last
@@ -49,8 +57,22 @@ class Violation:
     """The schedule's seed."""
     invariant: str
     """``digest``, ``no_loss``, ``per_key_order``, ``totals_match``, ``ring_depth``,
-    ``liveness``."""
+    ``memory``, ``liveness``."""
     message: str
+
+
+@attrs.frozen
+class Memory:
+    """The most records one process held at once, and what it may hold."""
+
+    node: str
+    """The node (``process`` when the topology runs whole)."""
+    peak: int
+    """The most records it held in its rings and kept for resending, sampled."""
+    bound: int | None
+    """What its topics' capacities allow: the capacity of every partition it holds, and of
+    every partition its producers send to on other nodes (what they keep until it is
+    durable there); None when a topic is dynamic."""
 
 
 @attrs.frozen
@@ -63,11 +85,22 @@ class Outcome:
     """The faults that struck, in order."""
     violations: tuple[Violation, ...]
     sim_seconds: float
-    """Simulated seconds from the start to the end of the run."""
-    digest: str | None
-    """The aggregates' digest of the run's final report."""
+    """Simulated seconds from the start to the end of the run (of its last node)."""
+    digests: dict[str, str | None]
+    """The aggregates' digest of each node's final report (``process`` when whole; None
+    for a node that runs no consumer); missing for a node that did not finish."""
     status: str
-    """How the run ended: ``completed`` or ``failed``."""
+    """How the run ended: ``completed``, or the first node's status that was not."""
+    memory: tuple[Memory, ...] = ()
+
+    @property
+    def digest(self) -> str | None:
+        """The aggregates' digest: of the one node with aggregates, or of them all."""
+        found = {node: d for node, d in self.digests.items() if d is not None}
+        if len(found) <= 1:
+            return next(iter(found.values()), None)
+        text = json.dumps(found, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def trace_digest(self) -> str:
@@ -82,6 +115,21 @@ class Outcome:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@attrs.define(eq=False)
+class Life:
+    """One process of a schedule (the whole topology's, or one node's)."""
+
+    node: str
+    scope: trio.CancelScope | None = None
+    """Its cancel scope while it runs; None while it is down or once it finished."""
+    pipeline: Pipeline | None = None
+    """The pipeline it runs now."""
+    crashed: Fault | None = None
+    """The ``node_crash`` that struck it, until it is started again."""
+    peak: int = 0
+    bound: int | None = 0
+
+
 @attrs.frozen
 class Chaos:
     """What every schedule of a chaos run shares: the topology and how it is run."""
@@ -94,59 +142,143 @@ class Chaos:
     :meth:`paced` knows how long a run takes."""
     registry: Registry = REGISTRY
     """The workloads and processors the topology may name."""
+    sample_every: float = 0.01
+    """Simulated seconds between samples of what each process holds in memory."""
 
     @classmethod
     def of(cls, topology: Topology, events: int | None) -> Chaos:
-        """The chaos run of ``topology``; checkpoints always on, as with ``--state``."""
+        """The chaos run of ``topology``; checkpoints always on, as with ``--state``.
+
+        Without a ``checkpoint`` section, the fault-free run writes only a final epoch (but
+        nodes write them as ``ringflow node --state`` does: they show other nodes only what
+        an epoch holds).
+        """
         spec = topology.checkpoint or CheckpointSpec(every=None)
+        if topology.nodes and topology.checkpoint is None:
+            spec = CheckpointSpec()
         return cls(topology, events, spec)
 
     def paced(self, horizon: float) -> Chaos:
         """Writing :data:`EPOCHS_PER_RUN` epochs over ``horizon`` simulated seconds, unless
-        the file says when to write them."""
-        if self.topology.checkpoint is not None or horizon <= 0:
+        the file says when to write them; sampling memory :data:`SAMPLES_PER_RUN` times."""
+        if horizon <= 0:
             return self
-        return attrs.evolve(self, checkpoint=CheckpointSpec(every=horizon / EPOCHS_PER_RUN))
+        paced = attrs.evolve(self, sample_every=horizon / SAMPLES_PER_RUN)
+        if self.topology.checkpoint is not None:
+            return paced
+        return attrs.evolve(paced, checkpoint=CheckpointSpec(every=horizon / EPOCHS_PER_RUN))
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The processes a schedule runs: every node, or ``process`` for a whole topology."""
+        return tuple(self.topology.nodes) or (WHOLE,)
+
+    @property
+    def slack(self) -> float:
+        """Simulated seconds a schedule may take, beyond the fault-free run's length, after
+        its last fault healed: :data:`LIVENESS_SLACK`, and for a topology with nodes the
+        gateways' ``connect_timeout`` too (a node whose work is done waits that long for a
+        peer that may not have had its last answer)."""
+        if self.topology.nodes:
+            return LIVENESS_SLACK + self.topology.gateway.connect_timeout
+        return LIVENESS_SLACK
 
     @property
     def fingerprint(self) -> str:
         """What identifies the run (the topology, its seed, the events)."""
         return Pipeline.build(self.topology, self.registry, events=self.events).fingerprint
 
-    def run(self, seed: int, plan: tuple[Fault, ...]) -> tuple[Outcome, Report]:
-        """Run the schedule of ``seed`` with ``plan``; return its outcome (unchecked: its
-        violations are empty) and its final report."""
+    def run(
+        self, seed: int, plan: tuple[Fault, ...], deadline: float = math.inf
+    ) -> tuple[Outcome, dict[str, Report]]:
+        """Run the schedule of ``seed`` with ``plan``, stopping it at simulated ``deadline``;
+        return its outcome (unchecked: its violations are empty) and each node's report
+        (``process`` when whole; a node that did not finish by the deadline has none)."""
         folder = Path(tempfile.mkdtemp(prefix="ringflow-chaos-"))
         box = FaultBox(list(plan))
+        lives = {node: Life(node) for node in self.nodes}
+        reports: dict[str, Report] = {}
         try:
             clock = trio.testing.MockClock(autojump_threshold=0)
             with _deterministic_scheduling(seed):
-                report, ended = trio.run(self._lives, folder, box, clock=clock)
+                ended = trio.run(self._schedule, folder, box, lives, reports, deadline, clock=clock)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        statuses = [
+            f"{node}: {reports[node].status}" if node in reports else f"{node}: unfinished"
+            for node in self.nodes
+            if node not in reports or reports[node].status != "completed"
+        ]
         outcome = Outcome(
             seed=seed,
             trace=tuple(box.trace),
             violations=(),
             sim_seconds=ended,
-            digest=report.digest,
-            status=report.status,
+            digests={node: report.digest for node, report in reports.items()},
+            status=statuses[0] if statuses else "completed",
+            memory=tuple(Memory(life.node, life.peak, life.bound) for life in lives.values()),
         )
-        return outcome, report
+        return outcome, reports
 
-    async def _lives(self, folder: Path, box: FaultBox) -> tuple[Report, float]:
+    async def _schedule(
+        self,
+        folder: Path,
+        box: FaultBox,
+        lives: dict[str, Life],
+        reports: dict[str, Report],
+        deadline: float,
+    ) -> float:
+        network = SimNetwork() if self.topology.nodes else None
+        ended = 0.0
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as outside:
+                outside.start_soon(_strike, box, network, lives)
+                outside.start_soon(_sample, lives, self.sample_every)
+                async with trio.open_nursery() as processes:
+                    for life in lives.values():
+                        processes.start_soon(
+                            self._lives, life, folder / life.node, box, network, reports
+                        )
+                ended = trio.current_time()
+                outside.cancel_scope.cancel()
+        return ended if len(reports) == len(lives) else trio.current_time()
+
+    async def _lives(
+        self,
+        life: Life,
+        folder: Path,
+        box: FaultBox,
+        network: SimNetwork | None,
+        reports: dict[str, Report],
+    ) -> None:
         registry = faulty_registry(self.registry, box)
+        placement = None
+        if network is not None:
+            placement = Placement(life.node, network=network.view(life.node))
+
+        def started(pipeline: Pipeline) -> None:
+            box.attach(pipeline)
+            life.pipeline = pipeline
+            life.bound = memory_bound(pipeline)
+
         while True:
-            pipeline = Pipeline.build(self.topology, registry, events=self.events)
+            pipeline = Pipeline.build(
+                self.topology, registry, events=self.events, placement=placement
+            )
             store = FaultyStore.open(
                 folder, pipeline.fingerprint, keep=self.checkpoint.keep, name=self.topology.name
             )
             assert isinstance(store, FaultyStore)
             store.box = box
+            store.node = None if network is None else life.node
 
             def rebuild(loaded: Any, fresh: Pipeline = pipeline) -> Pipeline:
                 return Pipeline.build(
-                    fresh.topology, fresh.registry, events=self.events, restore=loaded
+                    fresh.topology,
+                    fresh.registry,
+                    events=self.events,
+                    restore=loaded,
+                    placement=fresh.placement,
                 )
 
             try:
@@ -157,17 +289,102 @@ class Chaos:
                     every_records=self.checkpoint.every_records,
                     in_thread=False,
                 )
-                crash = box.next_of("node_crash")
-                with trio.move_on_at(math.inf if crash is None else crash.at) as life:
-                    run = Run(pipeline, checkpoints=settings, on_pipeline=box.attach)
-                    report = await run.main()
+                run = Run(pipeline, checkpoints=settings, on_pipeline=started)
+                try:
+                    with trio.CancelScope() as life.scope:
+                        report = await run.main()
+                except Exception:
+                    # What the tasks of a process that crashed raised as they were cancelled
+                    # (a connection the network failed under them) dies with the process.
+                    if life.crashed is None:
+                        raise
             finally:
+                life.scope = life.pipeline = None
                 store.close()
-            if not life.cancelled_caught:
-                return report, trio.current_time()
-            assert crash is not None
-            box.fire(crash)  # the process is gone: everything in memory with it
-            await trio.sleep(crash.lasts)  # until it is started again
+            if life.crashed is None:
+                reports[life.node] = report
+                return
+            downtime, life.crashed = life.crashed.lasts, None
+            await trio.sleep(downtime)  # until it is started again: everything in memory is gone
+
+
+WHOLE = "process"
+"""The name of the one process of a topology run whole."""
+
+OUTSIDE_KINDS = ("node_crash", "net_drop", "net_delay", "net_partition")
+"""Faults struck from outside the actors, at their exact moment."""
+
+SAMPLES_PER_RUN = 100
+"""Samples of each process's memory over the fault-free run's length."""
+
+
+async def _strike(box: FaultBox, network: SimNetwork | None, lives: dict[str, Life]) -> None:
+    # Strike the faults from outside the actors, each at its moment.
+    outside = sorted(
+        (fault for fault in box.pending if fault.kind in OUTSIDE_KINDS),
+        key=lambda fault: (fault.at, fault.kind, fault.target),
+    )
+    for fault in outside:
+        await trio.sleep_until(fault.at)
+        if fault.kind == "node_crash":
+            life = lives[fault.target.removeprefix("node:")] if network else lives[WHOLE]
+            if life.scope is None:
+                continue  # down already, or finished: there is nothing to crash
+            box.fire(fault)
+            life.crashed = fault
+            if network is not None:
+                network.crash(life.node)  # its connections fail before its tasks hear of it
+            life.scope.cancel()
+            continue
+        assert network is not None
+        a, b = fault.target.removeprefix("nodes:").split("|")
+        box.fire(fault)
+        if fault.kind == "net_drop":
+            network.drop(a, b)
+        elif fault.kind == "net_delay":
+            network.delay(a, b, fault.delay, fault.at + fault.lasts)
+        else:
+            network.partition(a, b, fault.at + fault.lasts)
+
+
+async def _sample(lives: dict[str, Life], every: float) -> None:
+    # What each process holds, now and then.
+    while True:
+        await trio.sleep(every)
+        for life in lives.values():
+            if life.pipeline is not None:
+                life.peak = max(life.peak, held_records(life.pipeline))
+
+
+def held_records(pipeline: Pipeline) -> int:
+    """Records ``pipeline`` holds now: in the rings of its partitions, and kept by its
+    producers for resending to other nodes."""
+    held = sum(
+        partition.end_offset - partition.start_offset
+        for topic in pipeline.topics.values()
+        for partition in topic.partitions
+    )
+    if pipeline.node is not None:
+        for link in pipeline.node.links.values():
+            if link.topic is not None:
+                held += sum(partition.retained for partition in link.topic.partitions)
+    return held
+
+
+def memory_bound(pipeline: Pipeline) -> int | None:
+    """The most records ``pipeline`` may hold (see :class:`Memory`); None when a topic it
+    holds or sends to has no capacity."""
+    topology = pipeline.topology
+    names = list(pipeline.topics)
+    if pipeline.node is not None:
+        names += [link.topic_name for link in pipeline.node.links.values()]
+    bound = 0
+    for name in names:
+        spec = topology.topics[name]
+        if not isinstance(spec.capacity, int):
+            return None
+        bound += spec.capacity * spec.partitions
+    return bound
 
 
 @contextlib.contextmanager
@@ -187,49 +404,79 @@ def _deterministic_scheduling(seed: int) -> Iterator[None]:
         run._ALLOW_DETERMINISTIC_SCHEDULING = before  # type: ignore[misc]
 
 
+def liveness_bound(reference: Outcome, plan: tuple[Fault, ...], slack: float) -> float:
+    """When a schedule with ``plan`` must have ended, on its simulated clock: ``slack``
+    seconds (see :attr:`Chaos.slack`) after the fault-free run's length has passed again
+    since the last fault healed."""
+    healed = max((f.at + f.lasts for f in plan), default=0.0)
+    return healed + reference.sim_seconds + slack
+
+
 def check(
     outcome: Outcome,
-    report: Report,
+    reports: dict[str, Report],
     reference: Outcome,
     plan: tuple[Fault, ...],
+    slack: float = LIVENESS_SLACK,
 ) -> tuple[Violation, ...]:
     """Check a schedule's run against the invariants; return what it broke."""
     seed = outcome.seed
     found = []
-    if report.status != "completed":
-        found.append(Violation(seed, "liveness", f"the run {report.status}: {report.error}"))
-    else:
-        if outcome.digest != reference.digest:
+    bound = liveness_bound(reference, plan, slack)
+    for node in reference.digests:
+        report = reports.get(node)
+        who = "the run" if node == WHOLE else f"node {node}"
+        if report is None:
+            found.append(Violation(seed, "liveness", f"{who} had not finished by t={bound:.3f} s"))
+            continue
+        if report.status != "completed":
+            found.append(Violation(seed, "liveness", f"{who} {report.status}: {report.error}"))
+            continue
+        if outcome.digests.get(node) != reference.digests[node]:
             found.append(
                 Violation(
                     seed,
                     "digest",
-                    f"aggregates digest {outcome.digest} differs from the fault-free run's "
-                    f"{reference.digest}",
+                    f"{'' if node == WHOLE else f'node {node}: '}aggregates digest "
+                    f"{outcome.digests.get(node)} differs from the fault-free run's "
+                    f"{reference.digests[node]}",
                 )
             )
         for name, result in report.expect.items():
             if not result.ok:
-                found.append(Violation(seed, name, result.detail))
+                prefix = "" if node == WHOLE else f"node {node}: "
+                found.append(Violation(seed, name, prefix + result.detail))
+    if len(reports) == len(reference.digests) and outcome.sim_seconds > bound:
         healed = max((f.at + f.lasts for f in plan), default=0.0)
-        bound = healed + reference.sim_seconds + LIVENESS_SLACK
-        if outcome.sim_seconds > bound:
-            found.append(
-                Violation(
-                    seed,
-                    "liveness",
-                    f"the run ended at t={outcome.sim_seconds:.3f} s, later than "
-                    f"{bound:.3f} s (the last fault healed at {healed:.3f} s)",
-                )
+        found.append(
+            Violation(
+                seed,
+                "liveness",
+                f"the run ended at t={outcome.sim_seconds:.3f} s, later than "
+                f"{bound:.3f} s (the last fault healed at {healed:.3f} s)",
             )
-    for partition in report.partitions:
-        if partition.capacity is not None and partition.peak_depth > partition.capacity:
+        )
+    for report in reports.values():
+        for partition in report.partitions:
+            if partition.capacity is not None and partition.peak_depth > partition.capacity:
+                found.append(
+                    Violation(
+                        seed,
+                        "ring_depth",
+                        f"{partition.topic}[{partition.partition}] held "
+                        f"{partition.peak_depth:,} records, more than its capacity "
+                        f"{partition.capacity:,}",
+                    )
+                )
+    for memory in outcome.memory:
+        if memory.bound is not None and memory.peak > memory.bound:
             found.append(
                 Violation(
                     seed,
-                    "ring_depth",
-                    f"{partition.topic}[{partition.partition}] held {partition.peak_depth:,} "
-                    f"records, more than its capacity {partition.capacity:,}",
+                    "memory",
+                    f"{'the process' if memory.node == WHOLE else f'node {memory.node}'} held "
+                    f"{memory.peak:,} records at once, more than its topics' capacities "
+                    f"allow ({memory.bound:,})",
                 )
             )
     return tuple(found)

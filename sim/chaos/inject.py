@@ -159,10 +159,15 @@ class FaultyStore(CheckpointStore):
     writes, a write torn inside its transaction, or a full disk for a while."""
 
     box: FaultBox | None = None
+    node: str | None = None
+    """The node whose store this is (its faults name it); None when the topology runs whole."""
+
+    def _target(self, what: str) -> str:
+        return what if self.node is None else f"{what}:{self.node}"
 
     def write(self, snapshot: Snapshot) -> Any:
         """Write, unless the checkpoint actor is to crash as it does."""
-        if self.box is not None and self.box.due("actor_crash", "checkpointer") is not None:
+        if self.box is not None and self.box.due("actor_crash", self._target("checkpointer")):
             raise InjectedFault("injected crash of the checkpoint actor")
         return super().write(snapshot)
 
@@ -170,7 +175,7 @@ class FaultyStore(CheckpointStore):
         # Inside the transaction, as SQLite fails: the write is rolled back whole.
         if self.box is None:
             return
-        if self.box.lasting("disk_full", "store"):
+        if self.box.lasting("disk_full", self._target("store")):
             raise sqlite3.OperationalError("database or disk is full")
-        if self.box.due("torn_write", "store") is not None:
+        if self.box.due("torn_write", self._target("store")) is not None:
             raise sqlite3.OperationalError("injected: the write was torn before its commit")

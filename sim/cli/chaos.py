@@ -21,7 +21,7 @@ from rich.table import Table
 from topology import MAX_EVENTS, TopologyError
 
 from ..chaos.campaign import Campaign, Schedule, run_campaign
-from ..chaos.faults import FAULT_KINDS, WHOLE_KINDS, seed_fits
+from ..chaos.faults import FAULT_KINDS, NETWORK_KINDS, SPLIT_KINDS, WHOLE_KINDS, seed_fits
 from ..chaos.harness import Chaos
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -46,26 +46,36 @@ def schedule_events(text: str) -> int:
     return whole(text, 1, MAX_EVENTS)
 
 
-def kinds_of(text: str | None) -> tuple[str, ...]:
+def kinds_of(text: str | None, split: bool) -> tuple[str, ...]:
     """The fault kinds ``--faults`` names, checked; all that can be injected when None.
 
+    Args:
+        split: The topology has nodes (the network between them can fail).
+
     Raises:
-        ValueError: A kind is unknown or not injected by this ringflow.
+        ValueError: A kind is unknown, or needs nodes the topology does not have, or is not
+            injected by this ringflow.
     """
+    offered = SPLIT_KINDS if split else WHOLE_KINDS
     if text is None:
-        return WHOLE_KINDS
+        return offered
     kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
     if not kinds:
         raise ValueError("--faults: name at least one fault kind")
     for kind in kinds:
         if kind not in FAULT_KINDS:
             raise ValueError(
-                f"--faults: unknown fault kind {kind!r}; kinds are: {', '.join(WHOLE_KINDS)}"
+                f"--faults: unknown fault kind {kind!r}; kinds are: {', '.join(offered)}"
             )
-        if kind not in WHOLE_KINDS:
+        if kind in NETWORK_KINDS and not split:
             raise ValueError(
-                f"--faults: {kind} is not injected by this ringflow, which runs a topology "
-                f"whole in one process; it injects {', '.join(WHOLE_KINDS)}"
+                f"--faults: {kind} strikes the network between nodes, and this topology has "
+                f"no 'nodes' section; it can be tested with {', '.join(offered)}"
+            )
+        if kind not in offered:
+            raise ValueError(
+                f"--faults: {kind} is not injected by this ringflow; it injects "
+                f"{', '.join(offered)}"
             )
     return kinds
 
@@ -74,8 +84,8 @@ def chaos(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow chaos``; return its exit code."""
     err = make_console(stderr=True)
     try:
-        kinds = kinds_of(args.faults)
         topology = load_topology(args.topology)
+        kinds = kinds_of(args.faults, bool(topology.nodes))
         run = Chaos.of(topology, args.events)
         fingerprint = run.fingerprint
     except (TopologyError, ValueError) as exc:
@@ -279,7 +289,10 @@ CHAOS = Command(
         option(
             "--faults",
             metavar="KIND,...",
-            help=f"the fault kinds to inject (default: {','.join(WHOLE_KINDS)})",
+            help=(
+                f"the fault kinds to inject (default: {','.join(WHOLE_KINDS)}; for a "
+                f"topology with nodes also {','.join(NETWORK_KINDS)})"
+            ),
         ),
         option(
             "--replay",

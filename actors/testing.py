@@ -1,0 +1,55 @@
+"""Switches that break one guarantee each, for the tests that prove ``ringflow chaos`` finds
+the break. Nothing in a topology file or on the command line reaches them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+GUARANTEES: tuple[str, ...] = (
+    "flush_before_snapshot",
+    "sequence_check",
+    "durable_commits",
+    "hold_back",
+    "resend_after_reconnect",
+)
+"""What can be broken:
+
+- ``flush_before_snapshot``: a producer instance hands what it has buffered to the
+  partitions before it pauses for a snapshot (else an epoch counts events as made that no
+  partition holds, and a restore from it loses them);
+- ``sequence_check``: a partition skips the records of a producer on another node that it
+  already has (else a resend after a reconnect stores them twice);
+- ``durable_commits``: a member on another node commits to its group only offsets that an
+  epoch of its own node holds (else a restart of its node finds records freed that it has
+  not processed);
+- ``hold_back``: a partition whose readers are on other nodes hands them only records an
+  epoch holds (else a restart of its node gives offsets they saw to other records);
+- ``resend_after_reconnect``: a producer on another node sends again, after a reconnect, the
+  records the node does not have yet (else they are lost).
+"""
+
+broken: set[str] = set()
+"""The guarantees broken now; empty except inside :func:`breaking`."""
+
+
+def kept(guarantee: str) -> bool:
+    """Whether ``guarantee`` (one of :data:`GUARANTEES`) is kept: true but inside
+    :func:`breaking`."""
+    return guarantee not in broken
+
+
+@contextmanager
+def breaking(guarantee: str) -> Iterator[None]:
+    """Break ``guarantee`` (one of :data:`GUARANTEES`) inside the block.
+
+    Raises:
+        ValueError: ``guarantee`` is not one of :data:`GUARANTEES`.
+    """
+    if guarantee not in GUARANTEES:
+        raise ValueError(f"no guarantee named {guarantee!r}; there are: {', '.join(GUARANTEES)}")
+    broken.add(guarantee)
+    try:
+        yield
+    finally:
+        broken.discard(guarantee)
