@@ -103,7 +103,7 @@ class RedisLogger:
     after a pause that grows to ``max_backoff`` real seconds; the pipeline never notices.
 
     Writes are idempotent: every entry has its own stream id, and counters are written as
-    totals, so a batch that partly landed before a failure is simply written again.
+    totals in the same transaction, so a batch whose answer was lost is simply written again.
 
     Args:
         client: A redis-py asyncio client (created with ``socket_timeout=None``).
@@ -114,6 +114,10 @@ class RedisLogger:
         linger: Real seconds to gather entries before writing fewer than ``batch``: each write
             crosses into asyncio (about 165 µs here), so writing entry by entry would cost the
             pipeline a fifth of its speed.
+        execute: Runs a pipeline of the client (redis-py's cross into asyncio through
+            trio-asyncio; a simulated Redis runs on Trio).
+        sleep: Waits between writes and after failures: real time, whatever clock the run
+            uses, unless Redis is simulated on the run's clock too.
     """
 
     client: Any
@@ -124,6 +128,12 @@ class RedisLogger:
     batch: int = 2000
     linger: float = 0.05
     max_backoff: float = 2.0
+    execute: Callable[..., Awaitable[Any]] = attrs.field(
+        default=attrs.Factory(lambda: execute_in_asyncio)
+    )
+    sleep: Callable[[float], Awaitable[None]] = attrs.field(
+        default=attrs.Factory(lambda: sleep_real)
+    )
     _buffers: dict[str, deque[_Entry]] = attrs.field(init=False)
     _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
     _sequence: int = attrs.field(init=False, default=0)
@@ -142,7 +152,7 @@ class RedisLogger:
     @_backoff.default
     def _default_backoff(self) -> Backoff:
         # Real time: Redis is away for real seconds, whatever clock the run uses.
-        return Backoff(first=FIRST_BACKOFF, most=self.max_backoff, sleep=sleep_real)
+        return Backoff(first=FIRST_BACKOFF, most=self.max_backoff, sleep=self.sleep)
 
     def __attrs_post_init__(self) -> None:
         self._buffers = {category: deque() for category in CATEGORIES}
@@ -200,7 +210,7 @@ class RedisLogger:
                 self._wake = trio.Event()
                 await self._wake.wait()
             if self.pending < self.batch:
-                await sleep_real(self.linger)
+                await self.sleep(self.linger)
             await self._attempt(self.write_some)
 
     async def flush(self, **final: Field) -> None:
@@ -235,7 +245,7 @@ class RedisLogger:
         pipe = self.client.pipeline(transaction=False)
         self._register(pipe)
         pipe.hset(run_key(self.run_id), mapping=final)
-        await trio_asyncio.aio_as_trio(pipe.execute)()
+        await self.execute(pipe)
 
     async def write_some(self) -> None:
         """Write up to ``batch`` entries (most important first) in one pipeline.
@@ -265,7 +275,10 @@ class RedisLogger:
         for category, entry in taken:
             written[category] += 1
             records[category] += entry.records
-        pipe = self.client.pipeline(transaction=False)
+        # One transaction: the entries and the counters that count them land together or not
+        # at all (a pipeline cut off as Redis went away could land in part, and a process
+        # that then stopped would leave entries its counters never counted).
+        pipe = self.client.pipeline(transaction=True)
         self._register(pipe)
         for category, entry in taken:
             pipe.xadd(
@@ -281,7 +294,7 @@ class RedisLogger:
             counters[f"{category}:records"] = records[category]
             counters[f"{category}:dropped"] = self._dropped[category]
         pipe.hset(counters_key(self.run_id), mapping=counters)
-        results = await trio_asyncio.aio_as_trio(pipe.execute)(raise_on_error=False)
+        results = await self.execute(pipe, raise_on_error=False)
         for result in results:
             # An id already there means that entry landed before a failed attempt: fine.
             if isinstance(result, redis.exceptions.ResponseError) and (
@@ -311,7 +324,7 @@ class RedisLogger:
         pipe.hgetall(counters_key(self.run_id))
         for category in CATEGORIES:
             pipe.xrevrange(stream_key(self.run_id, category), count=1)
-        described, counters, *lasts = await trio_asyncio.aio_as_trio(pipe.execute)()
+        described, counters, *lasts = await self.execute(pipe)
         described = {_text(k): _text(v) for k, v in described.items()}
         counters = {_text(k): int(v) for k, v in counters.items()}
         for category in CATEGORIES:
@@ -328,8 +341,13 @@ class RedisLogger:
             self._registration["resumed_at"] = time.time()
         pipe = self.client.pipeline(transaction=False)
         self._register(pipe)
-        await trio_asyncio.aio_as_trio(pipe.execute)()
+        await self.execute(pipe)
         return segment
+
+
+async def execute_in_asyncio(pipe: Any, **options: Any) -> Any:
+    """Run a redis-py asyncio pipeline from Trio (one crossing into asyncio)."""
+    return await trio_asyncio.aio_as_trio(pipe.execute)(**options)
 
 
 def _text(value: Any) -> str:

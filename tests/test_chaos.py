@@ -426,3 +426,133 @@ def test_a_replay_is_the_same_in_another_process(tmp_path: Path) -> None:
         assert result["violations"], "the forgetful processor was not caught"
         digests.add(result["trace_digest"])
     assert len(digests) == 1
+
+
+# -- schedules of the split topology that broke an invariant, kept as regression tests -------
+
+
+SPLIT_FOUND_KINDS = (
+    "actor_crash",
+    "node_crash",
+    "torn_write",
+    "disk_full",
+    "slow_consumer",
+    "net_drop",
+    "net_delay",
+    "net_partition",
+)
+"""The kinds chaos drew from when these schedules were found."""
+
+
+def replayed_split(seed: int) -> Any:
+    """Replay the schedule ``seed`` of the split video site with 20,000 events."""
+    run = Chaos.of(load_topology(SPLIT), 20_000)
+    return run_campaign(run, seed=0, schedules=1, kinds=SPLIT_FOUND_KINDS, replay=seed)
+
+
+def struck(campaign: Any) -> list[tuple[str, str]]:
+    return [(f.fault.kind, f.fault.target) for f in campaign.schedules[0].outcome.trace]
+
+
+def test_seed_86753335733578_a_dropped_member_connection_does_not_stall_the_broker() -> None:
+    """The reconnecting member's handler, woken after the session task, replaced the event
+    the session task waited on: the member's leave never woke it, and the broker never
+    finished."""
+    campaign = replayed_split(86753335733578)
+    assert ("net_drop", "nodes:broker|consumers") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_205382715206986_a_broker_rolled_back_after_members_left_still_finishes() -> None:
+    """The broker's checkpoint actor crashed after the members had processed everything:
+    rolled back, the broker waited for members that had left, with offsets it had lost."""
+    campaign = replayed_split(205382715206986)
+    assert ("actor_crash", "checkpointer:broker") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_72208457231690_a_finish_on_a_closed_connection_does_not_spin() -> None:
+    """A producer's finish met a connection that had just closed and sent it again at once,
+    for ever, without letting the task that reconnects run."""
+    campaign = replayed_split(72208457231690)
+    assert ("net_partition", "nodes:broker|producers") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_57154639916362_no_epoch_captures_a_crashed_batch() -> None:
+    """An epoch of the consumers' node was captured between a processor's crash and the
+    supervisor's stop: it counted the crashed batch, and the restored run counted it again."""
+    campaign = replayed_split(57154639916362)
+    assert ("actor_crash", "processor:video_stats") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_44514724441418_a_leave_answered_into_a_partition_is_answered_again() -> None:
+    """The broker's close after a leave never reached the partitioned member, yet it counted
+    as answered (trio-websocket notes the close as it sends it); the broker finished and the
+    member gave up on it."""
+    campaign = replayed_split(44514724441418)
+    assert ("net_partition", "nodes:broker|consumers") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_157583215717706_a_restarted_broker_waits_for_members_it_may_owe() -> None:
+    """The broker restarted after recording the members' leaves, before they heard of it,
+    and finished at once: they never learned they had left."""
+    campaign = replayed_split(157583215717706)
+    assert ("node_crash", "node:broker") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_97610272894282_the_broker_waits_for_the_answer_to_the_last_leave() -> None:
+    """The broker finished once the last leave was recorded, before its handler had closed
+    the connection to say so."""
+    campaign = replayed_split(97610272894282)
+    assert struck(campaign).count(("net_drop", "nodes:broker|consumers")) == 2
+    assert campaign.violations == []
+
+
+def test_seed_12773313703242_a_broker_restored_after_every_finish_closes_its_topic() -> None:
+    """Restored from an epoch where every remote producer had finished, the broker kept its
+    topic open for producers that would never come."""
+    campaign = replayed_split(12773313703242)
+    assert ("node_crash", "node:broker") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_248954009316682_a_checkpoint_actor_crash_does_not_roll_a_node_back() -> None:
+    """The consumers' node rolled back after its members had left, and its members waited
+    for a broker that had finished."""
+    campaign = replayed_split(248954009316682)
+    assert ("actor_crash", "checkpointer:consumers") in struck(campaign)
+    assert campaign.violations == []
+
+
+def test_seed_86753335737218_a_log_write_cut_off_by_an_outage_is_counted_once() -> None:
+    """Redis went away with a log write in flight, which landed in part; the process then
+    crashed: its streams held entries that its counters had never counted. Log writes are one
+    transaction now."""
+    run = Chaos.of(load_topology(VIDEO_SITE), 20_000)
+    campaign = run_campaign(
+        run, seed=0, schedules=1, kinds=("redis_down", "node_crash"), replay=86753335737218
+    )
+    kinds = {fired.fault.kind for fired in campaign.schedules[0].outcome.trace}
+    assert kinds == {"redis_down", "node_crash"}
+    assert campaign.violations == []
+    [logged] = campaign.schedules[0].outcome.logs
+    assert logged.stored == logged.counted
+    assert sum(logged.stored.values()) > 0
+
+
+def test_a_redis_outage_neither_stalls_the_run_nor_loses_a_log_entry(
+    chaos: Chaos, reference: Any
+) -> None:
+    fault = Fault(0.02, "redis_down", "redis", 0.08)
+    outcome, reports = chaos.run(1, (fault,))
+    assert [fired.fault for fired in outcome.trace] == [fault]
+    assert check(outcome, reports, reference, (fault,)) == ()
+    assert outcome.sim_seconds <= reference.sim_seconds + 0.01  # the data path never waited
+    [logged] = outcome.logs
+    assert logged.unlogged == 0
+    assert logged.stored == logged.counted
+    assert logged.stored["meta"] > 0

@@ -37,7 +37,7 @@ MODULE_LEVEL = {
         "gateway.taps": {"TapEndpoint"},
         "partition": {"as_columns"},
         "producer": {"Destination", "Sink"},
-        "redislog": {"sleep_real"},
+        "redislog": {"execute_in_asyncio", "sleep_real"},
         "remote_topic": {"RemotePartition"},
         "wire": {
             "Batch",

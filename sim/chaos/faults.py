@@ -27,6 +27,7 @@ WHOLE_KINDS: tuple[str, ...] = (
     "torn_write",
     "disk_full",
     "slow_consumer",
+    "redis_down",
 )
 """The kinds a topology run whole, in one process, is tested with."""
 
@@ -45,6 +46,7 @@ WEIGHTS: dict[str, int] = {
     "net_drop": 3,
     "net_delay": 2,
     "net_partition": 2,
+    "redis_down": 2,
 }
 """How often each kind is drawn, relative to the others (see docs/chaos.md)."""
 
@@ -68,8 +70,9 @@ class Fault:
     """One of :data:`FAULT_KINDS`."""
     target: str
     """What it strikes: ``producer:NAME-INSTANCE``, ``processor:NAME``, ``checkpointer``,
-    ``consumer:NAME-INSTANCE``, ``store`` or ``process``; with nodes, ``checkpointer:NODE``,
-    ``store:NODE``, ``node:NODE``, and ``nodes:A|B`` for the network between two nodes."""
+    ``consumer:NAME-INSTANCE``, ``store``, ``process`` or ``redis``; with nodes,
+    ``checkpointer:NODE``, ``store:NODE``, ``node:NODE``, and ``nodes:A|B`` for the network
+    between two nodes."""
     lasts: float = 0.0
     """For faults that heal: how long they last (a full disk, a restart's delay)."""
     delay: float = 0.0
@@ -148,6 +151,8 @@ def draw_plan(
         elif kind == "slow_consumer":
             target = f"consumer:{rng.choice(targets.consumers)}"
             lasts = round(rng.uniform(horizon / 20, horizon / 2), 6)
+        elif kind == "redis_down":
+            target, lasts = "redis", round(rng.uniform(horizon / 20, horizon / 2), 6)
         elif kind == "disk_full":
             target = f"store:{rng.choice(nodes)}" if nodes else "store"
             lasts = round(rng.uniform(horizon / 20, horizon / 2), 6)

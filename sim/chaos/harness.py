@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import redis.exceptions as redis_errors
 import trio
 import trio.testing
 
+from actors import CATEGORIES, RedisLogger, counters_key, stream_key
 from topology import (
     CheckpointSettings,
     CheckpointSpec,
@@ -34,11 +36,13 @@ from topology import (
     Topology,
 )
 
+from ..redis_logging import attach_logger
 from ..report import Report
 from ..run import REGISTRY, Run
 from .faults import Fault
 from .inject import FaultBox, FaultyStore, Fired, faulty_registry
 from .network import SimNetwork
+from .redis import SimRedis, execute_simulated
 
 LIVENESS_SLACK = 10.0
 """Simulated seconds a run may take, beyond what the fault-free run took, after the last
@@ -76,6 +80,19 @@ class Memory:
 
 
 @attrs.frozen
+class Logged:
+    """What a process's Redis log holds at the end of a schedule, by category."""
+
+    node: str
+    stored: dict[str, int]
+    """Entries in each stream."""
+    counted: dict[str, int]
+    """Entries the logger's counters say it wrote."""
+    unlogged: int
+    """Entries the last process had not written when it ended (after its final flush)."""
+
+
+@attrs.frozen
 class Outcome:
     """What one schedule did."""
 
@@ -92,6 +109,7 @@ class Outcome:
     status: str
     """How the run ended: ``completed``, or the first node's status that was not."""
     memory: tuple[Memory, ...] = ()
+    logs: tuple[Logged, ...] = ()
 
     @property
     def digest(self) -> str | None:
@@ -128,6 +146,8 @@ class Life:
     """The ``node_crash`` that struck it, until it is started again."""
     peak: int = 0
     bound: int | None = 0
+    unlogged: int = 0
+    """Log entries its last life left unwritten."""
 
 
 @attrs.frozen
@@ -198,10 +218,13 @@ class Chaos:
         box = FaultBox(list(plan))
         lives = {node: Life(node) for node in self.nodes}
         reports: dict[str, Report] = {}
+        redis = SimRedis(box)
         try:
             clock = trio.testing.MockClock(autojump_threshold=0)
             with _deterministic_scheduling(seed):
-                ended = trio.run(self._schedule, folder, box, lives, reports, deadline, clock=clock)
+                ended = trio.run(
+                    self._schedule, folder, box, redis, lives, reports, deadline, clock=clock
+                )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         statuses = [
@@ -217,6 +240,7 @@ class Chaos:
             digests={node: report.digest for node, report in reports.items()},
             status=statuses[0] if statuses else "completed",
             memory=tuple(Memory(life.node, life.peak, life.bound) for life in lives.values()),
+            logs=tuple(_logged(redis, life) for life in lives.values()),
         )
         return outcome, reports
 
@@ -224,6 +248,7 @@ class Chaos:
         self,
         folder: Path,
         box: FaultBox,
+        redis: SimRedis,
         lives: dict[str, Life],
         reports: dict[str, Report],
         deadline: float,
@@ -237,7 +262,7 @@ class Chaos:
                 async with trio.open_nursery() as processes:
                     for life in lives.values():
                         processes.start_soon(
-                            self._lives, life, folder / life.node, box, network, reports
+                            self._lives, life, folder / life.node, box, network, redis, reports
                         )
                 ended = trio.current_time()
                 outside.cancel_scope.cancel()
@@ -249,9 +274,11 @@ class Chaos:
         folder: Path,
         box: FaultBox,
         network: SimNetwork | None,
+        redis: SimRedis,
         reports: dict[str, Report],
     ) -> None:
         registry = faulty_registry(self.registry, box)
+        logger: RedisLogger | None = None
         placement = None
         if network is not None:
             placement = Placement(life.node, network=network.view(life.node))
@@ -260,6 +287,8 @@ class Chaos:
             box.attach(pipeline)
             life.pipeline = pipeline
             life.bound = memory_bound(pipeline)
+            if logger is not None:
+                attach_logger(pipeline, logger)
 
         while True:
             pipeline = Pipeline.build(
@@ -292,7 +321,15 @@ class Chaos:
                 run = Run(pipeline, checkpoints=settings, on_pipeline=started)
                 try:
                     with trio.CancelScope() as life.scope:
-                        report = await run.main()
+                        logger = await _open_logger(redis, life.node, pipeline)
+                        async with trio.open_nursery() as logging:
+                            if logger is not None:
+                                logging.start_soon(logger.run)
+                            report = await run.main()
+                            logging.cancel_scope.cancel()
+                        if logger is not None:  # everything, once Redis is back
+                            await logger.flush(status=report.status, digest=report.digest or "")
+                            life.unlogged = logger.pending
                 except Exception:
                     # What the tasks of a process that crashed raised as they were cancelled
                     # (a connection the network failed under them) dies with the process.
@@ -316,6 +353,38 @@ OUTSIDE_KINDS = ("node_crash", "net_drop", "net_delay", "net_partition")
 
 SAMPLES_PER_RUN = 100
 """Samples of each process's memory over the fault-free run's length."""
+
+
+LOG_MAXLEN = 10**9
+"""Chaos keeps every log entry (no trimming): each one is checked."""
+
+
+async def _open_logger(redis: SimRedis, node: str, pipeline: Pipeline) -> RedisLogger | None:
+    # A process's logger, as ringflow's: one run id, continued by every restart; logging off
+    # for a process that finds Redis unreachable as it starts.
+    logger = RedisLogger(
+        redis,
+        f"chaos-{node}",
+        maxlen=LOG_MAXLEN,
+        execute=execute_simulated,
+        sleep=trio.sleep,
+    )
+    try:
+        await logger.describe_run(topology=pipeline.topology.name, seed=pipeline.seed)
+    except redis_errors.RedisError:
+        return None
+    return logger
+
+
+def _logged(redis: SimRedis, life: Life) -> Logged:
+    run_id = f"chaos-{life.node}"
+    counters = redis.hashes.get(counters_key(run_id), {})
+    return Logged(
+        life.node,
+        stored={c: len(redis.streams.get(stream_key(run_id, c), {})) for c in CATEGORIES},
+        counted={c: int(counters.get(f"{c}:entries", 0)) for c in CATEGORIES},
+        unlogged=life.unlogged,
+    )
 
 
 async def _strike(box: FaultBox, network: SimNetwork | None, lives: dict[str, Life]) -> None:
@@ -468,6 +537,26 @@ def check(
                         f"{partition.capacity:,}",
                     )
                 )
+    for logged in outcome.logs:
+        who = "the process" if logged.node == WHOLE else f"node {logged.node}"
+        if logged.stored != logged.counted:
+            found.append(
+                Violation(
+                    seed,
+                    "logging",
+                    f"{who}'s Redis log holds {logged.stored} entries by category, but its "
+                    f"counters say {logged.counted}",
+                )
+            )
+        if logged.unlogged:
+            found.append(
+                Violation(
+                    seed,
+                    "logging",
+                    f"{who} ended with {logged.unlogged:,} log entries unwritten after Redis "
+                    "was back",
+                )
+            )
     for memory in outcome.memory:
         if memory.bound is not None and memory.peak > memory.bound:
             found.append(

@@ -89,6 +89,11 @@ class FaultBox:
             self._until[kind, target] = fault.at + fault.lasts
         return trio.current_time() < self._until.get((kind, target), -math.inf)
 
+    def until(self, kind: str, target: str) -> float:
+        """When the fault of ``kind`` on ``target`` that holds now (see :meth:`lasting`)
+        ends."""
+        return self._until.get((kind, target), -math.inf)
+
     async def pace(self, member: str, records: int) -> None:
         """After each batch of ``member``: while a ``slow_consumer`` fault on it lasts, take
         :data:`SLOW_RECORD_SECONDS` of simulated time over each of its ``records``."""

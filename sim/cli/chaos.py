@@ -255,12 +255,14 @@ CHAOS = Command(
     name="chaos",
     help="run a topology under seeded fault schedules and check every guarantee",
     description=(
-        "Run the topology many times in this process on a virtual clock, each time with "
-        "faults drawn from the schedule's own seed (actors crashing, the process crashing "
-        "and restarting from its checkpoints, checkpoint writes torn or refused by a full "
-        "disk, a consumer slowed down), and check after each that the aggregates equal "
-        "those of the fault-free "
-        "run, that no record was lost or reordered, that no ring outgrew its capacity and "
+        "Run the topology many times in this process on a virtual clock (every node of a "
+        "split topology too, over a simulated network), each time with faults drawn from "
+        "the schedule's own seed (actors crashing, a process crashing and restarting from "
+        "its checkpoints, checkpoint writes torn or refused by a full disk, a consumer "
+        "slowed down, the logger's Redis away, and between nodes connections dropped, "
+        "delayed or partitioned), and check after each that the aggregates equal those of "
+        "the fault-free run, that no record was lost or reordered, that no ring outgrew its "
+        "capacity, that memory stayed bounded, that the log holds every entry once and "
         "that the run finished. A schedule that breaks one is printed with its faults and "
         "the command that replays it exactly. Exit code: 0 when every schedule held, 1 "
         "when one broke an invariant, 2 for a bad file or argument, 130 on Ctrl-C, 143 on "
