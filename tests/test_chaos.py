@@ -264,8 +264,8 @@ def test_chaos_prints_one_json_object_and_replays_a_schedule(
         ),
         (
             ["--faults", "net_drop"],
-            "--faults: net_drop strikes the network between nodes, and this topology has no "
-            "'nodes' section; it can be tested with actor_crash, node_crash",
+            "--faults: net_drop strikes the network between nodes, and no two nodes of this "
+            "topology talk to each other; it can be tested with actor_crash, node_crash",
         ),
         (
             ["--replay", "12345"],

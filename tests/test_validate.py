@@ -22,7 +22,17 @@ consumers:
   stats: {processor: video_stats, topic: events}
 """
 
+NODES = """
+nodes:
+  a: {listen: "127.0.0.1:7501", producers: [site], topics: [events]}
+  b: {listen: "127.0.0.1:7502", consumers: [stats]}
+"""
+
 CASES = [
+    (
+        GOOD + NODES + "checkpoint: {every: null, every_records: 1000}\n",
+        "$.checkpoint.every: a topology with nodes needs epochs by time",
+    ),
     ("name: [unclosed", "line 1, column 16: malformed YAML"),
     ("", "$: expected a mapping of topology fields, got empty"),
     ("- just\n- a list\n", "$: expected a mapping of topology fields, got a list"),

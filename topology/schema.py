@@ -119,10 +119,17 @@ class Topology(Checked):
     def cross_check(self) -> list[str]:
         """Return the problems that span sections: names that refer to nothing, topics nobody
         reads or writes, rings too large for memory, nodes that do not add up."""
-        return problems_across(
+        problems = problems_across(
             topics=self.topics,
             producers=self.producers,
             consumers=self.consumers,
             nodes=self.nodes,
             gateway=self.gateway,
         )
+        if self.nodes and self.checkpoint is not None and self.checkpoint.every is None:
+            problems.append(
+                "$.checkpoint.every: a topology with nodes needs epochs by time: a node "
+                "without producers of its own counts no events for every_records, so it "
+                "would write no epoch, and the other nodes see only what its epochs hold"
+            )
+        return problems

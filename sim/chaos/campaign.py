@@ -18,6 +18,9 @@ from .faults import Fault, Targets, draw_plan, schedule_seeds
 from .harness import Chaos, Outcome, Violation, check, liveness_bound
 from .network import pair_of
 
+PACING_ROUNDS = 2
+"""Fault-free runs after the first, each paced by the length of the one before."""
+
 REFERENCE_DEADLINE = 3600.0
 """Simulated seconds the fault-free run may take before it counts as stuck."""
 
@@ -117,7 +120,12 @@ def run_campaign(
     one schedule ``replay``), stopping at the first violation unless ``keep_going``."""
     started = time.perf_counter()
     reference, _ = chaos.run(0, (), REFERENCE_DEADLINE)
-    chaos = chaos.paced(reference.sim_seconds)
+    # Paced, the run may be shorter (nodes show each other only what an epoch holds): the
+    # horizon is the length of the fault-free run paced as the schedules are.
+    for _ in range(PACING_ROUNDS):
+        paced = chaos.paced(reference.sim_seconds)
+        reference, _ = paced.run(0, (), REFERENCE_DEADLINE)
+    chaos = paced
     seeds = [replay] if replay is not None else schedule_seeds(seed, schedules, chaos.fingerprint)
     done = []
     for schedule_seed in seeds:

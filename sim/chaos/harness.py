@@ -110,6 +110,8 @@ class Outcome:
     """How the run ended: ``completed``, or the first node's status that was not."""
     memory: tuple[Memory, ...] = ()
     logs: tuple[Logged, ...] = ()
+    errors: dict[str, str] = attrs.field(factory=dict)
+    """By node, the error a process stopped with instead of ending with a report."""
 
     @property
     def digest(self) -> str | None:
@@ -148,6 +150,8 @@ class Life:
     bound: int | None = 0
     unlogged: int = 0
     """Log entries its last life left unwritten."""
+    error: str | None = None
+    """The error it stopped with, when it did (rather than end with a report)."""
 
 
 @attrs.frozen
@@ -225,6 +229,12 @@ class Chaos:
                 ended = trio.run(
                     self._schedule, folder, box, redis, lives, reports, deadline, clock=clock
                 )
+        except BaseExceptionGroup as group:
+            # Ctrl-C reaches one of the schedule's tasks, beside others: it leaves as itself.
+            interrupts, _ = group.split(KeyboardInterrupt)
+            if interrupts is None:
+                raise
+            raise KeyboardInterrupt from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         statuses = [
@@ -241,6 +251,7 @@ class Chaos:
             status=statuses[0] if statuses else "completed",
             memory=tuple(Memory(life.node, life.peak, life.bound) for life in lives.values()),
             logs=tuple(_logged(redis, life) for life in lives.values()),
+            errors={life.node: life.error for life in lives.values() if life.error is not None},
         )
         return outcome, reports
 
@@ -330,11 +341,13 @@ class Chaos:
                         if logger is not None:  # everything, once Redis is back
                             await logger.flush(status=report.status, digest=report.digest or "")
                             life.unlogged = logger.pending
-                except Exception:
+                except Exception as exc:
                     # What the tasks of a process that crashed raised as they were cancelled
                     # (a connection the network failed under them) dies with the process.
+                    # Otherwise the process stopped with an error of its own: it is not live.
                     if life.crashed is None:
-                        raise
+                        life.error = _describe(exc)
+                        return
             finally:
                 life.scope = life.pipeline = None
                 store.close()
@@ -353,6 +366,13 @@ OUTSIDE_KINDS = ("node_crash", "net_drop", "net_delay", "net_partition")
 
 SAMPLES_PER_RUN = 100
 """Samples of each process's memory over the fault-free run's length."""
+
+
+def _describe(exc: BaseException) -> str:
+    # The first error of a group, which says what happened.
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 LOG_MAXLEN = 10**9
@@ -496,7 +516,13 @@ def check(
         report = reports.get(node)
         who = "the run" if node == WHOLE else f"node {node}"
         if report is None:
-            found.append(Violation(seed, "liveness", f"{who} had not finished by t={bound:.3f} s"))
+            error = outcome.errors.get(node)
+            message = (
+                f"{who} had not finished by t={bound:.3f} s"
+                if error is None
+                else f"{who} stopped with an error: {error}"
+            )
+            found.append(Violation(seed, "liveness", message))
             continue
         if report.status != "completed":
             found.append(Violation(seed, "liveness", f"{who} {report.status}: {report.error}"))

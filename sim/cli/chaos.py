@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from topology import MAX_EVENTS, TopologyError
 
-from ..chaos.campaign import Campaign, Schedule, run_campaign
+from ..chaos.campaign import Campaign, Schedule, run_campaign, targets_of
 from ..chaos.faults import FAULT_KINDS, NETWORK_KINDS, SPLIT_KINDS, WHOLE_KINDS, seed_fits
 from ..chaos.harness import Chaos
 from ..console import make_console
@@ -50,7 +51,8 @@ def kinds_of(text: str | None, split: bool) -> tuple[str, ...]:
     """The fault kinds ``--faults`` names, checked; all that can be injected when None.
 
     Args:
-        split: The topology has nodes (the network between them can fail).
+        split: The topology has nodes that talk to each other (the network between them
+            can fail).
 
     Raises:
         ValueError: A kind is unknown, or needs nodes the topology does not have, or is not
@@ -69,8 +71,8 @@ def kinds_of(text: str | None, split: bool) -> tuple[str, ...]:
             )
         if kind in NETWORK_KINDS and not split:
             raise ValueError(
-                f"--faults: {kind} strikes the network between nodes, and this topology has "
-                f"no 'nodes' section; it can be tested with {', '.join(offered)}"
+                f"--faults: {kind} strikes the network between nodes, and no two nodes of "
+                f"this topology talk to each other; it can be tested with {', '.join(offered)}"
             )
         if kind not in offered:
             raise ValueError(
@@ -85,8 +87,8 @@ def chaos(args: argparse.Namespace) -> ExitCode:
     err = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
-        kinds = kinds_of(args.faults, bool(topology.nodes))
         run = Chaos.of(topology, args.events)
+        kinds = kinds_of(args.faults, bool(targets_of(run).links))
         fingerprint = run.fingerprint
     except (TopologyError, ValueError) as exc:
         return refuse(err, exc)
@@ -97,13 +99,15 @@ def chaos(args: argparse.Namespace) -> ExitCode:
             "that seed; use the topology file and --events of the run that printed it",
         )
     finished: list[Schedule] = []
-    try:
-        with _terminated_as_interrupt():
-            return _campaign(args, run, kinds, err, finished)
-    except (KeyboardInterrupt, _Terminated) as stop:
-        broken = sum(len(schedule.outcome.violations) for schedule in finished)
-        err.print(f"interrupted after {len(finished):,} schedules, {broken:,} violations so far")
-        return ExitCode.TERMINATED if isinstance(stop, _Terminated) else ExitCode.INTERRUPTED
+    with _terminated_as_interrupt() as stopped:
+        try:
+            return _campaign(args, run, kinds, err, finished, stopped)
+        except (KeyboardInterrupt, _Terminated) as stop:
+            broken = sum(len(schedule.outcome.violations) for schedule in finished)
+            err.print(
+                f"interrupted after {len(finished):,} schedules, {broken:,} violations so far"
+            )
+            return ExitCode.TERMINATED if isinstance(stop, _Terminated) else ExitCode.INTERRUPTED
 
 
 def _campaign(
@@ -112,15 +116,17 @@ def _campaign(
     kinds: tuple[str, ...],
     err: Console,
     finished: list[Schedule],
+    stopped: _Stopped,
 ) -> ExitCode:
     topology = run.topology
     replay = _replay_command(args, kinds)
     out = make_console()
+    out.on_broken_pipe = _stop_writing  # type: ignore[method-assign]
     if not args.json:
         out.print(
             f"chaos: {escape(topology.name)}, {run_events(run):,} events a schedule, faults "
             f"{', '.join(kinds)}"
-            + ("; its nodes run whole, in one process" if topology.nodes else "")
+            + ("; every node in this process, over a simulated network" if topology.nodes else "")
         )
     with _progress(err, args) as progress:
         task = progress.add_task("schedules", total=1 if args.replay else args.schedules)
@@ -130,6 +136,7 @@ def _campaign(
             progress.advance(task)
             if not args.json and (schedule.outcome.violations or args.replay is not None):
                 _print_schedule(out, schedule, replay)
+            stopped.check()
 
         campaign = run_campaign(
             run,
@@ -140,28 +147,56 @@ def _campaign(
             replay=args.replay,
             on_schedule=done,
         )
-    if args.json:
-        try:
+    try:
+        if args.json:
             print(json.dumps(_as_json(campaign, replay, args.replay is not None)), flush=True)
-        except BrokenPipeError:  # read by something that stopped reading (| head)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    else:
-        _print_summary(out, campaign)
+        else:
+            _print_summary(out, campaign)
+            sys.stdout.flush()
+    except BrokenPipeError:  # read by something that stopped reading (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return ExitCode.FAILED if campaign.violations else ExitCode.OK
 
 
+def _stop_writing() -> None:
+    # What reads the output stopped reading (| head): the campaign ends as it would have,
+    # with its exit code, writing nothing more (rich would exit with 1 at once).
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 class _Terminated(BaseException):
-    """SIGTERM, raised where the process is, so that temporary folders are removed."""
+    """SIGTERM came: the campaign stops after the schedule under way."""
+
+
+@attrs.define
+class _Stopped:
+    """Whether SIGTERM came."""
+
+    terminated: bool = False
+
+    def check(self) -> None:
+        """Stop here if SIGTERM came.
+
+        Raises:
+            _Terminated: It came.
+        """
+        if self.terminated:
+            raise _Terminated
 
 
 @contextlib.contextmanager
-def _terminated_as_interrupt() -> Iterator[None]:
+def _terminated_as_interrupt() -> Iterator[_Stopped]:
+    # SIGTERM only notes that it came: the campaign stops after the schedule under way, at a
+    # point of its own (an exception raised by the handler could land in a finalizer and be
+    # lost), and temporary folders are removed on the way out.
+    stopped = _Stopped()
+
     def stop(signum: int, frame: object) -> None:
-        raise _Terminated
+        stopped.terminated = True
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
-        yield
+        yield stopped
     finally:
         signal.signal(signal.SIGTERM, before)
 
