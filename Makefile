@@ -28,7 +28,7 @@ test: $(STAMP)
 stress: $(STAMP)
 	$(BIN)/python tests/stress.py --repeat 20
 
-# Not part of 'make test': 1,000 seeded fault schedules per example topology (~10 min).
+# Not part of 'make test': 1,000 seeded fault schedules per example topology (~17 min).
 chaos: $(STAMP)
 	for t in video-site video-site-split ugc; do \
 	  $(BIN)/ringflow chaos topology/examples/$$t.yaml --schedules 1000 --keep-going || exit 1; \
