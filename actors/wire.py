@@ -191,7 +191,8 @@ _AT = re.compile(r" - at `\$\[(\d+)\]([^`]*)`")
 
 def describe_decode_error(exc: Exception, data: bytes) -> str:
     """Say what is wrong with ``data`` in words: the field of the frame, not ``$[3]``."""
-    if isinstance(exc, UnicodeDecodeError):
+    if isinstance(exc, UnicodeDecodeError) or "Invalid UTF-8" in str(exc):
+        # msgspec before 0.23 raised UnicodeDecodeError; 0.23 raises its own DecodeError.
         return "a string is not valid UTF-8"
     if isinstance(exc, RecursionError):
         return "values nested too deep"
