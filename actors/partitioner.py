@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .errors import ConfigurationError
 from .record import Key
+
+TABLE_KEYS = 1 << 22
+"""Int keys below this have their partition kept in a table, looked up for a whole array at
+once; others are hashed one distinct key at a time."""
 
 
 def stable_hash(key: str | int) -> int:
@@ -48,6 +56,8 @@ class Partitioner:
         self._round_robin = itertools.cycle(range(partitions))
         self.cache: dict[str | int, int] = {}
         """Partitions of keys seen so far (up to 100,000 keys)."""
+        self._table: Any = np.full(0, -1, dtype=np.int16 if partitions < 2**15 else np.int64)
+        """Per int key below its length: the key's partition, or -1 until it was seen."""
 
     def partition_for(self, key: Key) -> int:
         """Return the partition index for a record with this key."""
@@ -59,3 +69,26 @@ class Partitioner:
             if len(self.cache) < 100_000:
                 self.cache[key] = partition
         return partition
+
+    def partition_array(self, keys: npt.NDArray[np.int64]) -> Any:
+        """Return the partition of every key of an int array at once: the same partitions
+        as :meth:`partition_for` gives key by key."""
+        if not len(keys):
+            return np.zeros(0, dtype=np.intp)
+        low, high = int(keys.min()), int(keys.max())
+        if low < 0 or high >= TABLE_KEYS:
+            distinct, where = np.unique(keys, return_inverse=True)
+            each = np.array([self.partition_for(key) for key in distinct.tolist()])
+            return each[where]
+        table = self._table
+        if high >= len(table):
+            grown = np.full(max(high + 1, 2 * len(table), 1024), -1, dtype=table.dtype)
+            grown[: len(table)] = table
+            table = self._table = grown
+        parts: Any = table[keys]
+        missing = parts < 0
+        if missing.any():
+            for key in np.unique(keys[missing]).tolist():
+                table[key] = stable_hash(key) % self.partitions
+            parts = table[keys]
+        return parts

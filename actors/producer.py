@@ -14,6 +14,7 @@ from .errors import ConfigurationError
 from .nursery import open_nursery
 from .partitioner import Partitioner
 from .record import Columns, Key, Record
+from .table import concat
 
 
 class Sink(Protocol):
@@ -57,21 +58,65 @@ class ProducerStatistics:
 
 @attrs.define(eq=False)
 class _Buffer:
-    keys: list[Key] = attrs.field(factory=list)
-    values: list[Any] = attrs.field(factory=list)
-    timestamps: list[float] = attrs.field(factory=list)
+    # Records waiting for one partition, as the chunks they came in: whole columns (lists,
+    # or arrays and tables) are joined only when a batch is taken, in the form they share.
+    chunks: list[Columns] = attrs.field(factory=list)
+    count: int = 0
     oldest: float = math.inf
     lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
+    _open: Columns | None = None
+    """The last chunk, when it is one :meth:`append` adds records to one by one."""
+
+    def append(self, key: Key, value: Any, timestamp: float) -> None:
+        chunk = self._open
+        if chunk is None:
+            chunk = self._open = Columns([], [], [])
+            self.chunks.append(chunk)
+        chunk.keys.append(key)  # type: ignore[attr-defined]
+        chunk.values.append(value)  # type: ignore[attr-defined]
+        chunk.timestamps.append(timestamp)  # type: ignore[attr-defined]
+        self.count += 1
+
+    def extend(self, columns: Columns) -> None:
+        self.chunks.append(columns)
+        self.count += len(columns)
+        self._open = None
 
     def take(self, count: int) -> Columns:
-        taken = Columns(self.keys[:count], self.values[:count], self.timestamps[:count])
-        del self.keys[:count], self.values[:count], self.timestamps[:count]
-        return taken
+        taken: list[Columns] = []
+        wanted = count
+        while wanted:
+            chunk = self.chunks[0]
+            size = len(chunk)
+            if size <= wanted:
+                taken.append(self.chunks.pop(0))
+                wanted -= size
+                if chunk is self._open:
+                    self._open = None
+            else:
+                taken.append(_slice(chunk, 0, wanted))
+                self.chunks[0] = _slice(chunk, wanted, size)
+                if chunk is self._open:
+                    self._open = None
+                wanted = 0
+        self.count -= count
+        if len(taken) == 1:
+            return taken[0]
+        return Columns(
+            concat([c.keys for c in taken]),
+            concat([c.values for c in taken]),
+            concat([c.timestamps for c in taken]),
+        )
 
     def put_back(self, batch: Columns) -> None:
-        self.keys[:0] = batch.keys
-        self.values[:0] = batch.values
-        self.timestamps[:0] = batch.timestamps
+        self.chunks.insert(0, batch)
+        self.count += len(batch)
+
+
+def _slice(columns: Columns, start: int, stop: int) -> Columns:
+    return Columns(
+        columns.keys[start:stop], columns.values[start:stop], columns.timestamps[start:stop]
+    )
 
 
 @attrs.define(eq=False)
@@ -124,12 +169,10 @@ class Producer:
         await trio.lowlevel.checkpoint_if_cancelled()
         index = self.topic.partitioner.partition_for(record.key)
         buffer = self._buffers[index]
-        buffer.keys.append(record.key)
-        buffer.values.append(record.value)
-        buffer.timestamps.append(record.timestamp)
-        if len(buffer.values) >= self.max_batch:
+        buffer.append(record.key, record.value, record.timestamp)
+        if buffer.count >= self.max_batch:
             await self._flush_partition(index)
-        elif len(buffer.values) == 1:
+        elif buffer.count == 1:
             buffer.oldest = trio.current_time()
             self._wake.set()
 
@@ -148,20 +191,18 @@ class Producer:
             if not count:
                 continue
             buffer = self._buffers[index]
-            if not buffer.values and count == max_batch:
+            if not buffer.count and count == max_batch:
                 await self._acquire(buffer)
                 try:
                     await self._send_batch(index, part)
                 finally:
                     buffer.lock.release()
                 continue
-            was_empty = not buffer.values
-            buffer.keys.extend(part.keys)
-            buffer.values.extend(part.values)
-            buffer.timestamps.extend(part.timestamps)
-            while len(buffer.values) >= max_batch:
+            was_empty = not buffer.count
+            buffer.extend(part)
+            while buffer.count >= max_batch:
                 await self._flush_partition(index)
-            if was_empty and buffer.values:
+            if was_empty and buffer.count:
                 buffer.oldest = trio.current_time()
                 self._wake.set()
 
@@ -177,9 +218,9 @@ class Producer:
         buffer = self._buffers[index]
         await self._acquire(buffer)
         try:
-            while buffer.values:
-                batch = buffer.take(self.max_batch)
-                buffer.oldest = trio.current_time() if buffer.values else math.inf
+            while buffer.count:
+                batch = buffer.take(min(self.max_batch, buffer.count))
+                buffer.oldest = trio.current_time() if buffer.count else math.inf
                 try:
                     await self._send_batch(index, batch)
                 except BaseException:
@@ -221,7 +262,7 @@ class Producer:
                 continue
             now = trio.current_time()
             for index, buffer in enumerate(self._buffers):
-                if buffer.oldest + self.linger <= now and buffer.values:
+                if buffer.oldest + self.linger <= now and buffer.count:
                     self._linger_flushes += 1
                     await self._flush_partition(index)
 
@@ -230,7 +271,7 @@ class Producer:
         return ProducerStatistics(
             records_sent=self._records_sent,
             batches_sent=self._batches_sent,
-            buffered=sum(len(buffer.values) for buffer in self._buffers),
+            buffered=sum(buffer.count for buffer in self._buffers),
             linger_flushes=self._linger_flushes,
         )
 

@@ -8,6 +8,8 @@ from typing import Any, TypeAlias
 import attrs
 import msgspec
 
+from .table import as_list, same
+
 Key: TypeAlias = str | int | None
 """What a record may be keyed by. Records with equal keys land on the same partition."""
 
@@ -47,13 +49,20 @@ class StoredRecord(Record):
     offset: int = 0
 
 
+def _column() -> Any:
+    # Columns compare by their values, whatever their forms (lists, arrays, tables).
+    return attrs.field(eq=attrs.cmp_using(eq=same, require_same_type=False))
+
+
 @attrs.frozen
 class Columns:
-    """Records not yet stored, kept as three parallel lists rather than one object each.
+    """Records not yet stored, kept as three parallel columns rather than one object each.
 
     This is how batches travel: building a :class:`Record` per event costs more than
     everything else a partition does with it, so the hot path never does. Make one from
-    records with :meth:`from_records`, or directly from lists of equal length.
+    records with :meth:`from_records`, or directly from columns of equal length: lists, or
+    for the columnar fast path numpy arrays (int keys, float timestamps) and a
+    :class:`~actors.table.Table` of values.
 
     Attributes:
         keys: The records' keys.
@@ -61,9 +70,9 @@ class Columns:
         timestamps: The records' timestamps.
     """
 
-    keys: Sequence[Key]
-    values: Sequence[Any]
-    timestamps: Sequence[float]
+    keys: Sequence[Key] = _column()
+    values: Sequence[Any] = _column()
+    timestamps: Sequence[float] = _column()
 
     @classmethod
     def from_records(cls, records: Sequence[Record]) -> Columns:
@@ -99,9 +108,9 @@ class RecordBatch:
     topic: str
     partition: int
     base_offset: int
-    keys: Sequence[Key]
-    values: Sequence[Any]
-    timestamps: Sequence[float]
+    keys: Sequence[Key] = _column()
+    values: Sequence[Any] = _column()
+    timestamps: Sequence[float] = _column()
 
     @classmethod
     def from_records(
@@ -121,10 +130,12 @@ class RecordBatch:
 
     def record(self, index: int) -> StoredRecord:
         """Return the record at ``index`` (0 is the first of the batch)."""
+        key: Any = self.keys[index]
+        timestamp = self.timestamps[index]
         return StoredRecord(
-            self.keys[index],
+            key if key is None or isinstance(key, (str, int)) else key.item(),
             self.values[index],
-            self.timestamps[index],
+            float(timestamp),
             self.topic,
             self.partition,
             self.base_offset + index,
@@ -140,9 +151,9 @@ class RecordBatch:
         topic, partition = self.topic, self.partition
         for offset, key, value, timestamp in zip(
             range(self.base_offset, self.next_offset),
-            self.keys,
-            self.values,
-            self.timestamps,
+            as_list(self.keys),
+            as_list(self.values),
+            as_list(self.timestamps),
             strict=True,
         ):
             yield StoredRecord(key, value, timestamp, topic, partition, offset)

@@ -36,6 +36,7 @@ from .wire import (
     Leave,
     Next,
     decoder,
+    frame_columns,
 )
 
 
@@ -293,13 +294,17 @@ class RemoteConsumer:
                 raise GatewayError(
                     f"{self.group.url} sent {type(frame).__name__} instead of records"
                 )
+            try:
+                columns = frame_columns(frame, self.group.value_type)
+            except ValueError as exc:
+                raise GatewayError(f"{self.group.url} sent a malformed delivery: {exc}") from None
             batch = RecordBatch(
                 self.group.topic,
                 frame.partition,
                 frame.base_offset,
-                frame.keys,
-                frame.values,
-                frame.timestamps,
+                columns.keys,
+                columns.values,
+                columns.timestamps,
             )
             done = self.group.processed.get(batch.partition, 0)
             if batch.next_offset <= done:

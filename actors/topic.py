@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from operator import itemgetter
+from typing import Any
 
 import attrs
+import numpy as np
 
 from .errors import ConfigurationError, TopicClosedError
 from .partition import Partition, PartitionStatistics
 from .partitioner import Partitioner
 from .record import Columns, Key
+from .table import take
 
 
 def _gather(batch: Columns, positions: list[int]) -> Columns:
     if not positions:
         return Columns([], [], [])
+    if not isinstance(batch.values, list) or not isinstance(batch.timestamps, list):
+        where = np.array(positions, dtype=np.intp)
+        return Columns(
+            take(batch.keys, where), take(batch.values, where), take(batch.timestamps, where)
+        )
     if len(positions) == 1:
         at = positions[0]
         return Columns([batch.keys[at]], [batch.values[at]], [batch.timestamps[at]])
     pick = itemgetter(*positions)
     return Columns(list(pick(batch.keys)), list(pick(batch.values)), list(pick(batch.timestamps)))
+
+
+def _split_arrays(batch: Columns, indexes: Any, partitions: int) -> list[Columns]:
+    # A stable sort by partition keeps each partition's records in their order.
+    order = np.argsort(indexes, kind="stable")
+    bounds = np.searchsorted(indexes[order], np.arange(partitions + 1)).tolist()
+    parts = []
+    for lo, hi in itertools.pairwise(bounds):
+        at = order[lo:hi]
+        parts.append(
+            Columns(take(batch.keys, at), take(batch.values, at), take(batch.timestamps, at))
+        )
+    return parts
 
 
 @attrs.define(eq=False)
@@ -100,6 +122,9 @@ class Topic:
         """
         if self.partition_count == 1:
             return [batch]
+        if isinstance(batch.keys, np.ndarray) and batch.keys.dtype.kind == "i":
+            indexes = self.partitioner.partition_array(batch.keys)
+            return _split_arrays(batch, indexes, self.partition_count)
         indexes = self.partition_indexes(batch.keys)
         positions: list[list[int]] = [[] for _ in range(self.partition_count)]
         appends = [where.append for where in positions]

@@ -7,15 +7,15 @@ Close codes in the 4000 range carry a reason meant for people: see :data:`CLOSE_
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
 from .record import Columns
+from .table import TableData, all_finite, pack_array, pack_values, unpack_array, unpack_values
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 """The largest websocket message a node accepts (a larger one closes that connection)."""
@@ -91,9 +91,12 @@ class Batch(msgspec.Struct, Generic[T], tag="batch", array_like=True):
 
     partition: int
     sequence: int
-    keys: list[Key]
-    values: list[T]
-    timestamps: list[float]
+    keys: list[Key] | bytes
+    """The keys, or the bytes of an int64 array of them."""
+    values: list[T] | TableData
+    """The values, or a table of them (columns as typed buffers)."""
+    timestamps: list[float] | bytes
+    """The timestamps, or the bytes of a float64 array of them."""
 
 
 class Window(msgspec.Struct, tag="window", array_like=True):
@@ -131,9 +134,9 @@ class Delivery(msgspec.Struct, Generic[T], tag="delivery", array_like=True):
 
     partition: int
     base_offset: int
-    keys: list[Any]
-    values: list[T]
-    timestamps: list[float]
+    keys: list[Any] | bytes
+    values: list[T] | TableData
+    timestamps: list[float] | bytes
 
 
 class Idle(msgspec.Struct, tag="idle", array_like=True):
@@ -159,9 +162,52 @@ ENCODER = msgspec.msgpack.Encoder()
 def batch_frame(partition: int, sequence: int, columns: Columns) -> bytes:
     """Encode records ``sequence``, ``sequence + 1``, ... of one partition as a batch frame."""
     frame = Batch(
-        partition, sequence, list(columns.keys), list(columns.values), list(columns.timestamps)
+        partition,
+        sequence,
+        pack_array(columns.keys),
+        pack_values(columns.values),
+        pack_array(columns.timestamps),
     )
     return ENCODER.encode(frame)
+
+
+def delivery_frame(batch: Any) -> bytes:
+    """Encode a stored batch (a :class:`~actors.record.RecordBatch`) as a delivery frame."""
+    return ENCODER.encode(
+        Delivery(
+            batch.partition,
+            batch.base_offset,
+            pack_array(batch.keys),
+            pack_values(batch.values),
+            pack_array(batch.timestamps),
+        )
+    )
+
+
+def value_types(value_type: Any) -> tuple[type, ...]:
+    """The event types a topic's ``value_type`` (one type, a union, or Any) names."""
+    if value_type is Any:
+        return ()
+    if get_origin(value_type) is Union:
+        return get_args(value_type)
+    return (value_type,)
+
+
+def frame_columns(frame: Batch[Any] | Delivery[Any], value_type: Any = Any) -> Columns:
+    """The records of a batch or delivery frame as columns: typed buffers become arrays, a
+    table is checked against ``value_type`` (the topic's event types) field by field.
+
+    Raises:
+        ValueError: What is wrong with a column, in words.
+    """
+    try:
+        return Columns(
+            unpack_array(frame.keys, "<i8"),
+            unpack_values(frame.values, value_types(value_type)),
+            unpack_array(frame.timestamps, "<f8"),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{type(frame).__name__.lower()}: {exc}") from None
 
 
 def decoder(value_type: Any = Any) -> msgspec.msgpack.Decoder[Any]:
@@ -275,8 +321,9 @@ def offsets_problem(offsets: list[tuple[int, int]], partitions: int, where: str)
     return None
 
 
-def batch_problem(batch: Batch[Any], partitions: int) -> str | None:
-    """What is wrong with a decoded batch for a topic of ``partitions``, or None.
+def batch_problem(batch: Batch[Any], columns: Columns, partitions: int) -> str | None:
+    """What is wrong with a decoded batch (and its :func:`frame_columns`) for a topic of
+    ``partitions``, or None.
 
     Checked before a record of it touches a ring: the partition exists, the sequence number
     is not negative, the three columns are equally long, and timestamps are finite.
@@ -285,10 +332,10 @@ def batch_problem(batch: Batch[Any], partitions: int) -> str | None:
         return f"batch: no partition {batch.partition} (the topic has {partitions})"
     if batch.sequence < 0:
         return f"batch: sequence {batch.sequence} is negative"
-    keys, values, stamps = len(batch.keys), len(batch.values), len(batch.timestamps)
+    keys, values, stamps = len(columns.keys), len(columns.values), len(columns.timestamps)
     if not keys == values == stamps:
         return f"batch: {keys} keys, {values} values and {stamps} timestamps; they must match"
-    if not all(map(math.isfinite, batch.timestamps)):
+    if not all_finite(columns.timestamps):
         return "batch: a timestamp is not a finite number"
     return None
 

@@ -20,13 +20,13 @@ from ..wire import (
     MALFORMED,
     PROTOCOL,
     SOFTWARE,
-    Delivery,
     End,
     Hello,
     Idle,
     Leave,
     Next,
     Welcome,
+    delivery_frame,
     offsets_problem,
 )
 from .endpoint import FrameReader, Owed, Refusal, Settings, Signal, close
@@ -250,14 +250,7 @@ class MemberEndpoint:
                     await ws.send_message(ENCODER.encode(End(summaries)))
                     ended = True
                     continue
-                delivery = Delivery(
-                    batch.partition,
-                    batch.base_offset,
-                    list(batch.keys),
-                    list(batch.values),
-                    list(batch.timestamps),
-                )
-                await ws.send_message(ENCODER.encode(delivery))
+                await ws.send_message(delivery_frame(batch))
             elif isinstance(frame, Leave):
                 _commit(member, frame.offsets)
                 session.left = True

@@ -13,7 +13,6 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from ..errors import RingflowError
 from ..nursery import open_nursery
 from ..partition import Partition
-from ..record import Columns
 from ..topic import Topic
 from ..wire import (
     ENCODER,
@@ -27,6 +26,7 @@ from ..wire import (
     Welcome,
     Window,
     batch_problem,
+    frame_columns,
 )
 from .endpoint import ABNORMAL, FrameReader, Owed, Refusal, Settings, Signal
 
@@ -232,10 +232,15 @@ class ProducerEndpoint:
                 while True:
                     frame = await self.frames.receive(ws, topic.name)
                     if isinstance(frame, Batch):
-                        problem = batch_problem(frame, len(partitions))
+                        try:
+                            columns = frame_columns(
+                                frame, self.frames.value_types.get(topic.name, Any)
+                            )
+                        except ValueError as exc:
+                            raise Refusal(MALFORMED, f"malformed frame: {exc}") from None
+                        problem = batch_problem(frame, columns, len(partitions))
                         if problem is not None:
                             raise Refusal(MALFORMED, problem)
-                        columns = Columns(frame.keys, frame.values, frame.timestamps)
                         try:
                             await partitions[frame.partition].send_sequenced(
                                 columns, name, frame.sequence

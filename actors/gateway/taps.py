@@ -17,6 +17,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from ..partition import Partition
+from ..table import as_list
 from ..topic import Topic
 from ..wire import MALFORMED, NOT_FOUND
 from .endpoint import Refusal
@@ -136,7 +137,12 @@ class TapEndpoint:
                 records = [
                     {"offset": batch.base_offset + i, "key": k, "timestamp": t, "value": _plain(v)}
                     for i, (k, v, t) in enumerate(
-                        zip(batch.keys, batch.values, batch.timestamps, strict=True)
+                        zip(
+                            as_list(batch.keys),
+                            as_list(batch.values),
+                            as_list(batch.timestamps),
+                            strict=True,
+                        )
                     )
                 ]
                 message = {"type": "records", "topic": topic, "partition": index}
