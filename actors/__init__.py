@@ -71,6 +71,14 @@ from .supervisor import CrashReport as CrashReport
 from .supervisor import Supervisor as Supervisor
 from .supervisor import SupervisorStatistics as SupervisorStatistics
 from .supervisor import open_supervisor as open_supervisor
+from .table import Table as Table
+from .table import TableData as TableData
+from .table import as_list as as_list
+from .table import pack_array as pack_array
+from .table import pack_values as pack_values
+from .table import schema_of as schema_of
+from .table import unpack_array as unpack_array
+from .table import unpack_values as unpack_values
 from .testing import GUARANTEES as GUARANTEES
 from .testing import breaking as breaking
 from .testing import kept as kept
@@ -79,3 +87,4 @@ from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT
 from .wire import batch_frame as batch_frame
 from .wire import decoder as decoder
+from .wire import value_types as value_types

@@ -26,7 +26,8 @@ view/watch/like/dislike/comment = 0.6/0.25/0.08/0.02/0.05, a user chosen uniform
 ``--users``, for a watch the milliseconds watched (up to the video's length, else 0), and event i
 at i / 50,000 s. Everything derives from ``--seed``: the catalogue from one numpy Generator, each
 batch from its own (seeded with the seed and the batch's index), so that a resumed run makes the
-same events. Generation runs inside the timed dataflow but costs little next to the counting.
+same events. Generation runs inside the timed dataflow, as a real source's reading would; measured
+apart, it took some 0.35 us of the 1.9 us that an event cost in all on a 2-core machine.
 
 The wall time is ``time.perf_counter`` around ``run_main`` alone (building the flow and the
 catalogue are outside). The script prints exactly one JSON object on stdout::
@@ -58,8 +59,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
+MISSING: list[str] = []
+"""The packages that the benchmark needs and this interpreter lacks; ``main`` reports them."""
 try:
     import bytewax.operators as op  # type: ignore[import-not-found, unused-ignore]
     from bytewax.dataflow import Dataflow  # type: ignore[import-not-found, unused-ignore]
@@ -76,15 +78,12 @@ try:
         run_main,
     )
 except ImportError:
-    print(json.dumps({"error": "bytewax is not installed"}))
-    sys.exit(3)
-
+    MISSING.append("bytewax")
 try:
     import numpy as np
     import numpy.typing as npt
 except ImportError:
-    print(json.dumps({"error": "numpy is not installed"}))
-    sys.exit(3)
+    MISSING.append("numpy")
 
 KINDS: tuple[str, ...] = ("view", "watch", "like", "dislike", "comment")
 """The event kinds, in the order of ``MIX``."""
@@ -151,47 +150,47 @@ def generate(
     )
 
 
-class VideoSitePartition(StatefulSourcePartition[Event, int]):
-    """The one partition of :class:`VideoSiteSource`; its state is the next event's index."""
+def video_site_source(
+    events: int, catalog: Catalog, users: int, seed: int, batch: int
+) -> FixedPartitionedSource[Event, int]:
+    """A source of ``events`` video-site events, generated in batches of ``batch`` within the
+    dataflow, from one partition so that they come out in order.
 
-    def __init__(self, source: VideoSiteSource, resume_state: int | None) -> None:
-        self._source = source
-        self._next = 0 if resume_state is None else resume_state
+    Its classes are made here rather than at the top level, so that this module imports (and
+    reports the missing package) where bytewax is not installed.
+    """
 
-    def next_batch(self) -> list[Event]:
-        """Generate the next batch of events; raise ``StopIteration`` once all are out."""
-        src = self._source
-        if self._next >= src.events:
-            raise StopIteration
-        count = min(src.batch, src.events - self._next)
-        events = generate(src.catalog, src.users, src.seed, self._next, count, src.batch)
-        self._next += count
-        return events
+    class VideoSitePartition(StatefulSourcePartition[Event, int]):
+        """The one partition; its state is the index of the next event to emit."""
 
-    def snapshot(self) -> int:
-        """The index of the next event to emit."""
-        return self._next
+        def __init__(self, resume_state: int | None) -> None:
+            self._next = 0 if resume_state is None else resume_state
 
+        def next_batch(self) -> list[Event]:
+            """Generate the next batch of events; raise ``StopIteration`` once all are out."""
+            if self._next >= events:
+                raise StopIteration
+            count = min(batch, events - self._next)
+            generated = generate(catalog, users, seed, self._next, count, batch)
+            self._next += count
+            return generated
 
-class VideoSiteSource(FixedPartitionedSource[Event, int]):
-    """``events`` video-site events, generated in batches of ``batch`` within the dataflow."""
+        def snapshot(self) -> int:
+            """The index of the next event to emit."""
+            return self._next
 
-    def __init__(self, events: int, catalog: Catalog, users: int, seed: int, batch: int) -> None:
-        self.events = events
-        self.catalog = catalog
-        self.users = users
-        self.seed = seed
-        self.batch = batch
+    class VideoSiteSource(FixedPartitionedSource[Event, int]):
+        def list_parts(self) -> list[str]:
+            """The one partition."""
+            return ["video-site"]
 
-    def list_parts(self) -> list[str]:
-        """One partition, so the events come out in order."""
-        return ["video-site"]
+        def build_part(
+            self, step_id: str, for_part: str, resume_state: int | None
+        ) -> VideoSitePartition:
+            """Start at the first event, or where the snapshot says on a resume."""
+            return VideoSitePartition(resume_state)
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
-    ) -> VideoSitePartition:
-        """Start at the beginning, or where the snapshot says on a resume."""
-        return VideoSitePartition(self, resume_state)
+    return VideoSiteSource()
 
 
 def video_key(event: Event) -> str:
@@ -211,7 +210,9 @@ def add_event(aggregate: Aggregate, event: Event) -> Aggregate:
     return aggregate
 
 
-def build_flow(source: VideoSiteSource, results: list[tuple[str, Aggregate]]) -> Any:
+def build_flow(
+    source: FixedPartitionedSource[Event, int], results: list[tuple[str, Aggregate]]
+) -> Dataflow:
     """The dataflow: count per video and kind, sum ``watch_ms``, collect into ``results``."""
     flow = Dataflow("video_counts")
     events = op.input("events", flow, source)
@@ -223,7 +224,7 @@ def build_flow(source: VideoSiteSource, results: list[tuple[str, Aggregate]]) ->
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; every count must be positive."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Bytewax counting video-site events.")
     parser.add_argument("--events", type=int, required=True, help="events to count")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--videos", type=int, default=1000, help="videos in the catalogue")
@@ -265,9 +266,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print its JSON result, and return the exit code."""
+    if MISSING:
+        print(json.dumps({"error": f"{MISSING[0]} is not installed"}))
+        return 3
     args = parse_args(argv)
     catalog = Catalog(args.videos, args.bloggers, args.zipf, args.seed)
-    source = VideoSiteSource(args.events, catalog, args.users, args.seed, args.batch)
+    source = video_site_source(args.events, catalog, args.users, args.seed, args.batch)
     results: list[tuple[str, Aggregate]] = []
     flow = build_flow(source, results)
     recovery = None

@@ -110,7 +110,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     CheckpointStore.open(tmp_path, "print")
     with sqlite3.connect(tmp_path / FILE_NAME) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(CheckpointError, match="schema version 99, newer than this ringflow's 3"):
+    with pytest.raises(CheckpointError, match="schema version 99, newer than this ringflow's 4"):
         CheckpointStore.open(tmp_path, "print")
 
 

@@ -291,7 +291,7 @@ def test_a_store_of_the_older_schema_is_refused_and_can_still_be_listed(
     assert cli_run(state, tmp_path / "r.json") == 2
     [refusal] = lines(capsys.readouterr().err)
     assert refusal == (
-        f"{state / FILE_NAME} has schema version 1, older than this ringflow's 3: its epochs "
+        f"{state / FILE_NAME} has schema version 1, older than this ringflow's 4: its epochs "
         "carry no checksums, so they cannot be verified and it is not resumed (it was left as "
         "it is). Finish the run with the ringflow that wrote it, or use another state folder "
         "(checkpoint.path in the file, or --state) to start afresh"
@@ -323,7 +323,7 @@ def test_a_store_of_schema_2_is_refused_and_can_still_be_listed(
     assert cli_run(state, tmp_path / "r.json") == 2
     [refusal] = lines(capsys.readouterr().err)
     assert refusal == (
-        f"{state / FILE_NAME} has schema version 2, older than this ringflow's 3: its epochs "
+        f"{state / FILE_NAME} has schema version 2, older than this ringflow's 4: its epochs "
         "are in an older layout that this ringflow does not read, so it is not resumed (it was "
         "left as it is). "
         "Finish the run with the ringflow that wrote it, or use another state folder "

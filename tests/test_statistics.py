@@ -83,7 +83,7 @@ def test_a_store_s_statistics_count_what_this_object_wrote_and_passed_over(
     store = CheckpointStore.open(tmp_path, "f" * 64, keep=2)
     assert store.statistics() == CheckpointStoreStatistics(
         path=tmp_path / FILE_NAME,
-        schema_version=3,
+        schema_version=4,
         keep=2,
         epochs_written=0,
         last_epoch=None,

@@ -18,10 +18,12 @@ from .errors import CheckpointError
 from .integrity import DamagedEpoch, epoch_checksum, part_checksum
 from .segment import Segment, SegmentLog, decode_segments, encode_segments
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout of the database and its parts; another one is refused, never rewritten.
 Version 2 added checksums, whether the epoch ended a completed run, and the run's segments;
-version 3 stores each part as a versioned map (``snapshot.py``), not a list read by position."""
+version 3 stores each part as a versioned map (``snapshot.py``), not a list read by position;
+version 4 stores records as columns (typed buffers and tables) and workloads' positions as a
+sequence number (the events of the columnar generators)."""
 
 CHECKSUMS_SINCE = 2
 """The first schema version whose parts and epochs carry checksums."""

@@ -79,7 +79,7 @@ class RemoteLink:
             token=self.token,
             value_type=self.value_type,
             give_up=self.give_up,
-            restore=None if self._restored is None else self._restored.state(),
+            restore=None if self._restored is None else self._restored.state(self.value_type),
             agreement=self.agreement,
             network=self.network,
         )

@@ -185,7 +185,7 @@ class Pipeline:
         parts = {} if restore is None else restore[1]
         # Partitions first: groups register on them, and a partition restores only fresh.
         contents: dict[tuple[str, str], Stateful[Any]] = {
-            ("partition", f"{name}/{p.index}"): PartitionContents(p, name)
+            ("partition", f"{name}/{p.index}"): PartitionContents(p, name, value_type(types[name]))
             for name, topic in topics.items()
             for p in topic.partitions
         }
@@ -347,7 +347,7 @@ class Pipeline:
     def _states(self) -> dict[tuple[str, str], Stateful[Any]]:
         # Everything an epoch keeps, by the (kind, name) of its part.
         states: dict[tuple[str, str], Stateful[Any]] = {
-            ("partition", f"{name}/{p.index}"): PartitionContents(p, name)
+            ("partition", f"{name}/{p.index}"): PartitionContents(p, name, self.value_type(name))
             for name, topic in self.topics.items()
             for p in topic.partitions
         }

@@ -23,7 +23,7 @@ only that type decodes them, under the same rules.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -39,6 +39,12 @@ from actors import (
     RecordBatch,
     RemotePartitionState,
     RemoteTopicState,
+    TableData,
+    pack_array,
+    pack_values,
+    unpack_array,
+    unpack_values,
+    value_types,
 )
 
 from .checkpoint import SCHEMA_VERSION
@@ -55,12 +61,35 @@ class Part(msgspec.Struct, frozen=True, kw_only=True, tag_field="v"):
 
 
 class StoredBatch(msgspec.Struct, Generic[V], frozen=True):
-    """A batch held in a partition's ring."""
+    """A batch held in a partition's ring: keys and timestamps as lists or the bytes of an
+    array, values as a list or a table (see :mod:`actors.table`)."""
 
     base_offset: int
-    keys: Sequence[Key]
-    values: Sequence[V]
-    timestamps: Sequence[float]
+    keys: list[Key] | bytes
+    values: list[V] | TableData
+    timestamps: list[float] | bytes
+
+    @classmethod
+    def of(cls, base_offset: int, columns: Columns | RecordBatch) -> StoredBatch[Any]:
+        """The stored form of ``columns`` from ``base_offset`` on."""
+        return StoredBatch(
+            base_offset,
+            pack_array(columns.keys),
+            pack_values(columns.values),
+            pack_array(columns.timestamps),
+        )
+
+    def columns(self, value_type: Any) -> Columns:
+        """The records as columns; a table is checked against ``value_type``.
+
+        Raises:
+            ValueError: A column is not what it should be.
+        """
+        return Columns(
+            unpack_array(self.keys, "<i8"),
+            unpack_values(self.values, value_types(value_type)),
+            unpack_array(self.timestamps, "<f8"),
+        )
 
 
 class PartitionPart(Part, Generic[V], frozen=True, tag=1):
@@ -82,22 +111,30 @@ class PartitionPart(Part, Generic[V], frozen=True, tag=1):
             end_offset=state.end_offset,
             committed=state.committed,
             peak_depth=state.peak_depth,
-            batches=[
-                StoredBatch(b.base_offset, b.keys, b.values, b.timestamps) for b in state.batches
-            ],
+            batches=[StoredBatch.of(b.base_offset, b) for b in state.batches],
             sequences=state.sequences,
         )
 
-    def state(self, topic: str, index: int) -> PartitionState:
-        """What :meth:`~actors.Partition.restore` takes, for partition ``index`` of ``topic``."""
+    def state(self, topic: str, index: int, value_type: Any = Any) -> PartitionState:
+        """What :meth:`~actors.Partition.restore` takes, for partition ``index`` of ``topic``
+        whose values are ``value_type``.
+
+        Raises:
+            ValueError: A batch's columns are not what they should be.
+        """
+        batches = []
+        for b in self.batches:
+            columns = b.columns(value_type)
+            batches.append(
+                RecordBatch(
+                    topic, index, b.base_offset, columns.keys, columns.values, columns.timestamps
+                )
+            )
         return PartitionState(
             self.start_offset,
             self.end_offset,
             dict(self.committed),
-            [
-                RecordBatch(topic, index, b.base_offset, b.keys, b.values, b.timestamps)
-                for b in self.batches
-            ],
+            batches,
             self.peak_depth,
             dict(self.sequences),
         )
@@ -187,9 +224,9 @@ class RetainedRecords(msgspec.Struct, Generic[V], frozen=True):
     """Records a producer sent to another node that the node has not made durable yet."""
 
     sequence: int
-    keys: list[Key]
-    values: list[V]
-    timestamps: list[float]
+    keys: list[Key] | bytes
+    values: list[V] | TableData
+    timestamps: list[float] | bytes
 
 
 class RemotePartitionPart(msgspec.Struct, Generic[V], frozen=True):
@@ -214,9 +251,9 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
                     retained=[
                         RetainedRecords(
                             sequence=sequence,
-                            keys=list(columns.keys),
-                            values=list(columns.values),
-                            timestamps=list(columns.timestamps),
+                            keys=pack_array(columns.keys),
+                            values=pack_values(columns.values),
+                            timestamps=pack_array(columns.timestamps),
                         )
                         for sequence, columns in partition.retained
                     ],
@@ -225,14 +262,25 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
             ]
         )
 
-    def state(self) -> RemoteTopicState:
-        """What :meth:`~actors.RemoteTopic.restore` takes."""
+    def state(self, value_type: Any = Any) -> RemoteTopicState:
+        """What :meth:`~actors.RemoteTopic.restore` takes, for a topic of ``value_type``.
+
+        Raises:
+            ValueError: Retained records are not what they should be.
+        """
         return RemoteTopicState(
             tuple(
                 RemotePartitionState(
                     partition.next_sequence,
                     tuple(
-                        (r.sequence, Columns(r.keys, r.values, r.timestamps))
+                        (
+                            r.sequence,
+                            Columns(
+                                unpack_array(r.keys, "<i8"),
+                                unpack_values(r.values, value_types(value_type)),
+                                unpack_array(r.timestamps, "<f8"),
+                            ),
+                        )
                         for r in partition.retained
                     ),
                 )
@@ -324,6 +372,8 @@ class PartitionContents:
 
     partition: Partition
     topic: str
+    value_type: Any = Any
+    """The type of the topic's values (a table of another type is refused)."""
 
     def capture(self) -> PartitionPart[Any]:
         """Offsets, commits, the records held and the producers' sequence numbers."""
@@ -331,7 +381,7 @@ class PartitionContents:
 
     def restore(self, state: PartitionPart[Any]) -> None:
         """Take them back; only on a fresh partition."""
-        self.partition.restore(state.state(self.topic, self.partition.index))
+        self.partition.restore(state.state(self.topic, self.partition.index, self.value_type))
 
 
 @attrs.define(eq=False)
