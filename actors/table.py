@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints, overload
 
 import attrs
 import msgspec
@@ -108,7 +108,14 @@ def _bounds(info: Any) -> dict[str, Any]:
     return bounds
 
 
-def _field(name: str, info: Any) -> Field | None:
+def _declared(hint: Any) -> tuple[Any, ...]:
+    # The values of a Literal in the order declared (msgspec's inspection sorts them).
+    while get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    return get_args(hint) if get_origin(hint) is Literal else ()
+
+
+def _field(name: str, info: Any, hint: Any = None) -> Field | None:
     inspect = msgspec.inspect
     if isinstance(info, inspect.IntType):
         return Field(name, INT, **_bounds(info))
@@ -121,7 +128,10 @@ def _field(name: str, info: Any) -> Field | None:
         and all(isinstance(v, str) for v in info.values)
         and 0 < len(info.values) <= 256
     ):
-        return Field(name, ENUM, tuple(str(v) for v in info.values))
+        values = _declared(hint)
+        if sorted(values) != sorted(info.values):
+            values = tuple(info.values)
+        return Field(name, ENUM, tuple(str(v) for v in values))
     return None
 
 
@@ -135,9 +145,10 @@ def schema_of(event_type: type) -> Schema | None:
     info = msgspec.inspect.type_info(event_type)
     if not isinstance(info, msgspec.inspect.StructType):
         return None
+    hints = get_type_hints(event_type, include_extras=True)
     fields: list[Field] = []
     for field in info.fields:
-        column = _field(field.name, field.type)
+        column = _field(field.name, field.type, hints.get(field.name))
         if column is None or not field.required:
             return None
         fields.append(column)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import bisect
 import functools
-import itertools
-import random
+import hashlib
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import attrs
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
+from actors import Table
 from topology import (
     MAX_CATALOGUE,
     MAX_CATALOGUE_WHY,
@@ -24,14 +26,19 @@ from topology import (
 )
 
 # Event payloads are msgspec structs rather than attrs classes: measured here, building one
-# costs ~120 ns against ~770 ns for a frozen attrs class, and gc=False keeps tens of millions of
-# them out of the cyclic garbage collector. Records around them are still attrs classes.
+# costs ~120 ns against ~770 ns for a frozen attrs class, and gc=False keeps them out of the
+# cyclic garbage collector. The workloads make them as tables (a numpy array per field), and
+# an event object is built only when something reads events one by one.
 
 MAX_WATCH_SECONDS = 86_400
 """The longest video of the video site, in seconds."""
 
-TABLE_SIZE = 65_536
-"""Slots in the lookup tables used to sample skewed distributions quickly."""
+BLOCK = 16_384
+"""Events drawn at once: block b holds the events numbered b x BLOCK onwards, drawn from a
+generator seeded with the workload's seed and b alone, so an event depends only on its
+number, never on how many events each call asks for."""
+
+Array = npt.NDArray[Any]
 
 # Constraints checked when events are decoded (from a gateway, a checkpoint): an event from a
 # bad client that would break a processor is refused at the door. Building one checks nothing,
@@ -41,15 +48,60 @@ EventTime = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 VideoKind = Literal["view", "like", "dislike", "comment", "watch"]
 
 
-def _sampling_table(weights: list[float], size: int = TABLE_SIZE) -> list[int]:
-    """Return a table whose slot j holds the index whose CDF interval contains (j + 0.5)/size.
+def _entropy(text: str) -> int:
+    """A 128-bit number derived from ``text``: what a numpy generator is seeded with."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest(), "big")
 
-    Indexing it with ``int(random() * size)`` samples the distribution to within 1/size.
+
+def _generator(entropy: int, *more: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([entropy, *more])))
+
+
+def _cdf(weights: Any) -> Array:
+    """The cumulative distribution of ``weights``, ending at exactly 1."""
+    cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
+    cdf /= cdf[-1]
+    cdf[-1] = 1.0
+    return cdf
+
+
+def _sample(cdf: Array, uniform: Array) -> Array:
+    """Indexes drawn from ``cdf`` for uniform variates in [0, 1)."""
+    return np.minimum(np.searchsorted(cdf, uniform, side="right"), len(cdf) - 1)
+
+
+class _Blocks:
+    """The draws of one producer instance, made a block of :data:`BLOCK` events at a time.
+
+    ``draw(generator)`` returns one array per field for a whole block; :meth:`take` returns
+    the fields of events ``start`` to ``start + count``, drawing blocks as needed and keeping
+    the last one for the next call.
     """
-    total = sum(weights)
-    cumulative = list(itertools.accumulate(w / total for w in weights))
-    cumulative[-1] = 1.0
-    return [bisect.bisect_right(cumulative, (j + 0.5) / size) for j in range(size)]
+
+    def __init__(self, entropy: int, draw: Callable[[np.random.Generator], dict[str, Array]]):
+        self._entropy = entropy
+        self._draw = draw
+        self._cached: tuple[int, dict[str, Array]] | None = None
+
+    def _block(self, number: int) -> dict[str, Array]:
+        if self._cached is None or self._cached[0] != number:
+            self._cached = number, self._draw(_generator(self._entropy, number))
+        return self._cached[1]
+
+    def take(self, start: int, count: int) -> dict[str, Array]:
+        parts: list[dict[str, Array]] = []
+        at, end = start, start + count
+        while at < end:
+            number, offset = divmod(at, BLOCK)
+            block = self._block(number)
+            stop = min(BLOCK, offset + end - at)
+            parts.append({name: column[offset:stop] for name, column in block.items()})
+            at += stop - offset
+        if not parts:
+            return {name: column[:0] for name, column in self._block(start // BLOCK).items()}
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _check_mix(name: str, mix: dict[str, float], kinds: tuple[str, ...]) -> list[FieldError]:
@@ -98,6 +150,8 @@ class VideoEvent(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="vi
 
 
 VIDEO_KINDS: tuple[VideoKind, ...] = ("view", "like", "dislike", "comment", "watch")
+"""The kinds, in the order of :data:`VideoKind` (a table holds a kind as its index here)."""
+_WATCH_CODE = VIDEO_KINDS.index("watch")
 
 
 def _default_video_mix() -> dict[str, float]:
@@ -151,26 +205,23 @@ class VideoSiteParams(Checked):
 class VideoCatalog:
     """The videos: who owns each, how long it is, how popular. The same for every producer."""
 
-    owner: list[int]
-    length_ms: list[int]
-    popularity: list[int]
-    """Sampling table of video ids by Zipf popularity."""
+    owner: Array
+    length_ms: Array
+    ranked: Array
+    """The video of each popularity rank (``ranked[0]`` is the most popular)."""
+    popularity: Array
+    """The cumulative distribution of ranks (Zipf)."""
 
     @classmethod
     def build(cls, params: VideoSiteParams, seed: int) -> VideoCatalog:
         """Derive the catalogue from the run's seed alone."""
-        rng = random.Random(f"{seed}/video-catalog")
+        rng = _generator(_entropy(f"{seed}/video-catalog"))
         # Every blogger owns at least one video; the rest are spread at random.
-        owner = [v % params.bloggers for v in range(params.videos)]
-        rng.shuffle(owner)
-        length_ms = [
-            rng.randrange(30_000, params.max_watch_seconds * 1000 + 1) for _ in range(params.videos)
-        ]
-        ranked = list(range(params.videos))
-        rng.shuffle(ranked)  # ranked[r] is the video of popularity rank r + 1
-        weights = [1 / (rank + 1) ** params.zipf for rank in range(params.videos)]
-        popularity = [ranked[slot] for slot in _sampling_table(weights)]
-        return cls(owner, length_ms, popularity)
+        owner = rng.permutation(np.arange(params.videos, dtype=np.int64) % params.bloggers)
+        length_ms = rng.integers(30_000, params.max_watch_seconds * 1000 + 1, params.videos)
+        ranked = rng.permutation(params.videos).astype(np.int64)
+        weights = 1 / np.arange(1, params.videos + 1, dtype=np.float64) ** params.zipf
+        return cls(owner, length_ms, ranked, _cdf(weights))
 
 
 @functools.lru_cache(maxsize=8)
@@ -189,7 +240,8 @@ class VideoSite:
     """The video site of one producer instance.
 
     Per event: a video by Zipf popularity, a kind by the mix, a user uniformly, and for a
-    watch, a duration up to the video's length.
+    watch, a duration up to the video's length. Events are made as a table, a block of
+    :data:`BLOCK` at a time, with numpy.
     """
 
     def __init__(
@@ -205,32 +257,40 @@ class VideoSite:
             params.videos, params.bloggers, params.zipf, params.max_watch_seconds, seed
         )
         self.source = instance if source is None else source
-        self._rng = random.Random(f"{seed}/{name}/{instance}")
-        self._random = self._rng.random
-        weights = [params.mix.get(kind, 0.0) for kind in VIDEO_KINDS]
-        self._kinds = [VIDEO_KINDS[i] for i in _sampling_table(weights, 1024)]
+        self._kinds = _cdf([params.mix.get(kind, 0.0) for kind in VIDEO_KINDS])
+        self._blocks = _Blocks(_entropy(f"{seed}/{name}/{instance}"), self._draw)
         self._seq = 0
         self._counts: dict[str, int] = dict.fromkeys(VIDEO_KINDS, 0)
 
-    def generate(self, count: int, start: float, interval: float) -> dict[str, list[Any]]:
+    def _draw(self, rng: np.random.Generator) -> dict[str, Array]:
+        catalog = self.catalog
+        video = catalog.ranked[_sample(catalog.popularity, rng.random(BLOCK))]
+        kind = _sample(self._kinds, rng.random(BLOCK)).astype(np.uint8)
+        user = rng.integers(0, self.params.users, BLOCK)
+        watched = (rng.random(BLOCK) * catalog.length_ms[video]).astype(np.int64)
+        watched[kind != _WATCH_CODE] = 0
+        return {"video_id": video, "kind": kind, "user_id": user, "watch_ms": watched}
+
+    def generate(self, count: int, start: float, interval: float) -> dict[str, Table]:
         """Return the next ``count`` events, all in the ``events`` stream."""
-        rnd = self._random
-        popularity, kinds = self.catalog.popularity, self._kinds
-        owner, length_ms = self.catalog.owner, self.catalog.length_ms
-        users, source, seq, counts = self.params.users, self.source, self._seq, self._counts
-        events: list[VideoEvent] = []
-        append = events.append
-        for i in range(count):
-            video = popularity[int(rnd() * TABLE_SIZE)]
-            kind = kinds[int(rnd() * 1024)]
-            user = int(rnd() * users)
-            watch_ms = int(rnd() * length_ms[video]) if kind == "watch" else 0
-            counts[kind] += 1
-            append(
-                VideoEvent(
-                    kind, user, video, owner[video], start + i * interval, watch_ms, source, seq + i
-                )
-            )
+        seq = self._seq
+        drawn = self._blocks.take(seq, count)
+        kind = drawn["kind"]
+        events = Table(
+            VideoEvent,
+            {
+                "kind": kind,
+                "user_id": drawn["user_id"],
+                "video_id": drawn["video_id"],
+                "blogger_id": self.catalog.owner[drawn["video_id"]],
+                "timestamp": start + np.arange(count, dtype=np.float64) * interval,
+                "watch_ms": drawn["watch_ms"],
+                "source": np.full(count, self.source, dtype=np.int64),
+                "seq": np.arange(seq, seq + count, dtype=np.int64),
+            },
+        )
+        for name, n in zip(VIDEO_KINDS, np.bincount(kind, minlength=5).tolist(), strict=True):
+            self._counts[name] += n
         self._seq = seq + count
         return {"events": events}
 
@@ -240,55 +300,21 @@ class VideoSite:
 
     def position(self) -> GeneratorPosition:
         """Where the workload is in its sequence: enough to carry on exactly from here."""
-        return GeneratorPosition.of(self._rng, self._seq, self._counts)
+        return GeneratorPosition(seq=self._seq, counts=dict(self._counts))
 
     def restore(self, position: GeneratorPosition) -> None:
         """Carry on from a :meth:`position`."""
-        self._seq, self._counts = position.restore(self._rng)
+        self._seq, self._counts = position.seq, dict(position.counts)
 
 
-class GeneratorPosition(State, frozen=True, tag=1):
-    """Where a workload is in its sequence (the ``state_type`` of both workloads here)."""
+class GeneratorPosition(State, frozen=True, tag=2):
+    """Where a workload is in its sequence (the ``state_type`` of both workloads here): its
+    events depend only on their numbers, so the number of the next one is enough."""
 
-    random_version: int
-    """The version of the random generator's state (``random.getstate()[0]``)."""
-    random_internal: list[Annotated[int, msgspec.Meta(ge=0, lt=2**32)]]
-    """The generator's internal state: the Mersenne Twister's words and its index."""
-    random_gauss: float | None
-    """The spare normal variate the generator keeps, if any."""
-    seq: int
+    seq: Annotated[int, msgspec.Meta(ge=0)]
     """The sequence number of the next event."""
-    counts: dict[str, int]
+    counts: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
     """Events generated so far, per kind."""
-
-    def __post_init__(self) -> None:
-        # Refused when decoded, not later when the workload is made: a state of the wrong size
-        # or with a word out of range raises ValueError or TypeError here.
-        _SCRATCH.setstate(self._random_state())
-
-    def _random_state(self) -> tuple[Any, ...]:
-        return self.random_version, tuple(self.random_internal), self.random_gauss
-
-    @classmethod
-    def of(cls, rng: random.Random, seq: int, counts: dict[str, int]) -> GeneratorPosition:
-        """The position of a workload drawing from ``rng``, at ``seq``, having made ``counts``."""
-        version, internal, gauss = rng.getstate()
-        return cls(
-            random_version=version,
-            random_internal=list(internal),
-            random_gauss=gauss,
-            seq=seq,
-            counts=dict(counts),
-        )
-
-    def restore(self, rng: random.Random) -> tuple[int, dict[str, int]]:
-        """Put ``rng`` back where it was; return the sequence number and a copy of the counts."""
-        rng.setstate(self._random_state())
-        return self.seq, dict(self.counts)
-
-
-_SCRATCH = random.Random(0)
-"""Checks that a position's generator state is one ``random`` takes."""
 
 
 # -- UGC events -----------------------------------------------------------------------------
@@ -387,53 +413,63 @@ class UgcParams(Checked):
 
 
 class Ugc:
-    """User-generated-content events of one producer instance, one stream per kind."""
+    """User-generated-content events of one producer instance, one stream per kind.
+
+    Events are made as tables (one per kind), a block of :data:`BLOCK` at a time, with numpy.
+    """
 
     def __init__(
         self, params: UgcParams, seed: int, name: str, instance: int, source: int | None = None
     ) -> None:
         self.params = params
         self.source = instance if source is None else source
-        catalog = random.Random(f"{seed}/ugc-catalog")
-        self._movie_length = [catalog.randrange(1800, 10_800) for _ in range(params.movies)]
-        pages = [f"/page/{i}" for i in range(params.pages)]
-        catalog.shuffle(pages)
-        weights = [1 / (rank + 1) ** params.zipf for rank in range(params.pages)]
-        self._pages = [pages[slot] for slot in _sampling_table(weights)]
-        self._rng = random.Random(f"{seed}/{name}/{instance}")
-        self._random = self._rng.random
-        kind_weights = [params.mix.get(kind, 0.0) for kind in UGC_KINDS]
-        self._kinds = [UGC_KINDS[i] for i in _sampling_table(kind_weights, 1024)]
+        catalog = _generator(_entropy(f"{seed}/ugc-catalog"))
+        self._movie_length = catalog.integers(1800, 10_800, params.movies)
+        pages = np.array([f"/page/{i}" for i in range(params.pages)], dtype=object)
+        self._pages = pages[catalog.permutation(params.pages)]
+        """The page of each popularity rank."""
+        weights = 1 / np.arange(1, params.pages + 1, dtype=np.float64) ** params.zipf
+        self._popularity = _cdf(weights)
+        self._elements = np.array(ELEMENTS, dtype=object)
+        self._names = np.array(params.custom_names, dtype=object)
+        self._kinds = _cdf([params.mix.get(kind, 0.0) for kind in UGC_KINDS])
+        self._blocks = _Blocks(_entropy(f"{seed}/{name}/{instance}"), self._draw)
         self._seq = 0
         self._counts = dict.fromkeys(UGC_KINDS, 0)
 
-    def generate(self, count: int, start: float, interval: float) -> dict[str, list[Any]]:
+    def _draw(self, rng: np.random.Generator) -> dict[str, Array]:
+        p = self.params
+        movie = rng.integers(0, p.movies, BLOCK)
+        length = self._movie_length[movie]
+        return {
+            "kind": _sample(self._kinds, rng.random(BLOCK)),
+            "user_id": rng.integers(0, p.users, BLOCK),
+            "page": _sample(self._popularity, rng.random(BLOCK)),
+            "element": rng.integers(0, len(ELEMENTS), BLOCK),
+            "duration_ms": rng.integers(0, 300_000, BLOCK),
+            "name": rng.integers(0, len(p.custom_names), BLOCK),
+            "movie_id": movie,
+            "position_s": (rng.random(BLOCK) * (length + 1)).astype(np.int64),
+            "duration_s": length,
+        }
+
+    def generate(self, count: int, start: float, interval: float) -> dict[str, Table]:
         """Return the next ``count`` events, grouped by kind."""
-        rnd, p = self._random, self.params
-        streams: dict[str, list[Any]] = {kind: [] for kind in UGC_KINDS}
-        source, seq = self.source, self._seq
-        for i in range(count):
-            kind = self._kinds[int(rnd() * 1024)]
-            user = int(rnd() * p.users)
-            at = start + i * interval
-            event: Any
-            if kind == "click":
-                page = self._pages[int(rnd() * TABLE_SIZE)]
-                event = Click(user, page, ELEMENTS[int(rnd() * len(ELEMENTS))], at, source, seq + i)
-            elif kind == "page_view":
-                page = self._pages[int(rnd() * TABLE_SIZE)]
-                event = PageView(user, page, int(rnd() * 300_000), at, source, seq + i)
-            elif kind == "custom":
-                name = p.custom_names[int(rnd() * len(p.custom_names))]
-                event = CustomEvent(user, name, at, source, seq + i)
-            else:
-                movie = int(rnd() * p.movies)
-                length = self._movie_length[movie]
-                event = WatchProgress(
-                    user, movie, int(rnd() * (length + 1)), length, at, source, seq + i
-                )
-            self._counts[kind] += 1
-            streams[kind].append(event)
+        seq = self._seq
+        drawn = self._blocks.take(seq, count)
+        drawn["timestamp"] = start + np.arange(count, dtype=np.float64) * interval
+        drawn["source"] = np.full(count, self.source, dtype=np.int64)
+        drawn["seq"] = np.arange(seq, seq + count, dtype=np.int64)
+        drawn["page"] = self._pages[drawn["page"]]
+        drawn["element"] = self._elements[drawn["element"]]
+        drawn["name"] = self._names[drawn["name"]]
+        streams: dict[str, Table] = {}
+        kind = drawn.pop("kind")
+        for code, (stream, event_type) in enumerate(_UGC_TYPES.items()):
+            where = np.flatnonzero(kind == code)
+            fields = event_type.__struct_fields__
+            streams[stream] = Table(event_type, {f: drawn[f][where] for f in fields})
+            self._counts[stream] += len(where)
         self._seq = seq + count
         return streams
 
@@ -443,11 +479,20 @@ class Ugc:
 
     def position(self) -> GeneratorPosition:
         """Where the workload is in its sequence: enough to carry on exactly from here."""
-        return GeneratorPosition.of(self._rng, self._seq, self._counts)
+        return GeneratorPosition(seq=self._seq, counts=dict(self._counts))
 
     def restore(self, position: GeneratorPosition) -> None:
         """Carry on from a :meth:`position`."""
-        self._seq, self._counts = position.restore(self._rng)
+        self._seq, self._counts = position.seq, dict(position.counts)
+
+
+_UGC_TYPES: dict[str, type[msgspec.Struct]] = {
+    "click": Click,
+    "page_view": PageView,
+    "custom": CustomEvent,
+    "watch_progress": WatchProgress,
+}
+"""The event type of each UGC stream, in the order of :data:`UGC_KINDS`."""
 
 
 WORKLOADS: dict[str, WorkloadType] = {

@@ -9,13 +9,13 @@ consumer (a sink that writes to another system) is a function here with the same
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from actors import Consumer, ConsumerGroup, RemoteConsumer, RemoteGroup, Topic
+from actors import Consumer, ConsumerGroup, RemoteConsumer, RemoteGroup, Table, Topic
 
 from .node import Node
 from .registry import Processor, Registry
@@ -86,6 +86,36 @@ def make_consumers(
     return consumers
 
 
+def folder(processor: Processor) -> Callable[[Sequence[Any]], None]:
+    """How ``processor`` folds a batch's values: a table goes to ``process_columns`` when it
+    has one, a list to ``process``; a processor with only one of them gets the other form
+    converted (a table iterates as events; a list becomes tables, one per event type)."""
+    columns = getattr(processor, "process_columns", None)
+    events = getattr(processor, "process", None)
+
+    def fold(values: Sequence[Any]) -> None:
+        if isinstance(values, Table):
+            if columns is not None:
+                columns(values)
+            else:
+                processor.process(values)
+        elif events is not None or columns is None:
+            processor.process(values)
+        else:
+            for table in tables_of(values):
+                columns(table)
+
+    return fold
+
+
+def tables_of(events: Sequence[Any]) -> list[Table]:
+    """``events`` as tables, one per event type, each in the events' order."""
+    by_type: dict[type, list[Any]] = {}
+    for event in events:
+        by_type.setdefault(type(event), []).append(event)
+    return [Table.from_events(kind, same) for kind, same in by_type.items()]
+
+
 async def consume(
     group: ConsumerGroup | RemoteGroup,
     member: str,
@@ -137,10 +167,11 @@ async def _read(
     monitor: Callable[[], None] | None,
     pace: Callable[[int], Awaitable[None]] | None,
 ) -> None:
+    fold = folder(processor)
     async for batch in member.batches():
         # Counted once processed: a processor that crashes on a batch leaves it uncounted,
         # as the positions leave it unprocessed.
-        processor.process(batch.values)
+        fold(batch.values)
         tally.observe(topic, batch, trio.current_time() - origin)
         member.commit_nowait()
         if monitor is not None:

@@ -68,8 +68,9 @@ class Workload(Protocol):
     gives the same 100 events as generating 100 at once.
     """
 
-    def generate(self, count: int, start: float, interval: float) -> dict[str, list[Event]]:
-        """Return the next ``count`` events, grouped by stream.
+    def generate(self, count: int, start: float, interval: float) -> Mapping[str, Sequence[Any]]:
+        """Return the next ``count`` events, grouped by stream: per stream a list of events,
+        or for speed a :class:`~actors.Table` of them (one numpy array per field).
 
         Args:
             count: How many events.
@@ -100,6 +101,12 @@ class Processor(Protocol):
 
     Aggregates must not depend on the order in which partitions are served: sum integers, and
     break ties in rankings by key.
+
+    A processor may also have ``process_columns(table)``, which folds a batch whose values are
+    a :class:`~actors.Table` (one numpy array per field) with no Python step per event: a
+    consumer then hands it every table, and lists of events to :meth:`process`. Either may be
+    the only one a processor really implements: ``process`` of a table sees events built
+    from its rows.
     """
 
     def process(self, events: Sequence[Event]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors import Columns, Producer, RemoteTopic, Topic, kept, open_producer
+from actors import Columns, Producer, RemoteTopic, Table, Topic, kept, open_producer
 
 from .epochs import Barrier
 from .plan import ProducerPlan
@@ -81,6 +81,8 @@ class WorkloadSource:
     add_summary: Callable[[str, TopicSummary], None] | None = None
     after_chunk: Callable[[], None] = lambda: None
     finished: Callable[[], None] = lambda: None
+    key_field: Mapping[str, str] = attrs.field(factory=dict)
+    """The key field of each stream's topic (a stream whose topic has no key is not here)."""
     producers: list[Producer] = attrs.field(factory=list)
     """The producers it sends through, one per stream, once started."""
     done: int = 0
@@ -101,9 +103,12 @@ class WorkloadSource:
         params = registry.workload_params(topology, plan.producer)
         topic_of = {s: spec.topic if spec.topic else spec.topics[s] for s in kind.streams}
         key_of: dict[str, Callable[[Any], Any] | None] = {}
+        key_field: dict[str, str] = {}
         for stream, topic in topic_of.items():
             field = topology.topics[topic].key
             key_of[stream] = operator.attrgetter(field) if field else None
+            if field:
+                key_field[stream] = field
         return cls(
             plan,
             lambda: kind.make(params, seed, plan.producer, plan.instance, plan.source),
@@ -112,6 +117,7 @@ class WorkloadSource:
             key_of,
             spec.max_batch,
             spec.linger,
+            key_field=key_field,
             **wiring,
         )
 
@@ -222,14 +228,32 @@ class WorkloadSource:
                 elif self.add_summary is not None:
                     self.add_summary(topic, tally.summary())
 
-    async def _send(self, producer: Producer, topic: str, stream: str, events: list[Any]) -> None:
-        key = self.key_of[stream]
-        keys = list(map(key, events)) if key is not None else [None] * len(events)
-        await producer.send_many(Columns(keys, events, list(map(_TIMESTAMP, events))))
-        seq_sum = sum(map(_SEQ, events))
+    async def _send(self, producer: Producer, topic: str, stream: str, events: Any) -> None:
+        if isinstance(events, Table):
+            columns = self._table_columns(stream, events)
+            seq_sum = int(events.columns["seq"].sum())
+        else:
+            key = self.key_of[stream]
+            keys = list(map(key, events)) if key is not None else [None] * len(events)
+            columns = Columns(keys, events, list(map(_TIMESTAMP, events)))
+            seq_sum = sum(map(_SEQ, events))
+        await producer.send_many(columns)
         self.produced[topic].count(self.plan.source, events, seq_sum)
         if self.sent is not None:
             self.sent[topic].count(self.plan.source, events, seq_sum)
+
+    def _table_columns(self, stream: str, events: Table) -> Columns:
+        # Keys straight from the key field's column: an int64 array, or strings as a list.
+        field = self.key_field.get(stream)
+        keys: Any
+        if field is None:
+            keys = [None] * len(events)
+        elif events.columns[field].dtype.kind == "i":
+            keys = events.columns[field]
+        else:
+            keys = events.decoded(field)
+        stamps: Any = events.columns["timestamp"]
+        return Columns(keys, events, stamps)
 
     def statistics(self) -> SourceStatistics:
         """Return a snapshot of the source's progress."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import msgspec
+import numpy as np
 
-from actors import RecordBatch
+from actors import RecordBatch, Table, as_list
 
 from .registry import Processor
 from .sections import ExpectSpec
@@ -20,6 +21,8 @@ LATENCY_SAMPLE_EVERY = 8
 """One record in this many has its latency measured."""
 LATENCY_RESOLUTION = 10_000
 """Latency histogram buckets per second (0.1 ms)."""
+DENSE_KEYS = 1 << 22
+"""Int keys below this are checked for their partition in an array rather than a dict."""
 
 _SEQ = operator.attrgetter("seq")
 _SOURCE = operator.attrgetter("source")
@@ -46,12 +49,15 @@ class TopicTally:
     seq_sums: dict[int, int] = attrs.field(factory=dict)
     kinds: Counter[str] = attrs.field(factory=Counter)
 
-    def count(self, source: int, events: list[Any], seq_sum: int) -> None:
-        """Add ``events`` of producer instance ``source``, whose sequence numbers sum to
-        ``seq_sum``."""
+    def count(self, source: int, events: Sequence[Any], seq_sum: int) -> None:
+        """Add ``events`` (a list or a table) of producer instance ``source``, whose sequence
+        numbers sum to ``seq_sum``."""
         self.records += len(events)
         self.seq_sums[source] = self.seq_sums.get(source, 0) + seq_sum
-        self.kinds.update(map(_KIND, events))
+        if isinstance(events, Table):
+            self.kinds.update(events.kind_counts())
+        else:
+            self.kinds.update(map(_KIND, events))
 
     def capture(self) -> TopicTallyPart:
         """The tally as a part of an epoch."""
@@ -140,6 +146,9 @@ class ConsumerTally:
     latency: Counter[int] = attrs.field(factory=Counter)
     _last_seq: dict[tuple[str, int], list[int]] = attrs.field(factory=dict)
     _key_partition: dict[str, dict[Any, int]] = attrs.field(factory=dict)
+    _dense: dict[str, Any] = attrs.field(factory=dict)
+    """Per topic, the partition of each int key below :data:`DENSE_KEYS` seen in a table's
+    batch (-1: not seen); other keys are in ``_key_partition``."""
 
     def __attrs_post_init__(self) -> None:
         for topic in self.topics:
@@ -149,6 +158,9 @@ class ConsumerTally:
 
     def observe(self, topic: str, batch: RecordBatch, now: float) -> None:
         """Account for a batch about to be processed."""
+        if isinstance(batch.values, Table):
+            self._observe_table(topic, batch, batch.values, now)
+            return
         partition, events = batch.partition, batch.values
         count = len(events)
         self.records += count
@@ -180,10 +192,42 @@ class ConsumerTally:
         for timestamp in batch.timestamps[::LATENCY_SAMPLE_EVERY]:
             latency[int((now - timestamp) * LATENCY_RESOLUTION)] += 1
 
+    def _observe_table(self, topic: str, batch: RecordBatch, events: Table, now: float) -> None:
+        # The same accounting as for a list, on the columns: no Python step per event.
+        count = len(events)
+        self.records += count
+        self.per_topic[topic] += count
+        if not count:
+            return
+        seqs, sources = events.columns["seq"], events.columns["source"]
+        if int(sources.max()) >= self.sources:
+            self.strangers[topic] = self.strangers.get(topic, 0) + count
+            return
+        first = int(sources[0])
+        if (sources == first).all():
+            runs = [(first, seqs)]
+        else:
+            runs = [(int(s), seqs[sources == s]) for s in np.unique(sources).tolist()]
+        sums = self.seq_sums[topic]
+        for source, run in runs:
+            sums[source] += int(run.sum())
+        if self.check_order:
+            last = self._last_seq.get((topic, batch.partition))
+            if last is None:
+                last = self._last_seq[topic, batch.partition] = [-1] * self.sources
+            if all(run[0] > last[s] and (run[1:] > run[:-1]).all() for s, run in runs):
+                for source, run in runs:
+                    last[source] = int(run[-1])
+            else:
+                self._out_of_order(topic, batch)
+            self._check_keys(topic, batch)
+        stamps = np.asarray(batch.timestamps)[::LATENCY_SAMPLE_EVERY]
+        self.latency.update(((now - stamps) * LATENCY_RESOLUTION).astype(np.int64).tolist())
+
     def _out_of_order(self, topic: str, batch: RecordBatch) -> None:
         # The slow path: find exactly which events broke the order.
         last = self._last_seq.setdefault((topic, batch.partition), [-1] * self.sources)
-        for key, event in zip(batch.keys, batch.values, strict=True):
+        for key, event in zip(as_list(batch.keys), batch.values, strict=True):
             if event.seq <= last[event.source]:
                 self._violation(
                     f"topic {topic!r}, key {key!r}: event {event.seq} of source "
@@ -195,7 +239,15 @@ class ConsumerTally:
     def _check_keys(self, topic: str, batch: RecordBatch) -> None:
         seen = self._key_partition[topic]
         partition = batch.partition
-        for key in set(batch.keys):
+        keys = batch.keys
+        if isinstance(keys, np.ndarray):
+            if not len(keys):
+                return
+            if int(keys.min()) >= 0 and int(keys.max()) < DENSE_KEYS:
+                self._check_dense_keys(topic, keys, partition)
+                return
+            keys = np.unique(keys).tolist()
+        for key in set(keys):
             if key is None:  # spread round robin: no key, so no per-key order to keep
                 continue
             where = seen.setdefault(key, partition)
@@ -203,6 +255,28 @@ class ConsumerTally:
                 self._violation(
                     f"topic {topic!r}, key {key!r}: seen in partitions {where} and {partition}, "
                     "so its events lost their order"
+                )
+
+    def _check_dense_keys(self, topic: str, keys: Any, partition: int) -> None:
+        # Int keys in a table, kept in an array indexed by key: -1 where a key is not seen yet.
+        dense = self._dense.get(topic)
+        high = int(keys.max())
+        if dense is None or high >= len(dense):
+            grown = np.full(max(high + 1, 1024, 0 if dense is None else 2 * len(dense)), -1)
+            if dense is not None:
+                grown[: len(dense)] = dense
+            dense = self._dense[topic] = grown
+        where = dense[keys]
+        fresh = where < 0
+        if fresh.any():
+            dense[keys[fresh]] = partition
+            where = dense[keys]
+        moved = where != partition
+        if moved.any():
+            for key in np.unique(keys[moved]).tolist():
+                self._violation(
+                    f"topic {topic!r}, key {key!r}: seen in partitions {int(dense[key])} and "
+                    f"{partition}, so its events lost their order"
                 )
 
     def _violation(self, message: str) -> None:
@@ -233,7 +307,7 @@ class ConsumerTally:
             strangers=dict(self.strangers),
             latency=list(self.latency.items()),
             last_seq=[(t, p, list(last)) for (t, p), last in self._last_seq.items()],
-            key_partition={t: list(keys.items()) for t, keys in self._key_partition.items()},
+            key_partition={t: self._key_pairs(t) for t in self._key_partition},
         )
 
     def restore(self, state: ConsumerTallyPart) -> None:
@@ -246,6 +320,15 @@ class ConsumerTally:
         self.latency = Counter(dict(state.latency))
         self._last_seq = {(t, p): list(last) for t, p, last in state.last_seq}
         self._key_partition = {t: dict(pairs) for t, pairs in state.key_partition.items()}
+        self._dense = {}
+
+    def _key_pairs(self, topic: str) -> list[tuple[Any, int]]:
+        pairs = list(self._key_partition[topic].items())
+        dense = self._dense.get(topic)
+        if dense is not None:
+            keys = np.flatnonzero(dense >= 0)
+            pairs.extend(zip(keys.tolist(), dense[keys].tolist(), strict=True))
+        return pairs
 
 
 @attrs.frozen

@@ -115,6 +115,16 @@ class FaultyProcessor:
             raise InjectedFault(f"injected crash of processor {self.name}")
         self.inner.process(events)
 
+    def process_columns(self, table: Any) -> None:
+        """Process a table, unless an ``actor_crash`` is due on this processor."""
+        if self.box.due("actor_crash", f"processor:{self.name}") is not None:
+            raise InjectedFault(f"injected crash of processor {self.name}")
+        columns = getattr(self.inner, "process_columns", None)
+        if columns is None:
+            self.inner.process(table)
+        else:
+            columns(table)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
