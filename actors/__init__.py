@@ -87,4 +87,5 @@ from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT
 from .wire import batch_frame as batch_frame
 from .wire import decoder as decoder
+from .wire import frame_columns as frame_columns
 from .wire import value_types as value_types

@@ -72,9 +72,12 @@ class _Buffer:
         if chunk is None:
             chunk = self._open = Columns([], [], [])
             self.chunks.append(chunk)
-        chunk.keys.append(key)  # type: ignore[attr-defined]
-        chunk.values.append(value)  # type: ignore[attr-defined]
-        chunk.timestamps.append(timestamp)  # type: ignore[attr-defined]
+        keys: Any = chunk.keys
+        values: Any = chunk.values
+        stamps: Any = chunk.timestamps
+        keys.append(key)
+        values.append(value)
+        stamps.append(timestamp)
         self.count += 1
 
     def extend(self, columns: Columns) -> None:

@@ -7,11 +7,15 @@ from typing import Any, TypeAlias
 
 import attrs
 import msgspec
+import numpy.typing as npt
 
 from .table import as_list, same
 
 Key: TypeAlias = str | int | None
 """What a record may be keyed by. Records with equal keys land on the same partition."""
+Column: TypeAlias = Sequence[Any] | npt.NDArray[Any]
+"""A column of a batch: a list, or a numpy array (int keys, float timestamps), or a
+:class:`~actors.table.Table` of values."""
 
 
 @attrs.frozen
@@ -49,9 +53,8 @@ class StoredRecord(Record):
     offset: int = 0
 
 
-def _column() -> Any:
-    # Columns compare by their values, whatever their forms (lists, arrays, tables).
-    return attrs.field(eq=attrs.cmp_using(eq=same, require_same_type=False))
+_BY_VALUES = attrs.cmp_using(eq=same, require_same_type=False)
+"""Columns compare by their values, whatever their forms (lists, arrays, tables)."""
 
 
 @attrs.frozen
@@ -70,9 +73,9 @@ class Columns:
         timestamps: The records' timestamps.
     """
 
-    keys: Sequence[Key] = _column()
-    values: Sequence[Any] = _column()
-    timestamps: Sequence[float] = _column()
+    keys: Column = attrs.field(eq=_BY_VALUES)
+    values: Sequence[Any] = attrs.field(eq=_BY_VALUES)
+    timestamps: Column = attrs.field(eq=_BY_VALUES)
 
     @classmethod
     def from_records(cls, records: Sequence[Record]) -> Columns:
@@ -108,9 +111,9 @@ class RecordBatch:
     topic: str
     partition: int
     base_offset: int
-    keys: Sequence[Key] = _column()
-    values: Sequence[Any] = _column()
-    timestamps: Sequence[float] = _column()
+    keys: Column = attrs.field(eq=_BY_VALUES)
+    values: Sequence[Any] = attrs.field(eq=_BY_VALUES)
+    timestamps: Column = attrs.field(eq=_BY_VALUES)
 
     @classmethod
     def from_records(

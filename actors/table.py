@@ -129,7 +129,7 @@ def _field(name: str, info: Any, hint: Any = None) -> Field | None:
         and 0 < len(info.values) <= 256
     ):
         values = _declared(hint)
-        if sorted(values) != sorted(info.values):
+        if set(values) != set(info.values):
             values = tuple(info.values)
         return Field(name, ENUM, tuple(str(v) for v in values))
     return None
@@ -323,10 +323,11 @@ class Table(Sequence[Any]):
 # -- columns of any form ----------------------------------------------------------------------
 
 
-def as_list(column: Sequence[Any]) -> list[Any]:
+def as_list(column: Any) -> list[Any]:
     """``column`` as a list of Python objects, whatever its form (list, array, table)."""
     if isinstance(column, np.ndarray):
-        return column.tolist()
+        listed: list[Any] = column.tolist()
+        return listed
     if isinstance(column, Table):
         return column.rows()
     return column if isinstance(column, list) else list(column)
@@ -356,18 +357,18 @@ def take(column: Any, positions: Array) -> Any:
     return [column[i] for i in positions.tolist()]
 
 
-def same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+def same(a: Any, b: Any) -> bool:
     """Whether two columns hold equal values, whatever their forms."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return len(a) == len(b) and as_list(a) == as_list(b)
     if isinstance(a, Table):
-        return a == b
+        return bool(a == b)
     if isinstance(b, Table):
-        return b == a
+        return bool(b == a)
     return list(a) == list(b)
 
 
-def all_finite(timestamps: Sequence[float]) -> bool:
+def all_finite(timestamps: Any) -> bool:
     """Whether every timestamp is a finite number."""
     if isinstance(timestamps, np.ndarray):
         return bool(np.isfinite(timestamps).all())
@@ -403,7 +404,7 @@ def pack_values(values: Sequence[Any]) -> list[Any] | TableData:
     return TableData(values.schema.name, len(values), columns)
 
 
-def pack_array(column: Sequence[Any]) -> list[Any] | bytes:
+def pack_array(column: Any) -> list[Any] | bytes:
     """The encodable form of keys or timestamps: the raw bytes of an array (int64 keys,
     float64 timestamps), or a list."""
     if isinstance(column, np.ndarray) and column.dtype.kind in "if":

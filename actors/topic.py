@@ -132,12 +132,12 @@ class Topic:
             appends[index](position)
         return [_gather(batch, where) for where in positions]
 
-    def partition_indexes(self, keys: Sequence[Key]) -> list[int]:
+    def partition_indexes(self, keys: Sequence[Key] | Any) -> list[int]:
         """Return the partition of each key (round robin for None keys)."""
         partitioner = self.partitioner
         try:
             # Every key seen before: one pass in C. Otherwise, key by key.
-            return list(map(partitioner.cache.__getitem__, keys))  # type: ignore[arg-type]
+            return list(map(partitioner.cache.__getitem__, keys))
         except KeyError:
             return [partitioner.partition_for(key) for key in keys]
 

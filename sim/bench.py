@@ -299,8 +299,7 @@ def measure_restore(records: int) -> dict[str, float]:
     spec = attrs.evolve(spec, topics={"events": topic})
     pipeline = topology.Pipeline.build(spec, REGISTRY, events=records)
     events = VideoSite(VideoSiteParams(), 0, "site", 0).generate(records, 0.0, 0.0001)["events"]
-    keys = [event.video_id for event in events]
-    stamps = [event.timestamp for event in events]
+    keys, stamps = events.columns["video_id"], events.columns["timestamp"]
 
     async def fill() -> None:
         for group in pipeline.groups.values():

@@ -1,8 +1,9 @@
 """Benchmarks of the websocket gateway on loopback, on the real clock.
 
-- Throughput: records crossing a gateway (a remote producer writing batches to a partition on
-  a gateway, read there by a consumer group) against raw trio-websocket carrying the same
-  msgspec-encoded batches to a server that decodes them, in the same run.
+- Throughput: video-site events crossing a gateway (a remote producer writing batches of them
+  as tables to a partition on a gateway, read there by a consumer group) against raw
+  trio-websocket carrying the same encoded batches to a server that decodes and checks them
+  as a gateway does, in the same run.
 - Tap latency: a tap client's delay from a record's acceptance by its partition to its arrival,
   at a steady rate.
 """
@@ -13,7 +14,6 @@ import json
 import statistics
 import time
 from functools import partial
-from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
@@ -26,18 +26,26 @@ from actors import (
     batch_frame,
     connect,
     decoder,
+    frame_columns,
     open_remote_topic,
 )
 
+from .workloads import VideoEvent, VideoSite, VideoSiteParams
 
-def _columns(start: int, size: int) -> Columns:
-    values = list(range(start, start + size))
-    return Columns(values, values, [0.0] * size)
+
+def _batches(records: int, batch: int) -> list[Columns]:
+    # Video-site events as the workload makes them: a table, keyed by video.
+    site = VideoSite(VideoSiteParams(), 0, "bench", 0)
+    batches = []
+    for start in range(0, records, batch):
+        events = site.generate(min(batch, records - start), start * 1e-5, 1e-5)["events"]
+        batches.append(Columns(events.columns["video_id"], events, events.columns["timestamp"]))
+    return batches
 
 
 async def _raw(records: int, batch: int) -> float:
-    batches = [_columns(start, batch) for start in range(0, records, batch)]
-    decode = decoder(Any)
+    batches = _batches(records, batch)
+    decode = decoder(VideoEvent)
     received = 0
     done = trio.Event()
 
@@ -49,7 +57,7 @@ async def _raw(records: int, batch: int) -> float:
                 data = await ws.get_message()
                 assert isinstance(data, bytes)
                 frame = decode.decode(data)
-                received += len(frame.keys)
+                received += len(frame_columns(frame, VideoEvent))
         except ConnectionClosed:
             return
         done.set()
@@ -72,9 +80,9 @@ async def _raw(records: int, batch: int) -> float:
 async def _through_gateway(records: int, batch: int) -> float:
     topic = Topic("bench", partitions=1, capacity=100 * batch)
     group = ConsumerGroup("g", topic)
-    gateway = Gateway({"bench": topic})
+    gateway = Gateway({"bench": topic}, value_types={"bench": VideoEvent})
     gateway.expect_producers("bench", {"p"})
-    batches = [_columns(start, batch) for start in range(0, records, batch)]
+    batches = _batches(records, batch)
     consumed = 0
 
     async def consume() -> None:

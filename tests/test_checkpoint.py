@@ -419,7 +419,8 @@ def test_crashes_at_random_points_roll_back_to_the_same_result(
         if calls[what] == crash_in[what]:
             raise RuntimeError(f"injected crash in {what}")
 
-    process, generate, write = BloggerAnalytics.process, VideoSite.generate, CheckpointStore.write
+    process = BloggerAnalytics.process_columns
+    generate, write = VideoSite.generate, CheckpointStore.write
 
     def crashing_process(self: BloggerAnalytics, events: Any) -> None:
         crash_once("processor")
@@ -433,7 +434,7 @@ def test_crashes_at_random_points_roll_back_to_the_same_result(
         crash_once("write")
         return write(self, snap)
 
-    monkeypatch.setattr(BloggerAnalytics, "process", crashing_process)
+    monkeypatch.setattr(BloggerAnalytics, "process_columns", crashing_process)
     monkeypatch.setattr(VideoSite, "generate", crashing_generate)
     monkeypatch.setattr(CheckpointStore, "write", crashing_write)
     spec = attrs.evolve(topology().checkpoint or topology_checkpoint(), every=0.25)

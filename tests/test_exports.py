@@ -39,6 +39,7 @@ MODULE_LEVEL = {
         "producer": {"Destination", "Sink"},
         "redislog": {"execute_in_asyncio", "sleep_real"},
         "remote_topic": {"RemotePartition"},
+        "table": {"Field", "Schema", "all_finite", "concat", "same", "take"},
         "wire": {
             "Batch",
             "Delivery",
@@ -53,6 +54,7 @@ MODULE_LEVEL = {
             "Window",
             "batch_problem",
             "check_hello",
+            "delivery_frame",
             "describe_decode_error",
             "disagreement",
             "hello_problem",
@@ -81,7 +83,7 @@ MODULE_LEVEL = {
         "crosscheck": {"problems_across"},
         "loading": {"duplicate_keys", "load_yaml", "read_text"},
         "segment": {"SegmentLog", "decode_segments", "encode_segments"},
-        "processing": {"Consumers", "consume", "make_consumers"},
+        "processing": {"Consumers", "consume", "folder", "make_consumers", "tables_of"},
         "snapshot": {
             "ClockPart",
             "ConsumerTallyPart",

@@ -10,16 +10,17 @@ from typing import Any
 
 import attrs
 import cattrs
+import numpy as np
 import pytest
 import trio
 import trio.testing
 
-from actors import Columns, Partition
+from actors import Columns, Partition, Table
 from sim.cli import main
 from sim.processors import VideoStats
 from sim.report import Report, digest, read_report, write_report
 from sim.run import REGISTRY, load_topology, run_pipeline
-from sim.workloads import VideoSite, VideoSiteParams
+from sim.workloads import VIDEO_KINDS, VideoSite, VideoSiteParams
 from topology import Pipeline, Topology
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
@@ -174,18 +175,24 @@ def test_per_key_order_fails_when_a_key_is_spread_over_partitions(
     from actors import Partitioner
 
     monkeypatch.setattr(Partitioner, "partition_for", lambda self, key: next(self._round_robin))
+    monkeypatch.setattr(
+        Partitioner, "partition_array", lambda self, keys: np.arange(len(keys)) % self.partitions
+    )
     report = run(video_site())
     assert not report["expect"]["per_key_order"]["ok"]
     assert "seen in partitions" in report["expect"]["per_key_order"]["detail"]
 
 
+LIKE = VIDEO_KINDS.index("like")
+
+
 def test_totals_match_fails_when_a_processor_miscounts(monkeypatch: pytest.MonkeyPatch) -> None:
-    process = VideoStats.process
+    process = VideoStats.process_columns
 
-    def forgetful(self: VideoStats, events: Any) -> None:
-        process(self, [e for e in events if e.kind != "like"])
+    def forgetful(self: VideoStats, events: Table) -> None:
+        process(self, events.take(np.flatnonzero(events.columns["kind"] != LIKE)))
 
-    monkeypatch.setattr(VideoStats, "process", forgetful)
+    monkeypatch.setattr(VideoStats, "process_columns", forgetful)
     report = run(video_site())
     assert not report["expect"]["totals_match"]["ok"]
     assert "video-stats: like totals 0" in report["expect"]["totals_match"]["detail"]
