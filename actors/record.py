@@ -9,7 +9,15 @@ import attrs
 import msgspec
 import numpy.typing as npt
 
-from .table import as_list, same
+from .table import (
+    TableData,
+    as_list,
+    pack_array,
+    pack_values,
+    same,
+    unpack_array,
+    unpack_values,
+)
 
 Key: TypeAlias = str | int | None
 """What a record may be keyed by. Records with equal keys land on the same partition."""
@@ -173,10 +181,23 @@ class RecordBatch:
         )
 
 
+class _EncodedBatch(msgspec.Struct, forbid_unknown_fields=True):
+    # How :class:`BatchCodec` lays a batch out: columns as lists, typed buffers or a table.
+    topic: str
+    partition: int
+    base_offset: int
+    keys: list[Key] | bytes
+    values: list[Any] | TableData
+    timestamps: list[float] | bytes
+
+
 class BatchCodec:
     """Encodes and decodes :class:`RecordBatch` with msgspec's MessagePack.
 
-    The encoder and decoder are built once and reused: that is most of msgspec's speed.
+    Columns are encoded in the form they have: lists, or the typed buffers of numpy arrays
+    and :class:`~actors.table.Table` values (decoded back to arrays and checked against
+    ``types``, the event types the values may be). The encoder and decoder are built once and
+    reused: that is most of msgspec's speed.
 
     Example:
         >>> codec = BatchCodec()
@@ -185,19 +206,39 @@ class BatchCodec:
         True
     """
 
-    def __init__(self) -> None:
+    def __init__(self, types: Sequence[type] = ()) -> None:
+        self._types = tuple(types)
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(RecordBatch)
+        self._decoder = msgspec.msgpack.Decoder(_EncodedBatch)
 
     def encode(self, batch: RecordBatch) -> bytes:
         """Return the MessagePack bytes of ``batch``."""
-        return self._encoder.encode(batch)
+        return self._encoder.encode(
+            _EncodedBatch(
+                batch.topic,
+                batch.partition,
+                batch.base_offset,
+                pack_array(batch.keys),
+                pack_values(batch.values),
+                pack_array(batch.timestamps),
+            )
+        )
 
     def decode(self, data: bytes) -> RecordBatch:
         """Return the batch encoded in ``data``.
 
         Raises:
-            msgspec.ValidationError: ``data`` is MessagePack but not a batch.
+            msgspec.ValidationError: ``data`` is MessagePack but not a batch, or its columns
+                are not what they should be.
             msgspec.DecodeError: ``data`` is not valid MessagePack.
         """
-        return self._decoder.decode(data)
+        encoded = self._decoder.decode(data)
+        try:
+            values = unpack_values(encoded.values, self._types)
+            keys = unpack_array(encoded.keys, "<i8")
+            stamps = unpack_array(encoded.timestamps, "<f8")
+        except ValueError as exc:
+            raise msgspec.ValidationError(str(exc)) from None
+        return RecordBatch(
+            encoded.topic, encoded.partition, encoded.base_offset, keys, values, stamps
+        )

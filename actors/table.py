@@ -88,10 +88,11 @@ class Schema:
     kind: str | None
     """The kind of every event of the type, when it has no ``kind`` field but a class
     variable (a type with one kind only)."""
+    names: tuple[str, ...] = attrs.field(init=False)
+    """The field names, in the type's order."""
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The field names, in the type's order."""
+    @names.default
+    def _names(self) -> tuple[str, ...]:
         return tuple(field.name for field in self.fields)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 
 from .baseline import plain_loop
 from .bench_gateway import measure_gateway, measure_tap_latency
+from .bench_versus import example_topology, headline, peak_rss_mb, versus_loop
 from .redis_logging import LogSettings
 from .redis_server import EmbeddedRedis
 from .report import LoggingReport, digest
@@ -59,6 +59,13 @@ class BenchSettings:
     """Records sent through a websocket gateway and through raw trio-websocket (0 skips it)."""
     tap_seconds: float = 5.0
     """Seconds of a 10,000 records/s stream whose delay to a tap is measured (0 skips it)."""
+    headline_events: int = 10_000_000
+    """Events of the video-site run with checkpoints and Redis logging on, compared with the
+    plain loop and Bytewax over as many events, each in a fresh process (0 skips it)."""
+    ugc_events: int = 1_200_000
+    """Events of the UGC example run the same way against its plain loop (0 skips it)."""
+    bytewax_python: str | None = None
+    """The Python interpreter that has Bytewax installed (None: this one, if it has)."""
 
 
 def _batch_of(size: int) -> list[Record]:
@@ -178,22 +185,6 @@ def slow_consumer_run(records: int, batch: int) -> dict[str, float]:
     }
 
 
-def peak_rss_mb() -> float:
-    """Return this process's peak resident set size in MB.
-
-    On Linux this is ``VmHWM`` from ``/proc/self/status``: ``ru_maxrss`` survives fork and
-    exec, so a child started by a large parent would report the parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure_slow_consumer_memory(records: int, batch: int) -> dict[str, float]:
     """Run :func:`slow_consumer_run` in a fresh Python process and return what it reports."""
     code = (
@@ -205,11 +196,6 @@ def measure_slow_consumer_memory(records: int, batch: int) -> dict[str, float]:
     ).stdout
     result: dict[str, float] = json.loads(output)
     return result
-
-
-def example_topology(name: str) -> Path:
-    """Return the path of an example topology shipped with ringflow."""
-    return Path(topology.__file__).parent / "examples" / name
 
 
 def measure_video_site(events: int) -> tuple[float, float, bool]:
@@ -424,6 +410,12 @@ def run_bench(
         result["no_logging_events_per_s"] = statistics.median(plain_rates)
         result["logging_ratio"] = statistics.median(log_ratios)
         result["logging_dropped_entries"] = dropped
+    if settings.headline_events:
+        result.update(
+            headline(settings.headline_events, settings.repeat, settings.bytewax_python, progress)
+        )
+    if settings.ugc_events:
+        result.update(versus_loop("ugc.yaml", settings.ugc_events, settings.repeat, progress))
     if settings.gateway_records:
         gateway_rates: list[float] = []
         raw_rates: list[float] = []

@@ -23,6 +23,9 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--restore-records=5000",
             "--gateway-records=20000",
             "--tap-seconds=0.5",
+            "--headline-events=20000",
+            "--ugc-events=5000",
+            "--bytewax=/nonexistent/python",
         ]
     )
     assert code == 0
@@ -58,6 +61,22 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     )
     assert result["tap_latency_records"] > 0
     assert 0 < result["tap_latency_p50_ms"] <= result["tap_latency_p99_ms"]
+    # The video site with everything on, in a fresh process, against the plain loop.
+    assert result["headline_events"] == 20000
+    assert result["video_site_expect_ok"] is True
+    assert result["headline_same_aggregates"] is True
+    assert result["headline_loop_ratio"] == pytest.approx(
+        result["video_site_events_per_s"] / result["headline_plain_loop_events_per_s"]
+    )
+    assert result["video_site_epochs"] > 0
+    assert result["video_site_logged_entries"] > 0
+    assert result["video_site_peak_rss_mb"] > 0
+    assert result["bytewax"] == "not installed"
+    assert result["bytewax_events_per_s"] is None
+    assert result["ugc_same_aggregates"] is True
+    assert result["ugc_ratio"] == pytest.approx(
+        result["ugc_events_per_s"] / result["ugc_plain_loop_events_per_s"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from rich.table import Table
@@ -42,6 +43,17 @@ SETTINGS: tuple[tuple[str, Callable[[str], int | float], str], ...] = (
         seconds,
         "seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips it",
     ),
+    (
+        "headline_events",
+        non_negative,
+        "events of the video-site run with checkpoints and Redis logging on, against the "
+        "plain loop and Bytewax, each in a fresh process; 0 skips it",
+    ),
+    (
+        "ugc_events",
+        non_negative,
+        "events of the UGC example run the same way against its plain loop; 0 skips it",
+    ),
 )
 """One option per field of :class:`~sim.bench.BenchSettings`: its name, its type, its help
 (the default is the field's)."""
@@ -63,7 +75,9 @@ def _setting_options() -> tuple[Option, ...]:
 def bench(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow bench``; return its exit code."""
     settings = attrs.evolve(
-        BenchSettings(), **{name: getattr(args, name) for name, _, _ in SETTINGS}
+        BenchSettings(),
+        bytewax_python=args.bytewax_python,
+        **{name: getattr(args, name) for name, _, _ in SETTINGS},
     )
     err = make_console(stderr=True)
     if args.json:
@@ -85,6 +99,8 @@ def bench(args: argparse.Namespace) -> ExitCode:
         "ringflow pipeline, one record per send", f"{result['single_records_per_s']:,.0f} records/s"
     )
     table.add_row("ratio pipeline / raw", f"{result['ratio']:.2f}")
+    if "video_site_events_per_s" in result:
+        _headline_rows(table, result)
     if "video_run_events_per_s" in result:
         table.add_row(
             f"video site, ringflow run, {result['video_events']:,} events",
@@ -142,16 +158,66 @@ def bench(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _headline_rows(table: Table, result: dict[str, Any]) -> None:
+    events = f"{result['headline_events']:,} events"
+    table.add_row(
+        f"video site, {events}, an epoch every second, every event logged",
+        f"{result['video_site_events_per_s']:,.0f} events/s",
+    )
+    table.add_row(
+        "plain per-event Python loop, same events",
+        f"{result['headline_plain_loop_events_per_s']:,.0f} events/s",
+    )
+    table.add_row("ratio ringflow / plain loop", f"{result['headline_loop_ratio']:.2f}")
+    if result["bytewax_events_per_s"] is not None:
+        table.add_row(
+            f"Bytewax {result['bytewax']}, counting per video, same number of events",
+            f"{result['bytewax_events_per_s']:,.0f} events/s",
+        )
+        table.add_row("ratio ringflow / Bytewax", f"{result['bytewax_ratio']:.2f}")
+    else:
+        table.add_row("Bytewax", str(result["bytewax"]))
+    table.add_row("peak RSS of the video-site run", f"{result['video_site_peak_rss_mb']:,.0f} MB")
+    table.add_row(
+        "same aggregates as the plain loop", "yes" if result["headline_same_aggregates"] else "NO"
+    )
+    if "ugc_events_per_s" in result:
+        table.add_row(
+            f"UGC example, {result['ugc_events']:,} events, same settings",
+            f"{result['ugc_events_per_s']:,.0f} events/s",
+        )
+        table.add_row(
+            "UGC plain per-event loop", f"{result['ugc_plain_loop_events_per_s']:,.0f} events/s"
+        )
+        table.add_row("ratio UGC ringflow / plain loop", f"{result['ugc_ratio']:.2f}")
+
+
 BENCH = Command(
     name="bench",
     help="measure this machine: the raw Trio channel against the ringflow pipeline",
     description=(
         "Measure, in one run, a raw Trio memory channel carrying batches, the ringflow "
         "pipeline (producer -> partition -> consumer) with the same batches and with one "
-        "record per send, and the peak memory of a run whose consumer is ten times slower "
-        "than its producer. Throughputs are medians over --repeat rounds."
+        "record per send, the video-site example with checkpoints and Redis logging on "
+        "against a plain per-event Python loop and Bytewax over as many events (with its "
+        "peak memory), the UGC example against its plain loop, checkpoint and logging costs, "
+        "a websocket gateway against raw trio-websocket, a tap's latency, restoring a large "
+        "epoch, and the peak memory of a run whose consumer is ten times slower than its "
+        "producer. Throughputs are medians over --repeat rounds."
     ),
-    options=(*_setting_options(), flag("--json", "print one JSON object instead of a table")),
+    options=(
+        *_setting_options(),
+        option(
+            "--bytewax",
+            dest="bytewax_python",
+            metavar="PYTHON",
+            default=None,
+            help="a Python interpreter with Bytewax installed, for the comparison (default: "
+            "this one if it has Bytewax, else $RINGFLOW_BYTEWAX_PYTHON; without one the "
+            "comparison says 'not installed')",
+        ),
+        flag("--json", "print one JSON object instead of a table"),
+    ),
     handler=bench,
 )
 """The ``bench`` command."""

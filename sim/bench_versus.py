@@ -1,0 +1,207 @@
+"""``ringflow bench`` against others: the examples with everything on, in fresh processes,
+against the plain per-event loop over the same events and Bytewax over as many."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import topology
+
+from .baseline import plain_loop
+from .redis_logging import LogSettings
+from .redis_server import EmbeddedRedis
+from .report import LoggingReport, digest
+from .run import REGISTRY, load_topology, open_checkpoints, relaxed_gc, run_pipeline
+
+
+def peak_rss_mb() -> float:
+    """Return this process's peak resident set size in MB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: ``ru_maxrss`` survives fork and
+    exec, so a child started by a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def example_topology(name: str) -> Path:
+    """Return the path of an example topology shipped with ringflow."""
+    return Path(topology.__file__).parent / "examples" / name
+
+
+def full_run(example: str, events: int) -> dict[str, Any]:
+    """Run an example topology as users run it with everything on: an epoch every simulated
+    second into a fresh state folder, and every event logged to an embedded Redis. Call it in
+    a fresh process (:func:`in_fresh_process`): it reports that process's peak RSS."""
+    spec = load_topology(example_topology(example))
+    with tempfile.TemporaryDirectory() as folder:
+        server = EmbeddedRedis.start(Path(folder))
+        try:
+            pipeline = topology.Pipeline.build(spec, REGISTRY, events=events)
+            settings, pipeline = open_checkpoints(pipeline, Path(folder) / "state")
+            result = run_pipeline(
+                pipeline, checkpoints=settings, logging=LogSettings(server.url, "bench")
+            )
+        finally:
+            server.stop(save=False)
+    report = result.report
+    assert isinstance(report.logging, LoggingReport), report.logging
+    return {
+        "events": report.events_produced,
+        "events_per_s": report.events_per_second or 0.0,
+        "epochs": len(result.pipeline.epochs),
+        "digest": report.digest,
+        "expect_ok": report.expect_ok,
+        "logged": sum(report.logging.written.values()),
+        "dropped": sum(report.logging.dropped.values()),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def loop_run(example: str, events: int) -> dict[str, Any]:
+    """Run the plain per-event loop over the events of an example (in a fresh process)."""
+    spec = load_topology(example_topology(example))
+    with relaxed_gc():
+        loop = plain_loop(topology.Pipeline.build(spec, REGISTRY, events=events))
+    return {
+        "events": loop["events"],
+        "events_per_s": loop["events_per_second"],
+        "digest": digest(loop["aggregates"]),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def in_fresh_process(function: str, *args: Any) -> dict[str, Any]:
+    """Call ``sim.bench_versus.FUNCTION(*args)`` in a fresh Python process and return its result."""
+    code = (
+        f"import json, sys; from sim.bench_versus import {function}; "
+        f"print(json.dumps({function}(*json.loads(sys.argv[1]))))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def bytewax_interpreter(given: str | None) -> str | None:
+    """The interpreter to run Bytewax with: ``given``, or this one if it has Bytewax, or
+    the one named by ``RINGFLOW_BYTEWAX_PYTHON``; None when there is none."""
+    for candidate in (given, os.environ.get("RINGFLOW_BYTEWAX_PYTHON"), sys.executable):
+        if not candidate:
+            continue
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import bytewax, numpy"], capture_output=True, check=False
+            )
+        except OSError:  # no such interpreter
+            probe = None
+        if probe is not None and probe.returncode == 0:
+            return candidate
+        if candidate == given:
+            return None
+    return None
+
+
+def bytewax_run(python: str, events: int) -> dict[str, Any]:
+    """Run ``sim/bench_bytewax.py`` (Bytewax counting the video site's events per video and
+    kind) with ``python``; return what it prints."""
+    script = Path(__file__).with_name("bench_bytewax.py")
+    done = subprocess.run(
+        [python, str(script), "--events", str(events)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        return {"error": (done.stdout + done.stderr).strip()[-500:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def headline(
+    events: int, repeat: int, bytewax_python: str | None, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The video site with checkpoints and logging on against the plain loop and Bytewax."""
+    python = bytewax_interpreter(bytewax_python)
+    runs: list[dict[str, Any]] = []
+    loops: list[dict[str, Any]] = []
+    bytewax: list[dict[str, Any]] = []
+    for round_ in range(1, repeat + 1):
+        progress(
+            f"round {round_}/{repeat}: video site, {events:,} events, checkpoints "
+            "and logging on (fresh process)"
+        )
+        runs.append(in_fresh_process("full_run", "video-site.yaml", events))
+        progress(f"round {round_}/{repeat}: plain Python loop, same events")
+        loops.append(in_fresh_process("loop_run", "video-site.yaml", events))
+        if python is not None:
+            progress(f"round {round_}/{repeat}: Bytewax counting per video")
+            bytewax.append(bytewax_run(python, events))
+    rate = statistics.median(r["events_per_s"] for r in runs)
+    loop_rate = statistics.median(r["events_per_s"] for r in loops)
+    headline: dict[str, Any] = {
+        "headline_events": runs[0]["events"],
+        "video_site_events_per_s": rate,
+        "video_site_peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "video_site_epochs": runs[0]["epochs"],
+        "video_site_logged_entries": runs[0]["logged"],
+        "video_site_dropped_entries": sum(r["dropped"] for r in runs),
+        "video_site_expect_ok": all(r["expect_ok"] for r in runs),
+        "headline_plain_loop_events_per_s": loop_rate,
+        "headline_loop_ratio": statistics.median(
+            r["events_per_s"] / loop["events_per_s"] for r, loop in zip(runs, loops, strict=True)
+        ),
+        "headline_same_aggregates": all(
+            r["digest"] == loop["digest"] for r, loop in zip(runs, loops, strict=True)
+        ),
+        "bytewax_events_per_s": None,
+        "bytewax": "not installed" if python is None else None,
+    }
+    failed = [b["error"] for b in bytewax if "error" in b]
+    if failed:
+        headline["bytewax"] = f"failed: {failed[0]}"
+    elif bytewax:
+        headline["bytewax"] = bytewax[0].get("bytewax")
+        headline["bytewax_events_per_s"] = statistics.median(
+            b["events_per_second"] for b in bytewax
+        )
+        headline["bytewax_ratio"] = statistics.median(
+            r["events_per_s"] / b["events_per_second"] for r, b in zip(runs, bytewax, strict=True)
+        )
+    return headline
+
+
+def versus_loop(
+    example: str, events: int, repeat: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """An example with everything on against its plain loop (the UGC one: ``ugc_*``)."""
+    runs: list[dict[str, Any]] = []
+    loops: list[dict[str, Any]] = []
+    for round_ in range(1, repeat + 1):
+        progress(
+            f"round {round_}/{repeat}: {example}, {events:,} events, checkpoints and logging "
+            "on, and its plain loop (fresh processes)"
+        )
+        runs.append(in_fresh_process("full_run", example, events))
+        loops.append(in_fresh_process("loop_run", example, events))
+    pairs = list(zip(runs, loops, strict=True))
+    return {
+        "ugc_events": runs[0]["events"],
+        "ugc_events_per_s": statistics.median(r["events_per_s"] for r in runs),
+        "ugc_plain_loop_events_per_s": statistics.median(r["events_per_s"] for r in loops),
+        "ugc_ratio": statistics.median(r["events_per_s"] / lp["events_per_s"] for r, lp in pairs),
+        "ugc_same_aggregates": all(r["digest"] == lp["digest"] for r, lp in pairs),
+    }

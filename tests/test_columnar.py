@@ -1,0 +1,392 @@
+"""The columnar path: tables of events end to end, and the same results as one event at a time.
+
+Workloads make tables, producers split them with a vectorized partitioner, rings hold them,
+processors fold them with numpy, tallies check them with array operations, checkpoints and
+gateways carry them as typed buffers. Each is checked here against the per-event path on the
+same events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors import (
+    Columns,
+    Partitioner,
+    Table,
+    TableData,
+    Topic,
+    pack_array,
+    pack_values,
+    schema_of,
+    unpack_array,
+    unpack_values,
+)
+from sim.processors import PROCESSORS, NoParams, VideoStats
+from sim.reference import ReferenceBloggerAnalytics, ReferenceUgcCounters, ReferenceVideoStats
+from sim.report import digest
+from sim.run import REGISTRY, load_topology, run_pipeline
+from sim.windows import BloggerAnalytics, BloggerAnalyticsParams
+from sim.workloads import (
+    VIDEO_KINDS,
+    WORKLOADS,
+    Click,
+    Ugc,
+    UgcParams,
+    VideoEvent,
+    VideoSite,
+    VideoSiteParams,
+)
+from topology import DamagedEpoch, Pipeline, ProcessorType, Registry, Topology, WorkloadType
+from topology.snapshot import PartitionContents, PartitionPart, decode, encode, restoring
+
+EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
+
+
+def video_events(count: int, seed: int = 42, instance: int = 0) -> Table:
+    site = VideoSite(VideoSiteParams(videos=200, bloggers=7), seed, "site", instance)
+    return site.generate(count, 0.0, 0.003)["events"]
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def test_a_table_is_a_sequence_of_its_events() -> None:
+    table = video_events(50)
+    rows = table.rows()
+    assert len(table) == 50
+    assert all(isinstance(event, VideoEvent) for event in rows)
+    assert table[7] == rows[7]
+    assert table[-1] == rows[-1]
+    assert list(table) == rows
+    assert table[10:20].rows() == rows[10:20]
+    assert table.take(np.array([3, 1, 3])).rows() == [rows[3], rows[1], rows[3]]
+    assert Table.concat([table[:20], table[20:]]) == table
+    assert Table.from_events(VideoEvent, rows) == table
+    assert table == rows
+    with pytest.raises(IndexError):
+        table[50]
+
+
+def test_a_literal_field_is_coded_in_the_order_it_is_declared() -> None:
+    schema = schema_of(VideoEvent)
+    assert schema is not None
+    assert schema.fields[0].categories == VIDEO_KINDS  # msgspec's inspection sorts them
+    table = video_events(500)
+    for code, kind in enumerate(VIDEO_KINDS):
+        chosen = np.flatnonzero(table.columns["kind"] == code)
+        assert {table[int(i)].kind for i in chosen} <= {kind}
+
+
+def test_the_kinds_of_a_table_are_counted_by_field_or_by_type() -> None:
+    table = video_events(300)
+    expected: dict[str, int] = {}
+    for event in table:
+        expected[event.kind] = expected.get(event.kind, 0) + 1
+    assert table.kind_counts() == expected
+    clicks = Ugc(UgcParams(), 7, "f", 0).generate(200, 0.0, 0.01)["click"]
+    assert clicks.kind_counts() == {"click": len(clicks)}
+
+
+def test_types_that_cannot_be_tables_are_said_so() -> None:
+    class Loose(msgspec.Struct):
+        tags: list[str]
+
+    assert schema_of(Loose) is None
+    assert schema_of(dict) is None
+    with pytest.raises(TypeError, match="cannot be a table"):
+        Table(Loose, {"tags": np.array([])})
+    with pytest.raises(ValueError, match="one column per field of equal length"):
+        Table(Click, {"user_id": np.zeros(2, dtype=np.int64)})
+
+
+# -- the encoded form ----------------------------------------------------------------------------
+
+
+def packed(table: Table) -> TableData:
+    data = pack_values(table)
+    assert isinstance(data, TableData)
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(data), type=TableData)
+
+
+@pytest.mark.parametrize("stream", ["click", "page_view", "custom", "watch_progress"])
+def test_tables_of_every_event_type_survive_encoding(stream: str) -> None:
+    table = Ugc(UgcParams(), 7, "f", 0).generate(300, 0.0, 0.01)[stream]
+    types = WORKLOADS["ugc"].event_types[stream]
+    assert unpack_values(packed(table), types) == table
+    keys = table.columns["user_id"]
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(pack_array(keys)))
+    assert np.array_equal(unpack_array(wire, "<i8"), keys)
+
+
+def forged(table: Table, field: str, column: Any) -> TableData:
+    data = packed(table)
+    index = table.schema.names.index(field)
+    columns = list(data.columns)
+    columns[index] = column
+    return TableData(data.type, data.length, columns)
+
+
+BAD_TABLES = {
+    "negative count": (
+        lambda t: forged(t, "user_id", np.full(len(t), -1, dtype="<i8").tobytes()),
+        "field user_id: values must be >= 0",
+    ),
+    "kind out of range": (
+        lambda t: forged(t, "kind", np.full(len(t), 9, dtype="u1").tobytes()),
+        "field kind: a code is not one of 5 values",
+    ),
+    "infinite time": (
+        lambda t: forged(t, "timestamp", np.full(len(t), np.inf).tobytes()),
+        "field timestamp: a value is not a finite number",
+    ),
+    "short column": (
+        lambda t: forged(t, "seq", b"\x00" * 8),
+        "field seq: 8 bytes for 10 values of 8 bytes",
+    ),
+    "strings for ints": (
+        lambda t: forged(t, "seq", ["a"] * len(t)),
+        "field seq: expected the bytes of an array",
+    ),
+    "another type": (
+        lambda t: TableData("click", len(t), packed(t).columns),
+        "values of type 'click' are not carried here",
+    ),
+    "too few columns": (
+        lambda t: TableData("video", len(t), packed(t).columns[:3]),
+        "a table of video needs 8 columns, got 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_a_forged_table_is_refused_with_the_field_named(case: str) -> None:
+    make, message = BAD_TABLES[case]
+    with pytest.raises(ValueError, match=message):
+        unpack_values(make(video_events(10)), (VideoEvent,))
+
+
+def test_a_checkpointed_ring_of_tables_restores_exactly_and_a_forged_one_is_damage() -> None:
+    topic = Topic("events", partitions=1, capacity=1000)
+    table = video_events(300)
+    partition = topic.partitions[0]
+    partition.send_nowait(Columns(table.columns["video_id"], table, table.columns["timestamp"]))
+    part = PartitionPart.of(partition.snapshot())
+    decoded = decode("partition", encode(part), VideoEvent)
+    assert isinstance(decoded, PartitionPart)
+    fresh = Topic("events", partitions=1, capacity=1000)
+    PartitionContents(fresh.partitions[0], "events", VideoEvent).restore(decoded)
+    batch = fresh.partitions[0].read(0, 1000)
+    assert batch is not None
+    assert batch.values == table
+    assert np.array_equal(batch.keys, table.columns["video_id"])
+    wrong = decode("partition", encode(part), Click)
+    assert isinstance(wrong, PartitionPart)
+    with pytest.raises(DamagedEpoch, match="not carried here"), restoring("partition", "events/0"):
+        PartitionContents(Topic("events").partitions[0], "events", Click).restore(wrong)
+
+
+# -- partitioning ----------------------------------------------------------------------------------
+
+
+@given(
+    keys=st.lists(st.integers(-(2**40), 2**40) | st.integers(0, 5000), min_size=1, max_size=300),
+    partitions=st.integers(1, 9),
+)
+@settings(max_examples=60, deadline=None)
+def test_an_array_of_keys_lands_where_each_key_would(keys: list[int], partitions: int) -> None:
+    vectorized = Partitioner(partitions).partition_array(np.array(keys, dtype=np.int64))
+    one_by_one = Partitioner(partitions)
+    assert vectorized.tolist() == [one_by_one.partition_for(key) for key in keys]
+
+
+@given(count=st.integers(0, 400), partitions=st.integers(1, 6))
+@settings(max_examples=30, deadline=None)
+def test_a_table_splits_as_its_events_would(count: int, partitions: int) -> None:
+    table = video_events(count)
+    topic = Topic("t", partitions=partitions)
+    parts = topic.split(Columns(table.columns["video_id"], table, table.columns["timestamp"]))
+    rows = table.rows()
+    as_lists = topic.split(Columns([e.video_id for e in rows], rows, [e.timestamp for e in rows]))
+    assert parts == as_lists
+
+
+# -- workloads and processors -------------------------------------------------------------
+
+
+@given(chunks=st.lists(st.integers(0, 3000), min_size=1, max_size=8))
+@settings(max_examples=25, deadline=None)
+def test_events_depend_on_their_numbers_only_not_on_the_chunks(chunks: list[int]) -> None:
+    whole = VideoSite(VideoSiteParams(), 3, "site", 1).generate(sum(chunks), 0.0, 0.01)["events"]
+    site = VideoSite(VideoSiteParams(), 3, "site", 1)
+    done = 0
+    parts = []
+    for count in chunks:
+        parts.append(site.generate(count, done * 0.01, 0.01)["events"])
+        done += count
+    joined = Table.concat(parts)
+    for name in whole.schema.names:  # event times are start + i x interval of each call
+        if name != "timestamp":
+            assert np.array_equal(joined.columns[name], whole.columns[name]), name
+    assert np.allclose(joined.columns["timestamp"], whole.columns["timestamp"])
+    assert site.counts() == whole.kind_counts() | {
+        k: 0 for k in VIDEO_KINDS if k not in whole.kind_counts()
+    }
+
+
+REFERENCES = {
+    "video_stats": (lambda: VideoStats(NoParams()), lambda: ReferenceVideoStats()),
+    "blogger_analytics": (
+        lambda: BloggerAnalytics(BloggerAnalyticsParams(window=0.5, top=4)),
+        lambda: ReferenceBloggerAnalytics(BloggerAnalyticsParams(window=0.5, top=4)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@given(sizes=st.lists(st.integers(1, 700), min_size=1, max_size=10), seed=st.integers(0, 99))
+@settings(max_examples=20, deadline=None)
+def test_columnar_processors_give_the_per_event_aggregates(
+    name: str, sizes: list[int], seed: int
+) -> None:
+    columnar, reference = (make() for make in REFERENCES[name])
+    site = VideoSite(VideoSiteParams(videos=300, bloggers=6), seed, "site", 0)
+    done = 0
+    for size in sizes:
+        table = site.generate(size, done * 0.004, 0.004)["events"]
+        done += size
+        columnar.process_columns(table)
+        reference.process(table.rows())
+    assert columnar.result() == reference.result()
+    assert columnar.totals() == reference.totals()
+
+
+@given(sizes=st.lists(st.integers(1, 400), min_size=1, max_size=10), seed=st.integers(0, 99))
+@settings(max_examples=20, deadline=None)
+def test_ugc_counters_on_tables_give_the_per_event_counts(sizes: list[int], seed: int) -> None:
+    columnar = PROCESSORS["ugc_counters"].make(NoParams())
+    reference = ReferenceUgcCounters()
+    ugc = Ugc(UgcParams(pages=40, movies=30), seed, "f", 0)
+    for size in sizes:
+        for table in ugc.generate(size, 0.0, 0.01).values():
+            columnar.process_columns(table)  # type: ignore[attr-defined]
+            reference.process(table.rows())
+    assert columnar.result() == reference.result()
+
+
+def test_ids_beyond_the_arrays_are_counted_one_by_one() -> None:
+    far = VideoEvent("like", 1, 2**40, 3, 0.5, 0, 0, 0)
+    near = VideoEvent("view", 1, 5, 2, 0.5, 0, 0, 1)
+    stats, reference = VideoStats(NoParams()), ReferenceVideoStats()
+    stats.process([near, far, far])
+    reference.process([near, far, far])
+    assert stats.result() == reference.result()
+    restored = VideoStats(NoParams())
+    restored.restore(stats.snapshot())
+    assert restored.result() == reference.result()
+
+
+# -- whole pipelines -----------------------------------------------------------------------
+
+
+def as_rows(workload: WorkloadType) -> WorkloadType:
+    """``workload`` handing over lists of events instead of tables (the per-event path)."""
+
+    class Rows:
+        def __init__(self, *args: Any) -> None:
+            self.inner = workload.make(*args)
+
+        def generate(self, count: int, start: float, interval: float) -> dict[str, list[Any]]:
+            made = self.inner.generate(count, start, interval)
+            return {stream: list(events) for stream, events in made.items()}
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    return attrs.evolve(workload, make=Rows)
+
+
+class EventsOnly:
+    """A processor written record by record: ``process`` only."""
+
+    def __init__(self, _params: NoParams) -> None:
+        self.inner = ReferenceVideoStats()
+        self.process = self.inner.process
+        self.result = self.inner.result
+        self.totals = self.inner.totals
+
+    def snapshot(self) -> Any:
+        raise NotImplementedError
+
+    def restore(self, state: Any) -> None:
+        raise NotImplementedError
+
+
+def registry(*, rows: bool = False, events_only: bool = False) -> Registry:
+    workloads = dict(WORKLOADS)
+    processors = dict(PROCESSORS)
+    if rows:
+        workloads = {name: as_rows(kind) for name, kind in workloads.items()}
+    if events_only:
+        processors["video_stats"] = attrs.evolve(PROCESSORS["video_stats"], make=EventsOnly)
+    return Registry(workloads, processors)
+
+
+def run(topology: Topology, kinds: Registry, events: int = 30_000) -> dict[str, Any]:
+    return run_pipeline(Pipeline.build(topology, kinds, events=events)).report.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("partitions", "instances"), [(4, 2), (1, 1), (3, 3)], ids=["4x2", "1x1", "3x3"]
+)
+def test_tables_and_lists_of_events_give_one_digest(partitions: int, instances: int) -> None:
+    topology = load_topology(EXAMPLES / "video-site.yaml")
+    topic = attrs.evolve(topology.topics["events"], partitions=partitions)
+    consumers = {
+        name: attrs.evolve(spec, instances=instances) for name, spec in topology.consumers.items()
+    }
+    topology = attrs.evolve(topology, topics={"events": topic}, consumers=consumers)
+    columnar = run(topology, REGISTRY)
+    per_event = run(topology, registry(rows=True))
+    assert columnar["expect_ok"]
+    assert per_event["expect_ok"]
+    assert columnar["digest"] == per_event["digest"]
+    assert columnar["aggregates"] == per_event["aggregates"]
+
+
+def test_the_ugc_example_gives_one_digest_on_tables_and_lists() -> None:
+    topology = load_topology(EXAMPLES / "ugc.yaml")
+    columnar = run(topology, REGISTRY, events=20_000)
+    per_event = run(topology, registry(rows=True), events=20_000)
+    assert columnar["expect_ok"]
+    assert per_event["expect_ok"]
+    assert columnar["digest"] == per_event["digest"]
+
+
+def test_a_processor_with_only_process_events_still_works() -> None:
+    topology = load_topology(EXAMPLES / "video-site.yaml")
+    report = run(topology, registry(events_only=True))
+    assert report["expect_ok"]
+    assert report["aggregates"] == run(topology, REGISTRY)["aggregates"]
+
+
+def test_the_plain_loop_computes_the_run_s_aggregates() -> None:
+    from sim.baseline import plain_loop
+
+    topology = load_topology(EXAMPLES / "video-site.yaml")
+    loop = plain_loop(Pipeline.build(topology, REGISTRY, events=30_000))
+    assert digest(loop["aggregates"]) == run(topology, REGISTRY)["digest"]
+    assert loop["events"] == 30_000
+
+
+def test_a_processor_type_names_a_state_of_the_columnar_layout() -> None:
+    kind: ProcessorType = PROCESSORS["blogger_analytics"]
+    assert kind.state_type.__struct_config__.tag == 2
