@@ -101,6 +101,8 @@ class BloggerAnalyticsState(State, frozen=True, tag=2):
             raise ValueError("views of a row the table does not have")
 
 
+DENSE_BLOGGERS = 1 << 16
+"""Bloggers below this find their row of a window in a table; others through a sort."""
 PENDING_VIEWS = 1 << 20
 """Views noted before they are merged into the counts per (row, video)."""
 
@@ -130,6 +132,9 @@ class BloggerAnalytics:
         self._far: dict[tuple[int, int], int] = {}
         """Views of videos whose ids do not fit in 32 bits, per (row, video)."""
         self._latest = 0
+        self._window_rows: dict[int, Array] = {}
+        """Per window index, the row of each blogger (-1: none yet), for bloggers below
+        :data:`DENSE_BLOGGERS`."""
 
     def process(self, events: Sequence[Any]) -> None:
         """Fold each event into its blogger's window."""
@@ -142,28 +147,44 @@ class BloggerAnalytics:
             self._keys.append(pair)
         return row
 
-    def _groups(self, blogger: Array, index: Array) -> tuple[Array, Array]:
-        """The rows of the (blogger, window) pairs present, and each event's group: its
-        pair's position among them."""
+    def _rows_in(self, window: int, blogger: Array, most: int) -> Array:
+        """The row of each event of one window: looked up by blogger in the window's table
+        (-1 where a blogger has no row yet in it)."""
+        table = self._window_rows.get(window)
+        if table is None or most >= len(table):
+            grown_table = np.full(max(most + 1, 16), -1, dtype=np.int64)
+            if table is not None:
+                grown_table[: len(table)] = table
+            table = self._window_rows[window] = grown_table
+        rows = table[blogger]
+        missing = rows < 0
+        if missing.any():
+            for who in np.unique(blogger[missing]).tolist():
+                table[who] = self._row((who, window))
+            self._counts = grown(self._counts, len(self._keys))
+            rows = table[blogger]
+        return rows
+
+    def _rows_of(self, blogger: Array, index: Array) -> Array:
+        """The row of each event's (blogger, window) pair, made for pairs not seen before."""
         low, high, most = int(index.min()), int(index.max()), int(blogger.max())
-        span = (high - low + 1) * (most + 1)
-        if low >= 0 and span <= 1 << 16:
-            # Few windows and bloggers (the usual case): group by a small dense code.
-            code = (index - low) * (most + 1) + blogger
-            present = np.flatnonzero(np.bincount(code, minlength=span))
-            position = np.empty(span, dtype=np.int64)
-            position[present] = np.arange(len(present))
-            group = position[code]
-            windows, bloggers = np.divmod(present, most + 1)
-            pairs = zip(bloggers.tolist(), (windows + low).tolist(), strict=True)
-        else:
-            stacked = np.stack([blogger, index], axis=1)
-            unique, group = np.unique(stacked, axis=0, return_inverse=True)
-            group = group.reshape(-1)
-            pairs = zip(unique[:, 0].tolist(), unique[:, 1].tolist(), strict=True)
-        rows = np.array([self._row(pair) for pair in pairs], dtype=np.int64)
+        if low >= 0 and most < DENSE_BLOGGERS and high - low < 4:
+            # The usual case: a window or two, bloggers by table.
+            if low == high:
+                return self._rows_in(low, blogger, most)
+            rows: Array = np.empty(len(blogger), dtype=np.int64)
+            for window in range(low, high + 1):
+                here = index == window
+                if here.any():
+                    rows[here] = self._rows_in(window, blogger[here], most)
+            return rows
+        stacked = np.stack([blogger, index], axis=1)
+        unique, group = np.unique(stacked, axis=0, return_inverse=True)
+        pairs = zip(unique[:, 0].tolist(), unique[:, 1].tolist(), strict=True)
+        found = np.array([self._row(pair) for pair in pairs], dtype=np.int64)
         self._counts = grown(self._counts, len(self._keys))
-        return rows, group
+        each: Array = found[group.reshape(-1)]
+        return each
 
     def process_columns(self, table: Table) -> None:
         """Fold a table of events into their bloggers' windows."""
@@ -172,17 +193,21 @@ class BloggerAnalytics:
         columns = table.columns
         index = np.floor_divide(columns["timestamp"], self.params.window).astype(np.int64)
         kind = columns["kind"]
-        rows, group = self._groups(columns["blogger_id"], index)
-        size = len(rows)
-        counts = np.bincount(group * 5 + kind, minlength=size * 5).reshape(size, 5)
-        watched = kind == _WATCH
-        spent = np.zeros(size, dtype=np.int64)
-        np.add.at(spent, group[watched], columns["watch_ms"][watched])
-        self._counts[rows, :5] += counts
-        self._counts[rows, _WATCH_MS] += spent
+        rows = self._rows_of(columns["blogger_id"], index)
+        # Rows of one batch are few and close together: count them in a slice of the table.
+        first = int(rows.min())
+        local = rows - first
+        span = int(local.max()) + 1
+        counts = np.bincount(local * 5 + kind, minlength=span * 5).reshape(span, 5)
+        spent = np.bincount(
+            local, weights=np.where(kind == _WATCH, columns["watch_ms"], 0), minlength=span
+        )
+        block = self._counts[first : first + span]
+        block[:, :5] += counts
+        block[:, _WATCH_MS] += spent.astype(np.int64)  # exact: a batch sums below 2^53
         viewed = kind == _VIEW
         if viewed.any():
-            self._note_views(rows[group[viewed]], columns["video_id"][viewed])
+            self._note_views(rows[viewed], columns["video_id"][viewed])
         self._latest = max(self._latest, int(index.max()))
 
     def _note_views(self, row: Array, video: Array) -> None:
