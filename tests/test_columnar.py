@@ -390,3 +390,22 @@ def test_the_plain_loop_computes_the_run_s_aggregates() -> None:
 def test_a_processor_type_names_a_state_of_the_columnar_layout() -> None:
     kind: ProcessorType = PROCESSORS["blogger_analytics"]
     assert kind.state_type.__struct_config__.tag == 2
+
+
+def test_frames_carry_tables_as_typed_buffers_both_ways() -> None:
+    from actors import RecordBatch, batch_frame, decoder, frame_columns
+    from actors.wire import delivery_frame
+
+    table = video_events(400)
+    columns = Columns(table.columns["video_id"], table, table.columns["timestamp"])
+    data = batch_frame(0, 17, columns)
+    assert len(data) < 400 * 80  # a key, a time and eight fields: 73 bytes an event, no more
+    frame = decoder(VideoEvent).decode(data)
+    got = frame_columns(frame, VideoEvent)
+    assert isinstance(got.values, Table)
+    assert got == columns
+    stored = RecordBatch("events", 0, 5, columns.keys, table, columns.timestamps)
+    delivered = frame_columns(decoder(VideoEvent).decode(delivery_frame(stored)), VideoEvent)
+    assert delivered == columns
+    with pytest.raises(ValueError, match="batch: values of type 'video' are not carried here"):
+        frame_columns(decoder(Click).decode(data), Click)
