@@ -409,3 +409,28 @@ def test_frames_carry_tables_as_typed_buffers_both_ways() -> None:
     assert delivered == columns
     with pytest.raises(ValueError, match="batch: values of type 'video' are not carried here"):
         frame_columns(decoder(Click).decode(data), Click)
+
+
+def test_where_keys_were_seen_survives_an_epoch_as_a_table_of_two_bytes_a_key() -> None:
+    from actors import RecordBatch
+    from topology.snapshot import ConsumerTallyPart
+    from topology.tally import ConsumerTally
+
+    table = video_events(200)
+    rows = table.rows()
+    tally = ConsumerTally("c", ("events",), 1, True)
+    tally.observe(
+        "events",
+        RecordBatch("events", 0, 0, table.columns["video_id"], table, table.columns["timestamp"]),
+        1.0,
+    )
+    part = tally.capture()
+    assert len(part.key_table["events"]) == 2 * (int(table.columns["video_id"].max()) + 1)
+    decoded = decode("consumer", encode(part))
+    assert isinstance(decoded, ConsumerTallyPart)
+    restored = ConsumerTally("c", ("events",), 1, True)
+    restored.restore(decoded)
+    moved = msgspec.structs.replace(rows[0], seq=10_000)
+    restored.observe("events", RecordBatch("events", 1, 0, [moved.video_id], [moved], [1.0]), 2.0)
+    assert restored.order_violations == 1
+    assert f"key {moved.video_id}: seen in partitions 0 and 1" in str(restored.first_violation)

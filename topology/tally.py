@@ -22,7 +22,8 @@ LATENCY_SAMPLE_EVERY = 8
 LATENCY_RESOLUTION = 10_000
 """Latency histogram buckets per second (0.1 ms)."""
 DENSE_KEYS = 1 << 22
-"""Int keys below this are checked for their partition in an array rather than a dict."""
+"""Int keys below this are checked for their partition in an array indexed by key (two bytes
+a key, -1 where not seen) rather than a dict; an epoch keeps the array as bytes."""
 
 _SEQ = operator.attrgetter("seq")
 _SOURCE = operator.attrgetter("source")
@@ -239,7 +240,7 @@ class ConsumerTally:
     def _check_keys(self, topic: str, batch: RecordBatch) -> None:
         seen = self._key_partition[topic]
         partition = batch.partition
-        keys = batch.keys
+        keys: Any = batch.keys
         if isinstance(keys, np.ndarray):
             if not len(keys):
                 return
@@ -247,7 +248,12 @@ class ConsumerTally:
                 self._check_dense_keys(topic, keys, partition)
                 return
             keys = np.unique(keys).tolist()
-        for key in set(keys):
+        distinct = set(keys)
+        small = [k for k in distinct if type(k) is int and 0 <= k < DENSE_KEYS]
+        if small:  # int keys go to the array whatever form their batch had
+            self._check_dense_keys(topic, np.array(small, dtype=np.int64), partition)
+            distinct.difference_update(small)
+        for key in distinct:
             if key is None:  # spread round robin: no key, so no per-key order to keep
                 continue
             where = seen.setdefault(key, partition)
@@ -262,7 +268,8 @@ class ConsumerTally:
         dense = self._dense.get(topic)
         high = int(keys.max())
         if dense is None or high >= len(dense):
-            grown = np.full(max(high + 1, 1024, 0 if dense is None else 2 * len(dense)), -1)
+            size = max(high + 1, 1024, 0 if dense is None else 2 * len(dense))
+            grown = np.full(min(size, DENSE_KEYS), -1, dtype=np.int16)
             if dense is not None:
                 grown[: len(dense)] = dense
             dense = self._dense[topic] = grown
@@ -307,7 +314,8 @@ class ConsumerTally:
             strangers=dict(self.strangers),
             latency=list(self.latency.items()),
             last_seq=[(t, p, list(last)) for (t, p), last in self._last_seq.items()],
-            key_partition={t: self._key_pairs(t) for t in self._key_partition},
+            key_partition={t: list(keys.items()) for t, keys in self._key_partition.items()},
+            key_table={t: self._key_table(t) for t in self._dense},
         )
 
     def restore(self, state: ConsumerTallyPart) -> None:
@@ -321,14 +329,18 @@ class ConsumerTally:
         self._last_seq = {(t, p): list(last) for t, p, last in state.last_seq}
         self._key_partition = {t: dict(pairs) for t, pairs in state.key_partition.items()}
         self._dense = {}
+        for topic, table in state.key_table.items():
+            if len(table) % 2 or len(table) // 2 > DENSE_KEYS:
+                raise ValueError(f"the key table of topic {topic!r} is not one")
+            self._dense[topic] = np.frombuffer(table, dtype="<i2").copy()
 
-    def _key_pairs(self, topic: str) -> list[tuple[Any, int]]:
-        pairs = list(self._key_partition[topic].items())
-        dense = self._dense.get(topic)
-        if dense is not None:
-            keys = np.flatnonzero(dense >= 0)
-            pairs.extend(zip(keys.tolist(), dense[keys].tolist(), strict=True))
-        return pairs
+    def _key_table(self, topic: str) -> bytes:
+        # Up to the last key seen: the rest of the array says nothing.
+        dense = self._dense[topic]
+        seen = np.flatnonzero(dense >= 0)
+        end = int(seen[-1]) + 1 if len(seen) else 0
+        table: bytes = dense[:end].astype("<i2").tobytes()
+        return table
 
 
 @attrs.frozen
