@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
 import trio
@@ -386,6 +387,30 @@ def make_client(url: str) -> Any:
         ValueError: ``url`` is not a Redis URL (the message does not show a password).
     """
     try:
-        return aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5)
+        client = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5)
     except ValueError as exc:
         raise ValueError(f"{redact(url)} is not a Redis URL: {exc}") from None
+    pool = client.connection_pool
+    pool.connection_class = _packing_quickly(pool.connection_class)
+    return client
+
+
+_PLAIN = (bytes, str, int)
+
+
+def _packing_quickly(connection: Any) -> Any:
+    """``connection`` packing a command of bytes, strings and ints in one call to hiredis.
+
+    redis-py encodes each argument in Python before packing: a log entry has some twenty,
+    and that was about half of the logger's own time in a run. hiredis encodes a string as
+    UTF-8 and an int as its decimal digits, as redis-py does; any other argument (a float)
+    takes redis-py's own path.
+    """
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        if all(type(arg) in _PLAIN for arg in args):
+            return [hiredis.pack_command(args)]
+        packed: list[bytes] = connection.pack_command(self, *args)
+        return packed
+
+    return type(connection.__name__, (connection,), {"pack_command": pack_command})
