@@ -262,3 +262,18 @@ def test_a_malformed_url_is_reported_without_its_password(tmp_path: Path) -> Non
     assert "redis://user:***@" in reason or "not a Redis URL" in reason
     assert "Se-cret" not in reason
     assert report["status"] == "completed"
+
+
+def test_the_quick_packer_packs_as_redis_py_does() -> None:
+    from actors.redislog import make_client
+
+    client = make_client("redis://127.0.0.1:1/0")
+    pool = client.connection_pool
+    quick = pool.make_connection()
+    plain = type(quick).__mro__[1](**pool.connection_kwargs)
+    for args in [
+        ("XADD", "ringflow:run:é", "MAXLEN", "~", 100000, "5-1", "topic", "events", "offset", 7),
+        ("HSET", b"key", "n", -3, "x", 2**62),
+        ("HSET", "key", "at", 1.5, "v", 0.1 + 0.2),  # floats: redis-py's own path
+    ]:
+        assert b"".join(quick.pack_command(*args)) == b"".join(plain.pack_command(*args))
