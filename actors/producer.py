@@ -58,57 +58,60 @@ class ProducerStatistics:
 
 @attrs.define(eq=False)
 class _Buffer:
-    # Records waiting for one partition, as the chunks they came in: whole columns (lists,
-    # or arrays and tables) are joined only when a batch is taken, in the form they share.
+    # Records waiting for one partition: whole columns as the chunks they came in (lists, or
+    # arrays and tables, joined only when a batch is taken, in the form they share), then the
+    # records added one by one, in three lists as before there were chunks.
     chunks: list[Columns] = attrs.field(factory=list)
+    keys: list[Key] = attrs.field(factory=list)
+    values: list[Any] = attrs.field(factory=list)
+    timestamps: list[float] = attrs.field(factory=list)
     count: int = 0
     oldest: float = math.inf
     lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
-    _open: Columns | None = None
-    """The last chunk, when it is one :meth:`append` adds records to one by one."""
 
     def append(self, key: Key, value: Any, timestamp: float) -> None:
-        chunk = self._open
-        if chunk is None:
-            chunk = self._open = Columns([], [], [])
-            self.chunks.append(chunk)
-        keys: Any = chunk.keys
-        values: Any = chunk.values
-        stamps: Any = chunk.timestamps
-        keys.append(key)
-        values.append(value)
-        stamps.append(timestamp)
+        self.keys.append(key)
+        self.values.append(value)
+        self.timestamps.append(timestamp)
         self.count += 1
 
     def extend(self, columns: Columns) -> None:
+        if self.keys:
+            self._close()
         self.chunks.append(columns)
         self.count += len(columns)
-        self._open = None
+
+    def _close(self) -> None:
+        # The records added one by one become a chunk, so what comes next goes after them.
+        self.chunks.append(Columns(self.keys, self.values, self.timestamps))
+        self.keys, self.values, self.timestamps = [], [], []
 
     def take(self, count: int) -> Columns:
-        taken: list[Columns] = []
+        self.count -= count
+        if not self.chunks:  # records added one by one only
+            taken = Columns(self.keys[:count], self.values[:count], self.timestamps[:count])
+            del self.keys[:count], self.values[:count], self.timestamps[:count]
+            return taken
+        if self.keys:
+            self._close()
+        parts: list[Columns] = []
         wanted = count
         while wanted:
             chunk = self.chunks[0]
             size = len(chunk)
             if size <= wanted:
-                taken.append(self.chunks.pop(0))
+                parts.append(self.chunks.pop(0))
                 wanted -= size
-                if chunk is self._open:
-                    self._open = None
             else:
-                taken.append(_slice(chunk, 0, wanted))
+                parts.append(_slice(chunk, 0, wanted))
                 self.chunks[0] = _slice(chunk, wanted, size)
-                if chunk is self._open:
-                    self._open = None
                 wanted = 0
-        self.count -= count
-        if len(taken) == 1:
-            return taken[0]
+        if len(parts) == 1:
+            return parts[0]
         return Columns(
-            concat([c.keys for c in taken]),
-            concat([c.values for c in taken]),
-            concat([c.timestamps for c in taken]),
+            concat([c.keys for c in parts]),
+            concat([c.values for c in parts]),
+            concat([c.timestamps for c in parts]),
         )
 
     def put_back(self, batch: Columns) -> None:
