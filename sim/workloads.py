@@ -498,7 +498,7 @@ _UGC_TYPES: dict[str, type[msgspec.Struct]] = {
 WORKLOADS: dict[str, WorkloadType] = {
     "video_site": WorkloadType(
         name="video_site",
-        description="views, likes, dislikes, comments and watches on a video site (seed 000)",
+        description="views, likes, dislikes, comments and watches on a video site",
         params=VideoSiteParams,
         streams=("events",),
         make=VideoSite,

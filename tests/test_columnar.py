@@ -413,8 +413,8 @@ def test_frames_carry_tables_as_typed_buffers_both_ways() -> None:
 
 def test_where_keys_were_seen_survives_an_epoch_as_a_table_of_two_bytes_a_key() -> None:
     from actors import RecordBatch
+    from topology import ConsumerTally
     from topology.snapshot import ConsumerTallyPart
-    from topology.tally import ConsumerTally
 
     table = video_events(200)
     rows = table.rows()
@@ -434,3 +434,12 @@ def test_where_keys_were_seen_survives_an_epoch_as_a_table_of_two_bytes_a_key() 
     restored.observe("events", RecordBatch("events", 1, 0, [moved.video_id], [moved], [1.0]), 2.0)
     assert restored.order_violations == 1
     assert f"key {moved.video_id}: seen in partitions 0 and 1" in str(restored.first_violation)
+
+
+def test_the_processor_of_the_docs_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "processors.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/processors.md", "exec"), {"__name__": "docs_example"})
+    ok, views = capsys.readouterr().out.split()
+    assert ok == "True"
+    assert 100_000 < int(views) < 140_000  # 60% of 200,000 events are views

@@ -265,7 +265,7 @@ def test_a_malformed_url_is_reported_without_its_password(tmp_path: Path) -> Non
 
 
 def test_the_quick_packer_packs_as_redis_py_does() -> None:
-    from actors.redislog import make_client
+    from actors import make_client
 
     client = make_client("redis://127.0.0.1:1/0")
     pool = client.connection_pool
