@@ -103,18 +103,20 @@ def bench(args: argparse.Namespace) -> ExitCode:
         _headline_rows(table, result)
     if "video_run_events_per_s" in result:
         table.add_row(
-            f"video site, ringflow run, {result['video_events']:,} events",
+            f"video site, ringflow run, {result['video_events']:,} events, nothing else on "
+            "(in this process)",
             f"{result['video_run_events_per_s']:,.0f} events/s",
         )
         table.add_row(
-            "video site, plain Python loop, same events",
+            "video site, plain per-event Python loop, same events (in this process)",
             f"{result['plain_loop_events_per_s']:,.0f} events/s",
         )
         table.add_row("ratio run / plain loop", f"{result['video_ratio']:.2f}")
         table.add_row("same aggregates", "yes" if result["video_same_aggregates"] else "NO")
     if "checkpoint_cost" in result:
         table.add_row(
-            f"video site, an epoch every simulated second ({result['checkpoint_epochs']} epochs)",
+            "video site, an epoch every simulated second "
+            f"({_count(result['checkpoint_epochs'], 'epoch')})",
             f"{result['checkpoint_every_second_events_per_s']:,.0f} events/s",
         )
         table.add_row("checkpoint cost (1 - with / without)", f"{result['checkpoint_cost']:.1%}")
@@ -158,14 +160,18 @@ def bench(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
 def _headline_rows(table: Table, result: dict[str, Any]) -> None:
     events = f"{result['headline_events']:,} events"
     table.add_row(
-        f"video site, {events}, an epoch every second, every event logged",
+        f"video site, {events}, an epoch every second, every event logged (fresh process)",
         f"{result['video_site_events_per_s']:,.0f} events/s",
     )
     table.add_row(
-        "plain per-event Python loop, same events",
+        "plain per-event Python loop, same events (fresh process)",
         f"{result['headline_plain_loop_events_per_s']:,.0f} events/s",
     )
     table.add_row("ratio ringflow / plain loop", f"{result['headline_loop_ratio']:.2f}")
