@@ -73,6 +73,7 @@ from .supervisor import SupervisorStatistics as SupervisorStatistics
 from .supervisor import open_supervisor as open_supervisor
 from .table import Table as Table
 from .table import TableData as TableData
+from .table import all_finite as all_finite
 from .table import as_list as as_list
 from .table import pack_array as pack_array
 from .table import pack_values as pack_values

@@ -7,6 +7,7 @@ from typing import Any, TypeAlias
 
 import attrs
 import msgspec
+import numpy as np
 import numpy.typing as npt
 
 from .table import (
@@ -63,6 +64,30 @@ class StoredRecord(Record):
 
 _BY_VALUES = attrs.cmp_using(eq=same, require_same_type=False)
 """Columns compare by their values, whatever their forms (lists, arrays, tables)."""
+_INT64 = np.dtype("<i8")
+_FLOAT64 = np.dtype("<f8")
+
+
+def _keys(keys: Any) -> Any:
+    # An array of keys is int64, as partitioners, tallies and the encoded forms expect; other
+    # ints become int64 when they fit, anything else (strings, floats, numpy scalars) a list
+    # of Python objects.
+    if not isinstance(keys, np.ndarray) or keys.dtype == _INT64:
+        return keys
+    if keys.dtype.kind in "iu" and (
+        not len(keys) or (int(keys.min()) >= -(2**63) and int(keys.max()) < 2**63)
+    ):
+        return keys.astype(_INT64)
+    return keys.tolist()
+
+
+def _timestamps(stamps: Any) -> Any:
+    # An array of timestamps is float64; any other numbers are made so.
+    if not isinstance(stamps, np.ndarray) or stamps.dtype == _FLOAT64:
+        return stamps
+    if stamps.dtype.kind in "iuf":
+        return stamps.astype(_FLOAT64)
+    return stamps.tolist()
 
 
 @attrs.frozen
@@ -81,9 +106,9 @@ class Columns:
         timestamps: The records' timestamps.
     """
 
-    keys: Column = attrs.field(eq=_BY_VALUES)
+    keys: Column = attrs.field(eq=_BY_VALUES, converter=_keys)
     values: Sequence[Any] = attrs.field(eq=_BY_VALUES)
-    timestamps: Column = attrs.field(eq=_BY_VALUES)
+    timestamps: Column = attrs.field(eq=_BY_VALUES, converter=_timestamps)
 
     @classmethod
     def from_records(cls, records: Sequence[Record]) -> Columns:
@@ -119,9 +144,9 @@ class RecordBatch:
     topic: str
     partition: int
     base_offset: int
-    keys: Column = attrs.field(eq=_BY_VALUES)
+    keys: Column = attrs.field(eq=_BY_VALUES, converter=_keys)
     values: Sequence[Any] = attrs.field(eq=_BY_VALUES)
-    timestamps: Column = attrs.field(eq=_BY_VALUES)
+    timestamps: Column = attrs.field(eq=_BY_VALUES, converter=_timestamps)
 
     @classmethod
     def from_records(

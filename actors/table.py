@@ -339,7 +339,7 @@ def concat(parts: Sequence[Any]) -> Any:
     are arrays, one table when all are tables of one type, a list otherwise."""
     if len(parts) == 1:
         return parts[0]
-    if all(isinstance(part, np.ndarray) for part in parts):
+    if all(isinstance(part, np.ndarray) and part.dtype == parts[0].dtype for part in parts):
         return np.concatenate(parts)
     if all(isinstance(part, Table) for part in parts):
         first = parts[0]
@@ -406,9 +406,10 @@ def pack_values(values: Sequence[Any]) -> list[Any] | TableData:
 
 
 def pack_array(column: Any) -> list[Any] | bytes:
-    """The encodable form of keys or timestamps: the raw bytes of an array (int64 keys,
-    float64 timestamps), or a list."""
-    if isinstance(column, np.ndarray) and column.dtype.kind in "if":
+    """The encodable form of keys or timestamps: the raw bytes of an int64 array of keys or
+    a float64 array of timestamps (what :class:`~actors.record.Columns` makes of arrays), or
+    a list."""
+    if isinstance(column, np.ndarray) and column.dtype in (_DTYPES[INT], _DTYPES[FLOAT]):
         return np.ascontiguousarray(column).tobytes()
     return as_list(column)
 

@@ -99,23 +99,31 @@ def in_fresh_process(function: str, *args: Any) -> dict[str, Any]:
     return result
 
 
-def bytewax_interpreter(given: str | None) -> str | None:
-    """The interpreter to run Bytewax with: ``given``, or this one if it has Bytewax, or
-    the one named by ``RINGFLOW_BYTEWAX_PYTHON``; None when there is none."""
-    for candidate in (given, os.environ.get("RINGFLOW_BYTEWAX_PYTHON"), sys.executable):
-        if not candidate:
-            continue
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import bytewax, numpy"], capture_output=True, check=False
-            )
-        except OSError:  # no such interpreter
-            probe = None
-        if probe is not None and probe.returncode == 0:
-            return candidate
-        if candidate == given:
-            return None
-    return None
+def has_bytewax(python: str) -> bool:
+    """Whether ``python`` is a Python interpreter that imports Bytewax and numpy."""
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import bytewax, numpy; print('bytewax ok')"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):  # no such program, or not a Python
+        return False
+    return probe.returncode == 0 and probe.stdout.strip() == "bytewax ok"
+
+
+def bytewax_interpreter(given: str | None) -> tuple[str | None, str]:
+    """The interpreter to run Bytewax with, and what to say when there is none: ``given``
+    if it has Bytewax, else (when none is given) the one named by ``RINGFLOW_BYTEWAX_PYTHON``
+    or this one."""
+    if given:
+        return (given, "") if has_bytewax(given) else (None, f"no Bytewax in {given}")
+    for candidate in (os.environ.get("RINGFLOW_BYTEWAX_PYTHON"), sys.executable):
+        if candidate and has_bytewax(candidate):
+            return candidate, ""
+    return None, "not installed"
 
 
 def bytewax_run(python: str, events: int) -> dict[str, Any]:
@@ -125,9 +133,14 @@ def bytewax_run(python: str, events: int) -> dict[str, Any]:
     done = subprocess.run(
         [python, str(script), "--events", str(events)], capture_output=True, text=True
     )
+    said = (done.stdout + done.stderr).strip()[-500:]
     if done.returncode != 0:
-        return {"error": (done.stdout + done.stderr).strip()[-500:]}
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"error": said or f"exit {done.returncode}"}
+    try:
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        float(result["events_per_second"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return {"error": f"not the output of the benchmark: {said!r}"}
     return result
 
 
@@ -135,7 +148,7 @@ def headline(
     events: int, repeat: int, bytewax_python: str | None, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """The video site with checkpoints and logging on against the plain loop and Bytewax."""
-    python = bytewax_interpreter(bytewax_python)
+    python, missing = bytewax_interpreter(bytewax_python)
     runs: list[dict[str, Any]] = []
     loops: list[dict[str, Any]] = []
     bytewax: list[dict[str, Any]] = []
@@ -168,7 +181,7 @@ def headline(
             r["digest"] == loop["digest"] for r, loop in zip(runs, loops, strict=True)
         ),
         "bytewax_events_per_s": None,
-        "bytewax": "not installed" if python is None else None,
+        "bytewax": missing if python is None else None,
     }
     failed = [b["error"] for b in bytewax if "error" in b]
     if failed:

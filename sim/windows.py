@@ -101,8 +101,9 @@ class BloggerAnalyticsState(State, frozen=True, tag=2):
             raise ValueError("views of a row the table does not have")
 
 
-DENSE_BLOGGERS = 1 << 16
-"""Bloggers below this find their row of a window in a table; others through a sort."""
+DENSE_BLOGGERS = 1024
+"""Bloggers below this find their row of a window in a table (of at most this many entries
+per window); others through a sort."""
 PENDING_VIEWS = 1 << 20
 """Views noted before they are merged into the counts per (row, video)."""
 
@@ -152,7 +153,7 @@ class BloggerAnalytics:
         (-1 where a blogger has no row yet in it)."""
         table = self._window_rows.get(window)
         if table is None or most >= len(table):
-            grown_table = np.full(max(most + 1, 16), -1, dtype=np.int64)
+            grown_table = np.full(max(most + 1, 16), -1, dtype=np.int64)  # most < 1,024
             if table is not None:
                 grown_table[: len(table)] = table
             table = self._window_rows[window] = grown_table

@@ -43,7 +43,11 @@ Array = npt.NDArray[Any]
 # Constraints checked when events are decoded (from a gateway, a checkpoint): an event from a
 # bad client that would break a processor is refused at the door. Building one checks nothing,
 # so they cost the generators nothing.
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_IDS)]
+"""An id or a count: at most 2^53, so a table holds it in int64 and sums of a batch of them
+cannot overflow."""
+Milliseconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_WATCH_SECONDS * 1000)]
+"""Time watched or spent on a page: at most a day."""
 EventTime = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
 VideoKind = Literal["view", "like", "dislike", "comment", "watch"]
 
@@ -141,7 +145,7 @@ class VideoEvent(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="vi
     """The owner of the video."""
     timestamp: EventTime
     """Event time, in seconds of the run's clock."""
-    watch_ms: Count
+    watch_ms: Milliseconds
     """For ``watch``: milliseconds watched; 0 otherwise."""
     source: Count
     """The producer instance that generated it."""
@@ -338,7 +342,7 @@ class PageView(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="page
     kind: ClassVar[str] = "page_view"
     user_id: Count
     page: str
-    duration_ms: Count
+    duration_ms: Milliseconds
     timestamp: EventTime
     source: Count
     seq: Count

@@ -71,7 +71,7 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     assert result["video_site_epochs"] > 0
     assert result["video_site_logged_entries"] > 0
     assert result["video_site_peak_rss_mb"] > 0
-    assert result["bytewax"] == "not installed"
+    assert result["bytewax"] == "no Bytewax in /nonexistent/python"
     assert result["bytewax_events_per_s"] is None
     assert result["ugc_same_aggregates"] is True
     assert result["ugc_ratio"] == pytest.approx(
@@ -103,3 +103,12 @@ def test_every_bench_setting_is_an_option_with_the_settings_default() -> None:
         assert getattr(args, field.name) == getattr(defaults, field.name), field.name
     args = build_parser().parse_args(["bench", "--restore-records=7", "--tap-seconds=0.5"])
     assert (args.restore_records, args.tap_seconds) == (7, 0.5)
+
+
+@pytest.mark.parametrize("python", ["/bin/true", "/bin/false", "/nonexistent/python"])
+def test_an_interpreter_without_bytewax_is_said_so(python: str) -> None:
+    from sim.bench_versus import bytewax_interpreter, bytewax_run
+
+    assert bytewax_interpreter(python) == (None, f"no Bytewax in {python}")
+    if python == "/bin/true":  # says nothing: not the benchmark's output
+        assert "not the output of the benchmark" in bytewax_run(python, 10)["error"]

@@ -39,7 +39,7 @@ MODULE_LEVEL = {
         "producer": {"Destination", "Sink"},
         "redislog": {"execute_in_asyncio", "sleep_real"},
         "remote_topic": {"RemotePartition"},
-        "table": {"Field", "Schema", "all_finite", "concat", "same", "take"},
+        "table": {"Field", "Schema", "concat", "same", "take"},
         "wire": {
             "Batch",
             "Delivery",

@@ -40,6 +40,7 @@ from actors import (
     RemotePartitionState,
     RemoteTopicState,
     TableData,
+    all_finite,
     pack_array,
     pack_values,
     unpack_array,
@@ -122,13 +123,36 @@ class PartitionPart(Part, Generic[V], frozen=True, tag=1):
         Raises:
             ValueError: A batch's columns are not what they should be.
         """
+        if not 0 <= self.start_offset <= self.end_offset:
+            raise ValueError(f"offsets {self.start_offset} to {self.end_offset} are not a range")
+        if any(not 0 <= offset <= self.end_offset for offset in self.committed.values()):
+            raise ValueError(f"a group's commit lies beyond the end {self.end_offset}")
         batches = []
+        at = None
         for b in self.batches:
             columns = b.columns(value_type)
+            count = len(columns.values)
+            if not count or not count == len(columns.keys) == len(columns.timestamps):
+                raise ValueError(
+                    f"a batch of {len(columns.keys)} keys, {count} values and "
+                    f"{len(columns.timestamps)} timestamps"
+                )
+            if not all_finite(columns.timestamps):
+                raise ValueError("a timestamp is not a finite number")
+            if at is not None and b.base_offset != at:
+                raise ValueError(
+                    f"a batch starts at {b.base_offset}, not {at} where the last ended"
+                )
+            at = b.base_offset + count
             batches.append(
                 RecordBatch(
                     topic, index, b.base_offset, columns.keys, columns.values, columns.timestamps
                 )
+            )
+        if batches and (at != self.end_offset or batches[0].base_offset > self.start_offset):
+            raise ValueError(
+                f"the batches hold offsets {batches[0].base_offset} to {at}, not the records "
+                f"from {self.start_offset} to {self.end_offset}"
             )
         return PartitionState(
             self.start_offset,
