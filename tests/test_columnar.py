@@ -443,3 +443,71 @@ def test_the_processor_of_the_docs_runs_as_shown(capsys: pytest.CaptureFixture[s
     ok, views = capsys.readouterr().out.split()
     assert ok == "True"
     assert 100_000 < int(views) < 140_000  # 60% of 200,000 events are views
+
+
+def test_ids_beyond_2_to_the_53_are_refused_at_the_door() -> None:
+    from actors import batch_frame, decoder
+
+    big = VideoEvent("view", 2**63, 5, 2, 0.5, 0, 0, 0)
+    data = batch_frame(0, 0, Columns([5], [big], [0.5]))
+    with pytest.raises(msgspec.ValidationError, match=r"<= 9007199254740992"):
+        decoder(VideoEvent).decode(data)
+    table = Table.from_events(VideoEvent, [msgspec.structs.replace(big, user_id=1, watch_ms=2**62)])
+    with pytest.raises(ValueError, match=r"field watch_ms: values must be <= 8\.64e"):
+        unpack_values(packed(table), (VideoEvent,))
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (np.array([1, 2, 3], dtype=np.int32), [1, 2, 3]),
+        (np.array([1, 2, 3], dtype=">i8"), [1, 2, 3]),
+        (np.array([1, 2**64 - 1, 3], dtype=np.uint64), [1, 2**64 - 1, 3]),
+        (np.array(["a", "b", "c"]), ["a", "b", "c"]),
+    ],
+    ids=["int32", "big-endian", "uint64", "strings"],
+)
+def test_arrays_of_any_dtype_become_keys_every_path_reads_alike(
+    keys: Any, expected: list[Any]
+) -> None:
+    from actors import BatchCodec, RecordBatch
+
+    batch = RecordBatch("t", 0, 0, keys, [1, 2, 3], np.array([1, 2, 3], dtype=np.int32))
+    assert [r.key for r in batch.stored_records()] == expected
+    assert all(
+        type(r.key) is type(e) for r, e in zip(batch.stored_records(), expected, strict=True)
+    )
+    assert batch.record(1).timestamp == 2.0
+    decoded = BatchCodec().decode(BatchCodec().encode(batch))
+    assert [r.key for r in decoded.stored_records()] == expected
+    assert list(decoded.timestamps) == [1.0, 2.0, 3.0]
+
+
+def test_a_restored_partition_s_batches_must_add_up() -> None:
+    topic = Topic("events", partitions=1, capacity=1000)
+    table = video_events(30)
+    partition = topic.partitions[0]
+    for part in (table[:10], table[10:]):
+        partition.send_nowait(Columns(part.columns["video_id"], part, part.columns["timestamp"]))
+    good = PartitionPart.of(partition.snapshot())
+    first, second = good.batches
+    bad = {
+        "9 keys, 10 values": [msgspec.structs.replace(first, keys=first.keys[:-8]), second],
+        "starts at 11, not 10": [first, msgspec.structs.replace(second, base_offset=11)],
+        "offsets 0 to 10, not the records from 0 to 30": [first],
+    }
+    for message, batches in bad.items():
+        part = msgspec.structs.replace(good, batches=batches)
+        with pytest.raises(ValueError, match=message):
+            part.state("events", 0, VideoEvent)
+    assert len(good.state("events", 0, VideoEvent).batches) == 2
+
+
+def test_bloggers_of_large_ids_cost_no_table_per_window() -> None:
+    analytics = BloggerAnalytics(BloggerAnalyticsParams(window=1.0))
+    events = [VideoEvent("view", 1, 5, 65_535, float(i * 10), 0, 0, i) for i in range(50)]
+    analytics.process(events)
+    assert analytics._window_rows == {}
+    reference = ReferenceBloggerAnalytics(BloggerAnalyticsParams(window=1.0))
+    reference.process(events)
+    assert analytics.result() == reference.result()
