@@ -29,6 +29,19 @@ TAP_PARAMETERS = ("partition", "from", "hold", "token")
 
 _JSON = msgspec.json.Encoder()
 
+WHOLE_SEND_SECONDS = 5.0
+"""How long a tap message may take to send once begun, even while the node stops."""
+
+
+async def _send_whole(ws: WebSocketConnection, text: str) -> None:
+    # A send cut by a cancel (the node stopping) would leave part of the message on the wire,
+    # and the tap would read the close frame that follows as the rest of it (invalid UTF-8):
+    # a message once begun is finished, for a few seconds at most.
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + WHOLE_SEND_SECONDS
+        await ws.send_message(text)
+    await trio.lowlevel.checkpoint_if_cancelled()
+
 
 @attrs.frozen
 class TapEndpointStatistics:
@@ -127,7 +140,7 @@ class TapEndpoint:
                         "missed": retained - offset,
                     }
                     offsets[index] = retained
-                    await ws.send_message(_JSON.encode(message).decode())
+                    await _send_whole(ws, _JSON.encode(message).decode())
                     progressed = True
                     continue  # the ring may have moved on again while that was sent
                 batch = partition.read(offset, TAP_BATCH)
@@ -146,14 +159,14 @@ class TapEndpoint:
                     )
                 ]
                 message = {"type": "records", "topic": topic, "partition": index}
-                await ws.send_message(_JSON.encode({**message, "records": records}).decode())
+                await _send_whole(ws, _JSON.encode({**message, "records": records}).decode())
                 offsets[index] = batch.next_offset
                 if hold and batch.next_offset > partition.start_offset:
                     partition.commit(tap_group, batch.next_offset)
             if progressed:
                 continue
             if all(p.closed and offsets[p.index] >= p.end_offset for p in partitions):
-                await ws.send_message(_JSON.encode({"type": "end", "topic": topic}).decode())
+                await _send_whole(ws, _JSON.encode({"type": "end", "topic": topic}).decode())
                 return
             await lot.park()
 
