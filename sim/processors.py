@@ -30,8 +30,10 @@ from .aggregates import (
     _WATCH,
     _WATCH_MS,
     Array,
+    count_table,
     grown,
     same_lengths,
+    video_result,
 )
 from .reference import ReferenceUgcCounters
 from .windows import (
@@ -146,20 +148,7 @@ class VideoStats:
 
     def result(self) -> dict[str, Any]:
         """Every video seen, by id, with its counts."""
-        return {
-            "videos": {
-                str(video): {
-                    "blogger": s[6],
-                    "views": s[_VIEW],
-                    "likes": s[_LIKE],
-                    "dislikes": s[_DISLIKE],
-                    "comments": s[_COMMENT],
-                    "watches": s[_WATCH],
-                    "watch_seconds": s[_WATCH_MS] / 1000,
-                }
-                for video, s in self._rows()
-            }
-        }
+        return video_result(self._rows())
 
     def totals(self) -> dict[str, int]:
         """Events accounted for, per kind, summed over videos."""
@@ -188,21 +177,7 @@ class VideoStats:
         """Replace the state with a snapshot."""
         self.__init__(NoParams())  # type: ignore[misc]
         video = np.array(state.video, dtype=np.int64)
-        counts = (
-            np.array(
-                [
-                    state.views,
-                    state.likes,
-                    state.dislikes,
-                    state.comments,
-                    state.watches,
-                    state.watch_ms,
-                ],
-                dtype=np.int64,
-            )
-            .reshape(6, -1)
-            .T
-        )
+        counts = count_table(state)
         blogger = np.array(state.blogger, dtype=np.int64)
         near = video < DENSE_IDS
         size = int(video[near].max()) + 1 if near.any() else 0

@@ -11,14 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-_VIEW, _LIKE, _DISLIKE, _COMMENT, _WATCH, _WATCH_MS = range(6)
-_VIDEO_SLOT = {
-    "view": _VIEW,
-    "like": _LIKE,
-    "dislike": _DISLIKE,
-    "comment": _COMMENT,
-    "watch": _WATCH,
-}
+from .aggregates import _VIDEO_SLOT, _VIEW, _WATCH, _WATCH_MS, video_result, windows_result
 
 
 class ReferenceVideoStats:
@@ -40,20 +33,7 @@ class ReferenceVideoStats:
 
     def result(self) -> dict[str, Any]:
         """Every video seen, by id, with its counts."""
-        return {
-            "videos": {
-                str(video): {
-                    "blogger": s[6],
-                    "views": s[_VIEW],
-                    "likes": s[_LIKE],
-                    "dislikes": s[_DISLIKE],
-                    "comments": s[_COMMENT],
-                    "watches": s[_WATCH],
-                    "watch_seconds": s[_WATCH_MS] / 1000,
-                }
-                for video, s in sorted(self._videos.items())
-            }
-        }
+        return video_result(sorted(self._videos.items()))
 
     def totals(self) -> dict[str, int]:
         """Events accounted for, per kind, summed over videos."""
@@ -99,43 +79,9 @@ class ReferenceBloggerAnalytics:
                 latest = index
         self._latest = latest
 
-    def _window_summary(self, index: int, state: list[Any]) -> dict[str, Any]:
-        top = sorted(state[6].items(), key=lambda item: (-item[1], item[0]))[: self.params.top]
-        return {
-            "start": index * self.params.window,
-            "views": state[_VIEW],
-            "likes": state[_LIKE],
-            "dislikes": state[_DISLIKE],
-            "comments": state[_COMMENT],
-            "watch_seconds": state[_WATCH_MS] / 1000,
-            "top_videos": [[video, views] for video, views in top],
-        }
-
     def result(self) -> dict[str, Any]:
         """Every blogger seen: totals and every window in time order."""
-        bloggers: dict[str, Any] = {}
-        for (blogger, index), state in sorted(self._windows.items()):
-            entry = bloggers.setdefault(
-                str(blogger),
-                {
-                    "totals": dict.fromkeys(
-                        ("views", "likes", "dislikes", "comments", "watches", "watch_seconds"), 0
-                    ),
-                    "windows": [],
-                },
-            )
-            totals = entry["totals"]
-            for name, slot in (
-                ("views", _VIEW),
-                ("likes", _LIKE),
-                ("dislikes", _DISLIKE),
-                ("comments", _COMMENT),
-                ("watches", _WATCH),
-            ):
-                totals[name] += state[slot]
-            totals["watch_seconds"] = round(totals["watch_seconds"] + state[_WATCH_MS] / 1000, 3)
-            entry["windows"].append(self._window_summary(index, state))
-        return {"window_seconds": self.params.window, "bloggers": bloggers}
+        return windows_result(sorted(self._windows.items()), self.params.window, self.params.top)
 
     def totals(self) -> dict[str, int]:
         """Events accounted for, per kind, summed over bloggers and windows."""

@@ -21,8 +21,10 @@ from .aggregates import (
     _WATCH,
     _WATCH_MS,
     Array,
+    count_table,
     grown,
     same_lengths,
+    windows_result,
 )
 from .workloads import VideoEvent
 
@@ -249,43 +251,9 @@ class BloggerAnalytics:
         rows = zip(self._keys, counts, self._video_views(), strict=True)
         return sorted(((key, [*c, views]) for key, c, views in rows), key=lambda row: row[0])
 
-    def _window_summary(self, index: int, state: list[Any]) -> dict[str, Any]:
-        top = sorted(state[6].items(), key=lambda item: (-item[1], item[0]))[: self.params.top]
-        return {
-            "start": index * self.params.window,
-            "views": state[_VIEW],
-            "likes": state[_LIKE],
-            "dislikes": state[_DISLIKE],
-            "comments": state[_COMMENT],
-            "watch_seconds": state[_WATCH_MS] / 1000,
-            "top_videos": [[video, views] for video, views in top],
-        }
-
     def result(self) -> dict[str, Any]:
         """Every blogger seen: totals and every window in time order."""
-        bloggers: dict[str, Any] = {}
-        for (blogger, index), state in self._windows():
-            entry = bloggers.setdefault(
-                str(blogger),
-                {
-                    "totals": dict.fromkeys(
-                        ("views", "likes", "dislikes", "comments", "watches", "watch_seconds"), 0
-                    ),
-                    "windows": [],
-                },
-            )
-            totals = entry["totals"]
-            for name, slot in (
-                ("views", _VIEW),
-                ("likes", _LIKE),
-                ("dislikes", _DISLIKE),
-                ("comments", _COMMENT),
-                ("watches", _WATCH),
-            ):
-                totals[name] += state[slot]
-            totals["watch_seconds"] = round(totals["watch_seconds"] + state[_WATCH_MS] / 1000, 3)
-            entry["windows"].append(self._window_summary(index, state))
-        return {"window_seconds": self.params.window, "bloggers": bloggers}
+        return windows_result(self._windows(), self.params.window, self.params.top)
 
     def totals(self) -> dict[str, int]:
         """Events accounted for, per kind, summed over bloggers and windows."""
@@ -319,21 +287,7 @@ class BloggerAnalytics:
         self._latest = state.latest
         self._keys = list(zip(state.blogger, state.window, strict=True))
         self._row_of = {key: row for row, key in enumerate(self._keys)}
-        self._counts = (
-            np.array(
-                [
-                    state.views,
-                    state.likes,
-                    state.dislikes,
-                    state.comments,
-                    state.watches,
-                    state.watch_ms,
-                ],
-                dtype=np.int64,
-            )
-            .reshape(6, -1)
-            .T.copy()
-        )
+        self._counts = count_table(state)
         row = np.array(state.view_row, dtype=np.int64)
         video = np.array(state.view_video, dtype=np.int64)
         count = np.array(state.view_count, dtype=np.int64)
