@@ -37,6 +37,7 @@ from .partition import PartitionState as PartitionState
 from .partition import PartitionStatistics as PartitionStatistics
 from .partitioner import Partitioner as Partitioner
 from .partitioner import stable_hash as stable_hash
+from .partitioner import stable_hash_array as stable_hash_array
 from .producer import Producer as Producer
 from .producer import ProducerStatistics as ProducerStatistics
 from .producer import open_producer as open_producer

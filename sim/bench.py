@@ -27,7 +27,14 @@ from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 
 from .baseline import plain_loop
 from .bench_gateway import measure_gateway, measure_tap_latency
-from .bench_versus import example_topology, headline, peak_rss_mb, versus_loop
+from .bench_versus import (
+    UGC_AT_THROUGHPUT,
+    as_shipped,
+    example_topology,
+    headline,
+    peak_rss_mb,
+    versus_loop,
+)
 from .redis_logging import LogSettings
 from .redis_server import EmbeddedRedis
 from .report import LoggingReport, digest
@@ -62,8 +69,12 @@ class BenchSettings:
     headline_events: int = 10_000_000
     """Events of the video-site run with checkpoints and Redis logging on, compared with the
     plain loop and Bytewax over as many events, each in a fresh process (0 skips it)."""
-    ugc_events: int = 1_200_000
-    """Events of the UGC example run the same way against its plain loop (0 skips it)."""
+    ugc_events: int = 4_000_000
+    """Events of the UGC example run the same way against its plain loop, its producers at a
+    traffic where batches fill (``UGC_AT_THROUGHPUT``; 0 skips it)."""
+    ugc_shipped_events: int = 120_000
+    """Events of the UGC example as shipped, everything on: 1,000 a simulated second, batches
+    of a dozen events (0 skips it)."""
     bytewax_python: str | None = None
     """The Python interpreter that has Bytewax installed (None: this one, if it has)."""
 
@@ -415,7 +426,16 @@ def run_bench(
             headline(settings.headline_events, settings.repeat, settings.bytewax_python, progress)
         )
     if settings.ugc_events:
-        result.update(versus_loop("ugc.yaml", settings.ugc_events, settings.repeat, progress))
+        result.update(
+            versus_loop(
+                "ugc.yaml", settings.ugc_events, settings.repeat, progress, UGC_AT_THROUGHPUT
+            )
+        )
+    if settings.ugc_shipped_events:
+        result["ugc_shipped_events"] = settings.ugc_shipped_events
+        result["ugc_shipped_events_per_s"] = as_shipped(
+            "ugc.yaml", settings.ugc_shipped_events, settings.repeat, progress
+        )
     if settings.gateway_records:
         gateway_rates: list[float] = []
         raw_rates: list[float] = []

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 import topology
 
 from .baseline import plain_loop
@@ -44,11 +46,27 @@ def example_topology(name: str) -> Path:
     return Path(topology.__file__).parent / "examples" / name
 
 
-def full_run(example: str, events: int) -> dict[str, Any]:
+UGC_AT_THROUGHPUT: dict[str, Any] = {"rate": 100_000.0, "max_batch": 5000, "linger": 0.2}
+"""Producer settings that make the UGC example's batches fill: its file models the 1,000
+requests a second of its service, which makes batches of a dozen events."""
+
+
+def example_spec(example: str, producers: dict[str, Any] | None = None) -> topology.Topology:
+    """Load an example topology, with ``producers`` (fields of a producer: rate, linger...)
+    replaced in every producer."""
+    spec = load_topology(example_topology(example))
+    if producers:
+        changed = {name: attrs.evolve(p, **producers) for name, p in spec.producers.items()}
+        spec = attrs.evolve(spec, producers=changed)
+    return spec
+
+
+def full_run(example: str, events: int, producers: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run an example topology as users run it with everything on: an epoch every simulated
     second into a fresh state folder, and every event logged to an embedded Redis. Call it in
-    a fresh process (:func:`in_fresh_process`): it reports that process's peak RSS."""
-    spec = load_topology(example_topology(example))
+    a fresh process (:func:`in_fresh_process`): it reports that process's peak RSS.
+    ``producers`` replaces fields of every producer (see :func:`example_spec`)."""
+    spec = example_spec(example, producers)
     with tempfile.TemporaryDirectory() as folder:
         server = EmbeddedRedis.start(Path(folder))
         try:
@@ -73,9 +91,9 @@ def full_run(example: str, events: int) -> dict[str, Any]:
     }
 
 
-def loop_run(example: str, events: int) -> dict[str, Any]:
+def loop_run(example: str, events: int, producers: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the plain per-event loop over the events of an example (in a fresh process)."""
-    spec = load_topology(example_topology(example))
+    spec = example_spec(example, producers)
     with relaxed_gc():
         loop = plain_loop(topology.Pipeline.build(spec, REGISTRY, events=events))
     return {
@@ -198,9 +216,14 @@ def headline(
 
 
 def versus_loop(
-    example: str, events: int, repeat: int, progress: Callable[[str], None]
+    example: str,
+    events: int,
+    repeat: int,
+    progress: Callable[[str], None],
+    producers: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An example with everything on against its plain loop (the UGC one: ``ugc_*``)."""
+    """An example with everything on against its plain loop (the UGC one: ``ugc_*``), its
+    producers' fields replaced by ``producers``."""
     runs: list[dict[str, Any]] = []
     loops: list[dict[str, Any]] = []
     for round_ in range(1, repeat + 1):
@@ -208,8 +231,8 @@ def versus_loop(
             f"round {round_}/{repeat}: {example}, {events:,} events, checkpoints and logging "
             "on, and its plain loop (fresh processes)"
         )
-        runs.append(in_fresh_process("full_run", example, events))
-        loops.append(in_fresh_process("loop_run", example, events))
+        runs.append(in_fresh_process("full_run", example, events, producers))
+        loops.append(in_fresh_process("loop_run", example, events, producers))
     pairs = list(zip(runs, loops, strict=True))
     return {
         "ugc_events": runs[0]["events"],
@@ -217,4 +240,14 @@ def versus_loop(
         "ugc_plain_loop_events_per_s": statistics.median(r["events_per_s"] for r in loops),
         "ugc_ratio": statistics.median(r["events_per_s"] / lp["events_per_s"] for r, lp in pairs),
         "ugc_same_aggregates": all(r["digest"] == lp["digest"] for r, lp in pairs),
+        "ugc_peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
     }
+
+
+def as_shipped(example: str, events: int, repeat: int, progress: Callable[[str], None]) -> float:
+    """Events per second of an example exactly as its file says, everything on (median)."""
+    rates: list[float] = []
+    for round_ in range(1, repeat + 1):
+        progress(f"round {round_}/{repeat}: {example} as shipped, {events:,} events")
+        rates.append(in_fresh_process("full_run", example, events)["events_per_s"])
+    return statistics.median(rates)

@@ -6,6 +6,7 @@ import attrs
 import pytest
 
 from sim.bench import BenchSettings
+from sim.bench_versus import UGC_AT_THROUGHPUT, example_spec
 from sim.cli import build_parser, main
 
 
@@ -25,6 +26,7 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--tap-seconds=0.5",
             "--headline-events=20000",
             "--ugc-events=5000",
+            "--ugc-shipped-events=2000",
             "--bytewax=/nonexistent/python",
         ]
     )
@@ -77,6 +79,21 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     assert result["ugc_ratio"] == pytest.approx(
         result["ugc_events_per_s"] / result["ugc_plain_loop_events_per_s"]
     )
+    assert result["ugc_peak_rss_mb"] > 0
+    assert result["ugc_shipped_events"] == 2000
+    assert result["ugc_shipped_events_per_s"] > 0
+
+
+def test_the_ugc_example_at_throughput_makes_the_same_events_in_bigger_batches() -> None:
+    shipped = example_spec("ugc.yaml")
+    faster = example_spec("ugc.yaml", UGC_AT_THROUGHPUT)
+    for name, producer in faster.producers.items():
+        assert (producer.rate, producer.max_batch, producer.linger) == (100_000.0, 5000, 0.2)
+        assert attrs.evolve(producer, rate=1.0, max_batch=1, linger=0) == attrs.evolve(
+            shipped.producers[name], rate=1.0, max_batch=1, linger=0
+        )
+    assert faster.topics == shipped.topics
+    assert faster.consumers == shipped.consumers
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,9 @@ from sim.cli import main
 from sim.cli.summary import print_summary
 from sim.processors import BloggerAnalytics
 from sim.report import Report
-from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
+from sim.run import REGISTRY, open_checkpoints, run_pipeline
 from sim.workloads import VideoSite
+from tests.examples import small_batch_file, video_site_in_small_batches
 from tests.test_split import epochs_in
 from topology import (
     CheckpointError,
@@ -47,7 +48,7 @@ EVENTS = 60_000
 
 
 def topology() -> Topology:
-    return load_topology(EXAMPLES / "video-site.yaml")
+    return video_site_in_small_batches()
 
 
 def reference_digest(events: int = EVENTS) -> str:
@@ -508,7 +509,7 @@ def test_killed_processes_resume_to_the_same_digest(tmp_path: Path) -> None:
         "-m",
         "sim",
         "run",
-        str(EXAMPLES / "video-site.yaml"),
+        str(small_batch_file(tmp_path)),
         "--events",
         "600000",
         "--state",

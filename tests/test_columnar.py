@@ -27,6 +27,8 @@ from actors import (
     pack_array,
     pack_values,
     schema_of,
+    stable_hash,
+    stable_hash_array,
     unpack_array,
     unpack_values,
 )
@@ -206,6 +208,15 @@ def test_an_array_of_keys_lands_where_each_key_would(keys: list[int], partitions
     vectorized = Partitioner(partitions).partition_array(np.array(keys, dtype=np.int64))
     one_by_one = Partitioner(partitions)
     assert vectorized.tolist() == [one_by_one.partition_for(key) for key in keys]
+
+
+def test_the_hash_of_an_array_is_the_hash_of_each_key() -> None:
+    # Every length of decimal text a non-negative int64 can have, and its edges.
+    keys = [0, 1, 9, 10, 99, 100, 4_194_303, 4_194_304, 2**63 - 1]
+    keys += [10**n + d for n in range(1, 19) for d in (-1, 0, 1)]
+    keys += np.random.default_rng(5).integers(0, 2**63 - 1, 500).tolist()
+    hashed = stable_hash_array(np.array(keys, dtype=np.int64))
+    assert hashed.tolist() == [stable_hash(key) for key in keys]
 
 
 @given(count=st.integers(0, 400), partitions=st.integers(1, 6))

@@ -17,6 +17,7 @@ from sim.cli import main
 from sim.redis_logging import LoggingUnavailable, LogSettings
 from sim.redis_server import EmbeddedRedis
 from sim.run import REGISTRY, load_topology, run_pipeline
+from tests.examples import video_site_in_small_batches
 from topology import Pipeline
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
@@ -34,8 +35,7 @@ def client(server: EmbeddedRedis) -> Any:
 
 
 def logged_run(url: str, events: int = 30_000, **kwargs: Any) -> dict[str, Any]:
-    topology = load_topology(EXAMPLES / "video-site.yaml")
-    pipeline = Pipeline.build(topology, REGISTRY, events=events)
+    pipeline = Pipeline.build(video_site_in_small_batches(), REGISTRY, events=events)
     settings = LogSettings(
         url, "run-1", **{k: v for k, v in kwargs.items() if k in ("maxlen", "fail_if_unavailable")}
     )

@@ -41,6 +41,7 @@ from ..report import Report
 from ..run import REGISTRY, Run
 from .faults import Fault
 from .inject import FaultBox, FaultyStore, Fired, faulty_registry
+from .memory import held_records, memory_bound
 from .network import SimNetwork
 from .redis import SimRedis, execute_simulated
 
@@ -168,6 +169,8 @@ class Chaos:
     """The workloads and processors the topology may name."""
     sample_every: float = 0.01
     """Simulated seconds between samples of what each process holds in memory."""
+    linger: float | None = None
+    """The longest a producer lingers (None: as the file says); seeds stay the file's."""
 
     @classmethod
     def of(cls, topology: Topology, events: int | None) -> Chaos:
@@ -184,10 +187,14 @@ class Chaos:
 
     def paced(self, horizon: float) -> Chaos:
         """Writing :data:`EPOCHS_PER_RUN` epochs over ``horizon`` simulated seconds, unless
-        the file says when to write them; sampling memory :data:`SAMPLES_PER_RUN` times."""
+        the file says when to write them; sampling memory :data:`SAMPLES_PER_RUN` times; no
+        linger longer than an epoch's share (a short run could be one batch, and a fault would
+        always strike before anything flowed; batching never changes the digest)."""
         if horizon <= 0:
             return self
-        paced = attrs.evolve(self, sample_every=horizon / SAMPLES_PER_RUN)
+        paced = attrs.evolve(
+            self, sample_every=horizon / SAMPLES_PER_RUN, linger=horizon / EPOCHS_PER_RUN
+        )
         if self.topology.checkpoint is not None:
             return paced
         return attrs.evolve(paced, checkpoint=CheckpointSpec(every=horizon / EPOCHS_PER_RUN))
@@ -206,6 +213,17 @@ class Chaos:
         if self.topology.nodes:
             return LIVENESS_SLACK + self.topology.gateway.connect_timeout
         return LIVENESS_SLACK
+
+    @property
+    def running_topology(self) -> Topology:
+        """The topology as schedules run it: the file's, with lingers capped."""
+        if self.linger is None:
+            return self.topology
+        producers = {
+            name: attrs.evolve(producer, linger=min(producer.linger, self.linger))
+            for name, producer in self.topology.producers.items()
+        }
+        return attrs.evolve(self.topology, producers=producers)
 
     @property
     def fingerprint(self) -> str:
@@ -303,7 +321,7 @@ class Chaos:
 
         while True:
             pipeline = Pipeline.build(
-                self.topology, registry, events=self.events, placement=placement
+                self.running_topology, registry, events=self.events, placement=placement
             )
             store = FaultyStore.open(
                 folder, pipeline.fingerprint, keep=self.checkpoint.keep, name=self.topology.name
@@ -443,37 +461,6 @@ async def _sample(lives: dict[str, Life], every: float) -> None:
         for life in lives.values():
             if life.pipeline is not None:
                 life.peak = max(life.peak, held_records(life.pipeline))
-
-
-def held_records(pipeline: Pipeline) -> int:
-    """Records ``pipeline`` holds now: in the rings of its partitions, and kept by its
-    producers for resending to other nodes."""
-    held = sum(
-        partition.end_offset - partition.start_offset
-        for topic in pipeline.topics.values()
-        for partition in topic.partitions
-    )
-    if pipeline.node is not None:
-        for link in pipeline.node.links.values():
-            if link.topic is not None:
-                held += sum(partition.retained for partition in link.topic.partitions)
-    return held
-
-
-def memory_bound(pipeline: Pipeline) -> int | None:
-    """The most records ``pipeline`` may hold (see :class:`Memory`); None when a topic it
-    holds or sends to has no capacity."""
-    topology = pipeline.topology
-    names = list(pipeline.topics)
-    if pipeline.node is not None:
-        names += [link.topic_name for link in pipeline.node.links.values()]
-    bound = 0
-    for name in names:
-        spec = topology.topics[name]
-        if not isinstance(spec.capacity, int):
-            return None
-        bound += spec.capacity * spec.partitions
-    return bound
 
 
 @contextlib.contextmanager
