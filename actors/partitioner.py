@@ -89,8 +89,6 @@ class Partitioner:
         self._round_robin = itertools.cycle(range(partitions))
         self.cache: dict[str | int, int] = {}
         """Partitions of keys seen so far (up to 100,000 keys)."""
-        self._table: Any = np.full(0, -1, dtype=np.int16 if partitions < 2**15 else np.int64)
-        """Per int key below its length: the key's partition, or -1 until it was seen."""
 
     def partition_for(self, key: Key) -> int:
         """Return the partition index for a record with this key."""
@@ -113,11 +111,11 @@ class Partitioner:
             distinct, where = np.unique(keys, return_inverse=True)
             each = np.array([self.partition_for(key) for key in distinct.tolist()])
             return each[where]
-        table = self._table
-        if high >= len(table):
-            grown = np.full(max(high + 1, 2 * len(table), 1024), -1, dtype=table.dtype)
-            grown[: len(table)] = table
-            table = self._table = grown
+        if self.partitions == 1:
+            return np.zeros(len(keys), dtype=np.intp)
+        table = _TABLES.get(self.partitions)
+        if table is None or high >= len(table):
+            table = _grown_table(table, high + 1, self.partitions)
         parts: Any = table[keys]
         missing = parts < 0
         if missing.any():
@@ -125,3 +123,20 @@ class Partitioner:
             table[new] = stable_hash_array(new) % self.partitions
             parts = table[keys]
         return parts
+
+
+_TABLES: dict[int, Any] = {}
+"""Per number of partitions: the partition of each int key below the table's length, or -1
+until a key was seen. A key's partition depends on nothing else, so every topic with as many
+partitions shares one table (in the UGC example, three topics of two partitions). A table
+holds at most :data:`TABLE_KEYS` entries of two bytes (8 MB) and lives as long as the
+process."""
+
+
+def _grown_table(table: Any, size: int, partitions: int) -> Any:
+    dtype = np.int16 if partitions < 2**15 else np.int64
+    old = np.zeros(0, dtype=dtype) if table is None else table
+    grown = np.full(max(size, 2 * len(old), 1024), -1, dtype=dtype)
+    grown[: len(old)] = old
+    _TABLES[partitions] = grown
+    return grown

@@ -227,9 +227,19 @@ class UgcCountersState(State, frozen=True, tag=1):
 class UgcCounters(ReferenceUgcCounters):
     """Counts per event kind and per page; custom events per name; film completion.
 
-    Counters are dicts by page, name and film: a table is grouped by them with numpy, and
-    only each group (a few hundred pages or films at most) takes a Python step.
+    Tables are counted into arrays: per page (a code per page, in order of first sight) and
+    per film id, with ``np.bincount`` and ``np.add.at``, so no Python step is taken per page or
+    film of a table. Events given one at a time go to the reference's dicts. The arrays are
+    folded into the dicts whenever the counts are read (a snapshot, the result, the live view).
     """
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self._page_code: dict[str, int] = {}
+        self._page_counts = np.zeros((0, 3), dtype=np.int64)
+        """Per page code: clicks, views, milliseconds viewed."""
+        self._movie_counts = np.zeros((0, 2), dtype=np.int64)
+        """Per film id below :data:`DENSE_IDS`: progress updates, and completed ones."""
 
     def process_columns(self, table: Table) -> None:
         """Count a table of events of one kind."""
@@ -240,34 +250,77 @@ class UgcCounters(ReferenceUgcCounters):
         assert kind is not None, "UGC events have one kind per type"
         self._kinds[kind] = self._kinds.get(kind, 0) + len(table)
         columns = table.columns
-        # Strings are grouped with a dict (C loops over the list), not np.unique: sorting an
-        # object array compares strings one pair at a time and costs ten times more.
         if kind == "click":
-            for page, n in Counter(columns["page"].tolist()).items():
-                self._pages.setdefault(page, [0, 0, 0])[0] += n
+            codes = self._page_codes(columns["page"])
+            self._page_counts[:, 0] += np.bincount(codes, minlength=len(self._page_counts))
         elif kind == "page_view":
-            pages, where = _string_groups(columns["page"])
-            counts = np.bincount(where).tolist()
-            spent = _group_sums(where, columns["duration_ms"], len(pages))
-            for page, n, ms in zip(pages, counts, spent, strict=True):
-                stats = self._pages.setdefault(page, [0, 0, 0])
-                stats[1] += n
-                stats[2] += ms
+            codes = self._page_codes(columns["page"])
+            self._page_counts[:, 1] += np.bincount(codes, minlength=len(self._page_counts))
+            np.add.at(self._page_counts[:, 2], codes, columns["duration_ms"])
         elif kind == "custom":
+            # Names are many and rarely repeated: a dict (one C loop) rather than codes.
             for name, n in Counter(columns["name"].tolist()).items():
                 self._custom[name] = self._custom.get(name, 0) + n
         else:
-            movies, where = np.unique(columns["movie_id"], return_inverse=True)
-            counts = np.bincount(where).tolist()
+            movie = columns["movie_id"]
             done = columns["position_s"] * 10 >= columns["duration_s"] * 9
-            completed = np.bincount(where[done], minlength=len(movies)).tolist()
-            for movie, n, finished in zip(movies.tolist(), counts, completed, strict=True):
-                stats = self._movies.setdefault(movie, [0, 0])
-                stats[0] += n
-                stats[1] += finished
+            if int(movie.min()) < 0 or int(movie.max()) >= DENSE_IDS:
+                self._count_movies(movie, done)
+                return
+            size = int(movie.max()) + 1
+            self._movie_counts = grown(self._movie_counts, size)
+            self._movie_counts[:size, 0] += np.bincount(movie, minlength=size)
+            self._movie_counts[:size, 1] += np.bincount(movie[done], minlength=size)
+
+    def _page_codes(self, pages: Array) -> Array:
+        # Each page's code; new pages get the next codes, and their rows in the counts.
+        listed, code = pages.tolist(), self._page_code
+        try:
+            codes = np.fromiter(map(code.__getitem__, listed), dtype=np.intp, count=len(listed))
+        except KeyError:
+            codes = np.array([code.setdefault(p, len(code)) for p in listed], dtype=np.intp)
+            self._page_counts = grown(self._page_counts, len(code))[: len(code)]
+        return codes
+
+    def _count_movies(self, movie: Array, done: Array) -> None:
+        # Film ids too large (or negative) for an array, from clients outside the topology.
+        for movie_id, finished in zip(movie.tolist(), done.tolist(), strict=True):
+            stats = self._movies.setdefault(movie_id, [0, 0])
+            stats[0] += 1
+            stats[1] += finished
+
+    def _fold(self) -> None:
+        # Move the arrays' counts into the reference's dicts, leaving the arrays at zero.
+        for page, code in self._page_code.items():
+            clicks, views, ms = self._page_counts[code].tolist()
+            if clicks or views:
+                stats = self._pages.setdefault(page, [0, 0, 0])
+                stats[0] += clicks
+                stats[1] += views
+                stats[2] += ms
+        self._page_counts[:] = 0
+        ids = np.flatnonzero(self._movie_counts[:, 0])
+        for movie_id, (updates, completed) in zip(
+            ids.tolist(), self._movie_counts[ids].tolist(), strict=True
+        ):
+            stats = self._movies.setdefault(movie_id, [0, 0])
+            stats[0] += updates
+            stats[1] += completed
+        self._movie_counts[:] = 0
+
+    def result(self) -> dict[str, Any]:
+        """All counters, keys sorted."""
+        self._fold()
+        return super().result()
+
+    def totals(self) -> dict[str, int]:
+        """Events accounted for, per kind (derived from the per-page and per-film counters)."""
+        self._fold()
+        return super().totals()
 
     def snapshot(self) -> UgcCountersState:
         """The state: all counters."""
+        self._fold()
         pages = list(zip(*self._pages.values(), strict=True)) or [()] * 3
         movies = list(zip(*self._movies.values(), strict=True)) or [()] * 2
         return UgcCountersState(
@@ -284,6 +337,7 @@ class UgcCounters(ReferenceUgcCounters):
 
     def restore(self, state: UgcCountersState) -> None:
         """Replace the state with a snapshot."""
+        self.__init__()  # type: ignore[misc]
         self._kinds = dict(state.kinds)
         self._custom = dict(state.custom)
         self._pages = {
@@ -302,24 +356,6 @@ class UgcCounters(ReferenceUgcCounters):
     def live(self) -> list[tuple[str, str]]:
         """Counts per kind so far."""
         return [(kind, f"{count:,}") for kind, count in sorted(self._kinds.items())]
-
-
-def _string_groups(values: Array) -> tuple[list[str], Array]:
-    """The distinct strings of an object array in order of first appearance, and the index of
-    each value's string among them."""
-    index: dict[str, int] = {}
-    where = [index.setdefault(value, len(index)) for value in values.tolist()]
-    return list(index), np.array(where, dtype=np.intp)
-
-
-def _group_sums(groups: Array, values: Array, size: int) -> list[int]:
-    """The sum of ``values`` per group (exact integers, whatever their size)."""
-    if len(values) and int(np.abs(values).max()) * len(values) < 1 << 53:
-        return [int(x) for x in np.bincount(groups, weights=values, minlength=size).tolist()]
-    sums = [0] * size
-    for group, value in zip(groups.tolist(), values.tolist(), strict=True):
-        sums[group] += value
-    return sums
 
 
 PROCESSORS: dict[str, ProcessorType] = {

@@ -46,9 +46,17 @@ from sim.workloads import (
     VideoEvent,
     VideoSite,
     VideoSiteParams,
+    WatchProgress,
 )
 from topology import DamagedEpoch, Pipeline, ProcessorType, Registry, Topology, WorkloadType
-from topology.snapshot import PartitionContents, PartitionPart, decode, encode, restoring
+from topology.snapshot import (
+    PartitionContents,
+    PartitionPart,
+    ProcessorPart,
+    decode,
+    encode,
+    restoring,
+)
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
 
@@ -280,17 +288,49 @@ def test_columnar_processors_give_the_per_event_aggregates(
     assert columnar.totals() == reference.totals()
 
 
-@given(sizes=st.lists(st.integers(1, 400), min_size=1, max_size=10), seed=st.integers(0, 99))
-@settings(max_examples=20, deadline=None)
-def test_ugc_counters_on_tables_give_the_per_event_counts(sizes: list[int], seed: int) -> None:
-    columnar = PROCESSORS["ugc_counters"].make(NoParams())
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(1, 400), st.sampled_from(["table", "list", "restore"])),
+        min_size=1,
+        max_size=10,
+    ),
+    seed=st.integers(0, 99),
+)
+@settings(max_examples=30, deadline=None)
+def test_ugc_counters_on_tables_give_the_per_event_counts(
+    steps: list[tuple[int, str]], seed: int
+) -> None:
+    kind = PROCESSORS["ugc_counters"]
+    columnar = kind.make(NoParams())
     reference = ReferenceUgcCounters()
     ugc = Ugc(UgcParams(pages=40, movies=30), seed, "f", 0)
-    for size in sizes:
+    for size, how in steps:
+        if how == "restore":  # through the encoded state, as an epoch does
+            restored = kind.make(NoParams())
+            stored = encode(ProcessorPart.of(columnar.snapshot()))
+            part = decode("processor", stored)
+            assert isinstance(part, ProcessorPart)
+            restored.restore(part.state_as(kind.state_type))
+            columnar = restored
         for table in ugc.generate(size, 0.0, 0.01).values():
-            columnar.process_columns(table)  # type: ignore[attr-defined]
+            if how == "list":
+                columnar.process(table.rows())
+            else:
+                columnar.process_columns(table)  # type: ignore[attr-defined]
             reference.process(table.rows())
     assert columnar.result() == reference.result()
+    assert columnar.totals() == reference.totals()
+
+
+def test_films_beyond_the_arrays_are_counted_one_by_one() -> None:
+    events = [
+        WatchProgress(1, movie, 90, 100, 0.5, 0, i) for i, movie in enumerate([5, 2**40] * 30)
+    ]
+    columnar, reference = PROCESSORS["ugc_counters"].make(NoParams()), ReferenceUgcCounters()
+    columnar.process_columns(Table.from_events(WatchProgress, events))  # type: ignore[attr-defined]
+    reference.process(events)
+    assert columnar.result() == reference.result()
+    assert columnar.result()["movies"][str(2**40)] == {"progress_updates": 30, "completed": 30}
 
 
 def test_ids_beyond_the_arrays_are_counted_one_by_one() -> None:
