@@ -28,6 +28,13 @@ from .group import ConsumerStatistics as ConsumerStatistics
 from .group import GroupStatistics as GroupStatistics
 from .group import assign_range as assign_range
 from .group import assign_round_robin as assign_round_robin
+from .http import Handler as Handler
+from .http import HttpLimits as HttpLimits
+from .http import HttpServer as HttpServer
+from .http import HttpStatistics as HttpStatistics
+from .http import Request as Request
+from .http import Response as Response
+from .http import serve_http as serve_http
 from .network import TCP as TCP
 from .network import Network as Network
 from .network import TcpNetwork as TcpNetwork
