@@ -276,6 +276,13 @@ class Partition:
             raise trio.WouldBlock
         return self._append(records)
 
+    def can_take(self, count: int) -> bool:
+        """Whether :meth:`send_nowait` would accept ``count`` records now: the partition is
+        open, no sender is waiting before them, and the ring has room."""
+        if self._closed or (self.capacity is not None and count > self.capacity):
+            return False
+        return not self._senders and self._has_room(count)
+
     def _has_room(self, count: int) -> bool:
         if self.capacity is None:
             return self._attached > 0

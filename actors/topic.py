@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import trio
 
 from .errors import ConfigurationError, TopicClosedError
 from .partition import Partition, PartitionStatistics
@@ -131,6 +132,46 @@ class Topic:
         for position, index in enumerate(indexes):
             appends[index](position)
         return [_gather(batch, where) for where in positions]
+
+    async def admit(self, batch: Columns) -> list[int]:
+        """Append every record of ``batch`` to its partition, all of them at once or none.
+
+        Waits until every partition the batch touches has room for its share, then appends
+        all shares in one step. Cancelled while waiting (a deadline), nothing was accepted:
+        a client told to retry sends no duplicates. This is how a request's events enter a
+        topic; producers, which may send a batch's shares one after another, use
+        :meth:`Partition.send`.
+
+        Returns:
+            The offset of the first record of each share, by partition index (-1 where the
+            batch has no records).
+
+        Raises:
+            TopicClosedError: The topic closed before the batch was accepted.
+            BatchTooLargeError: A share could never fit in its partition's ring.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        shares = [
+            (partition, share)
+            for partition, share in zip(self.partitions, self.split(batch), strict=True)
+            if len(share)
+        ]
+        while True:
+            blocked = next(
+                (partition for partition, share in shares if not partition.can_take(len(share))),
+                None,
+            )
+            if blocked is None:
+                break
+            share = next(share for partition, share in shares if partition is blocked)
+            if blocked.closed or (blocked.capacity is not None and len(share) > blocked.capacity):
+                blocked.send_nowait(share)  # raises the partition's own error, never appends
+            await blocked.wait_room_changed()
+        firsts = [-1] * self.partition_count
+        for partition, share in shares:
+            firsts[partition.index] = partition.send_nowait(share)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return firsts
 
     def partition_indexes(self, keys: Sequence[Key] | Any) -> list[int]:
         """Return the partition of each key (round robin for None keys)."""

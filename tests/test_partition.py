@@ -337,3 +337,60 @@ async def test_room_changes_wake_waiters(autojump_clock: trio.testing.MockClock)
     assert dynamic.free_room == 0
     dynamic.attach()
     assert dynamic.free_room is None
+
+
+# -- admitting a batch to a topic all at once ------------------------------------------------
+
+
+def keyed(*keys: int) -> Columns:
+    return Columns(list(keys), [f"v{k}" for k in keys], [0.0] * len(keys))
+
+
+async def test_a_batch_is_admitted_to_every_partition_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    topic = Topic("t", partitions=2, capacity=3)
+    for partition in topic.partitions:
+        partition.register_group("g", trio.lowlevel.ParkingLot())
+    index = [topic.partitioner.partition_for(k) for k in range(20)]
+    first, second = [k for k in range(20) if index[k] == 0], [k for k in range(20) if index[k] == 1]
+    topic.partitions[0].send_nowait(keyed(*first[:3]))  # partition 0 full
+    admitted: list[list[int]] = []
+
+    async def admit() -> None:
+        admitted.append(await topic.admit(keyed(second[0], first[3], second[1])))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(admit)
+        await trio.sleep(1)
+        # Partition 1 has room, but takes nothing while partition 0 cannot take its share.
+        assert admitted == []
+        assert topic.partitions[1].end_offset == 0
+        topic.partitions[0].commit("g", 1)
+    assert admitted == [[3, 0]]
+    assert topic.partitions[1].read(0).keys == [second[0], second[1]]  # type: ignore[union-attr]
+    assert topic.partitions[0].read(3).keys == [first[3]]  # type: ignore[union-attr]
+
+
+async def test_an_admission_given_up_accepts_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    topic = Topic("t", partitions=2, capacity=1)
+    for partition in topic.partitions:
+        partition.register_group("g", trio.lowlevel.ParkingLot())
+    index = [topic.partitioner.partition_for(k) for k in range(20)]
+    zero, one = index.index(0), index.index(1)
+    topic.partitions[0].send_nowait(keyed(zero))
+    with trio.move_on_after(5) as scope:
+        await topic.admit(keyed(one, zero))
+    assert scope.cancelled_caught
+    assert [p.end_offset for p in topic.partitions] == [1, 0]
+
+
+async def test_an_admission_fails_as_the_partition_would() -> None:
+    topic = Topic("t", partitions=1, capacity=2)
+    with pytest.raises(BatchTooLargeError):
+        await topic.admit(keyed(1, 2, 3))
+    topic.close()
+    with pytest.raises(TopicClosedError):
+        await topic.admit(keyed(1))
