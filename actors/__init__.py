@@ -92,6 +92,7 @@ from .testing import GUARANTEES as GUARANTEES
 from .testing import breaking as breaking
 from .testing import kept as kept
 from .topic import Topic as Topic
+from .topic import admit_all as admit_all
 from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT
 from .wire import batch_frame as batch_frame

@@ -134,44 +134,26 @@ class Topic:
         return [_gather(batch, where) for where in positions]
 
     async def admit(self, batch: Columns) -> list[int]:
-        """Append every record of ``batch`` to its partition, all of them at once or none.
-
-        Waits until every partition the batch touches has room for its share, then appends
-        all shares in one step. Cancelled while waiting (a deadline), nothing was accepted:
-        a client told to retry sends no duplicates. This is how a request's events enter a
-        topic; producers, which may send a batch's shares one after another, use
-        :meth:`Partition.send`.
+        """Append every record of ``batch`` to its partition, all of them at once or none
+        (see :func:`admit_all`).
 
         Returns:
             The offset of the first record of each share, by partition index (-1 where the
             batch has no records).
-
-        Raises:
-            TopicClosedError: The topic closed before the batch was accepted.
-            BatchTooLargeError: A share could never fit in its partition's ring.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        shares = [
+        firsts = [-1] * self.partition_count
+        shares = self.shares(batch)
+        for (partition, _), first in zip(shares, await admit_all(shares), strict=True):
+            firsts[partition.index] = first
+        return firsts
+
+    def shares(self, batch: Columns) -> list[tuple[Partition, Columns]]:
+        """Each partition that ``batch`` has records for, with those records in order."""
+        return [
             (partition, share)
             for partition, share in zip(self.partitions, self.split(batch), strict=True)
             if len(share)
         ]
-        while True:
-            blocked = next(
-                (partition for partition, share in shares if not partition.can_take(len(share))),
-                None,
-            )
-            if blocked is None:
-                break
-            share = next(share for partition, share in shares if partition is blocked)
-            if blocked.closed or (blocked.capacity is not None and len(share) > blocked.capacity):
-                blocked.send_nowait(share)  # raises the partition's own error, never appends
-            await blocked.wait_room_changed()
-        firsts = [-1] * self.partition_count
-        for partition, share in shares:
-            firsts[partition.index] = partition.send_nowait(share)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return firsts
 
     def partition_indexes(self, keys: Sequence[Key] | Any) -> list[int]:
         """Return the partition of each key (round robin for None keys)."""
@@ -185,3 +167,40 @@ class Topic:
     def statistics(self) -> list[PartitionStatistics]:
         """Return a snapshot of every partition, in index order."""
         return [partition.statistics() for partition in self.partitions]
+
+
+async def admit_all(shares: Sequence[tuple[Partition, Columns]]) -> list[int]:
+    """Append each share to its partition, all at once or none.
+
+    Waits until every partition has room for its share (and no sender is queued before it),
+    then appends all shares in one step, with no checkpoint between them. Cancelled while
+    waiting (a deadline), nothing was accepted: a client told to retry sends no duplicates.
+    This is how a request's events enter topics (they may go to several); producers, which
+    send a batch's shares one after another, use :meth:`Partition.send`.
+
+    Returns:
+        The offset given to the first record of each share, in order.
+
+    Raises:
+        TopicClosedError: A partition closed before the shares were accepted.
+        BatchTooLargeError: A share could never fit in its partition's ring.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    while True:
+        blocked = next(
+            (
+                (partition, share)
+                for partition, share in shares
+                if not partition.can_take(len(share))
+            ),
+            None,
+        )
+        if blocked is None:
+            break
+        partition, share = blocked
+        if partition.closed or (partition.capacity is not None and len(share) > partition.capacity):
+            partition.send_nowait(share)  # raises the partition's own error, never appends
+        await partition.wait_room_changed()
+    firsts = [partition.send_nowait(share) for partition, share in shares]
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return firsts
