@@ -13,6 +13,13 @@ from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
 from .errors import raise_field_errors as raise_field_errors
+from .intake import STAMPED as STAMPED
+from .intake import Intake as Intake
+from .intake import IntakeError as IntakeError
+from .intake import IntakeStatistics as IntakeStatistics
+from .intake import Route as Route
+from .intake import input_type as input_type
+from .intake import kind_of as kind_of
 from .integrity import DamagedEpoch as DamagedEpoch
 from .limits import MAX_CATALOGUE as MAX_CATALOGUE
 from .limits import MAX_CATALOGUE_WHY as MAX_CATALOGUE_WHY

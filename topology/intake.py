@@ -1,0 +1,257 @@
+"""Events sent by clients (over HTTP): decoded, checked against their types, stamped, and
+admitted into their topics all at once or not at all.
+
+A client sends an event as a JSON object naming its kind in ``type`` and giving the fields
+of the kind's event type, except the three ringflow stamps itself: ``timestamp`` (when the
+event was received, on the run's clock), and ``source`` and ``seq`` (the intake's number and
+the event's place in its sequence), which the ``expect`` invariants check as they check a
+workload's events. A request's events are accepted together or refused together: one event
+that fails its checks refuses the request (``422``, with the field's path), and a request
+whose events cannot all enter their rings within ``max_wait`` is refused whole (``503``), so
+a client that retries never sends an event twice.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import msgspec
+import trio
+
+from actors import (
+    BatchTooLargeError,
+    Columns,
+    Partition,
+    RingflowError,
+    Topic,
+    TopicClosedError,
+    admit_all,
+)
+
+from .tally import TopicTally
+
+STAMPED = ("timestamp", "source", "seq")
+"""Fields of an event type that ringflow fills in, never the client."""
+
+
+class IntakeError(RingflowError):
+    """A request refused: its HTTP status, a message, and what else the answer says."""
+
+    def __init__(self, status: int, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+def kind_of(event_type: type) -> str:
+    """The kind an event type is sent as: its msgspec tag (``click``, ``video``...)."""
+    tag = event_type.__struct_config__.tag  # type: ignore[attr-defined]
+    assert isinstance(tag, str), f"{event_type.__name__} has no string tag"
+    return tag
+
+
+def input_type(event_type: type) -> type[msgspec.Struct]:
+    """The JSON object a client sends for ``event_type``: its fields by name but the
+    :data:`STAMPED` ones, with the same constraints, and ``type`` naming its kind; unknown
+    fields are refused."""
+    hints = typing.get_type_hints(event_type, include_extras=True)
+    fields = [
+        (name, hints[name])
+        for name in event_type.__struct_fields__  # type: ignore[attr-defined]
+        if name not in STAMPED
+    ]
+    return msgspec.defstruct(
+        f"{event_type.__name__}Input",
+        fields,
+        tag=kind_of(event_type),
+        tag_field="type",
+        forbid_unknown_fields=True,
+        frozen=True,
+    )
+
+
+@attrs.frozen
+class Route:
+    """Where events of one kind go."""
+
+    event_type: type
+    topic: Topic
+    key_field: str | None
+    """The field whose value is the record's key (the topic's ``key``)."""
+    input: type[msgspec.Struct] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "input", input_type(self.event_type))
+
+    @property
+    def kind(self) -> str:
+        """The kind it takes."""
+        return kind_of(self.event_type)
+
+
+@attrs.frozen
+class IntakeStatistics:
+    """A snapshot of an :class:`Intake`."""
+
+    accepted: int
+    """Events accepted into their rings so far."""
+    requests_accepted: int
+    """Requests whose events were accepted."""
+    refused: dict[int, int]
+    """Requests refused so far, by the status they were answered with."""
+    waiting: int
+    """Requests waiting for room in a ring now."""
+
+
+@attrs.define(eq=False)
+class Intake:
+    """Takes clients' events into topics.
+
+    Args:
+        routes: By kind, where its events go.
+        source: The number its events carry in ``source`` (unique among the run's sources).
+        now: The run's clock, in seconds of event time.
+        produced: The run's tallies by topic, in which accepted events are counted.
+        max_wait: Seconds a request may wait for room in a full ring before it is refused.
+    """
+
+    routes: Mapping[str, Route]
+    source: int
+    now: Callable[[], float]
+    produced: Mapping[str, TopicTally]
+    max_wait: float = 5.0
+    seq: int = 0
+    """The sequence number the next accepted event gets."""
+    _decoders: dict[str | None, msgspec.json.Decoder[Any]] = attrs.field(factory=dict)
+    _accepted: int = 0
+    _requests_accepted: int = 0
+    _refused: dict[int, int] = attrs.field(factory=dict)
+    _waiting: int = 0
+
+    def decoder(self, kind: str | None) -> msgspec.json.Decoder[Any]:
+        """The decoder of a request's body: one event or a list of them, of ``kind`` or (for
+        None) of any kind routed here.
+
+        Raises:
+            IntakeError: ``kind`` is not routed here (404).
+        """
+        decoder = self._decoders.get(kind)
+        if decoder is None:
+            if kind is None:
+                inputs: Any = typing.Union[tuple(r.input for r in self.routes.values())]  # noqa: UP007
+            elif kind in self.routes:
+                inputs = self.routes[kind].input
+            else:
+                raise IntakeError(
+                    404, f"no events of type {kind!r} are taken here", kinds=self.kinds
+                )
+            decoder = self._decoders[kind] = msgspec.json.Decoder(inputs | list[inputs])
+        return decoder
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds taken here, sorted."""
+        return sorted(self.routes)
+
+    async def accept(self, body: bytes, kind: str | None = None) -> int:
+        """Decode, check, stamp and admit the events of one request; return how many.
+
+        Args:
+            body: The request's JSON: one event object or a list of them.
+            kind: The kind every event must be (a typed route), or None for any kind routed
+                here, named by each event's ``type``.
+
+        Raises:
+            IntakeError: The request was refused (400 malformed JSON, 404 unknown kind, 422
+                an event failed its checks, 503 no room within ``max_wait`` or the topic is
+                closed); nothing of it was accepted.
+        """
+        try:
+            decoded = self._decode(body, kind)
+            shares, counted = self._stamp(decoded)
+            with trio.move_on_after(self.max_wait) as waited:
+                self._waiting += 1
+                try:
+                    await _admit(shares)
+                finally:
+                    self._waiting -= 1
+            if waited.cancelled_caught:
+                raise IntakeError(
+                    503,
+                    f"the rings had no room for {len(decoded)} events within {self.max_wait:g} s;"
+                    " nothing was accepted: retry later",
+                    retry_after=max(1, math.ceil(self.max_wait)),
+                )
+        except IntakeError as refused:
+            self._refused[refused.status] = self._refused.get(refused.status, 0) + 1
+            raise
+        self.seq += len(decoded)
+        for topic, (events, seq_sum) in counted.items():
+            self.produced[topic].count(self.source, events, seq_sum)
+        self._accepted += len(decoded)
+        self._requests_accepted += 1
+        return len(decoded)
+
+    def _decode(self, body: bytes, kind: str | None) -> list[Any]:
+        decoder = self.decoder(kind)
+        try:
+            decoded = decoder.decode(body)
+        except msgspec.ValidationError as error:
+            message = str(error)
+            path = message.rpartition(" - at `")[2].rstrip("`") if " - at `" in message else "$"
+            raise IntakeError(
+                422, f"{message}; nothing of the request was accepted", path=path
+            ) from None
+        except msgspec.DecodeError as error:
+            raise IntakeError(
+                400, f"malformed JSON: {error}; send one JSON event or a JSON array of them"
+            ) from None
+        return decoded if isinstance(decoded, list) else [decoded]
+
+    def _stamp(
+        self, decoded: Sequence[Any]
+    ) -> tuple[list[tuple[Partition, Columns]], dict[str, tuple[list[Any], int]]]:
+        # The events made whole (stamped), grouped by topic, split into partition shares.
+        now = self.now()
+        by_topic: dict[str, tuple[Route, list[Any]]] = {}
+        seq = self.seq
+        for given in decoded:
+            route = self.routes[given.__struct_config__.tag]
+            fields = msgspec.structs.asdict(given)
+            event = route.event_type(**fields, timestamp=now, source=self.source, seq=seq)
+            seq += 1
+            by_topic.setdefault(route.topic.name, (route, []))[1].append(event)
+        shares: list[tuple[Partition, Columns]] = []
+        counted: dict[str, tuple[list[Any], int]] = {}
+        for name, (route, events) in by_topic.items():
+            field = route.key_field
+            keys = [getattr(e, field) for e in events] if field else [None] * len(events)
+            if route.topic.closed:
+                raise IntakeError(503, f"topic {name!r} is closed; nothing was accepted")
+            shares += route.topic.shares(Columns(keys, events, [now] * len(events)))
+            counted[name] = (events, sum(e.seq for e in events))
+        return shares, counted
+
+    def statistics(self) -> IntakeStatistics:
+        """Return a snapshot of the intake's counters."""
+        return IntakeStatistics(
+            accepted=self._accepted,
+            requests_accepted=self._requests_accepted,
+            refused=dict(self._refused),
+            waiting=self._waiting,
+        )
+
+
+async def _admit(shares: list[tuple[Partition, Columns]]) -> None:
+    # admit_all, its errors as refusals: nothing of the request was accepted.
+    try:
+        await admit_all(shares)
+    except TopicClosedError as error:
+        raise IntakeError(503, f"{error}; nothing was accepted") from None
+    except BatchTooLargeError as error:
+        raise IntakeError(413, f"{error}; nothing was accepted") from None
