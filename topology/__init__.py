@@ -1,5 +1,6 @@
 """Topology files: their schema, the registry of names they use, and the builder."""
 
+from .api import EventsApi as EventsApi
 from .checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from .checkpoint import CheckpointStore as CheckpointStore
 from .checkpoint import CheckpointStoreStatistics as CheckpointStoreStatistics

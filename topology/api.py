@@ -1,0 +1,170 @@
+"""The HTTP API of a served topology: events in, health and metrics out.
+
+Routes:
+
+- ``POST /events``: one event object or a JSON array of them, each naming its kind in
+  ``type``; ``202 {"accepted": n}`` once all are in their rings.
+- ``POST /events/KIND``: the same for one kind (``type`` may be left out).
+- ``GET /health``: ``200 {"status": "ok", ...}`` while events are taken.
+- ``GET /metrics``: counters and gauges in Prometheus's text format.
+
+With a token, every route but ``/health`` asks for ``Authorization: Bearer TOKEN`` (401
+without it). Errors are JSON objects with an ``error`` message (and ``path`` for a field that
+failed its checks); see :class:`~topology.intake.Intake` for what refuses a request.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from actors import HttpStatistics, PartitionStatistics, Request, Response
+
+from .intake import Intake, IntakeError
+
+JSON_TYPES = ("application/json", "text/json")
+"""Content types a POST may declare (or declare none)."""
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@attrs.define(eq=False)
+class EventsApi:
+    """Answers the requests of the HTTP API (a :data:`~actors.http.Handler`).
+
+    Args:
+        intake: Takes the events.
+        token: The bearer token every route but ``/health`` asks for (None: no token).
+        partitions: The statistics of every partition whose depth ``/metrics`` reports, by
+            topic.
+        http: The server's statistics, for ``/metrics``.
+    """
+
+    intake: Intake
+    token: str | None = None
+    partitions: Callable[[], dict[str, list[PartitionStatistics]]] = dict
+    http: Callable[[], HttpStatistics | None] = lambda: None
+    accepting: bool = True
+    """False once the service is stopping: events are refused with 503."""
+
+    async def __call__(self, request: Request) -> Response:
+        """Answer one request."""
+        path = request.path.rstrip("/") or "/"
+        if path == "/health":
+            return self._only(request, "GET") or Response.json(
+                200 if self.accepting else 503,
+                {"status": "ok" if self.accepting else "stopping", "kinds": self.intake.kinds},
+            )
+        if self.token is not None and not self._authorized(request):
+            return Response.error(
+                401,
+                "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'",
+                headers=[("www-authenticate", 'Bearer realm="ringflow"')],
+            )
+        if path == "/metrics":
+            return self._only(request, "GET") or Response(
+                200, self.metrics().encode(), PROMETHEUS_TYPE
+            )
+        if path == "/events" or path.startswith("/events/"):
+            kind = path.removeprefix("/events").removeprefix("/") or None
+            return self._only(request, "POST") or await self._events(request, kind)
+        return Response.error(404, f"no route {request.path!r}; events go to POST /events")
+
+    @staticmethod
+    def _only(request: Request, method: str) -> Response | None:
+        if request.method == method or (method == "GET" and request.method == "HEAD"):
+            return None
+        return Response.error(
+            405, f"{request.method} is not allowed here; use {method}", headers=[("allow", method)]
+        )
+
+    def _authorized(self, request: Request) -> bool:
+        assert self.token is not None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        )
+
+    async def _events(self, request: Request, kind: str | None) -> Response:
+        declared = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if declared and declared not in JSON_TYPES:
+            return Response.error(415, f"events are JSON; got content-type {declared!r}")
+        if not self.accepting:
+            return Response.error(
+                503, "the service is stopping; nothing was accepted", headers=[("retry-after", "5")]
+            )
+        try:
+            accepted = await self.intake.accept(request.body, kind)
+        except IntakeError as refused:
+            headers = []
+            if "retry_after" in refused.details:
+                headers.append(("retry-after", str(refused.details["retry_after"])))
+            return Response.error(refused.status, refused.message, headers, **refused.details)
+        return Response.json(202, {"accepted": accepted})
+
+    def metrics(self) -> str:
+        """The service's figures in Prometheus's text format."""
+        taken = self.intake.statistics()
+        lines = [
+            *_metric(
+                "ringflow_events_accepted_total",
+                "counter",
+                "Events accepted into their rings.",
+                [({}, taken.accepted)],
+            ),
+            *_metric(
+                "ringflow_requests_refused_total",
+                "counter",
+                "Requests of events refused, by status.",
+                [({"status": str(s)}, n) for s, n in sorted(taken.refused.items())],
+            ),
+            *_metric(
+                "ringflow_requests_waiting",
+                "gauge",
+                "Requests waiting for room in a ring.",
+                [({}, taken.waiting)],
+            ),
+        ]
+        partitions = self.partitions()
+        lines += _metric(
+            "ringflow_ring_depth",
+            "gauge",
+            "Records held in a partition's ring.",
+            [
+                ({"topic": topic, "partition": str(p.partition)}, p.depth)
+                for topic, stats in sorted(partitions.items())
+                for p in stats
+            ],
+        )
+        http = self.http()
+        if http is not None:
+            lines += _metric(
+                "ringflow_http_responses_total",
+                "counter",
+                "HTTP responses sent, by status.",
+                [({"status": str(s)}, n) for s, n in sorted(http.by_status.items())],
+            )
+            lines += _metric(
+                "ringflow_http_connections",
+                "gauge",
+                "HTTP connections open.",
+                [({}, http.connections)],
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _metric(
+    name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], Any]]
+) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        label = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        lines.append(f"{name}{{{label}}} {value}" if label else f"{name} {value}")
+    return lines
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
