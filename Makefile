@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# Not part of 'make test': every kill test repeated 20 times under CPU load (~30 min).
+# Not part of 'make test': every kill test repeated 20 times under CPU load (~35 min).
 stress: $(STAMP)
 	$(BIN)/python tests/stress.py --repeat 20
 
