@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import deque
@@ -91,6 +92,7 @@ class _Entry:
     stream_id: str
     fields: dict[str, Field]
     records: int
+    sequence: int
 
 
 @attrs.define(eq=False)
@@ -173,7 +175,7 @@ class RedisLogger:
         self._last_ms = now_ms
         self._sequence += 1
         fields["records"] = records
-        entry = _Entry(f"{now_ms}-{self._sequence}", fields, records)
+        entry = _Entry(f"{now_ms}-{self._sequence}", fields, records, self._sequence)
         if sum(len(b) for b in self._buffers.values()) >= self.capacity:
             self._drop_one()
         self._buffers[category].append(entry)
@@ -185,6 +187,42 @@ class RedisLogger:
                 self._buffers[category].popleft()
                 self._dropped[category] += 1
                 return
+
+    @property
+    def emitted(self) -> int:
+        """How many entries were emitted so far: a mark for :meth:`written_through`."""
+        return self._sequence
+
+    async def written_through(self, mark: int, limit: float) -> bool:
+        """Write now (without lingering) every entry emitted up to ``mark`` (an
+        :attr:`emitted`), for at most ``limit`` seconds of the logger's time (real time unless
+        Redis is simulated). An epoch waits for this, so that no record it holds can have log
+        entries that a crash would still lose. While Redis is away it returns at once: logging
+        never holds the pipeline back.
+
+        Returns:
+            Whether every such entry was written (or dropped for room, and counted).
+        """
+        async with open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+
+                async def expire() -> None:
+                    await self.sleep(limit)
+                    scope.cancel()
+
+                nursery.start_soon(expire)
+                while self._connected and self._oldest_pending() <= mark:
+                    try:
+                        await self.write_some()
+                    except (redis.exceptions.RedisError, OSError) as exc:
+                        self._failed(exc)
+            nursery.cancel_scope.cancel()
+        return self._oldest_pending() > mark
+
+    def _oldest_pending(self) -> float:
+        return min(
+            (buffer[0].sequence for buffer in self._buffers.values() if buffer), default=math.inf
+        )
 
     @property
     def pending(self) -> int:
@@ -233,14 +271,17 @@ class RedisLogger:
         try:
             await write()
         except (redis.exceptions.RedisError, OSError) as exc:
-            self._failures += 1
-            self._connected = False
-            self._last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(exc)
             await self._backoff.failed()
             return False
         self._connected = True
         self._backoff.reset()
         return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._connected = False
+        self._last_error = f"{type(exc).__name__}: {exc}"
 
     async def _finish(self, final: dict[str, Field]) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import redis
 import redis.exceptions
+import trio
+import trio.testing
 
 from actors import RedisLogger, RingflowError, redact
 from topology import EpochInfo, Pipeline
@@ -103,9 +106,13 @@ def run_id_for(folder: Path, name: str, *, resumed: bool) -> str:
     return run_id
 
 
-def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
+def attach_logger(
+    pipeline: Pipeline, logger: RedisLogger, clock: trio.testing.MockClock | None = None
+) -> None:
     """Send the pipeline's events to ``logger``: accepted batches (``incoming``), delivered
-    batches (``outgoing``), rebalances and epochs (``meta``)."""
+    batches (``outgoing``), rebalances and epochs (``meta``). Epochs are written once the log
+    holds every entry emitted before them; ``clock``, the run's virtual clock if it has one,
+    stands still meanwhile (the wait is real time, which must not move simulated time)."""
     for name, topic in pipeline.topics.items():
         for partition in topic.partitions:
             partition.on_append = functools.partial(_incoming, logger, name)
@@ -114,6 +121,36 @@ def attach_logger(pipeline: Pipeline, logger: RedisLogger) -> None:
         group.on_rebalance = functools.partial(_rebalanced, logger, group.name, topic_name)
     pipeline.on_epoch = functools.partial(_epoch, logger)
     pipeline.on_epoch_skipped = functools.partial(_skipped, logger)
+    pipeline.before_epoch_write = functools.partial(_log_mark, logger, clock)
+
+
+LOG_WAIT = 1.0
+"""Seconds (the logger's time) an epoch waits at most for the log to be written up to its
+capture (a Redis that answers slowly); with Redis away it does not wait, and the entries stay
+queued."""
+
+
+def _log_mark(
+    logger: RedisLogger, clock: trio.testing.MockClock | None
+) -> Callable[[], Awaitable[None]]:
+    # An epoch must not hold records whose log entries a crash could still lose: the run
+    # resumed from it would never log them again. So it is written once the log is written
+    # up to its capture.
+    mark = logger.emitted
+
+    async def written() -> None:
+        if clock is None:
+            await logger.written_through(mark, LOG_WAIT)
+            return
+        # Autojump would move simulated time on while this waits for Redis (real time), and
+        # the run's simulated length would then depend on the machine.
+        threshold, clock.autojump_threshold = clock.autojump_threshold, math.inf
+        try:
+            await logger.written_through(mark, LOG_WAIT)
+        finally:
+            clock.autojump_threshold = threshold
+
+    return written
 
 
 def gateway_event(

@@ -379,7 +379,7 @@ class Run:
                 return LoggingUnavailable(message)
             self._logging_report = LoggingOff(reason=message)
             return await self._run_and_report(None)
-        attach_logger(pipeline, logger)
+        attach_logger(pipeline, logger, self._clock)
         logger.emit(
             "meta",
             event="run_started",
@@ -533,7 +533,7 @@ class Run:
         rebuilt.epochs = current.epochs
         self._pipeline = rebuilt
         if logger is not None:
-            attach_logger(rebuilt, logger)
+            attach_logger(rebuilt, logger, self._clock)
             logger.emit("meta", event="rollback", to_epoch=-1 if to_epoch is None else to_epoch)
 
     def _checkpoint_report(self, pipeline: Pipeline) -> CheckpointReport | None:

@@ -331,13 +331,16 @@ def test_a_stopped_campaign_says_how_far_it_got_and_leaves_no_temporary_folder(
 
 
 BREAKS = {
-    "flush_before_snapshot": (VIDEO_SITE, ("node_crash",)),
-    "sequence_check": (SPLIT, ("node_crash",)),
-    "durable_commits": (SPLIT, ("node_crash",)),
-    "hold_back": (SPLIT, ("node_crash", "net_drop")),
-    "resend_after_reconnect": (SPLIT, ("net_drop",)),
+    "flush_before_snapshot": (VIDEO_SITE, ("node_crash",), 200),
+    "sequence_check": (SPLIT, ("node_crash",), 200),
+    "durable_commits": (SPLIT, ("node_crash",), 200),
+    # About one schedule in a hundred exposes it (4 of 400, measured): 200 would miss it
+    # for one draw of seeds in eight.
+    "hold_back": (SPLIT, ("node_crash", "net_drop"), 600),
+    "resend_after_reconnect": (SPLIT, ("net_drop",), 200),
 }
-"""For each guarantee, the topology and the fault kinds that expose its break."""
+"""For each guarantee, the topology, the fault kinds that expose its break, and how many
+schedules may be tried."""
 
 
 def test_every_guarantee_that_can_be_broken_is_tried() -> None:
@@ -347,12 +350,12 @@ def test_every_guarantee_that_can_be_broken_is_tried() -> None:
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_chaos_finds_each_broken_guarantee_and_replays_it(guarantee: str) -> None:
     """A harness that never fails proves nothing: with one guarantee broken on purpose,
-    chaos exposes it within 200 schedules, and the printed seed replays it."""
-    path, kinds = BREAKS[guarantee]
+    chaos exposes it within a few hundred schedules, and the printed seed replays it."""
+    path, kinds, schedules = BREAKS[guarantee]
     run = Chaos.of(load_topology(path), EVENTS)
     with breaking(guarantee):
-        found = run_campaign(run, seed=0, schedules=200, kinds=kinds)
-        assert found.violations, f"200 schedules missed the broken {guarantee}"
+        found = run_campaign(run, seed=0, schedules=schedules, kinds=kinds)
+        assert found.violations, f"{schedules} schedules missed the broken {guarantee}"
         [violation, *_] = found.violations
         again = run_campaign(run, seed=0, schedules=1, kinds=kinds, replay=violation.seed)
     assert again.violations[0] == violation

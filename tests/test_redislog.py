@@ -16,9 +16,9 @@ from actors import RedisLogger, counters_key, redact, stream_key
 from sim.cli import main
 from sim.redis_logging import LoggingUnavailable, LogSettings
 from sim.redis_server import EmbeddedRedis
-from sim.run import REGISTRY, load_topology, run_pipeline
+from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
 from tests.examples import video_site_in_small_batches
-from topology import Pipeline
+from topology import CheckpointStore, Pipeline
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
 
@@ -277,3 +277,26 @@ def test_the_quick_packer_packs_as_redis_py_does() -> None:
         ("HSET", "key", "at", 1.5, "v", 0.1 + 0.2),  # floats: redis-py's own path
     ]:
         assert b"".join(quick.pack_command(*args)) == b"".join(plain.pack_command(*args))
+
+
+def test_an_epoch_is_written_only_once_the_log_holds_its_records(
+    server: EmbeddedRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed from an epoch never logs its records again: had the log not held them
+    when the epoch was written, a crash just then would have lost their entries for good."""
+    db = client(server)
+    seen: list[tuple[int, int]] = []
+    write = CheckpointStore.write
+
+    def checked(store: CheckpointStore, snapshot: Any) -> Any:
+        info = write(store, snapshot)
+        logged = int(db.hget(counters_key("run-1"), "incoming:records") or 0)
+        seen.append((info.events_produced, logged))
+        return info
+
+    monkeypatch.setattr(CheckpointStore, "write", checked)
+    pipeline = Pipeline.build(video_site_in_small_batches(), REGISTRY, events=200_000)
+    settings, pipeline = open_checkpoints(pipeline, tmp_path / "state")
+    run_pipeline(pipeline, checkpoints=settings, logging=LogSettings(server.url, "run-1"))
+    assert len(seen) >= 4
+    assert [logged >= produced for produced, logged in seen] == [True] * len(seen), seen

@@ -17,7 +17,7 @@ one, together.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -236,6 +236,10 @@ class Checkpointer:
     events_produced: Callable[[], int]
     on_skipped: Callable[[CheckpointError], None] | None = None
     """Called with the error of each periodic epoch that could not be written (for logging)."""
+    before_write: Callable[[], Callable[[], Awaitable[None]] | None] = lambda: None
+    """Called as an epoch is captured; what it returns is awaited before the epoch is written
+    (the log written up to the capture, so that a crash cannot lose log entries of records
+    the epoch holds)."""
     _store: CheckpointStore | None = None
     _in_thread: bool = True
     _queue: list[_Request] = attrs.field(factory=list)
@@ -308,6 +312,9 @@ class Checkpointer:
         try:
             async with self.barrier.hold():
                 snapshot, durable = self.capture(final)
+                ready = self.before_write()
+            if ready is not None:
+                await ready()
             writing = True
             if self._in_thread:
                 # Only a final epoch is abandoned when its time is up: a periodic write that

@@ -110,6 +110,8 @@ class Pipeline:
     down."""
     on_epoch_skipped: Callable[[CheckpointError], None] | None = None
     """Called when a periodic epoch could not be written and was skipped (for logging)."""
+    before_epoch_write: Callable[[], Callable[[], Awaitable[None]] | None] | None = None
+    """Called as an epoch is captured; what it returns is awaited before it is written."""
     placement: Placement | None = None
     """The node of a split topology this pipeline runs as; None runs the whole topology."""
     node: Node | None = None
@@ -131,6 +133,7 @@ class Pipeline:
             self._record,
             lambda: self.events_produced,
             on_skipped=self._skipped,
+            before_write=self._before_write,
         )
 
     @classmethod
@@ -394,6 +397,9 @@ class Pipeline:
         self.epochs.append(info)
         if self.on_epoch is not None:
             self.on_epoch(info)
+
+    def _before_write(self) -> Callable[[], Awaitable[None]] | None:
+        return None if self.before_epoch_write is None else self.before_epoch_write()
 
     def _skipped(self, error: CheckpointError) -> None:
         if self.on_epoch_skipped is not None:
