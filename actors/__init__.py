@@ -93,6 +93,7 @@ from .testing import breaking as breaking
 from .testing import kept as kept
 from .topic import Topic as Topic
 from .topic import admit_all as admit_all
+from .topic import admit_sized as admit_sized
 from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT
 from .wire import batch_frame as batch_frame

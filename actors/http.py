@@ -62,12 +62,12 @@ class Request:
     @functools.cached_property
     def path(self) -> str:
         """The target's path, without the query string."""
-        return urlsplit(self.target).path or "/"
+        return _split_target(self.target)[0]
 
     @functools.cached_property
     def query(self) -> dict[str, list[str]]:
         """The query string's parameters, each with every value given."""
-        return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
+        return parse_qs(_split_target(self.target)[1], keep_blank_values=True)
 
 
 @attrs.frozen
@@ -173,9 +173,10 @@ class HttpServer:
                     return
                 if isinstance(request, Response):  # the request was refused as it came in
                     await self._send(stream, connection, request, close=True)
+                    await _drain(stream)
                     return
                 response = await self._answer(request)
-                await self._send(stream, connection, response)
+                await self._send(stream, connection, response, head_only=request.method == "HEAD")
                 if connection.our_state is h11.MUST_CLOSE:
                     return
                 try:
@@ -184,6 +185,9 @@ class HttpServer:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away
+        except Exception as error:  # a bug here must not take the other connections down
+            self.on_error(error)
+            return
         finally:
             self._connections -= 1
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -191,11 +195,15 @@ class HttpServer:
 
     async def _answer(self, request: Request) -> Response:
         try:
-            return await self.handler(request)
+            response = await self.handler(request)
+            if not isinstance(response, Response):
+                raise TypeError(f"the handler answered {response!r}, not a Response")
+            _head(response)  # a status or header h11 refuses is the handler's bug too
         except Exception as error:  # a bug in a handler: answer it, keep serving
             self._handler_errors += 1
             self.on_error(error)
             return Response.error(500, "internal error")
+        return response
 
     async def _read_request(
         self, stream: trio.abc.Stream, connection: h11.Connection
@@ -217,7 +225,7 @@ class HttpServer:
                     return None  # the client closed mid-request: nobody to answer
                 if error.error_status_hint == 431:
                     return Response.error(431, "request line and headers too large")
-                return Response.error(400, f"malformed request: {error}")
+                return Response.error(400, f"malformed request: {str(error)[:200]}")
             if event is h11.NEED_DATA:
                 if connection.they_are_waiting_for_100_continue:
                     await self._send_events(
@@ -239,6 +247,16 @@ class HttpServer:
                 size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if size > limits.max_header:  # h11 checks only heads that come in pieces
                     return Response.error(431, "request line and headers too large")
+                names = {name for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # Framing two ways is how requests are smuggled past proxies (RFC 9112).
+                    return Response.error(
+                        400, "a request may not have both Content-Length and Transfer-Encoding"
+                    )
+                try:
+                    _split_target(event.target.decode("ascii"))
+                except (ValueError, UnicodeDecodeError):
+                    return Response.error(400, "malformed request target")
                 length = _content_length(event)
                 if length is not None and length > limits.max_body:
                     return Response.error(
@@ -268,22 +286,17 @@ class HttpServer:
         response: Response,
         *,
         close: bool = False,
+        head_only: bool = False,
     ) -> None:
         self._requests += 1
         self._by_status[response.status] = self._by_status.get(response.status, 0) + 1
-        headers = [
-            ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
-            *response.headers,
-        ]
-        if close:
-            headers.append(("connection", "close"))
-        head = h11.Response(
-            status_code=response.status, headers=headers, reason=REASONS.get(response.status, "")
-        )
-        await self._send_events(
-            stream, connection, head, h11.Data(data=response.body), h11.EndOfMessage()
-        )
+        head = _head(response, close=close)
+        if head_only:  # HEAD: the headers a GET would have, and no body
+            await self._send_events(stream, connection, head, h11.EndOfMessage())
+        else:
+            await self._send_events(
+                stream, connection, head, h11.Data(data=response.body), h11.EndOfMessage()
+            )
 
     async def _send_events(
         self, stream: trio.abc.Stream, connection: h11.Connection, *events: Any
@@ -296,6 +309,51 @@ class HttpServer:
             await stream.send_all(data)
         if scope.cancelled_caught:
             raise trio.BrokenResourceError("the client did not read its response")
+
+
+def _head(response: Response, *, close: bool = False) -> h11.Response:
+    # The response's head as h11 sends it; h11.LocalProtocolError for a status or header it
+    # refuses.
+    headers = [
+        ("content-type", response.content_type),
+        ("content-length", str(len(response.body))),
+        *response.headers,
+    ]
+    if close:
+        headers.append(("connection", "close"))
+    return h11.Response(
+        status_code=response.status, headers=headers, reason=REASONS.get(response.status, "")
+    )
+
+
+async def _drain(stream: trio.abc.Stream, most: int = 1 << 20, seconds: float = 1.0) -> None:
+    # A lingering close: stop sending, then read what the client is still sending for a
+    # while, so that closing with unread input does not reset the connection and destroy
+    # the refusal before the client has read it.
+    with trio.move_on_after(seconds):
+        send_eof = getattr(stream, "send_eof", None)
+        if send_eof is not None:
+            await send_eof()
+        read = 0
+        while read < most:
+            data = await stream.receive_some(READ_SIZE)
+            if not data:
+                return
+            read += len(data)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    # (path, query) of a request target: origin form (/path?query) as given, absolute form
+    # (http://host/path?query) parsed. ValueError for a target that is neither.
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        return path, query
+    if target == "*":
+        return "*", ""
+    parts = urlsplit(target)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"not a request target: {target[:100]!r}")
+    return parts.path or "/", parts.query
 
 
 def _content_length(request: h11.Request) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -11,7 +11,7 @@ import attrs
 import numpy as np
 import trio
 
-from .errors import ConfigurationError, TopicClosedError
+from .errors import BatchTooLargeError, ConfigurationError, TopicClosedError
 from .partition import Partition, PartitionStatistics
 from .partitioner import Partitioner
 from .record import Columns, Key
@@ -170,11 +170,27 @@ class Topic:
 
 
 async def admit_all(shares: Sequence[tuple[Partition, Columns]]) -> list[int]:
-    """Append each share to its partition, all at once or none.
+    """Append each share to its partition, all at once or none (see :func:`admit_sized`).
 
-    Waits until every partition has room for its share (and no sender is queued before it),
-    then appends all shares in one step, with no checkpoint between them. Cancelled while
-    waiting (a deadline), nothing was accepted: a client told to retry sends no duplicates.
+    Returns:
+        The offset given to the first record of each share, in order.
+    """
+    return await admit_sized(
+        [(partition, len(share)) for partition, share in shares], lambda: [s for _, s in shares]
+    )
+
+
+async def admit_sized(
+    sizes: Sequence[tuple[Partition, int]], build: Callable[[], Sequence[Columns]]
+) -> list[int]:
+    """Append records to several partitions, all at once or none.
+
+    Waits until every partition has room for its records (a partition named more than once
+    for all of them together) and no sender is queued before them; then calls ``build``,
+    which makes the records (as many, in the order of ``sizes``) without waiting, and appends
+    them, all in one step with no checkpoint between. So what ``build`` stamps (sequence
+    numbers, the time) follows the order of admission, and cancelled while waiting (a
+    deadline), nothing was made or accepted: a client told to retry sends no duplicates.
     This is how a request's events enter topics (they may go to several); producers, which
     send a batch's shares one after another, use :meth:`Partition.send`.
 
@@ -182,25 +198,35 @@ async def admit_all(shares: Sequence[tuple[Partition, Columns]]) -> list[int]:
         The offset given to the first record of each share, in order.
 
     Raises:
-        TopicClosedError: A partition closed before the shares were accepted.
-        BatchTooLargeError: A share could never fit in its partition's ring.
+        TopicClosedError: A partition is closed (or closed while waiting).
+        BatchTooLargeError: A partition's records could never fit in its ring.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
+    totals: dict[Partition, int] = {}
+    for partition, count in sizes:
+        totals[partition] = totals.get(partition, 0) + count
     while True:
-        blocked = next(
-            (
-                (partition, share)
-                for partition, share in shares
-                if not partition.can_take(len(share))
-            ),
-            None,
-        )
+        for partition, count in totals.items():
+            _refuse_if_never(partition, count)
+        blocked = next((p for p, count in totals.items() if not p.can_take(count)), None)
         if blocked is None:
             break
-        partition, share = blocked
-        if partition.closed or (partition.capacity is not None and len(share) > partition.capacity):
-            partition.send_nowait(share)  # raises the partition's own error, never appends
-        await partition.wait_room_changed()
-    firsts = [partition.send_nowait(share) for partition, share in shares]
+        await blocked.wait_room_changed()
+    built = build()
+    firsts = [
+        partition.send_nowait(records) for (partition, _), records in zip(sizes, built, strict=True)
+    ]
     await trio.lowlevel.cancel_shielded_checkpoint()
     return firsts
+
+
+def _refuse_if_never(partition: Partition, count: int) -> None:
+    # What no wait can cure: a closed partition, records more than its ring holds.
+    where = f"partition {partition.topic}[{partition.index}]"
+    if partition.closed:
+        raise TopicClosedError(f"{where} is closed; {count} records were not accepted")
+    if partition.capacity is not None and count > partition.capacity:
+        raise BatchTooLargeError(
+            f"{count} records cannot fit in {where} of capacity {partition.capacity}; "
+            "send fewer at once or raise the capacity"
+        )

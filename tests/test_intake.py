@@ -186,3 +186,49 @@ async def test_more_events_than_a_ring_holds_and_a_closed_topic_are_refused() ->
 def test_the_input_form_leaves_out_what_ringflow_stamps() -> None:
     fields = input_type(Click).__struct_fields__
     assert fields == ("user_id", "page", "element")
+
+
+# -- what an attack found ------------------------------------------------------------------------
+
+
+async def test_requests_waiting_together_get_distinct_numbers_in_admission_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    taken = intake(capacity=3, partitions=1)
+    await taken.accept(CLICK)
+    await taken.accept(b"[" + CLICK + b"," + CLICK + b"]")  # full now
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(taken.accept, CLICK)
+        await trio.sleep(2)
+        topic_of(taken, "click").partitions[0].commit("g", 3)
+    stored = topic_of(taken, "click").partitions[0]
+    later = [stored.read(offset).values[0] for offset in (3, 4, 5)]  # type: ignore[union-attr]
+    assert sorted(e.seq for e in later) == [3, 4, 5]  # type: ignore[attr-defined]
+    assert {e.timestamp for e in later} == {2.0}  # type: ignore[attr-defined]
+    assert taken.produced["clicks"].seq_sums == {3: sum(range(6))}
+
+
+async def test_a_share_that_can_never_enter_is_refused_at_once_whatever_its_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    taken = intake(capacity=1, partitions=1, max_wait=5)
+    await taken.accept(CLICK)  # clicks full: its share would wait
+    start = trio.current_time()
+    with pytest.raises(IntakeError) as too_large:
+        await taken.accept(b"[" + CLICK + b"," + VIEW + b"," + VIEW + b"]")
+    assert too_large.value.status == 413
+    topic_of(taken, "page_view").close()
+    with pytest.raises(IntakeError) as closed:
+        await taken.accept(b"[" + CLICK + b"," + VIEW + b"]")
+    assert closed.value.status == 503
+    assert "closed" in closed.value.message
+    assert trio.current_time() == start  # neither waited
+
+
+async def test_the_path_of_a_failed_check_is_read_only_where_msgspec_puts_it() -> None:
+    with pytest.raises(IntakeError) as refused:
+        await intake().accept(
+            b'{"type": "click", "user_id": 1, "page": "/", "element": "e", "x - at `$.y`": 1}'
+        )
+    assert refused.value.details["path"] == "$"

@@ -14,6 +14,7 @@ from actors import (
     SequenceError,
     Topic,
     TopicClosedError,
+    admit_all,
 )
 
 from .conftest import records
@@ -394,3 +395,16 @@ async def test_an_admission_fails_as_the_partition_would() -> None:
     topic.close()
     with pytest.raises(TopicClosedError):
         await topic.admit(keyed(1))
+
+
+async def test_shares_for_one_partition_are_admitted_together_or_not_at_all(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    partition = Partition("t", 0, capacity=2)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    partition.send_nowait(keyed(0))  # room for one more: not for both shares
+    with trio.move_on_after(1):
+        await admit_all([(partition, keyed(1)), (partition, keyed(2))])
+    assert partition.end_offset == 1
+    with pytest.raises(BatchTooLargeError):  # never, together
+        await admit_all([(partition, keyed(1, 2)), (partition, keyed(3))])

@@ -84,12 +84,14 @@ class EventsApi:
     def _authorized(self, request: Request) -> bool:
         assert self.token is not None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Header values arrive as latin-1 text: back to their bytes, as the token's UTF-8.
         return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self.token.encode()
+            given.strip().encode("latin-1"), self.token.encode()
         )
 
     async def _events(self, request: Request, kind: str | None) -> Response:
-        declared = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        given = request.headers.get("content-type", "").partition(",")[0]  # the first, if repeated
+        declared = given.partition(";")[0].strip().lower()
         if declared and declared not in JSON_TYPES:
             return Response.error(415, f"events are JSON; got content-type {declared!r}")
         if not self.accepting:

@@ -14,6 +14,7 @@ a client that retries never sends an event twice.
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,10 +30,13 @@ from actors import (
     RingflowError,
     Topic,
     TopicClosedError,
-    admit_all,
+    admit_sized,
 )
 
 from .tally import TopicTally
+
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+"""Where msgspec says a value failed its checks: only at the end of its message."""
 
 STAMPED = ("timestamp", "source", "seq")
 """Fields of an event type that ringflow fills in, never the client."""
@@ -161,23 +165,26 @@ class Intake:
     async def accept(self, body: bytes, kind: str | None = None) -> int:
         """Decode, check, stamp and admit the events of one request; return how many.
 
+        Events are stamped as they are admitted, so sequence numbers follow the order in
+        which requests enter the rings, and the timestamp is the moment they did.
+
         Args:
             body: The request's JSON: one event object or a list of them.
             kind: The kind every event must be (a typed route), or None for any kind routed
                 here, named by each event's ``type``.
 
         Raises:
-            IntakeError: The request was refused (400 malformed JSON, 404 unknown kind, 422
-                an event failed its checks, 503 no room within ``max_wait`` or the topic is
-                closed); nothing of it was accepted.
+            IntakeError: The request was refused (400 malformed JSON, 404 unknown kind, 413
+                more events than a ring holds, 422 an event failed its checks, 503 no room
+                within ``max_wait`` or a topic closed); nothing of it was accepted.
         """
         try:
             decoded = self._decode(body, kind)
-            shares, counted = self._stamp(decoded)
+            sizes, build = self._plan(decoded)
             with trio.move_on_after(self.max_wait) as waited:
                 self._waiting += 1
                 try:
-                    await _admit(shares)
+                    await _admit(sizes, build)
                 finally:
                     self._waiting -= 1
             if waited.cancelled_caught:
@@ -190,9 +197,6 @@ class Intake:
         except IntakeError as refused:
             self._refused[refused.status] = self._refused.get(refused.status, 0) + 1
             raise
-        self.seq += len(decoded)
-        for topic, (events, seq_sum) in counted.items():
-            self.produced[topic].count(self.source, events, seq_sum)
         self._accepted += len(decoded)
         self._requests_accepted += 1
         return len(decoded)
@@ -203,9 +207,11 @@ class Intake:
             decoded = decoder.decode(body)
         except msgspec.ValidationError as error:
             message = str(error)
-            path = message.rpartition(" - at `")[2].rstrip("`") if " - at `" in message else "$"
+            found = _AT.search(message)
             raise IntakeError(
-                422, f"{message}; nothing of the request was accepted", path=path
+                422,
+                f"{message}; nothing of the request was accepted",
+                path=found.group(1) if found else "$",
             ) from None
         except msgspec.DecodeError as error:
             raise IntakeError(
@@ -213,29 +219,51 @@ class Intake:
             ) from None
         return decoded if isinstance(decoded, list) else [decoded]
 
-    def _stamp(
+    def _plan(
         self, decoded: Sequence[Any]
-    ) -> tuple[list[tuple[Partition, Columns]], dict[str, tuple[list[Any], int]]]:
-        # The events made whole (stamped), grouped by topic, split into partition shares.
-        now = self.now()
-        by_topic: dict[str, tuple[Route, list[Any]]] = {}
-        seq = self.seq
-        for given in decoded:
-            route = self.routes[given.__struct_config__.tag]
-            fields = msgspec.structs.asdict(given)
-            event = route.event_type(**fields, timestamp=now, source=self.source, seq=seq)
-            seq += 1
-            by_topic.setdefault(route.topic.name, (route, []))[1].append(event)
-        shares: list[tuple[Partition, Columns]] = []
-        counted: dict[str, tuple[list[Any], int]] = {}
-        for name, (route, events) in by_topic.items():
-            field = route.key_field
-            keys = [getattr(e, field) for e in events] if field else [None] * len(events)
-            if route.topic.closed:
-                raise IntakeError(503, f"topic {name!r} is closed; nothing was accepted")
-            shares += route.topic.shares(Columns(keys, events, [now] * len(events)))
-            counted[name] = (events, sum(e.seq for e in events))
-        return shares, counted
+    ) -> tuple[list[tuple[Partition, int]], Callable[[], list[Columns]]]:
+        # Where each event goes (its key decides, and the client gave the key), and what
+        # makes the records once there is room: the events stamped then.
+        groups: list[tuple[Route, list[tuple[int, Any]], list[Any]]] = []
+        sizes: list[tuple[Partition, int]] = []
+        by_kind: dict[str, list[tuple[int, Any]]] = {}
+        for number, given in enumerate(decoded):
+            by_kind.setdefault(given.__struct_config__.tag, []).append((number, given))
+        for tag, items in by_kind.items():
+            route = self.routes[tag]
+            topic, field = route.topic, route.key_field
+            if topic.closed:
+                raise IntakeError(503, f"topic {topic.name!r} is closed; nothing was accepted")
+            keys = [getattr(given, field) for _, given in items] if field else [None] * len(items)
+            where: dict[int, list[int]] = {}
+            for position, index in enumerate(topic.partition_indexes(keys)):
+                where.setdefault(index, []).append(position)
+            for index, positions in sorted(where.items()):
+                sizes.append((topic.partitions[index], len(positions)))
+                groups.append((route, [items[p] for p in positions], [keys[p] for p in positions]))
+
+        def build() -> list[Columns]:
+            now, first = self.now(), self.seq
+            self.seq += len(decoded)
+            built: list[Columns] = []
+            counted: dict[str, list[Any]] = {}
+            for route, items, keys in groups:
+                events = [
+                    route.event_type(
+                        **msgspec.structs.asdict(given),
+                        timestamp=now,
+                        source=self.source,
+                        seq=first + number,
+                    )
+                    for number, given in items
+                ]
+                built.append(Columns(keys, events, [now] * len(events)))
+                counted.setdefault(route.topic.name, []).extend(events)
+            for topic, events in counted.items():
+                self.produced[topic].count(self.source, events, sum(e.seq for e in events))
+            return built
+
+        return sizes, build
 
     def statistics(self) -> IntakeStatistics:
         """Return a snapshot of the intake's counters."""
@@ -247,10 +275,10 @@ class Intake:
         )
 
 
-async def _admit(shares: list[tuple[Partition, Columns]]) -> None:
-    # admit_all, its errors as refusals: nothing of the request was accepted.
+async def _admit(sizes: list[tuple[Partition, int]], build: Callable[[], list[Columns]]) -> None:
+    # admit_sized, its errors as refusals: nothing of the request was accepted.
     try:
-        await admit_all(shares)
+        await admit_sized(sizes, build)
     except TopicClosedError as error:
         raise IntakeError(503, f"{error}; nothing was accepted") from None
     except BatchTooLargeError as error:
