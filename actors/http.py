@@ -97,7 +97,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @attrs.frozen
 class HttpLimits:
-    """What one connection may send, and how long it may take."""
+    """What clients may send, how long they may take, and how many may be connected."""
 
     max_body: int = 1 << 20
     """The largest request body in bytes; a larger one is answered ``413`` and the
@@ -112,6 +112,9 @@ class HttpLimits:
     send_timeout: float = 30.0
     """Seconds to send a response to a client that does not read it; then the connection
     is closed."""
+    max_connections: int = 1000
+    """Connections open at once; one more is answered ``503`` (with ``Retry-After``) and
+    closed, so idle clients cannot take every file descriptor."""
 
 
 @attrs.frozen
@@ -128,6 +131,8 @@ class HttpStatistics:
     """Responses sent so far, per status."""
     handler_errors: int
     """Requests whose handler raised (answered ``500``)."""
+    turned_away: int
+    """Connections closed at once because :attr:`HttpLimits.max_connections` were open."""
 
 
 @attrs.define(eq=False)
@@ -150,6 +155,7 @@ class HttpServer:
     _requests: int = 0
     _by_status: dict[int, int] = attrs.field(factory=dict)
     _handler_errors: int = 0
+    _turned_away: int = 0
 
     def statistics(self) -> HttpStatistics:
         """Return a snapshot of the server's counters."""
@@ -159,6 +165,7 @@ class HttpServer:
             requests=self._requests,
             by_status=dict(self._by_status),
             handler_errors=self._handler_errors,
+            turned_away=self._turned_away,
         )
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
@@ -167,6 +174,16 @@ class HttpServer:
         self._connections_total += 1
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header)
         try:
+            if self._connections > self.limits.max_connections:
+                self._turned_away += 1
+                busy = Response.error(
+                    503,
+                    f"{self.limits.max_connections:,} connections are open, the most taken; "
+                    "retry later",
+                    headers=[("retry-after", "1")],
+                )
+                await self._send(stream, connection, busy, close=True)
+                return
             while True:
                 request = await self._read_request(stream, connection)
                 if request is None:
@@ -215,8 +232,9 @@ class HttpServer:
         limits = self.limits
         head: h11.Request | None = None
         body = bytearray()
-        deadline = trio.current_time() + limits.idle_timeout
-        begun = False
+        # Bytes of the next request that came with the last one have begun it already.
+        begun = bool(connection.trailing_data[0])
+        deadline = trio.current_time() + (limits.read_timeout if begun else limits.idle_timeout)
         while True:
             try:
                 event = connection.next_event()

@@ -384,3 +384,31 @@ async def test_ambiguous_framing_and_bad_targets_are_answered_400_and_closed(
 def test_targets_are_paths_or_absolute_urls() -> None:
     assert Request("GET", "//health?x=1", {}).path == "//health"
     assert Request("GET", "http://host/events?limit=5", {}).query == {"limit": ["5"]}
+
+
+async def test_connections_beyond_the_most_are_turned_away_with_503(
+    nursery: trio.Nursery, connect: Connect
+) -> None:
+    server = await started(nursery, limits=HttpLimits(max_connections=1))
+    first = await connect(server)
+    assert (await first.request("GET", "/"))[0] == 200  # it stays open
+    answer = await (await connect(server)).raw(b"")
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 1\r\n" in answer
+    assert b"1 connections are open" in answer
+    assert (await first.request("GET", "/still"))[0] == 200
+    assert server.statistics().turned_away == 1
+
+
+async def test_a_partial_request_behind_a_whole_one_gets_its_408(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    _, client, closed = await serve_in_memory(nursery, HttpLimits(read_timeout=5, idle_timeout=100))
+    await client.stream.send_all(b"GET /a HTTP/1.1\r\nhost: t\r\n\r\nGET /b HTT")
+    start = trio.current_time()
+    answer = await client.raw(b"")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 408 " in answer
+    assert trio.current_time() - start == pytest.approx(5)
+    await closed.wait()  # after a second of lingering close
+    assert trio.current_time() - start == pytest.approx(6)
