@@ -152,7 +152,6 @@ class HttpServer:
     """The port it listens on, once serving."""
     _connections: int = 0
     _connections_total: int = 0
-    _requests: int = 0
     _by_status: dict[int, int] = attrs.field(factory=dict)
     _handler_errors: int = 0
     _turned_away: int = 0
@@ -162,7 +161,7 @@ class HttpServer:
         return HttpStatistics(
             connections=self._connections,
             connections_total=self._connections_total,
-            requests=self._requests,
+            requests=sum(self._by_status.values()),
             by_status=dict(self._by_status),
             handler_errors=self._handler_errors,
             turned_away=self._turned_away,
@@ -265,8 +264,8 @@ class HttpServer:
                 size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if size > limits.max_header:  # h11 checks only heads that come in pieces
                     return Response.error(431, "request line and headers too large")
-                names = {name for name, _ in event.headers}
-                if b"content-length" in names and b"transfer-encoding" in names:
+                fields = dict(event.headers)
+                if b"content-length" in fields and b"transfer-encoding" in fields:
                     # Framing two ways is how requests are smuggled past proxies (RFC 9112).
                     return Response.error(
                         400, "a request may not have both Content-Length and Transfer-Encoding"
@@ -275,8 +274,8 @@ class HttpServer:
                     _split_target(event.target.decode("ascii"))
                 except (ValueError, UnicodeDecodeError):
                     return Response.error(400, "malformed request target")
-                length = _content_length(event)
-                if length is not None and length > limits.max_body:
+                length = int(fields.get(b"content-length", 0))  # h11 checked it is a number
+                if length > limits.max_body:
                     return Response.error(
                         413, f"the body is {length:,} bytes; at most {limits.max_body:,} are taken"
                     )
@@ -306,7 +305,6 @@ class HttpServer:
         close: bool = False,
         head_only: bool = False,
     ) -> None:
-        self._requests += 1
         self._by_status[response.status] = self._by_status.get(response.status, 0) + 1
         head = _head(response, close=close)
         if head_only:  # HEAD: the headers a GET would have, and no body
@@ -372,13 +370,6 @@ def _split_target(target: str) -> tuple[str, str]:
     if not parts.scheme or not parts.netloc:
         raise ValueError(f"not a request target: {target[:100]!r}")
     return parts.path or "/", parts.query
-
-
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)
-    return None
 
 
 def _headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:

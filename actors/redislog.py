@@ -203,20 +203,12 @@ class RedisLogger:
         Returns:
             Whether every such entry was written (or dropped for room, and counted).
         """
-        async with open_nursery() as nursery:
-            with trio.CancelScope() as scope:
-
-                async def expire() -> None:
-                    await self.sleep(limit)
-                    scope.cancel()
-
-                nursery.start_soon(expire)
-                while self._connected and self._oldest_pending() <= mark:
-                    try:
-                        await self.write_some()
-                    except (redis.exceptions.RedisError, OSError) as exc:
-                        self._failed(exc)
-            nursery.cancel_scope.cancel()
+        async with real_time_limit(limit, self.sleep):
+            while self._connected and self._oldest_pending() <= mark:
+                try:
+                    await self.write_some()
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    self._failed(exc)
         return self._oldest_pending() > mark
 
     def _oldest_pending(self) -> float:
@@ -403,14 +395,17 @@ async def sleep_real(seconds: float) -> None:
 
 
 @asynccontextmanager
-async def real_time_limit(seconds: float) -> AsyncIterator[trio.CancelScope]:
+async def real_time_limit(
+    seconds: float, sleep: Callable[[float], Awaitable[None]] = sleep_real
+) -> AsyncIterator[trio.CancelScope]:
     """Cancel the block after ``seconds`` of real time (``trio.move_on_after`` uses the run's
-    clock, which under autojump fires at once while the block waits on Redis)."""
+    clock, which under autojump fires at once while the block waits on Redis); ``sleep``
+    measures them (a simulated Redis's logger measures on the run's clock)."""
     async with open_nursery() as nursery:
         with trio.CancelScope() as scope:
 
             async def expire() -> None:
-                await sleep_real(seconds)
+                await sleep(seconds)
                 scope.cancel()
 
             nursery.start_soon(expire)

@@ -142,18 +142,14 @@ class Topic:
             batch has no records).
         """
         firsts = [-1] * self.partition_count
-        shares = self.shares(batch)
-        for (partition, _), first in zip(shares, await admit_all(shares), strict=True):
-            firsts[partition.index] = first
-        return firsts
-
-    def shares(self, batch: Columns) -> list[tuple[Partition, Columns]]:
-        """Each partition that ``batch`` has records for, with those records in order."""
-        return [
+        shares = [
             (partition, share)
             for partition, share in zip(self.partitions, self.split(batch), strict=True)
             if len(share)
         ]
+        for (partition, _), first in zip(shares, await admit_all(shares), strict=True):
+            firsts[partition.index] = first
+        return firsts
 
     def partition_indexes(self, keys: Sequence[Key] | Any) -> list[int]:
         """Return the partition of each key (round robin for None keys)."""

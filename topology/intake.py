@@ -92,11 +92,6 @@ class Route:
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "input", input_type(self.event_type))
 
-    @property
-    def kind(self) -> str:
-        """The kind it takes."""
-        return kind_of(self.event_type)
-
 
 @attrs.frozen
 class IntakeStatistics:
@@ -224,7 +219,7 @@ class Intake:
     ) -> tuple[list[tuple[Partition, int]], Callable[[], list[Columns]]]:
         # Where each event goes (its key decides, and the client gave the key), and what
         # makes the records once there is room: the events stamped then.
-        groups: list[tuple[Route, list[tuple[int, Any]], list[Any]]] = []
+        groups: list[tuple[Route, Sequence[tuple[int, Any]], Any]] = []
         sizes: list[tuple[Partition, int]] = []
         by_kind: dict[str, list[tuple[int, Any]]] = {}
         for number, given in enumerate(decoded):
@@ -235,12 +230,11 @@ class Intake:
             if topic.closed:
                 raise IntakeError(503, f"topic {topic.name!r} is closed; nothing was accepted")
             keys = [getattr(given, field) for _, given in items] if field else [None] * len(items)
-            where: dict[int, list[int]] = {}
-            for position, index in enumerate(topic.partition_indexes(keys)):
-                where.setdefault(index, []).append(position)
-            for index, positions in sorted(where.items()):
-                sizes.append((topic.partitions[index], len(positions)))
-                groups.append((route, [items[p] for p in positions], [keys[p] for p in positions]))
+            shares = topic.split(Columns(keys, items, [0.0] * len(items)))
+            for partition, share in zip(topic.partitions, shares, strict=True):
+                if len(share):
+                    sizes.append((partition, len(share)))
+                    groups.append((route, share.values, share.keys))
 
         def build() -> list[Columns]:
             now, first = self.now(), self.seq
