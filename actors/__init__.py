@@ -3,6 +3,11 @@
 This package knows nothing of topology files or workloads; ``topology`` and ``sim`` build on it.
 """
 
+from .clickhouse import ClickHouse as ClickHouse
+from .clickhouse import StoreError as StoreError
+from .clickhouse import StoreStatistics as StoreStatistics
+from .clickhouse import open_clickhouse as open_clickhouse
+from .clickhouse import quote as quote
 from .connection import Connection as Connection
 from .connection import connect as connect
 from .errors import BatchTooLargeError as BatchTooLargeError

@@ -38,7 +38,8 @@ from .bench_versus import (
 from .redis_logging import LogSettings
 from .redis_server import EmbeddedRedis
 from .report import LoggingReport, digest
-from .run import REGISTRY, load_topology, open_checkpoints, relaxed_gc, run_pipeline
+from .resume import open_checkpoints
+from .run import REGISTRY, load_topology, relaxed_gc, run_pipeline
 from .workloads import VideoSite, VideoSiteParams
 
 T = TypeVar("T")

@@ -22,7 +22,8 @@ from .baseline import plain_loop
 from .redis_logging import LogSettings
 from .redis_server import EmbeddedRedis
 from .report import LoggingReport, digest
-from .run import REGISTRY, load_topology, open_checkpoints, relaxed_gc, run_pipeline
+from .resume import open_checkpoints
+from .run import REGISTRY, load_topology, relaxed_gc, run_pipeline
 
 
 def peak_rss_mb() -> float:

@@ -36,7 +36,9 @@ from .aggregates import (
     same_lengths,
     video_result,
 )
+from .events import EVENTS
 from .reference import ReferenceUgcCounters
+from .sinks import ClickHouseParams, ClickHouseSink, ClickHouseState
 from .windows import (
     BloggerAnalytics,
     BloggerAnalyticsParams,
@@ -359,6 +361,15 @@ class UgcCounters(ReferenceUgcCounters):
 
 
 PROCESSORS: dict[str, ProcessorType] = {
+    "clickhouse": ProcessorType(
+        name="clickhouse",
+        description="stores every event in ClickHouse, a table per topic, read back by the "
+        "HTTP API",
+        params=ClickHouseParams,
+        make=ClickHouseSink,
+        accepts=tuple(EVENTS.values()),
+        state_type=ClickHouseState,
+    ),
     "video_stats": ProcessorType(
         name="video_stats",
         description="per video: views, likes, dislikes, comments, watches, seconds watched",

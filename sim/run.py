@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import attrs
 import redis.exceptions
@@ -34,8 +33,6 @@ from actors import (
 from topology import (
     CheckpointError,
     CheckpointSettings,
-    CheckpointSpec,
-    CheckpointStore,
     DamagedEpoch,
     EpochInfo,
     Pipeline,
@@ -45,6 +42,7 @@ from topology import (
     TopologyError,
 )
 
+from .events import EVENTS
 from .processors import PROCESSORS
 from .redis_logging import (
     LoggingUnavailable,
@@ -63,10 +61,11 @@ from .report import (
     Status,
     build_report,
 )
+from .resume import rebuild
 from .stall import watch_progress
 from .workloads import WORKLOADS
 
-REGISTRY = Registry(workloads=WORKLOADS, processors=PROCESSORS)
+REGISTRY = Registry(workloads=WORKLOADS, processors=PROCESSORS, events=EVENTS)
 """Every workload and processor ringflow ships."""
 
 MAX_ROLLBACKS = 5
@@ -84,6 +83,22 @@ def load_topology(path: Path) -> Topology:
     if problems:
         raise TopologyError(problems, str(path))
     return topology
+
+
+def refuse_served(topology: Topology, path: Path, command: str) -> None:
+    """Refuse to ``command`` a topology that takes events over HTTP.
+
+    Raises:
+        TopologyError: It has an ``http`` section.
+    """
+    if topology.http is not None:
+        raise TopologyError(
+            [
+                f"$.http: this topology takes its events from clients over HTTP, which "
+                f"'ringflow {command}' cannot simulate; serve it with 'ringflow serve {path}'"
+            ],
+            str(path),
+        )
 
 
 @contextmanager
@@ -114,66 +129,6 @@ class RunResult:
     pipeline: Pipeline
     refused: GatewayError | None = None
     """When a peer node refused this one for good (wrong token, version, disagreement)."""
-
-
-def open_checkpoints(
-    pipeline: Pipeline, state: Path | None
-) -> tuple[CheckpointSettings | None, Pipeline]:
-    """Set up checkpoints for ``pipeline`` and resume from its newest epoch if there is one.
-
-    Checkpoints are on when the topology has a ``checkpoint`` section or ``state`` is given.
-    The folder is the section's ``path``, else ``state``, else ``state/NAME``.
-
-    An epoch that is damaged (a part that does not match its checksum or does not decode)
-    is passed over for the next older one; ``settings.store.damaged`` lists those.
-
-    Returns:
-        The settings (None when checkpoints are off) and the pipeline to run: a new one
-        restored from the newest intact epoch, or the one given.
-
-    Raises:
-        CheckpointError: The folder cannot be used (another topology, another schema, a
-            damaged database, epochs none of which is intact, no permission); nothing in it
-            was changed.
-    """
-    spec = pipeline.topology.checkpoint
-    if spec is None and state is None:
-        return None, pipeline
-    spec = spec or CheckpointSpec()
-    name = pipeline.topology.name
-    node = None if pipeline.placement is None else pipeline.placement.node
-    if node is None:
-        folder = Path(spec.path) if spec.path else state or Path("state") / name
-    else:  # each node of a split topology keeps its own part
-        folder = state or (
-            Path(spec.path) / node if spec.path else Path("state") / f"{name}-{node}"
-        )
-    store = CheckpointStore.open(
-        folder, pipeline.fingerprint, keep=spec.keep, name=pipeline.topology.name
-    )
-    settings = CheckpointSettings(
-        store,
-        every=spec.every,
-        every_records=spec.every_records,
-        in_thread=pipeline.topology.clock == "real" or node is not None,
-    )
-    try:
-        restored = store.load_intact(functools.partial(_rebuild, pipeline))
-    except CheckpointError:
-        store.close()
-        raise
-    return settings, restored or pipeline
-
-
-def _rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:
-    return Pipeline.build(
-        pipeline.topology,
-        pipeline.registry,
-        seed=pipeline.seed,
-        events=pipeline.events_override,
-        restore=loaded,
-        placement=pipeline.placement,
-    )
 
 
 def run_pipeline(
@@ -272,11 +227,16 @@ class Run:
     _refused: GatewayError | None = attrs.field(init=False, default=None)
     _stalled: str | None = attrs.field(init=False, default=None)
     _stopped_by: str | None = attrs.field(init=False, default=None)
+    _stop_serving: bool = attrs.field(init=False, default=False)
+    """A served topology was asked to stop: a pipeline rebuilt after that stops too."""
 
     def __attrs_post_init__(self) -> None:
         self._first = self._pipeline
         self._resumed = self._pipeline.restored_from
-        self._complete = self._resumed is not None and self._resumed.completed
+        # A served topology never completes: serving it again takes events again.
+        self._complete = (
+            self._resumed is not None and self._resumed.completed and self._pipeline.intake is None
+        )
         self._earlier = () if self._resumed is None else tuple(self._resumed.segments)
         self._wall_before = sum(s.wall_seconds for s in self._earlier)
         self._damaged = [] if self._checkpoints is None else list(self._checkpoints.store.damaged)
@@ -441,7 +401,9 @@ class Run:
         async with trio.open_nursery() as nursery:
             if self._handle_sigint:
                 nursery.start_soon(self._stop_on_sigint, nursery.cancel_scope, interrupted, writing)
-            if self._first.placement is None:  # a node may wait for its peers as long as needed
+            # A node may wait for its peers as long as needed, and a served topology for its
+            # clients (it answers them 503 while its rings are full).
+            if self._first.placement is None and self._first.intake is None:
                 nursery.start_soon(
                     watch_progress,
                     lambda: self._pipeline,
@@ -457,6 +419,8 @@ class Run:
                     )
                 if self._on_pipeline is not None:
                     self._on_pipeline(current)
+                if self._stop_serving:
+                    current.stop()
                 try:
                     await current.run(self._monitor, writing)
                     break
@@ -484,7 +448,13 @@ class Run:
         final = self._pipeline
         final.wall_started = wall_started
         last = final.epochs[-1] if final.epochs else None
-        if status == "completed" and writing is not None and last is not None and last.final:
+        if (
+            status == "completed"
+            and writing is not None
+            and last is not None
+            and last.final
+            and final.intake is None
+        ):
             try:
                 writing.store.mark_completed(last.epoch)
             except CheckpointError as exc:
@@ -517,7 +487,7 @@ class Run:
         Raises:
             CheckpointError: No epoch can be loaded.
         """
-        rebuilt = writing.store.load_intact(functools.partial(_rebuild, current)) or _rebuild(
+        rebuilt = writing.store.load_intact(functools.partial(rebuild, current)) or rebuild(
             current, None
         )
         back = rebuilt.restored_from
@@ -565,6 +535,13 @@ class Run:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 self._stopped_by = signal.Signals(signum).name
+                if self._pipeline.intake is not None and not self._pipeline.intake.stopping:
+                    # A served topology stops taking events and ends as a run whose
+                    # producers are done: its rings drained, a final epoch. A second signal
+                    # stops it at once.
+                    self._stop_serving = True
+                    self._pipeline.stop()
+                    continue
                 interrupted.set()
                 if checkpoints is not None:
                     # A final epoch first, so running the same command again carries on from

@@ -26,7 +26,8 @@ from sim.cli import main
 from sim.cli.summary import print_summary
 from sim.processors import BloggerAnalytics
 from sim.report import Report
-from sim.run import REGISTRY, open_checkpoints, run_pipeline
+from sim.resume import open_checkpoints
+from sim.run import REGISTRY, run_pipeline
 from sim.workloads import VideoSite
 from tests.examples import small_batch_file, video_site_in_small_batches
 from tests.test_split import epochs_in

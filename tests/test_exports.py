@@ -86,6 +86,7 @@ MODULE_LEVEL = {
         "processing": {"Consumers", "consume", "folder", "make_consumers", "tables_of"},
         "snapshot": {
             "ClockPart",
+            "IntakePart",
             "ConsumerTallyPart",
             "GatewayPart",
             "MemberPart",
@@ -108,7 +109,9 @@ MODULE_LEVEL = {
             "restore_parts",
             "restoring",
         },
+        "serving": {"open_sinks"},
         "source": {"SourceStatistics", "WorkloadSource"},
+        "topics": {"make_topics"},
         "tally": {"TopicTally", "check_expectations"},
     },
 }

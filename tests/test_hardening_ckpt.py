@@ -23,7 +23,8 @@ import yaml
 
 import sim.run
 from sim.cli import main
-from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
+from sim.resume import open_checkpoints
+from sim.run import REGISTRY, load_topology, run_pipeline
 from tests.test_split import epochs_in
 from topology import CheckpointSettings, CheckpointStore, Pipeline, Snapshot, Topology
 from topology.checkpoint import FILE_NAME

@@ -16,7 +16,8 @@ from actors import RedisLogger, counters_key, redact, stream_key
 from sim.cli import main
 from sim.redis_logging import LoggingUnavailable, LogSettings
 from sim.redis_server import EmbeddedRedis
-from sim.run import REGISTRY, load_topology, open_checkpoints, run_pipeline
+from sim.resume import open_checkpoints
+from sim.run import REGISTRY, load_topology, run_pipeline
 from tests.examples import video_site_in_small_batches
 from topology import CheckpointStore, Pipeline
 

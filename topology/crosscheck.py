@@ -6,7 +6,15 @@ from collections.abc import Mapping
 
 from .checks import NAME
 from .limits import MAX_RING_RECORDS, MAX_RING_RECORDS_WHY, limit_problem
-from .sections import ConsumerSpec, GatewaySpec, NodeSpec, ProducerSpec, TopicSpec, parse_address
+from .sections import (
+    ConsumerSpec,
+    GatewaySpec,
+    HttpSpec,
+    NodeSpec,
+    ProducerSpec,
+    TopicSpec,
+    parse_address,
+)
 
 
 def problems_across(
@@ -16,6 +24,7 @@ def problems_across(
     consumers: Mapping[str, ConsumerSpec],
     nodes: Mapping[str, NodeSpec],
     gateway: GatewaySpec,
+    http: HttpSpec | None = None,
 ) -> list[str]:
     """Return the problems of a topology that span sections, one ``path: message`` each.
 
@@ -29,6 +38,7 @@ def problems_across(
         consumers: The consumers by name.
         nodes: The nodes by name (empty: the topology runs in one process).
         gateway: The settings of the gateways between nodes.
+        http: Events taken over HTTP, if the topology takes them.
     """
     problems = []
     for kind, specs in (
@@ -54,6 +64,19 @@ def problems_across(
     produced = {
         t for p in producers.values() for t in ([p.topic] if p.topic else p.topics.values())
     }
+    if http is not None:
+        for kind, topic in http.routes.items():
+            if topic not in topics:
+                problems.append(
+                    f"$.http.routes.{kind}: no topic named {topic!r}; "
+                    f"topics are: {', '.join(sorted(topics)) or 'none'}"
+                )
+        produced.update(http.routes.values())
+        if nodes:
+            problems.append(
+                "$.http: a topology with nodes cannot take events over HTTP yet; serve the "
+                "ingestion part as a topology of its own"
+            )
     for name, consumer in consumers.items():
         field = "topic" if consumer.topic else "topics"
         for topic in consumer.topic_names:
@@ -77,8 +100,11 @@ def problems_across(
                     f"already used by consumer {groups[group, topic]!r}"
                 )
             groups[group, topic] = name
-    if not producers:
-        problems.append("$.producers: at least one producer is needed")
+    if not producers and http is None:
+        problems.append(
+            "$.producers: at least one producer is needed (or an 'http' section taking "
+            "events from clients)"
+        )
     consumed = {t for c in consumers.values() for t in c.topic_names}
     for name, topic_spec in topics.items():
         if name in consumed or topic_spec.allow_unconsumed:
@@ -88,6 +114,8 @@ def problems_across(
             for p, spec in producers.items()
             if name in ([spec.topic] if spec.topic else spec.topics.values())
         )
+        if http is not None and name in http.routes.values():
+            writers.append("the HTTP API")
         if not writers:
             continue  # a topic nobody uses blocks nothing
         blocks = (

@@ -17,12 +17,15 @@ one, together.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from contextlib import asynccontextmanager
 from typing import Literal
 
 import attrs
 import trio
+
+from actors import Backoff
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .errors import CheckpointError
@@ -60,11 +63,16 @@ class RunClock:
     """The run's clock at event time 0."""
     restored_event_time: float | None = None
     """Event time at the epoch the run resumed from."""
+    wall: bool = False
+    """Event time is Unix time (a served topology, whose events come from clients and are
+    stored with the time they were received), on every start and resume."""
 
     def start(self) -> float:
         """Set the origin for a run starting now; return the clock's reading."""
         now = trio.current_time()
-        if self.restored_event_time is None:
+        if self.wall:
+            self.origin = now - time.time()
+        elif self.restored_event_time is None:
             self.origin = now
         else:  # carry event time on from the epoch, whatever this clock reads
             self.origin = now - self.restored_event_time
@@ -394,6 +402,31 @@ class Checkpointer:
         """Called after producers made a chunk: an epoch may be due by ``every_records``."""
         if self._next_records is not None and self.events_produced() >= self._next_records:
             self._due.set()
+
+    async def until_written(self, *, final: bool = False) -> None:
+        """Ask for an epoch and wait until one is written, trying again while it fails.
+
+        A store that refuses the epoch (a full disk that may clear) or a crash of the actor
+        as it wrote is counted as a skipped epoch and tried again: everything the epoch would
+        hold is still in memory, so rolling back to redo the work would not help. The
+        caller bounds the wait (the final epoch's timeout). Failures are told to
+        ``on_skipped`` but not counted as skipped periodic epochs.
+        """
+        backoff = Backoff(first=0.05, most=1.0)
+        while True:
+            try:
+                await self.epoch(final=final)
+                return
+            except Exception as exc:
+                if final:
+                    error = CheckpointError(f"the final epoch could not be written: {exc}")
+                elif isinstance(exc, CheckpointError):
+                    error = exc
+                else:
+                    error = CheckpointError(f"the checkpoint actor crashed: {exc!r}")
+                if self.on_skipped is not None:  # said, not counted: no periodic epoch
+                    self.on_skipped(error)
+                await backoff.failed()
 
     async def periodic(
         self, settings: CheckpointSettings, until_done: bool = True, *, skip_crashes: bool = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -124,6 +124,9 @@ class Intake:
     now: Callable[[], float]
     produced: Mapping[str, TopicTally]
     max_wait: float = 5.0
+    admitted: Callable[[int], Awaitable[None]] | None = None
+    """Awaited once a request's events are admitted, with the sequence number just past
+    them, before the request is answered (to wait until an epoch holds them)."""
     seq: int = 0
     """The sequence number the next accepted event gets."""
     _decoders: dict[str | None, msgspec.json.Decoder[Any]] = attrs.field(factory=dict)
@@ -131,6 +134,7 @@ class Intake:
     _requests_accepted: int = 0
     _refused: dict[int, int] = attrs.field(factory=dict)
     _waiting: int = 0
+    _settled: trio.Event = attrs.field(factory=trio.Event)
 
     def decoder(self, kind: str | None) -> msgspec.json.Decoder[Any]:
         """The decoder of a request's body: one event or a list of them, of ``kind`` or (for
@@ -176,12 +180,23 @@ class Intake:
         try:
             decoded = self._decode(body, kind)
             sizes, build = self._plan(decoded)
+            upto = 0
+
+            def stamped() -> list[Columns]:
+                nonlocal upto
+                columns = build()
+                upto = self.seq
+                return columns
+
             with trio.move_on_after(self.max_wait) as waited:
                 self._waiting += 1
                 try:
-                    await _admit(sizes, build)
+                    await _admit(sizes, stamped)
                 finally:
                     self._waiting -= 1
+                    if not self._waiting:
+                        self._settled.set()
+                        self._settled = trio.Event()
             if waited.cancelled_caught:
                 raise IntakeError(
                     503,
@@ -194,6 +209,8 @@ class Intake:
             raise
         self._accepted += len(decoded)
         self._requests_accepted += 1
+        if self.admitted is not None:
+            await self.admitted(upto)
         return len(decoded)
 
     def _decode(self, body: bytes, kind: str | None) -> list[Any]:
@@ -258,6 +275,11 @@ class Intake:
             return built
 
         return sizes, build
+
+    async def settled(self) -> None:
+        """Return once no request is waiting for room in a ring."""
+        while self._waiting:
+            await self._settled.wait()
 
     def statistics(self) -> IntakeStatistics:
         """Return a snapshot of the intake's counters."""

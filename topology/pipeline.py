@@ -5,20 +5,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from actors import (
-    Backoff,
-    ConsumerGroup,
-    Gateway,
-    RemoteGroup,
-    Topic,
-    open_nursery,
-    open_supervisor,
-)
+from actors import ConsumerGroup, Gateway, RemoteGroup, Topic, open_nursery, open_supervisor
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .epochs import Barrier, Checkpointer, CheckpointSettings, FinalEpoch, RunClock
@@ -38,6 +32,7 @@ from .plan import (
 from .processing import consume, make_consumers
 from .registry import Processor, Registry
 from .schema import Topology
+from .serving import INTAKE, HttpIntake, IntakeSettings, intake_settings, open_sinks
 from .snapshot import (
     PartitionContents,
     ProcessorState,
@@ -48,6 +43,7 @@ from .snapshot import (
 )
 from .source import WorkloadSource
 from .tally import ConsumerTally, Expectation, TopicTally, check_expectations
+from .topics import make_topics
 
 
 @attrs.frozen
@@ -118,6 +114,13 @@ class Pipeline:
     """The wiring of that node; None when whole."""
     sources: dict[tuple[str, int], WorkloadSource] = attrs.field(factory=dict)
     """By (producer, instance), the producer instances that run here."""
+    intake: HttpIntake | None = None
+    """The HTTP API taking clients' events, when the topology has an ``http`` section: the
+    pipeline then runs until :meth:`stop`, on a clock that reads Unix time."""
+    serving: IntakeSettings | None = None
+    """Where the HTTP API listens (by default, where the file says)."""
+    state_folder: Path | None = None
+    """The run's state folder, where sinks keep embedded stores."""
     _clock: RunClock = attrs.field(factory=RunClock)
     _barrier: Barrier = attrs.field(factory=Barrier)
     _checkpointer: Checkpointer = attrs.field(init=False)
@@ -174,29 +177,11 @@ class Pipeline:
         node = None
         if placement is not None:
             node = Node(topology, placement, agreement(topology, run_seed, plans, placement.node))
-        here = None if node is None else node.spec
-        topics = {
-            name: Topic(
-                name,
-                partitions=spec.partitions,
-                capacity=spec.ring_capacity,
-                retention=spec.retention,
-            )
-            for name, spec in topology.topics.items()
-            if here is None or name in here.topics
-        }
         parts = {} if restore is None else restore[1]
-        # Partitions first: groups register on them, and a partition restores only fresh.
-        contents: dict[tuple[str, str], Stateful[Any]] = {
-            ("partition", f"{name}/{p.index}"): PartitionContents(p, name, value_type(types[name]))
-            for name, topic in topics.items()
-            for p in topic.partitions
-        }
-        restore_parts(
-            contents, parts, {key: value_type(types[key[1].rsplit("/", 1)[0]]) for key in contents}
-        )
+        topics = make_topics(topology, types, None if node is None else node.spec, parts)
+        sources = len(plans) + (topology.http is not None)  # the intake is one more
         consumers = make_consumers(
-            topology, registry, topics, len(plans), lambda t: value_type(types[t]), node
+            topology, registry, topics, sources, lambda t: value_type(types[t]), node
         )
         pipeline = cls(
             topology=topology,
@@ -215,7 +200,12 @@ class Pipeline:
             events_override=events,
             placement=placement,
             node=node,
+            clock=RunClock(wall=topology.http is not None),
         )
+        if topology.http is not None:
+            pipeline.intake = HttpIntake.make(
+                topology, registry, topics, len(plans), pipeline.produced, pipeline.event_time
+            )
         if node is not None:
             node.open_gateway(
                 topics, consumers.hosted, {n: pipeline.value_type(n) for n in topics}, TopicSummary
@@ -290,6 +280,16 @@ class Pipeline:
         """``HOST:PORT`` where ``node``'s gateway is reached (or listens, for this node)."""
         assert self.node is not None
         return self.node.address_of(node)
+
+    def event_time(self) -> float:
+        """Seconds of the run's clock since its origin: what events are stamped with."""
+        return trio.current_time() - self._clock.origin
+
+    def stop(self) -> None:
+        """Stop a served pipeline gracefully: its HTTP API stops taking events, its topics
+        close, consumers drain them, and the run ends with a final epoch (if it writes any)."""
+        if self.intake is not None:
+            self.intake.stop()
 
     def value_type(self, topic: str) -> Any:
         """The type record values of ``topic`` decode to (a union of the workloads' events)."""
@@ -368,6 +368,8 @@ class Pipeline:
         states.update({("producer", f"{p}/{i}"): s for (p, i), s in self.sources.items()})
         if self.node is not None:
             states.update(self.node.states())
+        if self.intake is not None:
+            states["intake", "http"] = self.intake
         states["run", "clock"] = self._clock
         return states
 
@@ -391,7 +393,9 @@ class Pipeline:
         if self._torn:
             raise CheckpointError("an actor crashed: the run goes back to its newest epoch")
         snapshot = self.capture(final=final)
-        return snapshot, None if self.node is None else self.node.durable_hook(self.topics)
+        if self.node is not None:  # a topology with nodes takes no events over HTTP
+            return snapshot, self.node.durable_hook(self.topics)
+        return snapshot, None if self.intake is None else self.intake.durable_hook()
 
     def _record(self, info: EpochInfo) -> None:
         self.epochs.append(info)
@@ -462,58 +466,50 @@ class Pipeline:
         """
         self._clock.start()
         self.wall_started = time.perf_counter()
-        self._barrier.start(self.sources)
+        self._barrier.start([*self.sources, *([INTAKE] if self.intake is not None else [])])
         if checkpoints is not None and self.node is not None:
             self.node.hold_back(self.topics.values())
         self._checkpointing = checkpoints is not None
         try:
-            async with open_nursery() as epochs:
-                if checkpoints is not None:  # the only writer of epochs, until the final one
-                    await epochs.start(self._serve_epochs, checkpoints.store, checkpoints.in_thread)
-                await self._run_actors(monitor, checkpoints)
-                if checkpoints is not None:
-                    # The writer must finish the final epoch even if the run is cancelled
-                    # meanwhile, but no longer than the final timeout: then it is abandoned.
-                    epochs.cancel_scope.shield = True
-                    with (
-                        trio.CancelScope(shield=True),
-                        trio.move_on_after(checkpoints.final_timeout),
-                    ):
-                        await self._final_epoch()
-                epochs.cancel_scope.cancel()
+            async with AsyncExitStack() as stack, open_nursery() as serving:
+                await open_sinks(
+                    stack,
+                    self.topology,
+                    self.processors,
+                    self.value_types,
+                    self.state_folder,
+                    self.intake,
+                )
+                if self.intake is not None:
+                    durable = checkpoints is not None and self.intake.acks != "ring"
+                    await serving.start(
+                        self.intake.serve,
+                        self.serving or intake_settings(self.topology),
+                        self._checkpointer.epoch if durable else None,
+                    )
+                await self._run_with_epochs(monitor, checkpoints)
+                serving.cancel_scope.cancel()
         finally:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()
 
-    async def _final_epoch(self) -> None:
-        # Tried again while it fails (a full disk that may clear, a crash of the checkpoint
-        # actor as it wrote), within the final timeout of the caller: everything it would
-        # hold is still in memory, so rolling back to redo the work would not help.
-        backoff = Backoff(first=0.05, most=1.0)
-        while True:
-            try:
-                await self._checkpointer.epoch(final=True)
-                return
-            except Exception as exc:
-                self._skipped(CheckpointError(f"the final epoch could not be written: {exc}"))
-                await backoff.failed()
-
-    async def _leaving_epoch(self) -> None:
-        # A member of a group on another node leaves once an epoch holds what it processed.
-        # A store that refuses the epoch (a full disk) is tried again, as periodic epochs
-        # are: what the member processed is all still in memory.
-        backoff = Backoff(first=0.05, most=1.0)
-        while True:
-            try:
-                await self._checkpointer.epoch()
-                return
-            except Exception as exc:  # refused, or the checkpoint actor crashed taking it
-                self._skipped(
-                    exc
-                    if isinstance(exc, CheckpointError)
-                    else CheckpointError(f"the checkpoint actor crashed: {exc!r}")
-                )
-                await backoff.failed()
+    async def _run_with_epochs(
+        self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
+    ) -> None:
+        async with open_nursery() as epochs:
+            if checkpoints is not None:  # the only writer of epochs, until the final one
+                await epochs.start(self._serve_epochs, checkpoints.store, checkpoints.in_thread)
+            await self._run_actors(monitor, checkpoints)
+            if checkpoints is not None:
+                # The writer must finish the final epoch even if the run is cancelled
+                # meanwhile, but no longer than the final timeout: then it is abandoned.
+                epochs.cancel_scope.shield = True
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(checkpoints.final_timeout),
+                ):
+                    await self._checkpointer.until_written(final=True)
+            epochs.cancel_scope.cancel()
 
     async def _run_actors(
         self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
@@ -578,7 +574,9 @@ class Pipeline:
                                 max_records=spec.max_records,
                                 origin=self.origin,
                                 monitor=monitor,
-                                epoch=self._leaving_epoch if self._checkpointing else None,
+                                epoch=self._checkpointer.until_written
+                                if self._checkpointing
+                                else None,
                                 pace=None
                                 if self.pace is None
                                 else functools.partial(self.pace, f"{consumer}-{instance}"),
@@ -590,6 +588,8 @@ class Pipeline:
                     producer_id(source.plan),
                     self._guarded(functools.partial(source.run, self.origin)),
                 )
+            if self.intake is not None:
+                supervisor.start_soon("http", self.intake.run, self._barrier)
             if checkpoints is not None:
                 supervisor.start_soon("checkpointer", self._checkpointer.periodic, checkpoints)
             if self.gateway is not None:

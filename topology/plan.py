@@ -83,15 +83,11 @@ def topics_of(topology: Topology, producer: str) -> set[str]:
 
 
 def event_types(topology: Topology, registry: Registry) -> dict[str, tuple[type, ...]]:
-    """Per topic, the event classes its producers' workloads write to it."""
+    """Per topic, the event classes its producers' workloads (and the HTTP API) write to it."""
     types: dict[str, tuple[type, ...]] = {name: () for name in topology.topics}
-    for spec in topology.producers.values():
-        kind = registry.workloads[spec.workload]
-        for stream in kind.streams:
-            topic = spec.topic if spec.topic else spec.topics[stream]
-            types[topic] += tuple(
-                t for t in kind.event_types.get(stream, ()) if t not in types[topic]
-            )
+    for topic, writers in registry.writers(topology).items():
+        for _, written in writers:
+            types[topic] += tuple(t for t in written if t not in types[topic])
     return types
 
 
@@ -106,6 +102,8 @@ def _described(topology: Topology) -> tuple[dict[str, Any], dict[str, list[Any]]
     # (not where the nodes listen).
     described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
     described.pop("gateway")
+    if described.get("http") is None:  # as files written before the section existed
+        described.pop("http", None)
     nodes = described.pop("nodes")
     layout = {name: [n["topics"], n["producers"], n["consumers"]] for name, n in nodes.items()}
     return described, layout

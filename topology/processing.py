@@ -18,7 +18,7 @@ import trio
 from actors import Consumer, ConsumerGroup, RemoteConsumer, RemoteGroup, Table, Topic
 
 from .node import Node
-from .registry import Processor, Registry
+from .registry import Processor, Registry, Sink
 from .schema import Topology
 from .tally import ConsumerTally
 
@@ -168,10 +168,14 @@ async def _read(
     pace: Callable[[int], Awaitable[None]] | None,
 ) -> None:
     fold = folder(processor)
+    sink = processor if isinstance(processor, Sink) else None
     async for batch in member.batches():
         # Counted once processed: a processor that crashes on a batch leaves it uncounted,
         # as the positions leave it unprocessed.
-        fold(batch.values)
+        if sink is not None:
+            await sink.write(batch)
+        else:
+            fold(batch.values)
         tally.observe(topic, batch, trio.current_time() - origin)
         member.commit_nowait()
         if monitor is not None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import msgspec
+
+from actors import RecordBatch
 
 from .convert import converter, describe_errors
 from .schema import Topology
@@ -135,6 +139,39 @@ class Processor(Protocol):
 
 
 @attrs.frozen
+class SinkContext:
+    """What a sink learns when its run starts (see :class:`Sink`)."""
+
+    consumer: str
+    """The consumer's name."""
+    topics: Mapping[str, tuple[type, ...]]
+    """The topics the consumer reads, with the event types each carries."""
+    state: Path | None
+    """The run's state folder, where an embedded store keeps its data; None: no folder was
+    given (the sink picks its own default)."""
+
+
+@runtime_checkable
+class Sink(Processor, Protocol):
+    """A processor that writes what it consumes to another system (ClickHouse...).
+
+    Its consumer awaits :meth:`write` with every batch before committing it: a batch is
+    committed only once the sink has it. After a crash, the batches since the last epoch are
+    written again, so a sink makes writing a batch twice harmless (deduplicating by topic,
+    partition and offset). :meth:`process` is not called; :meth:`totals` counts what was
+    written, as an epoch keeps it.
+    """
+
+    def opened(self, context: SinkContext) -> AbstractAsyncContextManager[None]:
+        """Connect for the run (create tables...); leaving the block disconnects."""
+        ...
+
+    async def write(self, batch: RecordBatch) -> None:
+        """Store every record of ``batch`` (its values may be events or a table)."""
+        ...
+
+
+@attrs.frozen
 class WorkloadType:
     """A workload a topology can name in ``producers.NAME.workload``."""
 
@@ -181,6 +218,36 @@ class Registry:
 
     workloads: Mapping[str, WorkloadType]
     processors: Mapping[str, ProcessorType]
+    events: Mapping[str, type[Event]] = attrs.field(factory=dict)
+    """The event types clients may send over HTTP, by kind (each type's msgspec tag):
+    ``http.routes`` in a topology names these."""
+
+    def writers(self, topology: Topology) -> dict[str, list[tuple[str, tuple[type, ...]]]]:
+        """Per topic, who writes to it (``workload 'ugc' (producer 'site')``, ``the HTTP
+        API``) and the event types each writes; unknown names are left out."""
+        found: dict[str, list[tuple[str, tuple[type, ...]]]] = {}
+        for producer_name, producer in topology.producers.items():
+            workload = self.workloads.get(producer.workload)
+            if workload is None:
+                continue
+            for stream in workload.streams:
+                topic = producer.topic if producer.topic else producer.topics.get(stream)
+                if topic is None:
+                    continue
+                found.setdefault(topic, []).append(
+                    (
+                        f"workload {workload.name!r} (producer {producer_name!r})",
+                        tuple(workload.event_types.get(stream, ())),
+                    )
+                )
+        if topology.http is not None:
+            for kind, topic in topology.http.routes.items():
+                event_type = self.events.get(kind)
+                if event_type is not None:
+                    found.setdefault(topic, []).append(
+                        (f"the HTTP API (kind {kind!r})", (event_type,))
+                    )
+        return found
 
     def check(self, topology: Topology) -> list[str]:
         """Return every problem with names and params in ``topology``; empty when it is fine."""
@@ -220,42 +287,55 @@ class Registry:
                 continue
             problems.extend(_check_params(processor.params, consumer.params, f"{path}.params"))
             problems.extend(self._check_events(topology, name, processor))
+        problems.extend(self._check_http(topology))
         return problems
 
     def _check_events(self, topology: Topology, name: str, processor: ProcessorType) -> list[str]:
         """Every event a consumer's topics carry must be one its processor accepts."""
         problems = []
         consumer = topology.consumers[name]
+        writers = self.writers(topology)
         for topic in consumer.topic_names:
-            for producer_name, producer in topology.producers.items():
-                workload = self.workloads.get(producer.workload)
-                if workload is None:
-                    continue  # reported with the producer
-                for stream in workload.streams:
-                    target = producer.topic if producer.topic else producer.topics.get(stream)
-                    if target != topic:
-                        continue
-                    refused = [
-                        t
-                        for t in workload.event_types.get(stream, ())
-                        if t not in processor.accepts
-                    ]
-                    if not refused:
-                        continue
-                    names = ", ".join(t.__name__ for t in refused)
-                    fitting = sorted(
-                        other.name
-                        for other in self.processors.values()
-                        if all(t in other.accepts for t in refused)
-                    )
-                    problems.append(
-                        f"$.consumers.{name}.processor: processor {processor.name!r} accepts "
-                        f"{', '.join(t.__name__ for t in processor.accepts)} events, but topic "
-                        f"{topic!r} carries {names} events from workload {workload.name!r} "
-                        f"(producer {producer_name!r}); use a processor that accepts them"
-                        + (f" ({', '.join(fitting)})" if fitting else "")
-                        + " or read another topic"
-                    )
+            for writer, types in writers.get(topic, []):
+                refused = [t for t in types if t not in processor.accepts]
+                if not refused:
+                    continue
+                names = ", ".join(t.__name__ for t in refused)
+                fitting = sorted(
+                    other.name
+                    for other in self.processors.values()
+                    if all(t in other.accepts for t in refused)
+                )
+                problems.append(
+                    f"$.consumers.{name}.processor: processor {processor.name!r} accepts "
+                    f"{', '.join(t.__name__ for t in processor.accepts)} events, but topic "
+                    f"{topic!r} carries {names} events from {writer}; use a processor that "
+                    "accepts them"
+                    + (f" ({', '.join(fitting)})" if fitting else "")
+                    + " or read another topic"
+                )
+        return problems
+
+    def _check_http(self, topology: Topology) -> list[str]:
+        """Routes name known kinds, and a route's topic key is a field of its events."""
+        problems: list[str] = []
+        if topology.http is None:
+            return problems
+        for kind, topic in topology.http.routes.items():
+            event_type = self.events.get(kind)
+            if event_type is None:
+                problems.append(
+                    f"$.http.routes.{kind}: unknown event kind {kind!r}; "
+                    f"known: {', '.join(sorted(self.events)) or 'none'}"
+                )
+                continue
+            spec = topology.topics.get(topic)
+            fields = _fields_of(event_type)
+            if spec is not None and spec.key and fields is not None and spec.key not in fields:
+                problems.append(
+                    f"$.topics.{topic}.key: {event_type.__name__} events (kind {kind!r}) "
+                    f"have no field {spec.key!r}; their fields are {', '.join(fields)}"
+                )
         return problems
 
     def workload_params(self, topology: Topology, producer: str) -> Any:

@@ -22,6 +22,7 @@ from .sections import (
     ConsumerSpec,
     ExpectSpec,
     GatewaySpec,
+    HttpSpec,
     NodeSpec,
     ProducerSpec,
     RedisSpec,
@@ -41,9 +42,9 @@ class Topology(Checked):
     """The topology's name, used in reports."""
     topics: dict[str, TopicSpec]
     """The topics by name."""
-    producers: dict[str, ProducerSpec]
-    """The producers by name."""
-    consumers: dict[str, ConsumerSpec]
+    producers: dict[str, ProducerSpec] = attrs.field(factory=dict)
+    """The producers by name (none when every event comes over HTTP)."""
+    consumers: dict[str, ConsumerSpec] = attrs.field(factory=dict)
     """The consumers by name."""
     seed: int = attrs.field(default=0, metadata=checks(at_least(0)))
     """The seed every random choice is derived from (0 or more, as ``--seed``)."""
@@ -60,6 +61,8 @@ class Topology(Checked):
     ignores it and runs everything in one process."""
     gateway: GatewaySpec = attrs.field(factory=GatewaySpec)
     """Settings of the websocket gateways between nodes."""
+    http: HttpSpec | None = None
+    """Events taken from clients over HTTP (``ringflow serve``); None: producers only."""
 
     def node_of(self, kind: Literal["topics", "producers", "consumers"], name: str) -> str:
         """The node a topic, producer or consumer is assigned to (the topology has nodes)."""
@@ -125,6 +128,7 @@ class Topology(Checked):
             consumers=self.consumers,
             nodes=self.nodes,
             gateway=self.gateway,
+            http=self.http,
         )
         if self.nodes and self.checkpoint is not None and self.checkpoint.every is None:
             problems.append(

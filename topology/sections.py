@@ -238,13 +238,14 @@ class RedisSpec:
             raise FieldError(attribute.name, f"is not a usable URL: {exc}") from None
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (or ``[IPv6]:PORT``); raise ValueError with the reason."""
+def parse_address(text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[IPv6]:PORT``); raise ValueError with the reason.
+    ``any_port`` lets port 0 through (listen on a free port)."""
     host, colon, port = text.rpartition(":")
     if not colon or not host or not port.isdigit():
         raise ValueError(f"{text!r} is not HOST:PORT")
     number = int(port)
-    if not 0 < number < 65536:
+    if not (0 if any_port else 1) <= number < 65536:
         raise ValueError(f"port {number} of {text!r} is not between 1 and 65535")
     return host.strip("[]"), number
 
@@ -287,3 +288,44 @@ class GatewaySpec(Checked):
         metadata=checks(at_least(1024), at_most(MAX_MESSAGE_SIZE, "bytes", MAX_MESSAGE_SIZE_WHY)),
     )
     """The largest websocket message accepted, in bytes; a larger one closes the connection."""
+
+
+@attrs.frozen
+class HttpSpec(Checked):
+    """Events taken from clients over HTTP by ``ringflow serve``: ``http`` in the file."""
+
+    routes: dict[str, str]
+    """By event kind (``click``, ``playback``...), the topic its events go to. Clients send a
+    kind to ``POST /events`` (naming it in ``type``) or to ``POST /events/KIND``."""
+    listen: str = attrs.field(default="127.0.0.1:8000")
+    """``HOST:PORT`` the API listens on; ``--listen`` of ``ringflow serve`` overrides it."""
+    acks: Literal["ring", "durable"] | None = None
+    """When a request is answered ``202``: once its events are in their rings (``ring``), or
+    once a checkpoint epoch holds them (``durable``, the default with checkpoints), so that
+    no acknowledged event is lost by a crash."""
+    max_body: int = attrs.field(
+        default=1 << 20,
+        metadata=checks(at_least(1), at_most(64 << 20, "bytes", "a body is held in memory whole")),
+    )
+    """The largest request body in bytes; a larger one is answered ``413``."""
+    max_wait: float = attrs.field(default=5.0, metadata=checks(positive))
+    """Seconds a request may wait for room in a full ring before it is answered ``503``
+    with ``Retry-After``."""
+    max_connections: int = attrs.field(default=1000, metadata=checks(at_least(1)))
+    """Connections open at once; one more is answered ``503`` and closed."""
+    token_env: str | None = None
+    """The environment variable holding the bearer token every request but ``/health``
+    must present (``401`` without it); None: no token."""
+
+    @listen.validator
+    def _check_listen(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        try:
+            parse_address(value, any_port=True)
+        except ValueError as exc:
+            raise FieldError(attribute.name, str(exc)) from None
+
+    def problems(self) -> list[FieldError]:
+        """At least one route."""
+        if not self.routes:
+            return [FieldError("routes", "required: name the topic of each event kind taken")]
+        return []

@@ -365,6 +365,12 @@ class ClockPart(Part, frozen=True, tag=1):
     event_time: float
 
 
+class IntakePart(Part, frozen=True, tag=1):
+    """Where the HTTP intake of a served topology is: the sequence number of its next event."""
+
+    seq: int = msgspec.field(default=0)
+
+
 KINDS: Mapping[str, type[Part]] = {
     "partition": PartitionPart,
     "processor": ProcessorPart,
@@ -375,6 +381,7 @@ KINDS: Mapping[str, type[Part]] = {
     "member": MemberPart,
     "gateway": GatewayPart,
     "run": ClockPart,
+    "intake": IntakePart,
 }
 """The class of each kind of part."""
 

@@ -26,7 +26,7 @@ from ..chaos.faults import FAULT_KINDS, NETWORK_KINDS, SPLIT_KINDS, WHOLE_KINDS,
 from ..chaos.harness import Chaos
 from ..console import make_console
 from ..exitcode import ExitCode
-from ..run import load_topology
+from ..run import load_topology, refuse_served
 from .errors import refuse
 from .options import Command, flag, non_negative, option, topology_file, whole
 
@@ -87,6 +87,7 @@ def chaos(args: argparse.Namespace) -> ExitCode:
     err = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
+        refuse_served(topology, args.topology, "chaos")
         run = Chaos.of(topology, args.events)
         kinds = kinds_of(args.faults, bool(targets_of(run).links))
         fingerprint = run.fingerprint

@@ -14,7 +14,8 @@ from topology import CheckpointError, Pipeline, Placement, TopologyError, parse_
 
 from ..console import make_console
 from ..exitcode import ExitCode
-from ..run import REGISTRY, load_topology, open_checkpoints
+from ..resume import open_checkpoints
+from ..run import REGISTRY, load_topology
 from .errors import refuse
 from .options import (
     Command,

@@ -14,10 +14,11 @@ from .checkpoints import CHECKPOINTS
 from .logs import LOGS
 from .node import NODE
 from .run import RUN
+from .serve import SERVE
 from .tap import TAP
 from .validate import VALIDATE
 
-COMMANDS = (RUN, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, CHAOS, BENCH)
+COMMANDS = (RUN, SERVE, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, CHAOS, BENCH)
 """Every command, in the order ``ringflow --help`` lists them."""
 
 

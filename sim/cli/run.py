@@ -10,7 +10,8 @@ from topology import CheckpointError, Pipeline, TopologyError
 from ..console import make_console
 from ..exitcode import ExitCode
 from ..live import LiveView
-from ..run import REGISTRY, load_topology, open_checkpoints
+from ..resume import open_checkpoints
+from ..run import REGISTRY, load_topology, refuse_served
 from .errors import refuse
 from .options import (
     Command,
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> ExitCode:
     err = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
+        refuse_served(topology, args.topology, "run")
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
         path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
         check_report_path(path)

@@ -1,0 +1,394 @@
+"""Sinks: processors that write what they consume to another system.
+
+``clickhouse`` stores every event it consumes in a ClickHouse table per topic, and reads
+them back for the HTTP API (``GET /events``, ``GET /stats``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import attrs
+import msgspec
+import numpy as np
+
+from actors import ClickHouse, RecordBatch, Table, open_clickhouse, quote
+from topology import IntakeError, SinkContext, State
+
+LAG_WINDOW = 100_000
+"""How many of the latest events the lag quantiles are taken over."""
+
+MAX_PAGE = 10_000
+"""The most events ``GET /events`` returns at once."""
+
+DEFAULT_PAGE = 100
+
+_STAMP_COLUMN = "received_at"
+"""An event's ``timestamp`` (when the API accepted it, in Unix seconds) is stored as this."""
+
+
+@attrs.frozen
+class ClickHouseParams:
+    """Settings of ``clickhouse``."""
+
+    database: str = "ringflow"
+    """The database its tables are in."""
+    path: str | None = None
+    """The embedded engine's folder; by default ``clickhouse`` in the run's state folder
+    (``state/clickhouse`` without one)."""
+    dedup_window: int = 10_000
+    """Recent inserts per table whose tokens ClickHouse remembers to drop a repeated one."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.database.isidentifier():
+            raise ValueError(f"database {self.database!r} is not a plain identifier")
+        if self.dedup_window < 1:
+            raise ValueError(f"dedup_window must be >= 1, got {self.dedup_window}")
+
+
+class ClickHouseState(State, frozen=True, tag=1):
+    """The state of ``clickhouse``: events written per kind."""
+
+    kinds: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+    """Events stored per kind (including those found stored already)."""
+    already_stored: Annotated[int, msgspec.Meta(ge=0)]
+    """Events found stored already when consumed again after a crash, and not written
+    again."""
+
+
+@attrs.frozen
+class _Layout:
+    """How one event type is stored: the table's columns for its fields, in its encoding's
+    order (an array-like struct encodes as ``[tag, field, field...]``)."""
+
+    columns: list[str]
+
+
+@attrs.define(eq=False)
+class _TopicTable:
+    """A topic's table: its name, its columns and how each event type fills them."""
+
+    topic: str
+    name: str
+    columns: dict[str, str]
+    """Column name to ClickHouse type, in order."""
+    layouts: dict[type, _Layout]
+    has_user: bool
+
+
+def _clickhouse_type(kind: msgspec.inspect.Type) -> str:
+    if isinstance(kind, msgspec.inspect.IntType):
+        return "Int64"
+    if isinstance(kind, msgspec.inspect.FloatType):
+        return "Float64"
+    if isinstance(kind, msgspec.inspect.BoolType):
+        return "Bool"
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        return "LowCardinality(String)"
+    if isinstance(kind, msgspec.inspect.StrType):
+        return "String"
+    return "String"  # anything else is stored as its JSON text
+
+
+def _table_of(topic: str, database: str, types: Sequence[type]) -> _TopicTable:
+    columns: dict[str, str] = {"type": "LowCardinality(String)"}
+    layouts = {}
+    for event_type in types:
+        info = msgspec.inspect.type_info(event_type)
+        assert isinstance(info, msgspec.inspect.StructType)
+        order = ["type"]
+        for field in info.fields:
+            name = _STAMP_COLUMN if field.name == "timestamp" else field.name
+            if name == _STAMP_COLUMN:
+                columns.setdefault(name, "DateTime64(6, 'UTC')")
+            else:
+                columns.setdefault(name, _clickhouse_type(field.type))
+            order.append(name)
+        layouts[event_type] = _Layout([*order, "_partition", "_offset"])
+    columns.update(
+        {
+            "stored_at": "DateTime64(6, 'UTC') DEFAULT now64(6)",
+            "_partition": "UInt32",
+            "_offset": "UInt64",
+        }
+    )
+    columns.setdefault(_STAMP_COLUMN, "DateTime64(6, 'UTC')")
+    name = f"{database}.`{topic}`"
+    return _TopicTable(topic, name, columns, layouts, "user_id" in columns)
+
+
+def _encode_cursor(row: Mapping[str, Any], topic: str) -> str:
+    data = msgspec.json.encode([row["_at"], topic, row["partition"], row["offset"]])
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _decode_cursor(text: str) -> tuple[int, str, int, int]:
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        at, topic, partition, offset = msgspec.json.decode(data, type=tuple[int, str, int, int])
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise IntakeError(
+            400, "cursor: not a cursor this API gave; use next_cursor as given"
+        ) from None
+    return at, topic, partition, offset
+
+
+def _time_bound(name: str, text: str) -> int:
+    # Unix seconds (a number) or an ISO 8601 time; as microseconds.
+    try:
+        return round(float(text) * 1_000_000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise IntakeError(
+            400, f"{name}: {text!r} is neither Unix seconds nor an ISO 8601 time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1_000_000)
+
+
+@attrs.define(eq=False)
+class ClickHouseSink:
+    """Stores the events it consumes in ClickHouse, a MergeTree table per topic
+    (``DATABASE.TOPIC``), partitioned by day and ordered by type, user and time.
+
+    Every row holds the event's fields, ``received_at`` (when the API took it),
+    ``stored_at`` (when ClickHouse stored it), and ``_partition`` and ``_offset`` (where it
+    was in its topic). Exactly once: the first batch of a partition after the sink opens is
+    checked against the offsets the table already holds from there (a crash may have come
+    after an insert and before the epoch that commits it), so no record is stored twice;
+    and each insert carries a deduplication token naming its partition and offsets.
+    """
+
+    params: ClickHouseParams = attrs.field(factory=ClickHouseParams)
+    _store: ClickHouse | None = None
+    _tables: dict[str, _TopicTable] = attrs.field(factory=dict)
+    _next: dict[tuple[str, int], int] = attrs.field(factory=dict)
+    """Per (topic, partition), the offset past the last record known stored."""
+    _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    _already_stored: int = 0
+    _lags: collections.deque[np.ndarray] = attrs.field(factory=collections.deque)
+    _lag_count: int = 0
+
+    # -- the run ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def opened(self, context: SinkContext) -> AsyncIterator[None]:
+        """Open the engine and create the tables that are missing."""
+        folder = (
+            Path(self.params.path)
+            if self.params.path
+            else (context.state or Path("state")) / "clickhouse"
+        )
+        async with open_clickhouse(folder) as store:
+            database = self.params.database
+            await store.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+            for topic, types in context.topics.items():
+                table = _table_of(topic, database, types)
+                order = "(type, user_id, received_at)" if table.has_user else "(type, received_at)"
+                columns = ",\n  ".join(f"`{c}` {t}" for c, t in table.columns.items())
+                await store.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table.name} (\n  {columns}\n)"
+                    f" ENGINE = MergeTree PARTITION BY toDate(received_at) ORDER BY {order}"
+                    f" SETTINGS non_replicated_deduplication_window = {self.params.dedup_window}"
+                )
+                self._tables[topic] = table
+            self._store = store
+            try:
+                yield
+            finally:
+                self._store = None
+
+    async def write(self, batch: RecordBatch) -> None:
+        """Insert the records of ``batch`` the table does not hold yet, one insert per
+        event type."""
+        store, table = self._store, self._tables[batch.topic]
+        assert store is not None, "the sink is not open"
+        values: Sequence[Any] = batch.values
+        if isinstance(values, Table):
+            values = values.rows()
+        where = (batch.topic, batch.partition)
+        first = batch.base_offset
+        known = self._next.get(where)
+        present: set[int] = set()
+        if known is None:
+            rows = await store.rows(
+                f"SELECT _offset FROM {table.name} WHERE _partition = {batch.partition}"
+                f" AND _offset >= {first}"
+            )
+            present = {int(row["_offset"]) for row in rows}
+            self._already_stored += len(present)
+            known = first
+        by_type: dict[type, list[bytes]] = {}
+        encode = msgspec.json.encode
+        for index, event in enumerate(values):
+            offset = first + index
+            if offset < known or offset in present:
+                continue
+            row = encode(event)
+            by_type.setdefault(type(event), []).append(
+                b"%s,%d,%d]" % (row[:-1], batch.partition, offset)
+            )
+        for event_type, rows_of in by_type.items():
+            layout = table.layouts[event_type]
+            last = first + len(values) - 1
+            token = f"{batch.topic}/{batch.partition}/{first}-{last}/{event_type.__name__}"
+            await store.insert(table.name, layout.columns, b"\n".join(rows_of), token)
+        self._next[where] = max(known, first + len(values))
+        stored = time.time()
+        stamps = np.asarray(batch.timestamps, dtype=np.float64)
+        self._lags.append(stored - stamps)
+        self._lag_count += len(stamps)
+        while self._lag_count - len(self._lags[0]) >= LAG_WINDOW:
+            self._lag_count -= len(self._lags.popleft())
+        for event in values:
+            self._kinds[event.kind] += 1
+
+    # -- reading back ----------------------------------------------------------------------
+
+    async def events(self, query: Mapping[str, str]) -> dict[str, Any]:
+        """A page of stored events, oldest first (see :class:`~topology.EventStore`)."""
+        store = self._store
+        assert store is not None
+        unknown = set(query) - {"type", "user_id", "from", "to", "limit", "cursor"}
+        if unknown:
+            raise IntakeError(
+                400,
+                f"unknown parameter {sorted(unknown)[0]!r}; "
+                "use type, user_id, from, to, limit and cursor",
+            )
+        limit = DEFAULT_PAGE
+        if "limit" in query:
+            if not query["limit"].isdigit() or not 1 <= int(query["limit"]) <= MAX_PAGE:
+                raise IntakeError(400, f"limit: must be a whole number from 1 to {MAX_PAGE}")
+            limit = int(query["limit"])
+        conditions = []
+        if "type" in query:
+            conditions.append(f"type = {quote(query['type'])}")
+        if "user_id" in query:
+            text = query["user_id"]
+            if not text.lstrip("-").isdigit():
+                raise IntakeError(400, f"user_id: {text!r} is not a whole number")
+            conditions.append(f"user_id = {int(text)}")
+        at = "toUnixTimestamp64Micro(received_at)"
+        if "from" in query:
+            conditions.append(f"{at} >= {_time_bound('from', query['from'])}")
+        if "to" in query:
+            conditions.append(f"{at} < {_time_bound('to', query['to'])}")
+        cursor = _decode_cursor(query["cursor"]) if "cursor" in query else None
+        found: list[tuple[tuple[int, str, int, int], dict[str, Any]]] = []
+        for topic, table in sorted(self._tables.items()):
+            if "user_id" in query and not table.has_user:
+                continue
+            where = list(conditions)
+            if cursor is not None:
+                where.append(
+                    f"({at}, {quote(topic)}, _partition, _offset) > "
+                    f"({cursor[0]}, {quote(cursor[1])}, {cursor[2]}, {cursor[3]})"
+                )
+            rows = await store.rows(
+                f"SELECT *, {at} AS _at, toUnixTimestamp64Micro(stored_at) AS _stored"
+                f" FROM {table.name}"
+                + (f" WHERE {' AND '.join(where)}" if where else "")
+                + f" ORDER BY _at, _partition, _offset LIMIT {limit + 1}"
+            )
+            for row in rows:
+                found.append(((int(row["_at"]), topic, row["_partition"], row["_offset"]), row))
+        found.sort(key=lambda item: item[0])
+        page = found[:limit]
+        events = [self._shown(sort_key[1], row) for sort_key, row in page]
+        next_cursor = None
+        if len(found) > limit:
+            last = page[-1]
+            next_cursor = _encode_cursor(
+                {"_at": last[0][0], "partition": last[0][2], "offset": last[0][3]}, last[0][1]
+            )
+        return {"events": events, "next_cursor": next_cursor}
+
+    def _shown(self, topic: str, row: dict[str, Any]) -> dict[str, Any]:
+        shown: dict[str, Any] = {}
+        at = int(row.pop("_at"))
+        row.pop("stored_at")
+        stored = int(row.pop("_stored")) / 1_000_000
+        partition, offset = row.pop("_partition"), row.pop("_offset")
+        row.pop(_STAMP_COLUMN)
+        shown.update(row)
+        shown["received_at"] = at / 1_000_000
+        shown["stored_at"] = stored
+        shown.update(topic=topic, partition=partition, offset=offset)
+        return shown
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts of stored events per type and per day."""
+        store = self._store
+        assert store is not None
+        by_type: collections.Counter[str] = collections.Counter()
+        by_day: dict[str, collections.Counter[str]] = {}
+        for table in self._tables.values():
+            rows = await store.rows(
+                f"SELECT type, toString(toDate(received_at)) AS day, count() AS n "
+                f"FROM {table.name} GROUP BY type, day"
+            )
+            for row in rows:
+                count = int(row["n"])
+                by_type[row["type"]] += count
+                by_day.setdefault(row["day"], collections.Counter())[row["type"]] += count
+        return {
+            "total": sum(by_type.values()),
+            "by_type": dict(sorted(by_type.items())),
+            "by_day": [
+                {"day": day, "by_type": dict(sorted(counts.items())), "total": sum(counts.values())}
+                for day, counts in sorted(by_day.items())
+            ],
+        }
+
+    def lag(self) -> dict[float, float]:
+        """Seconds from acceptance to storage by quantile, over the latest events."""
+        if not self._lags:
+            return {}
+        lags = np.concatenate(list(self._lags))
+        quantiles = (0.5, 0.95, 0.99)
+        values = np.quantile(lags, quantiles)
+        return {q: max(0.0, float(v)) for q, v in zip(quantiles, values, strict=True)}
+
+    # -- the processor's duties ------------------------------------------------------------
+
+    def process(self, events: Sequence[Any]) -> None:
+        """Not used: a sink's consumer calls :meth:`write`."""
+        raise TypeError("the clickhouse sink stores batches with write(), not process()")
+
+    def result(self) -> dict[str, Any]:
+        """Events written per kind, and where."""
+        return {
+            "stored": dict(sorted(self._kinds.items())),
+            "already_stored": self._already_stored,
+            "tables": sorted(t.name.replace("`", "") for t in self._tables.values()),
+        }
+
+    def totals(self) -> dict[str, int]:
+        """Events written per kind."""
+        return dict(self._kinds)
+
+    def snapshot(self) -> ClickHouseState:
+        """Events written per kind."""
+        return ClickHouseState(kinds=dict(self._kinds), already_stored=self._already_stored)
+
+    def restore(self, state: ClickHouseState) -> None:
+        """Take back the counts of an epoch."""
+        self._kinds = collections.Counter(state.kinds)
+        self._already_stored = state.already_stored
+
+    def live(self) -> list[tuple[str, str]]:
+        """Events stored per kind so far."""
+        return [(kind, f"{count:,}") for kind, count in sorted(self._kinds.items())]

@@ -1,0 +1,271 @@
+"""Serving: the HTTP API of a topology with an ``http`` section, as a source of its pipeline.
+
+:class:`HttpIntake` is to clients what a :class:`~topology.source.WorkloadSource` is to a
+workload: it counts what it admits in the run's topic tallies, keeps its position (the next
+sequence number) in every epoch, and registers as a producer of its topics, so they close
+once it stops taking events and consumers then drain them. Unlike a workload's source it
+holds nothing between its steps (each request's events enter their rings in one step, or
+none do), so it is at a safe point at every moment and an epoch never waits for it.
+
+With ``acks: durable`` a request is answered only once an epoch holding its events has been
+written: the epoch's hook tells the intake which sequence numbers it holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import trio
+
+from actors import HttpLimits, HttpServer, Topic, serve_http
+
+from .api import EventsApi, EventStore
+from .epochs import Barrier
+from .errors import CheckpointError, TopologyError
+from .intake import Intake, Route
+from .registry import Processor, Registry, Sink, SinkContext
+from .schema import Topology
+from .sections import parse_address
+from .snapshot import IntakePart
+from .tally import TopicTally
+
+INTAKE = ("http", 0)
+"""How the intake is known to the barrier of epochs (as producer instances are)."""
+
+STOP_GRACE = 10.0
+"""Real seconds a stopping intake waits for requests already admitting their events."""
+
+
+@attrs.frozen
+class IntakeSettings:
+    """How a served pipeline takes events: where it listens, when it answers."""
+
+    listen: tuple[str, int]
+    """Host and port of the API."""
+    token: str | None
+    """The bearer token requests must present; None for none."""
+
+
+def intake_settings(topology: Topology, listen: str | None = None) -> IntakeSettings:
+    """The settings of ``topology``'s HTTP API, ``listen`` replacing the file's address.
+
+    Raises:
+        TopologyError: ``listen`` is not ``HOST:PORT``, or the token's environment variable
+            is unset or empty.
+    """
+    spec = topology.http
+    assert spec is not None, "the topology takes no events over HTTP"
+    try:
+        address = parse_address(listen or spec.listen, any_port=True)
+    except ValueError as exc:
+        raise TopologyError([f"listen: {exc}"], topology.name) from None
+    token = None
+    if spec.token_env is not None:
+        token = os.environ.get(spec.token_env)
+        if not token:
+            raise TopologyError(
+                [
+                    f"$.http.token_env: the environment variable {spec.token_env} is unset or "
+                    "empty; set it to the bearer token clients must present"
+                ],
+                topology.name,
+            )
+    return IntakeSettings(address, token)
+
+
+@attrs.define(eq=False)
+class HttpIntake:
+    """The HTTP API of a served pipeline, and the source of the events it takes.
+
+    Make one with :meth:`make`; the pipeline serves it with :meth:`serve` (the HTTP server,
+    for as long as the pipeline runs) and runs :meth:`run` beside its producers (the source,
+    until :meth:`stop`).
+    """
+
+    intake: Intake
+    api: EventsApi
+    topics: list[Topic]
+    """The topics its routes write to."""
+    limits: HttpLimits
+    acks: Literal["ring", "durable"] | None
+    """As the file says; None: durable when the run writes epochs."""
+    settings: IntakeSettings | None = None
+    """Where to listen; None until the pipeline is served."""
+    server: HttpServer | None = None
+    """The HTTP server, once it listens."""
+    on_listening: Callable[[str], None] | None = None
+    """Called with the API's URL each time it starts listening."""
+    _stopping: trio.Event = attrs.field(factory=trio.Event)
+    _durable_seq: int = 0
+    """Every event with a sequence number below this is in a written epoch."""
+    _durable_changed: trio.Event = attrs.field(factory=trio.Event)
+    _request_epoch: Callable[[], Awaitable[object]] | None = None
+
+    @classmethod
+    def make(
+        cls,
+        topology: Topology,
+        registry: Registry,
+        topics: Mapping[str, Topic],
+        source: int,
+        produced: Mapping[str, TopicTally],
+        now: Callable[[], float],
+    ) -> HttpIntake:
+        """The intake of ``topology``'s ``http`` section.
+
+        Args:
+            topology: A validated topology with an ``http`` section.
+            registry: Its event types by kind.
+            topics: The topics (rings here) its routes name.
+            source: The number its events carry in ``source``.
+            produced: The run's tallies by topic.
+            now: Event time now, to stamp events with.
+        """
+        spec = topology.http
+        assert spec is not None
+        routes = {
+            kind: Route(registry.events[kind], topics[topic], topology.topics[topic].key)
+            for kind, topic in spec.routes.items()
+        }
+        intake = Intake(routes, source, now, produced, max_wait=spec.max_wait)
+        targets = [topics[name] for name in dict.fromkeys(spec.routes.values())]
+        api = EventsApi(intake, partitions=lambda: {t.name: t.statistics() for t in targets})
+        limits = HttpLimits(max_body=spec.max_body, max_connections=spec.max_connections)
+        return cls(intake, api, targets, limits, spec.acks)
+
+    # -- its part of an epoch ----------------------------------------------------------------
+
+    def capture(self) -> IntakePart:
+        """The sequence number the next event gets."""
+        return IntakePart(seq=self.intake.seq)
+
+    def restore(self, state: IntakePart) -> None:
+        """Carry on numbering from an epoch (every event before it is in that epoch)."""
+        self.intake.seq = self._durable_seq = state.seq
+
+    def durable_hook(self) -> Callable[[], None]:
+        """What to call once the epoch being captured now is written: the events admitted so
+        far are then durable."""
+        seq = self.intake.seq
+
+        def written() -> None:
+            if seq > self._durable_seq:
+                self._durable_seq = seq
+                self._durable_changed.set()
+                self._durable_changed = trio.Event()
+
+        return written
+
+    async def _until_durable(self, seq: int) -> None:
+        # Ask for an epoch at once: requests that wait meanwhile share the next one (a
+        # group commit). One that cannot be written leaves the request to the next epoch.
+        while self._durable_seq < seq:
+            if self._request_epoch is None:
+                await self._durable_changed.wait()
+                continue
+            try:
+                await self._request_epoch()
+            except CheckpointError:
+                await self._durable_changed.wait()
+
+    # -- running ---------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop taking events: requests are answered ``503`` from now on, and :meth:`run`
+        returns once the requests already admitting their events are done."""
+        self.api.accepting = False
+        self._stopping.set()
+
+    async def serve(
+        self,
+        settings: IntakeSettings,
+        durable: Callable[[], Awaitable[object]] | None,
+        *,
+        task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the API until cancelled.
+
+        Args:
+            settings: Where to listen, and the token.
+            durable: When requests are answered once an epoch holds their events, asks for an
+                epoch and waits until it is written; None answers them once admitted.
+
+        Raises:
+            OSError: The address cannot be listened on.
+        """
+        self.settings = settings
+        self.api.token = settings.token
+        self._request_epoch = durable
+        self.intake.admitted = self._until_durable if durable is not None else None
+        host, port = settings.listen
+        async with trio.open_nursery() as nursery:
+            self.server = await nursery.start(
+                functools.partial(serve_http, self.api, host, port, limits=self.limits)
+            )
+            self.api.http = self.server.statistics
+            if self.on_listening is not None:
+                shown = f"[{host}]" if ":" in host else host
+                self.on_listening(f"http://{shown}:{self.server.port}")
+            task_status.started(self.server)
+
+    async def run(self, barrier: Barrier) -> None:
+        """Be a producer of the route topics until :meth:`stop`; then let them close.
+
+        Meanwhile it answers epochs at once: it holds nothing between requests, so any moment
+        is a safe point (an epoch captures every ring and the sequence number in one step).
+        """
+        for topic in self.topics:
+            topic.add_producer()
+        graceful = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._answer_epochs, barrier)
+                await self._stopping.wait()
+                with trio.move_on_after(STOP_GRACE):
+                    await self.intake.settled()
+                nursery.cancel_scope.cancel()
+            graceful = True
+        finally:
+            barrier.finished(INTAKE)
+            for topic in self.topics:
+                topic.remove_producer(graceful=graceful)
+
+    @staticmethod
+    async def _answer_epochs(barrier: Barrier) -> None:
+        while True:
+            await barrier.asked()
+            await barrier.pause(INTAKE)
+
+
+async def open_sinks(
+    stack: AsyncExitStack,
+    topology: Topology,
+    processors: Mapping[str, Processor],
+    value_types: Mapping[str, tuple[type, ...]],
+    state: Path | None,
+    intake: HttpIntake | None,
+) -> None:
+    """Connect every sink among ``processors`` for the run (each leaves ``stack`` when it
+    ends); the first sink that can read events back answers ``intake``'s queries.
+
+    Raises:
+        RingflowError: A sink cannot connect (its store is missing or refuses it).
+    """
+    for name, processor in processors.items():
+        if not isinstance(processor, Sink):
+            continue
+        topics = {topic: value_types[topic] for topic in topology.consumers[name].topic_names}
+        await stack.enter_async_context(processor.opened(SinkContext(name, topics, state)))
+        if intake is not None and intake.api.store is None and isinstance(processor, EventStore):
+            intake.api.store = processor
