@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,7 +176,9 @@ class ClickHouseSink:
     _store: ClickHouse | None = None
     _tables: dict[str, _TopicTable] = attrs.field(factory=dict)
     _next: dict[tuple[str, int], int] = attrs.field(factory=dict)
-    """Per (topic, partition), the offset past the last record known stored."""
+    """Per (topic, partition), the offset past the last record this sink stored."""
+    _present: dict[tuple[str, int], set[int]] = attrs.field(factory=dict)
+    """Per (topic, partition), the offsets the table held when the sink first saw it."""
     _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _already_stored: int = 0
     _lags: collections.deque[np.ndarray] = attrs.field(factory=collections.deque)
@@ -210,50 +213,77 @@ class ClickHouseSink:
             finally:
                 self._store = None
 
-    async def write(self, batch: RecordBatch) -> None:
-        """Insert the records of ``batch`` the table does not hold yet, one insert per
-        event type."""
-        store, table = self._store, self._tables[batch.topic]
+    async def write(self, batches: Sequence[RecordBatch]) -> None:
+        """Insert the records of ``batches`` (of one topic) that the table does not hold
+        yet: one insert per event type, its token naming the partitions and offsets.
+
+        What an epoch keeps of the sink (its counts) changes only after the last insert,
+        in the same step as the consumer commits the batches: an epoch taken while an insert
+        is under way holds neither."""
+        store = self._store
         assert store is not None, "the sink is not open"
-        values: Sequence[Any] = batch.values
-        if isinstance(values, Table):
-            values = values.rows()
-        where = (batch.topic, batch.partition)
-        first = batch.base_offset
-        known = self._next.get(where)
-        present: set[int] = set()
-        if known is None:
-            rows = await store.rows(
-                f"SELECT _offset FROM {table.name} WHERE _partition = {batch.partition}"
-                f" AND _offset >= {first}"
-            )
-            present = {int(row["_offset"]) for row in rows}
-            self._already_stored += len(present)
-            known = first
+        table = self._tables[batches[0].topic]
         by_type: dict[type, list[bytes]] = {}
+        spans: list[str] = []
+        stamps = []
+        kinds: collections.Counter[str] = collections.Counter()
+        found = 0
         encode = msgspec.json.encode
-        for index, event in enumerate(values):
-            offset = first + index
-            if offset < known or offset in present:
-                continue
-            row = encode(event)
-            by_type.setdefault(type(event), []).append(
-                b"%s,%d,%d]" % (row[:-1], batch.partition, offset)
+        for batch in batches:
+            values: Sequence[Any] = batch.values
+            if isinstance(values, Table):
+                values = values.rows()
+            skip, already = await self._stored_already(store, table, batch)
+            found += already
+            partition, first = batch.partition, batch.base_offset
+            for index, event in enumerate(values):
+                offset = first + index
+                if offset in skip:
+                    continue
+                rows = by_type.get(type(event))
+                if rows is None:
+                    rows = by_type[type(event)] = []
+                rows.append(b"%s,%d,%d]" % (encode(event)[:-1], partition, offset))
+            self._next[batch.topic, partition] = max(
+                self._next.get((batch.topic, partition), 0), batch.next_offset
             )
+            spans.append(f"{partition}:{first}-{batch.next_offset - 1}")
+            stamps.append(np.asarray(batch.timestamps, dtype=np.float64))
+            kinds.update(event.kind for event in values)
+        digest = hashlib.sha1(",".join(spans).encode()).hexdigest()
         for event_type, rows_of in by_type.items():
-            layout = table.layouts[event_type]
-            last = first + len(values) - 1
-            token = f"{batch.topic}/{batch.partition}/{first}-{last}/{event_type.__name__}"
-            await store.insert(table.name, layout.columns, b"\n".join(rows_of), token)
-        self._next[where] = max(known, first + len(values))
-        stored = time.time()
-        stamps = np.asarray(batch.timestamps, dtype=np.float64)
-        self._lags.append(stored - stamps)
-        self._lag_count += len(stamps)
+            token = f"{table.topic}/{event_type.__name__}/{digest}"
+            await store.insert(
+                table.name, table.layouts[event_type].columns, b"\n".join(rows_of), token
+            )
+        self._kinds.update(kinds)  # no await from here to the consumer's commit
+        self._already_stored += found
+        lags = time.time() - np.concatenate(stamps)
+        self._lags.append(lags)
+        self._lag_count += len(lags)
         while self._lag_count - len(self._lags[0]) >= LAG_WINDOW:
             self._lag_count -= len(self._lags.popleft())
-        for event in values:
-            self._kinds[event.kind] += 1
+
+    async def _stored_already(
+        self, store: ClickHouse, table: _TopicTable, batch: RecordBatch
+    ) -> tuple[Container[int], int]:
+        # Offsets of the batch not to write, and how many of them the table held already:
+        # those below the mark of what this sink stored, and those the table held when the
+        # sink first saw the partition (written before a crash, after the epoch the run
+        # resumed from: any offset from there on).
+        where = (batch.topic, batch.partition)
+        present = self._present.get(where)
+        if present is None:
+            rows = await store.rows(
+                f"SELECT _offset FROM {table.name} WHERE _partition = {batch.partition}"
+                f" AND _offset >= {batch.base_offset}"
+            )
+            present = self._present[where] = {int(row["_offset"]) for row in rows}
+        known = self._next.get(where, 0)
+        found = present.intersection(range(max(known, batch.base_offset), batch.next_offset))
+        if not found:
+            return range(batch.base_offset, known), 0
+        return found.union(range(batch.base_offset, known)), len(found)
 
     # -- reading back ----------------------------------------------------------------------
 

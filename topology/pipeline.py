@@ -589,7 +589,7 @@ class Pipeline:
                     self._guarded(functools.partial(source.run, self.origin)),
                 )
             if self.intake is not None:
-                supervisor.start_soon("http", self.intake.run, self._barrier)
+                supervisor.start_soon("http", self.intake.run, self._barrier, self._source_finished)
             if checkpoints is not None:
                 supervisor.start_soon("checkpointer", self._checkpointer.periodic, checkpoints)
             if self.gateway is not None:

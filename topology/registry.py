@@ -155,19 +155,20 @@ class SinkContext:
 class Sink(Processor, Protocol):
     """A processor that writes what it consumes to another system (ClickHouse...).
 
-    Its consumer awaits :meth:`write` with every batch before committing it: a batch is
-    committed only once the sink has it. After a crash, the batches since the last epoch are
-    written again, so a sink makes writing a batch twice harmless (deduplicating by topic,
-    partition and offset). :meth:`process` is not called; :meth:`totals` counts what was
-    written, as an epoch keeps it.
+    Its consumer awaits :meth:`write` with the batches it reads (every batch ready at once)
+    before committing them: a batch is committed only once the sink has it. After a crash,
+    the batches since the last epoch are written again, so a sink makes writing a batch
+    twice harmless (deduplicating by topic, partition and offset). :meth:`process` is not
+    called; :meth:`totals` counts what was written, as an epoch keeps it.
     """
 
     def opened(self, context: SinkContext) -> AbstractAsyncContextManager[None]:
         """Connect for the run (create tables...); leaving the block disconnects."""
         ...
 
-    async def write(self, batch: RecordBatch) -> None:
-        """Store every record of ``batch`` (its values may be events or a table)."""
+    async def write(self, batches: Sequence[RecordBatch]) -> None:
+        """Store every record of ``batches`` (of one topic; values may be events or
+        tables), all of them before returning."""
         ...
 
 

@@ -1,0 +1,453 @@
+"""Serving a topology: its ``http`` section, events taken over real HTTP on 127.0.0.1, acks,
+graceful stops and resumes, the ClickHouse sink (a real chdb engine) and ``ringflow serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import trio
+import yaml
+
+from actors import RecordBatch, Request, Response, open_clickhouse, serve_http
+from sim.cli.ringflow import main
+from sim.events import Playback
+from sim.load import HttpConnection, LoadSettings, run_load
+from sim.resume import open_checkpoints
+from sim.run import REGISTRY
+from sim.sinks import ClickHouseParams, ClickHouseSink
+from topology import (
+    IntakeSettings,
+    Pipeline,
+    SinkContext,
+    Topology,
+    TopologyError,
+)
+
+JSON = [("content-type", "application/json")]
+
+UGC: dict[str, Any] = {
+    "name": "ugc-served",
+    "topics": {
+        "clicks": {"partitions": 2, "capacity": 1000, "key": "user_id"},
+        "views": {"partitions": 1, "capacity": 1000, "key": "user_id"},
+    },
+    "http": {"routes": {"click": "clicks", "page_view": "views"}},
+    "consumers": {"counters": {"topics": ["clicks", "views"], "processor": "ugc_counters"}},
+}
+
+ESS: dict[str, Any] = {
+    "name": "ess-served",
+    "topics": {"playback": {"partitions": 2, "capacity": 10000, "key": "user_id"}},
+    "http": {"routes": {"playback": "playback"}, "acks": "durable"},
+    "consumers": {"store": {"topic": "playback", "processor": "clickhouse"}},
+    "checkpoint": {"every": 1.0},
+    "redis": {"enabled": False},
+}
+
+
+def click(user: int) -> dict[str, Any]:
+    return {"type": "click", "user_id": user, "page": "/p", "element": "play"}
+
+
+def playback(user: int, action: str = "start") -> dict[str, Any]:
+    return {
+        "type": "playback",
+        "user_id": user,
+        "movie_id": 7,
+        "action": action,
+        "position_s": 0,
+        "device": "web",
+    }
+
+
+def topology_of(data: dict[str, Any]) -> Topology:
+    return Topology.from_dict(data)
+
+
+@asynccontextmanager
+async def served(
+    pipeline: Pipeline, state: Path | None = None
+) -> AsyncIterator[tuple[HttpConnection, Pipeline]]:
+    """Run ``pipeline`` on port 0 (with checkpoints in ``state``); hand a connection to its
+    API; stop it gracefully when the block ends."""
+    checkpoints = None
+    if state is not None:
+        checkpoints, pipeline = open_checkpoints(pipeline, state)
+        pipeline.state_folder = state
+    pipeline.serving = IntakeSettings(("127.0.0.1", 0), None)
+    assert pipeline.intake is not None
+    listening = trio.Event()
+    pipeline.intake.on_listening = lambda url: listening.set()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.run, None, checkpoints)
+            await listening.wait()
+            assert pipeline.intake.server is not None
+            connection = HttpConnection("127.0.0.1", pipeline.intake.server.port)
+            yield connection, pipeline
+            await connection.close()
+            pipeline.stop()
+    finally:
+        if checkpoints is not None:
+            checkpoints.store.close()
+
+
+async def post(connection: HttpConnection, target: str, body: Any) -> tuple[int, Any]:
+    status, _, answer = await connection.request("POST", target, json.dumps(body).encode(), JSON)
+    return status, json.loads(answer)
+
+
+async def get(connection: HttpConnection, target: str) -> tuple[int, Any]:
+    status, _, answer = await connection.request("GET", target)
+    return status, json.loads(answer)
+
+
+# -- the http section ------------------------------------------------------------------------
+
+
+def test_an_http_section_names_known_kinds_topics_and_key_fields() -> None:
+    bad = {
+        **UGC,
+        "topics": {**UGC["topics"], "views": {"partitions": 1, "key": "movie_id"}},
+        "http": {"routes": {"click": "clicks", "page_view": "views", "purchase": "nowhere"}},
+    }
+    with pytest.raises(TopologyError) as raised:
+        Pipeline.build(topology_of(bad), REGISTRY)
+    problems = str(raised.value)
+    assert "$.http.routes.purchase: no topic named 'nowhere'" in problems
+    routes = {"click": "clicks", "page_view": "views", "purchase": "clicks"}
+    with pytest.raises(TopologyError) as raised:
+        Pipeline.build(topology_of({**bad, "http": {"routes": routes}}), REGISTRY)
+    assert "$.http.routes.purchase: unknown event kind 'purchase'; known: click" in str(
+        raised.value
+    )
+    with pytest.raises(TopologyError) as raised:
+        Pipeline.build(topology_of({**bad, "http": UGC["http"]}), REGISTRY)
+    assert "$.topics.views.key: PageView events (kind 'page_view') have no field 'movie_id'" in (
+        str(raised.value)
+    )
+
+
+def test_a_topology_of_http_alone_is_valid_and_a_producerless_one_without_it_is_not() -> None:
+    assert topology_of(UGC).producers == {}
+    without = {k: v for k, v in UGC.items() if k != "http"}
+    with pytest.raises(TopologyError, match=r"\$.producers: at least one producer is needed"):
+        topology_of(without)
+
+
+def test_run_and_chaos_refuse_a_served_topology_and_serve_refuses_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served_file = tmp_path / "served.yaml"
+    served_file.write_text(yaml.safe_dump(UGC))
+    assert main(["run", str(served_file)]) == 2
+    assert "serve it with 'ringflow serve" in capsys.readouterr().err
+    assert main(["chaos", str(served_file)]) == 2
+    assert "'ringflow chaos' cannot simulate" in capsys.readouterr().err
+    simulated = Path(__file__).parent.parent / "topology" / "examples" / "ugc.yaml"
+    assert main(["serve", str(simulated)]) == 2
+    assert "takes no events over HTTP, so there is nothing to serve" in capsys.readouterr().err
+    durable = tmp_path / "durable.yaml"
+    durable.write_text(yaml.safe_dump({**UGC, "http": {**UGC["http"], "acks": "durable"}}))
+    assert main(["serve", str(durable), "--no-log"]) == 2
+    assert "needs checkpoints" in capsys.readouterr().err
+    assert main(["serve", str(served_file), "--listen", "nowhere"]) == 2
+    assert "--listen: 'nowhere' is not HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_missing_token_variable_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RINGFLOW_TEST_TOKEN", raising=False)
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        yaml.safe_dump({**UGC, "http": {**UGC["http"], "token_env": "RINGFLOW_TEST_TOKEN"}})
+    )
+    assert main(["serve", str(path), "--no-log"]) == 2
+    assert "RINGFLOW_TEST_TOKEN is unset or empty" in capsys.readouterr().err
+
+
+# -- taking events ---------------------------------------------------------------------------
+
+
+async def test_events_taken_over_http_are_consumed_once_and_in_order() -> None:
+    pipeline = Pipeline.build(topology_of(UGC), REGISTRY)
+    async with served(pipeline) as (api, running):
+        assert await post(api, "/events", [click(1), click(2), click(1)]) == (202, {"accepted": 3})
+        view = {"user_id": 5, "page": "/p", "duration_ms": 10}
+        assert await post(api, "/events/page_view", view) == (202, {"accepted": 1})
+        status, refused = await post(api, "/events", [click(3), {**click(4), "user_id": -1}])
+        assert (status, refused["path"]) == (422, "$[1].user_id")
+    assert running.intake is not None
+    assert running.intake.intake.seq == 4
+    assert all(e.ok for e in running.expectations()), running.expectations()
+    totals = running.processors["counters"].totals()
+    assert totals == {"click": 3, "page_view": 1, "custom": 0, "watch_progress": 0}
+    assert running.topics["clicks"].closed  # the intake stopped, so its topics closed
+
+
+async def test_a_stopping_service_answers_503_and_the_run_ends() -> None:
+    pipeline = Pipeline.build(topology_of(UGC), REGISTRY)
+    async with served(pipeline) as (api, running):
+        assert (await post(api, "/events", click(1)))[0] == 202
+        running.stop()
+        status, said = await post(api, "/events", click(2))
+        assert status == 503
+        assert "stopping" in said["error"]
+        assert (await get(api, "/health"))[1]["status"] == "stopping"
+    assert running.events_produced == running.events_consumed == 1
+
+
+async def test_durable_acks_answer_once_an_epoch_holds_the_events(tmp_path: Path) -> None:
+    data = {**UGC, "http": {**UGC["http"], "acks": "durable"}, "redis": {"enabled": False}}
+    data["checkpoint"] = {"every": 3600.0}  # no periodic epoch comes in time: one is asked for
+    pipeline = Pipeline.build(topology_of(data), REGISTRY)
+    async with served(pipeline, tmp_path) as (api, running):
+        assert await post(api, "/events", [click(1), click(2)]) == (202, {"accepted": 2})
+        assert running.epochs, "answered before any epoch was written"
+        epoch = running.epochs[-1].epoch
+        assert (await post(api, "/events", click(3)))[0] == 202
+        assert running.epochs[-1].epoch > epoch
+    # Served again from the same folder: numbering goes on, and nothing is lost or doubled.
+    again = Pipeline.build(topology_of(data), REGISTRY)
+    async with served(again, tmp_path) as (api, resumed):
+        assert resumed.restored_from is not None
+        assert (await post(api, "/events", click(4)))[0] == 202
+    assert resumed.intake is not None
+    assert resumed.intake.intake.seq == 4
+    assert resumed.produced["clicks"].records == 4
+    assert all(e.ok for e in resumed.expectations()), resumed.expectations()
+
+
+# -- the ClickHouse sink ---------------------------------------------------------------------
+
+
+async def test_stored_events_are_read_back_in_pages_and_counted(tmp_path: Path) -> None:
+    pipeline = Pipeline.build(topology_of(ESS), REGISTRY)
+    async with served(pipeline, tmp_path) as (api, running):
+        for user in range(25):
+            action = "stop" if user % 5 == 0 else "start"
+            assert (await post(api, "/events", playback(user, action)))[0] == 202
+        store = running.processors["store"]
+        with trio.fail_after(10):
+            # The sink writes from a worker thread: nothing to wait on but its count.
+            while sum(store.totals().values()) < 25:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        seen, cursor, pages = [], None, 0
+        while True:
+            status, page = await get(
+                api, "/events?limit=10" + (f"&cursor={cursor}" if cursor else "")
+            )
+            assert status == 200
+            seen += page["events"]
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == 3
+        assert sorted(e["user_id"] for e in seen) == list(range(25))
+        assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen)  # oldest first
+        first = seen[0]
+        assert first["type"] == "playback"
+        assert first["device"] == "web"
+        assert first["stored_at"] >= first["received_at"] > 1.7e9
+        status, one = await get(api, "/events?user_id=10")
+        assert [e["action"] for e in one["events"]] == ["stop"]
+        status, none = await get(api, f"/events?to={first['received_at']}")
+        assert none["events"] == []
+        status, stats = await get(api, "/stats")
+        assert stats["total"] == 25
+        assert stats["by_type"] == {"playback": 25}
+        assert len(stats["by_day"]) == 1
+        for bad in (
+            "limit=0",
+            "limit=x",
+            "user_id=abc",
+            "cursor=nonsense",
+            "from=yesterday",
+            "colour=red",
+        ):
+            status, said = await get(api, f"/events?{bad}")
+            assert status == 400, bad
+            assert said["error"]
+        status, _, metrics = await api.request("GET", "/metrics")
+        assert b'ringflow_storage_lag_seconds{quantile="0.95"}' in metrics
+
+
+def batch(first: int, users: list[int]) -> RecordBatch:
+    events = [
+        Playback(
+            user_id=u,
+            movie_id=1,
+            action="start",
+            position_s=0,
+            device="tv",
+            timestamp=1.8e9,
+            source=0,
+            seq=first + i,
+        )
+        for i, u in enumerate(users)
+    ]
+    return RecordBatch("playback", 0, first, users, events, [1.8e9] * len(users))
+
+
+async def rows(path: Path) -> list[tuple[int, int]]:
+    async with open_clickhouse(path) as store:
+        found = await store.rows("SELECT _offset, user_id FROM ringflow.playback ORDER BY _offset")
+    return [(r["_offset"], r["user_id"]) for r in found]
+
+
+async def test_a_batch_consumed_again_after_a_crash_is_stored_once(tmp_path: Path) -> None:
+    context = SinkContext("store", {"playback": (Playback,)}, tmp_path)
+    params = ClickHouseParams(path=str(tmp_path / "ch"))
+    first = ClickHouseSink(params)
+    async with first.opened(context):
+        await first.write([batch(0, [10, 11, 12])])
+        await first.write([batch(3, [13, 14])])
+        await first.write([batch(0, [10, 11, 12])])  # redelivered to the same sink
+    # A crash after the epoch at offset 2: a new sink gets offsets 2.. again, differently cut.
+    second = ClickHouseSink(params)
+    async with second.opened(context):
+        await second.write([batch(2, [12, 13]), batch(4, [14, 15, 16])])
+    assert await rows(tmp_path / "ch") == [(o, 10 + o) for o in range(7)]
+    assert second.result()["already_stored"] == 3
+    assert second.totals() == {"playback": 5}
+
+
+async def test_the_load_generator_reports_a_stalled_server_from_the_intended_send_times(
+    tmp_path: Path,
+) -> None:
+    """A server that answers after 0.2 s: requests are due every 25 ms over two connections,
+    so most wait for a connection, and that wait counts (no coordinated omission): a tester
+    that timed each request from when it sent it would say 200 ms for every one."""
+
+    async def slow(request: Request) -> Response:
+        if request.method == "POST":
+            await trio.sleep(0.2)
+        return Response.json(202, {"accepted": 1})
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_http, slow, "127.0.0.1", 0)
+        result = await run_load(
+            LoadSettings(f"http://127.0.0.1:{server.port}", rps=40, duration=0.5, connections=2)
+        )
+        nursery.cancel_scope.cancel()
+    assert result.requests == result.answered == 20
+    # 20 requests, 2 at a time, 0.2 s each: the last (due at 0.475 s) is answered at ~2 s.
+    assert result.latency_ms["max"] > 1_400
+    assert result.latency_ms["p50"] > 700
+    assert result.achieved_rps < 12
+    assert result.errors == {}
+
+
+# -- ringflow serve as a process -------------------------------------------------------------
+
+
+def start_serving(path: Path, state: Path) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sim",
+            "serve",
+            str(path),
+            "--quiet",
+            "--no-log",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            str(state),
+            "--report",
+            str(state / "r.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("listening on http://127.0.0.1:"):
+            return process, int(line.rsplit(":", 1)[1])
+    process.kill()
+    raise AssertionError(f"serve never listened: {process.communicate()}")
+
+
+async def stored_users(state: Path) -> Counter[int]:
+    """The users of the events stored in the ClickHouse folder of a stopped service."""
+    return Counter(user for _, user in await rows(state / "clickhouse"))
+
+
+@pytest.mark.kill
+async def test_every_event_acknowledged_before_a_sigkill_is_stored_once(tmp_path: Path) -> None:
+    path = tmp_path / "ess.yaml"
+    path.write_text(yaml.safe_dump(ESS))
+    state = tmp_path / "state"
+    process, port = start_serving(path, state)
+    acked: list[int] = []
+    try:
+        connection = HttpConnection("127.0.0.1", port)
+        user = 0
+        with trio.move_on_after(30):
+            while True:
+                batch_of = [playback(user + i) for i in range(20)]
+                try:
+                    status, _ = await post(connection, "/events", batch_of)
+                except (OSError, h11.ProtocolError):
+                    break  # killed
+                assert status == 202
+                acked += range(user, user + 20)
+                user += 20
+                if user == 2000:
+                    process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate()
+    assert len(acked) >= 2000
+    # Served again: it resumes from the newest epoch, and a graceful stop drains the rings
+    # into ClickHouse.
+    process, port = start_serving(path, state)
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    stored = await stored_users(state)
+    assert set(acked) <= set(stored), "an acknowledged event was lost"
+    assert max(stored.values()) == 1, "an event was stored twice"
+
+
+def test_serve_stops_on_sigterm_with_a_report_and_carries_on_when_served_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ess.yaml"
+    path.write_text(yaml.safe_dump(ESS))
+    state = tmp_path / "state"
+
+    async def send(port: int, users: range) -> None:
+        connection = HttpConnection("127.0.0.1", port)
+        status, _ = await post(connection, "/events", [playback(u) for u in users])
+        assert status == 202
+        await connection.close()
+
+    for users in (range(0, 30), range(30, 50)):
+        process, port = start_serving(path, state)
+        try:
+            trio.run(send, port, users)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err
+        report = json.loads((state / "r.json").read_text())
+        assert (report["status"], report["stopped_by"]) == ("completed", "SIGTERM")
+        assert trio.run(stored_users, state) == Counter(range(users.stop))
