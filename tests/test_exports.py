@@ -110,6 +110,7 @@ MODULE_LEVEL = {
             "restoring",
         },
         "serving": {"open_sinks"},
+        "openapi": {"docs_page", "openapi_document"},
         "source": {"SourceStatistics", "WorkloadSource"},
         "topics": {"make_topics"},
         "tally": {"TopicTally", "check_expectations"},

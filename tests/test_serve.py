@@ -451,3 +451,27 @@ def test_serve_stops_on_sigterm_with_a_report_and_carries_on_when_served_again(
         report = json.loads((state / "r.json").read_text())
         assert (report["status"], report["stopped_by"]) == ("completed", "SIGTERM")
         assert trio.run(stored_users, state) == Counter(range(users.stop))
+
+
+async def test_the_api_describes_itself_in_openapi_and_a_page() -> None:
+    pipeline = Pipeline.build(topology_of(UGC), REGISTRY)
+    async with served(pipeline) as (api, _):
+        status, document = await get(api, "/openapi.json")
+        assert status == 200
+        assert document["openapi"] == "3.1.0"
+        assert set(document["paths"]) == {
+            "/events",
+            "/events/click",
+            "/events/page_view",
+            "/health",
+            "/metrics",
+        }
+        click = document["components"]["schemas"]["ClickInput"]
+        assert set(click["required"]) == {"type", "user_id", "page", "element"}
+        assert "timestamp" not in click["properties"]  # ringflow stamps it
+        status, _, page = await api.request("GET", "/docs")
+        assert status == 200
+        assert b"POST /events/click" in page
+        assert b"ClickInput" in page
+        status, _, _ = await api.request("POST", "/openapi.json")
+        assert status == 405

@@ -7,10 +7,13 @@ Routes:
 - ``POST /events/KIND``: the same for one kind (``type`` may be left out).
 - ``GET /health``: ``200 {"status": "ok", ...}`` while events are taken.
 - ``GET /metrics``: counters and gauges in Prometheus's text format.
+- ``GET /events``, ``GET /stats``: stored events read back, when a sink can.
+- ``GET /openapi.json``, ``GET /docs``: the API described (OpenAPI 3.1, and as a page).
 
-With a token, every route but ``/health`` asks for ``Authorization: Bearer TOKEN`` (401
-without it). Errors are JSON objects with an ``error`` message (and ``path`` for a field that
-failed its checks); see :class:`~topology.intake.Intake` for what refuses a request.
+With a token, every route but ``/health``, ``/openapi.json`` and ``/docs`` asks for
+``Authorization: Bearer TOKEN`` (401 without it). Errors are JSON objects with an ``error``
+message (and ``path`` for a field that failed its checks); see
+:class:`~topology.intake.Intake` for what refuses a request.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import attrs
 from actors import HttpStatistics, PartitionStatistics, Request, Response
 
 from .intake import Intake, IntakeError
+from .openapi import docs_page, openapi_document
 
 JSON_TYPES = ("application/json", "text/json")
 """Content types a POST may declare (or declare none)."""
@@ -74,6 +78,8 @@ class EventsApi:
     """False once the service is stopping: events are refused with 503."""
     store: EventStore | None = None
     """Where events are read back from; None: ``GET /events`` and ``GET /stats`` are 404."""
+    title: str = "events"
+    """The API's name in its OpenAPI document (the topology's name)."""
 
     async def __call__(self, request: Request) -> Response:
         """Answer one request."""
@@ -83,6 +89,19 @@ class EventsApi:
                 200 if self.accepting else 503,
                 {"status": "ok" if self.accepting else "stopping", "kinds": self.intake.kinds},
             )
+        if path in ("/openapi.json", "/docs"):
+            refused = self._only(request, "GET")
+            if refused is not None:
+                return refused
+            document = openapi_document(
+                self.title,
+                self.intake.routes,
+                token=self.token is not None,
+                store=self.store is not None,
+            )
+            if path == "/docs":
+                return Response(200, docs_page(document).encode(), "text/html; charset=utf-8")
+            return Response.json(200, document)
         if self.token is not None and not self._authorized(request):
             return Response.error(
                 401,

@@ -135,7 +135,11 @@ class HttpIntake:
         }
         intake = Intake(routes, source, now, produced, max_wait=spec.max_wait)
         targets = [topics[name] for name in dict.fromkeys(spec.routes.values())]
-        api = EventsApi(intake, partitions=lambda: {t.name: t.statistics() for t in targets})
+        api = EventsApi(
+            intake,
+            partitions=lambda: {t.name: t.statistics() for t in targets},
+            title=topology.name,
+        )
         limits = HttpLimits(max_body=spec.max_body, max_connections=spec.max_connections)
         return cls(intake, api, targets, limits, spec.acks)
 
