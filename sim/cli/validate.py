@@ -29,6 +29,9 @@ def validate(args: argparse.Namespace) -> ExitCode:
             (topology.consumers, "consumer"),
         )
     )
+    if topology.http is not None:
+        kinds = len(topology.http.routes)
+        counts += f"; an HTTP API taking {_count(kinds, 'event kind')} (ringflow serve)"
     make_console().print(
         f"{escape(str(args.topology))}: valid topology {topology.name!r}: {counts}"
     )
