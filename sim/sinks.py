@@ -11,6 +11,7 @@ import binascii
 import collections
 import hashlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -63,6 +64,9 @@ class ClickHouseState(State, frozen=True, tag=1):
     already_stored: Annotated[int, msgspec.Meta(ge=0)]
     """Events found stored already when consumed again after a crash, and not written
     again."""
+    lineage: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """The run the rows it wrote belong to (``_lineage``): a run started afresh writes
+    offsets from 0 again, and must neither skip nor remove another run's rows."""
 
 
 @attrs.frozen
@@ -113,10 +117,11 @@ def _table_of(topic: str, database: str, types: Sequence[type]) -> _TopicTable:
             else:
                 columns.setdefault(name, _clickhouse_type(field.type))
             order.append(name)
-        layouts[event_type] = _Layout([*order, "_partition", "_offset"])
+        layouts[event_type] = _Layout([*order, "_lineage", "_partition", "_offset"])
     columns.update(
         {
             "stored_at": "DateTime64(6, 'UTC') DEFAULT now64(6)",
+            "_lineage": "LowCardinality(String)",
             "_partition": "UInt32",
             "_offset": "UInt64",
         }
@@ -181,6 +186,10 @@ class ClickHouseSink:
     """Per (topic, partition), the offsets the table held when the sink first saw it."""
     _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _already_stored: int = 0
+    _lineage: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    _removed: int = 0
+    """Rows of this lineage removed as the sink opened: written before a crash at offsets
+    past the epoch the run resumed from, they belonged to no epoch."""
     _lags: collections.deque[np.ndarray] = attrs.field(factory=collections.deque)
     _lag_count: int = 0
 
@@ -207,11 +216,30 @@ class ClickHouseSink:
                     f" SETTINGS non_replicated_deduplication_window = {self.params.dedup_window}"
                 )
                 self._tables[topic] = table
+            await self._remove_past(store, context)
             self._store = store
             try:
                 yield
             finally:
                 self._store = None
+
+    async def _remove_past(self, store: ClickHouse, context: SinkContext) -> None:
+        # Rows this lineage wrote at or past where each partition's ring now ends: their
+        # records were taken after the newest epoch and lost with the process (a client
+        # waiting for a durable answer never had one, and sends them again), and their
+        # offsets will be given to other records.
+        lineage = quote(self._lineage)
+        for (topic, partition), end in context.ends.items():
+            table = self._tables.get(topic)
+            if table is None:
+                continue
+            where = f"_lineage = {lineage} AND _partition = {partition} AND _offset >= {end}"
+            [row] = await store.rows(f"SELECT count() AS n FROM {table.name} WHERE {where}")
+            if int(row["n"]):
+                await store.execute(
+                    f"ALTER TABLE {table.name} DELETE WHERE {where} SETTINGS mutations_sync = 2"
+                )
+                self._removed += int(row["n"])
 
     async def write(self, batches: Sequence[RecordBatch]) -> None:
         """Insert the records of ``batches`` (of one topic) that the table does not hold
@@ -224,11 +252,11 @@ class ClickHouseSink:
         assert store is not None, "the sink is not open"
         table = self._tables[batches[0].topic]
         by_type: dict[type, list[bytes]] = {}
-        spans: list[str] = []
         stamps = []
         kinds: collections.Counter[str] = collections.Counter()
         found = 0
         encode = msgspec.json.encode
+        lineage = msgspec.json.encode(self._lineage)
         for batch in batches:
             values: Sequence[Any] = batch.values
             if isinstance(values, Table):
@@ -243,19 +271,18 @@ class ClickHouseSink:
                 rows = by_type.get(type(event))
                 if rows is None:
                     rows = by_type[type(event)] = []
-                rows.append(b"%s,%d,%d]" % (encode(event)[:-1], partition, offset))
+                rows.append(b"%s,%s,%d,%d]" % (encode(event)[:-1], lineage, partition, offset))
             self._next[batch.topic, partition] = max(
                 self._next.get((batch.topic, partition), 0), batch.next_offset
             )
-            spans.append(f"{partition}:{first}-{batch.next_offset - 1}")
             stamps.append(np.asarray(batch.timestamps, dtype=np.float64))
             kinds.update(event.kind for event in values)
-        digest = hashlib.sha1(",".join(spans).encode()).hexdigest()
         for event_type, rows_of in by_type.items():
-            token = f"{table.topic}/{event_type.__name__}/{digest}"
-            await store.insert(
-                table.name, table.layouts[event_type].columns, b"\n".join(rows_of), token
-            )
+            # The token is the rows' own digest: the same records at the same offsets give
+            # the same token (an insert repeated is dropped), other records never do.
+            payload = b"\n".join(rows_of)
+            token = f"{table.topic}/{hashlib.sha256(payload).hexdigest()}"
+            await store.insert(table.name, table.layouts[event_type].columns, payload, token)
         self._kinds.update(kinds)  # no await from here to the consumer's commit
         self._already_stored += found
         lags = time.time() - np.concatenate(stamps)
@@ -275,8 +302,8 @@ class ClickHouseSink:
         present = self._present.get(where)
         if present is None:
             rows = await store.rows(
-                f"SELECT _offset FROM {table.name} WHERE _partition = {batch.partition}"
-                f" AND _offset >= {batch.base_offset}"
+                f"SELECT _offset FROM {table.name} WHERE _lineage = {quote(self._lineage)}"
+                f" AND _partition = {batch.partition} AND _offset >= {batch.base_offset}"
             )
             present = self._present[where] = {int(row["_offset"]) for row in rows}
         known = self._next.get(where, 0)
@@ -403,6 +430,7 @@ class ClickHouseSink:
         return {
             "stored": dict(sorted(self._kinds.items())),
             "already_stored": self._already_stored,
+            "removed_past_epoch": self._removed,
             "tables": sorted(t.name.replace("`", "") for t in self._tables.values()),
         }
 
@@ -412,12 +440,15 @@ class ClickHouseSink:
 
     def snapshot(self) -> ClickHouseState:
         """Events written per kind."""
-        return ClickHouseState(kinds=dict(self._kinds), already_stored=self._already_stored)
+        return ClickHouseState(
+            kinds=dict(self._kinds), already_stored=self._already_stored, lineage=self._lineage
+        )
 
     def restore(self, state: ClickHouseState) -> None:
         """Take back the counts of an epoch."""
         self._kinds = collections.Counter(state.kinds)
         self._already_stored = state.already_stored
+        self._lineage = state.lineage
 
     def live(self) -> list[tuple[str, str]]:
         """Events stored per kind so far."""

@@ -309,20 +309,32 @@ async def rows(path: Path) -> list[tuple[int, int]]:
 
 
 async def test_a_batch_consumed_again_after_a_crash_is_stored_once(tmp_path: Path) -> None:
-    context = SinkContext("store", {"playback": (Playback,)}, tmp_path)
+    topics = {"playback": (Playback,)}
     params = ClickHouseParams(path=str(tmp_path / "ch"))
     first = ClickHouseSink(params)
-    async with first.opened(context):
+    async with first.opened(SinkContext("store", topics, tmp_path, {("playback", 0): 0})):
         await first.write([batch(0, [10, 11, 12])])
-        await first.write([batch(3, [13, 14])])
-        await first.write([batch(0, [10, 11, 12])])  # redelivered to the same sink
-    # A crash after the epoch at offset 2: a new sink gets offsets 2.. again, differently cut.
+        epoch = first.snapshot()  # the epoch: offsets 0-2 committed, 3-4 in the ring
+        await first.write([batch(3, [13, 14])])  # stored, not committed by any epoch
+        await first.write([batch(5, [15])])  # taken after the epoch: lost with the process
+        await first.write([batch(3, [13, 14])])  # redelivered to the same sink
+    # The process is killed and resumes from the epoch, whose ring ends at offset 5: the row
+    # at offset 5 belonged to no epoch, and offset 5 now goes to another record.
     second = ClickHouseSink(params)
-    async with second.opened(context):
-        await second.write([batch(2, [12, 13]), batch(4, [14, 15, 16])])
-    assert await rows(tmp_path / "ch") == [(o, 10 + o) for o in range(7)]
-    assert second.result()["already_stored"] == 3
-    assert second.totals() == {"playback": 5}
+    second.restore(epoch)
+    async with second.opened(SinkContext("store", topics, tmp_path, {("playback", 0): 5})):
+        await second.write([batch(3, [13]), batch(4, [14, 99])])
+    assert await rows(tmp_path / "ch") == [(0, 10), (1, 11), (2, 12), (3, 13), (4, 14), (5, 99)]
+    assert second.result()["already_stored"] == 2
+    assert second.result()["removed_past_epoch"] == 1
+    assert second.totals() == {"playback": 6}
+    # A run started afresh on the same folder (no checkpoints) numbers offsets from 0 again:
+    # its records are its own, neither skipped nor removing the other run's.
+    fresh = ClickHouseSink(params)
+    async with fresh.opened(SinkContext("store", topics, tmp_path, {("playback", 0): 0})):
+        await fresh.write([batch(0, [20, 21])])
+    assert len(await rows(tmp_path / "ch")) == 8
+    assert fresh.result()["already_stored"] == 0
 
 
 async def test_the_load_generator_reports_a_stalled_server_from_the_intended_send_times(
@@ -418,11 +430,19 @@ async def test_every_event_acknowledged_before_a_sigkill_is_stored_once(tmp_path
     # Served again: it resumes from the newest epoch, and a graceful stop drains the rings
     # into ClickHouse.
     process, port = start_serving(path, state)
-    process.send_signal(signal.SIGTERM)
-    _out, err = process.communicate(timeout=60)
+    try:
+        # Offsets taken after the newest epoch are given again, to these events.
+        connection = HttpConnection("127.0.0.1", port)
+        status, _ = await post(connection, "/events", [playback(10**6 + i) for i in range(50)])
+        assert status == 202
+        await connection.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     stored = await stored_users(state)
     assert set(acked) <= set(stored), "an acknowledged event was lost"
+    assert set(range(10**6, 10**6 + 50)) <= set(stored), "an event sent after the restart was lost"
     assert max(stored.values()) == 1, "an event was stored twice"
 
 

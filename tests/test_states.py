@@ -237,7 +237,9 @@ def states() -> dict[str, tuple[type[State], State]]:
         if name in FOLDING:
             processor.process(events_of(WORKLOAD_OF[name], 200))
         else:  # a sink counts what it wrote
-            processor.restore(ClickHouseState(kinds={"click": 2, "playback": 5}, already_stored=1))
+            processor.restore(
+                ClickHouseState(kinds={"click": 2, "playback": 5}, already_stored=1, lineage="a1")
+            )
         found[name] = processor_type.state_type, processor.snapshot()
     for name, workload_type in WORKLOADS.items():
         workload = workload_type.make(PARAMS[name], 7, "p", 0, 0)

@@ -477,16 +477,15 @@ class Pipeline:
                     self.topology,
                     self.processors,
                     self.value_types,
+                    self.topics,
                     self.state_folder,
                     self.intake,
                 )
                 if self.intake is not None:
                     durable = checkpoints is not None and self.intake.acks != "ring"
-                    await serving.start(
-                        self.intake.serve,
-                        self.serving or intake_settings(self.topology),
-                        self._checkpointer.epoch if durable else None,
-                    )
+                    settings = self.serving or intake_settings(self.topology)
+                    ask = self._checkpointer.epoch if durable else None
+                    await serving.start(self.intake.serve, settings, ask)
                 await self._run_with_epochs(monitor, checkpoints)
                 serving.cancel_scope.cancel()
         finally:

@@ -149,6 +149,11 @@ class SinkContext:
     state: Path | None
     """The run's state folder, where an embedded store keeps its data; None: no folder was
     given (the sink picks its own default)."""
+    ends: Mapping[tuple[str, int], int] = attrs.field(factory=dict)
+    """By (topic, partition), the offset the partition's ring ends at as the run starts
+    (restored from an epoch, or 0): a record the sink wrote at this offset or beyond before
+    a crash belonged to no epoch, and the offset now belongs to another record (partitions
+    on other nodes are not here)."""
 
 
 @runtime_checkable

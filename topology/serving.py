@@ -259,6 +259,7 @@ async def open_sinks(
     topology: Topology,
     processors: Mapping[str, Processor],
     value_types: Mapping[str, tuple[type, ...]],
+    topics: Mapping[str, Topic],
     state: Path | None,
     intake: HttpIntake | None,
 ) -> None:
@@ -271,7 +272,14 @@ async def open_sinks(
     for name, processor in processors.items():
         if not isinstance(processor, Sink):
             continue
-        topics = {topic: value_types[topic] for topic in topology.consumers[name].topic_names}
-        await stack.enter_async_context(processor.opened(SinkContext(name, topics, state)))
+        names = topology.consumers[name].topic_names
+        ends = {
+            (topic, partition.index): partition.end_offset
+            for topic in names
+            if topic in topics
+            for partition in topics[topic].partitions
+        }
+        context = SinkContext(name, {t: value_types[t] for t in names}, state, ends)
+        await stack.enter_async_context(processor.opened(context))
         if intake is not None and intake.api.store is None and isinstance(processor, EventStore):
             intake.api.store = processor
