@@ -74,4 +74,5 @@ def rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:
     rebuilt.state_folder = pipeline.state_folder
     if rebuilt.intake is not None and pipeline.intake is not None:
         rebuilt.intake.on_listening = pipeline.intake.on_listening
+        rebuilt.intake.on_error = pipeline.intake.on_error
     return rebuilt

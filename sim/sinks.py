@@ -10,6 +10,7 @@ import base64
 import binascii
 import collections
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Container, Mapping, Sequence
@@ -132,7 +133,7 @@ def _table_of(topic: str, database: str, types: Sequence[type]) -> _TopicTable:
 
 
 def _encode_cursor(row: Mapping[str, Any], topic: str) -> str:
-    data = msgspec.json.encode([row["_at"], topic, row["partition"], row["offset"]])
+    data = msgspec.json.encode([row["_stored"], topic, row["partition"], row["offset"]])
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
@@ -148,20 +149,31 @@ def _decode_cursor(text: str) -> tuple[int, str, int, int]:
 
 
 def _time_bound(name: str, text: str) -> int:
-    # Unix seconds (a number) or an ISO 8601 time; as microseconds.
-    try:
-        return round(float(text) * 1_000_000)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise IntakeError(
-            400, f"{name}: {text!r} is neither Unix seconds nor an ISO 8601 time"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1_000_000)
+    # Unix seconds (a number) or an ISO 8601 time, from 1970 to 2262; as microseconds.
+    problem = f"{name}: {text!r} is neither Unix seconds nor an ISO 8601 time"
+    if _NUMBER.fullmatch(text):
+        seconds = float(text)
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise IntakeError(400, problem) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    if not 0 <= seconds < 9.2e9:
+        raise IntakeError(400, f"{name}: {text!r} is not between 1970 and 2262")
+    return round(seconds * 1_000_000)
+
+
+def _whole(name: str, text: str, low: int, high: int) -> int:
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise IntakeError(400, f"{name}: must be a whole number from {low} to {high:,}")
+    return int(text)
+
+
+_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 @attrs.define(eq=False)
@@ -315,7 +327,13 @@ class ClickHouseSink:
     # -- reading back ----------------------------------------------------------------------
 
     async def events(self, query: Mapping[str, str]) -> dict[str, Any]:
-        """A page of stored events, oldest first (see :class:`~topology.EventStore`)."""
+        """A page of stored events in the order they were stored (see
+        :class:`~topology.EventStore`).
+
+        Pages follow the order of storage, not of acceptance: an event accepted earlier but
+        stored later than the last one a client has seen comes on a later page, never
+        behind its cursor. Queries and inserts take turns on the store, so no insert is
+        half visible to a query."""
         store = self._store
         assert store is not None
         unknown = set(query) - {"type", "user_id", "from", "to", "limit", "cursor"}
@@ -327,18 +345,14 @@ class ClickHouseSink:
             )
         limit = DEFAULT_PAGE
         if "limit" in query:
-            if not query["limit"].isdigit() or not 1 <= int(query["limit"]) <= MAX_PAGE:
-                raise IntakeError(400, f"limit: must be a whole number from 1 to {MAX_PAGE}")
-            limit = int(query["limit"])
+            limit = _whole("limit", query["limit"], 1, MAX_PAGE)
         conditions = []
         if "type" in query:
             conditions.append(f"type = {quote(query['type'])}")
         if "user_id" in query:
-            text = query["user_id"]
-            if not text.lstrip("-").isdigit():
-                raise IntakeError(400, f"user_id: {text!r} is not a whole number")
-            conditions.append(f"user_id = {int(text)}")
+            conditions.append(f"user_id = {_whole('user_id', query['user_id'], 0, 2**53)}")
         at = "toUnixTimestamp64Micro(received_at)"
+        stored = "toUnixTimestamp64Micro(stored_at)"
         if "from" in query:
             conditions.append(f"{at} >= {_time_bound('from', query['from'])}")
         if "to" in query:
@@ -351,17 +365,17 @@ class ClickHouseSink:
             where = list(conditions)
             if cursor is not None:
                 where.append(
-                    f"({at}, {quote(topic)}, _partition, _offset) > "
+                    f"({stored}, {quote(topic)}, _partition, _offset) > "
                     f"({cursor[0]}, {quote(cursor[1])}, {cursor[2]}, {cursor[3]})"
                 )
             rows = await store.rows(
-                f"SELECT *, {at} AS _at, toUnixTimestamp64Micro(stored_at) AS _stored"
-                f" FROM {table.name}"
+                f"SELECT *, {at} AS _at, {stored} AS _stored FROM {table.name}"
                 + (f" WHERE {' AND '.join(where)}" if where else "")
-                + f" ORDER BY _at, _partition, _offset LIMIT {limit + 1}"
+                + f" ORDER BY _stored, _partition, _offset LIMIT {limit + 1}"
             )
             for row in rows:
-                found.append(((int(row["_at"]), topic, row["_partition"], row["_offset"]), row))
+                key = (int(row["_stored"]), topic, row["_partition"], row["_offset"])
+                found.append((key, row))
         found.sort(key=lambda item: item[0])
         page = found[:limit]
         events = [self._shown(sort_key[1], row) for sort_key, row in page]
@@ -369,7 +383,7 @@ class ClickHouseSink:
         if len(found) > limit:
             last = page[-1]
             next_cursor = _encode_cursor(
-                {"_at": last[0][0], "partition": last[0][2], "offset": last[0][3]}, last[0][1]
+                {"_stored": last[0][0], "partition": last[0][2], "offset": last[0][3]}, last[0][1]
             )
         return {"events": events, "next_cursor": next_cursor}
 

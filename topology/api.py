@@ -113,7 +113,9 @@ class EventsApi:
                 200, self.metrics().encode(), PROMETHEUS_TYPE
             )
         reading = request.method in ("GET", "HEAD")
-        if (path == "/stats" or (path == "/events" and self.store is not None)) and reading:
+        if path == "/stats":
+            return self._only(request, "GET") or await self._read(request, path)
+        if path == "/events" and self.store is not None and reading:
             return await self._read(request, path)
         if path == "/events" or path.startswith("/events/"):
             kind = path.removeprefix("/events").removeprefix("/") or None
@@ -162,7 +164,10 @@ class EventsApi:
         try:
             if path == "/stats":
                 return Response.json(200, await self.store.stats())
-            query = {name: given[-1] for name, given in request.query.items()}
+            twice = sorted(name for name, given in request.query.items() if len(given) > 1)
+            if twice:
+                return Response.error(400, f"parameter {twice[0]!r} is given more than once")
+            query = {name: given[0] for name, given in request.query.items()}
             return Response.json(200, await self.store.events(query))
         except IntakeError as refused:
             return Response.error(refused.status, refused.message, **refused.details)

@@ -101,6 +101,8 @@ class HttpIntake:
     """The HTTP server, once it listens."""
     on_listening: Callable[[str], None] | None = None
     """Called with the API's URL each time it starts listening."""
+    on_error: Callable[[BaseException], None] = lambda _: None
+    """Called with what a request's handler raised (the request was answered 500)."""
     _stopping: trio.Event = attrs.field(factory=trio.Event)
     _durable_seq: int = 0
     """Every event with a sequence number below this is in a written epoch."""
@@ -215,7 +217,9 @@ class HttpIntake:
         host, port = settings.listen
         async with trio.open_nursery() as nursery:
             self.server = await nursery.start(
-                functools.partial(serve_http, self.api, host, port, limits=self.limits)
+                functools.partial(
+                    serve_http, self.api, host, port, limits=self.limits, on_error=self.on_error
+                )
             )
             self.api.http = self.server.statistics
             if self.on_listening is not None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import attrs
+from rich.markup import escape
 
 from topology import CheckpointError, Pipeline, TopologyError, intake_settings
 
@@ -77,6 +78,9 @@ def serve(args: argparse.Namespace) -> ExitCode:
     )
     assert pipeline.intake is not None
     pipeline.intake.on_listening = lambda url: out.print(f"listening on {url}")
+    pipeline.intake.on_error = lambda exc: err.print(
+        escape(f"error: a request was answered 500: {type(exc).__name__}: {exc}")
+    )
     return run_to_the_end(
         pipeline,
         checkpoints,
