@@ -280,7 +280,10 @@ async def run_load(
                     await connection.close()
                     continue
                 except (OSError, h11.ProtocolError) as exc:
-                    errors[type(exc).__name__] += 1
+                    # The server closed or broke the connection (a refusal it closes after,
+                    # such as 413, comes while the body is still being sent).
+                    said = exc.strerror if isinstance(exc, OSError) else None
+                    errors[f"connection: {said or exc}"[:80]] += 1
                     continue
                 now = trio.current_time()
                 finished = max(finished, now)

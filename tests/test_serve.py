@@ -502,3 +502,21 @@ async def test_the_api_describes_itself_in_openapi_and_a_page() -> None:
         assert b"ClickInput" in page
         status, _, _ = await api.request("POST", "/openapi.json")
         assert status == 405
+
+
+async def test_empty_compressed_and_huge_refusals_say_what_to_do() -> None:
+    pipeline = Pipeline.build(topology_of(UGC), REGISTRY)
+    async with served(pipeline) as (api, running):
+        status, _, said = await api.request("POST", "/events", b"", JSON)
+        assert status == 400
+        assert b"no body" in said
+        gzip = [*JSON, ("content-encoding", "gzip")]
+        status, _, said = await api.request("POST", "/events", b"\x1f\x8b", gzip)
+        assert status == 415
+        assert b"uncompressed" in said
+        status, refused = await post(api, "/events", {**click(1), "element": 7, "page": 1})
+        assert status == 422
+        status, refused = await post(api, "/events", {"type": "x" * 100_000})
+        assert status == 422
+        assert len(refused["error"]) < 1_000
+    assert running.events_produced == 0

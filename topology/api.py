@@ -143,6 +143,11 @@ class EventsApi:
         declared = given.partition(";")[0].strip().lower()
         if declared and declared not in JSON_TYPES:
             return Response.error(415, f"events are JSON; got content-type {declared!r}")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            return Response.error(
+                415, f"content-encoding {encoding!r} is not taken; send the JSON uncompressed"
+            )
         if not self.accepting:
             return Response.error(
                 503, "the service is stopping; nothing was accepted", headers=[("retry-after", "5")]

@@ -38,6 +38,9 @@ from .tally import TopicTally
 _AT = re.compile(r" - at `(\$[^`]*)`$")
 """Where msgspec says a value failed its checks: only at the end of its message."""
 
+MAX_MESSAGE = 400
+"""The longest message of a refusal that quotes what the client sent."""
+
 STAMPED = ("timestamp", "source", "seq")
 """Fields of an event type that ringflow fills in, never the client."""
 
@@ -215,11 +218,15 @@ class Intake:
 
     def _decode(self, body: bytes, kind: str | None) -> list[Any]:
         decoder = self.decoder(kind)
+        if not body.strip():
+            raise IntakeError(400, "the request has no body; send one JSON event or an array")
         try:
             decoded = decoder.decode(body)
         except msgspec.ValidationError as error:
             message = str(error)
             found = _AT.search(message)
+            if len(message) > MAX_MESSAGE:  # it quotes the value: never echo a megabyte
+                message = message[: MAX_MESSAGE // 2] + " ... " + message[-MAX_MESSAGE // 4 :]
             raise IntakeError(
                 422,
                 f"{message}; nothing of the request was accepted",
