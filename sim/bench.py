@@ -27,6 +27,7 @@ from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 
 from .baseline import plain_loop
 from .bench_gateway import measure_gateway, measure_tap_latency
+from .bench_http import HTTP_CASES, measure_http
 from .bench_versus import (
     UGC_AT_THROUGHPUT,
     as_shipped,
@@ -76,6 +77,9 @@ class BenchSettings:
     ugc_shipped_events: int = 120_000
     """Events of the UGC example as shipped, everything on: 1,000 a simulated second, batches
     of a dozen events (0 skips it)."""
+    http_seconds: float = 15.0
+    """Seconds of each HTTP measurement (``ringflow serve`` loaded by ``ringflow load``);
+    0 skips them."""
     bytewax_python: str | None = None
     """The Python interpreter that has Bytewax installed (None: this one, if it has)."""
 
@@ -476,5 +480,21 @@ def run_bench(
         result["slow_consumer_peak_rss_mb"] = memory["peak_rss_mb"]
         result["slow_consumer_peak_depth"] = memory["peak_depth"]
         result["slow_consumer_capacity"] = memory["capacity"]
+    if settings.http_seconds:
+        for name, example, acks, rps, batch in HTTP_CASES:
+            progress(
+                f"HTTP: {example} with acks {acks}, {rps:,.0f} requests/s of {batch} "
+                f"event{'s' if batch > 1 else ''} for {settings.http_seconds:g} s (real time)"
+            )
+            measured = measure_http(example, acks, rps, batch, settings.http_seconds)
+            result[f"http_{name}"] = {
+                "requests_per_s": rps,
+                "events_per_request": batch,
+                "achieved_per_s": measured["achieved_rps"],
+                "events_per_s": measured["achieved_rps"] * batch,
+                "latency_ms": measured["latency_ms"],
+                "errors": measured["errors"],
+                "storage_lag_s": measured["storage_lag_s"],
+            }
     result["machine"] = machine()
     return result

@@ -55,7 +55,7 @@ PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal a process gets when its parent thread ends (Linux)."""
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
+def parent_death_hook() -> Callable[[], None] | None:
     """Return a ``preexec_fn`` that makes the child get SIGTERM when this process ends, or None
     where that is not available (not Linux, or not the main thread).
 
@@ -364,7 +364,7 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_parent_death_hook(),
+            preexec_fn=parent_death_hook(),
             # Its own session: Ctrl-C at a terminal (SIGINT to the whole foreground process
             # group) must reach only its owner, which writes its last log entries and then
             # stops the server, not the server itself first.

@@ -24,6 +24,7 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--restore-records=5000",
             "--gateway-records=20000",
             "--tap-seconds=0.5",
+            "--http-seconds=0.3",
             "--headline-events=20000",
             "--ugc-events=5000",
             "--ugc-shipped-events=2000",
@@ -61,6 +62,13 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
     assert result["gateway_ratio"] == pytest.approx(
         result["gateway_records_per_s"] / result["raw_websocket_records_per_s"]
     )
+    # The ESS example served in a child process: every request answered 202.
+    for case in ("durable_1000", "ring_3500", "ring_batch100"):
+        http = result[f"http_{case}"]
+        assert http["errors"] == {}, case
+        assert http["achieved_per_s"] > 0
+        assert http["latency_ms"]["p50"] <= http["latency_ms"]["p95"]
+    assert result["http_ring_batch100"]["events_per_request"] == 100
     assert result["tap_latency_records"] > 0
     assert 0 < result["tap_latency_p50_ms"] <= result["tap_latency_p99_ms"]
     # The video site with everything on, in a fresh process, against the plain loop.

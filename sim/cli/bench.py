@@ -39,6 +39,13 @@ SETTINGS: tuple[tuple[str, Callable[[str], int | float], str], ...] = (
         "trio-websocket; 0 skips it",
     ),
     (
+        "http_seconds",
+        seconds,
+        "seconds of each HTTP measurement (the ESS example served in a child process, "
+        "loaded from this one: durable at 1,000 requests/s, acks ring at 3,500, batches of "
+        "100); 0 skips them",
+    ),
+    (
         "tap_seconds",
         seconds,
         "seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips it",
@@ -162,6 +169,21 @@ def bench(args: argparse.Namespace) -> ExitCode:
         table.add_row(
             "ring peak depth / capacity",
             f"{result['slow_consumer_peak_depth']:,} / {result['slow_consumer_capacity']:,}",
+        )
+    for name, label in (
+        ("durable_1000", "HTTP, ESS durable, 1,000 requests/s"),
+        ("ring_3500", "HTTP, ESS acks ring, 3,500 requests/s"),
+        ("ring_batch100", "HTTP, ESS acks ring, 100 events a request"),
+    ):
+        http = result.get(f"http_{name}")
+        if http is None:
+            continue
+        latency = http["latency_ms"]
+        table.add_row(
+            f"{label}: achieved; p75 / p95 latency; errors",
+            f"{http['achieved_per_s']:,.0f} req/s ({http['events_per_s']:,.0f} events/s); "
+            f"{latency.get('p75', 0):,.1f} / {latency.get('p95', 0):,.1f} ms; "
+            f"{sum(http['errors'].values()):,}",
         )
     make_console().print(table)
     return ExitCode.OK
