@@ -42,33 +42,48 @@ def measure_http(
     with tempfile.TemporaryDirectory(prefix="ringflow-bench-http-") as folder:
         path = Path(folder) / example
         path.write_text(yaml.safe_dump(data))
-        state = Path(folder) / "state"
-        command = [sys.executable, "-m", "sim", "serve", str(path), "--quiet", "--no-log"]
-        command += ["--listen", "127.0.0.1:0", "--state", str(state)]
-        command += ["--report", str(Path(folder) / "report.json")]
-        server = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=parent_death_hook(),
-        )
+        server, url = serve_in_child(path, Path(folder) / "state")
         try:
-            assert server.stdout is not None
-            url = None
-            for line in server.stdout:
-                if line.startswith("listening on "):
-                    url = line.split()[-1]
-                    break
-            if url is None:
-                raise RuntimeError(f"ringflow serve {example} did not start: {server.stderr}")
             settings = LoadSettings(url, rps=rps, duration=seconds, batch=batch, mix=mix)
             result = trio.run(run_load, settings)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.communicate()
+            stop(server)
     return attrs.asdict(result)
+
+
+def serve_in_child(path: Path, state: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start ``ringflow serve PATH`` in a child process (which dies with this one) on a free
+    loopback port, logging off, its state and report in ``state``; return it and its URL
+    once it listens.
+
+    Raises:
+        RuntimeError: It stopped before listening (with what it printed).
+    """
+    command = [sys.executable, "-m", "sim", "serve", str(path), "--quiet", "--no-log"]
+    command += ["--listen", "127.0.0.1:0", "--state", str(state)]
+    command += ["--report", str(state / "report.json")]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=parent_death_hook(),
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("listening on "):
+            return server, line.split()[-1]
+    out, err = server.communicate()
+    raise RuntimeError(f"ringflow serve {path} stopped before listening: {err or out}")
+
+
+def stop(server: subprocess.Popen[str]) -> str:
+    """Stop a child started by :func:`serve_in_child` with SIGTERM (killed if it takes more
+    than a minute); return what it printed on standard error."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        _, err = server.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        _, err = server.communicate()
+    return err

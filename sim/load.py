@@ -135,7 +135,8 @@ class HttpConnection:
         stream, conn = self._stream, self._h11
         heads = [("host", self.host), ("content-length", str(len(body))), *headers]
         data = conn.send(h11.Request(method=method, target=target, headers=heads))
-        data += conn.send(h11.Data(data=body)) or b"" if body else b""
+        if body:
+            data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         try:
             await stream.send_all(data)

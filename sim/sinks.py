@@ -70,14 +70,6 @@ class ClickHouseState(State, frozen=True, tag=1):
     offsets from 0 again, and must neither skip nor remove another run's rows."""
 
 
-@attrs.frozen
-class _Layout:
-    """How one event type is stored: the table's columns for its fields, in its encoding's
-    order (an array-like struct encodes as ``[tag, field, field...]``)."""
-
-    columns: list[str]
-
-
 @attrs.define(eq=False)
 class _TopicTable:
     """A topic's table: its name, its columns and how each event type fills them."""
@@ -86,7 +78,9 @@ class _TopicTable:
     name: str
     columns: dict[str, str]
     """Column name to ClickHouse type, in order."""
-    layouts: dict[type, _Layout]
+    layouts: dict[type, list[str]]
+    """Per event type, the columns its rows fill, in its encoding's order (an array-like
+    struct encodes as ``[tag, field, field...]``), then where the row came from."""
     has_user: bool
 
 
@@ -99,9 +93,7 @@ def _clickhouse_type(kind: msgspec.inspect.Type) -> str:
         return "Bool"
     if isinstance(kind, msgspec.inspect.LiteralType):
         return "LowCardinality(String)"
-    if isinstance(kind, msgspec.inspect.StrType):
-        return "String"
-    return "String"  # anything else is stored as its JSON text
+    return "String"  # text, and anything else as its JSON text
 
 
 def _table_of(topic: str, database: str, types: Sequence[type]) -> _TopicTable:
@@ -118,7 +110,7 @@ def _table_of(topic: str, database: str, types: Sequence[type]) -> _TopicTable:
             else:
                 columns.setdefault(name, _clickhouse_type(field.type))
             order.append(name)
-        layouts[event_type] = _Layout([*order, "_lineage", "_partition", "_offset"])
+        layouts[event_type] = [*order, "_lineage", "_partition", "_offset"]
     columns.update(
         {
             "stored_at": "DateTime64(6, 'UTC') DEFAULT now64(6)",
@@ -294,7 +286,7 @@ class ClickHouseSink:
             # the same token (an insert repeated is dropped), other records never do.
             payload = b"\n".join(rows_of)
             token = f"{table.topic}/{hashlib.sha256(payload).hexdigest()}"
-            await store.insert(table.name, table.layouts[event_type].columns, payload, token)
+            await store.insert(table.name, table.layouts[event_type], payload, token)
         self._kinds.update(kinds)  # no await from here to the consumer's commit
         self._already_stored += found
         lags = time.time() - np.concatenate(stamps)

@@ -4,10 +4,8 @@ graceful stops and resumes, the ClickHouse sink (a real chdb engine) and ``ringf
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +18,7 @@ import trio
 import yaml
 
 from actors import RecordBatch, Request, Response, open_clickhouse, serve_http
+from sim.bench_http import serve_in_child, stop
 from sim.cli.ringflow import main
 from sim.events import Playback
 from sim.load import HttpConnection, LoadSettings, run_load
@@ -374,33 +373,8 @@ async def test_the_load_generator_reports_a_stalled_server_from_the_intended_sen
 
 
 def start_serving(path: Path, state: Path) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sim",
-            "serve",
-            str(path),
-            "--quiet",
-            "--no-log",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            str(state),
-            "--report",
-            str(state / "r.json"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("listening on http://127.0.0.1:"):
-            return process, int(line.rsplit(":", 1)[1])
-    process.kill()
-    raise AssertionError(f"serve never listened: {process.communicate()}")
+    process, url = serve_in_child(path, state)
+    return process, int(url.rsplit(":", 1)[1])
 
 
 async def stored_users(state: Path) -> Counter[int]:
@@ -444,8 +418,7 @@ async def test_every_event_acknowledged_before_a_sigkill_is_stored_once(tmp_path
         assert status == 202
         await connection.close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
+        err = stop(process)
     assert process.returncode == 0, err
     stored = await stored_users(state)
     assert set(acked) <= set(stored), "an acknowledged event was lost"
@@ -471,11 +444,10 @@ def test_serve_stops_on_sigterm_with_a_report_and_carries_on_when_served_again(
         try:
             trio.run(send, port, users)
         finally:
-            process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)
+            err = stop(process)
         assert process.returncode == 0, err
         assert "Traceback" not in err
-        report = json.loads((state / "r.json").read_text())
+        report = json.loads((state / "report.json").read_text())
         assert (report["status"], report["stopped_by"]) == ("completed", "SIGTERM")
         assert trio.run(stored_users, state) == Counter(range(users.stop))
 

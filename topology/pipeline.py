@@ -386,7 +386,7 @@ class Pipeline:
         )
         # The run's simulated time counts from its origin, so it goes on across resumes
         # whatever the clock read when a resumed run started.
-        now = trio.current_time() - self.origin
+        now = self.event_time()
         return Snapshot(now, self.events_produced, held, parts, final)
 
     def _capture(self, final: bool) -> tuple[Snapshot, Callable[[], None] | None]:
@@ -482,7 +482,7 @@ class Pipeline:
                     self.intake,
                 )
                 if self.intake is not None:
-                    durable = checkpoints is not None and self.intake.acks != "ring"
+                    durable = self.intake.spec.durable(checkpoints is not None)
                     settings = self.serving or intake_settings(self.topology)
                     ask = self._checkpointer.epoch if durable else None
                     await serving.start(self.intake.serve, settings, ask)

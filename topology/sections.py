@@ -324,6 +324,11 @@ class HttpSpec(Checked):
         except ValueError as exc:
             raise FieldError(attribute.name, str(exc)) from None
 
+    def durable(self, checkpointed: bool) -> bool:
+        """Whether requests are answered once an epoch holds their events: with ``acks:
+        durable``, or by default, when the run writes epochs (never when it does not)."""
+        return checkpointed and self.acks != "ring"
+
     def problems(self) -> list[FieldError]:
         """At least one route."""
         if not self.routes:

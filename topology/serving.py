@@ -18,7 +18,6 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Literal
 
 import attrs
 import trio
@@ -31,7 +30,7 @@ from .errors import CheckpointError, TopologyError
 from .intake import Intake, Route
 from .registry import Processor, Registry, Sink, SinkContext
 from .schema import Topology
-from .sections import parse_address
+from .sections import HttpSpec, parse_address
 from .snapshot import IntakePart
 from .tally import TopicTally
 
@@ -92,9 +91,8 @@ class HttpIntake:
     api: EventsApi
     topics: list[Topic]
     """The topics its routes write to."""
-    limits: HttpLimits
-    acks: Literal["ring", "durable"] | None
-    """As the file says; None: durable when the run writes epochs."""
+    spec: HttpSpec
+    """The ``http`` section it serves."""
     settings: IntakeSettings | None = None
     """Where to listen; None until the pipeline is served."""
     server: HttpServer | None = None
@@ -142,8 +140,7 @@ class HttpIntake:
             partitions=lambda: {t.name: t.statistics() for t in targets},
             title=topology.name,
         )
-        limits = HttpLimits(max_body=spec.max_body, max_connections=spec.max_connections)
-        return cls(intake, api, targets, limits, spec.acks)
+        return cls(intake, api, targets, spec)
 
     # -- its part of an epoch ----------------------------------------------------------------
 
@@ -215,10 +212,11 @@ class HttpIntake:
         self._request_epoch = durable
         self.intake.admitted = self._until_durable if durable is not None else None
         host, port = settings.listen
+        limits = HttpLimits(max_body=self.spec.max_body, max_connections=self.spec.max_connections)
         async with trio.open_nursery() as nursery:
             self.server = await nursery.start(
                 functools.partial(
-                    serve_http, self.api, host, port, limits=self.limits, on_error=self.on_error
+                    serve_http, self.api, host, port, limits=limits, on_error=self.on_error
                 )
             )
             self.api.http = self.server.statistics

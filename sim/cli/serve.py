@@ -70,7 +70,7 @@ def serve(args: argparse.Namespace) -> ExitCode:
     )
     if isinstance(logging, ExitCode):
         return logging
-    durable = spec.acks == "durable" or (spec.acks is None and checkpoints is not None)
+    durable = spec.durable(checkpoints is not None)
     out.print(
         f"serving {topology.name}: events are answered once "
         + ("an epoch holds them (acks: durable)" if durable else "in their rings (acks: ring)")
