@@ -1,10 +1,11 @@
-"""A small HTTP/1.1 server on Trio: h11 parses, a handler answers, connections stay open.
+"""A small HTTP/1.1 server on Trio: httptools parses, a handler answers, connections stay open.
 
 ringflow's HTTP endpoints take many small requests (one event per POST at thousands a
 second) and answer with small JSON bodies. A framework's cost per request (routing layers,
-ASGI scopes, middleware) is most of the time of such a request, so this is HTTP/1.1 on h11
-directly: keep-alive, ``Expect: 100-continue``, bodies by length or chunked, bounded in size
-and in time, and nothing else. Routing is the handler's business.
+ASGI scopes, middleware) is most of the time of such a request, so this is HTTP/1.1 on
+httptools (the llhttp parser of Node.js, in C) directly: keep-alive, pipelining,
+``Expect: 100-continue``, bodies by length or chunked, bounded in size and in time, and
+nothing else. Routing is the handler's business.
 
 A handler is an ``async`` function from :class:`Request` to :class:`Response`. It is called
 once per request, in the connection's task; requests of one connection are answered in
@@ -14,13 +15,15 @@ it never takes the server down.
 
 from __future__ import annotations
 
+import collections
 import functools
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
-import h11
+import httptools
 import msgspec
 import trio
 
@@ -28,6 +31,7 @@ READ_SIZE = 65536
 """Bytes read from a socket at a time."""
 
 REASONS = {
+    100: "Continue",
     200: "OK",
     202: "Accepted",
     204: "No Content",
@@ -45,6 +49,9 @@ REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 @attrs.frozen
@@ -103,7 +110,8 @@ class HttpLimits:
     """The largest request body in bytes; a larger one is answered ``413`` and the
     connection closed."""
     max_header: int = 16 << 10
-    """The most bytes of a request line and headers; more is answered ``431``."""
+    """The most bytes of a request line and headers; more is answered ``431`` (a head
+    still arriving, once it is over this by more than one read)."""
     idle_timeout: float = 75.0
     """Seconds a kept-alive connection may wait for its next request before it is closed."""
     read_timeout: float = 30.0
@@ -133,6 +141,120 @@ class HttpStatistics:
     """Requests whose handler raised (answered ``500``)."""
     turned_away: int
     """Connections closed at once because :attr:`HttpLimits.max_connections` were open."""
+
+
+class _Refused(Exception):
+    # Raised in a parser callback to stop reading a request that is refused as it comes in.
+    pass
+
+
+class _Reader:
+    # The requests of one connection, from the bytes it sends: httptools calls back as it
+    # parses, and whole requests (with whether the connection stays open after each) queue
+    # up in ``ready``. A request refused as it came in (malformed, too large) queues as a
+    # Response, the last thing the connection will answer.
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: collections.deque[tuple[Request | Response, bool]] = collections.deque()
+        self.begun = False  # a request has begun and is not whole yet
+        self.head_done = False
+        self.head_size = 0  # bytes of the request line and headers parsed whole
+        self.head_pending = 0  # bytes read since, while the head is still incomplete
+        self.messages = 0  # requests begun
+        self.continue_wanted = False
+        self.ended = False  # nothing more is read: the last request closes the connection
+        self._target = b""
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; whole or refused requests are appended to ``ready``."""
+        in_head, messages = self.begun and not self.head_done, self.messages
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.ended = True  # what follows is another protocol: answer, then close
+        except httptools.HttpParserCallbackError as error:
+            refusal = error.__context__
+            if not isinstance(refusal, _Refused):
+                raise
+            self._refuse(refusal.args[0])
+        except httptools.HttpParserError as error:
+            message = str(error)[:200] or type(error).__name__
+            self._refuse(Response.error(400, f"malformed request: {message}"))
+        if in_head and self.messages == messages and not self.head_done:
+            # All of data belongs to a head begun before it and still incomplete (a head
+            # begun within data is counted from the next read: at most one read over).
+            self.head_pending += len(data)
+            if self.head_pending > self.limits.max_header:
+                self._refuse(Response.error(431, "request line and headers too large"))
+
+    def _refuse(self, response: Response) -> None:
+        if not self.ended:
+            self.ready.append((response, False))
+            self.ended = True
+
+    def _grow_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > self.limits.max_header:
+            raise _Refused(Response.error(431, "request line and headers too large"))
+
+    # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        self.begun, self.head_done, self.continue_wanted = True, False, False
+        self.head_size, self.head_pending = 0, 0
+        self.messages += 1
+        self._target, self._headers, self._body = b"", {}, bytearray()
+
+    def on_url(self, url: bytes) -> None:
+        self._grow_head(len(url))
+        self._target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow_head(len(name) + len(value) + 4)
+        key = name.decode("ascii", "replace").lower()
+        text = value.decode("latin-1").strip()
+        headers = self._headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        try:
+            _split_target(self._target.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise _Refused(Response.error(400, "malformed request target")) from None
+        length = int(self._headers.get("content-length", 0))  # llhttp checked it is a number
+        if length > self.limits.max_body:
+            raise _Refused(
+                Response.error(
+                    413, f"the body is {length:,} bytes; at most {self.limits.max_body:,} are taken"
+                )
+            )
+        self.continue_wanted = self._headers.get("expect", "").lower() == "100-continue"
+
+    def on_body(self, data: bytes) -> None:
+        self.continue_wanted = False
+        self._body += data
+        if len(self._body) > self.limits.max_body:
+            raise _Refused(
+                Response.error(
+                    413, f"the body is over {self.limits.max_body:,} bytes, the most taken"
+                )
+            )
+
+    def on_message_complete(self) -> None:
+        self.begun, self.continue_wanted = False, False
+        method = self.parser.get_method().decode("ascii", "replace").upper()
+        request = Request(
+            method, self._target.decode("ascii", "replace"), self._headers, bytes(self._body)
+        )
+        keep_alive = self.parser.should_keep_alive()
+        self.ready.append((request, keep_alive))
+        if not keep_alive:
+            self.ended = True
 
 
 @attrs.define(eq=False)
@@ -171,7 +293,6 @@ class HttpServer:
         """Answer the requests of one connection until either side closes it."""
         self._connections += 1
         self._connections_total += 1
-        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header)
         try:
             if self._connections > self.limits.max_connections:
                 self._turned_away += 1
@@ -181,23 +302,23 @@ class HttpServer:
                     "retry later",
                     headers=[("retry-after", "1")],
                 )
-                await self._send(stream, connection, busy, close=True)
+                await self._send(stream, busy, close=True)
                 return
+            reader = _Reader(self.limits)
             while True:
-                request = await self._read_request(stream, connection)
-                if request is None:
+                if not reader.ready and not await self._read(stream, reader):
                     return
+                request, keep_alive = reader.ready.popleft()
                 if isinstance(request, Response):  # the request was refused as it came in
-                    await self._send(stream, connection, request, close=True)
+                    await self._send(stream, request, close=True)
                     await _drain(stream)
                     return
-                response = await self._answer(request)
-                await self._send(stream, connection, response, head_only=request.method == "HEAD")
-                if connection.our_state is h11.MUST_CLOSE:
-                    return
-                try:
-                    connection.start_next_cycle()
-                except h11.LocalProtocolError:  # the client did not finish its request
+                response, head = await self._answer(request)
+                close = not keep_alive or (reader.ended and not reader.ready)
+                if request.method == "HEAD":  # the headers a GET would have, and no body
+                    response = attrs.evolve(response, body=b"")
+                await self._send(stream, response, head, close=close)
+                if close:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away
@@ -209,137 +330,88 @@ class HttpServer:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _answer(self, request: Request) -> Response:
+    async def _read(self, stream: trio.abc.Stream, reader: _Reader) -> bool:
+        # Read until a request is whole or refused (True), or the client closed or stayed
+        # idle between requests (False). A request still arriving when its time is up is
+        # refused with 408: the read deadline runs from the request's first byte, so a
+        # client trickling bytes cannot hold a connection forever.
+        limits = self.limits
+        begun = reader.begun
+        deadline = trio.current_time() + (limits.read_timeout if begun else limits.idle_timeout)
+        while not reader.ready:
+            if reader.ended:
+                return False
+            if reader.continue_wanted:
+                reader.continue_wanted = False
+                await self._send_bytes(stream, b"HTTP/1.1 100 Continue\r\n\r\n")
+            data: bytes | bytearray | None = None
+            with trio.move_on_at(deadline):
+                data = await stream.receive_some(READ_SIZE)
+            if data is None:
+                if not reader.begun:
+                    return False  # idle between requests: close quietly
+                reader.ready.append(
+                    (Response.error(408, "the request took too long to arrive"), False)
+                )
+                return True
+            if not data:
+                return False  # the client closed (mid-request: nobody to answer)
+            if not begun:
+                begun = True
+                deadline = trio.current_time() + limits.read_timeout
+            reader.feed(bytes(data))
+        return True
+
+    async def _answer(self, request: Request) -> tuple[Response, bytes]:
+        # The handler's response and its head (status line and headers).
         try:
             response = await self.handler(request)
             if not isinstance(response, Response):
                 raise TypeError(f"the handler answered {response!r}, not a Response")
-            _head(response)  # a status or header h11 refuses is the handler's bug too
+            # A status or a header that cannot be sent is the handler's bug too.
+            return response, _head(response)
         except Exception as error:  # a bug in a handler: answer it, keep serving
             self._handler_errors += 1
             self.on_error(error)
-            return Response.error(500, "internal error")
-        return response
-
-    async def _read_request(
-        self, stream: trio.abc.Stream, connection: h11.Connection
-    ) -> Request | Response | None:
-        # The next request whole; None when the client closed or stayed idle between
-        # requests; a Response when it must be refused before it is read whole (too large,
-        # malformed, too slow). The read deadline runs from the request's first byte, so a
-        # client trickling bytes cannot hold a connection forever.
-        limits = self.limits
-        head: h11.Request | None = None
-        body = bytearray()
-        # Bytes of the next request that came with the last one have begun it already.
-        begun = bool(connection.trailing_data[0])
-        deadline = trio.current_time() + (limits.read_timeout if begun else limits.idle_timeout)
-        while True:
-            try:
-                event = connection.next_event()
-            except h11.RemoteProtocolError as error:
-                if connection.trailing_data[1]:
-                    return None  # the client closed mid-request: nobody to answer
-                if error.error_status_hint == 431:
-                    return Response.error(431, "request line and headers too large")
-                return Response.error(400, f"malformed request: {str(error)[:200]}")
-            if event is h11.NEED_DATA:
-                if connection.they_are_waiting_for_100_continue:
-                    await self._send_events(
-                        stream, connection, h11.InformationalResponse(status_code=100, headers=[])
-                    )
-                data: bytes | bytearray | None = None
-                with trio.move_on_at(deadline):
-                    data = await stream.receive_some(READ_SIZE)
-                if data is None:
-                    if not begun:
-                        return None  # idle between requests: close quietly
-                    return Response.error(408, "the request took too long to arrive")
-                if not begun:
-                    begun = True
-                    deadline = trio.current_time() + limits.read_timeout
-                connection.receive_data(bytes(data))
-            elif isinstance(event, h11.Request):
-                head = event
-                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
-                if size > limits.max_header:  # h11 checks only heads that come in pieces
-                    return Response.error(431, "request line and headers too large")
-                fields = dict(event.headers)
-                if b"content-length" in fields and b"transfer-encoding" in fields:
-                    # Framing two ways is how requests are smuggled past proxies (RFC 9112).
-                    return Response.error(
-                        400, "a request may not have both Content-Length and Transfer-Encoding"
-                    )
-                try:
-                    _split_target(event.target.decode("ascii"))
-                except (ValueError, UnicodeDecodeError):
-                    return Response.error(400, "malformed request target")
-                length = int(fields.get(b"content-length", 0))  # h11 checked it is a number
-                if length > limits.max_body:
-                    return Response.error(
-                        413, f"the body is {length:,} bytes; at most {limits.max_body:,} are taken"
-                    )
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limits.max_body:
-                    return Response.error(
-                        413, f"the body is over {limits.max_body:,} bytes, the most taken"
-                    )
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                return Request(
-                    head.method.decode("ascii", "replace").upper(),
-                    head.target.decode("ascii", "replace"),
-                    _headers(head.headers),
-                    bytes(body),
-                )
-            else:  # ConnectionClosed, or PAUSED (never, since each request is read whole)
-                return None
+            response = Response.error(500, "internal error")
+            return response, _head(response)
 
     async def _send(
         self,
         stream: trio.abc.Stream,
-        connection: h11.Connection,
         response: Response,
+        head: bytes | None = None,
         *,
         close: bool = False,
-        head_only: bool = False,
     ) -> None:
         self._by_status[response.status] = self._by_status.get(response.status, 0) + 1
-        head = _head(response, close=close)
-        if head_only:  # HEAD: the headers a GET would have, and no body
-            await self._send_events(stream, connection, head, h11.EndOfMessage())
-        else:
-            await self._send_events(
-                stream, connection, head, h11.Data(data=response.body), h11.EndOfMessage()
-            )
+        if head is None:
+            head = _head(response)
+        if close:
+            head = head[:-2] + b"connection: close\r\n\r\n"
+        await self._send_bytes(stream, head + response.body)
 
-    async def _send_events(
-        self, stream: trio.abc.Stream, connection: h11.Connection, *events: Any
-    ) -> None:
-        try:
-            data = b"".join(connection.send(event) or b"" for event in events)
-        except h11.LocalProtocolError:  # the client broke the protocol too early to answer
-            raise trio.BrokenResourceError("the client cannot be answered") from None
+    async def _send_bytes(self, stream: trio.abc.Stream, data: bytes) -> None:
         with trio.move_on_after(self.limits.send_timeout) as scope:
             await stream.send_all(data)
         if scope.cancelled_caught:
             raise trio.BrokenResourceError("the client did not read its response")
 
 
-def _head(response: Response, *, close: bool = False) -> h11.Response:
-    # The response's head as h11 sends it; h11.LocalProtocolError for a status or header it
-    # refuses.
-    headers = [
-        ("content-type", response.content_type),
-        ("content-length", str(len(response.body))),
-        *response.headers,
-    ]
-    if close:
-        headers.append(("connection", "close"))
-    return h11.Response(
-        status_code=response.status, headers=headers, reason=REASONS.get(response.status, "")
-    )
+def _head(response: Response) -> bytes:
+    # The response's status line and headers. ValueError for a status or a header that
+    # cannot be sent (not a final status, a name not a token, a value with a line break).
+    status = response.status
+    if not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"{status!r} is not a final HTTP status")
+    headers = [("content-type", response.content_type), *response.headers]
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"{name!r}: {value!r} is not a header that can be sent")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"content-length: {len(response.body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 async def _drain(stream: trio.abc.Stream, most: int = 1 << 20, seconds: float = 1.0) -> None:
@@ -370,15 +442,6 @@ def _split_target(target: str) -> tuple[str, str]:
     if not parts.scheme or not parts.netloc:
         raise ValueError(f"not a request target: {target[:100]!r}")
     return parts.path or "/", parts.query
-
-
-def _headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in raw:
-        key = name.decode("ascii", "replace")
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return headers
 
 
 async def serve_http(

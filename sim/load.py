@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
-import h11
+import httptools
 import msgspec
 import numpy as np
 import trio
@@ -110,6 +110,29 @@ def parse_url(url: str) -> tuple[str, int, str]:
     return parts.hostname, port, parts.path.rstrip("/")
 
 
+class _Answer:
+    # httptools' callbacks for one response at a time.
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: dict[str, str] = {}
+        self.body = bytearray()
+        self.whole = False
+        self.keep_alive = True
+
+    def on_message_begin(self) -> None:
+        self.headers, self.body, self.whole = {}, bytearray(), False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_message_complete(self) -> None:
+        self.whole, self.keep_alive = True, self.parser.should_keep_alive()
+
+
 @attrs.define(eq=False)
 class HttpConnection:
     """One keep-alive HTTP/1.1 connection, reopened when the server closes it."""
@@ -117,7 +140,7 @@ class HttpConnection:
     host: str
     port: int
     _stream: trio.SocketStream | None = None
-    _h11: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
+    _answer: _Answer | None = None
 
     async def request(
         self, method: str, target: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
@@ -125,56 +148,43 @@ class HttpConnection:
         """Send one request and return its status, headers and body.
 
         Raises:
-            OSError: The connection failed or broke.
-            h11.ProtocolError: The server's answer was not HTTP.
+            OSError: The connection failed or broke, or the server's answer was not HTTP.
         """
-        if self._stream is None or self._h11.our_state is not h11.IDLE:
+        if self._stream is None or self._answer is None:
             await self.close()
             self._stream = await trio.open_tcp_stream(self.host, self.port)
-            self._h11 = h11.Connection(h11.CLIENT)
-        stream, conn = self._stream, self._h11
-        heads = [("host", self.host), ("content-length", str(len(body))), *headers]
-        data = conn.send(h11.Request(method=method, target=target, headers=heads))
-        if body:
-            data += conn.send(h11.Data(data=body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
+            self._answer = _Answer()
+        stream, answer = self._stream, self._answer
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        data = (
+            f"{method} {target} HTTP/1.1\r\nhost: {self.host}\r\n"
+            f"content-length: {len(body)}\r\n{head}\r\n"
+        ).encode("latin-1") + body
         try:
             await stream.send_all(data)
-            return await self._response(stream, conn)
+            while True:
+                received = await stream.receive_some(65536)
+                if not received:
+                    raise OSError("the server closed the connection")
+                try:
+                    answer.parser.feed_data(received)
+                except httptools.HttpParserError as exc:
+                    raise OSError(f"the server's answer is not HTTP: {exc}") from None
+                if answer.whole:
+                    break
         except trio.BrokenResourceError as exc:
             await self.close()
             raise OSError(f"the connection broke: {exc.__cause__ or exc}") from None
         except BaseException:
             await self.close()
             raise
-
-    @staticmethod
-    async def _response(
-        stream: trio.SocketStream, conn: h11.Connection
-    ) -> tuple[int, dict[str, str], bytes]:
-        status, headers, body = 0, {}, bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data and conn.their_state is not h11.DONE:
-                    conn.receive_data(b"")
-                    continue
-                conn.receive_data(data)
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                headers = {k.decode(): v.decode() for k, v in event.headers}
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                return status, headers, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise OSError("the server closed the connection")
+        if not answer.keep_alive:
+            await self.close()
+        return answer.parser.get_status_code(), answer.headers, bytes(answer.body)
 
     async def close(self) -> None:
         """Close the connection, if open."""
+        self._answer = None
         if self._stream is not None:
             stream, self._stream = self._stream, None
             with trio.CancelScope(shield=True):
@@ -280,7 +290,7 @@ async def run_load(
                     errors["timeout"] += 1
                     await connection.close()
                     continue
-                except (OSError, h11.ProtocolError) as exc:
+                except OSError as exc:
                     # The server closed or broke the connection (a refusal it closes after,
                     # such as 413, comes while the body is still being sent).
                     said = exc.strerror if isinstance(exc, OSError) else None
@@ -348,7 +358,7 @@ async def _storage_lag(
                     for q, v in LAG_LINE.findall(body.decode("utf-8", "replace"))
                 }
                 return found or None
-    except (OSError, h11.ProtocolError):
+    except OSError:
         pass
     finally:
         await connection.close()

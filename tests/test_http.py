@@ -366,7 +366,7 @@ async def test_a_refused_large_body_is_read_by_the_client_not_reset(
         (
             b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n"
             b"transfer-encoding: chunked\r\n\r\n",
-            b"both Content-Length and Transfer-Encoding",
+            b"Transfer-Encoding can't be present with Content-Length",
         ),
         (b"GET http://[::1/health HTTP/1.1\r\nhost: t\r\n\r\n", b"malformed request target"),
     ],
