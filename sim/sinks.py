@@ -49,12 +49,18 @@ class ClickHouseParams:
     (``state/clickhouse`` without one)."""
     dedup_window: int = 10_000
     """Recent inserts per table whose tokens ClickHouse remembers to drop a repeated one."""
+    linger: float = 0.2
+    """Seconds between the starts of two inserts at least: records gather meanwhile, so
+    each insert makes one part of many rows (ClickHouse merges parts in the background, and
+    many small ones cost it more than the rows). The lag to storage grows by about this."""
 
     def __attrs_post_init__(self) -> None:
         if not self.database.isidentifier():
             raise ValueError(f"database {self.database!r} is not a plain identifier")
         if self.dedup_window < 1:
             raise ValueError(f"dedup_window must be >= 1, got {self.dedup_window}")
+        if not 0 <= self.linger <= 60:
+            raise ValueError(f"linger must be between 0 and 60 seconds, got {self.linger}")
 
 
 class ClickHouseState(State, frozen=True, tag=1):
@@ -198,6 +204,11 @@ class ClickHouseSink:
     _lag_count: int = 0
 
     # -- the run ---------------------------------------------------------------------------
+
+    @property
+    def linger(self) -> float:
+        """Seconds between the starts of two writes at least."""
+        return self.params.linger
 
     @asynccontextmanager
     async def opened(self, context: SinkContext) -> AsyncIterator[None]:

@@ -83,7 +83,7 @@ MODULE_LEVEL = {
         "crosscheck": {"problems_across"},
         "loading": {"duplicate_keys", "load_yaml", "read_text"},
         "segment": {"SegmentLog", "decode_segments", "encode_segments"},
-        "processing": {"Consumers", "consume", "folder", "make_consumers", "tables_of"},
+        "processing": {"Consumers", "folder", "make_consumers", "tables_of"},
         "snapshot": {
             "ClockPart",
             "IntakePart",

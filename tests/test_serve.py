@@ -3,11 +3,12 @@ graceful stops and resumes, the ClickHouse sink (a real chdb engine) and ``ringf
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,19 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 import yaml
 
-from actors import RecordBatch, Request, Response, open_clickhouse, serve_http
+from actors import (
+    ConsumerGroup,
+    Record,
+    RecordBatch,
+    Request,
+    Response,
+    Topic,
+    open_clickhouse,
+    serve_http,
+)
 from sim.bench_http import serve_in_child, stop
 from sim.cli.ringflow import main
 from sim.events import Playback
@@ -25,12 +36,16 @@ from sim.load import HttpConnection, LoadSettings, run_load
 from sim.resume import open_checkpoints
 from sim.run import REGISTRY
 from sim.sinks import ClickHouseParams, ClickHouseSink
+from tests.examples import EXAMPLES
 from topology import (
+    ConsumerTally,
     IntakeSettings,
     Pipeline,
+    Sink,
     SinkContext,
     Topology,
     TopologyError,
+    consume,
 )
 
 JSON = [("content-type", "application/json")]
@@ -163,6 +178,17 @@ def test_run_and_chaos_refuse_a_served_topology_and_serve_refuses_the_others(
     assert "needs checkpoints" in capsys.readouterr().err
     assert main(["serve", str(served_file), "--listen", "nowhere"]) == 2
     assert "--listen: 'nowhere' is not HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_served_topology_checks_per_key_order_only_when_asked() -> None:
+    # Its clients bring keys without end: the table of every key seen would grow as long as
+    # it serves, and go into every epoch.
+    assert not topology_of(UGC).expect.per_key_order
+    asked = topology_of({**UGC, "expect": {"per_key_order": True}})
+    assert asked.expect.per_key_order
+    data = yaml.safe_load((EXAMPLES / "video-site.yaml").read_text())
+    del data["expect"]
+    assert Topology.from_dict(data).expect.per_key_order  # simulated: on unless turned off
 
 
 def test_a_missing_token_variable_is_refused(
@@ -341,6 +367,60 @@ async def test_a_batch_consumed_again_after_a_crash_is_stored_once(tmp_path: Pat
         await fresh.write([batch(0, [20, 21])])
     assert len(await rows(tmp_path / "ch")) == 8
     assert fresh.result()["already_stored"] == 0
+
+
+class LingeringSink:
+    """A sink that notes when it writes and how many records, lingering ``linger`` s."""
+
+    def __init__(self, linger: float) -> None:
+        self.linger = linger
+        self.writes: list[tuple[float, int]] = []
+
+    @asynccontextmanager
+    async def opened(self, context: SinkContext) -> AsyncIterator[None]:
+        yield
+
+    async def write(self, batches: Sequence[RecordBatch]) -> None:
+        self.writes.append((trio.current_time(), sum(len(b.values) for b in batches)))
+
+    def process(self, events: Sequence[Any]) -> None:
+        raise AssertionError("a sink's consumer calls write, not process")
+
+    def result(self) -> dict[str, Any]:
+        return {}
+
+    def totals(self) -> dict[str, int]:
+        return {}
+
+    def snapshot(self) -> Any:
+        return None
+
+    def restore(self, state: Any) -> None:
+        pass
+
+
+async def test_a_sink_writes_what_gathered_during_its_linger_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    topic = Topic("playback", partitions=1, capacity=1000)
+    group = ConsumerGroup("store", topic)
+    sink = LingeringSink(linger=1.0)
+    assert isinstance(sink, Sink)
+    tally = ConsumerTally("store", ("playback",), 1, check_order=True)
+
+    async def trickle() -> None:  # ten records a second for three seconds
+        for number in range(30):
+            await topic.partitions[0].send([Record(number, batch(number, [number]).values[0])])
+            await trio.sleep(0.1)
+        topic.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        await consume(group, "store-0", "playback", sink, tally, max_records=None, origin=0.0)
+    times = [when for when, _ in sink.writes]
+    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(times))
+    assert sum(count for _, count in sink.writes) == 30 == tally.records
+    assert len(sink.writes) <= 4  # a write a second, not one per record
 
 
 async def test_the_load_generator_reports_a_stalled_server_from_the_intended_send_times(

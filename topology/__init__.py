@@ -33,6 +33,7 @@ from .pipeline import Pipeline as Pipeline
 from .pipeline import PipelineStatistics as PipelineStatistics
 from .plan import Placement as Placement
 from .plan import topics_of as topics_of
+from .processing import consume as consume
 from .registry import Event as Event
 from .registry import Processor as Processor
 from .registry import ProcessorType as ProcessorType

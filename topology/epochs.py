@@ -31,6 +31,12 @@ from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .errors import CheckpointError
 from .snapshot import ClockPart
 
+INLINE_WRITE_BYTES = 256 << 10
+"""A periodic epoch this small is written in the Trio thread even when writes go to a worker
+thread: it takes well under a millisecond, less than the handing over to a thread and back
+(which waits for the interpreter lock while other threads hold it). A final epoch always
+goes to the thread, where its time limit can abandon a write that hangs."""
+
 
 @attrs.define(eq=False)
 class CheckpointSettings:
@@ -324,7 +330,7 @@ class Checkpointer:
             if ready is not None:
                 await ready()
             writing = True
-            if self._in_thread:
+            if self._in_thread and (final or _size(snapshot) > INLINE_WRITE_BYTES):
                 # Only a final epoch is abandoned when its time is up: a periodic write that
                 # is cancelled (a crash rolling back) is waited for, so that the store is free
                 # again when the rollback reads it.
@@ -473,3 +479,7 @@ class Checkpointer:
             final_epoch=self._final,
             serving=self._store is not None,
         )
+
+
+def _size(snapshot: Snapshot) -> int:
+    return sum(map(len, snapshot.parts.values()))

@@ -9,6 +9,7 @@ consumer (a sink that writes to another system) is a function here with the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -180,10 +181,13 @@ async def _read(
 ) -> None:
     fold = folder(processor)
     sink = processor if isinstance(processor, Sink) else None
+    last_write = -math.inf
     async for batch in member.batches():
         # Counted once processed: a processor that crashes on a batch leaves it uncounted,
         # as the positions leave it unprocessed.
         if sink is not None:
+            await trio.sleep_until(last_write + sink.linger)  # records gather meanwhile
+            last_write = trio.current_time()
             batches = _ready_too(member, batch)
             await sink.write(batches)
             for written in batches:

@@ -167,6 +167,12 @@ class Sink(Processor, Protocol):
     called; :meth:`totals` counts what was written, as an epoch keeps it.
     """
 
+    @property
+    def linger(self) -> float:
+        """Seconds between the starts of two writes at least: records gather meanwhile
+        (0: write as soon as a batch is ready)."""
+        ...
+
     def opened(self, context: SinkContext) -> AbstractAsyncContextManager[None]:
         """Connect for the run (create tables...); leaving the block disconnects."""
         ...
