@@ -10,7 +10,7 @@ from what the gateway has, with nothing lost and nothing twice.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -90,6 +90,9 @@ class RemoteTopicState:
 
     partitions: tuple[RemotePartitionState, ...]
     """Per partition, in partition order."""
+    finished: bool = False
+    """Whether the remote node had recorded this producer's finish: restored, the topic
+    needs no connection (the node may be gone, its work done)."""
 
 
 @attrs.define(eq=False)
@@ -168,9 +171,12 @@ class RemoteTopic:
     _layout: Topic | None = attrs.field(init=False, default=None)
     _ws: WebSocketConnection | None = attrs.field(init=False, default=None)
     _finished: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _kept: trio.Event = attrs.field(init=False, factory=trio.Event)
+    """Set once the connection may close after the finish (see ``keep_finish``)."""
     _closed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _connected: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _restored: dict[int, RemotePartitionState] = attrs.field(init=False, factory=dict)
+    _restored_finished: bool = attrs.field(init=False, default=False)
     _reconnects: int = attrs.field(init=False, default=0)
     _backoff: Backoff = attrs.field(init=False)
     summary: Any = attrs.field(init=False, default=None)
@@ -205,11 +211,15 @@ class RemoteTopic:
 
     def snapshot(self) -> RemoteTopicState:
         """Each partition's numbering and unsettled records, for a checkpoint."""
-        return RemoteTopicState(tuple(partition.snapshot() for partition in self.partitions))
+        return RemoteTopicState(
+            tuple(partition.snapshot() for partition in self.partitions),
+            finished=self._finished.is_set(),
+        )
 
     def restore(self, state: RemoteTopicState) -> None:
         """Resume from :meth:`snapshot`; call before :func:`open_remote_topic` connects."""
         self._restored = dict(enumerate(state.partitions))
+        self._restored_finished = state.finished
 
     def statistics(self) -> RemoteTopicStatistics:
         """Return a snapshot of the connection and of each partition's numbering."""
@@ -280,12 +290,18 @@ class RemoteTopic:
             elif isinstance(frame, Finished):
                 self._finished.set()
                 self._connected.unpark_all()  # wakes the finish waiting for its answer
-                return  # nothing more comes: the connection closes, with its reader running
+                # Nothing more comes. The connection closes, in good order, once it may: a
+                # connection that breaks before tells the node this producer may come back.
+                await self._kept.wait()
+                return
 
     def _setup(self, welcome: Welcome) -> None:
         self.capacity = welcome.capacity
-        self._layout = Topic(self.name, partitions=welcome.partitions)
-        self.partitions = tuple(RemotePartition(self, i) for i in range(welcome.partitions))
+        self._lay_out(welcome.partitions)
+
+    def _lay_out(self, partitions: int) -> None:
+        self._layout = Topic(self.name, partitions=partitions)
+        self.partitions = tuple(RemotePartition(self, i) for i in range(partitions))
         for index, state in self._restored.items():
             self.partitions[index].restore(state)
 
@@ -351,6 +367,7 @@ async def open_remote_topic(
     restore: RemoteTopicState | None = None,
     agreement: dict[str, str] | None = None,
     network: Network = TCP,
+    keep_finish: Callable[[], Awaitable[object]] | None = None,
 ) -> AsyncIterator[RemoteTopic]:
     """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
 
@@ -363,6 +380,12 @@ async def open_remote_topic(
         agreement: What the nodes of one topology must agree on (see
             :func:`~actors.wire.disagreement`), sent with the hello.
         network: What connections go over (TCP unless a simulation says).
+        keep_finish: Awaited once the node has recorded this producer's finish, before the
+            connection is closed: it returns once this side keeps the finish too (an epoch
+            of its own holds the topic's :meth:`~RemoteTopic.snapshot` taken from then on).
+            Until then the connection stays open, so that if this side fails first, the
+            node sees the connection break and waits for the producer to come back, resumed
+            from before its finish, rather than ending its run without it.
 
     Raises:
         GatewayError: The node could not be reached within ``give_up`` seconds, or refused
@@ -373,10 +396,18 @@ async def open_remote_topic(
     )
     if restore is not None:
         remote.restore(restore)
+        if restore.finished:  # nothing to send: the node may have ended its run since
+            remote._lay_out(len(restore.partitions))
+            remote._finished.set()
+            yield remote
+            return
     async with open_nursery() as nursery:
         await nursery.start(remote._run)
         yield remote
         await remote._finish()
+        if keep_finish is not None:
+            await keep_finish()
+        remote._kept.set()
         # Told it has finished, the connection closes by itself, in good order; a peer that
         # does not answer the close is not waited for long.
         with trio.move_on_after(2):

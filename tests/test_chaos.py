@@ -559,3 +559,17 @@ def test_a_redis_outage_neither_stalls_the_run_nor_loses_a_log_entry(
     assert logged.unlogged == 0
     assert logged.stored == logged.counted
     assert logged.stored["meta"] > 0
+
+
+def test_seed_35404362358387_a_producer_back_from_before_its_finish_finds_the_broker() -> None:
+    """The producers' node crashed after it had sent its finish and before the answer came;
+    it came back from an epoch before the finish, and its new connection broke before it
+    finished again. The broker stopped waiting for it when it came back, so it ended its
+    run, and the producers tried to reach it for ever."""
+    run = Chaos.of(load_topology(SPLIT), 6_000)
+    campaign = run_campaign(
+        run, seed=0, schedules=1, kinds=("node_crash", "net_drop"), replay=35404362358387
+    )
+    assert ("node_crash", "node:producers") in struck(campaign)
+    assert ("net_drop", "nodes:broker|producers") in struck(campaign)
+    assert campaign.violations == []

@@ -192,10 +192,18 @@ def test_a_remote_topic_s_part_is_stored_as_named_fields_and_restored_whole() ->
             },
             {"next_sequence": 0, "retained": []},
         ],
+        "finished": False,
     }
     part = decode("remote", data, int)
     assert isinstance(part, RemoteTopicPart)
     assert part.state() == state
+    # Written before a link kept its finish: not finished.
+    older = {"v": 1, "partitions": [{"next_sequence": 0, "retained": []}]}
+    part = decode("remote", msgspec.msgpack.encode(older), int)
+    assert isinstance(part, RemoteTopicPart)
+    assert not part.state().finished
+    finished = attrs.evolve(state, finished=True)
+    assert decode("remote", encode(RemoteTopicPart.of(finished)), int).state() == finished  # type: ignore[union-attr]
 
 
 def test_a_gateway_s_part_is_stored_as_named_fields_and_restored_whole() -> None:

@@ -25,6 +25,7 @@ from actors import (
     RemoteConsumerStatistics,
     RemoteGroup,
     RemotePartitionState,
+    RemoteTopic,
     RemoteTopicState,
     TapEndpointStatistics,
     Topic,
@@ -33,7 +34,8 @@ from actors import (
     open_remote_topic,
     remote_topic,  # the module, to break its connections on purpose
 )
-from actors.wire import ENCODER, Hello
+from actors.connection import binary
+from actors.wire import ENCODER, PROTOCOL, SOFTWARE, Finish, Hello
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -601,3 +603,79 @@ async def test_a_gateway_s_state_names_the_producers_that_finished_and_what_they
     assert restored.waiting_for == {"events": {"p2"}}  # p1 finished before the checkpoint
     assert restored.summaries == {"events": {"p1": {"records": 3}}}
     assert restored.snapshot() == state
+
+
+async def test_a_finished_producer_stays_connected_until_its_own_side_keeps_the_finish() -> None:
+    """Told its finish is recorded, a producer closes its connection only once an epoch of
+    its own node holds the finish: a restart of its node from before then finds the node
+    still waiting for it. Restored finished, it needs no connection at all."""
+    topic = Topic("events", partitions=2, capacity=100)
+    gateway = Gateway({"events": topic})
+    gateway.expect_producers("events", {"p1"})
+    asked, kept = trio.Event(), trio.Event()
+    remotes: list[RemoteTopic] = []
+
+    async def keep_finish() -> None:
+        asked.set()
+        await kept.wait()
+
+    async def produce(url: str) -> None:
+        async with open_remote_topic(
+            f"{url}/node", "events", "p1", keep_finish=keep_finish
+        ) as remote:
+            remotes.append(remote)
+            await remote.partitions[1].send(columns(0, 3))
+
+    with trio.fail_after(10):
+        async with serving(gateway) as url, trio.open_nursery() as nursery:
+            nursery.start_soon(produce, url)
+            await asked.wait()
+            assert remotes[0].statistics().finished
+            assert not gateway.waiting_for  # the finish is recorded there
+            assert gateway.statistics().producers.connected == 1  # and the link still open
+            kept.set()
+    state = remotes[0].snapshot()
+    assert state.finished
+    # The node is gone: a producer restored finished neither connects nor waits for it.
+    with trio.fail_after(1):
+        async with open_remote_topic(
+            "ws://127.0.0.1:9/node", "events", "p1", restore=state
+        ) as again:
+            assert again.partition_count == 2
+        assert again.statistics().finished
+
+
+async def answered(ws: WebSocketConnection) -> None:
+    """Read frames until the node says the finish is recorded."""
+    while msgspec.msgpack.decode(binary(await ws.get_message())) != ["finished"]:
+        pass
+
+
+async def test_a_finished_producer_that_breaks_off_again_is_waited_for_again() -> None:
+    """Its finish answered into a broken connection, a producer comes back and its new
+    connection breaks too before it finishes again: the node still waits for it (it may
+    come back from before its finish), until it closes in good order after its answer."""
+    topic = Topic("events", partitions=1, capacity=100)
+    gateway = Gateway({"events": topic}, linger=30)
+    gateway.expect_producers("events", {"p1"})
+    hello = ENCODER.encode(Hello(PROTOCOL, SOFTWARE, "produce", "events", "p1"))
+    with trio.fail_after(10):
+        async with serving(gateway) as url:
+            async with client(f"{url}/node") as ws:
+                await ws.send_message(hello)
+                await ws.send_message(ENCODER.encode(Finish()))
+                await answered(ws)
+                await drop(ws)
+            await trio.sleep(0.1)
+            assert not gateway.drained()  # the answer may not have reached it
+            async with client(f"{url}/node") as ws:
+                await ws.send_message(hello)
+                await drop(ws)
+            await trio.sleep(0.1)
+            assert not gateway.drained()  # still: it broke off before its answer
+            async with client(f"{url}/node") as ws:
+                await ws.send_message(hello)
+                await ws.send_message(ENCODER.encode(Finish()))
+                await answered(ws)
+            await trio.sleep(0.1)
+            assert gateway.drained()

@@ -10,7 +10,7 @@ an epoch holds becomes visible to the other nodes only once it is written.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -30,6 +30,7 @@ from actors import (
     open_remote_topic,
 )
 
+from .errors import CheckpointError
 from .plan import Placement, ProducerPlan, producer_id, topics_of
 from .schema import Topology
 from .sections import parse_address
@@ -56,6 +57,9 @@ class RemoteLink:
     give_up: float
     agreement: dict[str, str]
     network: Network = TCP
+    keep_finish: Callable[[], Awaitable[object]] | None = None
+    """Returns once an epoch of this node, captured from when it is called, is written
+    (see :func:`~actors.open_remote_topic`); None when the node writes no epochs."""
     topic: RemoteTopic | None = None
     """The remote topic, once opened."""
     _restored: RemoteTopicPart[Any] | None = None
@@ -82,6 +86,7 @@ class RemoteLink:
             restore=None if self._restored is None else self._restored.state(self.value_type),
             agreement=self.agreement,
             network=self.network,
+            keep_finish=self.keep_finish,
         )
         self.topic = await self._context.__aenter__()
         return self.topic
@@ -281,9 +286,14 @@ class Node:
             states["gateway", "state"] = GatewayState(self.gateway)
         return states
 
-    def hold_back(self, topics: Iterable[Topic]) -> None:
+    def hold_back(self, topics: Iterable[Topic], epoch: Callable[[], Awaitable[object]]) -> None:
         """Let other nodes see only what an epoch holds: a restart from it never rewrites an
-        offset they saw, and producers keep their records until it holds them."""
+        offset they saw, and producers keep their records until it holds them. Producers
+        here keep their connections to other nodes open after their finish until an epoch
+        (asked of ``epoch``) holds it, so that a restart of this node from before the
+        finish finds those nodes still there."""
+        for link in self.links.values():
+            link.keep_finish = functools.partial(_keep_finish, epoch)
         assert self.gateway is not None
         self.gateway.durable_only = True
         if not kept("hold_back"):
@@ -357,3 +367,14 @@ class Node:
             remote_groups=len(self.remote_groups),
             remote_links=len(self.links),
         )
+
+
+async def _keep_finish(epoch: Callable[[], Awaitable[object]], tries: int = 3) -> None:
+    # An epoch captured from now on, written: it holds a finish recorded before. An epoch
+    # that fails is asked again, a few times (a run that stops fails them all at once).
+    for _ in range(tries):
+        try:
+            await epoch()
+        except CheckpointError:
+            continue
+        return

@@ -468,7 +468,7 @@ class Pipeline:
         self.wall_started = time.perf_counter()
         self._barrier.start([*self.sources, *([INTAKE] if self.intake is not None else [])])
         if checkpoints is not None and self.node is not None:
-            self.node.hold_back(self.topics.values())
+            self.node.hold_back(self.topics.values(), self._checkpointer.epoch)
         self._checkpointing = checkpoints is not None
         try:
             async with AsyncExitStack() as stack, open_nursery() as serving:

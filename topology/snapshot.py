@@ -268,6 +268,8 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
     """A producer's link to a topic on another node."""
 
     partitions: list[RemotePartitionPart[V]]
+    finished: bool = False
+    """Whether the other node had recorded the producer's finish."""
 
     @classmethod
     def of(cls, state: RemoteTopicState) -> RemoteTopicPart[Any]:
@@ -287,7 +289,8 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
                     ],
                 )
                 for partition in state.partitions
-            ]
+            ],
+            finished=state.finished,
         )
 
     def state(self, value_type: Any = Any) -> RemoteTopicState:
@@ -313,7 +316,8 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
                     ),
                 )
                 for partition in self.partitions
-            )
+            ),
+            finished=self.finished,
         )
 
 

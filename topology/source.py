@@ -232,6 +232,13 @@ class WorkloadSource:
                     remotes[topic].summary = tally.summary()
                 elif self.add_summary is not None:
                     self.add_summary(topic, tally.summary())
+            # Everything made is handed over (to partitions here, or numbered and kept for
+            # the nodes there): an epoch may hold this source as done from now on. Leaving
+            # the block then waits for the other nodes to record the finish, and for an
+            # epoch here to hold that (which needs this source to be done or paused).
+            for producer in self.producers:
+                await producer.flush()
+            self.barrier.finished(key)
 
     async def _send(self, producer: Producer, topic: str, stream: str, events: Any) -> None:
         if isinstance(events, Table) and len(events) < MIN_TABLE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Set
 from typing import Any, Protocol
 
@@ -165,9 +166,13 @@ class Owed:
         self._later.clear()
 
     def back(self, key: tuple[str, ...]) -> None:
-        """``key`` came back: it will be answered again."""
+        """``key`` had its answer: it is not waited for any more."""
         self._until.pop(key, None)
         self._later.discard(key)
+
+    def owes(self, key: tuple[str, ...]) -> bool:
+        """Whether ``key`` may still come back for its answer."""
+        return key in self._later or self._until.get(key, -math.inf) > trio.current_time()
 
     @property
     def owing(self) -> bool:

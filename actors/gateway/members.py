@@ -164,7 +164,8 @@ class MemberEndpoint:
 
     async def _serve(self, ws: WebSocketConnection, hello: Hello, group: ConsumerGroup) -> None:
         key = (hello.group, hello.topic, hello.name)
-        self.owed.back(("consume", *key))
+        owed = ("consume", *key)
+        owed_before, settled = self.owed.owes(owed), False
         session = self._sessions.get(key)
         if session is None:
             session = _Session(key)
@@ -189,12 +190,17 @@ class MemberEndpoint:
                 await self._serve_member(ws, hello, group, session)
                 # Its leave is recorded: the close says so. A member that did not answer
                 # the close may not have had it, and may come back to leave again.
-                if not await close(ws, DONE, "done"):
-                    self.owed.owe(("consume", *key), self.settings.linger)
+                settled = True
+                if await close(ws, DONE, "done"):
+                    self.owed.back(owed)
+                else:
+                    self.owed.owe(owed, self.settings.linger)
         except Refusal:
-            session.left = True  # a member that broke the protocol is not waited for
+            session.left = settled = True  # a member that broke the protocol is not waited for
             raise
         finally:
+            if not settled and owed_before:  # it broke off again: it may come back again
+                self.owed.owe(owed, self.settings.linger)
             if serving:
                 session.busy = False
             if session.scope is scope:

@@ -191,7 +191,7 @@ class ProducerEndpoint:
         name = hello.name
         partitions = topic.partitions
         owed = ("produce", topic.name, name)
-        self.owed.back(owed)
+        owed_before = self.owed.owes(owed)
         welcome = Welcome(
             PROTOCOL,
             SOFTWARE,
@@ -264,9 +264,13 @@ class ProducerEndpoint:
             clean = _closed_by_peer(exc)
             raise
         finally:
-            # A producer that had its answer closes the connection itself; one whose
-            # connection ended otherwise may not have had it, and may come back for it.
-            if answered and not clean:
+            # A producer that had its answer closes the connection itself (once its own
+            # epoch holds its finish); one whose connection ended otherwise may not have
+            # had it, or may come back from before its finish, and so may one that was
+            # waited for already: each is waited for afresh.
+            if answered and clean:
+                self.owed.back(owed)
+            elif answered or owed_before:
                 self.owed.owe(owed, self.settings.linger)
             self._watchers.discard(signal)
             self._producing -= 1
