@@ -385,6 +385,16 @@ class Consumer:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return batch
 
+    @property
+    def revoking(self) -> bool:
+        """Whether a rebalance took partitions that this member still holds: its next fetch
+        lets them go, with whatever it was handed from them and has not committed (their new
+        owner is handed those records again). Commit what was processed before fetching."""
+        group = self.group
+        return self._generation != group._generation and any(
+            group._owner[partition] is not self for partition in self._held
+        )
+
     def get_batch_nowait(self) -> RecordBatch:
         """Return the next batch if one is ready now.
 

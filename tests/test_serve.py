@@ -423,6 +423,37 @@ async def test_a_sink_writes_what_gathered_during_its_linger_at_once(
     assert len(sink.writes) <= 4  # a write a second, not one per record
 
 
+async def test_a_partition_taken_by_a_rebalance_while_its_batch_waits_is_counted_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sink's consumer gathers the batches ready before it writes: after a rebalance, that
+    must not let go of a partition whose batch it holds, or the new owner is handed the same
+    records and both count them."""
+    topic = Topic("playback", partitions=2, capacity=1000)
+    group = ConsumerGroup("store", topic)
+    sink = LingeringSink(linger=1.0)
+    tally = ConsumerTally("store", ("playback",), 1, check_order=True)
+
+    async def trickle() -> None:
+        for number in range(40):
+            event = batch(number, [number]).values[0]
+            await topic.partitions[number % 2].send([Record(number, event)])
+            await trio.sleep(0.1)
+        topic.close()
+
+    async def member(name: str, delay: float) -> None:
+        await trio.sleep(delay)
+        await consume(group, name, "playback", sink, tally, max_records=None, origin=0.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        nursery.start_soon(member, "store-0", 0.0)
+        nursery.start_soon(member, "store-1", 0.55)  # joins while store-0's batch waits
+    assert tally.records == 40
+    assert sum(count for _, count in sink.writes) == 40
+    assert tally.order_violations == 0
+
+
 async def test_the_load_generator_reports_a_stalled_server_from_the_intended_send_times(
     tmp_path: Path,
 ) -> None:

@@ -208,7 +208,9 @@ def _ready_too(member: Consumer | RemoteConsumer, first: RecordBatch) -> list[Re
     batches, records = [first], len(first.values)
     if not isinstance(member, Consumer):
         return batches
-    while records < SINK_RECORDS:
+    # A fetch after a rebalance lets go of the partitions taken away, ``first``'s among
+    # them perhaps: its records would go to their new owner as well as to the sink.
+    while records < SINK_RECORDS and not member.revoking:
         try:
             batch = member.get_batch_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
