@@ -47,6 +47,7 @@ REASONS = {
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     503: "Service Unavailable",
 }
 
@@ -160,8 +161,9 @@ class _Reader:
         self.ready: collections.deque[tuple[Request | Response, bool]] = collections.deque()
         self.begun = False  # a request has begun and is not whole yet
         self.head_done = False
-        self.head_size = 0  # bytes of the request line and headers parsed whole
-        self.head_pending = 0  # bytes read since, while the head is still incomplete
+        self.head_size = 0  # bytes of the request line, headers and trailers parsed whole
+        self.pending = 0  # bytes read for the request in progress (from the read after its
+        # first byte: a request begun within a read is counted from the next one)
         self.messages = 0  # requests begun
         self.continue_wanted = False
         self.ended = False  # nothing more is read: the last request closes the connection
@@ -172,6 +174,8 @@ class _Reader:
     def feed(self, data: bytes) -> None:
         """Parse ``data``; whole or refused requests are appended to ``ready``."""
         in_head, messages = self.begun and not self.head_done, self.messages
+        if not self.begun:
+            self.pending = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -184,12 +188,19 @@ class _Reader:
         except httptools.HttpParserError as error:
             message = str(error)[:200] or type(error).__name__
             self._refuse(Response.error(400, f"malformed request: {message}"))
-        if in_head and self.messages == messages and not self.head_done:
-            # All of data belongs to a head begun before it and still incomplete (a head
-            # begun within data is counted from the next read: at most one read over).
-            self.head_pending += len(data)
-            if self.head_pending > self.limits.max_header:
+        if not self.begun or self.messages != messages:
+            return
+        # All of data belongs to the request in progress: what it may take in all is bound,
+        # whatever piece of it never ends (a header, a chunk's extension, a trailer).
+        self.pending += len(data)
+        limits = self.limits
+        if in_head and not self.head_done:
+            if self.pending > limits.max_header:
                 self._refuse(Response.error(431, "request line and headers too large"))
+        elif self.pending > 2 * (limits.max_body + limits.max_header) + READ_SIZE:
+            self._refuse(
+                Response.error(413, f"the request is over {self.pending:,} bytes with its framing")
+            )
 
     def _refuse(self, response: Response) -> None:
         if not self.ended:
@@ -205,7 +216,7 @@ class _Reader:
 
     def on_message_begin(self) -> None:
         self.begun, self.head_done, self.continue_wanted = True, False, False
-        self.head_size, self.head_pending = 0, 0
+        self.head_size, self.pending = 0, 0
         self.messages += 1
         self._target, self._headers, self._body = b"", {}, bytearray()
 
@@ -215,10 +226,16 @@ class _Reader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._grow_head(len(name) + len(value) + 4)
+        if self.head_done:
+            return  # a trailer: counted, not taken (no header may arrive after the body)
         key = name.decode("ascii", "replace").lower()
         text = value.decode("latin-1").strip()
         headers = self._headers
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if key in headers:
+            if key == "host":
+                raise _Refused(Response.error(400, "a request may have one Host header"))
+            text = f"{headers[key]}, {text}"
+        headers[key] = text
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -226,14 +243,38 @@ class _Reader:
             _split_target(self._target.decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             raise _Refused(Response.error(400, "malformed request target")) from None
-        length = int(self._headers.get("content-length", 0))  # llhttp checked it is a number
+        headers, parser = self._headers, self.parser
+        if "host" not in headers and parser.get_http_version() == "1.1":
+            raise _Refused(Response.error(400, "an HTTP/1.1 request needs a Host header"))
+        coding = headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            raise _Refused(
+                Response.error(
+                    501,
+                    f"transfer-encoding {coding[:100]!r} is not taken: send the body as it is, "
+                    "with Content-Length or chunked",
+                )
+            )
+        length = int(headers.get("content-length", 0))  # llhttp checked it is a number
+        if parser.should_upgrade() and (length or coding is not None):
+            # httptools would take what follows the head for the other protocol's bytes.
+            raise _Refused(
+                Response.error(
+                    400,
+                    "this server switches to no other protocol: send the request without Upgrade",
+                )
+            )
         if length > self.limits.max_body:
             raise _Refused(
                 Response.error(
                     413, f"the body is {length:,} bytes; at most {self.limits.max_body:,} are taken"
                 )
             )
-        self.continue_wanted = self._headers.get("expect", "").lower() == "100-continue"
+        # An HTTP/1.0 client is never sent 100 Continue (RFC 9110, 10.1.1).
+        self.continue_wanted = (
+            headers.get("expect", "").lower() == "100-continue"
+            and parser.get_http_version() == "1.1"
+        )
 
     def on_body(self, data: bytes) -> None:
         self.continue_wanted = False

@@ -397,6 +397,7 @@ class ClickHouseSink:
         stored = int(row.pop("_stored")) / 1_000_000
         partition, offset = row.pop("_partition"), row.pop("_offset")
         row.pop(_STAMP_COLUMN)
+        row.pop("_lineage")  # which run stored it: the sink's business, not the reader's
         shown.update(row)
         shown["received_at"] = at / 1_000_000
         shown["stored_at"] = stored

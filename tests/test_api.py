@@ -83,8 +83,8 @@ async def test_a_stopping_service_refuses_events_and_says_so_on_health() -> None
     ("request_", "status", "header"),
     [
         (Request("GET", "/events", {}), 405, ("allow", "POST")),
-        (Request("POST", "/health", {}), 405, ("allow", "GET")),
-        (Request("DELETE", "/metrics", {}), 405, ("allow", "GET")),
+        (Request("POST", "/health", {}), 405, ("allow", "GET, HEAD")),
+        (Request("DELETE", "/metrics", {}), 405, ("allow", "GET, HEAD")),
         (Request("GET", "/nothing", {}), 404, None),
         (post("/events", CLICK, **{"content-type": "text/plain"}), 415, None),
     ],

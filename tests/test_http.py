@@ -412,3 +412,80 @@ async def test_a_partial_request_behind_a_whole_one_gets_its_408(
     assert trio.current_time() - start == pytest.approx(5)
     await closed.wait()  # after a second of lingering close
     assert trio.current_time() - start == pytest.approx(6)
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "said"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", 400, b"needs a Host header"),
+        (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400, b"one Host header"),
+        (
+            b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\n\r\n",
+            501,
+            b"transfer-encoding 'gzip, chunked' is not taken",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+            b"content-length: 2\r\n\r\nok",
+            400,
+            b"send the request without Upgrade",
+        ),
+    ],
+    ids=["no-host", "two-hosts", "transfer-coding", "upgrade-with-body"],
+)
+async def test_requests_this_server_cannot_answer_as_meant_are_refused_and_closed(
+    nursery: trio.Nursery, connect: Connect, head: bytes, status: int, said: bytes
+) -> None:
+    answer = await (await connect(await started(nursery))).raw(head)
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
+    assert said in answer
+    assert b"connection: close" in answer
+
+
+async def test_trailers_are_not_taken_for_headers(nursery: trio.Nursery, connect: Connect) -> None:
+    client = await connect(await started(nursery))
+    await client.stream.send_all(
+        b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\nx-test: from-a-trailer\r\n\r\n"
+    )
+    status, _, body = await client.response()
+    assert status == 200
+    assert b'"header":null' in body
+    assert b'"body":"ok"' in body
+
+
+async def test_a_trailer_that_never_ends_is_refused_after_a_bounded_read(
+    nursery: trio.Nursery, connect: Connect
+) -> None:
+    limits = HttpLimits(max_body=1000, max_header=2000)
+    client = await connect(await started(nursery, limits=limits))
+    sent = 0
+
+    async def endless() -> None:
+        nonlocal sent
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await client.stream.send_all(
+                b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: "
+            )
+            while sent < 50_000_000:
+                await client.stream.send_all(b"a" * 65536)
+                sent += 65536
+
+    nursery.start_soon(endless)
+    answer = await client.stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"with its framing" in answer
+    assert sent < 5_000_000  # read until the bound and one read past it, then refused
+
+
+async def test_an_http_1_0_client_is_not_asked_to_continue(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    _, client, closed = await serve_in_memory(nursery, HttpLimits(read_timeout=5))
+    await client.stream.send_all(
+        b"POST / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n"
+    )
+    answer = await client.raw(b"")
+    assert answer.startswith(b"HTTP/1.1 408 ")  # not 100 first: the body never came
+    await closed.wait()

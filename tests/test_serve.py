@@ -288,6 +288,7 @@ async def test_stored_events_are_read_back_in_pages_and_counted(tmp_path: Path) 
         assert first["type"] == "playback"
         assert first["device"] == "web"
         assert first["stored_at"] >= first["received_at"] > 1.7e9
+        assert not [name for name in first if name.startswith("_")]  # nothing of the sink's own
         status, one = await get(api, "/events?user_id=10")
         assert [e["action"] for e in one["events"]] == ["stop"]
         status, none = await get(api, f"/events?to={first['received_at']}")
@@ -313,8 +314,15 @@ async def test_stored_events_are_read_back_in_pages_and_counted(tmp_path: Path) 
             status, said = await get(api, f"/events?{bad}")
             assert status == 400, bad
             assert said["error"]
+        status, said = await get(api, "/stats?colour=red")
+        assert (status, said["error"]) == (400, "GET /stats takes no parameters; got 'colour'")
+        status, headers, _ = await api.request("DELETE", "/events")
+        assert (status, headers["allow"]) == (405, "GET, HEAD, POST")
+        status, _, _ = await api.request("POST", "/events", b"a=1", [("content-type", "text/x")])
+        assert status == 415
         status, _, metrics = await api.request("GET", "/metrics")
         assert b'ringflow_storage_lag_seconds{quantile="0.95"}' in metrics
+        assert b'ringflow_requests_refused_total{status="415"} 1' in metrics
 
 
 def batch(first: int, users: list[int]) -> RecordBatch:

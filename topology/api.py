@@ -103,6 +103,8 @@ class EventsApi:
                 return Response(200, docs_page(document).encode(), "text/html; charset=utf-8")
             return Response.json(200, document)
         if self.token is not None and not self._authorized(request):
+            if request.method == "POST" and (path == "/events" or path.startswith("/events/")):
+                self.intake.refuse(401)
             return Response.error(
                 401,
                 "missing or wrong bearer token: send 'Authorization: Bearer TOKEN'",
@@ -119,15 +121,19 @@ class EventsApi:
             return await self._read(request, path)
         if path == "/events" or path.startswith("/events/"):
             kind = path.removeprefix("/events").removeprefix("/") or None
-            return self._only(request, "POST") or await self._events(request, kind)
+            methods = ("GET", "POST") if path == "/events" and self.store is not None else ()
+            return self._only(request, "POST", *methods) or await self._events(request, kind)
         return Response.error(404, f"no route {request.path!r}; events go to POST /events")
 
     @staticmethod
-    def _only(request: Request, method: str) -> Response | None:
-        if request.method == method or (method == "GET" and request.method == "HEAD"):
+    def _only(request: Request, *methods: str) -> Response | None:
+        allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
+        if request.method in allowed:
             return None
         return Response.error(
-            405, f"{request.method} is not allowed here; use {method}", headers=[("allow", method)]
+            405,
+            f"{request.method} is not allowed here; use {' or '.join(methods)}",
+            headers=[("allow", ", ".join(allowed))],
         )
 
     def _authorized(self, request: Request) -> bool:
@@ -142,13 +148,16 @@ class EventsApi:
         given = request.headers.get("content-type", "").partition(",")[0]  # the first, if repeated
         declared = given.partition(";")[0].strip().lower()
         if declared and declared not in JSON_TYPES:
+            self.intake.refuse(415)
             return Response.error(415, f"events are JSON; got content-type {declared!r}")
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
+            self.intake.refuse(415)
             return Response.error(
                 415, f"content-encoding {encoding!r} is not taken; send the JSON uncompressed"
             )
         if not self.accepting:
+            self.intake.refuse(503)
             return Response.error(
                 503, "the service is stopping; nothing was accepted", headers=[("retry-after", "5")]
             )
@@ -168,6 +177,9 @@ class EventsApi:
             )
         try:
             if path == "/stats":
+                if request.query:
+                    unknown = sorted(request.query)[0]
+                    return Response.error(400, f"GET /stats takes no parameters; got {unknown!r}")
                 return Response.json(200, await self.store.stats())
             twice = sorted(name for name, given in request.query.items() if len(given) > 1)
             if twice:

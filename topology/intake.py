@@ -208,7 +208,7 @@ class Intake:
                     retry_after=max(1, math.ceil(self.max_wait)),
                 )
         except IntakeError as refused:
-            self._refused[refused.status] = self._refused.get(refused.status, 0) + 1
+            self.refuse(refused.status)
             raise
         self._accepted += len(decoded)
         self._requests_accepted += 1
@@ -282,6 +282,12 @@ class Intake:
             return built
 
         return sizes, build
+
+    def refuse(self, status: int) -> None:
+        """Count a request of events refused before it reached the intake (by the API: a
+        missing token, a body that is not JSON, a service stopping), as its own refusals
+        are counted."""
+        self._refused[status] = self._refused.get(status, 0) + 1
 
     async def settled(self) -> None:
         """Return once no request is waiting for room in a ring."""
