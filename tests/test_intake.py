@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from actors import Topic
-from sim.workloads import Click, PageView
+from sim.workloads import Click, PageView, VideoEvent
 from topology import Intake, IntakeError, Route, input_type
 from topology.tally import TopicTally
 
@@ -186,6 +186,27 @@ async def test_more_events_than_a_ring_holds_and_a_closed_topic_are_refused() ->
 def test_the_input_form_leaves_out_what_ringflow_stamps() -> None:
     fields = input_type(Click).__struct_fields__
     assert fields == ("user_id", "page", "element")
+
+
+async def test_events_whose_stamps_are_not_their_last_fields_are_made_by_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    videos = Topic("videos", partitions=1, capacity=10)
+    videos.partitions[0].register_group("g", trio.lowlevel.ParkingLot())
+    route = Route(VideoEvent, videos, "video_id")
+    assert not route.stamped_last  # its timestamp comes before watch_ms
+    assert Route(Click, videos, "user_id").stamped_last
+    taken = Intake(
+        routes={"video": route},
+        source=2,
+        now=trio.current_time,
+        produced={"videos": TopicTally()},
+        max_wait=1.0,
+    )
+    await trio.sleep(1.5)
+    body = b'{"type": "video", "kind": "watch", "user_id": 4, "video_id": 9, "blogger_id": 1, '
+    assert await taken.accept(body + b'"watch_ms": 3000}') == 1
+    assert held(videos) == [VideoEvent("watch", 4, 9, 1, 1.5, 3000, 2, 0)]
 
 
 # -- what an attack found ------------------------------------------------------------------------
