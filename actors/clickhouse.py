@@ -11,6 +11,7 @@ not need it, opening a store does.
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -161,6 +162,7 @@ async def open_clickhouse(path: Path) -> AsyncIterator[ClickHouse]:
 
         def make() -> Any:
             path.mkdir(parents=True, exist_ok=True)
+            _check_not_in_use(path)
             return chdb_session.Session(str(path))  # type: ignore[no-untyped-call]
 
         try:
@@ -178,6 +180,23 @@ async def open_clickhouse(path: Path) -> AsyncIterator[ClickHouse]:
             _ENGINE = None
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(engine.session.close)
+
+
+def _check_not_in_use(path: Path) -> None:
+    # ClickHouse holds a lock on the folder's ``status`` file while it has the folder open;
+    # opening it meanwhile fails with a message that names no cause.
+    status = path / "status"
+    if not status.exists():
+        return
+    with status.open("rb") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"the ClickHouse folder {path} is in use by another process: is another "
+                "'ringflow serve' running with this state folder?"
+            ) from None
+        fcntl.flock(held, fcntl.LOCK_UN)
 
 
 def quote(text: str) -> str:

@@ -548,7 +548,10 @@ class Run:
                     # here.
                     with trio.move_on_after(checkpoints.final_timeout):
                         await self._pipeline.checkpoint(
-                            checkpoints.store, final=True, in_thread=checkpoints.in_thread
+                            checkpoints.store,
+                            final=True,
+                            in_thread=checkpoints.in_thread,
+                            last=True,
                         )
                 scope.cancel()
                 return

@@ -82,7 +82,8 @@ async def test_a_stopping_service_refuses_events_and_says_so_on_health() -> None
 @pytest.mark.parametrize(
     ("request_", "status", "header"),
     [
-        (Request("GET", "/events", {}), 405, ("allow", "POST")),
+        (Request("GET", "/events", {}), 404, None),  # no sink stores events to read back
+        (Request("PUT", "/events", {}), 405, ("allow", "POST")),
         (Request("POST", "/health", {}), 405, ("allow", "GET, HEAD")),
         (Request("DELETE", "/metrics", {}), 405, ("allow", "GET, HEAD")),
         (Request("GET", "/nothing", {}), 404, None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +317,31 @@ async def test_a_stop_and_a_periodic_epoch_asked_at_once_are_both_answered(
     assert numbers == list(range(1, len(numbers) + 1))
     assert [e.epoch for e in store.epochs()] == numbers
     assert pipeline.epochs[-1].final  # the end of the run still writes its final epoch
+    store.close()
+
+
+async def test_the_last_epoch_of_a_stopped_run_holds_everything_it_made(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A stop's epoch waits after its capture (for the log to be written, say): producers
+    behind their schedule make nothing meanwhile, so the stopped run's figures are the
+    epoch's, and running it again carries on from exactly there."""
+    pipeline = Pipeline.build(topology(), REGISTRY, events=EVENTS)
+    store = CheckpointStore.open(tmp_path, pipeline.fingerprint, keep=10)
+    settings = CheckpointSettings(store, every=None, in_thread=False)
+
+    def before_write() -> Callable[[], Awaitable[None]]:
+        return functools.partial(trio.sleep, 0.5)  # the log is slow to answer
+
+    pipeline.before_epoch_write = before_write
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipeline.run, None, settings)
+        await trio.sleep(0.3)
+        last = await pipeline.checkpoint(store, final=True, in_thread=False, last=True)
+        made = pipeline.events_produced
+        nursery.cancel_scope.cancel()
+    assert 0 < last.events_produced < EVENTS
+    assert made == last.events_produced
     store.close()
 
 

@@ -109,7 +109,7 @@ MODULE_LEVEL = {
             "restore_parts",
             "restoring",
         },
-        "serving": {"open_sinks"},
+        "serving": {"Served", "open_sinks"},
         "openapi": {"docs_page", "openapi_document"},
         "source": {"SourceStatistics", "WorkloadSource"},
         "topics": {"make_topics"},

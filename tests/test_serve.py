@@ -3,9 +3,11 @@ graceful stops and resumes, the ClickHouse sink (a real chdb engine) and ``ringf
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import signal
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +27,7 @@ from actors import (
     RecordBatch,
     Request,
     Response,
+    StoreError,
     Topic,
     open_clickhouse,
     serve_http,
@@ -201,6 +204,34 @@ def test_a_missing_token_variable_is_refused(
     )
     assert main(["serve", str(path), "--no-log"]) == 2
     assert "RINGFLOW_TEST_TOKEN is unset or empty" in capsys.readouterr().err
+
+
+def test_an_address_in_use_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(UGC))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", str(path), "--no-log", "--listen", f"127.0.0.1:{port}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in err
+    assert "Traceback" not in err
+
+
+async def test_a_clickhouse_folder_another_process_has_open_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ch"
+    folder.mkdir()
+    with (folder / "status").open("wb") as status:  # as a running ClickHouse holds it
+        fcntl.flock(status, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StoreError, match="in use by another process"):
+            async with open_clickhouse(folder):
+                pass
+    async with open_clickhouse(folder) as store:  # let go (or its process killed): it opens
+        await store.execute("SELECT 1")
 
 
 # -- taking events ---------------------------------------------------------------------------
@@ -587,6 +618,11 @@ async def test_the_api_describes_itself_in_openapi_and_a_page() -> None:
         click = document["components"]["schemas"]["ClickInput"]
         assert set(click["required"]) == {"type", "user_id", "page", "element"}
         assert "timestamp" not in click["properties"]  # ringflow stamps it
+        typed = document["paths"]["/events/click"]["post"]["requestBody"]["content"]
+        [single, _] = typed["application/json"]["schema"]["oneOf"]
+        name = single["$ref"].rsplit("/", 1)[1]
+        on_route = document["components"]["schemas"][name]
+        assert set(on_route["required"]) == {"user_id", "page", "element"}  # "type" may go
         status, _, page = await api.request("GET", "/docs")
         assert status == 200
         assert b"POST /events/click" in page

@@ -155,8 +155,10 @@ class Barrier:
             self._all_arrived.set()
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        """Pause every running producer at its next safe point for the duration of the block.
+    async def hold(self, *, keep_paused: bool = False) -> AsyncIterator[None]:
+        """Pause every running producer at its next safe point for the duration of the block
+        (for good with ``keep_paused``: after the last epoch of a stopped run, whatever they
+        made would be counted by the run's report and held by no epoch).
 
         Raises:
             RuntimeError: Another holder has not left its block yet.
@@ -175,7 +177,8 @@ class Barrier:
         finally:
             self._requested = False
             self._asked = trio.Event()
-            self._resume.set()
+            if not keep_paused:
+                self._resume.set()
 
     def statistics(self) -> BarrierStatistics:
         """Return a snapshot of the barrier."""
@@ -216,6 +219,7 @@ class CheckpointerStatistics:
 @attrs.define(eq=False)
 class _Request:
     final: bool
+    last: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
     info: EpochInfo | None = None
     error: BaseException | None = None
@@ -324,7 +328,8 @@ class Checkpointer:
         final = any(request.final for request in taken)
         writing = False
         try:
-            async with self.barrier.hold():
+            last = any(request.last for request in taken)
+            async with self.barrier.hold(keep_paused=last):
                 snapshot, durable = self.capture(final)
                 ready = self.before_write()
             if ready is not None:
@@ -363,18 +368,20 @@ class Checkpointer:
                     request.answer(error=CheckpointError("the epoch could not be written"))
         await trio.lowlevel.checkpoint()
 
-    async def epoch(self, *, final: bool = False) -> EpochInfo:
+    async def epoch(self, *, final: bool = False, last: bool = False) -> EpochInfo:
         """Ask for an epoch captured from now on, and wait until it is written.
 
         Args:
             final: Mark the epoch as written at the end of the run (completed or stopped).
+            last: The run ends with this epoch (a stop): producers stay paused after its
+                capture, so the run makes nothing that it does not hold.
 
         The request waits for :meth:`serve` if the actor is not serving yet.
 
         Raises:
             CheckpointError: The epoch could not be written, or the run stopped first.
         """
-        request = _Request(final)
+        request = _Request(final, last)
         self._requests += 1
         if self._queue:
             self._shared += 1

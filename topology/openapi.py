@@ -7,6 +7,7 @@ API really checks.
 
 from __future__ import annotations
 
+import copy
 import html
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +47,20 @@ def openapi_document(
         inputs, ref_template="#/components/schemas/{name}"
     )
     by_kind = dict(zip(kinds, refs, strict=True))
-    any_event = {"oneOf": refs, "discriminator": {"propertyName": "type"}}
+    # On a kind's own route (and on POST /events when it takes one kind) "type" may be
+    # left out: the same schema with "type" not required.
+    on_route = {}
+    for kind, ref in by_kind.items():
+        name = ref["$ref"].rsplit("/", 1)[1]
+        relaxed = copy.deepcopy(components[name])
+        relaxed["required"] = [f for f in relaxed.get("required", []) if f != "type"]
+        components[f"{name}OnItsRoute"] = relaxed
+        on_route[kind] = {"$ref": f"#/components/schemas/{name}OnItsRoute"}
+    any_event = (
+        on_route[kinds[0]]
+        if len(kinds) == 1
+        else {"oneOf": refs, "discriminator": {"propertyName": "type"}}
+    )
     refusals = {
         "400": _answer("Malformed JSON, with the position.", _ERROR),
         "404": _answer("A kind no route takes.", _ERROR),
@@ -105,7 +119,10 @@ def openapi_document(
                     "content": {
                         "application/json": {
                             "schema": {
-                                "oneOf": [by_kind[kind], {"type": "array", "items": by_kind[kind]}]
+                                "oneOf": [
+                                    on_route[kind],
+                                    {"type": "array", "items": on_route[kind]},
+                                ]
                             }
                         }
                     },

@@ -410,9 +410,15 @@ class Pipeline:
             self.on_epoch_skipped(error)
 
     async def checkpoint(
-        self, store: CheckpointStore, *, final: bool = False, in_thread: bool = True
+        self,
+        store: CheckpointStore,
+        *,
+        final: bool = False,
+        in_thread: bool = True,
+        last: bool = False,
     ) -> EpochInfo:
-        """Ask for an epoch and wait until it is written.
+        """Ask for an epoch and wait until it is written (``last``: the run is stopped
+        after it, and its producers make nothing more).
 
         While the pipeline runs with checkpoints, its checkpoint actor takes it (``store``
         must be the one it writes to); requests made while an epoch is being taken are served
@@ -426,12 +432,12 @@ class Pipeline:
         if writing is not None and writing is not store:
             raise ValueError(f"this pipeline writes its epochs to {writing.path}")
         if writing is not None or self._writing_one:  # an actor serves, or is starting to
-            return await self._checkpointer.epoch(final=final)
+            return await self._checkpointer.epoch(final=final, last=last)
         self._writing_one = True
         try:
             async with open_nursery() as nursery:
                 await nursery.start(self._serve_epochs, store, in_thread)
-                info = await self._checkpointer.epoch(final=final)
+                info = await self._checkpointer.epoch(final=final, last=last)
                 await self._checkpointer.settled()  # requests that came meanwhile too
                 nursery.cancel_scope.cancel()
         finally:
@@ -471,23 +477,17 @@ class Pipeline:
             self.node.hold_back(self.topics.values(), self._checkpointer.epoch)
         self._checkpointing = checkpoints is not None
         try:
-            async with AsyncExitStack() as stack, open_nursery() as serving:
-                await open_sinks(
-                    stack,
-                    self.topology,
-                    self.processors,
-                    self.value_types,
-                    self.topics,
-                    self.state_folder,
-                    self.intake,
-                )
-                if self.intake is not None:
-                    durable = self.intake.spec.durable(checkpoints is not None)
-                    settings = self.serving or intake_settings(self.topology)
-                    ask = self._checkpointer.epoch if durable else None
-                    await serving.start(self.intake.serve, settings, ask)
-                await self._run_with_epochs(monitor, checkpoints)
-                serving.cancel_scope.cancel()
+            async with AsyncExitStack() as stack:
+                # Outside the nursery: a sink that cannot connect is the run's own error.
+                await open_sinks(stack, self)
+                async with open_nursery() as serving:
+                    if self.intake is not None:
+                        durable = self.intake.spec.durable(checkpoints is not None)
+                        settings = self.serving or intake_settings(self.topology)
+                        ask = self._checkpointer.epoch if durable else None
+                        await serving.start(self.intake.serve, settings, ask)
+                    await self._run_with_epochs(monitor, checkpoints)
+                    serving.cancel_scope.cancel()
         finally:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()

@@ -18,6 +18,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -256,21 +257,33 @@ class HttpIntake:
             await barrier.pause(INTAKE)
 
 
-async def open_sinks(
-    stack: AsyncExitStack,
-    topology: Topology,
-    processors: Mapping[str, Processor],
-    value_types: Mapping[str, tuple[type, ...]],
-    topics: Mapping[str, Topic],
-    state: Path | None,
-    intake: HttpIntake | None,
-) -> None:
-    """Connect every sink among ``processors`` for the run (each leaves ``stack`` when it
-    ends); the first sink that can read events back answers ``intake``'s queries.
+class Served(Protocol):
+    """What :func:`open_sinks` reads of a pipeline."""
+
+    @property
+    def topology(self) -> Topology: ...
+    @property
+    def processors(self) -> Mapping[str, Processor]: ...
+    @property
+    def value_types(self) -> Mapping[str, tuple[type, ...]]: ...
+    @property
+    def topics(self) -> Mapping[str, Topic]: ...
+    @property
+    def state_folder(self) -> Path | None: ...
+    @property
+    def intake(self) -> HttpIntake | None: ...
+
+
+async def open_sinks(stack: AsyncExitStack, pipeline: Served) -> None:
+    """Connect every sink among ``pipeline``'s processors for the run (each leaves
+    ``stack`` when it ends); the first sink that can read events back answers the intake's
+    queries.
 
     Raises:
         RingflowError: A sink cannot connect (its store is missing or refuses it).
     """
+    topology, topics, value_types = pipeline.topology, pipeline.topics, pipeline.value_types
+    state, intake, processors = pipeline.state_folder, pipeline.intake, pipeline.processors
     for name, processor in processors.items():
         if not isinstance(processor, Sink):
             continue

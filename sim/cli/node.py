@@ -120,9 +120,9 @@ def peers_of(items: Sequence[str]) -> dict[str, str]:
     return peers
 
 
-def cannot_listen(address: str) -> str | None:
-    """Why this node could not listen on ``address`` (HOST:PORT), or None if it can."""
-    host, port = parse_address(address)
+def cannot_listen(address: str, what: str = "this node") -> str | None:
+    """Why ``what`` could not listen on ``address`` (HOST:PORT), or None if it can."""
+    host, port = parse_address(address, any_port=True)  # checked already: 0 picks one
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
@@ -136,7 +136,7 @@ def cannot_listen(address: str) -> str | None:
                 why = (exc.strerror or str(exc)).lower()
                 return (
                     f"cannot listen on {address}: {why}; stop what listens there or give "
-                    "this node another address (--listen HOST:PORT)"
+                    f"{what} another address (--listen HOST:PORT)"
                 )
     return None
 

@@ -37,4 +37,7 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling of it began
+        sys.exit(ExitCode.INTERRUPTED)

@@ -169,6 +169,11 @@ def run_to_the_end(
         )
     except RingflowError as exc:  # Redis unreachable at start, configured to fail
         return refuse(err, exc)
+    except ExceptionGroup as group:  # a sink that cannot connect, from inside the run
+        refused = _refusal(group)
+        if refused is None:
+            raise
+        return refuse(err, refused)
     finally:
         if view is not None:
             view.stop()
@@ -190,6 +195,18 @@ def run_to_the_end(
             drawn = f"no chart: cannot write {path}: {exc.strerror or exc}"
         out.print(escape(drawn) if drawn else f"chart: {escape(str(path))}")
     return exit_code(report, problem)
+
+
+def _refusal(group: BaseExceptionGroup[BaseException]) -> RingflowError | None:
+    # The first of a group's errors when all are ringflow's own (each says what to do).
+    matched, rest = group.split(RingflowError)
+    if matched is None or rest is not None:
+        return None
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, RingflowError)
+    return first
 
 
 def exit_code(report: Report, report_problem: str | None) -> ExitCode:

@@ -16,6 +16,7 @@ from ..live import LiveView
 from ..resume import open_checkpoints
 from ..run import REGISTRY, load_topology
 from .errors import refuse
+from .node import cannot_listen
 from .options import Command, flag, option, report_option, state_option, topology_file
 from .report_file import ReportPathError, check_report_path
 from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
@@ -42,6 +43,11 @@ def serve(args: argparse.Namespace) -> ExitCode:
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
     except (TopologyError, CheckpointError, ReportPathError) as exc:
         return refuse(err, exc)
+    host, port = settings.listen
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    problem = cannot_listen(address, "the API")
+    if problem is not None:
+        return refuse(err, problem)
     spec = topology.http
     assert spec is not None
     if spec.acks == "durable" and checkpoints is None:
