@@ -191,6 +191,35 @@ class HttpConnection:
                 await stream.aclose()
 
 
+MIX_KINDS: dict[str, tuple[str, ...]] = {"ugc": UGC_KINDS, "ess": ("playback",)}
+"""The kinds of event each mix sends."""
+
+
+def _check_kinds(settings: LoadSettings, status: int, body: bytes) -> None:
+    # The API's /health names the kinds it takes: a mix it does not take would measure
+    # nothing but 404s and 422s.
+    if status == 503:
+        raise LoadError(f"the API at {settings.url} is stopping: it takes no events")
+    if not 200 <= status < 300:
+        raise LoadError(
+            f"{settings.url}/health answered {status}: is this the API of 'ringflow serve' "
+            "(http://HOST:PORT, with no path)?"
+        )
+    try:
+        taken = msgspec.json.decode(body).get("kinds")
+    except (msgspec.DecodeError, AttributeError):
+        taken = None
+    if not isinstance(taken, list):
+        return  # not a ringflow API that says: nothing to check
+    missing = [kind for kind in MIX_KINDS[settings.mix] if kind not in taken]
+    if missing:
+        raise LoadError(
+            f"the API at {settings.url} takes {', '.join(map(str, taken)) or 'no kinds'}; "
+            f"--mix {settings.mix} sends {', '.join(missing)} as well: choose the mix of "
+            "its topology"
+        )
+
+
 def make_request(mix: Mix, batch: int, rng: random.Random, prefix: str) -> tuple[str, bytes]:
     """The target and body of one request of ``mix`` with ``batch`` events."""
     events = [_event(mix, rng) for _ in range(batch)]
@@ -249,10 +278,11 @@ async def run_load(
     host, port, prefix = parse_url(settings.url)
     try:
         probe = HttpConnection(host, port)
-        await probe.request("GET", f"{prefix}/health")
+        status, _, body = await probe.request("GET", f"{prefix}/health")
         await probe.close()
     except OSError as exc:
         raise LoadError(f"nothing answers at {settings.url}: {exc.strerror or exc}") from None
+    _check_kinds(settings, status, body)
     total = max(1, math.floor(settings.rps * settings.duration))
     rng = random.Random(settings.seed)
     bodies = [

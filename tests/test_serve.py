@@ -35,7 +35,7 @@ from actors import (
 from sim.bench_http import serve_in_child, stop
 from sim.cli.ringflow import main
 from sim.events import Playback
-from sim.load import HttpConnection, LoadSettings, run_load
+from sim.load import HttpConnection, LoadError, LoadSettings, run_load
 from sim.resume import open_checkpoints
 from sim.run import REGISTRY
 from sim.sinks import ClickHouseParams, ClickHouseSink
@@ -533,6 +533,20 @@ async def stored_users(state: Path) -> Counter[int]:
 
 
 @pytest.mark.kill
+async def test_the_load_generator_refuses_a_mix_the_api_does_not_take() -> None:
+    pipeline = Pipeline.build(topology_of(UGC), REGISTRY)  # clicks and page views only
+    async with served(pipeline) as (_, running):
+        assert running.intake is not None
+        assert running.intake.server is not None
+        url = f"http://127.0.0.1:{running.intake.server.port}"
+        with pytest.raises(LoadError, match="takes click, page_view; --mix ess sends playback"):
+            await run_load(LoadSettings(url, rps=10, duration=0.1, mix="ess"))
+        with pytest.raises(LoadError, match="sends custom, watch_progress as well"):
+            await run_load(LoadSettings(url, rps=10, duration=0.1, mix="ugc"))
+        with pytest.raises(LoadError, match="answered 404: is this the API"):
+            await run_load(LoadSettings(url + "/api", rps=10, duration=0.1, mix="ugc"))
+
+
 async def test_every_event_acknowledged_before_a_sigkill_is_stored_once(tmp_path: Path) -> None:
     path = tmp_path / "ess.yaml"
     path.write_text(yaml.safe_dump(ESS))

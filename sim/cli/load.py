@@ -32,6 +32,11 @@ def _rate(text: str) -> float:
 def load(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow load``; return its exit code."""
     err = make_console(stderr=True)
+    if args.token_env and not os.environ.get(args.token_env):
+        return refuse(
+            err,
+            f"--token-env {args.token_env}: the variable is unset or empty; set it to the token",
+        )
     settings = LoadSettings(
         url=args.url,
         rps=args.rps,
