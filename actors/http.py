@@ -31,7 +31,6 @@ READ_SIZE = 65536
 """Bytes read from a socket at a time."""
 
 REASONS = {
-    100: "Continue",
     200: "OK",
     202: "Accepted",
     204: "No Content",
@@ -174,8 +173,6 @@ class _Reader:
     def feed(self, data: bytes) -> None:
         """Parse ``data``; whole or refused requests are appended to ``ready``."""
         in_head, messages = self.begun and not self.head_done, self.messages
-        if not self.begun:
-            self.pending = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

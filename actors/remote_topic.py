@@ -176,7 +176,6 @@ class RemoteTopic:
     _closed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _connected: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _restored: dict[int, RemotePartitionState] = attrs.field(init=False, factory=dict)
-    _restored_finished: bool = attrs.field(init=False, default=False)
     _reconnects: int = attrs.field(init=False, default=0)
     _backoff: Backoff = attrs.field(init=False)
     summary: Any = attrs.field(init=False, default=None)
@@ -219,7 +218,6 @@ class RemoteTopic:
     def restore(self, state: RemoteTopicState) -> None:
         """Resume from :meth:`snapshot`; call before :func:`open_remote_topic` connects."""
         self._restored = dict(enumerate(state.partitions))
-        self._restored_finished = state.finished
 
     def statistics(self) -> RemoteTopicStatistics:
         """Return a snapshot of the connection and of each partition's numbering."""

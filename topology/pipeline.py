@@ -477,17 +477,15 @@ class Pipeline:
             self.node.hold_back(self.topics.values(), self._checkpointer.epoch)
         self._checkpointing = checkpoints is not None
         try:
-            async with AsyncExitStack() as stack:
-                # Outside the nursery: a sink that cannot connect is the run's own error.
+            async with AsyncExitStack() as stack, open_nursery() as serving:
                 await open_sinks(stack, self)
-                async with open_nursery() as serving:
-                    if self.intake is not None:
-                        durable = self.intake.spec.durable(checkpoints is not None)
-                        settings = self.serving or intake_settings(self.topology)
-                        ask = self._checkpointer.epoch if durable else None
-                        await serving.start(self.intake.serve, settings, ask)
-                    await self._run_with_epochs(monitor, checkpoints)
-                    serving.cancel_scope.cancel()
+                if self.intake is not None:
+                    durable = self.intake.spec.durable(checkpoints is not None)
+                    settings = self.serving or intake_settings(self.topology)
+                    ask = self._checkpointer.epoch if durable else None
+                    await serving.start(self.intake.serve, settings, ask)
+                await self._run_with_epochs(monitor, checkpoints)
+                serving.cancel_scope.cancel()
         finally:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()
