@@ -532,7 +532,6 @@ async def stored_users(state: Path) -> Counter[int]:
     return Counter(user for _, user in await rows(state / "clickhouse"))
 
 
-@pytest.mark.kill
 async def test_the_load_generator_refuses_a_mix_the_api_does_not_take() -> None:
     pipeline = Pipeline.build(topology_of(UGC), REGISTRY)  # clicks and page views only
     async with served(pipeline) as (_, running):
@@ -547,6 +546,7 @@ async def test_the_load_generator_refuses_a_mix_the_api_does_not_take() -> None:
             await run_load(LoadSettings(url + "/api", rps=10, duration=0.1, mix="ugc"))
 
 
+@pytest.mark.kill
 async def test_every_event_acknowledged_before_a_sigkill_is_stored_once(tmp_path: Path) -> None:
     path = tmp_path / "ess.yaml"
     path.write_text(yaml.safe_dump(ESS))
