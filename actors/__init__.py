@@ -73,6 +73,7 @@ from .remote_group import RemoteConsumer as RemoteConsumer
 from .remote_group import RemoteConsumerStatistics as RemoteConsumerStatistics
 from .remote_group import RemoteGroup as RemoteGroup
 from .remote_group import RemoteGroupStatistics as RemoteGroupStatistics
+from .remote_topic import RemotePartition as RemotePartition
 from .remote_topic import RemotePartitionState as RemotePartitionState
 from .remote_topic import RemoteTopic as RemoteTopic
 from .remote_topic import RemoteTopicState as RemoteTopicState
@@ -96,6 +97,7 @@ from .table import unpack_values as unpack_values
 from .testing import GUARANTEES as GUARANTEES
 from .testing import breaking as breaking
 from .testing import kept as kept
+from .topic import Admitting as Admitting
 from .topic import Topic as Topic
 from .topic import admit_all as admit_all
 from .topic import admit_sized as admit_sized

@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import testing
 from .connection import binary, greet, keep_trying
-from .errors import GatewayError
+from .errors import BatchTooLargeError, GatewayError, TopicClosedError
 from .network import TCP, Network
 from .nursery import open_nursery
 from .partition import as_columns
@@ -97,9 +97,15 @@ class RemoteTopicState:
 
 @attrs.define(eq=False)
 class RemotePartition:
-    """One partition of a :class:`RemoteTopic`: numbers records and respects the window."""
+    """One partition of a :class:`RemoteTopic`: numbers records and respects the window.
 
-    topic: RemoteTopic
+    Producers send to it with :meth:`send`, one batch after another. It also takes records
+    as a local :class:`~actors.partition.Partition` does for :func:`~actors.topic.admit_sized`
+    (:meth:`can_take`, :meth:`wait_room_changed`, :meth:`send_nowait`), so that a request's
+    records enter several partitions, here or on other nodes, all at once or not at all.
+    """
+
+    remote: RemoteTopic
     index: int
     _next: int = 0
     _acked: int = 0
@@ -121,8 +127,79 @@ class RemotePartition:
         sequence = self._next
         self._next += count
         self._retained.append((sequence, columns))
-        await self.topic._send(self.index, sequence, columns)
+        await self.remote._send(self.index, sequence, columns)
         return sequence
+
+    @property
+    def topic(self) -> str:
+        """The topic's name."""
+        return self.remote.name
+
+    @property
+    def capacity(self) -> int | None:
+        """The remote ring's capacity, in records (None: a dynamic ring)."""
+        return self.remote.capacity
+
+    @property
+    def closed(self) -> bool:
+        """Whether the remote topic takes no more records from here."""
+        return self.remote.closed
+
+    def can_take(self, count: int) -> bool:
+        """Whether :meth:`send_nowait` would take ``count`` records now: the window (the
+        free room in the remote ring) has room for them."""
+        if self.closed or (self.capacity is not None and count > self.capacity):
+            return False
+        return self._limit is None or self._next + count <= self._limit
+
+    async def wait_room_changed(self) -> None:
+        """Wait until the window changes (or the remote topic closes)."""
+        await self._changed.park()
+
+    def send_nowait(self, records: Columns | Sequence[Record]) -> int:
+        """Number records the window has room for now, and keep them until the remote node
+        holds them durably; they are sent in order, in the background. Return the first
+        number.
+
+        Raises:
+            trio.WouldBlock: The window lacks room; nothing was taken.
+            TopicClosedError: The remote topic takes no more records.
+            BatchTooLargeError: The records could never fit in the remote ring.
+        """
+        columns = as_columns(records)
+        count = len(columns)
+        where = f"partition {self.topic}[{self.index}] at {self.remote.url}"
+        if self.closed:
+            raise TopicClosedError(f"{where} is closed; {count} records were not accepted")
+        if self.capacity is not None and count > self.capacity:
+            raise BatchTooLargeError(
+                f"{count} records cannot fit in {where} of capacity {self.capacity}"
+            )
+        if not self.can_take(count):
+            raise trio.WouldBlock
+        sequence = self._next
+        self._next += count
+        self._retained.append((sequence, columns))
+        self.remote._pending.set()
+        return sequence
+
+    async def wait_for(self, end: int, *, durable: bool) -> None:
+        """Return once the remote node has the records numbered below ``end`` in its ring
+        (or, with ``durable``, in a written epoch)."""
+        while (self._durable if durable else self._acked) < end:
+            if self.closed:
+                raise TopicClosedError(
+                    f"the connection to {self.remote.url} for {self.topic}[{self.index}] "
+                    "ended before the node had every record"
+                )
+            await self._changed.park()
+
+    def _adopt(self, have: int) -> None:
+        # The node has more of this producer's records than it numbered: a producer that
+        # numbers new records (rather than making the same ones again) carries on after them.
+        if have > self._next:
+            self._next = have
+            self._retained.clear()
 
     def _window(self, window: Window) -> None:
         self._acked, self._durable, self._limit = window.acked, window.durable, window.limit
@@ -166,6 +243,11 @@ class RemoteTopic:
     """What the nodes of one topology must agree on, sent with the hello."""
     network: Network = TCP
     """What connections to the node go over."""
+    adopt: bool = False
+    """Whether a producer makes new records, never the same ones again: then, when the node
+    has more of its records than it has numbered (it was restarted without its state, or
+    from an older epoch than the node's), it carries on numbering after them instead of
+    having its next records taken for those."""
     capacity: int | None = attrs.field(init=False, default=None)
     partitions: tuple[RemotePartition, ...] = attrs.field(init=False, default=())
     _layout: Topic | None = attrs.field(init=False, default=None)
@@ -176,6 +258,10 @@ class RemoteTopic:
     _closed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _connected: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _restored: dict[int, RemotePartitionState] = attrs.field(init=False, factory=dict)
+    _pending: trio.Event = attrs.field(init=False, factory=trio.Event)
+    """Set when :meth:`RemotePartition.send_nowait` has records for the sender to send."""
+    _sent: list[int] = attrs.field(init=False, factory=list)
+    """Per partition, the number up to which records went out on the current connection."""
     _reconnects: int = attrs.field(init=False, default=0)
     _backoff: Backoff = attrs.field(init=False)
     summary: Any = attrs.field(init=False, default=None)
@@ -201,6 +287,11 @@ class RemoteTopic:
         """Split columns by partition, as :meth:`Topic.split`."""
         assert self._layout is not None
         return self._layout.split(batch)
+
+    @property
+    def closed(self) -> bool:
+        """Whether its connection has ended for good: nothing more is sent."""
+        return self._closed.is_set()
 
     def add_producer(self) -> None:
         """Nothing to do: the remote node counts producers by their finish."""
@@ -270,7 +361,10 @@ class RemoteTopic:
                     await self._resend(connection.ws, welcome.sequences)
                     self._ws = connection.ws
                     self._connected.unpark_all()
-                    await self._receive(connection.ws, decode)
+                    async with open_nursery() as sending:
+                        sending.start_soon(self._send_pending, connection.ws)
+                        await self._receive(connection.ws, decode)
+                        sending.cancel_scope.cancel()
                 finally:
                     self._ws = None
                     await connection.close()
@@ -279,6 +373,24 @@ class RemoteTopic:
             await keep_trying(self.url, self._backoff, attempt)
         finally:
             self._closed.set()
+            for partition in self.partitions:
+                partition._changed.unpark_all()
+
+    async def _send_pending(self, ws: WebSocketConnection) -> None:
+        # Send, in order, what send_nowait numbered: each partition from where the
+        # connection's last frame ended.
+        try:
+            while True:
+                await self._pending.wait()
+                self._pending = trio.Event()
+                for partition in self.partitions:
+                    index = partition.index
+                    for sequence, columns in list(partition._retained):
+                        if sequence + len(columns) > self._sent[index]:
+                            await ws.send_message(batch_frame(index, sequence, columns))
+                            self._sent[index] = sequence + len(columns)
+        except ConnectionClosed:
+            return  # the receiving side sees it too, and connects again
 
     async def _receive(self, ws: WebSocketConnection, decode: msgspec.msgpack.Decoder[Any]) -> None:
         while True:
@@ -308,8 +420,10 @@ class RemoteTopic:
         # (they see no connection and keep their records), so numbers never arrive out of
         # order. Records the node already has are skipped there. Records kept meanwhile, in
         # any partition, are sent by the next pass: done when a pass finds nothing to send.
-        sent = list(expected)
+        sent = self._sent = list(expected)
         for partition in self.partitions:
+            if self.adopt:
+                partition._adopt(expected[partition.index])
             first = partition._retained[0][0] if partition._retained else partition._next
             if first > sent[partition.index]:
                 raise GatewayError(
@@ -329,11 +443,15 @@ class RemoteTopic:
                     sent[index] = sequence + len(columns)
                     progressed = True
 
-    async def _finish(self) -> None:
-        # Wait until everything is durable remotely, then say so (again after a reconnect).
+    async def _settle(self) -> None:
+        # Until everything sent is durable remotely.
         while not all(partition.settled for partition in self.partitions):
             with trio.move_on_after(0.5):
                 await self.partitions[0]._changed.park()
+
+    async def _finish(self) -> None:
+        # Wait until everything is durable remotely, then say so (again after a reconnect).
+        await self._settle()
         while not self._finished.is_set():
             ws = self._ws
             if ws is None:
@@ -366,6 +484,8 @@ async def open_remote_topic(
     agreement: dict[str, str] | None = None,
     network: Network = TCP,
     keep_finish: Callable[[], Awaitable[object]] | None = None,
+    finish: bool = True,
+    adopt: bool = False,
 ) -> AsyncIterator[RemoteTopic]:
     """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
 
@@ -384,13 +504,18 @@ async def open_remote_topic(
             Until then the connection stays open, so that if this side fails first, the
             node sees the connection break and waits for the producer to come back, resumed
             from before its finish, rather than ending its run without it.
+        finish: Whether leaving the block finishes this producer. Without, leaving waits
+            until every record is durable on the remote node and closes the connection: the
+            producer may come back (an HTTP API stopped for a while), and the topic stays
+            open for it.
+        adopt: See :attr:`RemoteTopic.adopt`.
 
     Raises:
         GatewayError: The node could not be reached within ``give_up`` seconds, or refused
             the connection (wrong token, another protocol version, a disagreement).
     """
     remote = RemoteTopic(
-        url, topic, producer, token, value_type, give_up, dict(agreement or {}), network
+        url, topic, producer, token, value_type, give_up, dict(agreement or {}), network, adopt
     )
     if restore is not None:
         remote.restore(restore)
@@ -402,6 +527,10 @@ async def open_remote_topic(
     async with open_nursery() as nursery:
         await nursery.start(remote._run)
         yield remote
+        if not finish:
+            await remote._settle()
+            nursery.cancel_scope.cancel()
+            return
         await remote._finish()
         if keep_finish is not None:
             await keep_finish()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -16,6 +16,23 @@ from .partition import Partition, PartitionStatistics
 from .partitioner import Partitioner
 from .record import Columns, Key
 from .table import take
+
+
+class Admitting(Protocol):
+    """What :func:`admit_sized` appends to: a :class:`~actors.partition.Partition` here, or
+    a :class:`~actors.remote_topic.RemotePartition` on another node."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def capacity(self) -> int | None: ...
+    @property
+    def closed(self) -> bool: ...
+    def can_take(self, count: int) -> bool: ...
+    async def wait_room_changed(self) -> None: ...
+    def send_nowait(self, records: Columns) -> int: ...
 
 
 def _gather(batch: Columns, positions: list[int]) -> Columns:
@@ -177,7 +194,7 @@ async def admit_all(shares: Sequence[tuple[Partition, Columns]]) -> list[int]:
 
 
 async def admit_sized(
-    sizes: Sequence[tuple[Partition, int]], build: Callable[[], Sequence[Columns]]
+    sizes: Sequence[tuple[Admitting, int]], build: Callable[[], Sequence[Columns]]
 ) -> list[int]:
     """Append records to several partitions, all at once or none.
 
@@ -188,7 +205,9 @@ async def admit_sized(
     numbers, the time) follows the order of admission, and cancelled while waiting (a
     deadline), nothing was made or accepted: a client told to retry sends no duplicates.
     This is how a request's events enter topics (they may go to several); producers, which
-    send a batch's shares one after another, use :meth:`Partition.send`.
+    send a batch's shares one after another, use :meth:`Partition.send`. Partitions on other
+    nodes (:class:`~actors.remote_topic.RemotePartition`) take part as local ones do: their
+    room is the window their node gave, and what they take is numbered and kept at once.
 
     Returns:
         The offset given to the first record of each share, in order.
@@ -198,7 +217,7 @@ async def admit_sized(
         BatchTooLargeError: A partition's records could never fit in its ring.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
-    totals: dict[Partition, int] = {}
+    totals: dict[Admitting, int] = {}
     for partition, count in sizes:
         totals[partition] = totals.get(partition, 0) + count
     while True:
@@ -216,7 +235,7 @@ async def admit_sized(
     return firsts
 
 
-def _refuse_if_never(partition: Partition, count: int) -> None:
+def _refuse_if_never(partition: Admitting, count: int) -> None:
     # What no wait can cure: a closed partition, records more than its ring holds.
     where = f"partition {partition.topic}[{partition.index}]"
     if partition.closed:

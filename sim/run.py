@@ -535,10 +535,17 @@ class Run:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 self._stopped_by = signal.Signals(signum).name
-                if self._pipeline.intake is not None and not self._pipeline.intake.stopping:
+                current = self._pipeline
+                if (
+                    current.intake is not None
+                    and not current.intake.stopping
+                    and (current.node is None or not current.topics)
+                ):
                     # A served topology stops taking events and ends as a run whose
-                    # producers are done: its rings drained, a final epoch. A second signal
-                    # stops it at once.
+                    # producers are done: its rings drained, a final epoch (a node with an
+                    # API and no topics: once the topics' nodes hold what it sent). A second
+                    # signal stops it at once. A node holding topics that APIs write to
+                    # stops as any node does: a final epoch keeps its rings.
                     self._stop_serving = True
                     self._pipeline.stop()
                     continue

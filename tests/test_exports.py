@@ -38,7 +38,6 @@ MODULE_LEVEL = {
         "partition": {"as_columns"},
         "producer": {"Destination", "Sink"},
         "redislog": {"execute_in_asyncio", "sleep_real"},
-        "remote_topic": {"RemotePartition"},
         "table": {"Field", "Schema", "concat", "same", "take"},
         "wire": {
             "Batch",
@@ -64,11 +63,12 @@ MODULE_LEVEL = {
     },
     "topology": {
         "integrity": {"epoch_checksum", "part_checksum"},
-        "epochs": {"Barrier", "BarrierStatistics", "Checkpointer", "RunClock"},
+        "epochs": {"Barrier", "BarrierStatistics", "Checkpointer", "RunClock", "all_of"},
         "node": {"GatewayState", "MemberPositions", "Node", "NodeStatistics", "RemoteLink"},
         "plan": {
             "ProducerPlan",
             "agreement",
+            "api_nodes",
             "check_placement",
             "event_types",
             "fingerprint",
@@ -109,7 +109,7 @@ MODULE_LEVEL = {
             "restore_parts",
             "restoring",
         },
-        "serving": {"Served", "open_sinks"},
+        "serving": {"Building", "Served", "make_intake", "open_sinks"},
         "openapi": {"docs_page", "openapi_document"},
         "source": {"SourceStatistics", "WorkloadSource"},
         "topics": {"make_topics"},

@@ -72,11 +72,17 @@ def problems_across(
                     f"topics are: {', '.join(sorted(topics)) or 'none'}"
                 )
         produced.update(http.routes.values())
-        if nodes:
+        if nodes and not any(spec.api for spec in nodes.values()):
             problems.append(
-                "$.http: a topology with nodes cannot take events over HTTP yet; serve the "
-                "ingestion part as a topology of its own"
+                "$.http: with a 'nodes' section, the API runs on the nodes that give an 'api' "
+                "address (nodes.NAME.api: HOST:PORT); none does"
             )
+    elif any(spec.api for spec in nodes.values()):
+        node = next(name for name, spec in nodes.items() if spec.api)
+        problems.append(
+            f"$.nodes.{node}.api: the topology has no 'http' section, so there is no API to "
+            "serve; add one (routes of event kinds to topics) or drop 'api'"
+        )
     for name, consumer in consumers.items():
         field = "topic" if consumer.topic else "topics"
         for topic in consumer.topic_names:
@@ -163,8 +169,16 @@ def _check_nodes(
                 f"{listening[address]!r} listens"
             )
         listening[address] = node
-        if not (spec.topics or spec.producers or spec.consumers):
-            problems.append(f"$.nodes.{node}: hosts no topic, producer or consumer")
+        if spec.api is not None:
+            api = parse_address(spec.api, any_port=True)
+            if api in listening:
+                problems.append(
+                    f"$.nodes.{node}.api: {spec.api} is also where node {listening[api]!r} listens"
+                )
+            elif api[1]:  # port 0: a free port is picked
+                listening[api] = f"{node}" + " (its API)"
+        if not (spec.topics or spec.producers or spec.consumers or spec.api):
+            problems.append(f"$.nodes.{node}: hosts no topic, producer, consumer or API")
         for kind, known in (
             ("topics", topics),
             ("producers", producers),

@@ -488,5 +488,18 @@ class Checkpointer:
         )
 
 
+def all_of(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
+    """One hook calling each of ``hooks`` that is given, in order (None for none)."""
+    given = [hook for hook in hooks if hook is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+
+    def each() -> None:
+        for hook in given:
+            hook()
+
+    return each
+
+
 def _size(snapshot: Snapshot) -> int:
     return sum(map(len, snapshot.parts.values()))

@@ -25,9 +25,11 @@ import trio
 from msgspec.structs import asdict, astuple
 
 from actors import (
+    Admitting,
     BatchTooLargeError,
     Columns,
-    Partition,
+    RemotePartition,
+    RemoteTopic,
     RingflowError,
     Topic,
     TopicClosedError,
@@ -88,7 +90,8 @@ class Route:
     """Where events of one kind go."""
 
     event_type: type
-    topic: Topic
+    topic: Topic | RemoteTopic
+    """The topic here, or on another node."""
     key_field: str | None
     """The field whose value is the record's key (the topic's ``key``)."""
     input: type[msgspec.Struct] = attrs.field(init=False)
@@ -138,8 +141,12 @@ class Intake:
     produced: Mapping[str, TopicTally]
     max_wait: float = 5.0
     admitted: Callable[[int], Awaitable[None]] | None = None
-    """Awaited once a request's events are admitted, with the sequence number just past
-    them, before the request is answered (to wait until an epoch holds them)."""
+    """Awaited once a request's events are admitted into rings here, with the sequence
+    number just past them, before the request is answered (to wait until an epoch holds
+    them)."""
+    durable: bool = False
+    """Whether a request whose events go to topics on other nodes is answered once those
+    nodes' epochs hold them, rather than once their rings do."""
     seq: int = 0
     """The sequence number the next accepted event gets."""
     _decoders: dict[str | None, msgspec.json.Decoder[Any]] = attrs.field(factory=dict)
@@ -201,10 +208,11 @@ class Intake:
                 upto = self.seq
                 return columns
 
+            firsts: list[int] = []
             with trio.move_on_after(self.max_wait) as waited:
                 self._waiting += 1
                 try:
-                    await _admit(sizes, stamped)
+                    firsts = await _admit(sizes, stamped)
                 finally:
                     self._waiting -= 1
                     if not self._waiting:
@@ -222,7 +230,17 @@ class Intake:
             raise
         self._accepted += len(decoded)
         self._requests_accepted += 1
-        if self.admitted is not None:
+        remote = [
+            (partition, first + count)
+            for (partition, count), first in zip(sizes, firsts, strict=True)
+            if isinstance(partition, RemotePartition)
+        ]
+        for partition, end in remote:
+            try:
+                await partition.wait_for(end, durable=self.durable)
+            except TopicClosedError as error:  # the node gave up: the run is ending
+                raise IntakeError(503, f"{error}; retry later", retry_after=1) from None
+        if self.admitted is not None and len(remote) < len(sizes):
             await self.admitted(upto)
         return len(decoded)
 
@@ -250,11 +268,11 @@ class Intake:
 
     def _plan(
         self, decoded: Sequence[Any]
-    ) -> tuple[list[tuple[Partition, int]], Callable[[], list[Columns]]]:
+    ) -> tuple[list[tuple[Admitting, int]], Callable[[], list[Columns]]]:
         # Where each event goes (its key decides, and the client gave the key), and what
         # makes the records once there is room: the events stamped then.
         groups: list[tuple[Route, Sequence[tuple[int, Any]], Any]] = []
-        sizes: list[tuple[Partition, int]] = []
+        sizes: list[tuple[Admitting, int]] = []
         by_kind: dict[str, list[tuple[int, Any]]] = {}
         for number, given in enumerate(decoded):
             by_kind.setdefault(given.__struct_config__.tag, []).append((number, given))
@@ -265,7 +283,8 @@ class Intake:
                 raise IntakeError(503, f"topic {topic.name!r} is closed; nothing was accepted")
             keys = [getattr(given, field) for _, given in items] if field else [None] * len(items)
             shares = topic.split(Columns(keys, items, [0.0] * len(items)))
-            for partition, share in zip(topic.partitions, shares, strict=True):
+            partitions: Sequence[Admitting] = topic.partitions
+            for partition, share in zip(partitions, shares, strict=True):
                 if len(share):
                     sizes.append((partition, len(share)))
                     groups.append((route, share.values, share.keys))
@@ -317,10 +336,12 @@ class Intake:
         )
 
 
-async def _admit(sizes: list[tuple[Partition, int]], build: Callable[[], list[Columns]]) -> None:
+async def _admit(
+    sizes: list[tuple[Admitting, int]], build: Callable[[], list[Columns]]
+) -> list[int]:
     # admit_sized, its errors as refusals: nothing of the request was accepted.
     try:
-        await admit_sized(sizes, build)
+        return await admit_sized(sizes, build)
     except TopicClosedError as error:
         raise IntakeError(503, f"{error}; nothing was accepted") from None
     except BatchTooLargeError as error:

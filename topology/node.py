@@ -57,6 +57,9 @@ class RemoteLink:
     give_up: float
     agreement: dict[str, str]
     network: Network = TCP
+    finish: bool = True
+    """Whether closing the link finishes the producer (an HTTP API's links do not: it may
+    serve again, and it numbers new events after what the other node has)."""
     keep_finish: Callable[[], Awaitable[object]] | None = None
     """Returns once an epoch of this node, captured from when it is called, is written
     (see :func:`~actors.open_remote_topic`); None when the node writes no epochs."""
@@ -87,6 +90,8 @@ class RemoteLink:
             agreement=self.agreement,
             network=self.network,
             keep_finish=self.keep_finish,
+            finish=self.finish,
+            adopt=not self.finish,
         )
         self.topic = await self._context.__aenter__()
         return self.topic
@@ -218,6 +223,28 @@ class Node:
             self.placement.network,
         )
         return link
+
+    def intake_links(
+        self, topics: Iterable[str], value_type: Callable[[str], Any]
+    ) -> dict[str, RemoteLink]:
+        """The links of this node's HTTP API to the ``topics`` on other nodes that its routes
+        write to: one producer per node (``http-NODE``) that never finishes."""
+        links = {}
+        for topic in topics:
+            name = f"http/{self.placement.node}/{topic}"
+            links[topic] = self.links[name] = RemoteLink(
+                name,
+                self.url_of(topic),
+                topic,
+                f"http-{self.placement.node}",
+                self.placement.token,
+                value_type(topic),
+                self.topology.gateway.connect_timeout,
+                self.agreement,
+                self.placement.network,
+                finish=False,
+            )
+        return links
 
     def source_wiring(
         self, plan: ProducerPlan, topics: Mapping[str, Topic], value_type: Callable[[str], Any]

@@ -15,13 +15,14 @@ import trio
 from actors import ConsumerGroup, Gateway, RemoteGroup, Topic, open_nursery, open_supervisor
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
-from .epochs import Barrier, Checkpointer, CheckpointSettings, FinalEpoch, RunClock
+from .epochs import Barrier, Checkpointer, CheckpointSettings, FinalEpoch, RunClock, all_of
 from .errors import CheckpointError, TopologyError
 from .node import Node
 from .plan import (
     Placement,
     ProducerPlan,
     agreement,
+    api_nodes,
     check_placement,
     event_types,
     fingerprint,
@@ -32,7 +33,7 @@ from .plan import (
 from .processing import consume, make_consumers
 from .registry import Processor, Registry
 from .schema import Topology
-from .serving import INTAKE, HttpIntake, IntakeSettings, intake_settings, open_sinks
+from .serving import INTAKE, HttpIntake, IntakeSettings, intake_settings, make_intake, open_sinks
 from .snapshot import (
     PartitionContents,
     ProcessorState,
@@ -179,7 +180,7 @@ class Pipeline:
             node = Node(topology, placement, agreement(topology, run_seed, plans, placement.node))
         parts = {} if restore is None else restore[1]
         topics = make_topics(topology, types, None if node is None else node.spec, parts)
-        sources = len(plans) + (topology.http is not None)  # the intake is one more
+        sources = len(plans) + len(api_nodes(topology))  # and the HTTP intakes
         consumers = make_consumers(
             topology, registry, topics, sources, lambda t: value_type(types[t]), node
         )
@@ -202,10 +203,7 @@ class Pipeline:
             node=node,
             clock=RunClock(wall=topology.http is not None),
         )
-        if topology.http is not None:
-            pipeline.intake = HttpIntake.make(
-                topology, registry, topics, len(plans), pipeline.produced, pipeline.event_time
-            )
+        pipeline.intake = make_intake(topology, registry, topics, pipeline, node)
         if node is not None:
             node.open_gateway(
                 topics, consumers.hosted, {n: pipeline.value_type(n) for n in topics}, TopicSummary
@@ -393,9 +391,8 @@ class Pipeline:
         if self._torn:
             raise CheckpointError("an actor crashed: the run goes back to its newest epoch")
         snapshot = self.capture(final=final)
-        if self.node is not None:  # a topology with nodes takes no events over HTTP
-            return snapshot, self.node.durable_hook(self.topics)
-        return snapshot, None if self.intake is None else self.intake.durable_hook()
+        node = None if self.node is None else self.node.durable_hook(self.topics)
+        return snapshot, all_of(node, None if self.intake is None else self.intake.durable_hook())
 
     def _record(self, info: EpochInfo) -> None:
         self.epochs.append(info)
@@ -477,15 +474,16 @@ class Pipeline:
             self.node.hold_back(self.topics.values(), self._checkpointer.epoch)
         self._checkpointing = checkpoints is not None
         try:
-            async with AsyncExitStack() as stack, open_nursery() as serving:
-                await open_sinks(stack, self)
-                if self.intake is not None:
-                    durable = self.intake.spec.durable(checkpoints is not None)
-                    settings = self.serving or intake_settings(self.topology)
-                    ask = self._checkpointer.epoch if durable else None
-                    await serving.start(self.intake.serve, settings, ask)
-                await self._run_with_epochs(monitor, checkpoints)
-                serving.cancel_scope.cancel()
+            async with AsyncExitStack() as stack:
+                await open_sinks(stack, self)  # and the API's links to other nodes
+                async with open_nursery() as serving:
+                    if self.intake is not None:
+                        durable = self.intake.spec.durable(checkpoints is not None)
+                        settings = self.serving or intake_settings(self.topology)
+                        ask = self._checkpointer.epoch if durable else None
+                        await serving.start(self.intake.serve, settings, ask)
+                    await self._run_with_epochs(monitor, checkpoints)
+                    serving.cancel_scope.cancel()
         finally:
             self.finished_at = trio.current_time()
             self.wall_finished = time.perf_counter()

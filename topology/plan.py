@@ -76,6 +76,17 @@ def producer_id(plan: ProducerPlan) -> str:
     return f"{plan.producer}-{plan.instance}"
 
 
+def api_nodes(topology: Topology) -> list[str]:
+    """The nodes that serve the HTTP API, in the file's order: their intakes are sources
+    numbered after every producer instance's (one intake in all when the topology runs
+    whole)."""
+    if topology.http is None:
+        return []
+    if not topology.nodes:
+        return [""]
+    return [name for name, spec in topology.nodes.items() if spec.api]
+
+
 def topics_of(topology: Topology, producer: str) -> set[str]:
     """The topics ``producer`` writes to."""
     spec = topology.producers[producer]

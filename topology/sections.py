@@ -263,11 +263,24 @@ class NodeSpec:
     """The producers that run here; they write to their topics wherever those live."""
     consumers: list[str] = attrs.field(factory=list)
     """The consumers that run here; they join their groups wherever the topics live."""
+    api: str | None = attrs.field(default=None)
+    """``HOST:PORT`` where this node serves the ``http`` section's API, its events going to
+    their topics wherever those live; ``--api`` of ``ringflow node`` overrides it. Several
+    nodes may serve it (each takes its share of the clients)."""
 
     @listen.validator
     def _check_listen(self, attribute: attrs.Attribute[Any], value: str) -> None:
         try:
             parse_address(value)
+        except ValueError as exc:
+            raise FieldError(attribute.name, str(exc)) from None
+
+    @api.validator
+    def _check_api(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is None:
+            return
+        try:
+            parse_address(value, any_port=True)
         except ValueError as exc:
             raise FieldError(attribute.name, str(exc)) from None
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -29,6 +29,8 @@ from .api import EventsApi, EventStore
 from .epochs import Barrier
 from .errors import CheckpointError, TopologyError
 from .intake import Intake, Route
+from .node import Node, RemoteLink
+from .plan import api_nodes
 from .registry import Processor, Registry, Sink, SinkContext
 from .schema import Topology
 from .sections import HttpSpec, parse_address
@@ -52,8 +54,11 @@ class IntakeSettings:
     """The bearer token requests must present; None for none."""
 
 
-def intake_settings(topology: Topology, listen: str | None = None) -> IntakeSettings:
-    """The settings of ``topology``'s HTTP API, ``listen`` replacing the file's address.
+def intake_settings(
+    topology: Topology, listen: str | None = None, node: str | None = None
+) -> IntakeSettings:
+    """The settings of ``topology``'s HTTP API (as ``node`` serves it, when split),
+    ``listen`` replacing the file's address.
 
     Raises:
         TopologyError: ``listen`` is not ``HOST:PORT``, or the token's environment variable
@@ -61,8 +66,10 @@ def intake_settings(topology: Topology, listen: str | None = None) -> IntakeSett
     """
     spec = topology.http
     assert spec is not None, "the topology takes no events over HTTP"
+    given = spec.listen if node is None else topology.nodes[node].api
+    assert given is not None, f"node {node} serves no API"
     try:
-        address = parse_address(listen or spec.listen, any_port=True)
+        address = parse_address(listen or given, any_port=True)
     except ValueError as exc:
         raise TopologyError([f"listen: {exc}"], topology.name) from None
     token = None
@@ -91,9 +98,13 @@ class HttpIntake:
     intake: Intake
     api: EventsApi
     topics: list[Topic]
-    """The topics its routes write to."""
+    """The topics here that its routes write to."""
     spec: HttpSpec
     """The ``http`` section it serves."""
+    links: dict[str, RemoteLink] = attrs.field(factory=dict)
+    """By topic, its links to the topics on other nodes that its routes write to (a node
+    of a split topology); their routes are made as :meth:`open_links` opens them."""
+    _remote_routes: dict[str, tuple[type, str, str | None]] = attrs.field(factory=dict)
     settings: IntakeSettings | None = None
     """Where to listen; None until the pipeline is served."""
     server: HttpServer | None = None
@@ -117,6 +128,7 @@ class HttpIntake:
         source: int,
         produced: Mapping[str, TopicTally],
         now: Callable[[], float],
+        links: Mapping[str, RemoteLink] | None = None,
     ) -> HttpIntake:
         """The intake of ``topology``'s ``http`` section.
 
@@ -127,21 +139,43 @@ class HttpIntake:
             source: The number its events carry in ``source``.
             produced: The run's tallies by topic.
             now: Event time now, to stamp events with.
+            links: By topic, links to the topics its routes name that are on other nodes.
         """
         spec = topology.http
         assert spec is not None
-        routes = {
-            kind: Route(registry.events[kind], topics[topic], topology.topics[topic].key)
-            for kind, topic in spec.routes.items()
-        }
+        routes, remote = {}, {}
+        for kind, topic in spec.routes.items():
+            if topic in topics:
+                routes[kind] = Route(
+                    registry.events[kind], topics[topic], topology.topics[topic].key
+                )
+            else:
+                remote[kind] = (registry.events[kind], topic, topology.topics[topic].key)
         intake = Intake(routes, source, now, produced, max_wait=spec.max_wait)
-        targets = [topics[name] for name in dict.fromkeys(spec.routes.values())]
+        targets = [topics[name] for name in dict.fromkeys(spec.routes.values()) if name in topics]
         api = EventsApi(
             intake,
             partitions=lambda: {t.name: t.statistics() for t in targets},
             title=topology.name,
         )
-        return cls(intake, api, targets, spec)
+        return cls(intake, api, targets, spec, dict(links or {}), remote)
+
+    async def open_links(self, stack: AsyncExitStack) -> None:
+        """Open the links to topics on other nodes (each leaves ``stack`` when the run ends:
+        normally once the other node holds every event sent, durably) and route their
+        kinds to them.
+
+        Raises:
+            GatewayError: A node could not be reached within the gateway's connect timeout,
+                or refused the link.
+        """
+        opened = {}
+        for topic, link in self.links.items():
+            opened[topic] = await stack.enter_async_context(link)
+        routes = dict(self.intake.routes)
+        for kind, (event_type, topic, key) in self._remote_routes.items():
+            routes[kind] = Route(event_type, opened[topic], key)
+        self.intake.routes = routes
 
     # -- its part of an epoch ----------------------------------------------------------------
 
@@ -212,6 +246,7 @@ class HttpIntake:
         self.api.token = settings.token
         self._request_epoch = durable
         self.intake.admitted = self._until_durable if durable is not None else None
+        self.intake.durable = durable is not None
         host, port = settings.listen
         limits = HttpLimits(max_body=self.spec.max_body, max_connections=self.spec.max_connections)
         async with trio.open_nursery() as nursery:
@@ -257,6 +292,42 @@ class HttpIntake:
             await barrier.pause(INTAKE)
 
 
+class Building(Protocol):
+    """What :func:`make_intake` reads of a pipeline being built."""
+
+    @property
+    def plans(self) -> list[Any]: ...
+    @property
+    def produced(self) -> dict[str, TopicTally]: ...
+    def event_time(self) -> float: ...
+    def value_type(self, topic: str) -> Any: ...
+
+
+def make_intake(
+    topology: Topology,
+    registry: Registry,
+    topics: Mapping[str, Topic],
+    pipeline: Building,
+    node: Node | None,
+) -> HttpIntake | None:
+    """The HTTP intake that runs here, if one does: with the topology whole, when it has an
+    ``http`` section; on a node, when the node gives an ``api`` address. Its events carry
+    ``source`` numbers after the producer instances'."""
+    here = "" if node is None else node.placement.node
+    serving = api_nodes(topology)
+    if here not in serving:
+        return None
+    links = {}
+    if node is not None:
+        assert topology.http is not None
+        elsewhere = [t for t in dict.fromkeys(topology.http.routes.values()) if t not in topics]
+        links = node.intake_links(elsewhere, pipeline.value_type)
+    source = len(pipeline.plans) + serving.index(here)
+    return HttpIntake.make(
+        topology, registry, topics, source, pipeline.produced, pipeline.event_time, links
+    )
+
+
 class Served(Protocol):
     """What :func:`open_sinks` reads of a pipeline."""
 
@@ -277,10 +348,12 @@ class Served(Protocol):
 async def open_sinks(stack: AsyncExitStack, pipeline: Served) -> None:
     """Connect every sink among ``pipeline``'s processors for the run (each leaves
     ``stack`` when it ends); the first sink that can read events back answers the intake's
-    queries.
+    queries. Then open the intake's links to topics on other nodes (see
+    :meth:`HttpIntake.open_links`).
 
     Raises:
-        RingflowError: A sink cannot connect (its store is missing or refuses it).
+        RingflowError: A sink cannot connect (its store is missing or refuses it), or a node
+            the intake writes to cannot be reached.
     """
     topology, topics, value_types = pipeline.topology, pipeline.topics, pipeline.value_types
     state, intake, processors = pipeline.state_folder, pipeline.intake, pipeline.processors
@@ -298,3 +371,5 @@ async def open_sinks(stack: AsyncExitStack, pipeline: Served) -> None:
         await stack.enter_async_context(processor.opened(context))
         if intake is not None and intake.api.store is None and isinstance(processor, EventStore):
             intake.api.store = processor
+    if intake is not None:
+        await intake.open_links(stack)

@@ -8,9 +8,17 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
 from rich.markup import escape
 
-from topology import CheckpointError, Pipeline, Placement, TopologyError, parse_address
+from topology import (
+    CheckpointError,
+    Pipeline,
+    Placement,
+    TopologyError,
+    intake_settings,
+    parse_address,
+)
 
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -48,6 +56,10 @@ def node(args: argparse.Namespace) -> ExitCode:
         pipeline = Pipeline.build(
             topology, REGISTRY, seed=args.seed, events=args.events, placement=placement
         )
+        if pipeline.intake is not None:
+            pipeline.serving = intake_settings(topology, args.api, args.node)
+        elif args.api:
+            raise ValueError(f"--api: node {args.node} serves no API (it gives no 'api' address)")
     except (TopologyError, ValueError) as exc:
         return refuse(err, exc)
     name = f"{topology.name}-{args.node}"
@@ -68,6 +80,8 @@ def node(args: argparse.Namespace) -> ExitCode:
             f"that reaches it could read and write the topics; {hint}",
         )
     problem = cannot_listen(address)
+    if problem is None and pipeline.serving is not None:
+        problem = api_problem(pipeline, checkpoints is not None, str(args.topology))
     if problem is not None:
         return refuse(err, problem)
     here = topology.nodes[args.node]
@@ -91,6 +105,8 @@ def node(args: argparse.Namespace) -> ExitCode:
     )
     if isinstance(logging, ExitCode):
         return logging
+    if pipeline.intake is not None:
+        announce_api(out, err, pipeline, checkpoints is not None)
     return run_to_the_end(
         pipeline,
         checkpoints,
@@ -100,6 +116,40 @@ def node(args: argparse.Namespace) -> ExitCode:
         out=out,
         err=err,
         on_gateway_error=lambda message: err.print(f"gateway: {escape(message)}"),
+    )
+
+
+def api_problem(pipeline: Pipeline, checkpointed: bool, file: str) -> str | None:
+    """Why the API of a served pipeline cannot be served as asked, or None."""
+    assert pipeline.serving is not None
+    assert pipeline.topology.http is not None
+    host, port = pipeline.serving.listen
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    node = pipeline.placement is not None
+    problem = cannot_listen(address, "the API", "--api" if node else "--listen")
+    if problem is None and pipeline.topology.http.acks == "durable" and not checkpointed:
+        problem = (
+            f"{file}: $.http.acks: 'durable' answers a request once an epoch holds its "
+            "events, so it needs checkpoints: add a 'checkpoint' section or give --state"
+        )
+    return problem
+
+
+def announce_api(out: Console, err: Console, pipeline: Pipeline, checkpointed: bool) -> None:
+    """Say when requests are answered, and print where the API listens once it does, and
+    what a request's handler raises."""
+    intake = pipeline.intake
+    assert intake is not None
+    durable = intake.spec.durable(checkpointed)
+    where = "its epoch" if pipeline.node is None or not intake.links else "the topic's node's epoch"
+    out.print(
+        f"serving {escape(pipeline.topology.name)}: events are answered once "
+        + (f"{where} holds them (acks: durable)" if durable else "in their rings (acks: ring)")
+        + "; Ctrl-C or SIGTERM stops taking events, drains the rings and ends"
+    )
+    intake.on_listening = lambda url: out.print(f"listening on {url}")
+    intake.on_error = lambda exc: err.print(
+        escape(f"error: a request was answered 500: {type(exc).__name__}: {exc}")
     )
 
 
@@ -120,7 +170,7 @@ def peers_of(items: Sequence[str]) -> dict[str, str]:
     return peers
 
 
-def cannot_listen(address: str, what: str = "this node") -> str | None:
+def cannot_listen(address: str, what: str = "this node", option: str = "--listen") -> str | None:
     """Why ``what`` could not listen on ``address`` (HOST:PORT), or None if it can."""
     host, port = parse_address(address, any_port=True)  # checked already: 0 picks one
     try:
@@ -136,7 +186,7 @@ def cannot_listen(address: str, what: str = "this node") -> str | None:
                 why = (exc.strerror or str(exc)).lower()
                 return (
                     f"cannot listen on {address}: {why}; stop what listens there or give "
-                    f"{what} another address (--listen HOST:PORT)"
+                    f"{what} another address ({option} HOST:PORT)"
                 )
     return None
 
@@ -183,6 +233,13 @@ NODE = Command(
             "keep this node's checkpoints in DIR and resume from the newest one there (also "
             "turns checkpoints on when the file has no 'checkpoint' section; default folder: "
             "state/NAME-NODE)"
+        ),
+        option(
+            "--api",
+            metavar="HOST:PORT",
+            env="RINGFLOW_API",
+            help="serve the HTTP API here instead of at the node's 'api' address in the file "
+            "(nodes that give one; port 0 picks a free one; default: $RINGFLOW_API)",
         ),
         flag("--no-log", "do not log events to Redis"),
     ),

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 import attrs
-from rich.markup import escape
 
 from topology import CheckpointError, Pipeline, TopologyError, intake_settings
 
@@ -16,7 +15,7 @@ from ..live import LiveView
 from ..resume import open_checkpoints
 from ..run import REGISTRY, load_topology
 from .errors import refuse
-from .node import cannot_listen
+from .node import announce_api, api_problem
 from .options import Command, flag, option, report_option, state_option, topology_file
 from .report_file import ReportPathError, check_report_path
 from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
@@ -35,6 +34,15 @@ def serve(args: argparse.Namespace) -> ExitCode:
                 ],
                 str(args.topology),
             )
+        if topology.nodes:
+            raise TopologyError(
+                [
+                    "$.nodes: this topology is split into nodes; run each with 'ringflow node "
+                    f"{args.topology} --node NAME' (the nodes with an 'api' address serve "
+                    "the HTTP API)"
+                ],
+                str(args.topology),
+            )
         topology = attrs.evolve(topology, clock="real")
         settings = intake_settings(topology, args.listen)
         pipeline = Pipeline.build(topology, REGISTRY)
@@ -43,24 +51,14 @@ def serve(args: argparse.Namespace) -> ExitCode:
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
     except (TopologyError, CheckpointError, ReportPathError) as exc:
         return refuse(err, exc)
-    host, port = settings.listen
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    problem = cannot_listen(address, "the API")
+    pipeline.serving = settings
+    problem = api_problem(pipeline, checkpoints is not None, str(args.topology))
     if problem is not None:
         return refuse(err, problem)
-    spec = topology.http
-    assert spec is not None
-    if spec.acks == "durable" and checkpoints is None:
-        return refuse(
-            err,
-            f"{args.topology}: $.http.acks: 'durable' answers a request once an epoch holds "
-            "its events, so it needs checkpoints: add a 'checkpoint' section or give --state",
-        )
     out = make_console()
     folder = args.state or (
         checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
     )
-    pipeline.serving = settings
     pipeline.state_folder = folder
     warn_damaged(err, checkpoints)
     announce_checkpoints(out, pipeline, checkpoints, node=True)
@@ -76,17 +74,7 @@ def serve(args: argparse.Namespace) -> ExitCode:
     )
     if isinstance(logging, ExitCode):
         return logging
-    durable = spec.durable(checkpoints is not None)
-    out.print(
-        f"serving {topology.name}: events are answered once "
-        + ("an epoch holds them (acks: durable)" if durable else "in their rings (acks: ring)")
-        + "; Ctrl-C or SIGTERM stops taking events, drains the rings and ends"
-    )
-    assert pipeline.intake is not None
-    pipeline.intake.on_listening = lambda url: out.print(f"listening on {url}")
-    pipeline.intake.on_error = lambda exc: err.print(
-        escape(f"error: a request was answered 500: {type(exc).__name__}: {exc}")
-    )
+    announce_api(out, err, pipeline, checkpoints is not None)
     return run_to_the_end(
         pipeline,
         checkpoints,

@@ -31,7 +31,9 @@ def validate(args: argparse.Namespace) -> ExitCode:
     )
     if topology.http is not None:
         kinds = len(topology.http.routes)
-        counts += f"; an HTTP API taking {_count(kinds, 'event kind')} (ringflow serve)"
+        serving = [name for name, node in topology.nodes.items() if node.api]
+        how = f"on nodes {', '.join(serving)}" if serving else "ringflow serve"
+        counts += f"; an HTTP API taking {_count(kinds, 'event kind')} ({how})"
     make_console().print(
         f"{escape(str(args.topology))}: valid topology {topology.name!r}: {counts}"
     )
