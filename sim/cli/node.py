@@ -93,6 +93,7 @@ def node(args: argparse.Namespace) -> ExitCode:
     )
     announce_checkpoints(out, pipeline, checkpoints, node=True)
     folder = checkpoints.store.path.parent if checkpoints else Path("state") / name
+    pipeline.state_folder = folder  # where sinks keep embedded stores
     logging = open_logging(
         topology,
         args.no_log,
