@@ -77,6 +77,8 @@ class EventsApi:
     accepting: bool = True
     """False once the service is stopping: events are refused with 503."""
     store: EventStore | None = None
+    stored_elsewhere: str | None = None
+    """Where events are read back when not here (the nodes that store them), for the 404."""
     """Where events are read back from; None: ``GET /events`` and ``GET /stats`` are 404."""
     title: str = "events"
     """The API's name in its OpenAPI document (the topology's name)."""
@@ -172,8 +174,12 @@ class EventsApi:
 
     async def _read(self, request: Request, path: str) -> Response:
         if self.store is None:
+            where = self.stored_elsewhere
             return Response.error(
-                404, "events are not stored where they can be read back (no sink reads them)"
+                404,
+                f"events are not stored on this node: read them back from {where}"
+                if where
+                else "events are not stored where they can be read back (no sink reads them)",
             )
         try:
             if path == "/stats":

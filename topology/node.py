@@ -313,16 +313,24 @@ class Node:
             states["gateway", "state"] = GatewayState(self.gateway)
         return states
 
-    def hold_back(self, topics: Iterable[Topic], epoch: Callable[[], Awaitable[object]]) -> None:
+    def hold_back(
+        self,
+        topics: Iterable[Topic],
+        epoch: Callable[[], Awaitable[object]],
+        soon: Callable[[], None] | None = None,
+    ) -> None:
         """Let other nodes see only what an epoch holds: a restart from it never rewrites an
         offset they saw, and producers keep their records until it holds them. Producers
         here keep their connections to other nodes open after their finish until an epoch
         (asked of ``epoch``) holds it, so that a restart of this node from before the
-        finish finds those nodes still there."""
+        finish finds those nodes still there. When APIs on other nodes write here, records
+        they send ask for an epoch ``soon``: their answers wait for one."""
         for link in self.links.values():
             link.keep_finish = functools.partial(_keep_finish, epoch)
         assert self.gateway is not None
         self.gateway.durable_only = True
+        if self.topology.http is not None:
+            self.gateway.on_accepted = soon
         if not kept("hold_back"):
             return
         for topic in topics:

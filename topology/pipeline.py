@@ -471,7 +471,8 @@ class Pipeline:
         self.wall_started = time.perf_counter()
         self._barrier.start([*self.sources, *([INTAKE] if self.intake is not None else [])])
         if checkpoints is not None and self.node is not None:
-            self.node.hold_back(self.topics.values(), self._checkpointer.epoch)
+            epochs = self._checkpointer
+            self.node.hold_back(self.topics.values(), epochs.epoch, epochs.soon)
         self._checkpointing = checkpoints is not None
         try:
             async with AsyncExitStack() as stack:

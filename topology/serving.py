@@ -323,9 +323,25 @@ def make_intake(
         elsewhere = [t for t in dict.fromkeys(topology.http.routes.values()) if t not in topics]
         links = node.intake_links(elsewhere, pipeline.value_type)
     source = len(pipeline.plans) + serving.index(here)
-    return HttpIntake.make(
+    intake = HttpIntake.make(
         topology, registry, topics, source, pipeline.produced, pipeline.event_time, links
     )
+    if node is not None:
+        intake.api.stored_elsewhere = _stored_on(topology, registry)
+    return intake
+
+
+def _stored_on(topology: Topology, registry: Registry) -> str | None:
+    # The APIs of the nodes whose sinks can read events back.
+    apis = []
+    for node, spec in topology.nodes.items():
+        for consumer in spec.consumers:
+            kind = registry.processors[topology.consumers[consumer].processor]
+            made = kind.make(registry.processor_params(topology, consumer))  # opens nothing
+            if isinstance(made, EventStore) and spec.api:
+                apis.append(f"the API of node {node} ({spec.api})")
+                break
+    return " or ".join(apis) or None
 
 
 class Served(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any, Protocol
 
 import attrs
@@ -33,6 +33,11 @@ class Settings(Protocol):
     def linger(self) -> float:
         """Seconds a node whose work is done waits for a peer that may not have had its last
         answer."""
+        ...
+
+    @property
+    def on_accepted(self) -> Callable[[], None] | None:
+        """Called when a remote producer's records are accepted into a ring."""
         ...
 
     @property

@@ -242,11 +242,13 @@ class ProducerEndpoint:
                         if problem is not None:
                             raise Refusal(MALFORMED, problem)
                         try:
-                            await partitions[frame.partition].send_sequenced(
+                            accepted = await partitions[frame.partition].send_sequenced(
                                 columns, name, frame.sequence
                             )
                         except RingflowError as exc:
                             raise Refusal(MALFORMED, str(exc)) from None
+                        if accepted and self.settings.on_accepted is not None:
+                            self.settings.on_accepted()
                         signal.set()
                     elif isinstance(frame, Finish):
                         try:

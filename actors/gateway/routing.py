@@ -129,6 +129,9 @@ class Gateway:
     agreement: Mapping[str, str] = attrs.field(factory=dict)
     summary_type: Any = Any
     network: Network = TCP
+    on_accepted: Callable[[], None] | None = None
+    """Called when a remote producer's records are accepted into a ring (to ask for an
+    epoch soon, so that its window says they are durable without waiting for the timer)."""
     _frames: FrameReader = attrs.field(init=False)
     _producers: ProducerEndpoint = attrs.field(init=False)
     _members: MemberEndpoint = attrs.field(init=False)

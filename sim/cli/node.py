@@ -142,11 +142,17 @@ def announce_api(out: Console, err: Console, pipeline: Pipeline, checkpointed: b
     intake = pipeline.intake
     assert intake is not None
     durable = intake.spec.durable(checkpointed)
-    where = "its epoch" if pipeline.node is None or not intake.links else "the topic's node's epoch"
+    where = "an epoch" if not intake.links else "an epoch of their topic's node"
+    if pipeline.node is None:
+        stop = "stops taking events, drains the rings and ends"
+    elif not pipeline.topics:
+        stop = "stops taking events, waits until the topics' nodes hold what it sent, and ends"
+    else:
+        stop = "writes a final epoch and stops (the same command carries on from it)"
     out.print(
         f"serving {escape(pipeline.topology.name)}: events are answered once "
         + (f"{where} holds them (acks: durable)" if durable else "in their rings (acks: ring)")
-        + "; Ctrl-C or SIGTERM stops taking events, drains the rings and ends"
+        + f"; Ctrl-C or SIGTERM {stop}"
     )
     intake.on_listening = lambda url: out.print(f"listening on {url}")
     intake.on_error = lambda exc: err.print(
