@@ -27,8 +27,10 @@ class LiveView:
             TimeElapsedColumn(),
             console=console,
         )
-        self.produced = self.progress.add_task("produced", total=pipeline.events_planned, detail="")
-        self.consumed = self.progress.add_task("consumed", total=pipeline.events_planned, detail="")
+        # A served pipeline takes events until stopped: no total to count towards.
+        total = None if pipeline.intake is not None else pipeline.events_planned
+        self.produced = self.progress.add_task("produced", total=total, detail="")
+        self.consumed = self.progress.add_task("consumed", total=total, detail="")
         self.live = Live(console=console, refresh_per_second=4, transient=False)
         self._last = (time.perf_counter(), 0)
 
@@ -47,10 +49,14 @@ class LiveView:
         then, before = self._last
         rate = (consumed - before) / (wall - then) if wall > then else 0.0
         self._last = (wall, consumed)
-        sim = now - pipeline.origin  # the run's simulated time, continuous across resumes
-        self.progress.update(
-            self.produced, completed=pipeline.events_produced, detail=f"t={sim:,.1f}s simulated"
-        )
+        if pipeline.intake is not None:
+            taken = pipeline.intake.intake.statistics()
+            refused = sum(taken.refused.values())
+            detail = f"{taken.requests_accepted:,} requests accepted, {refused:,} refused"
+        else:
+            sim = now - pipeline.origin  # the run's simulated time, continuous across resumes
+            detail = f"t={sim:,.1f}s simulated"
+        self.progress.update(self.produced, completed=pipeline.events_produced, detail=detail)
         self.progress.update(
             self.consumed,
             completed=consumed,

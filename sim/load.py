@@ -161,10 +161,21 @@ class HttpConnection:
             f"content-length: {len(body)}\r\n{head}\r\n"
         ).encode("latin-1") + body
         try:
-            await stream.send_all(data)
+            sent: trio.BrokenResourceError | None = None
+            try:
+                await stream.send_all(data)
+            except trio.BrokenResourceError as exc:
+                sent = exc  # the server may have answered first (413 before the body): read it
             while True:
-                received = await stream.receive_some(65536)
+                try:
+                    received = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    if sent is None:
+                        raise
+                    received = b""
                 if not received:
+                    if sent is not None:
+                        raise sent
                     raise OSError("the server closed the connection")
                 try:
                     answer.parser.feed_data(received)

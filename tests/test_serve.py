@@ -4,6 +4,7 @@ graceful stops and resumes, the ClickHouse sink (a real chdb engine) and ``ringf
 from __future__ import annotations
 
 import fcntl
+import io
 import itertools
 import json
 import signal
@@ -20,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 import yaml
+from rich.console import Console
 
 from actors import (
     ConsumerGroup,
@@ -35,6 +37,7 @@ from actors import (
 from sim.bench_http import serve_in_child, stop
 from sim.cli.ringflow import main
 from sim.events import Playback
+from sim.live import LiveView
 from sim.load import HttpConnection, LoadError, LoadSettings, run_load
 from sim.resume import open_checkpoints
 from sim.run import REGISTRY
@@ -661,3 +664,29 @@ async def test_empty_compressed_and_huge_refusals_say_what_to_do() -> None:
         assert status == 422
         assert len(refused["error"]) < 1_000
     assert running.events_produced == 0
+
+
+async def test_a_client_sending_a_body_too_large_reads_the_413_sent_before_it() -> None:
+    data = {**UGC, "http": {**UGC["http"], "max_body": 1024}}
+    pipeline = Pipeline.build(topology_of(data), REGISTRY)
+    async with served(pipeline) as (api, _):
+        body = json.dumps([click(u) for u in range(50_000)]).encode()  # megabytes
+        status, _, said = await api.request("POST", "/events", body, JSON)
+        assert status == 413, said
+        status, _ = await post(api, "/events", click(1))  # a new connection: it goes on
+        assert status == 202
+
+
+async def test_the_live_view_of_a_served_pipeline_counts_requests_not_simulated_time() -> None:
+    pipeline = Pipeline.build(topology_of(UGC), REGISTRY)
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    async with served(pipeline) as (api, running):
+        view = LiveView(console, running)
+        assert (await post(api, "/events", [click(1), click(2)]))[0] == 202
+        assert (await post(api, "/events", {"type": "nothing"}))[0] == 422
+        view.refresh(running, trio.current_time())
+        console.print(view.progress)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "1 requests accepted, 1 refused" in shown
+    assert "simulated" not in shown
+    assert "2/?" in shown

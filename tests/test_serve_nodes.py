@@ -17,6 +17,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 import yaml
 
 from actors import Columns, Gateway, RemoteTopic, Topic, admit_sized, open_remote_topic
@@ -27,7 +28,17 @@ from sim.resume import open_checkpoints
 from sim.run import REGISTRY
 from tests.test_serve import click, playback, post, rows
 from tests.test_split import KILL_SEED, free_ports
-from topology import IntakeSettings, Pipeline, Placement, Topology, TopologyError
+from topology import (
+    CheckpointSettings,
+    CheckpointStore,
+    IntakeSettings,
+    Pipeline,
+    Placement,
+    Snapshot,
+    Topology,
+    TopologyError,
+)
+from topology.epochs import Barrier, Checkpointer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -100,6 +111,20 @@ def test_serve_refuses_a_split_topology_and_node_refuses_an_api_where_none_is_se
     assert "on nodes broker, edge" in capsys.readouterr().out
 
 
+def test_an_edge_whose_broker_never_comes_stops_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = split_ugc()
+    data["gateway"] = {"connect_timeout": 0.5}
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(data))
+    command = ["node", str(path), "--node", "edge", "--state", str(tmp_path / "edge")]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach ws://{data['nodes']['broker']['listen']}/node" in err
+    assert "Traceback" not in err
+
+
 # -- admission into remote partitions ---------------------------------------------------------
 
 
@@ -164,6 +189,38 @@ async def test_a_producer_that_makes_new_records_numbers_them_after_what_the_nod
         async with open_remote_topic(url, "far", "api") as again:
             await again.partitions[0].send(Columns([0], ["0-0"], [0.0]))
         assert far.partitions[0].end_offset == 10
+
+
+async def test_an_epoch_asked_for_soon_is_taken_at_once_and_rests_as_long_as_it_took(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = CheckpointStore.open(tmp_path, "f" * 64)
+    captured: list[float] = []
+
+    def capture(final: bool) -> tuple[Snapshot, None]:
+        captured.append(trio.current_time())
+        return Snapshot(0.0, 0, 0, {}, final), None
+
+    async def slow_write() -> None:
+        await trio.sleep(0.1)  # every epoch takes 0.1 s to write
+
+    actor = Checkpointer(Barrier(), capture, lambda _: None, lambda: 0)
+    actor.before_write = lambda: slow_write
+    settings = CheckpointSettings(store, every=10.0, in_thread=False)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.serve, store)
+        nursery.start_soon(actor.periodic, settings, False)
+        await trio.sleep(1.0)
+        actor.soon()  # at 1.0: taken at once
+        await trio.sleep(0.05)
+        actor.soon()  # while it is written: the next one, after a rest of 0.1 s
+        actor.soon()
+        await trio.sleep(5.0)
+        nursery.cancel_scope.cancel()
+    assert actor.statistics().epochs_written == 2
+    assert [round(t - start, 6) for t in captured] == [1.0, 1.2]
+    store.close()
 
 
 # -- an edge node and a broker node in one process ---------------------------------------------

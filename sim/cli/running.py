@@ -11,7 +11,7 @@ import attrs
 from rich.console import Console
 from rich.markup import escape
 
-from actors import DISAGREEMENT, RingflowError, redact
+from actors import DISAGREEMENT, GatewayError, RingflowError, redact
 from topology import CheckpointSettings, Pipeline, Topology
 
 from .. import run as engine
@@ -128,6 +128,10 @@ def open_logging(
     return Logging(settings, server)
 
 
+SAME_EVERYWHERE = "give every node the same topology file, --seed and --events"
+"""What to do when nodes disagree."""
+
+
 def run_to_the_end(
     pipeline: Pipeline,
     checkpoints: CheckpointSettings | None,
@@ -169,10 +173,15 @@ def run_to_the_end(
         )
     except RingflowError as exc:  # Redis unreachable at start, configured to fail
         return refuse(err, exc)
-    except ExceptionGroup as group:  # a sink that cannot connect, from inside the run
+    except ExceptionGroup as group:  # a sink or a link that cannot connect, from the run
         refused = _refusal(group)
         if refused is None:
             raise
+        if isinstance(refused, GatewayError) and refused.code == DISAGREEMENT:
+            return refuse(err, f"{refused}; {SAME_EVERYWHERE}")
+        if isinstance(refused, GatewayError):  # a peer away or refusing, as for producers
+            err.print(escape(str(refused)))
+            return ExitCode.FAILED
         return refuse(err, refused)
     finally:
         if view is not None:
@@ -181,9 +190,7 @@ def run_to_the_end(
         if logging.server is not None:
             logging.server.stop()
     if result.refused is not None and result.refused.code == DISAGREEMENT:
-        return refuse(
-            err, f"{result.refused}; give every node the same topology file, --seed and --events"
-        )
+        return refuse(err, f"{result.refused}; {SAME_EVERYWHERE}")
     report = result.report
     saved, problem = save_report(report, report_path, checkpoints, name)
     print_summary(out, report, saved, problem)
