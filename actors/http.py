@@ -41,6 +41,7 @@ REASONS = {
     408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
+    414: "URI Too Long",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
     429: "Too Many Requests",
@@ -48,8 +49,11 @@ REASONS = {
     500: "Internal Server Error",
     501: "Not Implemented",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
+_REQUEST_LINE = re.compile(rb"(?:^|\n)[A-Z][A-Z-]* \S+ HTTP/1\.[01]\r?\n")
+"""A request line, whatever its method."""
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
@@ -182,6 +186,13 @@ class _Reader:
             if not isinstance(refusal, _Refused):
                 raise
             self._refuse(refusal.args[0])
+        except httptools.HttpParserInvalidMethodError as error:
+            if _REQUEST_LINE.search(data):  # a request of a method llhttp does not know
+                self._refuse(
+                    Response.error(501, "the request's method is not one this server knows")
+                )
+            else:
+                self._refuse(Response.error(400, f"malformed request: {error}"))
         except httptools.HttpParserError as error:
             message = str(error)[:200] or type(error).__name__
             self._refuse(Response.error(400, f"malformed request: {message}"))
@@ -218,6 +229,8 @@ class _Reader:
         self._target, self._headers, self._body = b"", {}, bytearray()
 
     def on_url(self, url: bytes) -> None:
+        if self.head_size + len(url) > self.limits.max_header:
+            raise _Refused(Response.error(414, "the request target is too long"))
         self._grow_head(len(url))
         self._target += url
 
@@ -241,6 +254,8 @@ class _Reader:
         except (ValueError, UnicodeDecodeError):
             raise _Refused(Response.error(400, "malformed request target")) from None
         headers, parser = self._headers, self.parser
+        if parser.get_http_version() not in ("1.0", "1.1"):
+            raise _Refused(Response.error(505, "this server speaks HTTP/1.1 and HTTP/1.0 only"))
         if "host" not in headers and parser.get_http_version() == "1.1":
             raise _Refused(Response.error(400, "an HTTP/1.1 request needs a Host header"))
         coding = headers.get("transfer-encoding")

@@ -489,3 +489,17 @@ async def test_an_http_1_0_client_is_not_asked_to_continue(
     answer = await client.raw(b"")
     assert answer.startswith(b"HTTP/1.1 408 ")  # not 100 first: the body never came
     await closed.wait()
+
+
+async def test_a_long_target_an_unknown_method_and_another_version_get_their_statuses(
+    nursery: trio.Nursery, connect: Connect
+) -> None:
+    server = await started(nursery, limits=HttpLimits(max_header=1024))
+    for request, status in (
+        (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nhost: t\r\n\r\n", b"414"),
+        (b"BREW / HTTP/1.1\r\nhost: t\r\n\r\n", b"501"),
+        (b"GET / HTTP/2.0\r\nhost: t\r\n\r\n", b"505"),
+    ):
+        client = await connect(server)
+        answer = await client.raw(request)
+        assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
