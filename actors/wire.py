@@ -38,6 +38,7 @@ NOT_FOUND = 4004
 SHUTTING_DOWN = 4005
 DISAGREEMENT = 4006
 IDLE_MEMBER = 4007
+DUPLICATE = 4008
 CLOSE_CODES = {
     UNAUTHORIZED: "missing or wrong token",
     INCOMPATIBLE: "the peer speaks another protocol version",
@@ -46,6 +47,7 @@ CLOSE_CODES = {
     SHUTTING_DOWN: "the node is stopping",
     DISAGREEMENT: "the nodes run different topologies, seeds or numbers of events",
     IDLE_MEMBER: "a group member asked for nothing for a session timeout: it lost its partitions",
+    DUPLICATE: "another connection of the same producer is open: each node runs once",
 }
 """ringflow's close codes and what they mean; the close reason adds the details."""
 

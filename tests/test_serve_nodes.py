@@ -20,7 +20,16 @@ import trio
 import trio.testing
 import yaml
 
-from actors import Columns, Gateway, RemoteTopic, Topic, admit_sized, open_remote_topic
+from actors import (
+    Columns,
+    Gateway,
+    GatewayError,
+    RemoteTopic,
+    Topic,
+    admit_sized,
+    open_remote_topic,
+)
+from actors.wire import DUPLICATE
 from sim.cli.ringflow import main
 from sim.load import HttpConnection
 from sim.redis_server import parent_death_hook
@@ -221,6 +230,23 @@ async def test_an_epoch_asked_for_soon_is_taken_at_once_and_rests_as_long_as_it_
     assert actor.statistics().epochs_written == 2
     assert [round(t - start, 6) for t in captured] == [1.0, 1.2]
     store.close()
+
+
+async def test_a_second_process_running_as_the_same_producer_is_refused() -> None:
+    far = Topic("far", partitions=1, capacity=100)
+    async with (
+        gateway_with(far) as url,
+        open_remote_topic(url, "far", "api", adopt=True, finish=False),
+    ):
+        with pytest.raises(GatewayError, match="connected already") as refused:
+            async with open_remote_topic(url, "far", "api", adopt=True, finish=False):
+                pass
+        assert refused.value.code == DUPLICATE
+    # Once the first has gone, the producer connects again.
+    async with gateway_with(far) as url:
+        for _ in range(2):
+            async with open_remote_topic(url, "far", "api", adopt=True, finish=False):
+                pass
 
 
 # -- an edge node and a broker node in one process ---------------------------------------------

@@ -15,6 +15,7 @@ from ..nursery import open_nursery
 from ..partition import Partition
 from ..topic import Topic
 from ..wire import (
+    DUPLICATE,
     ENCODER,
     MALFORMED,
     PROTOCOL,
@@ -28,10 +29,14 @@ from ..wire import (
     batch_problem,
     frame_columns,
 )
-from .endpoint import ABNORMAL, FrameReader, Owed, Refusal, Settings, Signal
+from .endpoint import ABNORMAL, FrameReader, Owed, Refusal, Settings, Signal, peer
 
 WINDOW_LINGER = 0.002
 """Seconds between windows to one producer: one window for many batches under load."""
+
+STILL_THERE = 2.0
+"""Seconds a producer's open connection has to answer a ping when the same producer connects
+again: one that answers is another process running as the same node."""
 
 
 @attrs.frozen
@@ -90,6 +95,8 @@ class ProducerEndpoint:
     _finish_waiters: dict[tuple[str, str], trio.Event] = attrs.field(init=False, factory=dict)
     _producing: int = attrs.field(init=False, default=0)
     _durable_finishes: set[tuple[str, str]] = attrs.field(init=False, factory=set)
+    _open: dict[tuple[str, str], WebSocketConnection] = attrs.field(init=False, factory=dict)
+    """By (topic, producer), the connection each producer is served on now."""
 
     # -- producers that must finish ----------------------------------------------------------
 
@@ -190,6 +197,7 @@ class ProducerEndpoint:
         """
         name = hello.name
         partitions = topic.partitions
+        await self._only_one(ws, topic.name, name)
         owed = ("produce", topic.name, name)
         owed_before = self.owed.owes(owed)
         welcome = Welcome(
@@ -276,6 +284,31 @@ class ProducerEndpoint:
                 self.owed.owe(owed, self.settings.linger)
             self._watchers.discard(signal)
             self._producing -= 1
+            if self._open.get((topic.name, name)) is ws:
+                del self._open[topic.name, name]
+
+    async def _only_one(self, ws: WebSocketConnection, topic: str, name: str) -> None:
+        # A producer numbers its records: two processes numbering as one would have records
+        # of one taken for the other's. A connection still open for the producer is one it
+        # left behind (it is reconnecting) unless it answers a ping.
+        old = self._open.get((topic, name))
+        if old is not None:
+            alive = False
+            with trio.move_on_after(STILL_THERE):
+                try:
+                    await old.ping()
+                    alive = True
+                except (ConnectionClosed, trio.BrokenResourceError, ValueError):
+                    pass
+            if alive and self._open.get((topic, name)) is old:
+                raise Refusal(
+                    DUPLICATE,
+                    f"producer {name!r} of topic {topic!r} is connected already (from "
+                    f"{peer(old)}): is the same node running twice?",
+                )
+            with trio.move_on_after(STILL_THERE):
+                await old.aclose()
+        self._open[topic, name] = ws
 
 
 def _closed_by_peer(exc: ConnectionClosed) -> bool:
