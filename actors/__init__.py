@@ -103,6 +103,7 @@ from .topic import admit_all as admit_all
 from .topic import admit_sized as admit_sized
 from .wire import CLOSE_CODES as CLOSE_CODES
 from .wire import DISAGREEMENT as DISAGREEMENT
+from .wire import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE
 from .wire import batch_frame as batch_frame
 from .wire import decoder as decoder
 from .wire import frame_columns as frame_columns

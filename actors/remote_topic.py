@@ -31,6 +31,7 @@ from .retry import Backoff
 from .topic import Topic
 from .wire import (
     ENCODER,
+    MAX_MESSAGE_SIZE,
     PROTOCOL,
     SOFTWARE,
     Finish,
@@ -41,6 +42,9 @@ from .wire import (
     batch_frame,
     decoder,
 )
+
+FRAMING = 1024
+"""Bytes a message's frame may add to the batch in it, at most."""
 
 
 @attrs.frozen
@@ -243,6 +247,9 @@ class RemoteTopic:
     """What the nodes of one topology must agree on, sent with the hello."""
     network: Network = TCP
     """What connections to the node go over."""
+    max_message_size: int = MAX_MESSAGE_SIZE
+    """The largest message the node takes (its ``gateway.max_message_size``): batches that
+    would encode larger go as several messages."""
     adopt: bool = False
     """Whether a producer makes new records, never the same ones again: then, when the node
     has more of its records than it has numbered (it was restarted without its state, or
@@ -332,10 +339,23 @@ class RemoteTopic:
         if ws is None:
             return  # kept; sent when the connection is back
         try:
-            await ws.send_message(batch_frame(index, sequence, columns))
+            for frame in self._frames(index, sequence, columns):
+                await ws.send_message(frame)
         except ConnectionClosed:
             if self._ws is ws:
                 self._ws = None
+
+    def _frames(self, index: int, sequence: int, columns: Columns) -> list[bytes]:
+        # The batch as one message, or halves of it (and so on) where one would be too
+        # large for the node: a message over its limit would close the connection each
+        # time it is sent again.
+        frame = batch_frame(index, sequence, columns)
+        if len(frame) <= self.max_message_size - FRAMING or len(columns) < 2:
+            return [frame]
+        half = len(columns) // 2
+        first = Columns(columns.keys[:half], columns.values[:half], columns.timestamps[:half])
+        rest = Columns(columns.keys[half:], columns.values[half:], columns.timestamps[half:])
+        return [*self._frames(index, sequence, first), *self._frames(index, sequence + half, rest)]
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         decode = decoder(self.value_type)
@@ -387,7 +407,8 @@ class RemoteTopic:
                     index = partition.index
                     for sequence, columns in list(partition._retained):
                         if sequence + len(columns) > self._sent[index]:
-                            await ws.send_message(batch_frame(index, sequence, columns))
+                            for frame in self._frames(index, sequence, columns):
+                                await ws.send_message(frame)
                             self._sent[index] = sequence + len(columns)
         except ConnectionClosed:
             return  # the receiving side sees it too, and connects again
@@ -439,7 +460,8 @@ class RemoteTopic:
                 index = partition.index
                 pending = [(s, c) for s, c in partition._retained if s + len(c) > sent[index]]
                 for sequence, columns in pending:
-                    await ws.send_message(batch_frame(index, sequence, columns))
+                    for frame in self._frames(index, sequence, columns):
+                        await ws.send_message(frame)
                     sent[index] = sequence + len(columns)
                     progressed = True
 
@@ -486,6 +508,7 @@ async def open_remote_topic(
     keep_finish: Callable[[], Awaitable[object]] | None = None,
     finish: bool = True,
     adopt: bool = False,
+    max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> AsyncIterator[RemoteTopic]:
     """Connect to ``topic`` on the gateway at ``url`` (``ws://host:port/node``) as ``producer``.
 
@@ -509,13 +532,23 @@ async def open_remote_topic(
             producer may come back (an HTTP API stopped for a while), and the topic stays
             open for it.
         adopt: See :attr:`RemoteTopic.adopt`.
+        max_message_size: See :attr:`RemoteTopic.max_message_size`.
 
     Raises:
         GatewayError: The node could not be reached within ``give_up`` seconds, or refused
             the connection (wrong token, another protocol version, a disagreement).
     """
     remote = RemoteTopic(
-        url, topic, producer, token, value_type, give_up, dict(agreement or {}), network, adopt
+        url,
+        topic,
+        producer,
+        token,
+        value_type,
+        give_up,
+        dict(agreement or {}),
+        network,
+        max_message_size,
+        adopt,
     )
     if restore is not None:
         remote.restore(restore)

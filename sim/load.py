@@ -332,13 +332,13 @@ async def run_load(
                     await connection.close()
                     continue
                 except OSError as exc:
-                    # The server closed or broke the connection (a refusal it closes after,
-                    # such as 413, comes while the body is still being sent).
+                    # The server closed or broke the connection.
                     said = exc.strerror if isinstance(exc, OSError) else None
                     errors[f"connection: {said or exc}"[:80]] += 1
                     continue
+                finally:  # the rate is over the whole run, failures included
+                    finished = max(finished, trio.current_time())
                 now = trio.current_time()
-                finished = max(finished, now)
                 latencies[number] = now - due
                 answered += 1
                 statuses[str(status)] += 1

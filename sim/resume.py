@@ -3,9 +3,11 @@ epoch there (at the start of a run, and on every rollback)."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from topology import CheckpointError, CheckpointSettings, CheckpointSpec, CheckpointStore, Pipeline
 
@@ -42,9 +44,14 @@ def open_checkpoints(
         folder = state or (
             Path(spec.path) / node if spec.path else Path("state") / f"{name}-{node}"
         )
-    store = CheckpointStore.open(
+    store = CheckpointStore.open(  # checks the folder first: a refused one is left as it is
         folder, pipeline.fingerprint, keep=spec.keep, name=pipeline.topology.name
     )
+    try:
+        hold(folder)
+    except CheckpointError:
+        store.close()
+        raise
     settings = CheckpointSettings(
         store,
         every=spec.every,
@@ -57,6 +64,52 @@ def open_checkpoints(
         store.close()
         raise
     return settings, restored or pipeline
+
+
+_HELD: dict[Path, IO[str]] = {}
+"""The state folders this process holds, with their locked files."""
+
+
+def hold(folder: Path) -> None:
+    """Take ``folder`` for this process until :func:`let_go` (or the process ends): two
+    processes writing epochs to one folder would interleave them, and each would stop the
+    other's embedded Redis as stale.
+
+    Raises:
+        CheckpointError: Another process holds it, or it cannot be created.
+    """
+    key = folder.resolve()
+    if key in _HELD:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / "lock", "a+")  # noqa: SIM115 - held until let go
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot use the state folder {folder}: {exc.strerror or exc}"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip()
+        handle.close()
+        raise CheckpointError(
+            f"the state folder {folder} is in use by another ringflow process"
+            + (f" (pid {pid})" if pid else "")
+            + ": stop it, or give this one another --state"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = handle
+
+
+def let_go(folder: Path) -> None:
+    """Release a folder :func:`hold` took (nothing if this process does not hold it)."""
+    handle = _HELD.pop(folder.resolve(), None)
+    if handle is not None:
+        handle.close()
 
 
 def rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:

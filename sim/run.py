@@ -61,7 +61,7 @@ from .report import (
     Status,
     build_report,
 )
-from .resume import rebuild
+from .resume import let_go, rebuild
 from .stall import watch_progress
 from .workloads import WORKLOADS
 
@@ -182,6 +182,7 @@ def run_pipeline(
     finally:
         if checkpoints is not None:
             checkpoints.store.close()
+            let_go(checkpoints.store.path.parent)
     return RunResult(report, run.pipeline, run.refused)
 
 

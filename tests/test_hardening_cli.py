@@ -19,6 +19,7 @@ from actors import RecordBatch
 from sim.cli import build_parser, main
 from sim.cli.summary import print_summary
 from sim.report import Report
+from sim.resume import hold, let_go
 from sim.workloads import VideoEvent
 from tests.test_split import run_nodes, split_data
 from topology import ConsumerTally, Topology
@@ -583,3 +584,25 @@ def test_messages_of_the_lower_layers_get_the_flag_that_sets_their_setting(
         "$.nodes: the topology has no nodes, so no part of it runs as a node; run it whole "
         "with 'ringflow run'"
     )
+
+
+def test_a_state_folder_another_process_holds_is_refused_and_free_once_let_go(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(GOOD)
+    state = tmp_path / "state"
+    command = [sys.executable, "-m", "sim", "run", str(path), "--state", str(state)]
+    command += ["--no-log", "--quiet", "--no-chart", "--report", str(tmp_path / "r.json")]
+    hold(state)  # as a run in this process would, while it runs
+    try:
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        let_go(state)
+    assert refused.returncode == 2
+    assert f"the state folder {state} is in use by another ringflow process (pid " in (
+        refused.stderr
+    )
+    assert not (tmp_path / "r.json").exists()
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr

@@ -522,6 +522,40 @@ async def test_the_load_generator_reports_a_stalled_server_from_the_intended_sen
     assert result.errors == {}
 
 
+async def test_the_load_generator_counts_its_rate_over_the_whole_run_when_a_server_stops() -> None:
+    """A server that stops after ten answers: the rest of the run's requests fail, and the
+    rate of 202s is over the whole run, not up to the last answer."""
+    answered = 0
+    stopped = trio.Event()
+
+    async def ten(request: Request) -> Response:
+        nonlocal answered
+        if request.method != "POST":  # the load generator asks /health first
+            return Response.json(200, {"status": "ok"})
+        answered += 1
+        if answered > 10:  # the eleventh is never answered: the server stops
+            stopped.set()
+            await trio.sleep_forever()
+        return Response.json(202, {"accepted": 1})
+
+    async with trio.open_nursery() as nursery:
+
+        async def serve_until_ten(*, task_status: trio.TaskStatus[int]) -> None:
+            async with trio.open_nursery() as serving:
+                server = await serving.start(serve_http, ten, "127.0.0.1", 0)
+                task_status.started(server.port)
+                await stopped.wait()
+                serving.cancel_scope.cancel()
+
+        port = await nursery.start(serve_until_ten)
+        settings = LoadSettings(f"http://127.0.0.1:{port}", rps=100, duration=1.0, connections=1)
+        result = await run_load(settings)
+    assert result.statuses == {"202": 10}
+    assert sum(result.errors.values()) == 90
+    assert result.duration_s > 0.8
+    assert result.achieved_rps < 15
+
+
 # -- ringflow serve as a process -------------------------------------------------------------
 
 

@@ -106,6 +106,19 @@ def test_the_api_runs_on_the_nodes_that_give_an_address_and_only_with_an_http_se
     assert any(p.startswith("$.nodes.edge.api") for p in problems_of(data))
 
 
+def test_an_edge_takes_bodies_of_at_most_half_the_largest_message_its_broker_takes() -> None:
+    data = split_ugc()
+    data["gateway"] = {"max_message_size": 1 << 20}
+    topology = Topology.from_dict(data)
+    edge = Pipeline.build(topology, REGISTRY, placement=Placement("edge"))
+    assert edge.intake is not None
+    assert edge.intake.max_body == 1 << 19  # http.max_body is 1 MiB
+    data["nodes"]["broker"]["api"] = "127.0.0.1:0"  # its routes go to its own rings
+    broker = Pipeline.build(Topology.from_dict(data), REGISTRY, placement=Placement("broker"))
+    assert broker.intake is not None
+    assert broker.intake.max_body == 1 << 20
+
+
 def test_serve_refuses_a_split_topology_and_node_refuses_an_api_where_none_is_served(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -138,8 +151,8 @@ def test_an_edge_whose_broker_never_comes_stops_naming_it(
 
 
 @asynccontextmanager
-async def gateway_with(topic: Topic) -> AsyncIterator[str]:
-    gateway = Gateway({topic.name: topic}, {})
+async def gateway_with(topic: Topic, max_message_size: int = 1 << 24) -> AsyncIterator[str]:
+    gateway = Gateway({topic.name: topic}, {}, max_message_size=max_message_size)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(gateway.serve, "127.0.0.1", 0)
         yield f"ws://127.0.0.1:{server.port}/node"
@@ -230,6 +243,26 @@ async def test_an_epoch_asked_for_soon_is_taken_at_once_and_rests_as_long_as_it_
     assert actor.statistics().epochs_written == 2
     assert [round(t - start, 6) for t in captured] == [1.0, 1.2]
     store.close()
+
+
+async def test_records_too_many_for_one_message_go_as_several() -> None:
+    far = Topic("far", partitions=1, capacity=1000)
+    values = [f"{i:05d}" + "x" * 95 for i in range(500)]  # about 50 KB in all
+    async with (
+        gateway_with(far, max_message_size=8192) as url,
+        open_remote_topic(url, "far", "api", max_message_size=8192, give_up=5) as remote,
+    ):
+        with trio.fail_after(20):
+            while not remote.partitions[0].can_take(500):
+                await remote.partitions[0].wait_room_changed()
+            await admit_sized(
+                [(remote.partitions[0], 500)],
+                lambda: [Columns([0] * 500, values, [0.0] * 500)],
+            )
+            await remote.partitions[0].wait_for(500, durable=True)
+        assert remote.statistics().reconnects == 0
+    stored = [v for batch in far.partitions[0].snapshot().batches for v in batch.values]
+    assert stored == values
 
 
 async def test_a_second_process_running_as_the_same_producer_is_refused() -> None:

@@ -154,6 +154,8 @@ class Intake:
     _requests_accepted: int = 0
     _refused: dict[int, int] = attrs.field(factory=dict)
     _waiting: int = 0
+    _busy: int = 0
+    """Requests being taken: admitting their events, or waiting until they are held."""
     _settled: trio.Event = attrs.field(factory=trio.Event)
 
     def decoder(self, kind: str | None) -> msgspec.json.Decoder[Any]:
@@ -197,6 +199,16 @@ class Intake:
                 more events than a ring holds, 422 an event failed its checks, 503 no room
                 within ``max_wait`` or a topic closed); nothing of it was accepted.
         """
+        self._busy += 1
+        try:
+            return await self._accept(body, kind)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._settled.set()
+                self._settled = trio.Event()
+
+    async def _accept(self, body: bytes, kind: str | None) -> int:
         try:
             decoded = self._decode(body, kind)
             sizes, build = self._plan(decoded)
@@ -215,9 +227,6 @@ class Intake:
                     firsts = await _admit(sizes, stamped)
                 finally:
                     self._waiting -= 1
-                    if not self._waiting:
-                        self._settled.set()
-                        self._settled = trio.Event()
             if waited.cancelled_caught:
                 raise IntakeError(
                     503,
@@ -322,8 +331,9 @@ class Intake:
         self._refused[status] = self._refused.get(status, 0) + 1
 
     async def settled(self) -> None:
-        """Return once no request is waiting for room in a ring."""
-        while self._waiting:
+        """Return once no request is being taken (waiting for room in a ring, or until what
+        it admitted is held as its answer requires)."""
+        while self._busy:
             await self._settled.wait()
 
     def statistics(self) -> IntakeStatistics:

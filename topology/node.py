@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from actors import (
+    MAX_MESSAGE_SIZE,
     TCP,
     ConsumerGroup,
     Gateway,
@@ -57,6 +58,8 @@ class RemoteLink:
     give_up: float
     agreement: dict[str, str]
     network: Network = TCP
+    max_message_size: int = MAX_MESSAGE_SIZE
+    """The largest message the other node takes."""
     finish: bool = True
     """Whether closing the link finishes the producer (an HTTP API's links do not: it may
     serve again, and it numbers new events after what the other node has)."""
@@ -92,6 +95,7 @@ class RemoteLink:
             keep_finish=self.keep_finish,
             finish=self.finish,
             adopt=not self.finish,
+            max_message_size=self.max_message_size,
         )
         self.topic = await self._context.__aenter__()
         return self.topic
@@ -221,6 +225,7 @@ class Node:
             self.topology.gateway.connect_timeout,
             self.agreement,
             self.placement.network,
+            self.topology.gateway.max_message_size,
         )
         return link
 
@@ -242,6 +247,7 @@ class Node:
                 self.topology.gateway.connect_timeout,
                 self.agreement,
                 self.placement.network,
+                self.topology.gateway.max_message_size,
                 finish=False,
             )
         return links

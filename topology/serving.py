@@ -41,7 +41,8 @@ INTAKE = ("http", 0)
 """How the intake is known to the barrier of epochs (as producer instances are)."""
 
 STOP_GRACE = 10.0
-"""Real seconds a stopping intake waits for requests already admitting their events."""
+"""Real seconds a stopping intake waits for the requests it is taking (admitting their events,
+or waiting until those are held as their answers require)."""
 
 
 @attrs.frozen
@@ -105,6 +106,13 @@ class HttpIntake:
     """By topic, its links to the topics on other nodes that its routes write to (a node
     of a split topology); their routes are made as :meth:`open_links` opens them."""
     _remote_routes: dict[str, tuple[type, str, str | None]] = attrs.field(factory=dict)
+    max_body: int = 0
+    """The largest body taken: ``max_body`` of the section, and with links, at most half the
+    largest message the other nodes take (an event then always fits in one)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.max_body = self.max_body or self.spec.max_body
+
     settings: IntakeSettings | None = None
     """Where to listen; None until the pipeline is served."""
     server: HttpServer | None = None
@@ -113,6 +121,8 @@ class HttpIntake:
     """Called with the API's URL each time it starts listening."""
     on_error: Callable[[BaseException], None] = lambda _: None
     """Called with what a request's handler raised (the request was answered 500)."""
+    on_stopping: Callable[[], None] = lambda: None
+    """Called when :meth:`stop` is."""
     _stopping: trio.Event = attrs.field(factory=trio.Event)
     _durable_seq: int = 0
     """Every event with a sequence number below this is in a written epoch."""
@@ -224,6 +234,15 @@ class HttpIntake:
         returns once the requests already admitting their events are done."""
         self.api.accepting = False
         self._stopping.set()
+        self.on_stopping()
+
+    def unconfirmed(self) -> int:
+        """Events sent to topics on other nodes that those nodes do not yet hold durably."""
+        return sum(
+            sum(link.topic.statistics().retained)
+            for link in self.links.values()
+            if link.topic is not None
+        )
 
     async def serve(
         self,
@@ -248,7 +267,7 @@ class HttpIntake:
         self.intake.admitted = self._until_durable if durable is not None else None
         self.intake.durable = durable is not None
         host, port = settings.listen
-        limits = HttpLimits(max_body=self.spec.max_body, max_connections=self.spec.max_connections)
+        limits = HttpLimits(max_body=self.max_body, max_connections=self.spec.max_connections)
         async with trio.open_nursery() as nursery:
             self.server = await nursery.start(
                 functools.partial(
@@ -328,6 +347,8 @@ def make_intake(
     )
     if node is not None:
         intake.api.stored_elsewhere = _stored_on(topology, registry)
+    if links:
+        intake.max_body = min(intake.max_body, topology.gateway.max_message_size // 2)
     return intake
 
 

@@ -90,7 +90,8 @@ def _print(result: LoadResult, settings: LoadSettings) -> None:
     table.add_row("answers", ", ".join(f"{s}: {n:,}" for s, n in result.statuses.items()) or "-")
     table.add_row(
         "errors",
-        ", ".join(f"{s}: {n:,}" for s, n in result.errors.items()) + f" ({result.error_rate:.2%})"
+        ", ".join(f"{s}: {n:,}" for s, n in result.errors.items())
+        + f" ({result.error_rate:.2%} of requests)"
         if result.errors
         else "none",
     )

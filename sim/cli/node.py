@@ -155,6 +155,16 @@ def announce_api(out: Console, err: Console, pipeline: Pipeline, checkpointed: b
         + f"; Ctrl-C or SIGTERM {stop}"
     )
     intake.on_listening = lambda url: out.print(f"listening on {url}")
+
+    def stopping() -> None:
+        waiting = intake.unconfirmed()
+        out.print(
+            "stopping: no more events are taken (503)"
+            + (f"; waiting until their nodes hold the {waiting:,} events sent" if waiting else "")
+            + "; Ctrl-C again stops at once"
+        )
+
+    intake.on_stopping = stopping
     intake.on_error = lambda exc: err.print(
         escape(f"error: a request was answered 500: {type(exc).__name__}: {exc}")
     )
