@@ -10,6 +10,17 @@ from .clickhouse import open_clickhouse as open_clickhouse
 from .clickhouse import quote as quote
 from .connection import Connection as Connection
 from .connection import connect as connect
+from .delivery import BreakerStatistics as BreakerStatistics
+from .delivery import CircuitBreaker as CircuitBreaker
+from .delivery import DeliveryError as DeliveryError
+from .delivery import DeliveryStatistics as DeliveryStatistics
+from .delivery import Failure as Failure
+from .delivery import PermanentError as PermanentError
+from .delivery import RetryPolicy as RetryPolicy
+from .delivery import TransientError as TransientError
+from .delivery import Undeliverable as Undeliverable
+from .delivery import classify as classify
+from .delivery import deliver as deliver
 from .errors import BatchTooLargeError as BatchTooLargeError
 from .errors import CommitError as CommitError
 from .errors import ConfigurationError as ConfigurationError
