@@ -9,6 +9,9 @@ from .checkpoint import EpochInfo as EpochInfo
 from .checkpoint import Snapshot as Snapshot
 from .checkpoint import read_store as read_store
 from .checks import Checked as Checked
+from .delivering import DeadLetter as DeadLetter
+from .delivering import SinkDelivery as SinkDelivery
+from .delivering import UndeliveredError as UndeliveredError
 from .epochs import CheckpointerStatistics as CheckpointerStatistics
 from .epochs import CheckpointSettings as CheckpointSettings
 from .errors import CheckpointError as CheckpointError
@@ -44,6 +47,7 @@ from .registry import State as State
 from .registry import Workload as Workload
 from .registry import WorkloadType as WorkloadType
 from .schema import Topology as Topology
+from .sections import BreakerSpec as BreakerSpec
 from .sections import CheckpointSpec as CheckpointSpec
 from .sections import ConsumerSpec as ConsumerSpec
 from .sections import ExpectSpec as ExpectSpec
@@ -52,6 +56,7 @@ from .sections import HttpSpec as HttpSpec
 from .sections import NodeSpec as NodeSpec
 from .sections import ProducerSpec as ProducerSpec
 from .sections import RedisSpec as RedisSpec
+from .sections import RetrySpec as RetrySpec
 from .sections import TopicSpec as TopicSpec
 from .sections import parse_address as parse_address
 from .segment import Segment as Segment

@@ -83,10 +83,17 @@ def problems_across(
             f"$.nodes.{node}.api: the topology has no 'http' section, so there is no API to "
             "serve; add one (routes of event kinds to topics) or drop 'api'"
         )
+    dead_letters = {c.dead_letter for c in consumers.values() if c.dead_letter is not None}
     for name, consumer in consumers.items():
+        problems.extend(_dead_letter_problems(name, consumer, topics, produced))
         field = "topic" if consumer.topic else "topics"
         for topic in consumer.topic_names:
-            if topic not in topics:
+            if topic in dead_letters:
+                problems.append(
+                    f"$.consumers.{name}.{field}: {topic!r} is a dead-letter topic; its records "
+                    "are read with 'ringflow dlq', not by consumers"
+                )
+            elif topic not in topics:
                 problems.append(
                     f"$.consumers.{name}.{field}: no topic named {topic!r}; "
                     f"topics are: {', '.join(sorted(topics)) or 'none'}"
@@ -145,6 +152,32 @@ def problems_across(
         problems.append(f"$.topics: {problem}")
     problems.extend(_check_nodes(topics, producers, consumers, nodes, gateway))
     return problems
+
+
+def _dead_letter_problems(
+    name: str, consumer: ConsumerSpec, topics: Mapping[str, TopicSpec], produced: set[str]
+) -> list[str]:
+    topic = consumer.dead_letter
+    if topic is None:
+        return []
+    where = f"$.consumers.{name}.dead_letter"
+    if topic not in topics:
+        return [
+            f"{where}: no topic named {topic!r}; declare it under topics (with a capacity: "
+            "dead letters stay in its ring until 'ringflow dlq' replays or purges them)"
+        ]
+    if topic in consumer.topic_names:
+        return [f"{where}: {topic!r} is a topic this consumer reads; name another one"]
+    if topic in produced:
+        return [
+            f"{where}: producers write to {topic!r}; a dead-letter topic holds dead letters only"
+        ]
+    if topics[topic].ring_capacity is None:
+        return [
+            f"{where}: topic {topic!r} is dynamic; give it a capacity (nothing consumes it, and "
+            "a dynamic ring takes records only while a consumer is attached)"
+        ]
+    return []
 
 
 def _check_nodes(

@@ -15,6 +15,7 @@ import trio
 from actors import ConsumerGroup, Gateway, RemoteGroup, Topic, open_nursery, open_supervisor
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
+from .delivering import SinkDelivery
 from .epochs import Barrier, Checkpointer, CheckpointSettings, FinalEpoch, RunClock, all_of
 from .errors import CheckpointError, TopologyError
 from .node import Node
@@ -90,6 +91,7 @@ class Pipeline:
     """By (consumer, topic), the group each consumer running here joins."""
     processors: dict[str, Processor]
     tallies: dict[str, ConsumerTally]
+    deliveries: dict[str, SinkDelivery]  # by consumer, how its sink is handed records
     produced: dict[str, TopicTally]
     fingerprint: str
     value_types: dict[str, tuple[type, ...]]
@@ -182,7 +184,7 @@ class Pipeline:
         topics = make_topics(topology, types, None if node is None else node.spec, parts)
         sources = len(plans) + len(api_nodes(topology))  # and the HTTP intakes
         consumers = make_consumers(
-            topology, registry, topics, sources, lambda t: value_type(types[t]), node
+            topology, registry, topics, sources, lambda t: value_type(types[t]), node, run_seed
         )
         pipeline = cls(
             topology=topology,
@@ -193,6 +195,7 @@ class Pipeline:
             groups=consumers.groups,
             processors=consumers.processors,
             tallies=consumers.tallies,
+            deliveries=consumers.deliveries,
             produced={name: TopicTally() for name in topology.topics},
             fingerprint=fingerprint(
                 topology, run_seed, plans, None if placement is None else placement.node
@@ -576,6 +579,7 @@ class Pipeline:
                                 pace=None
                                 if self.pace is None
                                 else functools.partial(self.pace, f"{consumer}-{instance}"),
+                                delivery=self.deliveries.get(consumer),
                             )
                         ),
                     )

@@ -12,6 +12,7 @@ import attrs
 from actors import TCP, Network
 
 from .convert import converter
+from .delivering import DeadLetter
 from .registry import Registry
 from .schema import Topology
 from .sections import RedisSpec, parse_address
@@ -99,6 +100,9 @@ def event_types(topology: Topology, registry: Registry) -> dict[str, tuple[type,
     for topic, writers in registry.writers(topology).items():
         for _, written in writers:
             types[topic] += tuple(t for t in written if t not in types[topic])
+    for consumer in topology.consumers.values():
+        if consumer.dead_letter is not None:
+            types[consumer.dead_letter] = (DeadLetter,)
     return types
 
 

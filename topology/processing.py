@@ -26,6 +26,7 @@ from actors import (
     Topic,
 )
 
+from .delivering import SinkDelivery
 from .node import Node
 from .registry import Processor, Registry, Sink
 from .schema import Topology
@@ -47,6 +48,8 @@ class Consumers:
     """By consumer running here, its processor (shared by its instances)."""
     tallies: dict[str, ConsumerTally]
     """By consumer running here, what it processed."""
+    deliveries: dict[str, SinkDelivery] = attrs.field(factory=dict)
+    """By consumer running here whose processor is a sink, how records are handed to it."""
 
 
 def make_consumers(
@@ -56,6 +59,7 @@ def make_consumers(
     sources: int,
     value_type: Callable[[str], Any],
     node: Node | None = None,
+    seed: int = 0,
 ) -> Consumers:
     """One group per (consumer, topic), hosted where the topic's ring is (``topics``: the
     rings here); one processor and one tally per consumer running here.
@@ -67,6 +71,7 @@ def make_consumers(
         sources: How many producer instances the topology has.
         value_type: The type record values of a topic decode to.
         node: The node of a split topology this process runs as; None when whole.
+        seed: The run's seed (sinks' retries draw their jitter from it).
     """
     here = None if node is None else node.spec
     consumers = Consumers({}, {}, {}, {})
@@ -91,7 +96,12 @@ def make_consumers(
         if not local:
             continue
         processor_type = registry.processors[consumer.processor]
-        consumers.processors[name] = processor_type.make(registry.processor_params(topology, name))
+        processor = processor_type.make(registry.processor_params(topology, name))
+        consumers.processors[name] = processor
+        if isinstance(processor, Sink):
+            consumers.deliveries[name] = SinkDelivery.make(
+                name, consumer, processor, dict(topics), seed
+            )
         consumers.tallies[name] = ConsumerTally(
             name, tuple(consumer.topic_names), sources, topology.expect.per_key_order
         )
@@ -140,6 +150,7 @@ async def consume(
     monitor: Callable[[], None] | None = None,
     epoch: Callable[[], Awaitable[Any]] | None = None,
     pace: Callable[[int], Awaitable[None]] | None = None,
+    delivery: SinkDelivery | None = None,
 ) -> None:
     """Join ``group`` of ``topic`` as ``member`` and process every batch until the end.
 
@@ -157,17 +168,19 @@ async def consume(
             once one holds everything it processed.
         pace: Awaited after every batch with its number of records (a test's way to slow
             the member down).
+        delivery: How records are handed to the processor when it is a sink (retried,
+            dead-lettered); None hands them once.
     """
     if isinstance(group, RemoteGroup):
         async with group.join(
             member, auto_commit=False, max_records=max_records, durable_commits=epoch is not None
         ) as remote:
-            await _read(remote, topic, processor, tally, origin, monitor, pace)
+            await _read(remote, topic, processor, tally, origin, monitor, pace, delivery)
             if epoch is not None:
                 await epoch()
         return
     async with group.join(member, auto_commit=False, max_records=max_records) as local:
-        await _read(local, topic, processor, tally, origin, monitor, pace)
+        await _read(local, topic, processor, tally, origin, monitor, pace, delivery)
 
 
 async def _read(
@@ -178,10 +191,16 @@ async def _read(
     origin: float,
     monitor: Callable[[], None] | None,
     pace: Callable[[int], Awaitable[None]] | None,
+    delivery: SinkDelivery | None = None,
 ) -> None:
     fold = folder(processor)
     sink = processor if isinstance(processor, Sink) else None
     last_write = -math.inf
+
+    def done(written: RecordBatch) -> None:  # delivered, or dead-lettered: committed
+        tally.observe(topic, written, trio.current_time() - origin)
+        member.commit_nowait({written.partition: written.next_offset})
+
     async for batch in member.batches():
         # Counted once processed: a processor that crashes on a batch leaves it uncounted,
         # as the positions leave it unprocessed.
@@ -189,13 +208,16 @@ async def _read(
             await trio.sleep_until(last_write + sink.linger)  # records gather meanwhile
             last_write = trio.current_time()
             batches = _ready_too(member, batch)
-            await sink.write(batches)
-            for written in batches:
-                tally.observe(topic, written, trio.current_time() - origin)
+            if delivery is None:
+                await sink.write(batches)
+                for written in batches:
+                    done(written)
+            else:
+                await delivery.write(batches, done)
         else:
             fold(batch.values)
             tally.observe(topic, batch, trio.current_time() - origin)
-        member.commit_nowait()
+            member.commit_nowait()
         if monitor is not None:
             monitor()
         if pace is not None:

@@ -137,6 +137,35 @@ class ProducerSpec(Checked):
 
 
 @attrs.frozen
+class RetrySpec(Checked):
+    """How a sink's deliveries are retried: ``consumers.NAME.retry`` in the file (see
+    :class:`~actors.RetryPolicy`)."""
+
+    initial: float = attrs.field(default=0.1, metadata=checks(positive))
+    """Seconds: the bound of the first wait (each wait is drawn between 0 and its bound)."""
+    multiplier: float = attrs.field(default=2.0, metadata=checks(at_least(1)))
+    """How much the bound grows after each failed attempt."""
+    maximum: float = attrs.field(default=30.0, metadata=checks(positive))
+    """Seconds: the most a bound grows to."""
+    max_attempts: int | None = attrs.field(default=10, metadata=checks(at_least(1)))
+    """Attempts before the records are dead-lettered (or the consumer stops); None: no limit."""
+    max_elapsed: float | None = attrs.field(default=None, metadata=checks(positive))
+    """Seconds from the first failure after which no attempt is made; None: no limit."""
+    attempt_timeout: float | None = attrs.field(default=10.0, metadata=checks(positive))
+    """Seconds one attempt may take before it counts as a (transient) failure."""
+
+
+@attrs.frozen
+class BreakerSpec(Checked):
+    """When a sink that keeps failing is left alone: ``consumers.NAME.breaker``."""
+
+    threshold: int = attrs.field(default=5, metadata=checks(at_least(1)))
+    """Failed attempts in a row that open the breaker."""
+    cool_down: float = attrs.field(default=30.0, metadata=checks(positive))
+    """Seconds the breaker stays open before one attempt probes the sink again."""
+
+
+@attrs.frozen
 class ConsumerSpec(Checked):
     """A consumer: ``consumers.NAME`` in the file."""
 
@@ -159,6 +188,13 @@ class ConsumerSpec(Checked):
     """The most records handed to a member at once; None hands whole stored batches."""
     params: dict[str, Any] = attrs.field(factory=dict)
     """The processor's own settings; see the processor's reference."""
+    retry: RetrySpec = attrs.field(factory=RetrySpec)
+    """How a sink's deliveries are retried."""
+    breaker: BreakerSpec = attrs.field(factory=BreakerSpec)
+    """When a sink that keeps failing is left alone for a while."""
+    dead_letter: str | None = None
+    """The topic records a sink cannot deliver go to, with why; None: such a record stops
+    the consumer (fail fast)."""
 
     def problems(self) -> list[FieldError]:
         """Exactly one of ``topic`` and ``topics``; a known strategy."""

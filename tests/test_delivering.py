@@ -1,0 +1,192 @@
+"""A sink's consumer hands it records: retried while the sink is away, poison records
+isolated and dead-lettered with why, the rest delivered in order (virtual time)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from actors import (
+    CircuitBreaker,
+    PermanentError,
+    RecordBatch,
+    RetryPolicy,
+    Topic,
+    TransientError,
+)
+from topology import (
+    DeadLetter,
+    SinkContext,
+    SinkDelivery,
+    Topology,
+    TopologyError,
+    UndeliveredError,
+)
+from topology.registry import State
+
+
+class FlakySink:
+    """A sink that refuses records whose value is "poison" (permanently) and fails the first
+    ``outage`` attempts (transiently); it keeps what it took."""
+
+    def __init__(self, outage: int = 0) -> None:
+        self.outage = outage
+        self.attempts = 0
+        self.taken: list[Any] = []
+
+    @property
+    def linger(self) -> float:
+        return 0.0
+
+    @asynccontextmanager
+    async def opened(self, context: SinkContext) -> AsyncIterator[None]:
+        yield
+
+    async def write(self, batches: Sequence[RecordBatch]) -> None:
+        self.attempts += 1
+        await trio.sleep(0.01)
+        if self.attempts <= self.outage:
+            raise TransientError("503 Service Unavailable")
+        values = [v for b in batches for v in b.values]
+        if "poison" in values:
+            raise PermanentError("422: cannot take 'poison'")
+        self.taken.extend(values)
+
+    def process(self, events: Sequence[Any]) -> None:
+        raise AssertionError("a sink is written, not folded")
+
+    def result(self) -> dict[str, Any]:
+        return {}
+
+    def totals(self) -> dict[str, int]:
+        return {}
+
+    def snapshot(self) -> State:
+        raise NotImplementedError
+
+    def restore(self, state: Any) -> None:
+        raise NotImplementedError
+
+
+def batch(partition: int, first: int, values: list[str]) -> RecordBatch:
+    keys = [f"k{i % 3}" for i in range(first, first + len(values))]
+    return RecordBatch("events", partition, first, keys, values, [0.0] * len(values))
+
+
+def delivery(sink: FlakySink, dead: Topic | None, attempts: int = 5) -> SinkDelivery:
+    policy = RetryPolicy(initial=1.0, maximum=10.0, max_attempts=attempts)
+    return SinkDelivery(
+        "relay", sink, policy, CircuitBreaker(threshold=1000), random.Random(0), dead
+    )
+
+
+def letters_in(topic: Topic) -> list[DeadLetter]:
+    return [v for p in topic.partitions for b in p.snapshot().batches for v in b.values]
+
+
+async def test_a_sink_away_for_a_while_gets_every_record_once_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sink = FlakySink(outage=3)
+    committed: list[tuple[int, int]] = []
+    batches = [batch(0, 0, ["a", "b"]), batch(1, 0, ["c"])]
+    await delivery(sink, None).write(
+        batches, lambda b: committed.append((b.partition, b.next_offset))
+    )
+    assert sink.taken == ["a", "b", "c"]
+    assert committed == [(0, 2), (1, 1)]
+    assert sink.attempts == 4
+
+
+async def test_a_poison_record_is_dead_lettered_with_why_and_the_others_delivered_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sink = FlakySink()
+    dead = Topic("events-dlq", partitions=2, capacity=100)
+    committed: list[int] = []
+    values = ["a", "b", "c", "poison", "d", "e", "f"]
+    sending = delivery(sink, dead)
+    await sending.write([batch(0, 10, values)], lambda b: committed.append(b.next_offset))
+    assert sink.taken == ["a", "b", "c", "d", "e", "f"]  # in order: none before an earlier one
+    assert committed == sorted(committed)
+    assert committed[-1] == 17
+    [letter] = letters_in(dead)
+    assert (letter.consumer, letter.topic, letter.partition, letter.offset) == (
+        "relay",
+        "events",
+        0,
+        13,
+    )
+    assert letter.key == "k1"
+    assert msgspec.msgpack.decode(letter.value) == "poison"
+    assert "422: cannot take 'poison'" in letter.error
+    assert (letter.attempts, letter.retryable) == (1, False)
+    assert sending.dead_lettered == 1
+
+
+async def test_records_a_sink_never_takes_back_are_dead_lettered_once_the_attempts_run_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sink = FlakySink(outage=10**6)
+    dead = Topic("events-dlq", partitions=1, capacity=100)
+    start = trio.current_time()
+    await delivery(sink, dead, attempts=4).write([batch(0, 0, ["a", "b"])], lambda b: None)
+    letters = letters_in(dead)
+    assert [letter.offset for letter in letters] == [0, 1]
+    assert all(letter.retryable and letter.attempts == 4 for letter in letters)
+    assert letters[0].last_failed - letters[0].first_failed <= trio.current_time() - start
+    assert sink.attempts == 4, "a sink that stayed away is not tried record by record"
+
+
+async def test_without_a_dead_letter_topic_a_poison_record_stops_the_consumer_saying_where(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sink = FlakySink()
+    committed: list[int] = []
+    with pytest.raises(UndeliveredError, match=r"events\[0\] offsets 5 to 5: 422.*dead_letter"):
+        await delivery(sink, None).write(
+            [batch(0, 3, ["a", "b", "poison", "c"])], lambda b: committed.append(b.next_offset)
+        )
+    assert sink.taken == ["a", "b"]
+    assert committed == [5], "what went before it is committed, nothing after"
+
+
+def test_a_dead_letter_topic_must_exist_hold_records_and_be_read_by_no_consumer() -> None:
+    def problems(**changes: Any) -> list[str]:
+        data: dict[str, Any] = {
+            "name": "t",
+            "topics": {
+                "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
+                "dlq": {"partitions": 1, "capacity": 100},
+            },
+            "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
+            "consumers": {
+                "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
+            },
+        }
+        for path, value in changes.items():
+            where = data
+            *parents, last = path.split("__")
+            for part in parents:
+                where = where[part]
+            where[last] = value
+        try:
+            Topology.from_dict(data)
+        except TopologyError as error:
+            return error.problems
+        return []
+
+    assert problems() == []
+    assert "no topic named 'nope'" in problems(consumers__stats__dead_letter="nope")[0]
+    assert "a topic this consumer reads" in problems(consumers__stats__dead_letter="events")[0]
+    assert "is dynamic" in problems(topics__dlq={"partitions": 1, "capacity": "dynamic"})[0]
+    read = problems(consumers__reader={"processor": "video_stats", "topic": "dlq"})
+    assert any("is a dead-letter topic" in p for p in read)
+    assert "retry.initial" in problems(consumers__stats__retry={"initial": -1})[0]

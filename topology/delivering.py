@@ -1,0 +1,221 @@
+"""Delivering: how a sink's consumer hands it records, retried while the other system is
+away, and dead-lettered when it cannot take them.
+
+A consumer commits nothing the sink has not confirmed: while deliveries are retried its ring
+fills and its producers (and HTTP clients) are held back, so nothing is lost. When a batch
+fails in a way retrying cannot fix, its records are tried in halves, in order, down to the
+one the sink refuses: that one goes to the consumer's dead-letter topic with why, and the
+others are delivered, so a poison record never blocks its partition and no record goes
+before an earlier one of its partition. Each part is committed in the same step as it is
+delivered or dead-lettered, so an epoch always finds the sink's counts, the dead letters and
+the committed offsets in agreement.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import msgspec
+import trio
+
+from actors import (
+    CircuitBreaker,
+    Columns,
+    DeliveryError,
+    DeliveryStatistics,
+    Failure,
+    RecordBatch,
+    RetryPolicy,
+    RingflowError,
+    Topic,
+    Undeliverable,
+    admit_sized,
+    deliver,
+)
+
+from .registry import Sink
+from .sections import ConsumerSpec
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, tag="dead_letter"):
+    """A record a sink could not take, in its consumer's dead-letter topic."""
+
+    kind: ClassVar[str] = "dead_letter"
+    consumer: str
+    """The consumer that gave up on it."""
+    topic: str
+    partition: int
+    offset: int
+    """Where the record was."""
+    key: str | int | None
+    value: bytes
+    """The record's value, encoded with msgpack (decode it as the topic's event type)."""
+    error: str
+    """The last attempt's error."""
+    attempts: int
+    retryable: bool
+    """Whether the attempts ran out (True) or the sink refused the record for good."""
+    first_failed: float
+    last_failed: float
+    """When the first and last attempts failed, in seconds of the run's clock."""
+
+
+class UndeliveredError(RingflowError):
+    """A record a sink cannot take, and its consumer has no dead-letter topic (fail fast)."""
+
+
+@attrs.define(eq=False)
+class SinkDelivery:
+    """How one consumer's sink is handed records: shared by the consumer's instances."""
+
+    consumer: str
+    sink: Sink
+    policy: RetryPolicy
+    breaker: CircuitBreaker
+    rng: random.Random
+    dead_letters: Topic | None = None
+    """The consumer's dead-letter topic; None: an undeliverable record stops the consumer."""
+    statistics: DeliveryStatistics = attrs.field(factory=DeliveryStatistics)
+    dead_lettered: int = 0
+    """Records sent to the dead-letter topic so far."""
+    on_retry: Callable[[str], None] | None = None
+    """Told of each failed attempt that will be retried (for the log)."""
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        spec: ConsumerSpec,
+        sink: Sink,
+        topics: dict[str, Topic],
+        seed: int,
+    ) -> SinkDelivery:
+        """The delivery of consumer ``name`` (``spec``) to ``sink``; jitter seeded by the
+        run's seed and the consumer's name."""
+        retry = spec.retry
+        policy = RetryPolicy(
+            retry.initial,
+            retry.multiplier,
+            retry.maximum,
+            retry.max_attempts,
+            retry.max_elapsed,
+            retry.attempt_timeout,
+        )
+        breaker = CircuitBreaker(spec.breaker.threshold, spec.breaker.cool_down)
+        rng = random.Random(f"{seed}/deliver/{name}")
+        dead = None if spec.dead_letter is None else topics[spec.dead_letter]
+        return cls(name, sink, policy, breaker, rng, dead)
+
+    async def write(
+        self, batches: Sequence[RecordBatch], done: Callable[[RecordBatch], None]
+    ) -> None:
+        """Deliver every record of ``batches`` or dead-letter it; call ``done`` with each
+        part in the same step as the sink counted it or its dead letters entered their
+        ring (``done`` commits it).
+
+        Raises:
+            UndeliveredError: A record cannot be delivered and there is no dead-letter topic.
+        """
+        try:
+            await self._attempt(batches)
+        except Undeliverable as failed:
+            if failed.failure.retryable:  # the sink stayed away: no record is to blame
+                for batch in batches:
+                    await self._dead_letter(batch, failed.failure, done)
+                return
+            for batch in batches:
+                await self._isolate(batch, done)
+            return
+        for batch in batches:
+            done(batch)
+
+    async def _attempt(self, batches: Sequence[RecordBatch]) -> None:
+        def retried(error: DeliveryError, failures: int, wait: float) -> None:
+            if self.on_retry is not None:
+                self.on_retry(
+                    f"{self.consumer}: attempt {failures} failed: {error}; next in {wait:.2f} s"
+                )
+
+        await deliver(
+            lambda: self.sink.write(batches),
+            self.policy,
+            self.breaker,
+            self.rng,
+            self.statistics,
+            retried,
+        )
+
+    async def _isolate(self, batch: RecordBatch, done: Callable[[RecordBatch], None]) -> None:
+        # Halves in order, down to the records the sink refuses.
+        try:
+            await self._attempt([batch])
+        except Undeliverable as failed:
+            count = len(batch.values)
+            if count == 1 or failed.failure.retryable:
+                await self._dead_letter(batch, failed.failure, done)
+                return
+            half = count // 2
+            await self._isolate(_part(batch, 0, half), done)
+            await self._isolate(_part(batch, half, count), done)
+            return
+        done(batch)
+
+    async def _dead_letter(
+        self, batch: RecordBatch, failure: Failure, done: Callable[[RecordBatch], None]
+    ) -> None:
+        where = f"{batch.topic}[{batch.partition}] offsets {batch.base_offset}"
+        if self.dead_letters is None:
+            raise UndeliveredError(
+                f"consumer {self.consumer} cannot deliver records {where} to "
+                f"{batch.base_offset + len(batch.values) - 1}: {failure.error} "
+                f"({failure.attempts} attempts); give it a dead_letter topic to go on past "
+                "such records"
+            )
+        letters = [
+            DeadLetter(
+                consumer=self.consumer,
+                topic=batch.topic,
+                partition=batch.partition,
+                offset=batch.base_offset + i,
+                key=_plain(key),
+                value=msgspec.msgpack.encode(value),
+                error=failure.error,
+                attempts=failure.attempts,
+                retryable=failure.retryable,
+                first_failed=failure.first_failed,
+                last_failed=failure.last_failed,
+            )
+            for i, (key, value) in enumerate(zip(batch.keys, list(batch.values), strict=True))
+        ]
+        topic = self.dead_letters
+        now = trio.current_time()
+        shares = topic.split(Columns(list(batch.keys), letters, [now] * len(letters)))
+        sizes = [(p, len(s)) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
+
+        def build() -> list[Columns]:
+            done(batch)  # committed in the same step as the dead letters enter their ring
+            self.dead_lettered += len(letters)
+            return [s for s in shares if len(s)]
+
+        await admit_sized(sizes, build)
+
+
+def _part(batch: RecordBatch, start: int, stop: int) -> RecordBatch:
+    return RecordBatch(
+        batch.topic,
+        batch.partition,
+        batch.base_offset + start,
+        batch.keys[start:stop],
+        batch.values[start:stop],
+        batch.timestamps[start:stop],
+    )
+
+
+def _plain(key: Any) -> str | int | None:
+    # A key as the dead letter keeps it (numpy integers become ints).
+    if key is None or isinstance(key, str):
+        return key
+    return int(key)
