@@ -38,6 +38,7 @@ from .aggregates import (
 )
 from .events import EVENTS
 from .reference import ReferenceUgcCounters
+from .relays import WebhookParams, WebhookSink, WebhookState
 from .sinks import ClickHouseParams, ClickHouseSink, ClickHouseState
 from .windows import (
     BloggerAnalytics,
@@ -369,6 +370,15 @@ PROCESSORS: dict[str, ProcessorType] = {
         make=ClickHouseSink,
         accepts=tuple(EVENTS.values()),
         state_type=ClickHouseState,
+    ),
+    "webhook": ProcessorType(
+        name="webhook",
+        description="POSTs every batch as JSON to params.url, with an idempotency key and "
+        "an id per record",
+        params=WebhookParams,
+        make=WebhookSink,
+        accepts=tuple(EVENTS.values()),
+        state_type=WebhookState,
     ),
     "video_stats": ProcessorType(
         name="video_stats",

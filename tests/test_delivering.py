@@ -25,11 +25,11 @@ from topology import (
     DeadLetter,
     SinkContext,
     SinkDelivery,
+    State,
     Topology,
     TopologyError,
     UndeliveredError,
 )
-from topology.registry import State
 
 
 class FlakySink:

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from sim.processors import PROCESSORS
+from sim.relays import WebhookState
 from sim.run import REGISTRY
 from sim.sinks import ClickHouseState
 from sim.workloads import WORKLOADS, UgcParams, VideoSiteParams
@@ -69,7 +70,12 @@ def events_of(workload: str, count: int, start: int = 0) -> list[Any]:
 def make_processor(name: str) -> Processor:
     kind = PROCESSORS[name]
     # Short windows, so that the blogger analytics have many.
-    params = kind.params(window=1.0) if name == "blogger_analytics" else kind.params()
+    if name == "blogger_analytics":
+        params = kind.params(window=1.0)
+    elif name == "webhook":
+        params = kind.params(url="http://127.0.0.1:9/hook")
+    else:
+        params = kind.params()
     return kind.make(params)
 
 
@@ -88,7 +94,10 @@ def outcome(processor: Any) -> tuple[Any, ...]:
     return processor.result(), processor.totals(), processor.live()
 
 
-FOLDING = sorted(name for name in PROCESSORS if name != "clickhouse")
+SINKS = {"clickhouse": ClickHouseState, "webhook": WebhookState}
+"""The processors that write elsewhere, and their state types."""
+
+FOLDING = sorted(name for name in PROCESSORS if name not in SINKS)
 """The processors that fold events (a sink writes them elsewhere: see test_sinks)."""
 
 
@@ -236,10 +245,12 @@ def states() -> dict[str, tuple[type[State], State]]:
         processor = make_processor(name)
         if name in FOLDING:
             processor.process(events_of(WORKLOAD_OF[name], 200))
-        else:  # a sink counts what it wrote
+        elif name == "clickhouse":  # a sink counts what it wrote
             processor.restore(
                 ClickHouseState(kinds={"click": 2, "playback": 5}, already_stored=1, lineage="a1")
             )
+        else:
+            processor.restore(WebhookState(kinds={"view": 3}, batches=1))
         found[name] = processor_type.state_type, processor.snapshot()
     for name, workload_type in WORKLOADS.items():
         workload = workload_type.make(PARAMS[name], 7, "p", 0, 0)

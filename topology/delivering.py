@@ -116,9 +116,22 @@ class SinkDelivery:
         part in the same step as the sink counted it or its dead letters entered their
         ring (``done`` commits it).
 
+        A sink that writes each batch on its own (``one_batch_per_write``: a webhook's POST
+        per batch) gets one attempt per batch, so that a flaky system is not asked to take
+        many batches in a row without a failure.
+
         Raises:
             UndeliveredError: A record cannot be delivered and there is no dead-letter topic.
         """
+        if getattr(self.sink, "one_batch_per_write", False):
+            for batch in batches:
+                await self._write([batch], done)
+        else:
+            await self._write(batches, done)
+
+    async def _write(
+        self, batches: Sequence[RecordBatch], done: Callable[[RecordBatch], None]
+    ) -> None:
         try:
             await self._attempt(batches)
         except Undeliverable as failed:

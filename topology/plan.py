@@ -119,6 +119,12 @@ def _described(topology: Topology) -> tuple[dict[str, Any], dict[str, list[Any]]
     described.pop("gateway")
     if described.get("http") is None:  # as files written before the section existed
         described.pop("http", None)
+    for consumer in described["consumers"].values():
+        # How deliveries are retried changes no result; no dead-letter topic is as before.
+        consumer.pop("retry", None)
+        consumer.pop("breaker", None)
+        if consumer.get("dead_letter") is None:
+            consumer.pop("dead_letter", None)
     nodes = described.pop("nodes")
     layout = {name: [n["topics"], n["producers"], n["consumers"]] for name, n in nodes.items()}
     return described, layout

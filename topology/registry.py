@@ -165,6 +165,11 @@ class Sink(Processor, Protocol):
     the batches since the last epoch are written again, so a sink makes writing a batch
     twice harmless (deduplicating by topic, partition and offset). :meth:`process` is not
     called; :meth:`totals` counts what was written, as an epoch keeps it.
+
+    :meth:`write` raises :class:`~actors.TransientError` for what retrying may cure and
+    :class:`~actors.PermanentError` for a batch the other system refuses (see
+    :mod:`topology.delivering`). A sink with ``one_batch_per_write = True`` is handed one
+    batch per call.
     """
 
     @property
