@@ -40,6 +40,26 @@ class ConsumerCount:
 
 
 @attrs.frozen(kw_only=True)
+class DeliveryReport:
+    """How one consumer's sink took its records, in this process (not kept across resumes)."""
+
+    attempts: int
+    """Calls to the sink."""
+    retries: int
+    """Failed calls tried again."""
+    failures: int
+    """Failed calls, retried or not."""
+    given_up: int
+    """Deliveries given up on (their records dead-lettered, or the consumer stopped)."""
+    dead_lettered: int
+    """Records sent to the dead-letter topic."""
+    breaker: str
+    """The circuit breaker's state at the end: ``closed``, ``open`` or ``half-open``."""
+    breaker_opened: int
+    """Times the breaker opened."""
+
+
+@attrs.frozen(kw_only=True)
 class SegmentReport:
     """One process's share of the run (the first, then one per resume)."""
 
@@ -305,6 +325,8 @@ class Report:
     checkpoints: CheckpointReport | None = None
     """With checkpoints, what they did."""
     logging: LoggingReport | LoggingOff | None = None
+    deliveries: dict[str, DeliveryReport] = attrs.field(factory=dict)
+    """By consumer whose processor is a sink, how it took its records (see delivery.md)."""
     """With logging, what was logged (or why nothing was)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -464,6 +486,18 @@ def build_report(
         stopped_by=stopped_by,
         checkpoints=checkpoints,
         logging=logging,
+        deliveries={
+            name: DeliveryReport(
+                attempts=d.statistics.attempts,
+                retries=d.statistics.retries,
+                failures=d.statistics.failures,
+                given_up=d.statistics.given_up,
+                dead_lettered=d.dead_lettered,
+                breaker=d.breaker.state,
+                breaker_opened=d.breaker.statistics().opened,
+            )
+            for name, d in pipeline.deliveries.items()
+        },
     )
 
 

@@ -418,6 +418,9 @@ class Run:
                     current.gateway.on_event = functools.partial(
                         gateway_event, logger, self._on_gateway_error
                     )
+                if logger is not None:
+                    for delivery in current.deliveries.values():
+                        delivery.on_retry = functools.partial(_log_retry, logger)
                 if self._on_pipeline is not None:
                     self._on_pipeline(current)
                 if self._stop_serving:
@@ -563,6 +566,11 @@ class Run:
                         )
                 scope.cancel()
                 return
+
+
+def _log_retry(logger: RedisLogger, message: str) -> None:
+    # A sink's failed attempt that will be retried, in the errors stream.
+    logger.emit("errors", event="delivery_retry", error=message[:2000])
 
 
 def _refusal(exc: BaseException) -> GatewayError | None:

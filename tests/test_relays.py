@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from actors import Request, Response, serve_http
+from sim.report import Report, build_report
 from sim.run import REGISTRY, load_topology
 from sim.workloads import VideoEvent
 from tests.examples import EXAMPLES
@@ -119,6 +120,12 @@ async def test_a_flaky_receiver_gets_every_record_and_the_poison_one_is_dead_let
     assert letter.key == event.video_id  # the record's key, and its value whole
     assert pipeline.deliveries["relay"].dead_lettered == 1
     assert pipeline.deliveries["relay"].statistics.retries > 0
+    whole = build_report(pipeline, status="completed")
+    assert Report.from_dict(whole.to_dict()) == whole  # read back as written
+    report = whole.to_dict()["deliveries"]["relay"]
+    assert report["dead_lettered"] == 1
+    assert report["retries"] == pipeline.deliveries["relay"].statistics.retries > 0
+    assert report["breaker"] in ("closed", "open", "half-open")
 
 
 def test_a_webhook_needs_an_http_url() -> None:
