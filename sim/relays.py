@@ -22,7 +22,7 @@ import attrs
 import httpx
 import msgspec
 
-from actors import PermanentError, RecordBatch, TransientError
+from actors import PermanentError, RecordBatch, RingflowError, TransientError
 from topology import SinkContext, State
 
 MAX_QUOTED = 200
@@ -43,11 +43,25 @@ class WebhookParams:
     """Connections kept open to the receiver at most."""
 
     def __attrs_post_init__(self) -> None:
-        parts = httpx.URL(self.url) if "://" in self.url else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.host:
+        try:
+            parts = httpx.URL(self.url) if "://" in self.url else None
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"url {self.url!r} is not a URL: {exc}") from None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.host
+            or any(c.isspace() for c in self.url)
+        ):
             raise ValueError(f"url {self.url!r} is not an http:// or https:// URL")
+        if parts.port is not None and not 0 < parts.port < 65536:
+            raise ValueError(f"url {self.url!r}: port {parts.port} is not between 1 and 65535")
         if self.connections < 1:
             raise ValueError(f"connections must be >= 1, got {self.connections}")
+
+
+class RelayError(RingflowError):
+    """A relay cannot start (its settings, read when the run starts, are wrong)."""
 
 
 class WebhookState(State, frozen=True, tag=1):
@@ -85,8 +99,13 @@ class WebhookSink:
         headers = {"content-type": "application/json", **self.params.headers}
         if self.params.token_env is not None:
             token = os.environ.get(self.params.token_env)
-            if token:
-                headers["authorization"] = f"Bearer {token}"
+            if not token:
+                raise RelayError(
+                    f"webhook of consumer {context.consumer}: the environment variable "
+                    f"{self.params.token_env} (params.token_env) is unset or empty; set it to "
+                    "the token the receiver expects"
+                )
+            headers["authorization"] = f"Bearer {token}"
         self._headers = headers
         limits = httpx.Limits(max_connections=self.params.connections)
         # Attempts are timed by the delivery engine (retry.attempt_timeout).

@@ -40,10 +40,13 @@ async def watch_progress(
     since = trio.current_time()
     while True:
         await trio.sleep(every)
-        stats = [s for topic in pipeline().topics.values() for s in topic.statistics()]
+        running = pipeline()
+        stats = [s for topic in running.topics.values() for s in topic.statistics()]
         mark = [(s.end_offset, sorted(s.committed.items())) for s in stats]
         now = trio.current_time()
-        if mark != last:
+        # A consumer waiting for its sink (retrying, or its breaker open) is no stall: the
+        # producers wait for the sink to come back, as they should.
+        if mark != last or any(d.writing for d in running.deliveries.values()):
             last, since = mark, now
             continue
         waiting = [s for s in stats if s.senders_waiting]

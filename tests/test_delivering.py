@@ -4,23 +4,28 @@ isolated and dead-lettered with why, the rest delivered in order (virtual time).
 from __future__ import annotations
 
 import random
+import types
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 import trio
 import trio.testing
 
 from actors import (
     CircuitBreaker,
+    Columns,
+    ConsumerGroup,
     PermanentError,
     RecordBatch,
     RetryPolicy,
     Topic,
     TransientError,
 )
+from sim.stall import watch_progress
 from topology import (
     DeadLetter,
     SinkContext,
@@ -30,6 +35,7 @@ from topology import (
     TopologyError,
     UndeliveredError,
 )
+from topology.snapshot import PartitionContents, PartitionPart, decode, encode
 
 
 class FlakySink:
@@ -190,3 +196,46 @@ def test_a_dead_letter_topic_must_exist_hold_records_and_be_read_by_no_consumer(
     read = problems(consumers__reader={"processor": "video_stats", "topic": "dlq"})
     assert any("is a dead-letter topic" in p for p in read)
     assert "retry.initial" in problems(consumers__stats__retry={"initial": -1})[0]
+
+
+async def test_dead_letters_with_numeric_keys_go_into_an_epoch_and_come_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    dead = Topic("events-dlq", partitions=2, capacity=100)
+    poisoned = RecordBatch(
+        "events", 3, 40, np.array([7, 8], dtype=np.int64), ["poison", "poison"], [0.0, 0.0]
+    )
+    await delivery(FlakySink(), dead).write([poisoned], lambda b: None)
+    for partition in dead.partitions:
+        data = encode(PartitionContents(partition, "events-dlq", DeadLetter).capture())
+        part = decode("partition", data)
+        assert isinstance(part, PartitionPart)
+        restored = Topic("events-dlq", partitions=2, capacity=100).partitions[partition.index]
+        PartitionContents(restored, "events-dlq", DeadLetter).restore(part)
+    letters = sorted(letters_in(dead), key=lambda d: d.offset)
+    assert [(d.key, d.offset) for d in letters] == [(7, 40), (8, 41)]
+    assert all(type(d.key) is int for d in letters)
+
+
+async def test_a_consumer_waiting_for_its_sink_is_not_a_stall(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    topic = Topic("events", partitions=1, capacity=1)
+    group = ConsumerGroup("relay", topic)
+    stalls: list[str] = []
+    sending = delivery(FlakySink(), None)
+
+    running = types.SimpleNamespace(topics={"events": topic}, deliveries={"relay": sending})
+
+    async with trio.open_nursery() as nursery, group.join("relay-0"):
+        await topic.partitions[0].send(Columns([1], ["a"], [0.0]))
+        nursery.start_soon(topic.partitions[0].send, Columns([2], ["b"], [0.0]))  # waits
+        sending.writing = 1  # the consumer waits for its sink (retrying)
+        nursery.start_soon(watch_progress, lambda: running, stalls.append)
+        await trio.sleep(60)
+        assert stalls == []
+        sending.writing = 0  # nothing waits for the sink, and nothing moves
+        await trio.sleep(15)
+        assert len(stalls) == 1
+        assert stalls[0].startswith("stalled: no record accepted or committed")
+        nursery.cancel_scope.cancel()

@@ -12,11 +12,12 @@ import pytest
 import trio
 
 from actors import Request, Response, serve_http
+from sim.relays import RelayError, WebhookParams, WebhookSink
 from sim.report import Report, build_report
 from sim.run import REGISTRY, load_topology
 from sim.workloads import VideoEvent
 from tests.examples import EXAMPLES
-from topology import DeadLetter, Pipeline, Topology, TopologyError
+from topology import DeadLetter, Pipeline, SinkContext, Topology, TopologyError
 
 POISON = "events/0/100"
 """The record the receiver refuses for good."""
@@ -128,10 +129,19 @@ async def test_a_flaky_receiver_gets_every_record_and_the_poison_one_is_dead_let
     assert report["breaker"] in ("closed", "open", "half-open")
 
 
-def test_a_webhook_needs_an_http_url() -> None:
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ftp://example.com/x", "not an http:// or https:// URL"),
+        ("http://127.0.0.1:99999/x", "port 99999 is not between 1 and 65535"),
+        ("http://exa mple.com/x", "not an http:// or https:// URL"),
+        ("http://127.0.0.1:abc/x", "is not a URL"),
+    ],
+)
+def test_a_webhook_needs_an_http_url(url: str, said: str) -> None:
     with pytest.raises(TopologyError) as refused:
-        Pipeline.build(relay_topology("ftp://example.com/x"), REGISTRY)
-    assert any("not an http:// or https:// URL" in p for p in refused.value.problems)
+        Pipeline.build(relay_topology(url), REGISTRY)
+    assert any(said in p for p in refused.value.problems), refused.value.problems
 
 
 def test_the_relay_example_is_valid_and_dead_letters_into_events_dlq() -> None:
@@ -141,3 +151,14 @@ def test_the_relay_example_is_valid_and_dead_letters_into_events_dlq() -> None:
     assert relay.params["url"].startswith("http://")
     pipeline = Pipeline.build(topology, REGISTRY)
     assert pipeline.value_types["events-dlq"] == (DeadLetter,)
+
+
+async def test_a_webhook_whose_token_variable_is_unset_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RINGFLOW_TEST_NO_TOKEN", raising=False)
+    sink = WebhookSink(WebhookParams("http://127.0.0.1:9/x", token_env="RINGFLOW_TEST_NO_TOKEN"))
+    context = SinkContext("relay", {}, None)
+    with pytest.raises(RelayError, match=r"RINGFLOW_TEST_NO_TOKEN .* is unset or empty"):
+        async with sink.opened(context):
+            pass

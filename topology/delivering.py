@@ -83,6 +83,8 @@ class SinkDelivery:
     """Records sent to the dead-letter topic so far."""
     on_retry: Callable[[str], None] | None = None
     """Told of each failed attempt that will be retried (for the log)."""
+    writing: int = 0
+    """Writes under way now (waiting for the sink, its retries or its breaker)."""
 
     @classmethod
     def make(
@@ -123,11 +125,15 @@ class SinkDelivery:
         Raises:
             UndeliveredError: A record cannot be delivered and there is no dead-letter topic.
         """
-        if getattr(self.sink, "one_batch_per_write", False):
-            for batch in batches:
-                await self._write([batch], done)
-        else:
-            await self._write(batches, done)
+        self.writing += 1
+        try:
+            if getattr(self.sink, "one_batch_per_write", False):
+                for batch in batches:
+                    await self._write([batch], done)
+            else:
+                await self._write(batches, done)
+        finally:
+            self.writing -= 1
 
     async def _write(
         self, batches: Sequence[RecordBatch], done: Callable[[RecordBatch], None]
@@ -140,7 +146,10 @@ class SinkDelivery:
                     await self._dead_letter(batch, failed.failure, done)
                 return
             for batch in batches:
-                await self._isolate(batch, done)
+                if len(batches) == 1:  # refused just now: straight to its halves
+                    await self._halves(batch, failed.failure, done)
+                else:
+                    await self._isolate(batch, done)
             return
         for batch in batches:
             done(batch)
@@ -166,15 +175,22 @@ class SinkDelivery:
         try:
             await self._attempt([batch])
         except Undeliverable as failed:
-            count = len(batch.values)
-            if count == 1 or failed.failure.retryable:
-                await self._dead_letter(batch, failed.failure, done)
-                return
-            half = count // 2
-            await self._isolate(_part(batch, 0, half), done)
-            await self._isolate(_part(batch, half, count), done)
+            await self._halves(batch, failed.failure, done)
             return
         done(batch)
+
+    async def _halves(
+        self, batch: RecordBatch, failure: Failure, done: Callable[[RecordBatch], None]
+    ) -> None:
+        # A batch that failed: dead-lettered if it is one record or its attempts ran out,
+        # else tried again as two halves, in order.
+        count = len(batch.values)
+        if count == 1 or failure.retryable:
+            await self._dead_letter(batch, failure, done)
+            return
+        half = count // 2
+        await self._isolate(_part(batch, 0, half), done)
+        await self._isolate(_part(batch, half, count), done)
 
     async def _dead_letter(
         self, batch: RecordBatch, failure: Failure, done: Callable[[RecordBatch], None]
@@ -191,8 +207,8 @@ class SinkDelivery:
             DeadLetter(
                 consumer=self.consumer,
                 topic=batch.topic,
-                partition=batch.partition,
-                offset=batch.base_offset + i,
+                partition=int(batch.partition),
+                offset=int(batch.base_offset) + i,
                 key=_plain(key),
                 value=msgspec.msgpack.encode(value),
                 error=failure.error,
@@ -205,7 +221,8 @@ class SinkDelivery:
         ]
         topic = self.dead_letters
         now = trio.current_time()
-        shares = topic.split(Columns(list(batch.keys), letters, [now] * len(letters)))
+        keys = [letter.key for letter in letters]  # plain values: epochs encode them
+        shares = topic.split(Columns(keys, letters, [now] * len(letters)))
         sizes = [(p, len(s)) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
 
         def build() -> list[Columns]:
