@@ -21,14 +21,14 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import testing
 from .connection import binary, greet, keep_trying
-from .errors import BatchTooLargeError, GatewayError, TopicClosedError
+from .errors import GatewayError, TopicClosedError
 from .network import TCP, Network
 from .nursery import open_nursery
 from .partition import as_columns
 from .partitioner import Partitioner
 from .record import Columns, Record
 from .retry import Backoff
-from .topic import Topic
+from .topic import Topic, refuse_if_never
 from .wire import (
     ENCODER,
     MAX_MESSAGE_SIZE,
@@ -172,13 +172,7 @@ class RemotePartition:
         """
         columns = as_columns(records)
         count = len(columns)
-        where = f"partition {self.topic}[{self.index}] at {self.remote.url}"
-        if self.closed:
-            raise TopicClosedError(f"{where} is closed; {count} records were not accepted")
-        if self.capacity is not None and count > self.capacity:
-            raise BatchTooLargeError(
-                f"{count} records cannot fit in {where} of capacity {self.capacity}"
-            )
+        refuse_if_never(self, count)
         if not self.can_take(count):
             raise trio.WouldBlock
         sequence = self._next

@@ -222,7 +222,7 @@ async def admit_sized(
         totals[partition] = totals.get(partition, 0) + count
     while True:
         for partition, count in totals.items():
-            _refuse_if_never(partition, count)
+            refuse_if_never(partition, count)
         blocked = next((p for p, count in totals.items() if not p.can_take(count)), None)
         if blocked is None:
             break
@@ -235,8 +235,13 @@ async def admit_sized(
     return firsts
 
 
-def _refuse_if_never(partition: Admitting, count: int) -> None:
-    # What no wait can cure: a closed partition, records more than its ring holds.
+def refuse_if_never(partition: Admitting, count: int) -> None:
+    """Raise what no wait can cure: a closed partition, more records than its ring holds.
+
+    Raises:
+        TopicClosedError: The partition is closed.
+        BatchTooLargeError: ``count`` records could never fit in its ring.
+    """
     where = f"partition {partition.topic}[{partition.index}]"
     if partition.closed:
         raise TopicClosedError(f"{where} is closed; {count} records were not accepted")

@@ -39,6 +39,7 @@ MODULE_LEVEL = {
         "producer": {"Destination", "Sink"},
         "redislog": {"execute_in_asyncio", "sleep_real"},
         "table": {"Field", "Schema", "concat", "same", "take"},
+        "topic": {"refuse_if_never"},
         "wire": {
             "Batch",
             "Delivery",

@@ -189,8 +189,8 @@ class SinkDelivery:
             await self._dead_letter(batch, failure, done)
             return
         half = count // 2
-        await self._isolate(_part(batch, 0, half), done)
-        await self._isolate(_part(batch, half, count), done)
+        await self._isolate(batch.slice(0, half), done)
+        await self._isolate(batch.slice(half, count), done)
 
     async def _dead_letter(
         self, batch: RecordBatch, failure: Failure, done: Callable[[RecordBatch], None]
@@ -231,17 +231,6 @@ class SinkDelivery:
             return [s for s in shares if len(s)]
 
         await admit_sized(sizes, build)
-
-
-def _part(batch: RecordBatch, start: int, stop: int) -> RecordBatch:
-    return RecordBatch(
-        batch.topic,
-        batch.partition,
-        batch.base_offset + start,
-        batch.keys[start:stop],
-        batch.values[start:stop],
-        batch.timestamps[start:stop],
-    )
 
 
 def _plain(key: Any) -> str | int | None:
