@@ -433,7 +433,10 @@ def test_logs_follow_ends_with_the_run(
     first = json.loads(follow.stdout.readline())
     assert first["event"] == "run_started"
     assert run.poll() is None, "the run ended before the log was followed"
-    out, err = follow.communicate(timeout=60)
+    # The rest through the same buffered reader: communicate() reads the pipe itself and
+    # would miss what readline() buffered, starting the output part-way through a line.
+    out = follow.stdout.read()
+    _, err = follow.communicate(timeout=60)
     assert run.wait(timeout=60) == 0
     assert follow.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
