@@ -9,7 +9,14 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from topology import CheckpointError, CheckpointSettings, CheckpointSpec, CheckpointStore, Pipeline
+from topology import (
+    CheckpointError,
+    CheckpointSettings,
+    CheckpointSpec,
+    CheckpointStore,
+    Pipeline,
+    Topology,
+)
 
 
 def open_checkpoints(
@@ -36,14 +43,8 @@ def open_checkpoints(
     if spec is None and state is None:
         return None, pipeline
     spec = spec or CheckpointSpec()
-    name = pipeline.topology.name
     node = None if pipeline.placement is None else pipeline.placement.node
-    if node is None:
-        folder = Path(spec.path) if spec.path else state or Path("state") / name
-    else:  # each node of a split topology keeps its own part
-        folder = state or (
-            Path(spec.path) / node if spec.path else Path("state") / f"{name}-{node}"
-        )
+    folder = state_folder(pipeline.topology, state, node)
     store = CheckpointStore.open(  # checks the folder first: a refused one is left as it is
         folder, pipeline.fingerprint, keep=spec.keep, name=pipeline.topology.name
     )
@@ -64,6 +65,17 @@ def open_checkpoints(
         store.close()
         raise
     return settings, restored or pipeline
+
+
+def state_folder(topology: Topology, state: Path | None, node: str | None = None) -> Path:
+    """The state folder of ``topology`` (of its ``node``): the section's ``path``, else
+    ``state``, else ``state/NAME``; a node keeps its own (``path/NODE``, ``state/NAME-NODE``),
+    and ``state`` names it whole."""
+    spec = topology.checkpoint or CheckpointSpec()
+    name = topology.name
+    if node is None:
+        return Path(spec.path) if spec.path else state or Path("state") / name
+    return state or (Path(spec.path) / node if spec.path else Path("state") / f"{name}-{node}")
 
 
 _HELD: dict[Path, IO[str]] = {}

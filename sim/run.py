@@ -418,8 +418,9 @@ class Run:
                     current.gateway.on_event = functools.partial(
                         gateway_event, logger, self._on_gateway_error
                     )
-                if logger is not None:
-                    for delivery in current.deliveries.values():
+                for delivery in current.deliveries.values():
+                    delivery.now = current.event_time  # dead letters' times
+                    if logger is not None:
                         delivery.on_retry = functools.partial(_log_retry, logger)
                 if self._on_pipeline is not None:
                     self._on_pipeline(current)

@@ -266,18 +266,49 @@ class ClickHouseSink:
         store = self._store
         assert store is not None, "the sink is not open"
         table = self._tables[batches[0].topic]
+        skips, found = [], 0
+        for batch in batches:
+            skip, already = await self._stored_already(store, table, batch)
+            skips.append(skip)
+            found += already
+            where = (batch.topic, batch.partition)
+            self._next[where] = max(self._next.get(where, 0), batch.next_offset)
+        await self._insert(store, table, batches, skips)
+        self._already_stored += found
+
+    async def replay(self, batches: Sequence[RecordBatch]) -> None:
+        """Insert dead letters sent back (``ringflow dlq replay``): records behind what the
+        sink stored, each inserted unless the table holds its offset already (a replay cut
+        short and done again)."""
+        store = self._store
+        assert store is not None, "the sink is not open"
+        table = self._tables[batches[0].topic]
+        skips: list[Container[int]] = []
+        for batch in batches:
+            rows = await store.rows(
+                f"SELECT _offset FROM {table.name} WHERE _lineage = {quote(self._lineage)}"
+                f" AND _partition = {batch.partition} AND _offset >= {batch.base_offset}"
+                f" AND _offset < {batch.next_offset}"
+            )
+            skips.append({int(row["_offset"]) for row in rows})
+        await self._insert(store, table, batches, skips)
+
+    async def _insert(
+        self,
+        store: ClickHouse,
+        table: _TopicTable,
+        batches: Sequence[RecordBatch],
+        skips: Sequence[Container[int]],
+    ) -> None:
         by_type: dict[type, list[bytes]] = {}
         stamps = []
         kinds: collections.Counter[str] = collections.Counter()
-        found = 0
         encode = msgspec.json.encode
         lineage = msgspec.json.encode(self._lineage)
-        for batch in batches:
+        for batch, skip in zip(batches, skips, strict=True):
             values: Sequence[Any] = batch.values
             if isinstance(values, Table):
                 values = values.rows()
-            skip, already = await self._stored_already(store, table, batch)
-            found += already
             partition, first = batch.partition, batch.base_offset
             for index, event in enumerate(values):
                 offset = first + index
@@ -287,9 +318,6 @@ class ClickHouseSink:
                 if rows is None:
                     rows = by_type[type(event)] = []
                 rows.append(b"%s,%s,%d,%d]" % (encode(event)[:-1], lineage, partition, offset))
-            self._next[batch.topic, partition] = max(
-                self._next.get((batch.topic, partition), 0), batch.next_offset
-            )
             stamps.append(np.asarray(batch.timestamps, dtype=np.float64))
             kinds.update(event.kind for event in values)
         for event_type, rows_of in by_type.items():
@@ -299,7 +327,6 @@ class ClickHouseSink:
             token = f"{table.topic}/{hashlib.sha256(payload).hexdigest()}"
             await store.insert(table.name, table.layouts[event_type], payload, token)
         self._kinds.update(kinds)  # no await from here to the consumer's commit
-        self._already_stored += found
         lags = time.time() - np.concatenate(stamps)
         self._lags.append(lags)
         self._lag_count += len(lags)

@@ -239,3 +239,31 @@ async def test_a_consumer_waiting_for_its_sink_is_not_a_stall(
         assert len(stalls) == 1
         assert stalls[0].startswith("stalled: no record accepted or committed")
         nursery.cancel_scope.cancel()
+
+
+def test_a_dead_letter_topic_must_be_on_its_consumers_node() -> None:
+    data: dict[str, Any] = {
+        "name": "t",
+        "topics": {
+            "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
+            "dlq": {"partitions": 1, "capacity": 100},
+        },
+        "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
+        "consumers": {
+            "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
+        },
+        "nodes": {
+            "broker": {"listen": "127.0.0.1:7501", "topics": ["events", "dlq"]},
+            "work": {"listen": "127.0.0.1:7502", "producers": ["site"], "consumers": ["stats"]},
+        },
+    }
+    with pytest.raises(TopologyError) as refused:
+        Topology.from_dict(data)
+    assert refused.value.problems == [
+        "$.consumers.stats.dead_letter: topic 'dlq' is on node 'broker', the consumer on node "
+        "'work'; a dead-letter topic lives on its consumer's node (its letters are committed "
+        "in the same step as the consumer's offsets)"
+    ]
+    data["nodes"]["broker"]["topics"] = ["events"]
+    data["nodes"]["work"]["topics"] = ["dlq"]
+    Topology.from_dict(data)

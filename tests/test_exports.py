@@ -110,7 +110,7 @@ MODULE_LEVEL = {
             "restore_parts",
             "restoring",
         },
-        "serving": {"Building", "Served", "make_intake", "open_sinks"},
+        "serving": {"Building", "Served", "make_intake", "open_sink", "open_sinks"},
         "openapi": {"docs_page", "openapi_document"},
         "source": {"SourceStatistics", "WorkloadSource"},
         "topics": {"make_topics"},

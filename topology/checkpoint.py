@@ -323,15 +323,21 @@ class CheckpointStore:
                 resumed.segments, resumed.epoch, resumed.events_produced, resumed.sim_time
             )
 
-    def write(self, snapshot: Snapshot) -> EpochInfo:
+    def write(
+        self, snapshot: Snapshot, *, segments: tuple[Segment, ...] | None = None
+    ) -> EpochInfo:
         """Write ``snapshot`` as the next epoch, in one transaction; drop epochs beyond ``keep``.
+
+        ``segments``: the run's segments up to it when not this store's own (an epoch that
+        ``ringflow dlq`` changed keeps those of the one it changed).
 
         Raises:
             CheckpointError: The database could not be written; earlier epochs are intact.
         """
         started = time.perf_counter()
         size = sum(len(data) for data in snapshot.parts.values())
-        segments = self._segments.up_to(snapshot.events_produced, snapshot.sim_time)
+        if segments is None:
+            segments = self._segments.up_to(snapshot.events_produced, snapshot.sim_time)
         history = encode_segments(segments)
         parts = [
             (kind, name, data, part_checksum(kind, name, data))

@@ -241,6 +241,15 @@ def _check_nodes(
                 f"$.nodes: {kind} {', '.join(map(repr, missing))} on no node; with a "
                 "'nodes' section every topic, producer and consumer needs one"
             )
+    for name, consumer in consumers.items():
+        dead, home = consumer.dead_letter, places["consumers"].get(name)
+        there = places["topics"].get(dead) if dead is not None else None
+        if home is not None and there is not None and there != home:
+            problems.append(
+                f"$.consumers.{name}.dead_letter: topic {dead!r} is on node {there!r}, the "
+                f"consumer on node {home!r}; a dead-letter topic lives on its consumer's node "
+                "(its letters are committed in the same step as the consumer's offsets)"
+            )
     if gateway.token_env is None:
         for node, spec in nodes.items():
             host = parse_address(spec.listen)[0]

@@ -14,7 +14,7 @@ the committed offsets in agreement.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -39,6 +39,10 @@ from actors import (
 from .registry import Sink
 from .sections import ConsumerSpec
 
+Writer = Callable[[Sequence[RecordBatch]], Awaitable[None]]
+"""How batches are handed to a sink: its ``write``, or its ``replay`` for dead letters sent
+back."""
+
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, tag="dead_letter"):
     """A record a sink could not take, in its consumer's dead-letter topic."""
@@ -60,7 +64,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, tag="dead_letter"):
     """Whether the attempts ran out (True) or the sink refused the record for good."""
     first_failed: float
     last_failed: float
-    """When the first and last attempts failed, in seconds of the run's clock."""
+    """When the first and last attempts failed, on the run's clock: Unix time for a served
+    topology, seconds of simulated time otherwise."""
 
 
 class UndeliveredError(RingflowError):
@@ -85,6 +90,9 @@ class SinkDelivery:
     """Told of each failed attempt that will be retried (for the log)."""
     writing: int = 0
     """Writes under way now (waiting for the sink, its retries or its breaker)."""
+    now: Callable[[], float] = trio.current_time
+    """The run's clock, as dead letters are stamped with it (event time: Unix time when
+    served, simulated seconds otherwise)."""
 
     @classmethod
     def make(
@@ -112,7 +120,11 @@ class SinkDelivery:
         return cls(name, sink, policy, breaker, rng, dead)
 
     async def write(
-        self, batches: Sequence[RecordBatch], done: Callable[[RecordBatch], None]
+        self,
+        batches: Sequence[RecordBatch],
+        done: Callable[[RecordBatch], None],
+        *,
+        replaying: bool = False,
     ) -> None:
         """Deliver every record of ``batches`` or dead-letter it; call ``done`` with each
         part in the same step as the sink counted it or its dead letters entered their
@@ -122,24 +134,33 @@ class SinkDelivery:
         per batch) gets one attempt per batch, so that a flaky system is not asked to take
         many batches in a row without a failure.
 
+        Args:
+            batches: Records of one topic, each batch of one partition.
+            done: Called with each part once delivered or dead-lettered.
+            replaying: The records are dead letters sent back (``ringflow dlq replay``): a
+                sink with a ``replay`` method is handed them through it (they are behind
+                what it stored, and not to be taken for records it has).
+
         Raises:
             UndeliveredError: A record cannot be delivered and there is no dead-letter topic.
         """
+        replay = getattr(self.sink, "replay", None) if replaying else None
+        writer: Writer = replay or self.sink.write
         self.writing += 1
         try:
             if getattr(self.sink, "one_batch_per_write", False):
                 for batch in batches:
-                    await self._write([batch], done)
+                    await self._write([batch], done, writer)
             else:
-                await self._write(batches, done)
+                await self._write(batches, done, writer)
         finally:
             self.writing -= 1
 
     async def _write(
-        self, batches: Sequence[RecordBatch], done: Callable[[RecordBatch], None]
+        self, batches: Sequence[RecordBatch], done: Callable[[RecordBatch], None], writer: Writer
     ) -> None:
         try:
-            await self._attempt(batches)
+            await self._attempt(batches, writer)
         except Undeliverable as failed:
             if failed.failure.retryable:  # the sink stayed away: no record is to blame
                 for batch in batches:
@@ -147,14 +168,14 @@ class SinkDelivery:
                 return
             for batch in batches:
                 if len(batches) == 1:  # refused just now: straight to its halves
-                    await self._halves(batch, failed.failure, done)
+                    await self._halves(batch, failed.failure, done, writer)
                 else:
-                    await self._isolate(batch, done)
+                    await self._isolate(batch, done, writer)
             return
         for batch in batches:
             done(batch)
 
-    async def _attempt(self, batches: Sequence[RecordBatch]) -> None:
+    async def _attempt(self, batches: Sequence[RecordBatch], writer: Writer) -> None:
         def retried(error: DeliveryError, failures: int, wait: float) -> None:
             if self.on_retry is not None:
                 self.on_retry(
@@ -162,7 +183,7 @@ class SinkDelivery:
                 )
 
         await deliver(
-            lambda: self.sink.write(batches),
+            lambda: writer(batches),
             self.policy,
             self.breaker,
             self.rng,
@@ -170,17 +191,23 @@ class SinkDelivery:
             retried,
         )
 
-    async def _isolate(self, batch: RecordBatch, done: Callable[[RecordBatch], None]) -> None:
+    async def _isolate(
+        self, batch: RecordBatch, done: Callable[[RecordBatch], None], writer: Writer
+    ) -> None:
         # Halves in order, down to the records the sink refuses.
         try:
-            await self._attempt([batch])
+            await self._attempt([batch], writer)
         except Undeliverable as failed:
-            await self._halves(batch, failed.failure, done)
+            await self._halves(batch, failed.failure, done, writer)
             return
         done(batch)
 
     async def _halves(
-        self, batch: RecordBatch, failure: Failure, done: Callable[[RecordBatch], None]
+        self,
+        batch: RecordBatch,
+        failure: Failure,
+        done: Callable[[RecordBatch], None],
+        writer: Writer,
     ) -> None:
         # A batch that failed: dead-lettered if it is one record or its attempts ran out,
         # else tried again as two halves, in order.
@@ -189,8 +216,8 @@ class SinkDelivery:
             await self._dead_letter(batch, failure, done)
             return
         half = count // 2
-        await self._isolate(batch.slice(0, half), done)
-        await self._isolate(batch.slice(half, count), done)
+        await self._isolate(batch.slice(0, half), done, writer)
+        await self._isolate(batch.slice(half, count), done, writer)
 
     async def _dead_letter(
         self, batch: RecordBatch, failure: Failure, done: Callable[[RecordBatch], None]
@@ -203,6 +230,7 @@ class SinkDelivery:
                 f"({failure.attempts} attempts); give it a dead_letter topic to go on past "
                 "such records"
             )
+        shift = self.now() - trio.current_time()  # failure times on the run's clock
         letters = [
             DeadLetter(
                 consumer=self.consumer,
@@ -214,8 +242,8 @@ class SinkDelivery:
                 error=failure.error,
                 attempts=failure.attempts,
                 retryable=failure.retryable,
-                first_failed=failure.first_failed,
-                last_failed=failure.last_failed,
+                first_failed=failure.first_failed + shift,
+                last_failed=failure.last_failed + shift,
             )
             for i, (key, value) in enumerate(zip(batch.keys, list(batch.values), strict=True))
         ]

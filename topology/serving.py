@@ -392,21 +392,32 @@ async def open_sinks(stack: AsyncExitStack, pipeline: Served) -> None:
         RingflowError: A sink cannot connect (its store is missing or refuses it), or a node
             the intake writes to cannot be reached.
     """
-    topology, topics, value_types = pipeline.topology, pipeline.topics, pipeline.value_types
-    state, intake, processors = pipeline.state_folder, pipeline.intake, pipeline.processors
-    for name, processor in processors.items():
+    intake = pipeline.intake
+    for name, processor in pipeline.processors.items():
         if not isinstance(processor, Sink):
             continue
-        names = topology.consumers[name].topic_names
-        ends = {
-            (topic, partition.index): partition.end_offset
-            for topic in names
-            if topic in topics
-            for partition in topics[topic].partitions
-        }
-        context = SinkContext(name, {t: value_types[t] for t in names}, state, ends)
-        await stack.enter_async_context(processor.opened(context))
+        await open_sink(stack, pipeline, name)
         if intake is not None and intake.api.store is None and isinstance(processor, EventStore):
             intake.api.store = processor
     if intake is not None:
         await intake.open_links(stack)
+
+
+async def open_sink(stack: AsyncExitStack, pipeline: Served, name: str) -> None:
+    """Connect the sink of consumer ``name`` (it leaves ``stack`` when it ends).
+
+    Raises:
+        RingflowError: It cannot connect (its store is missing or refuses it).
+    """
+    topology, topics, value_types = pipeline.topology, pipeline.topics, pipeline.value_types
+    processor = pipeline.processors[name]
+    assert isinstance(processor, Sink), f"consumer {name} has no sink"
+    names = topology.consumers[name].topic_names
+    ends = {
+        (topic, partition.index): partition.end_offset
+        for topic in names
+        if topic in topics
+        for partition in topics[topic].partitions
+    }
+    context = SinkContext(name, {t: value_types[t] for t in names}, pipeline.state_folder, ends)
+    await stack.enter_async_context(processor.opened(context))

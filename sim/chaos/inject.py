@@ -180,11 +180,11 @@ class FaultyStore(CheckpointStore):
     def _target(self, what: str) -> str:
         return what if self.node is None else f"{what}:{self.node}"
 
-    def write(self, snapshot: Snapshot) -> Any:
+    def write(self, snapshot: Snapshot, *, segments: Any = None) -> Any:
         """Write, unless the checkpoint actor is to crash as it does."""
         if self.box is not None and self.box.due("actor_crash", self._target("checkpointer")):
             raise InjectedFault("injected crash of the checkpoint actor")
-        return super().write(snapshot)
+        return super().write(snapshot, segments=segments)
 
     def _before_commit(self, db: sqlite3.Connection, epoch: int) -> None:
         # Inside the transaction, as SQLite fails: the write is rolled back whole.

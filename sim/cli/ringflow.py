@@ -11,6 +11,7 @@ from . import options
 from .bench import BENCH
 from .chaos import CHAOS
 from .checkpoints import CHECKPOINTS
+from .dlq import DLQ
 from .load import LOAD
 from .logs import LOGS
 from .node import NODE
@@ -19,7 +20,7 @@ from .serve import SERVE
 from .tap import TAP
 from .validate import VALIDATE
 
-COMMANDS = (RUN, SERVE, LOAD, NODE, TAP, LOGS, CHECKPOINTS, VALIDATE, CHAOS, BENCH)
+COMMANDS = (RUN, SERVE, LOAD, NODE, TAP, LOGS, CHECKPOINTS, DLQ, VALIDATE, CHAOS, BENCH)
 """Every command, in the order ``ringflow --help`` lists them."""
 
 

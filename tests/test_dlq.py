@@ -1,0 +1,203 @@
+"""``ringflow dlq``: the dead letters of a state folder listed, shown, replayed into the
+consumer's sink once the receiver takes them, and purged; each as a real process against a
+real HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+
+from actors import Request, Response, serve_http
+
+POISON = {"events/0/10", "events/0/11", "events/1/40"}
+"""Records the receiver refuses until told otherwise."""
+
+
+def relay_file(folder: Path, url: str, events: int = 400) -> Path:
+    data: dict[str, Any] = {
+        "name": "dlq-test",
+        "clock": "real",
+        "topics": {
+            "events": {"partitions": 2, "capacity": 500, "key": "video_id"},
+            "events-dlq": {"partitions": 1, "capacity": 1000},
+        },
+        "producers": {
+            "site": {
+                "workload": "video_site",
+                "topic": "events",
+                "events": events,
+                "max_batch": 50,
+                "linger": 0.01,
+                "params": {"videos": 50, "users": 1000},
+            }
+        },
+        "consumers": {
+            "relay": {
+                "topic": "events",
+                "processor": "webhook",
+                "params": {"url": url},
+                "retry": {"initial": 0.01, "maximum": 0.1, "attempt_timeout": 2.0},
+                "dead_letter": "events-dlq",
+            }
+        },
+        "checkpoint": {"every": 0.5},
+        "redis": {"enabled": False},
+    }
+    path = folder / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Receiver:
+    """Takes every batch unless it holds a refused record (422); keeps what it took."""
+
+    def __init__(self) -> None:
+        self.refused = set(POISON)
+        self.taken: Counter[str] = Counter()
+        self.down = False
+        """Answer 503 to everything (an outage)."""
+
+    async def __call__(self, request: Request) -> Response:
+        if self.down:
+            return Response.json(503, {"error": "down for maintenance"})
+        ids = [record["id"] for record in json.loads(request.body)["records"]]
+        if self.refused.intersection(ids):
+            return Response.json(422, {"error": "cannot take it"})
+        self.taken.update(ids)
+        return Response.json(200, {"ok": len(ids)})
+
+
+async def ringflow(*args: str | Path) -> tuple[int, str, str]:
+    done = await trio.run_process(
+        [sys.executable, "-m", "sim", *map(str, args)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_dead_letters_are_listed_shown_replayed_once_the_receiver_takes_them_and_purged(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    state = tmp_path / "state"
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_http, receiver, "127.0.0.1", 0)
+        path = relay_file(tmp_path, f"http://127.0.0.1:{server.port}/hook")
+        code, out, err = await ringflow(
+            "run", path, "--state", state, "--quiet", "--no-chart", "--report", tmp_path / "r.json"
+        )
+        assert code == 1, out + err  # totals_match: three records did not reach the receiver
+        assert len(receiver.taken) == 397
+        assert not POISON & set(receiver.taken)
+
+        code, out, err = await ringflow("dlq", path, "list", "--state", state, "--json")
+        assert code == 0, err
+        [row] = json.loads(out)["consumers"]
+        assert row["consumer"] == "relay"
+        assert row["letters"] == 3
+        [error] = row["errors"]
+        assert error.endswith('/hook answered 422: {"error":"cannot take it"}')
+
+        code, out, err = await ringflow("dlq", path, "show", "--state", state, "--json")
+        assert code == 0, err
+        shown = [json.loads(line) for line in out.splitlines()]
+        assert {f"{s['topic']}/{s['partition']}/{s['offset']}" for s in shown} == POISON
+        assert all(s["value"]["video_id"] == s["key"] for s in shown)
+        assert all(s["attempts"] == 1 and not s["retryable"] for s in shown)
+
+        # Still refused: the replay dead-letters them again, and says so.
+        code, out, err = await ringflow("dlq", path, "replay", "--state", state, "--json")
+        assert code == 1, out + err
+        [result] = json.loads(out)["consumers"]
+        assert (result["replayed"], result["delivered"], result["dead_lettered"]) == (3, 0, 3)
+
+        receiver.refused.clear()  # the cause is fixed
+        code, out, err = await ringflow("dlq", path, "replay", "--state", state, "--json")
+        assert code == 0, out + err
+        [result] = json.loads(out)["consumers"]
+        assert (result["replayed"], result["delivered"], result["dead_lettered"]) == (3, 3, 0)
+        assert set(receiver.taken) >= POISON
+        assert all(n == 1 for n in receiver.taken.values()), "a record was delivered twice"
+        assert len(receiver.taken) == 400
+
+        code, out, err = await ringflow("dlq", path, "list", "--state", state, "--json")
+        assert json.loads(out)["consumers"] == []
+
+        # The run resumes from the epoch the replay wrote: done, every record delivered.
+        code, out, err = await ringflow(
+            "run", path, "--state", state, "--quiet", "--no-chart", "--report", tmp_path / "r.json"
+        )
+        assert code == 0, out + err
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["expect_ok"], report["expect"]
+        assert report["expect"]["totals_match"]["ok"]
+        nursery.cancel_scope.cancel()
+    assert len(receiver.taken) == 400
+
+
+async def test_purge_removes_the_dead_letters_and_an_unknown_consumer_is_refused(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    state = tmp_path / "state"
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_http, receiver, "127.0.0.1", 0)
+        path = relay_file(tmp_path, f"http://127.0.0.1:{server.port}/hook", events=200)
+        await ringflow(
+            "run", path, "--state", state, "--quiet", "--no-chart", "--report", tmp_path / "r.json"
+        )
+        nursery.cancel_scope.cancel()
+    code, out, err = await ringflow("dlq", path, "purge", "--state", state, "--consumer", "nope")
+    assert code == 2
+    assert "--consumer: no consumer named 'nope'" in err
+    code, out, err = await ringflow("dlq", path, "purge", "--state", state, "--json")
+    assert code == 0, err
+    assert json.loads(out)["purged"] == {"relay": 3}
+    code, out, err = await ringflow("dlq", path, "list", "--state", state)
+    assert "no dead letters" in out
+
+
+async def test_records_dead_lettered_while_the_receiver_was_down_fail_totals_and_replay_later(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    receiver.refused.clear()
+    receiver.down = True
+    state = tmp_path / "state"
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_http, receiver, "127.0.0.1", 0)
+        path = relay_file(tmp_path, f"http://127.0.0.1:{server.port}/hook", events=100)
+        data = yaml.safe_load(path.read_text())
+        relay = data["consumers"]["relay"]
+        relay["retry"] = {"initial": 0.01, "maximum": 0.02, "max_attempts": 3}
+        relay["breaker"] = {"threshold": 100, "cool_down": 0.1}
+        path.write_text(yaml.safe_dump(data))
+        report = tmp_path / "r.json"
+        code, out, err = await ringflow(
+            "run", path, "--state", state, "--quiet", "--no-chart", "--report", report
+        )
+        assert code == 1, out + err
+        totals = json.loads(report.read_text())["expect"]["totals_match"]
+        assert not totals["ok"]
+        assert "relay: view totals 0, producers reported" in totals["detail"]
+
+        code, out, err = await ringflow("dlq", path, "show", "--state", state, "--json")
+        shown = [json.loads(line) for line in out.splitlines()]
+        assert len(shown) == 50  # --limit's default
+        assert all(s["retryable"] and s["attempts"] == 3 for s in shown)
+        assert all("answered 503" in s["error"] for s in shown)
+
+        receiver.down = False  # back
+        code, out, err = await ringflow("dlq", path, "replay", "--state", state)
+        assert code == 0, out + err
+        assert "relay: 100 replayed, 100 delivered, 0 dead-lettered again" in out
+        nursery.cancel_scope.cancel()
+    assert len(receiver.taken) == 100
