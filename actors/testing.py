@@ -12,6 +12,7 @@ GUARANTEES: tuple[str, ...] = (
     "durable_commits",
     "hold_back",
     "resend_after_reconnect",
+    "deliver_before_commit",
 )
 """What can be broken:
 
@@ -26,7 +27,9 @@ GUARANTEES: tuple[str, ...] = (
 - ``hold_back``: a partition whose readers are on other nodes hands them only records an
   epoch holds (else a restart of its node gives offsets they saw to other records);
 - ``resend_after_reconnect``: a producer on another node sends again, after a reconnect, the
-  records the node does not have yet (else they are lost).
+  records the node does not have yet (else they are lost);
+- ``deliver_before_commit``: a sink's consumer commits a batch only once its sink has it
+  (else a batch whose delivery failed is committed, and lost to the other system).
 """
 
 broken: set[str] = set()

@@ -62,7 +62,10 @@ class LiveView:
             completed=consumed,
             detail=f"{rate:,.0f} events/s, lag {pipeline.total_lag():,}",
         )
-        self.live.update(Group(self.progress, self.partition_table(), self.processor_table()))
+        parts: list[Any] = [self.progress, self.partition_table(), self.processor_table()]
+        if pipeline.deliveries:
+            parts.append(self.delivery_table())
+        self.live.update(Group(*parts))
 
     def partition_table(self) -> Table:
         """One row per partition: records, depth, peak, blocked time, lag."""
@@ -101,4 +104,26 @@ class LiveView:
             live: Any = getattr(processor, "live", None)
             for what, figure in (live() if live else [])[:6]:
                 table.add_row(name, what, figure)
+        return table
+
+    def delivery_table(self) -> Table:
+        """One row per consumer with a sink: attempts, retries, failures, dead letters, the
+        breaker, and writes waiting for the sink."""
+        table = Table(title="deliveries", title_justify="left", expand=False)
+        for column in ("consumer", "attempts", "retries", "failures", "dead-lettered"):
+            table.add_column(column, justify="right" if column != "consumer" else "left")
+        table.add_column("breaker")
+        table.add_column("waiting", justify="right")
+        for name, delivery in sorted(self.pipeline.deliveries.items()):
+            stats = delivery.statistics
+            state = delivery.breaker.state
+            table.add_row(
+                name,
+                f"{stats.attempts:,}",
+                f"{stats.retries:,}",
+                f"{stats.failures:,}",
+                f"{delivery.dead_lettered:,}",
+                state if state == "closed" else f"[bold red]{state}[/bold red]",
+                f"{delivery.writing:,}",
+            )
         return table

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from actors import HttpLimits, Request, Response, serve_http
-from topology import EventsApi, Intake
+from actors import CircuitBreaker, HttpLimits, Request, Response, RetryPolicy, serve_http
+from topology import EventsApi, Intake, SinkDelivery
 
 from .test_http import Client
 from .test_intake import CLICK, VIEW, intake
@@ -129,6 +131,27 @@ async def test_metrics_count_what_was_taken_and_refused() -> None:
         f'ringflow_ring_depth{{topic="clicks",partition="{p}"}} {2 if p == seven else 0}'
         for p in (0, 1)
     ] + ['ringflow_ring_depth{topic="views",partition="0"} 0']
+
+
+async def test_metrics_show_each_sinks_deliveries_and_breaker() -> None:
+    events = api()
+    sink: Any = None  # never called
+    delivery = SinkDelivery("relay", sink, RetryPolicy(), CircuitBreaker(1), random.Random(0))
+    delivery.statistics.attempts, delivery.statistics.retries = 7, 3
+    delivery.statistics.failures, delivery.dead_lettered = 4, 2
+    delivery.breaker.failed()  # one failure opens it
+    delivery.writing = 1
+    events.deliveries = lambda: {"relay": delivery}
+    text = (await events(Request("GET", "/metrics", {}))).body.decode()
+    for line in (
+        'ringflow_delivery_attempts_total{consumer="relay"} 7',
+        'ringflow_delivery_retries_total{consumer="relay"} 3',
+        'ringflow_delivery_failures_total{consumer="relay"} 4',
+        'ringflow_delivery_dead_lettered_total{consumer="relay"} 2',
+        'ringflow_delivery_breaker_state{consumer="relay"} 2',
+        'ringflow_delivery_waiting{consumer="relay"} 1',
+    ):
+        assert line + "\n" in text
 
 
 async def test_the_api_over_real_http(nursery: trio.Nursery) -> None:

@@ -16,7 +16,9 @@ import pytest
 
 from actors import GUARANTEES, breaking
 from sim.chaos.campaign import run_campaign, run_schedule, targets_of
+from sim.chaos.checks import check
 from sim.chaos.faults import (
+    SINK_KINDS,
     SPLIT_KINDS,
     WHOLE_KINDS,
     Fault,
@@ -24,7 +26,7 @@ from sim.chaos.faults import (
     schedule_seeds,
     seed_fits,
 )
-from sim.chaos.harness import Chaos, check
+from sim.chaos.harness import Chaos
 from sim.cli import main
 from sim.run import REGISTRY, load_topology
 from topology import Registry
@@ -294,6 +296,7 @@ def test_zero_schedules_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
         ("video-site.yaml", WHOLE_KINDS),
         ("video-site-split.yaml", SPLIT_KINDS),
         ("ugc.yaml", WHOLE_KINDS),
+        ("relay.yaml", WHOLE_KINDS + SINK_KINDS),
     ],
 )
 def test_every_example_holds_under_40_schedules(name: str, kinds: tuple[str, ...]) -> None:
@@ -338,6 +341,7 @@ BREAKS = {
     # for one draw of seeds in eight.
     "hold_back": (SPLIT, ("node_crash", "net_drop"), 600),
     "resend_after_reconnect": (SPLIT, ("net_drop",), 200),
+    "deliver_before_commit": (EXAMPLES / "relay.yaml", ("sink_down", "sink_flaky"), 200),
 }
 """For each guarantee, the topology, the fault kinds that expose its break, and how many
 schedules may be tried."""
@@ -363,6 +367,23 @@ def test_chaos_finds_each_broken_guarantee_and_replays_it(guarantee: str) -> Non
     assert again.schedules[0].outcome.trace_digest == found.schedules[-1].outcome.trace_digest
     fixed = run_campaign(run, seed=0, schedules=1, kinds=kinds, replay=violation.seed)
     assert fixed.violations == []  # the same schedule holds once the guarantee is kept
+
+
+def test_a_sink_s_system_down_or_flaky_is_waited_for_and_gets_every_record_once() -> None:
+    run = Chaos.of(load_topology(EXAMPLES / "relay.yaml"), EVENTS)
+    campaign = run_campaign(run, seed=3, schedules=12, kinds=SINK_KINDS, keep_going=True)
+    assert campaign.violations == []
+    assert campaign.reference.delivered == {"webhook": EVENTS}
+    assert all(s.outcome.delivered == {"webhook": EVENTS} for s in campaign.schedules)
+    assert set(campaign.faults) == set(SINK_KINDS)
+    assert targets_of(run).sinks == ("webhook",)
+
+
+def test_sink_faults_are_refused_for_a_topology_without_sinks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["chaos", str(VIDEO_SITE), "--faults", "sink_down"]) == 2
+    assert "no consumer of this topology has a sink" in capsys.readouterr().err
 
 
 # -- what chaos found: each schedule that broke an invariant, kept as a regression test ------

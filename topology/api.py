@@ -26,6 +26,7 @@ import attrs
 
 from actors import HttpStatistics, PartitionStatistics, Request, Response
 
+from .delivering import SinkDelivery
 from .intake import Intake, IntakeError
 from .openapi import docs_page, openapi_document
 
@@ -76,6 +77,8 @@ class EventsApi:
     http: Callable[[], HttpStatistics | None] = lambda: None
     accepting: bool = True
     """False once the service is stopping: events are refused with 503."""
+    deliveries: Callable[[], Mapping[str, SinkDelivery]] = dict
+    """By consumer with a sink, how its records are delivered, for ``/metrics``."""
     store: EventStore | None = None
     stored_elsewhere: str | None = None
     """Where events are read back when not here (the nodes that store them), for the 404."""
@@ -237,6 +240,7 @@ class EventsApi:
                 "Seconds from an event's acceptance to its storage, over recent events.",
                 [({"quantile": f"{q:g}"}, f"{v:.6f}") for q, v in sorted(lag.items())],
             )
+        lines += _delivery_metrics(self.deliveries())
         http = self.http()
         if http is not None:
             lines += _metric(
@@ -252,6 +256,48 @@ class EventsApi:
                 [({}, http.connections)],
             )
         return "\n".join(lines) + "\n"
+
+
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+"""``ringflow_delivery_breaker_state``'s values."""
+
+
+def _delivery_metrics(deliveries: Mapping[str, SinkDelivery]) -> list[str]:
+    # Per consumer with a sink: attempts, retries, failures, dead letters, the breaker.
+    if not deliveries:
+        return []
+    named = sorted(deliveries.items())
+    counters: list[tuple[str, str, Callable[[SinkDelivery], int]]] = [
+        ("attempts", "Calls to a consumer's sink.", lambda d: d.statistics.attempts),
+        ("retries", "Failed calls to a sink tried again.", lambda d: d.statistics.retries),
+        ("failures", "Failed calls to a sink, retried or not.", lambda d: d.statistics.failures),
+        (
+            "dead_lettered",
+            "Records sent to a consumer's dead-letter topic.",
+            lambda d: d.dead_lettered,
+        ),
+    ]
+    lines = []
+    for name, help_text, figure in counters:
+        lines += _metric(
+            f"ringflow_delivery_{name}_total",
+            "counter",
+            help_text,
+            [({"consumer": c}, figure(d)) for c, d in named],
+        )
+    lines += _metric(
+        "ringflow_delivery_breaker_state",
+        "gauge",
+        "A sink's circuit breaker: 0 closed, 1 half-open, 2 open.",
+        [({"consumer": c}, BREAKER_STATES[d.breaker.state]) for c, d in named],
+    )
+    lines += _metric(
+        "ringflow_delivery_waiting",
+        "gauge",
+        "Writes waiting for a sink (retrying, or its breaker open).",
+        [({"consumer": c}, d.writing) for c, d in named],
+    )
+    return lines
 
 
 def _metric(

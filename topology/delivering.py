@@ -13,6 +13,7 @@ the committed offsets in agreement.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ from actors import (
     Undeliverable,
     admit_sized,
     deliver,
+    kept,
 )
 
 from .registry import Sink
@@ -176,6 +178,11 @@ class SinkDelivery:
             done(batch)
 
     async def _attempt(self, batches: Sequence[RecordBatch], writer: Writer) -> None:
+        if not kept("deliver_before_commit"):  # one attempt, and whatever it did is done
+            with contextlib.suppress(Exception):
+                await writer(batches)
+            return
+
         def retried(error: DeliveryError, failures: int, wait: float) -> None:
             if self.on_retry is not None:
                 self.on_retry(

@@ -26,6 +26,7 @@ import trio
 from actors import HttpLimits, HttpServer, Topic, serve_http
 
 from .api import EventsApi, EventStore
+from .delivering import SinkDelivery
 from .epochs import Barrier
 from .errors import CheckpointError, TopologyError
 from .intake import Intake, Route
@@ -318,6 +319,8 @@ class Building(Protocol):
     def plans(self) -> list[Any]: ...
     @property
     def produced(self) -> dict[str, TopicTally]: ...
+    @property
+    def deliveries(self) -> dict[str, SinkDelivery]: ...
     def event_time(self) -> float: ...
     def value_type(self, topic: str) -> Any: ...
 
@@ -345,6 +348,7 @@ def make_intake(
     intake = HttpIntake.make(
         topology, registry, topics, source, pipeline.produced, pipeline.event_time, links
     )
+    intake.api.deliveries = lambda: pipeline.deliveries
     if node is not None:
         intake.api.stored_elsewhere = _stored_on(topology, registry)
     if links:

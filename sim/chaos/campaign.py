@@ -14,9 +14,11 @@ import attrs
 
 from topology import topics_of
 
+from .checks import check, liveness_bound
 from .faults import Fault, Targets, draw_plan, schedule_seeds
-from .harness import Chaos, Outcome, Violation, check, liveness_bound
+from .harness import Chaos, Outcome, Violation
 from .network import pair_of
+from .sinks import sink_kinds
 
 PACING_ROUNDS = 2
 """Fault-free runs after the first, each paced by the length of the one before."""
@@ -90,6 +92,7 @@ def targets_of(chaos: Chaos) -> Targets:
         producers,
         processors,
         consumers,
+        sinks=tuple(sorted(set(sink_kinds(topology, chaos.registry).values()))),
         nodes=tuple(topology.nodes),
         links=tuple(sorted(links)),
         session_timeout=topology.gateway.session_timeout,

@@ -18,6 +18,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "net_partition",
     "redis_down",
     "slow_consumer",
+    "sink_down",
+    "sink_flaky",
 )
 """Every kind of fault chaos knows of."""
 
@@ -37,6 +39,9 @@ NETWORK_KINDS: tuple[str, ...] = ("net_drop", "net_delay", "net_partition")
 SPLIT_KINDS: tuple[str, ...] = WHOLE_KINDS + NETWORK_KINDS
 """The kinds a topology with ``nodes`` is tested with, every node in one process."""
 
+SINK_KINDS: tuple[str, ...] = ("sink_down", "sink_flaky")
+"""The kinds only a topology with sinks is tested with: faults of the systems they write to."""
+
 WEIGHTS: dict[str, int] = {
     "actor_crash": 4,
     "node_crash": 3,
@@ -47,6 +52,8 @@ WEIGHTS: dict[str, int] = {
     "net_delay": 2,
     "net_partition": 2,
     "redis_down": 2,
+    "sink_down": 3,
+    "sink_flaky": 3,
 }
 """How often each kind is drawn, relative to the others (see docs/chaos.md)."""
 
@@ -72,7 +79,7 @@ class Fault:
     """What it strikes: ``producer:NAME-INSTANCE``, ``processor:NAME``, ``checkpointer``,
     ``consumer:NAME-INSTANCE``, ``store``, ``process`` or ``redis``; with nodes,
     ``checkpointer:NODE``, ``store:NODE``, ``node:NODE``, and ``nodes:A|B`` for the network
-    between two nodes."""
+    between two nodes; ``sink:KIND`` for the system a sink writes to."""
     lasts: float = 0.0
     """For faults that heal: how long they last (a full disk, a restart's delay)."""
     delay: float = 0.0
@@ -97,6 +104,8 @@ class Targets:
     """The gateways' ``session_timeout``: a longer partition costs a member its partitions."""
     connect_timeout: float = 30.0
     """The gateways' ``connect_timeout``: how long a node tries to reach another."""
+    sinks: tuple[str, ...] = ()
+    """The kinds of sink its consumers write to (``webhook``...)."""
 
 
 def topology_tag(fingerprint: str) -> int:
@@ -126,7 +135,8 @@ def draw_plan(
     Args:
         schedule_seed: The schedule's seed: the same seed always gives the same plan.
         kinds: The kinds to draw from (a subset of :data:`WHOLE_KINDS`, or of
-            :data:`SPLIT_KINDS` when ``targets`` has nodes).
+            :data:`SPLIT_KINDS` when ``targets`` has nodes; :data:`SINK_KINDS` when it has
+            sinks).
         horizon: Simulated seconds the fault-free run takes: faults strike within it.
         targets: What there is to strike.
     """
@@ -153,6 +163,9 @@ def draw_plan(
             lasts = round(rng.uniform(horizon / 20, horizon / 2), 6)
         elif kind == "redis_down":
             target, lasts = "redis", round(rng.uniform(horizon / 20, horizon / 2), 6)
+        elif kind in SINK_KINDS:
+            target = f"sink:{rng.choice(targets.sinks)}"
+            lasts = round(rng.uniform(horizon / 20, horizon / 2), 6)
         elif kind == "disk_full":
             target = f"store:{rng.choice(nodes)}" if nodes else "store"
             lasts = round(rng.uniform(horizon / 20, horizon / 2), 6)

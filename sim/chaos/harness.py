@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import math
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from .inject import FaultBox, FaultyStore, Fired, faulty_registry
 from .memory import held_records, memory_bound
 from .network import SimNetwork
 from .redis import SimRedis, execute_simulated
+from .sinks import SimSystem, recovery_time, retrying_for_ever, sink_kinds, with_chaos_sinks
 
 LIVENESS_SLACK = 10.0
 """Simulated seconds a run may take, beyond what the fault-free run took, after the last
@@ -113,6 +115,8 @@ class Outcome:
     logs: tuple[Logged, ...] = ()
     errors: dict[str, str] = attrs.field(factory=dict)
     """By node, the error a process stopped with instead of ending with a report."""
+    delivered: dict[str, int] = attrs.field(factory=dict)
+    """By kind of sink, the records its system took (each once)."""
 
     @property
     def digest(self) -> str | None:
@@ -210,20 +214,29 @@ class Chaos:
         its last fault healed: :data:`LIVENESS_SLACK`, and for a topology with nodes the
         gateways' ``connect_timeout`` too (a node whose work is done waits that long for a
         peer that may not have had its last answer)."""
+        slack = LIVENESS_SLACK + recovery_time(self.topology, self.sinks)
         if self.topology.nodes:
-            return LIVENESS_SLACK + self.topology.gateway.connect_timeout
-        return LIVENESS_SLACK
+            return slack + self.topology.gateway.connect_timeout
+        return slack
+
+    @property
+    def sinks(self) -> dict[str, str]:
+        """By consumer whose processor is a sink, the sink's kind: under chaos, it writes to
+        a simulated system (see :mod:`sim.chaos.sinks`)."""
+        return sink_kinds(self.topology, self.registry)
 
     @property
     def running_topology(self) -> Topology:
-        """The topology as schedules run it: the file's, with lingers capped."""
+        """The topology as schedules run it: the file's, with lingers capped, and sinks
+        retrying until their system is back."""
+        topology = retrying_for_ever(self.topology, self.sinks)
         if self.linger is None:
-            return self.topology
+            return topology
         producers = {
             name: attrs.evolve(producer, linger=min(producer.linger, self.linger))
-            for name, producer in self.topology.producers.items()
+            for name, producer in topology.producers.items()
         }
-        return attrs.evolve(self.topology, producers=producers)
+        return attrs.evolve(topology, producers=producers)
 
     @property
     def fingerprint(self) -> str:
@@ -241,11 +254,20 @@ class Chaos:
         lives = {node: Life(node) for node in self.nodes}
         reports: dict[str, Report] = {}
         redis = SimRedis(box)
+        system = SimSystem(rng=random.Random(f"sinks/{seed}"))
         try:
             clock = trio.testing.MockClock(autojump_threshold=0)
             with _deterministic_scheduling(seed):
                 ended = trio.run(
-                    self._schedule, folder, box, redis, lives, reports, deadline, clock=clock
+                    self._schedule,
+                    folder,
+                    box,
+                    redis,
+                    system,
+                    lives,
+                    reports,
+                    deadline,
+                    clock=clock,
                 )
         except BaseExceptionGroup as group:
             # Ctrl-C reaches one of the schedule's tasks, beside others: it leaves as itself.
@@ -270,6 +292,7 @@ class Chaos:
             memory=tuple(Memory(life.node, life.peak, life.bound) for life in lives.values()),
             logs=tuple(_logged(redis, life) for life in lives.values()),
             errors={life.node: life.error for life in lives.values() if life.error is not None},
+            delivered={sink: len(taken) for sink, taken in sorted(system.taken.items())},
         )
         return outcome, reports
 
@@ -278,6 +301,7 @@ class Chaos:
         folder: Path,
         box: FaultBox,
         redis: SimRedis,
+        system: SimSystem,
         lives: dict[str, Life],
         reports: dict[str, Report],
         deadline: float,
@@ -291,7 +315,14 @@ class Chaos:
                 async with trio.open_nursery() as processes:
                     for life in lives.values():
                         processes.start_soon(
-                            self._lives, life, folder / life.node, box, network, redis, reports
+                            self._lives,
+                            life,
+                            folder / life.node,
+                            box,
+                            network,
+                            redis,
+                            system,
+                            reports,
                         )
                 ended = trio.current_time()
                 outside.cancel_scope.cancel()
@@ -304,9 +335,11 @@ class Chaos:
         box: FaultBox,
         network: SimNetwork | None,
         redis: SimRedis,
+        system: SimSystem,
         reports: dict[str, Report],
     ) -> None:
-        registry = faulty_registry(self.registry, box)
+        sinks = self.sinks.values()
+        registry = with_chaos_sinks(faulty_registry(self.registry, box), sinks, box, system)
         logger: RedisLogger | None = None
         placement = None
         if network is not None:
@@ -478,107 +511,3 @@ def _deterministic_scheduling(seed: int) -> Iterator[None]:
         yield
     finally:
         run._ALLOW_DETERMINISTIC_SCHEDULING = before  # type: ignore[misc]
-
-
-def liveness_bound(reference: Outcome, plan: tuple[Fault, ...], slack: float) -> float:
-    """When a schedule with ``plan`` must have ended, on its simulated clock: ``slack``
-    seconds (see :attr:`Chaos.slack`) after the fault-free run's length has passed again
-    since the last fault healed."""
-    healed = max((f.at + f.lasts for f in plan), default=0.0)
-    return healed + reference.sim_seconds + slack
-
-
-def check(
-    outcome: Outcome,
-    reports: dict[str, Report],
-    reference: Outcome,
-    plan: tuple[Fault, ...],
-    slack: float = LIVENESS_SLACK,
-) -> tuple[Violation, ...]:
-    """Check a schedule's run against the invariants; return what it broke."""
-    seed = outcome.seed
-    found = []
-    bound = liveness_bound(reference, plan, slack)
-    for node in reference.digests:
-        report = reports.get(node)
-        who = "the run" if node == WHOLE else f"node {node}"
-        if report is None:
-            error = outcome.errors.get(node)
-            message = (
-                f"{who} had not finished by t={bound:.3f} s"
-                if error is None
-                else f"{who} stopped with an error: {error}"
-            )
-            found.append(Violation(seed, "liveness", message))
-            continue
-        if report.status != "completed":
-            found.append(Violation(seed, "liveness", f"{who} {report.status}: {report.error}"))
-            continue
-        if outcome.digests.get(node) != reference.digests[node]:
-            found.append(
-                Violation(
-                    seed,
-                    "digest",
-                    f"{'' if node == WHOLE else f'node {node}: '}aggregates digest "
-                    f"{outcome.digests.get(node)} differs from the fault-free run's "
-                    f"{reference.digests[node]}",
-                )
-            )
-        for name, result in report.expect.items():
-            if not result.ok:
-                prefix = "" if node == WHOLE else f"node {node}: "
-                found.append(Violation(seed, name, prefix + result.detail))
-    if len(reports) == len(reference.digests) and outcome.sim_seconds > bound:
-        healed = max((f.at + f.lasts for f in plan), default=0.0)
-        found.append(
-            Violation(
-                seed,
-                "liveness",
-                f"the run ended at t={outcome.sim_seconds:.3f} s, later than "
-                f"{bound:.3f} s (the last fault healed at {healed:.3f} s)",
-            )
-        )
-    for report in reports.values():
-        for partition in report.partitions:
-            if partition.capacity is not None and partition.peak_depth > partition.capacity:
-                found.append(
-                    Violation(
-                        seed,
-                        "ring_depth",
-                        f"{partition.topic}[{partition.partition}] held "
-                        f"{partition.peak_depth:,} records, more than its capacity "
-                        f"{partition.capacity:,}",
-                    )
-                )
-    for logged in outcome.logs:
-        who = "the process" if logged.node == WHOLE else f"node {logged.node}"
-        if logged.stored != logged.counted:
-            found.append(
-                Violation(
-                    seed,
-                    "logging",
-                    f"{who}'s Redis log holds {logged.stored} entries by category, but its "
-                    f"counters say {logged.counted}",
-                )
-            )
-        if logged.unlogged:
-            found.append(
-                Violation(
-                    seed,
-                    "logging",
-                    f"{who} ended with {logged.unlogged:,} log entries unwritten after Redis "
-                    "was back",
-                )
-            )
-    for memory in outcome.memory:
-        if memory.bound is not None and memory.peak > memory.bound:
-            found.append(
-                Violation(
-                    seed,
-                    "memory",
-                    f"{'the process' if memory.node == WHOLE else f'node {memory.node}'} held "
-                    f"{memory.peak:,} records at once, more than its topics' capacities "
-                    f"allow ({memory.bound:,})",
-                )
-            )
-    return tuple(found)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from actors import RecordBatch, Table, TransientError
-from topology import SinkContext, State
+from topology import ProcessorType, Registry, Sink, SinkContext, State, Topology
 
 from .inject import FaultBox
 
@@ -29,6 +29,9 @@ FLAKY_FAILURES = 0.30
 
 FLAKY_TIMEOUTS = 0.05
 """The share of attempts it does not answer in time (the attempt's timeout fires)."""
+
+ATTEMPT_TIMEOUT = 10.0
+"""Seconds an attempt may take under chaos when its consumer's file sets no limit."""
 
 SILENCE = 3600.0
 """Simulated seconds an attempt the system does not answer waits (its timeout ends it)."""
@@ -128,3 +131,67 @@ class ChaosSink:
     def live(self) -> list[tuple[str, str]]:
         """Records delivered per kind so far."""
         return [(kind, f"{count:,}") for kind, count in sorted(self._kinds.items())]
+
+
+def sink_kinds(topology: Topology, registry: Registry) -> dict[str, str]:
+    """By consumer whose processor is a sink, the sink's kind (making one opens nothing)."""
+    found = {}
+    for name, consumer in topology.consumers.items():
+        kind = registry.processors.get(consumer.processor)
+        if kind is not None and isinstance(
+            kind.make(registry.processor_params(topology, name)), Sink
+        ):
+            found[name] = consumer.processor
+    return found
+
+
+def with_chaos_sinks(
+    registry: Registry, sinks: Iterable[str], box: FaultBox, system: SimSystem
+) -> Registry:
+    """``registry`` with the processor kinds ``sinks`` writing to ``system`` instead."""
+
+    def simulated(kind: ProcessorType) -> ProcessorType:
+        def make(params: Any) -> ChaosSink:
+            return ChaosSink(kind.name, box, system)
+
+        return attrs.evolve(kind, make=make, state_type=ChaosSinkState)
+
+    chosen = set(sinks)
+    return Registry(
+        workloads=dict(registry.workloads),
+        processors={
+            name: simulated(kind) if name in chosen else kind
+            for name, kind in registry.processors.items()
+        },
+    )
+
+
+def retrying_for_ever(topology: Topology, sinks: Iterable[str]) -> Topology:
+    """``topology`` with the consumers ``sinks`` retrying until their system is back (the
+    faults chaos injects pass; a record given up on would be the policy's choice, not a
+    loss), each attempt timed."""
+    consumers = dict(topology.consumers)
+    for name in sinks:
+        spec = consumers[name]
+        retry = attrs.evolve(
+            spec.retry,
+            max_attempts=None,
+            max_elapsed=None,
+            attempt_timeout=spec.retry.attempt_timeout or ATTEMPT_TIMEOUT,
+        )
+        consumers[name] = attrs.evolve(spec, retry=retry)
+    return attrs.evolve(topology, consumers=consumers)
+
+
+def recovery_time(topology: Topology, sinks: Iterable[str]) -> float:
+    """The longest a sink's consumer may still wait once its system is back: a retry's
+    longest wait, the breaker's cool-down and an attempt's timeout."""
+    return max(
+        (
+            topology.consumers[name].retry.maximum
+            + topology.consumers[name].breaker.cool_down
+            + (topology.consumers[name].retry.attempt_timeout or ATTEMPT_TIMEOUT)
+            for name in sinks
+        ),
+        default=0.0,
+    )

@@ -22,7 +22,14 @@ from rich.table import Table
 from topology import MAX_EVENTS, TopologyError
 
 from ..chaos.campaign import Campaign, Schedule, run_campaign, targets_of
-from ..chaos.faults import FAULT_KINDS, NETWORK_KINDS, SPLIT_KINDS, WHOLE_KINDS, seed_fits
+from ..chaos.faults import (
+    FAULT_KINDS,
+    NETWORK_KINDS,
+    SINK_KINDS,
+    SPLIT_KINDS,
+    WHOLE_KINDS,
+    seed_fits,
+)
 from ..chaos.harness import Chaos
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -47,18 +54,19 @@ def schedule_events(text: str) -> int:
     return whole(text, 1, MAX_EVENTS)
 
 
-def kinds_of(text: str | None, split: bool) -> tuple[str, ...]:
+def kinds_of(text: str | None, split: bool, sinks: bool = False) -> tuple[str, ...]:
     """The fault kinds ``--faults`` names, checked; all that can be injected when None.
 
     Args:
         split: The topology has nodes that talk to each other (the network between them
             can fail).
+        sinks: Its consumers write to other systems (which can fail).
 
     Raises:
         ValueError: A kind is unknown, or needs nodes the topology does not have, or is not
             injected by this ringflow.
     """
-    offered = SPLIT_KINDS if split else WHOLE_KINDS
+    offered = (SPLIT_KINDS if split else WHOLE_KINDS) + (SINK_KINDS if sinks else ())
     if text is None:
         return offered
     kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
@@ -68,6 +76,11 @@ def kinds_of(text: str | None, split: bool) -> tuple[str, ...]:
         if kind not in FAULT_KINDS:
             raise ValueError(
                 f"--faults: unknown fault kind {kind!r}; kinds are: {', '.join(offered)}"
+            )
+        if kind in SINK_KINDS and not sinks:
+            raise ValueError(
+                f"--faults: {kind} strikes the system a sink writes to, and no consumer of "
+                f"this topology has a sink; it can be tested with {', '.join(offered)}"
             )
         if kind in NETWORK_KINDS and not split:
             raise ValueError(
@@ -89,7 +102,8 @@ def chaos(args: argparse.Namespace) -> ExitCode:
         topology = load_topology(args.topology)
         refuse_served(topology, args.topology, "chaos")
         run = Chaos.of(topology, args.events)
-        kinds = kinds_of(args.faults, bool(targets_of(run).links))
+        targets = targets_of(run)
+        kinds = kinds_of(args.faults, bool(targets.links), bool(targets.sinks))
         fingerprint = run.fingerprint
     except (TopologyError, ValueError) as exc:
         return refuse(err, exc)
@@ -329,7 +343,8 @@ CHAOS = Command(
             metavar="KIND,...",
             help=(
                 f"the fault kinds to inject (default: {','.join(WHOLE_KINDS)}; for a "
-                f"topology with nodes also {','.join(NETWORK_KINDS)})"
+                f"topology with nodes also {','.join(NETWORK_KINDS)}; with sinks also "
+                f"{','.join(SINK_KINDS)})"
             ),
         ),
         option(
