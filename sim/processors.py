@@ -38,7 +38,14 @@ from .aggregates import (
 )
 from .events import EVENTS
 from .reference import ReferenceUgcCounters
-from .relays import WebhookParams, WebhookSink, WebhookState
+from .relays import (
+    RedisStreamParams,
+    RedisStreamSink,
+    RedisStreamState,
+    WebhookParams,
+    WebhookSink,
+    WebhookState,
+)
 from .sinks import ClickHouseParams, ClickHouseSink, ClickHouseState
 from .windows import (
     BloggerAnalytics,
@@ -379,6 +386,15 @@ PROCESSORS: dict[str, ProcessorType] = {
         make=WebhookSink,
         accepts=tuple(EVENTS.values()),
         state_type=WebhookState,
+    ),
+    "redis_stream": ProcessorType(
+        name="redis_stream",
+        description="appends every record to a Redis stream per partition (XADD), its "
+        "offset as the entry id",
+        params=RedisStreamParams,
+        make=RedisStreamSink,
+        accepts=tuple(EVENTS.values()),
+        state_type=RedisStreamState,
     ),
     "video_stats": ProcessorType(
         name="video_stats",

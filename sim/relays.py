@@ -5,6 +5,12 @@
 a receiver drops what it has already had: a batch delivered again after a retry or a crash
 carries the same key and ids. Answers 2xx deliver; 429 and 5xx (with ``Retry-After``
 honoured) and connection errors are retried; any other answer refuses the batch for good.
+
+``redis_stream`` appends each record to a Redis stream per partition with ``XADD`` under the
+entry id ``OFFSET+1-0``: a record sent again after a retry or a crash has an id the stream
+holds already, and Redis refuses it, so each record is stored once.
+
+Values go out as JSON objects, field by field.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import collections
 import math
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
@@ -21,12 +28,18 @@ from typing import Annotated, Any
 import attrs
 import httpx
 import msgspec
+import redis
+import trio
 
-from actors import PermanentError, RecordBatch, RingflowError, TransientError
+from actors import PermanentError, RecordBatch, RingflowError, TransientError, redact
 from topology import SinkContext, State
 
 MAX_QUOTED = 200
 """The most characters of a receiver's answer quoted in an error."""
+
+SOCKET_TIMEOUT = 30.0
+"""Seconds a Redis socket waits at most (attempts are timed by the delivery engine; this
+ends a thread it gave up on)."""
 
 
 @attrs.frozen
@@ -145,7 +158,7 @@ class WebhookSink:
                         "id": f"{where}/{batch.base_offset + i}",
                         "key": _plain(key),
                         "timestamp": float(stamp),
-                        "value": value,
+                        "value": as_object(value),
                     }
                     for i, (key, stamp, value) in enumerate(
                         zip(batch.keys, batch.timestamps, list(batch.values), strict=True)
@@ -198,6 +211,216 @@ class WebhookSink:
         return [(kind, f"{count:,}") for kind, count in sorted(self._kinds.items())]
 
 
+@attrs.frozen
+class RedisStreamParams:
+    """Settings of ``redis_stream``."""
+
+    url: str
+    """The Redis to write to: ``redis://HOST:PORT/DB``, ``rediss://...`` or
+    ``unix:///PATH``."""
+    stream: str = "ringflow:{topic}:{partition}"
+    """The stream of each partition; ``{topic}`` and ``{partition}`` are filled in (with more
+    than one partition, ``{partition}`` is needed: entry ids are offsets)."""
+    maxlen: int | None = None
+    """Trim each stream to about this many entries (``MAXLEN ~``); None keeps them all."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"url {self.url!r} is not a Redis URL (redis://, rediss:// or unix://)"
+            )
+        try:
+            self.stream.format(topic="t", partition=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"stream {self.stream!r} names only {{topic}} and {{partition}}: {exc}"
+            ) from None
+        if self.maxlen is not None and self.maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, got {self.maxlen}")
+
+
+class RedisStreamState(State, frozen=True, tag=1):
+    """The state of ``redis_stream``: records delivered per kind, and the run's lineage."""
+
+    kinds: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+    lineage: str
+    """Written in every entry: a stream holding another run's entries is refused."""
+
+
+TAKEN_ALREADY = "equal or smaller than the target stream top item"
+"""What Redis says of an ``XADD`` whose id the stream has passed: the record is there."""
+
+
+@attrs.define(eq=False)
+class RedisStreamSink:
+    """Appends the records it consumes to Redis streams (see the module)."""
+
+    params: RedisStreamParams
+    _client: Any = None
+    _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+    _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    _lineage: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    _again: int = 0
+    """Records sent again that the stream held already."""
+    _removed: int = 0
+    """Entries of this run past its newest epoch, removed as the sink opened."""
+    _consumer: str = ""
+
+    @property
+    def linger(self) -> float:
+        """Records go as soon as they are ready."""
+        return 0.0
+
+    def _stream(self, topic: str, partition: int) -> str:
+        return self.params.stream.format(topic=topic, partition=partition)
+
+    @asynccontextmanager
+    async def opened(self, context: SinkContext) -> AsyncIterator[None]:
+        """Connect, and check each stream: one holding another run's entries is refused;
+        entries of this run past where its partition now ends (written after the newest
+        epoch, before a crash) are removed, as their offsets go to other records.
+
+        Raises:
+            RelayError: Redis cannot be reached, or a stream is another run's.
+        """
+        self._consumer = context.consumer
+        if "{partition}" not in self.params.stream and any(p for _, p in context.ends):
+            raise RelayError(
+                f"redis_stream of consumer {context.consumer}: params.stream "
+                f"{self.params.stream!r} has no {{partition}}, and its topics have several "
+                "partitions (entry ids are offsets, one stream per partition)"
+            )
+        client = redis.Redis.from_url(
+            self.params.url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
+        try:
+            await self._in_thread(self._check, client, dict(context.ends))
+        except redis.RedisError as exc:
+            client.close()
+            raise RelayError(
+                f"redis_stream of consumer {context.consumer}: {redact(self.params.url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        except RelayError:
+            client.close()
+            raise
+        self._client = client
+        try:
+            yield
+        finally:
+            self._client = None
+            client.close()
+
+    async def _in_thread(self, work: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(
+            work, *args, limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    def _check(self, client: Any, ends: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), end in sorted(ends.items()):
+            stream = self._stream(topic, partition)
+            last = client.xrevrange(stream, count=1)
+            if not last:
+                continue
+            lineage = last[0][1].get(b"lineage", b"").decode()
+            if lineage != self._lineage:
+                raise RelayError(
+                    f"redis_stream of consumer {self._consumer}: stream {stream!r} holds "
+                    f"entries of another run (up to id {last[0][0].decode()}); name another "
+                    "stream (params.stream) or delete it"
+                )
+            past = client.xrange(stream, min=f"{end + 1}-0", max="+")
+            if past:
+                client.xdel(stream, *[entry for entry, _ in past])
+                # The stream's last id stays where it was: lower it, or the records now
+                # at those offsets would be taken for ones it has.
+                client.execute_command("XSETID", stream, f"{end}-0")
+                self._removed += len(past)
+
+    async def write(self, batches: Sequence[RecordBatch]) -> None:
+        """Append every record of ``batches``; count them once all are in.
+
+        Raises:
+            TransientError: Redis could not be reached or did not answer in time.
+            PermanentError: Redis refused an entry (a key of another type...).
+        """
+        client = self._client
+        assert client is not None, "the sink is not open"
+        entries = []
+        for batch in batches:
+            stream = self._stream(batch.topic, batch.partition)
+            where = f"{batch.topic}/{batch.partition}"
+            for i, (key, value) in enumerate(zip(batch.keys, list(batch.values), strict=True)):
+                offset = batch.base_offset + i
+                fields = {
+                    "id": f"{where}/{offset}",
+                    "key": _ENCODER.encode(_plain(key)),
+                    "value": _ENCODER.encode(as_object(value)),
+                    "lineage": self._lineage,
+                }
+                entries.append((stream, f"{offset + 1}-0", fields))
+        try:
+            again = await self._in_thread(self._append, client, entries)
+        except redis.ResponseError as exc:
+            raise PermanentError(f"{redact(self.params.url)}: {exc}") from None
+        except redis.RedisError as exc:
+            raise TransientError(
+                f"{redact(self.params.url)}: {type(exc).__name__}: {exc}"
+            ) from None
+        self._again += again
+        for batch in batches:
+            self._kinds.update(getattr(v, "kind", type(v).__name__) for v in batch.values)
+
+    def _append(self, client: Any, entries: list[tuple[str, str, dict[str, Any]]]) -> int:
+        pipe = client.pipeline(transaction=False)
+        for stream, entry, fields in entries:
+            if self.params.maxlen is None:
+                pipe.xadd(stream, fields, id=entry)
+            else:
+                pipe.xadd(stream, fields, id=entry, maxlen=self.params.maxlen, approximate=True)
+        again = 0
+        for answer in pipe.execute(raise_on_error=False):
+            if isinstance(answer, redis.ResponseError):
+                if TAKEN_ALREADY not in str(answer):
+                    raise answer
+                again += 1
+            elif isinstance(answer, Exception):
+                raise answer
+        return again
+
+    # -- the processor's duties ------------------------------------------------------------
+
+    def process(self, events: Sequence[Any]) -> None:
+        """Not used: a sink's consumer calls :meth:`write`."""
+        raise TypeError("the redis_stream relay appends batches with write(), not process()")
+
+    def result(self) -> dict[str, Any]:
+        """Records delivered per kind, and where."""
+        return {
+            "delivered": dict(sorted(self._kinds.items())),
+            "sent_again": self._again,
+            "removed_past_epoch": self._removed,
+            "stream": self.params.stream,
+        }
+
+    def totals(self) -> dict[str, int]:
+        """Records delivered per kind."""
+        return dict(self._kinds)
+
+    def snapshot(self) -> RedisStreamState:
+        """Records delivered per kind, and the lineage."""
+        return RedisStreamState(kinds=dict(self._kinds), lineage=self._lineage)
+
+    def restore(self, state: RedisStreamState) -> None:
+        """Take back the counts and the lineage of an epoch."""
+        self._kinds = collections.Counter(state.kinds)
+        self._lineage = state.lineage
+
+    def live(self) -> list[tuple[str, str]]:
+        """Records delivered per kind so far."""
+        return [(kind, f"{count:,}") for kind, count in sorted(self._kinds.items())]
+
+
 def _retry_after(value: str | None) -> float | None:
     # Seconds, or an HTTP date; anything else is ignored.
     if value is None:
@@ -222,3 +445,13 @@ def _plain(key: Any) -> Any:
         return int(key)
     except (TypeError, ValueError):
         return str(key)
+
+
+def as_object(value: Any) -> Any:
+    """An event as a JSON-ready mapping of its fields (``kind`` included), whatever its
+    layout on the wire (events travel as arrays)."""
+    if not isinstance(value, msgspec.Struct):
+        return value
+    fields = msgspec.structs.asdict(value)
+    kind = getattr(value, "kind", None)
+    return fields if kind is None or "kind" in fields else {"kind": kind, **fields}

@@ -6,13 +6,23 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
+import redis
 import trio
 
-from actors import Request, Response, serve_http
-from sim.relays import RelayError, WebhookParams, WebhookSink
+from actors import RecordBatch, Request, Response, serve_http
+from sim.redis_server import EmbeddedRedis
+from sim.relays import (
+    RedisStreamParams,
+    RedisStreamSink,
+    RelayError,
+    WebhookParams,
+    WebhookSink,
+)
 from sim.report import Report, build_report
 from sim.run import REGISTRY, load_topology
 from sim.workloads import VideoEvent
@@ -81,6 +91,7 @@ class Receiver:
         assert request.headers["idempotency-key"] == f"{ids[0].rsplit('/', 1)[0]}/" + (
             f"{batch['first_offset']}-{batch['last_offset']}"
         )
+        assert all(r["value"]["video_id"] == r["key"] for r in batch["records"])
         self.taken.update(ids)
         self.keys.append(request.headers["idempotency-key"])
         return self._answer(Response.json(200, {"ok": len(ids)}))
@@ -162,3 +173,111 @@ async def test_a_webhook_whose_token_variable_is_unset_refuses_to_start(
     with pytest.raises(RelayError, match=r"RINGFLOW_TEST_NO_TOKEN .* is unset or empty"):
         async with sink.opened(context):
             pass
+
+
+# -- redis_stream: XADD with offsets as entry ids, against a real redis-server -----------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    server = EmbeddedRedis.start(tmp_path / "redis")
+    try:
+        yield server.url
+    finally:
+        server.stop(save=False)
+
+
+def stream_topology(url: str, events: int = 600) -> Topology:
+    return Topology.from_dict(
+        {
+            "name": "stream-test",
+            "topics": {"events": {"partitions": 2, "capacity": 200, "key": "video_id"}},
+            "producers": {
+                "site": {
+                    "workload": "video_site",
+                    "topic": "events",
+                    "events": events,
+                    "max_batch": 50,
+                    "params": {"videos": 50, "users": 1000},
+                }
+            },
+            "consumers": {
+                "relay": {"topic": "events", "processor": "redis_stream", "params": {"url": url}}
+            },
+            "redis": {"enabled": False},
+        }
+    )
+
+
+async def test_redis_stream_appends_each_record_once_with_its_offset_as_id(
+    redis_url: str,
+) -> None:
+    pipeline = Pipeline.build(stream_topology(redis_url), REGISTRY)
+    await pipeline.run()
+    client = redis.Redis.from_url(redis_url)
+    for partition in pipeline.topics["events"].partitions:
+        entries = client.xrange(f"ringflow:events:{partition.index}")
+        assert [e[0] for e in entries] == [
+            f"{o + 1}-0".encode() for o in range(partition.end_offset)
+        ]
+        first = entries[0][1]
+        assert first[b"id"] == f"events/{partition.index}/0".encode()
+        value = json.loads(first[b"value"])
+        assert value["kind"] in ("view", "like", "dislike", "comment", "watch")
+        assert json.loads(first[b"key"]) == value["video_id"]
+    assert sum(pipeline.processors["relay"].totals().values()) == 600
+    assert [e.ok for e in pipeline.expectations()] == [True, True, True]
+
+    # The same records again (a retry after a timeout, a crash before the epoch): not stored
+    # twice.
+    sink = pipeline.processors["relay"]
+    assert isinstance(sink, RedisStreamSink)
+    batch = RecordBatch(
+        "events", 0, 0, [1, 2], [VideoEvent("view", 1, 1, 0, 0.0, 0, 0, 0)] * 2, [0.0, 0.0]
+    )
+    context = SinkContext("relay", {}, None, {("events", 0): 10**9})
+    async with sink.opened(context):
+        await sink.write([batch])
+    assert sink.result()["sent_again"] == 2
+    assert client.xlen("ringflow:events:0") == pipeline.topics["events"].partitions[0].end_offset
+
+    # Another run (afresh) finds the streams another run's: refused, not silently dropped.
+    again = Pipeline.build(stream_topology(redis_url), REGISTRY)
+    with pytest.raises(RelayError, match="holds entries of another run"):
+        await again.run()
+    client.close()
+
+
+async def test_redis_stream_away_is_retried_and_a_bad_url_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is not a Redis URL"):
+        RedisStreamParams("http://127.0.0.1:6379")
+    with pytest.raises(ValueError, match="names only"):
+        RedisStreamParams("redis://127.0.0.1:6379", stream="x:{nope}")
+    sink = RedisStreamSink(RedisStreamParams(f"unix://{tmp_path}/nobody.sock"))
+    with pytest.raises(RelayError, match="ConnectionError"):
+        async with sink.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
+            pass
+
+
+async def test_entries_past_the_newest_epoch_are_removed_as_a_resumed_run_opens(
+    redis_url: str,
+) -> None:
+    def batch(first: int, count: int) -> RecordBatch:
+        values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(first, first + count)]
+        return RecordBatch("events", 0, first, [1] * count, values, [0.0] * count)
+
+    sink = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    async with sink.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
+        await sink.write([batch(0, 10)])
+        state = sink.snapshot()  # an epoch holds offsets 0..9
+        await sink.write([batch(10, 10)])  # then the process dies
+    resumed = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    resumed.restore(state)
+    async with resumed.opened(SinkContext("relay", {}, None, {("events", 0): 10})):
+        assert resumed.result()["removed_past_epoch"] == 10
+        await resumed.write([batch(10, 5)])  # offsets 10.. are other records now
+    client = redis.Redis.from_url(redis_url)
+    entries = client.xrange("s")
+    client.close()
+    assert [e[0] for e in entries] == [f"{o + 1}-0".encode() for o in range(15)]
+    assert resumed.totals() == {"view": 15}
