@@ -28,6 +28,7 @@ from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 from .baseline import plain_loop
 from .bench_gateway import measure_gateway, measure_tap_latency
 from .bench_http import HTTP_CASES, measure_http
+from .bench_relay import measure_relay
 from .bench_versus import (
     UGC_AT_THROUGHPUT,
     as_shipped,
@@ -80,6 +81,9 @@ class BenchSettings:
     http_seconds: float = 15.0
     """Seconds of each HTTP measurement (``ringflow serve`` loaded by ``ringflow load``);
     0 skips them."""
+    relay_events: int = 100_000
+    """Events relayed to a webhook receiver that takes everything and to one that fails 30%
+    of requests and leaves 5% unanswered, ``repeat`` times each (0 skips it)."""
     bytewax_python: str | None = None
     """The Python interpreter that has Bytewax installed (None: this one, if it has)."""
 
@@ -496,5 +500,8 @@ def run_bench(
                 "errors": measured["errors"],
                 "storage_lag_s": measured["storage_lag_s"],
             }
+    if settings.relay_events:
+        progress(f"relay: {settings.relay_events:,} events to a webhook, clean and failing")
+        result["relay"] = measure_relay(settings.relay_events, settings.repeat)
     result["machine"] = machine()
     return result

@@ -28,11 +28,18 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--headline-events=20000",
             "--ugc-events=5000",
             "--ugc-shipped-events=2000",
+            "--relay-events=3000",
             "--bytewax=/nonexistent/python",
         ]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
+    relay = result["relay"]
+    assert relay["every_record_delivered"] is True
+    assert relay["ratio"] == pytest.approx(
+        relay["failing_records_per_s"] / relay["clean_records_per_s"], rel=1e-2
+    )
+    assert relay["failing_requests"] > 0
     for key in ("raw_records_per_s", "pipeline_records_per_s", "single_records_per_s"):
         assert result[key] > 0
     # With one round the ratio is exactly pipeline / raw of that round.

@@ -51,6 +51,12 @@ SETTINGS: tuple[tuple[str, Callable[[str], int | float], str], ...] = (
         "seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips it",
     ),
     (
+        "relay_events",
+        non_negative,
+        "events relayed to a webhook receiver on loopback that takes everything, and to one "
+        "that fails 30%% of requests with 500 and leaves 5%% unanswered; 0 skips it",
+    ),
+    (
         "headline_events",
         non_negative,
         "events of the video-site run with checkpoints and Redis logging on, against the "
@@ -184,6 +190,14 @@ def bench(args: argparse.Namespace) -> ExitCode:
             f"{http['achieved_per_s']:,.0f} req/s ({http['events_per_s']:,.0f} events/s); "
             f"{latency.get('p75', 0):,.1f} / {latency.get('p95', 0):,.1f} ms; "
             f"{sum(http['errors'].values()):,}",
+        )
+    relay = result.get("relay")
+    if relay is not None:
+        table.add_row(
+            f"relay to a webhook, {relay['events']:,} events: clean / failing 35% "
+            "(every record delivered)",
+            f"{relay['clean_records_per_s']:,.0f} / {relay['failing_records_per_s']:,.0f} "
+            f"records/s (ratio {relay['ratio']:.2f})",
         )
     make_console().print(table)
     return ExitCode.OK
