@@ -28,7 +28,7 @@ from actors import Columns, ConsumerGroup, Record, Topic, open_producer
 from .baseline import plain_loop
 from .bench_gateway import measure_gateway, measure_tap_latency
 from .bench_http import HTTP_CASES, measure_http
-from .bench_relay import measure_relay
+from .bench_relay import measure_outage, measure_relay
 from .bench_versus import (
     UGC_AT_THROUGHPUT,
     as_shipped,
@@ -81,6 +81,9 @@ class BenchSettings:
     http_seconds: float = 15.0
     """Seconds of each HTTP measurement (``ringflow serve`` loaded by ``ringflow load``);
     0 skips them."""
+    outage_seconds: float = 30.0
+    """Seconds the receiver of a served topology's webhook relay is away while clients send
+    1,000 events a second (0 skips it)."""
     relay_events: int = 100_000
     """Events relayed to a webhook receiver that takes everything and to one that fails 30%
     of requests and leaves 5% unanswered, ``repeat`` times each (0 skips it)."""
@@ -503,5 +506,8 @@ def run_bench(
     if settings.relay_events:
         progress(f"relay: {settings.relay_events:,} events to a webhook, clean and failing")
         result["relay"] = measure_relay(settings.relay_events, settings.repeat)
+    if settings.outage_seconds:
+        progress(f"relay: a receiver away for {settings.outage_seconds:g} s under serve")
+        result["outage"] = measure_outage(settings.outage_seconds)
     result["machine"] = machine()
     return result

@@ -37,6 +37,9 @@ from topology import SinkContext, State
 MAX_QUOTED = 200
 """The most characters of a receiver's answer quoted in an error."""
 
+KEPT_BODIES = 256
+"""Bodies of failed POSTs kept for their retries at most (the oldest go first)."""
+
 SOCKET_TIMEOUT = 30.0
 """Seconds a Redis socket waits at most (attempts are timed by the delivery engine; this
 ends a thread it gave up on)."""
@@ -54,8 +57,18 @@ class WebhookParams:
     """More headers sent with every request."""
     connections: int = 8
     """Connections kept open to the receiver at most."""
+    max_records: int = 2000
+    """The most records in one POST: consecutive batches of a partition go together up to
+    it (a backlog goes in fewer requests)."""
+    linger: float = 0.0
+    """Seconds between two POSTs of a consumer instance at least: records gather meanwhile
+    (fewer, larger requests, for that much more latency)."""
 
     def __attrs_post_init__(self) -> None:
+        if self.max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {self.max_records}")
+        if not 0 <= self.linger < math.inf:
+            raise ValueError(f"linger must be a finite number >= 0, got {self.linger}")
         try:
             parts = httpx.URL(self.url) if "://" in self.url else None
         except httpx.InvalidURL as exc:
@@ -97,14 +110,21 @@ class WebhookSink:
     _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _batches: int = 0
     _headers: dict[str, str] = attrs.field(factory=dict)
+    _bodies: dict[str, bytes] = attrs.field(factory=dict)
+    """Bodies of POSTs being retried, by idempotency key."""
 
     one_batch_per_write = True
     """Each batch is its own attempt (a POST), retried on its own."""
 
     @property
+    def max_records(self) -> int:
+        """The most records in one POST (consecutive batches of a partition are joined)."""
+        return self.params.max_records
+
+    @property
     def linger(self) -> float:
-        """Batches go as soon as they are ready."""
-        return 0.0
+        """Seconds between two POSTs of an instance at least (``params.linger``)."""
+        return self.params.linger
 
     @asynccontextmanager
     async def opened(self, context: SinkContext) -> AsyncIterator[None]:
@@ -147,7 +167,29 @@ class WebhookSink:
     async def _post(self, client: httpx.AsyncClient, batch: RecordBatch) -> None:
         last = batch.base_offset + len(batch.values) - 1
         where = f"{batch.topic}/{batch.partition}"
-        body = _ENCODER.encode(
+        key = f"{where}/{batch.base_offset}-{last}"
+        body = self._bodies.get(key)  # a retry sends what the first attempt did
+        if body is None:
+            body = self._bodies[key] = self._body(batch, where, last)
+            if len(self._bodies) > KEPT_BODIES:  # given up on, or its run rolled back
+                del self._bodies[next(iter(self._bodies))]
+        headers = {**self._headers, "idempotency-key": key}
+        try:
+            answer = await client.post(self.params.url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise TransientError(f"{self.params.url}: {type(exc).__name__}: {exc}") from None
+        status = answer.status_code
+        if 200 <= status < 300:
+            del self._bodies[key]
+            return
+        said = f"{self.params.url} answered {status}: {answer.text[:MAX_QUOTED]}"
+        if status == 429 or status >= 500:
+            raise TransientError(said, retry_after=_retry_after(answer.headers.get("retry-after")))
+        del self._bodies[key]
+        raise PermanentError(said)
+
+    def _body(self, batch: RecordBatch, where: str, last: int) -> bytes:
+        return _ENCODER.encode(
             {
                 "topic": batch.topic,
                 "partition": batch.partition,
@@ -166,18 +208,6 @@ class WebhookSink:
                 ],
             }
         )
-        headers = {**self._headers, "idempotency-key": f"{where}/{batch.base_offset}-{last}"}
-        try:
-            answer = await client.post(self.params.url, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise TransientError(f"{self.params.url}: {type(exc).__name__}: {exc}") from None
-        status = answer.status_code
-        if 200 <= status < 300:
-            return
-        said = f"{self.params.url} answered {status}: {answer.text[:MAX_QUOTED]}"
-        if status == 429 or status >= 500:
-            raise TransientError(said, retry_after=_retry_after(answer.headers.get("retry-after")))
-        raise PermanentError(said)
 
     # -- the processor's duties ------------------------------------------------------------
 

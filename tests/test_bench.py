@@ -29,6 +29,7 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
             "--ugc-events=5000",
             "--ugc-shipped-events=2000",
             "--relay-events=3000",
+            "--outage-seconds=1",
             "--bytewax=/nonexistent/python",
         ]
     )
@@ -40,6 +41,9 @@ def test_bench_json_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> 
         relay["failing_records_per_s"] / relay["clean_records_per_s"], rel=1e-2
     )
     assert relay["failing_requests"] > 0
+    outage = result["outage"]
+    assert outage["every_accepted_event_delivered"] is True
+    assert outage["delivered"] >= outage["events_accepted"] > 0
     for key in ("raw_records_per_s", "pipeline_records_per_s", "single_records_per_s"):
         assert result[key] > 0
     # With one round the ratio is exactly pipeline / raw of that round.

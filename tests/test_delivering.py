@@ -35,6 +35,7 @@ from topology import (
     TopologyError,
     UndeliveredError,
 )
+from topology.delivering import coalesced
 from topology.snapshot import PartitionContents, PartitionPart, decode, encode
 
 
@@ -267,3 +268,20 @@ def test_a_dead_letter_topic_must_be_on_its_consumers_node() -> None:
     data["nodes"]["broker"]["topics"] = ["events"]
     data["nodes"]["work"]["topics"] = ["dlq"]
     Topology.from_dict(data)
+
+
+def test_consecutive_batches_of_a_partition_go_as_one_up_to_the_limit() -> None:
+    joined = coalesced(
+        [batch(0, 0, ["a", "b"]), batch(0, 2, ["c"]), batch(1, 0, ["d"]), batch(0, 3, ["e"])],
+        limit=3,
+    )
+    assert [(b.partition, b.base_offset, list(b.values)) for b in joined] == [
+        (0, 0, ["a", "b", "c"]),
+        (1, 0, ["d"]),
+        (0, 3, ["e"]),  # after another partition's: order of the list is kept
+    ]
+    assert list(joined[0].keys) == ["k0", "k1", "k2"]
+    gap = coalesced([batch(0, 0, ["a"]), batch(0, 5, ["b"])], limit=10)
+    assert len(gap) == 2, "records between them are not there: not joined"
+    full = coalesced([batch(0, 0, ["a", "b"]), batch(0, 2, ["c", "d"])], limit=3)
+    assert [len(b.values) for b in full] == [2, 2]

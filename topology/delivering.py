@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import attrs
 import msgspec
+import numpy as np
 import trio
 
 from actors import (
@@ -31,6 +32,7 @@ from actors import (
     RecordBatch,
     RetryPolicy,
     RingflowError,
+    Table,
     Topic,
     Undeliverable,
     admit_sized,
@@ -134,7 +136,9 @@ class SinkDelivery:
 
         A sink that writes each batch on its own (``one_batch_per_write``: a webhook's POST
         per batch) gets one attempt per batch, so that a flaky system is not asked to take
-        many batches in a row without a failure.
+        many batches in a row without a failure; consecutive batches of a partition go as
+        one, up to the sink's ``max_records`` (a backlog, after a wait, goes in fewer
+        calls).
 
         Args:
             batches: Records of one topic, each batch of one partition.
@@ -151,7 +155,8 @@ class SinkDelivery:
         self.writing += 1
         try:
             if getattr(self.sink, "one_batch_per_write", False):
-                for batch in batches:
+                limit = getattr(self.sink, "max_records", None)
+                for batch in coalesced(batches, limit) if limit else batches:
                     await self._write([batch], done, writer)
             else:
                 await self._write(batches, done, writer)
@@ -266,6 +271,41 @@ class SinkDelivery:
             return [s for s in shares if len(s)]
 
         await admit_sized(sizes, build)
+
+
+def coalesced(batches: Sequence[RecordBatch], limit: int) -> list[RecordBatch]:
+    """``batches`` with each run of consecutive batches of one partition joined, up to
+    ``limit`` records a batch (a batch already larger stays as it is; tables are not
+    joined)."""
+    joined: list[RecordBatch] = []
+    for batch in batches:
+        last = joined[-1] if joined else None
+        if (
+            last is not None
+            and last.topic == batch.topic
+            and last.partition == batch.partition
+            and last.next_offset == batch.base_offset
+            and len(last.values) + len(batch.values) <= limit
+            and not isinstance(last.values, Table)
+            and not isinstance(batch.values, Table)
+        ):
+            joined[-1] = RecordBatch(
+                last.topic,
+                last.partition,
+                last.base_offset,
+                _joined(last.keys, batch.keys),
+                [*last.values, *batch.values],
+                _joined(last.timestamps, batch.timestamps),
+            )
+        else:
+            joined.append(batch)
+    return joined
+
+
+def _joined(first: Any, second: Any) -> Any:
+    if isinstance(first, np.ndarray) and isinstance(second, np.ndarray):
+        return np.concatenate([first, second])
+    return [*first, *second]
 
 
 def _plain(key: Any) -> str | int | None:

@@ -51,6 +51,12 @@ SETTINGS: tuple[tuple[str, Callable[[str], int | float], str], ...] = (
         "seconds of a 10,000 records/s stream whose delay to a tap is measured; 0 skips it",
     ),
     (
+        "outage_seconds",
+        seconds,
+        "seconds a served topology's webhook receiver is away while clients send 1,000 "
+        "events/s (memory, 503s, every accepted event delivered after); 0 skips it",
+    ),
+    (
         "relay_events",
         non_negative,
         "events relayed to a webhook receiver on loopback that takes everything, and to one "
@@ -198,6 +204,16 @@ def bench(args: argparse.Namespace) -> ExitCode:
             "(every record delivered)",
             f"{relay['clean_records_per_s']:,.0f} / {relay['failing_records_per_s']:,.0f} "
             f"records/s (ratio {relay['ratio']:.2f})",
+        )
+    outage = result.get("outage")
+    if outage is not None:
+        statuses = outage["statuses"]
+        table.add_row(
+            f"receiver away {outage['outage_s']:g} s under serve: accepted, 503s; peak RSS "
+            "before / during; every accepted event delivered",
+            f"{outage['events_accepted']:,}, {statuses.get('503', 0):,}; "
+            f"{outage['rss_mb']['before']:,.0f} / {outage['rss_mb']['outage']:,.0f} MB; "
+            + ("yes" if outage["every_accepted_event_delivered"] else "NO"),
         )
     make_console().print(table)
     return ExitCode.OK
