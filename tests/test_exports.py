@@ -82,6 +82,7 @@ MODULE_LEVEL = {
         "checks": {"at_least", "at_most", "checks", "optional_name", "positive"},
         "convert": {"describe_errors", "make_converter"},
         "crosscheck": {"problems_across"},
+        "dead_letters": {"runs"},
         "delivering": {"coalesced"},
         "loading": {"duplicate_keys", "load_yaml", "read_text"},
         "segment": {"SegmentLog", "decode_segments", "encode_segments"},

@@ -301,7 +301,8 @@ def test_a_processor_that_cannot_read_the_workloads_events_is_refused(
         "$.consumers.stats.processor: processor 'ugc_counters' accepts Click, PageView, "
         "CustomEvent, WatchProgress events, but topic 'events' carries VideoEvent events from "
         "workload 'video_site' (producer 'site'); use a processor that accepts them "
-        "(blogger_analytics, clickhouse, video_stats, webhook) or read another topic"
+        "(blogger_analytics, clickhouse, redis_stream, video_stats, webhook) or read another "
+        "topic"
     ) in err
 
 
@@ -313,7 +314,7 @@ def test_a_video_processor_on_a_ugc_topic_is_refused(
     err = " ".join(validate(tmp_path, text, capsys).split())
     assert "processor 'video_stats' accepts VideoEvent events, but topic 'clicks' carries " in err
     assert "Click events from workload 'ugc' (producer 'frontend'); use a processor that " in err
-    assert "accepts them (clickhouse, ugc_counters, webhook)" in err
+    assert "accepts them (clickhouse, redis_stream, ugc_counters, webhook)" in err
 
 
 # -- records without a key -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from sim.processors import PROCESSORS
-from sim.relays import WebhookState
+from sim.relays import RedisStreamState, WebhookState
 from sim.run import REGISTRY
 from sim.sinks import ClickHouseState
 from sim.workloads import WORKLOADS, UgcParams, VideoSiteParams
@@ -74,6 +74,8 @@ def make_processor(name: str) -> Processor:
         params = kind.params(window=1.0)
     elif name == "webhook":
         params = kind.params(url="http://127.0.0.1:9/hook")
+    elif name == "redis_stream":
+        params = kind.params(url="redis://127.0.0.1:9")
     else:
         params = kind.params()
     return kind.make(params)
@@ -94,7 +96,11 @@ def outcome(processor: Any) -> tuple[Any, ...]:
     return processor.result(), processor.totals(), processor.live()
 
 
-SINKS = {"clickhouse": ClickHouseState, "webhook": WebhookState}
+SINKS = {
+    "clickhouse": ClickHouseState,
+    "webhook": WebhookState,
+    "redis_stream": RedisStreamState,
+}
 """The processors that write elsewhere, and their state types."""
 
 FOLDING = sorted(name for name in PROCESSORS if name not in SINKS)
@@ -249,6 +255,8 @@ def states() -> dict[str, tuple[type[State], State]]:
             processor.restore(
                 ClickHouseState(kinds={"click": 2, "playback": 5}, already_stored=1, lineage="a1")
             )
+        elif name == "redis_stream":
+            processor.restore(RedisStreamState(kinds={"view": 3}, lineage="a1"))
         else:
             processor.restore(WebhookState(kinds={"view": 3}, batches=1))
         found[name] = processor_type.state_type, processor.snapshot()

@@ -9,6 +9,13 @@ from .checkpoint import EpochInfo as EpochInfo
 from .checkpoint import Snapshot as Snapshot
 from .checkpoint import read_store as read_store
 from .checks import Checked as Checked
+from .dead_letters import Letter as Letter
+from .dead_letters import Replayed as Replayed
+from .dead_letters import dead_letter_topics as dead_letter_topics
+from .dead_letters import read_letters as read_letters
+from .dead_letters import replay as replay
+from .dead_letters import without as without
+from .dead_letters import write_epoch as write_epoch
 from .delivering import DeadLetter as DeadLetter
 from .delivering import SinkDelivery as SinkDelivery
 from .delivering import UndeliveredError as UndeliveredError

@@ -7,6 +7,7 @@ import argparse
 import collections
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,22 @@ from rich.markup import escape
 from rich.table import Table
 
 from actors import RingflowError
-from topology import CheckpointError, CheckpointStore, Pipeline, Placement, Topology, TopologyError
+from topology import (
+    CheckpointError,
+    CheckpointStore,
+    Letter,
+    Pipeline,
+    Placement,
+    Topology,
+    TopologyError,
+    dead_letter_topics,
+    read_letters,
+    replay,
+    without,
+    write_epoch,
+)
 
 from ..console import make_console
-from ..dlq import Letter, dead_letter_topics, read_letters, replay, when, without, write_epoch
 from ..exitcode import ExitCode
 from ..resume import hold, let_go, state_folder
 from ..run import REGISTRY, load_topology
@@ -182,6 +195,14 @@ def _node(topology: Topology, given: str | None, consumer: str | None) -> str | 
             topology.name,
         )
     return nodes[0]
+
+
+def when(seconds: float, wall: bool) -> str:
+    """A dead letter's time for people: a date and time for a served topology (Unix time),
+    else seconds of simulated time."""
+    if wall:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    return f"t={seconds:,.2f} s"
 
 
 def _say(out: Console, as_json: bool, data: dict[str, Any], text: str) -> None:

@@ -20,16 +20,13 @@ import attrs
 import msgspec
 
 from actors import PartitionState, RecordBatch
-from topology import (
-    CheckpointStore,
-    DeadLetter,
-    EpochInfo,
-    Pipeline,
-    Snapshot,
-    Topology,
-)
-from topology.serving import open_sink
-from topology.snapshot import (
+
+from .checkpoint import CheckpointStore, EpochInfo, Snapshot
+from .delivering import DeadLetter
+from .pipeline import Pipeline
+from .schema import Topology
+from .serving import open_sink
+from .snapshot import (
     PartitionContents,
     PartitionPart,
     ProcessorState,
@@ -238,11 +235,3 @@ async def replay(
             pipeline.processors[consumer], kind.state_type
         )
     return results, capture_parts(states)
-
-
-def when(seconds: float, wall: bool) -> str:
-    """A dead letter's time for people: a date and time for a served topology (Unix time),
-    else seconds of simulated time."""
-    if wall:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-    return f"t={seconds:,.2f} s"
