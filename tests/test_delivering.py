@@ -25,6 +25,7 @@ from actors import (
     Topic,
     TransientError,
 )
+from sim.run import REGISTRY
 from sim.stall import watch_progress
 from topology import (
     DeadLetter,
@@ -285,3 +286,23 @@ def test_consecutive_batches_of_a_partition_go_as_one_up_to_the_limit() -> None:
     assert len(gap) == 2, "records between them are not there: not joined"
     full = coalesced([batch(0, 0, ["a", "b"]), batch(0, 2, ["c", "d"])], limit=3)
     assert [len(b.values) for b in full] == [2, 2]
+
+
+def test_dead_letters_belong_to_sinks_not_to_folding_processors() -> None:
+    topology = Topology.from_dict(
+        {
+            "name": "t",
+            "topics": {
+                "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
+                "dlq": {"partitions": 1, "capacity": 100},
+            },
+            "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
+            "consumers": {
+                "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
+            },
+        }
+    )
+    [problem] = REGISTRY.check(topology)
+    assert problem.startswith(
+        "$.consumers.stats.dead_letter: processor 'video_stats' folds the events into aggregates"
+    )

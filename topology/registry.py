@@ -302,7 +302,17 @@ class Registry:
                     f"known: {', '.join(sorted(self.processors))}"
                 )
                 continue
-            problems.extend(_check_params(processor.params, consumer.params, f"{path}.params"))
+            wrong = _check_params(processor.params, consumer.params, f"{path}.params")
+            problems.extend(wrong)
+            if consumer.dead_letter is not None and not wrong:
+                made = processor.make(self.processor_params(topology, name))  # opens nothing
+                if not isinstance(made, Sink):
+                    problems.append(
+                        f"{path}.dead_letter: processor {processor.name!r} folds the events "
+                        "into aggregates, and dead letters are records a sink could not "
+                        "deliver to another system; drop dead_letter (an exception in a "
+                        "processor rolls the run back to its newest epoch)"
+                    )
             problems.extend(self._check_events(topology, name, processor))
         problems.extend(self._check_http(topology))
         return problems
