@@ -40,6 +40,7 @@ from topology import (
     Segment,
     Topology,
     TopologyError,
+    UndeliveredError,
 )
 
 from .events import EVENTS
@@ -436,6 +437,9 @@ class Run:
                     if refused is not None:  # retrying from a checkpoint cannot fix it
                         self._refused = refused
                         status, error = "failed", str(refused)  # the rest is the supervisor's
+                        break
+                    if isinstance(exc.__cause__, UndeliveredError):  # fail fast, as asked
+                        status, error = "failed", str(exc.__cause__)
                         break
                     if writing is None or len(self._rollbacks) >= MAX_ROLLBACKS:
                         status, error = "failed", str(exc)

@@ -266,3 +266,25 @@ async def test_a_run_killed_while_retrying_delivers_everything_once_when_resumed
     assert len(receiver.taken) == 2000, "a record was lost"
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["expect_ok"], report["expect"]
+
+
+async def test_without_a_dead_letter_topic_a_poison_record_fails_the_run_at_once(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_http, receiver, "127.0.0.1", 0)
+        path = relay_file(tmp_path, f"http://127.0.0.1:{server.port}/hook", events=200)
+        data = yaml.safe_load(path.read_text())
+        del data["consumers"]["relay"]["dead_letter"], data["topics"]["events-dlq"]
+        path.write_text(yaml.safe_dump(data))
+        code, out, err = await ringflow(
+            "run", path, "--quiet", "--no-chart", "--report", tmp_path / "r.json"
+        )
+        nursery.cancel_scope.cancel()
+    assert code == 1, out + err
+    said = " ".join((out + err).split())
+    assert "run failed: consumer relay cannot deliver records events[" in said
+    assert "give it a dead_letter topic to go on past such records" in said
+    assert "rolled back" not in said, "rolling back cannot cure a record the sink refuses"
+    assert said.count("cannot deliver") == 1
