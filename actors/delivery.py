@@ -212,7 +212,8 @@ class Undeliverable(RingflowError):
 
     def __init__(self, failure: Failure) -> None:
         why = "attempts ran out" if failure.retryable else "it cannot succeed"
-        super().__init__(f"{failure.error} ({failure.attempts} attempts; {why})")
+        attempts = f"{failure.attempts} attempt{'s' if failure.attempts != 1 else ''}"
+        super().__init__(f"{failure.error} ({attempts}; {why})")
         self.failure = failure
 
 

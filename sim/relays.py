@@ -34,6 +34,8 @@ import trio
 from actors import PermanentError, RecordBatch, RingflowError, TransientError, redact
 from topology import SinkContext, State
 
+from .sinks import folder_lineage
+
 MAX_QUOTED = 200
 """The most characters of a receiver's answer quoted in an error."""
 
@@ -216,12 +218,9 @@ class WebhookSink:
         raise TypeError("the webhook relay delivers batches with write(), not process()")
 
     def result(self) -> dict[str, Any]:
-        """Records delivered per kind, and where."""
-        return {
-            "delivered": dict(sorted(self._kinds.items())),
-            "batches": self._batches,
-            "url": self.params.url,
-        }
+        """Records delivered per kind, and where (what the digest covers: no figure that
+        depends on timing, as how many POSTs carried them)."""
+        return {"delivered": dict(sorted(self._kinds.items())), "url": self.params.url}
 
     def totals(self) -> dict[str, int]:
         """Records delivered per kind."""
@@ -290,6 +289,8 @@ class RedisStreamSink:
     _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _lineage: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    _restored: bool = False
+    """Whether its state came from an epoch (else its lineage is the state folder's)."""
     _again: int = 0
     """Records sent again that the stream held already."""
     _removed: int = 0
@@ -314,6 +315,8 @@ class RedisStreamSink:
             RelayError: Redis cannot be reached, or a stream is another run's.
         """
         self._consumer = context.consumer
+        if not self._restored:
+            self._lineage = folder_lineage(context, self._lineage)
         if "{partition}" not in self.params.stream and any(p for _, p in context.ends):
             raise RelayError(
                 f"redis_stream of consumer {context.consumer}: params.stream "
@@ -425,13 +428,19 @@ class RedisStreamSink:
         raise TypeError("the redis_stream relay appends batches with write(), not process()")
 
     def result(self) -> dict[str, Any]:
-        """Records delivered per kind, and where."""
-        return {
-            "delivered": dict(sorted(self._kinds.items())),
-            "sent_again": self._again,
-            "removed_past_epoch": self._removed,
-            "stream": self.params.stream,
-        }
+        """Records delivered per kind, and where (what the digest covers: no figure that
+        depends on timing, as how many were sent again)."""
+        return {"delivered": dict(sorted(self._kinds.items())), "stream": self.params.stream}
+
+    @property
+    def sent_again(self) -> int:
+        """Records sent again that their stream held already (this process)."""
+        return self._again
+
+    @property
+    def removed_past_epoch(self) -> int:
+        """Entries past the newest epoch removed as the sink opened (this process)."""
+        return self._removed
 
     def totals(self) -> dict[str, int]:
         """Records delivered per kind."""
@@ -445,6 +454,7 @@ class RedisStreamSink:
         """Take back the counts and the lineage of an epoch."""
         self._kinds = collections.Counter(state.kinds)
         self._lineage = state.lineage
+        self._restored = True
 
     def live(self) -> list[tuple[str, str]]:
         """Records delivered per kind so far."""

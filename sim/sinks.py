@@ -90,6 +90,28 @@ class _TopicTable:
     has_user: bool
 
 
+def folder_lineage(context: SinkContext, fresh: str) -> str:
+    """The lineage of a sink that starts with no epoch to resume: the one its state folder
+    keeps (``STATE/sinks/CONSUMER.lineage``), so that a run that died before its first epoch
+    and starts again finds what it wrote as its own; ``fresh`` (kept there) when there is none
+    yet, or no state folder."""
+    if context.state is None:
+        return fresh
+    path = context.state / "sinks" / f"{context.consumer}.lineage"
+    try:
+        kept = path.read_text().strip()
+    except OSError:
+        kept = ""
+    if kept:
+        return kept
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(fresh + "\n")
+    except OSError:
+        pass
+    return fresh
+
+
 def _clickhouse_type(kind: msgspec.inspect.Type) -> str:
     if isinstance(kind, msgspec.inspect.IntType):
         return "Int64"
@@ -197,6 +219,8 @@ class ClickHouseSink:
     _kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _already_stored: int = 0
     _lineage: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    _restored: bool = False
+    """Whether its state came from an epoch (else its lineage is the state folder's)."""
     _removed: int = 0
     """Rows of this lineage removed as the sink opened: written before a crash at offsets
     past the epoch the run resumed from, they belonged to no epoch."""
@@ -218,6 +242,8 @@ class ClickHouseSink:
             if self.params.path
             else (context.state or Path("state")) / "clickhouse"
         )
+        if not self._restored:
+            self._lineage = folder_lineage(context, self._lineage)
         async with open_clickhouse(folder) as store:
             database = self.params.database
             await store.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
@@ -494,6 +520,7 @@ class ClickHouseSink:
         self._kinds = collections.Counter(state.kinds)
         self._already_stored = state.already_stored
         self._lineage = state.lineage
+        self._restored = True
 
     def live(self) -> list[tuple[str, str]]:
         """Events stored per kind so far."""

@@ -306,3 +306,22 @@ def test_dead_letters_belong_to_sinks_not_to_folding_processors() -> None:
     assert problem.startswith(
         "$.consumers.stats.dead_letter: processor 'video_stats' folds the events into aggregates"
     )
+
+
+def test_a_sink_needs_the_real_clock() -> None:
+    data: dict[str, Any] = {
+        "name": "t",
+        "topics": {"events": {"partitions": 1, "capacity": 100, "key": "video_id"}},
+        "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
+        "consumers": {
+            "relay": {
+                "processor": "webhook",
+                "topic": "events",
+                "params": {"url": "http://127.0.0.1:9/x"},
+            }
+        },
+    }
+    [problem] = REGISTRY.check(Topology.from_dict(data))
+    assert problem.startswith("$.consumers.relay.processor: processor 'webhook' writes to")
+    assert problem.endswith("set clock: real")
+    assert REGISTRY.check(Topology.from_dict({**data, "clock": "real"})) == []

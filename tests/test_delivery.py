@@ -89,7 +89,7 @@ async def test_a_permanent_error_is_not_retried_and_says_so(
 ) -> None:
     calls, attempt = failing(1, PermanentError("400 Bad Request: no field 'x'"))
     breaker = CircuitBreaker(threshold=1)
-    with pytest.raises(Undeliverable, match=r"400 Bad Request.*1 attempts; it cannot succeed"):
+    with pytest.raises(Undeliverable, match=r"400 Bad Request.*1 attempt; it cannot succeed"):
         await deliver(attempt, RetryPolicy(), breaker, random.Random(3))  # type: ignore[arg-type]
     assert len(calls) == 1
     assert breaker.state == "closed", "a refusal is an answer: the system is up"

@@ -200,6 +200,27 @@ async def test_records_dead_lettered_while_the_receiver_was_down_fail_totals_and
         assert all(s["retryable"] and s["attempts"] == 3 for s in shown)
         assert all("answered 503" in s["error"] for s in shown)
 
+        # Still away: the first run of letters runs out of attempts again; the others are
+        # not tried, and every letter is kept, the retried ones with their whole history.
+        code, out, err = await ringflow("dlq", path, "replay", "--state", state, "--json")
+        assert code == 1, out + err
+        [result] = json.loads(out)["consumers"]
+        assert result["delivered"] == 0
+        assert result["dead_lettered"] + result["kept"] == 100
+        assert 0 < result["dead_lettered"] < 100
+        code, out, err = await ringflow(
+            "dlq", path, "show", "--state", state, "--json", "--limit", "100"
+        )
+        after = {
+            (s["topic"], s["partition"], s["offset"]): s for s in map(json.loads, out.splitlines())
+        }
+        assert len(after) == 100
+        first = {(s["topic"], s["partition"], s["offset"]): s for s in shown}
+        for key, letter in first.items():
+            assert after[key]["first_failed"] == letter["first_failed"]
+            assert after[key]["attempts"] in (3, 6)  # kept as it was, or 3 more
+        assert sorted({s["attempts"] for s in after.values()}) == [3, 6]
+
         receiver.down = False  # back
         code, out, err = await ringflow("dlq", path, "replay", "--state", state)
         assert code == 0, out + err

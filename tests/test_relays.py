@@ -191,6 +191,7 @@ def stream_topology(url: str, events: int = 600) -> Topology:
     return Topology.from_dict(
         {
             "name": "stream-test",
+            "clock": "real",
             "topics": {"events": {"partitions": 2, "capacity": 200, "key": "video_id"}},
             "producers": {
                 "site": {
@@ -238,7 +239,7 @@ async def test_redis_stream_appends_each_record_once_with_its_offset_as_id(
     context = SinkContext("relay", {}, None, {("events", 0): 10**9})
     async with sink.opened(context):
         await sink.write([batch])
-    assert sink.result()["sent_again"] == 2
+    assert sink.sent_again == 2
     assert client.xlen("ringflow:events:0") == pipeline.topics["events"].partitions[0].end_offset
 
     # Another run (afresh) finds the streams another run's: refused, not silently dropped.
@@ -274,10 +275,32 @@ async def test_entries_past_the_newest_epoch_are_removed_as_a_resumed_run_opens(
     resumed = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
     resumed.restore(state)
     async with resumed.opened(SinkContext("relay", {}, None, {("events", 0): 10})):
-        assert resumed.result()["removed_past_epoch"] == 10
+        assert resumed.removed_past_epoch == 10
         await resumed.write([batch(10, 5)])  # offsets 10.. are other records now
     client = redis.Redis.from_url(redis_url)
     entries = client.xrange("s")
     client.close()
     assert [e[0] for e in entries] == [f"{o + 1}-0".encode() for o in range(15)]
     assert resumed.totals() == {"view": 15}
+
+
+async def test_a_run_that_died_before_its_first_epoch_finds_its_streams_its_own(
+    redis_url: str, tmp_path: Path
+) -> None:
+    values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(10)]
+    batch = RecordBatch("events", 0, 0, [1] * 10, values, [0.0] * 10)
+    state = tmp_path / "state"
+    first = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    async with first.opened(SinkContext("relay", {}, state, {("events", 0): 0})):
+        await first.write([batch])  # then it dies: no epoch
+    again = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))  # no state to restore
+    async with again.opened(SinkContext("relay", {}, state, {("events", 0): 0})):
+        assert again.removed_past_epoch == 10  # offsets from 0 are new again
+        await again.write([batch])
+    other = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    with pytest.raises(RelayError, match="another run"):  # another state folder
+        async with other.opened(SinkContext("relay", {}, tmp_path / "other", {("events", 0): 0})):
+            pass
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen("s") == 10
+    client.close()

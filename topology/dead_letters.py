@@ -146,29 +146,33 @@ class Replayed:
     delivered: int = 0
     dead_lettered: int = 0
     """Those the sink refused again (or whose attempts ran out): back among the dead letters."""
+    kept: int = 0
+    """Those not tried: the sink stayed away (attempts ran out) before their turn."""
 
 
-def runs(letters: Sequence[Letter], value_type: Callable[[str], Any]) -> list[RecordBatch]:
+def runs(
+    letters: Sequence[Letter], value_type: Callable[[str], Any]
+) -> list[tuple[RecordBatch, list[DeadLetter]]]:
     """``letters`` (of one consumer) as batches of their original topics: one per run of
-    consecutive offsets of one partition, values decoded as their topic's events, in order."""
+    consecutive offsets of one partition, values decoded as their topic's events, in order;
+    each with the letters it holds."""
     ordered = sorted(letters, key=lambda t: (t.letter.topic, t.letter.partition, t.letter.offset))
-    batches: list[RecordBatch] = []
+    batches: list[tuple[RecordBatch, list[DeadLetter]]] = []
     group: list[DeadLetter] = []
 
     def close() -> None:
         if group:
             first = group[0]
             decoder = msgspec.msgpack.Decoder(value_type(first.topic))
-            batches.append(
-                RecordBatch(
-                    first.topic,
-                    first.partition,
-                    first.offset,
-                    [d.key for d in group],
-                    [decoder.decode(d.value) for d in group],
-                    [d.first_failed for d in group],
-                )
+            batch = RecordBatch(
+                first.topic,
+                first.partition,
+                first.offset,
+                [d.key for d in group],
+                [decoder.decode(d.value) for d in group],
+                [d.first_failed for d in group],
             )
+            batches.append((batch, list(group)))
             group.clear()
 
     for item in ordered:
@@ -216,9 +220,19 @@ async def replay(
             def done(batch: RecordBatch, result: Replayed = result) -> None:
                 result.delivered += len(batch.values)
 
-            batches = runs(taken, pipeline.value_type)
-            for topic in sorted({b.topic for b in batches}):
-                await delivery.write([b for b in batches if b.topic == topic], done, replaying=True)
+            pairs = runs(taken, pipeline.value_type)
+            delivery.earlier = {(d.topic, d.partition, d.offset): d for _, g in pairs for d in g}
+            for index, (batch, _) in enumerate(pairs):
+                given_up = delivery.dead_lettered
+                await delivery.write([batch], done, replaying=True)
+                failure = delivery.last_given_up
+                if delivery.dead_lettered > given_up and failure is not None and failure.retryable:
+                    # The sink stayed away: the others are not tried, and kept as they were.
+                    rest = [d for _, g in pairs[index + 1 :] for d in g]
+                    if rest:
+                        await delivery.keep(rest)
+                    result.kept = len(rest)
+                    break
             result.dead_lettered = delivery.dead_lettered - before
             result.delivered -= result.dead_lettered
             results.append(result)

@@ -94,6 +94,11 @@ class SinkDelivery:
     """Told of each failed attempt that will be retried (for the log)."""
     writing: int = 0
     """Writes under way now (waiting for the sink, its retries or its breaker)."""
+    earlier: dict[tuple[str, int, int], DeadLetter] = attrs.field(factory=dict)
+    """Dead letters being replayed, by topic, partition and offset: one dead-lettered again
+    keeps its first failure and adds up its attempts."""
+    last_given_up: Failure | None = None
+    """Why the last records given up on were (None before any)."""
     now: Callable[[], float] = trio.current_time
     """The run's clock, as dead letters are stamped with it (event time: Unix time when
     served, simulated seconds otherwise)."""
@@ -239,38 +244,64 @@ class SinkDelivery:
             raise UndeliveredError(
                 f"consumer {self.consumer} cannot deliver records {where} to "
                 f"{batch.base_offset + len(batch.values) - 1}: {failure.error} "
-                f"({failure.attempts} attempts); give it a dead_letter topic to go on past "
+                f"({failure.attempts} attempt{'s' if failure.attempts != 1 else ''}); give it "
+                "a dead_letter topic to go on past "
                 "such records"
             )
+        self.last_given_up = failure
         shift = self.now() - trio.current_time()  # failure times on the run's clock
         letters = [
-            DeadLetter(
-                consumer=self.consumer,
-                topic=batch.topic,
-                partition=int(batch.partition),
-                offset=int(batch.base_offset) + i,
-                key=_plain(key),
-                value=msgspec.msgpack.encode(value),
-                error=failure.error,
-                attempts=failure.attempts,
-                retryable=failure.retryable,
-                first_failed=failure.first_failed + shift,
-                last_failed=failure.last_failed + shift,
+            self._with_history(
+                DeadLetter(
+                    consumer=self.consumer,
+                    topic=batch.topic,
+                    partition=int(batch.partition),
+                    offset=int(batch.base_offset) + i,
+                    key=_plain(key),
+                    value=msgspec.msgpack.encode(value),
+                    error=failure.error,
+                    attempts=failure.attempts,
+                    retryable=failure.retryable,
+                    first_failed=failure.first_failed + shift,
+                    last_failed=failure.last_failed + shift,
+                )
             )
             for i, (key, value) in enumerate(zip(batch.keys, list(batch.values), strict=True))
         ]
+
+        def settled() -> None:
+            done(batch)  # committed in the same step as the dead letters enter their ring
+            self.dead_lettered += len(letters)
+
+        await self.keep(letters, settled)
+
+    async def keep(
+        self, letters: Sequence[DeadLetter], settled: Callable[[], None] | None = None
+    ) -> None:
+        """Put ``letters`` in the dead-letter topic (calling ``settled`` in the same step)."""
         topic = self.dead_letters
+        assert topic is not None, "no dead-letter topic"
         now = trio.current_time()
         keys = [letter.key for letter in letters]  # plain values: epochs encode them
-        shares = topic.split(Columns(keys, letters, [now] * len(letters)))
+        shares = topic.split(Columns(keys, list(letters), [now] * len(letters)))
         sizes = [(p, len(s)) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
 
         def build() -> list[Columns]:
-            done(batch)  # committed in the same step as the dead letters enter their ring
-            self.dead_lettered += len(letters)
+            if settled is not None:
+                settled()
             return [s for s in shares if len(s)]
 
         await admit_sized(sizes, build)
+
+    def _with_history(self, letter: DeadLetter) -> DeadLetter:
+        before = self.earlier.get((letter.topic, letter.partition, letter.offset))
+        if before is None:
+            return letter
+        return msgspec.structs.replace(
+            letter,
+            attempts=before.attempts + letter.attempts,
+            first_failed=min(before.first_failed, letter.first_failed),
+        )
 
 
 def coalesced(batches: Sequence[RecordBatch], limit: int) -> list[RecordBatch]:

@@ -304,15 +304,21 @@ class Registry:
                 continue
             wrong = _check_params(processor.params, consumer.params, f"{path}.params")
             problems.extend(wrong)
-            if consumer.dead_letter is not None and not wrong:
-                made = processor.make(self.processor_params(topology, name))  # opens nothing
-                if not isinstance(made, Sink):
-                    problems.append(
-                        f"{path}.dead_letter: processor {processor.name!r} folds the events "
-                        "into aggregates, and dead letters are records a sink could not "
-                        "deliver to another system; drop dead_letter (an exception in a "
-                        "processor rolls the run back to its newest epoch)"
-                    )
+            made = None if wrong else processor.make(self.processor_params(topology, name))
+            simulated = topology.clock == "virtual" and topology.http is None
+            if isinstance(made, Sink) and simulated and not topology.nodes:
+                problems.append(
+                    f"{path}.processor: processor {processor.name!r} writes to another "
+                    "system, whose answers take real seconds: on the simulated clock "
+                    "(clock: virtual) its attempts would time out at once; set clock: real"
+                )
+            if consumer.dead_letter is not None and made is not None and not isinstance(made, Sink):
+                problems.append(
+                    f"{path}.dead_letter: processor {processor.name!r} folds the events "
+                    "into aggregates, and dead letters are records a sink could not "
+                    "deliver to another system; drop dead_letter (an exception in a "
+                    "processor rolls the run back to its newest epoch)"
+                )
             problems.extend(self._check_events(topology, name, processor))
         problems.extend(self._check_http(topology))
         return problems

@@ -49,6 +49,11 @@ def dlq(args: argparse.Namespace) -> ExitCode:
     out = make_console()
     try:
         topology = load_topology(args.topology)
+        if not dead_letter_topics(topology):
+            raise TopologyError(
+                ["no consumer of this topology has a dead_letter topic: it keeps no dead letters"],
+                str(args.topology),
+            )
         node = _node(topology, args.node, args.consumer)
         folder = state_folder(topology, args.state, node)
         placement = None if node is None else Placement(node)
@@ -116,13 +121,14 @@ def dlq(args: argparse.Namespace) -> ExitCode:
         rebuilt.state_folder = folder
         retried = (lambda text: err.print(escape(text))) if not args.json else None
         results, changed = trio.run(replay, rebuilt, letters, retried)
-        again = sum(r.dead_lettered for r in results)
+        again = sum(r.dead_lettered + r.kept for r in results)
         written = write_epoch(
             store, info, {**rest, **changed}, info.ring_records - len(letters) + again
         )
         lines = [
-            f"{r.consumer}: {r.letters:,} replayed, {r.delivered:,} delivered, "
+            f"{r.consumer}: {r.letters - r.kept:,} replayed, {r.delivered:,} delivered, "
             f"{r.dead_lettered:,} dead-lettered again"
+            + (f"; the sink stayed away: {r.kept:,} not tried (kept)" if r.kept else "")
             for r in results
         ]
         _say(
@@ -133,9 +139,10 @@ def dlq(args: argparse.Namespace) -> ExitCode:
                 "consumers": [
                     {
                         "consumer": r.consumer,
-                        "replayed": r.letters,
+                        "replayed": r.letters - r.kept,
                         "delivered": r.delivered,
                         "dead_lettered": r.dead_lettered,
+                        "kept": r.kept,
                     }
                     for r in results
                 ],
@@ -288,8 +295,9 @@ def _show(
     for row in rows:
         out.print(
             f"[bold]{escape(row['consumer'])}[/bold] {escape(row['topic'])}"
-            f"[{row['partition']}] offset {row['offset']:,} key {escape(repr(row['key']))}: "
-            f"{row['attempts']} attempts, {'ran out' if row['retryable'] else 'refused'}, "
+            f"[{row['partition']}] offset {row['offset']} key {escape(repr(row['key']))}: "
+            f"{row['attempts']} attempt{'s' if row['attempts'] != 1 else ''}, "
+            f"{'ran out' if row['retryable'] else 'refused'}, "
             f"first failed {when(row['first_failed'], wall)}, last "
             f"{when(row['last_failed'], wall)}"
         )
@@ -311,8 +319,9 @@ DLQ = Command(
         "retries: those refused again are dead letters again) and 'purge' removes them: "
         "both write a new epoch, which the next run resumes from, and need the state folder "
         "to themselves (stop the pipeline first). Exit code: 0, 1 when a replay left "
-        "records dead-lettered again or a sink could not be reached, 2 for a bad file, "
-        "argument or state folder."
+        "records dead-lettered again or not tried (its sink stayed away) or a sink could not "
+        "be reached, 2 for a bad file, argument or state folder, 130 on Ctrl-C, 143 on SIGTERM "
+        "(the dead letters are kept)."
     ),
     options=(
         topology_file(help="the topology file the state folder belongs to"),
