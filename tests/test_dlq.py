@@ -309,3 +309,24 @@ async def test_without_a_dead_letter_topic_a_poison_record_fails_the_run_at_once
     assert "give it a dead_letter topic to go on past such records" in said
     assert "rolled back" not in said, "rolling back cannot cure a record the sink refuses"
     assert said.count("cannot deliver") == 1
+
+
+async def test_letters_replay_to_a_sink_whose_url_was_fixed(tmp_path: Path) -> None:
+    wrong, right = Receiver(), Receiver()
+    right.refused.clear()
+    state = tmp_path / "state"
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(serve_http, wrong, "127.0.0.1", 0)
+        second = await nursery.start(serve_http, right, "127.0.0.1", 0)
+        path = relay_file(tmp_path, f"http://127.0.0.1:{first.port}/hook", events=200)
+        code, out, err = await ringflow("run", path, "--state", state, "--quiet", "--no-chart")
+        assert code == 1, out + err
+        # Where the relay writes is no part of what its state means: the file may say
+        # another URL and still be the run's.
+        data = yaml.safe_load(path.read_text())
+        data["consumers"]["relay"]["params"]["url"] = f"http://127.0.0.1:{second.port}/hook"
+        path.write_text(yaml.safe_dump(data))
+        code, out, err = await ringflow("dlq", path, "replay", "--state", state, "--json")
+        assert code == 0, out + err
+        nursery.cancel_scope.cancel()
+    assert set(right.taken) == POISON

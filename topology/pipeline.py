@@ -198,7 +198,7 @@ class Pipeline:
             deliveries=consumers.deliveries,
             produced={name: TopicTally() for name in topology.topics},
             fingerprint=fingerprint(
-                topology, run_seed, plans, None if placement is None else placement.node
+                topology, run_seed, plans, placement.node if placement else None, consumers.sinks
             ),
             value_types=types,
             events_override=events,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Collection
 from typing import Any, Union
 
 import attrs
@@ -111,16 +112,21 @@ def value_type(types: tuple[type, ...]) -> Any:
     return Any if not types else (types[0] if len(types) == 1 else Union[types])  # noqa: UP007
 
 
-def _described(topology: Topology) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+def _described(
+    topology: Topology, sinks: Collection[str] = ()
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     # The topology as plain data without what does not change what a run computes (how often
-    # epochs are written, Redis, gateway settings), and apart from it what runs on each node
-    # (not where the nodes listen).
+    # epochs are written, Redis, gateway settings, where ``sinks`` write to), and apart from
+    # it what runs on each node (not where the nodes listen).
     described = converter.unstructure(attrs.evolve(topology, checkpoint=None, redis=RedisSpec()))
     described.pop("gateway")
     if described.get("http") is None:  # as files written before the section existed
         described.pop("http", None)
-    for consumer in described["consumers"].values():
+    for name, consumer in described["consumers"].items():
         # How deliveries are retried changes no result; no dead-letter topic is as before.
+        # A sink's params say where it writes (a URL fixed after records were refused).
+        if name in sinks:
+            consumer.pop("params", None)
         consumer.pop("retry", None)
         consumer.pop("breaker", None)
         if consumer.get("dead_letter") is None:
@@ -135,16 +141,21 @@ def _sha256(data: Any) -> str:
 
 
 def fingerprint(
-    topology: Topology, seed: int, plans: list[ProducerPlan], node: str | None = None
+    topology: Topology,
+    seed: int,
+    plans: list[ProducerPlan],
+    node: str | None = None,
+    sinks: Collection[str] = (),
 ) -> str:
     """Return what identifies a run's state: the topology, the seed and the producers' plans,
     and for a node of a split topology, the nodes and which one it is.
 
     Checkpoints of one run may only be resumed by a run with the same fingerprint: a run may
-    be resumed with other checkpoint, Redis or gateway settings, which do not change what the
-    state means.
+    be resumed with other checkpoint, Redis, gateway or delivery settings, and with other
+    params for the consumers ``sinks`` (where they write), which do not change what the state
+    means.
     """
-    described, layout = _described(topology)
+    described, layout = _described(topology, sinks)
     data: dict[str, Any] = {
         "topology": described,
         "seed": seed,

@@ -50,6 +50,8 @@ class Consumers:
     """By consumer running here, what it processed."""
     deliveries: dict[str, SinkDelivery] = attrs.field(factory=dict)
     """By consumer running here whose processor is a sink, how records are handed to it."""
+    sinks: set[str] = attrs.field(factory=set)
+    """Every consumer of the topology whose processor is a sink, wherever it runs."""
 
 
 def make_consumers(
@@ -74,7 +76,7 @@ def make_consumers(
         seed: The run's seed (sinks' retries draw their jitter from it).
     """
     here = None if node is None else node.spec
-    consumers = Consumers({}, {}, {}, {})
+    consumers = Consumers({}, {}, {}, {}, sinks=registry.sink_consumers(topology))
     for name, consumer in topology.consumers.items():
         local = here is None or name in here.consumers
         for topic in consumer.topic_names:

@@ -266,6 +266,18 @@ class Registry:
                     )
         return found
 
+    def sink_consumers(self, topology: Topology) -> set[str]:
+        """The consumers whose processor is a sink (making one opens nothing); consumers
+        with an unknown processor or wrong params are left out."""
+        found = set()
+        for name, consumer in topology.consumers.items():
+            kind = self.processors.get(consumer.processor)
+            if kind is None or _check_params(kind.params, consumer.params, ""):
+                continue
+            if isinstance(kind.make(self.processor_params(topology, name)), Sink):
+                found.add(name)
+        return found
+
     def check(self, topology: Topology) -> list[str]:
         """Return every problem with names and params in ``topology``; empty when it is fine."""
         problems: list[str] = []

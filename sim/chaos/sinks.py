@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from actors import RecordBatch, Table, TransientError
-from topology import ProcessorType, Registry, Sink, SinkContext, State, Topology
+from topology import ProcessorType, Registry, SinkContext, State, Topology
 
 from .inject import FaultBox
 
@@ -134,15 +134,11 @@ class ChaosSink:
 
 
 def sink_kinds(topology: Topology, registry: Registry) -> dict[str, str]:
-    """By consumer whose processor is a sink, the sink's kind (making one opens nothing)."""
-    found = {}
-    for name, consumer in topology.consumers.items():
-        kind = registry.processors.get(consumer.processor)
-        if kind is not None and isinstance(
-            kind.make(registry.processor_params(topology, name)), Sink
-        ):
-            found[name] = consumer.processor
-    return found
+    """By consumer whose processor is a sink, the sink's kind."""
+    return {
+        name: topology.consumers[name].processor
+        for name in sorted(registry.sink_consumers(topology))
+    }
 
 
 def with_chaos_sinks(
