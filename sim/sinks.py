@@ -24,7 +24,7 @@ import msgspec
 import numpy as np
 
 from actors import ClickHouse, RecordBatch, Table, open_clickhouse, quote
-from topology import IntakeError, SinkContext, State
+from topology import CheckpointError, IntakeError, SinkContext, State, read_store
 
 LAG_WINDOW = 100_000
 """How many of the latest events the lag quantiles are taken over."""
@@ -91,25 +91,22 @@ class _TopicTable:
 
 
 def folder_lineage(context: SinkContext, fresh: str) -> str:
-    """The lineage of a sink that starts with no epoch to resume: the one its state folder
-    keeps (``STATE/sinks/CONSUMER.lineage``), so that a run that died before its first epoch
-    and starts again finds what it wrote as its own; ``fresh`` (kept there) when there is none
-    yet, or no state folder."""
+    """The lineage of a sink that starts with no epoch to resume: one derived from the state
+    folder's checkpoint database (made when the database was), so that a run that died
+    before its first epoch and starts again finds what it wrote as its own; ``fresh`` when
+    there is no such database (a run without checkpoints, or a database moved away: a run
+    started afresh leaves what earlier runs wrote alone)."""
     if context.state is None:
         return fresh
-    path = context.state / "sinks" / f"{context.consumer}.lineage"
     try:
-        kept = path.read_text().strip()
-    except OSError:
-        kept = ""
-    if kept:
-        return kept
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(fresh + "\n")
-    except OSError:
-        pass
-    return fresh
+        meta, store = read_store(context.state)
+    except CheckpointError:
+        return fresh
+    store.close()
+    made = meta.get("created_at")
+    if not made:
+        return fresh
+    return hashlib.sha256(f"{made}/{context.consumer}".encode()).hexdigest()[:32]
 
 
 def _clickhouse_type(kind: msgspec.inspect.Type) -> str:

@@ -27,7 +27,14 @@ from sim.report import Report, build_report
 from sim.run import REGISTRY, load_topology
 from sim.workloads import VideoEvent
 from tests.examples import EXAMPLES
-from topology import DeadLetter, Pipeline, SinkContext, Topology, TopologyError
+from topology import (
+    CheckpointStore,
+    DeadLetter,
+    Pipeline,
+    SinkContext,
+    Topology,
+    TopologyError,
+)
 
 POISON = "events/0/100"
 """The record the receiver refuses for good."""
@@ -290,6 +297,7 @@ async def test_a_run_that_died_before_its_first_epoch_finds_its_streams_its_own(
     values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(10)]
     batch = RecordBatch("events", 0, 0, [1] * 10, values, [0.0] * 10)
     state = tmp_path / "state"
+    CheckpointStore.open(state, "fingerprint").close()  # the run's database, no epoch yet
     first = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
     async with first.opened(SinkContext("relay", {}, state, {("events", 0): 0})):
         await first.write([batch])  # then it dies: no epoch
@@ -297,9 +305,11 @@ async def test_a_run_that_died_before_its_first_epoch_finds_its_streams_its_own(
     async with again.opened(SinkContext("relay", {}, state, {("events", 0): 0})):
         assert again.removed_past_epoch == 10  # offsets from 0 are new again
         await again.write([batch])
+    (state / "checkpoints.sqlite3").unlink()  # moved away: a run started afresh
+    CheckpointStore.open(state, "fingerprint").close()
     other = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
-    with pytest.raises(RelayError, match="another run"):  # another state folder
-        async with other.opened(SinkContext("relay", {}, tmp_path / "other", {("events", 0): 0})):
+    with pytest.raises(RelayError, match="another run"):
+        async with other.opened(SinkContext("relay", {}, state, {("events", 0): 0})):
             pass
     client = redis.Redis.from_url(redis_url)
     assert client.xlen("s") == 10

@@ -44,6 +44,7 @@ from sim.run import REGISTRY
 from sim.sinks import ClickHouseParams, ClickHouseSink
 from tests.examples import EXAMPLES
 from topology import (
+    CheckpointStore,
     ConsumerTally,
     IntakeSettings,
     Pipeline,
@@ -409,6 +410,22 @@ async def test_a_batch_consumed_again_after_a_crash_is_stored_once(tmp_path: Pat
         await fresh.write([batch(0, [20, 21])])
     assert len(await rows(tmp_path / "ch")) == 8
     assert fresh.result()["already_stored"] == 0
+
+
+async def test_rows_of_a_run_that_died_before_its_first_epoch_are_its_own_again(
+    tmp_path: Path,
+) -> None:
+    CheckpointStore.open(tmp_path, "fingerprint").close()  # the run's database, no epoch
+    topics = {"playback": (Playback,)}
+    params = ClickHouseParams(path=str(tmp_path / "ch"))
+    first = ClickHouseSink(params)
+    async with first.opened(SinkContext("store", topics, tmp_path, {("playback", 0): 0})):
+        await first.write([batch(0, [10, 11, 12])])  # then it dies: no epoch holds them
+    again = ClickHouseSink(params)  # no epoch to restore: it starts from offset 0 again
+    async with again.opened(SinkContext("store", topics, tmp_path, {("playback", 0): 0})):
+        await again.write([batch(0, [30, 31])])
+    assert await rows(tmp_path / "ch") == [(0, 30), (1, 31)]
+    assert again.result()["removed_past_epoch"] == 3
 
 
 class LingeringSink:
