@@ -93,8 +93,11 @@ class RetryPolicy:
 
     def bound(self, failures: int) -> float:
         """The longest wait after ``failures`` failed attempts (at least one)."""
-        exponent = min(failures - 1, 1000)  # no overflow: the maximum caps it long before
-        return float(min(self.maximum, self.initial * self.multiplier**exponent))
+        try:
+            grown = self.initial * self.multiplier ** (failures - 1)
+        except OverflowError:  # far past any maximum
+            return float(self.maximum)
+        return float(min(self.maximum, grown))
 
     def wait(self, failures: int, rng: random.Random, retry_after: float | None = None) -> float:
         """Seconds to wait after ``failures`` failed attempts."""

@@ -18,12 +18,14 @@ from __future__ import annotations
 import collections
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -35,6 +37,9 @@ from actors import PermanentError, RecordBatch, RingflowError, TransientError, r
 from topology import SinkContext, State
 
 from .sinks import folder_lineage
+
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""What an HTTP header name is made of (RFC 9110's token)."""
 
 MAX_QUOTED = 200
 """The most characters of a receiver's answer quoted in an error."""
@@ -86,6 +91,11 @@ class WebhookParams:
             raise ValueError(f"url {self.url!r}: port {parts.port} is not between 1 and 65535")
         if self.connections < 1:
             raise ValueError(f"connections must be >= 1, got {self.connections}")
+        for name, value in self.headers.items():
+            if not HEADER_NAME.fullmatch(name):
+                raise ValueError(f"headers: {name!r} is not a header name")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"headers: the value of {name!r} has a line break or NUL")
 
 
 class RelayError(RingflowError):
@@ -258,6 +268,18 @@ class RedisStreamParams:
             raise ValueError(
                 f"url {self.url!r} is not a Redis URL (redis://, rediss:// or unix://)"
             )
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"url {self.url!r}: its port is not between 1 and 65535") from None
+        if port == 0:
+            raise ValueError(f"url {self.url!r}: port 0 is no Redis's")
+        database = parts.path.strip("/")
+        if not self.url.startswith("unix://") and database and not database.isdigit():
+            raise ValueError(
+                f"url {self.url!r}: {database!r} is not a database number (redis://HOST:PORT/0)"
+            )
         try:
             self.stream.format(topic="t", partition=0)
         except (KeyError, IndexError, ValueError) as exc:
@@ -275,6 +297,31 @@ class RedisStreamState(State, frozen=True, tag=1):
     lineage: str
     """Written in every entry: a stream holding another run's entries is refused."""
 
+
+REPLAY = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local ms, seq = '0', 0
+if #last > 0 then
+  local dash = string.find(last[1][1], '-', 1, true)
+  ms = string.sub(last[1][1], 1, dash - 1)
+  seq = tonumber(string.sub(last[1][1], dash + 1))
+end
+for i = 2, #ARGV, 5 do
+  local here = redis.call('XRANGE', KEYS[1], ARGV[i + 4], ARGV[i + 4])
+  if #here == 0 and redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    seq = seq + 1
+    local fields = {'id', ARGV[i], 'key', ARGV[i + 1], 'value', ARGV[i + 2],
+                    'lineage', ARGV[i + 3]}
+    if ARGV[1] == '' then
+      redis.call('XADD', KEYS[1], ms .. '-' .. seq, unpack(fields))
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ms .. '-' .. seq, unpack(fields))
+    end
+  end
+end
+return seq
+"""
+"""Appends replayed records (see :meth:`RedisStreamSink.replay`), all or none."""
 
 TAKEN_ALREADY = "equal or smaller than the target stream top item"
 """What Redis says of an ``XADD`` whose id the stream has passed: the record is there."""
@@ -352,16 +399,18 @@ class RedisStreamSink:
     def _check(self, client: Any, ends: dict[tuple[str, int], int]) -> None:
         for (topic, partition), end in sorted(ends.items()):
             stream = self._stream(topic, partition)
+            owner = f"{stream}:run"  # taken at once: two runs starting together cannot share
+            client.set(owner, self._lineage, nx=True)
             last = client.xrevrange(stream, count=1)
+            mine = client.get(owner) == self._lineage.encode()
+            if not mine or (last and last[0][1].get(b"lineage") != self._lineage.encode()):
+                raise RelayError(
+                    f"redis_stream of consumer {self._consumer}: stream {stream!r} belongs "
+                    f"to another run ({owner!r} names it); name another stream "
+                    f"(params.stream), or delete both keys"
+                )
             if not last:
                 continue
-            lineage = last[0][1].get(b"lineage", b"").decode()
-            if lineage != self._lineage:
-                raise RelayError(
-                    f"redis_stream of consumer {self._consumer}: stream {stream!r} holds "
-                    f"entries of another run (up to id {last[0][0].decode()}); name another "
-                    "stream (params.stream) or delete it"
-                )
             past = client.xrange(stream, min=f"{end + 1}-0", max="+")
             if past:
                 client.xdel(stream, *[entry for entry, _ in past])
@@ -401,6 +450,50 @@ class RedisStreamSink:
                 f"{redact(self.params.url)}: {type(exc).__name__}: {exc}"
             ) from None
         self._again += again
+        for batch in batches:
+            self._kinds.update(getattr(v, "kind", type(v).__name__) for v in batch.values)
+
+    async def replay(self, batches: Sequence[RecordBatch]) -> None:
+        """Append dead letters sent back (``ringflow dlq replay``): their offsets are behind
+        the stream's last id, so each goes at the end under that id's next sequence number
+        (``LAST-1``, ``LAST-2``...: below the id of the partition's next offset), once: the
+        set ``STREAM:replayed`` keeps the record ids replayed, and a record whose own entry
+        the stream holds is not added.
+
+        Raises:
+            TransientError, PermanentError: As :meth:`write`.
+        """
+        client = self._client
+        assert client is not None, "the sink is not open"
+        by_stream: dict[str, list[str]] = {}
+        for batch in batches:
+            stream = self._stream(batch.topic, batch.partition)
+            where = f"{batch.topic}/{batch.partition}"
+            for i, (key, value) in enumerate(zip(batch.keys, list(batch.values), strict=True)):
+                offset = batch.base_offset + i
+                by_stream.setdefault(stream, []).extend(
+                    (
+                        f"{where}/{offset}",
+                        _ENCODER.encode(_plain(key)).decode(),
+                        _ENCODER.encode(as_object(value)).decode(),
+                        self._lineage,
+                        f"{offset + 1}-0",
+                    )
+                )
+        maxlen = "" if self.params.maxlen is None else str(self.params.maxlen)
+
+        def append() -> None:
+            for stream, args in by_stream.items():
+                client.eval(REPLAY, 2, stream, f"{stream}:replayed", maxlen, *args)
+
+        try:
+            await self._in_thread(append)
+        except redis.ResponseError as exc:
+            raise PermanentError(f"{redact(self.params.url)}: {exc}") from None
+        except redis.RedisError as exc:
+            raise TransientError(
+                f"{redact(self.params.url)}: {type(exc).__name__}: {exc}"
+            ) from None
         for batch in batches:
             self._kinds.update(getattr(v, "kind", type(v).__name__) for v in batch.values)
 

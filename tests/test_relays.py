@@ -251,7 +251,7 @@ async def test_redis_stream_appends_each_record_once_with_its_offset_as_id(
 
     # Another run (afresh) finds the streams another run's: refused, not silently dropped.
     again = Pipeline.build(stream_topology(redis_url), REGISTRY)
-    with pytest.raises(RelayError, match="holds entries of another run"):
+    with pytest.raises(RelayError, match="belongs to another run"):
         await again.run()
     client.close()
 
@@ -308,9 +308,45 @@ async def test_a_run_that_died_before_its_first_epoch_finds_its_streams_its_own(
     (state / "checkpoints.sqlite3").unlink()  # moved away: a run started afresh
     CheckpointStore.open(state, "fingerprint").close()
     other = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
-    with pytest.raises(RelayError, match="another run"):
+    with pytest.raises(RelayError, match="belongs to another run"):
         async with other.opened(SinkContext("relay", {}, state, {("events", 0): 0})):
             pass
     client = redis.Redis.from_url(redis_url)
     assert client.xlen("s") == 10
     client.close()
+
+
+async def test_a_replayed_record_goes_at_the_end_once_and_later_offsets_still_go_in(
+    redis_url: str,
+) -> None:
+    def batch(first: int, count: int) -> RecordBatch:
+        values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(first, first + count)]
+        return RecordBatch("events", 0, first, [1] * count, values, [0.0] * count)
+
+    sink = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    async with sink.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
+        await sink.write([batch(0, 3)])
+        await sink.write([batch(4, 6)])  # offset 3 was dead-lettered
+        await sink.replay([batch(3, 1), batch(5, 1)])  # 5 is there: not added again
+        await sink.replay([batch(3, 1)])  # a replay done again: not added again
+        await sink.write([batch(10, 2)])  # the run goes on after the replay
+    client = redis.Redis.from_url(redis_url)
+    entries = client.xrange("s")
+    client.close()
+    ids = [(e[0].decode(), e[1][b"id"].decode()) for e in entries]
+    assert ids == [
+        *((f"{o + 1}-0", f"events/0/{o}") for o in (0, 1, 2, 4, 5, 6, 7, 8, 9)),
+        ("10-1", "events/0/3"),
+        ("11-0", "events/0/10"),
+        ("12-0", "events/0/11"),
+    ]
+
+
+async def test_two_runs_starting_together_cannot_share_a_stream(redis_url: str) -> None:
+    first = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    second = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
+    async with first.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
+        # Nothing written yet, and still the stream is the first run's.
+        with pytest.raises(RelayError, match="belongs to another run"):
+            async with second.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
+                pass

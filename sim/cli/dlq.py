@@ -42,6 +42,9 @@ from .options import Command, events_option, option, positive, seed_option, topo
 
 ACTIONS = ("list", "show", "replay", "purge")
 
+SHOWN = 50
+"""Dead letters ``show`` prints without ``--limit``."""
+
 
 def dlq(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow dlq``; return its exit code."""
@@ -88,7 +91,9 @@ def dlq(args: argparse.Namespace) -> ExitCode:
         if args.action == "list":
             return _list(out, letters, args.json, wall, info.epoch)
         if args.action == "show":
-            return _show(out, pipeline, letters, args.json, wall, args.limit)
+            return _show(out, pipeline, letters, args.json, wall, args.limit or SHOWN)
+        if args.limit is not None:  # the oldest first: in the order they are listed
+            letters = letters[: args.limit]
         if not letters:
             _say(
                 out,
@@ -185,7 +190,9 @@ def _node(topology: Topology, given: str | None, consumer: str | None) -> str | 
     if given is not None:
         if given not in topology.nodes:
             known = ", ".join(sorted(topology.nodes))
-            raise TopologyError([f"--node: no node named {given!r}; nodes are: {known}"], "")
+            raise TopologyError(
+                [f"--node: no node named {given!r}; nodes are: {known}"], topology.name
+            )
         return given
     topics = {
         topic
@@ -337,8 +344,8 @@ DLQ = Command(
         option(
             "--limit",
             type=positive,
-            default=50,
-            help="show: at most this many (default 50)",
+            help=f"show, replay or purge at most this many, in the order 'show' lists them "
+            f"(show: {SHOWN} by default; replay and purge: all)",
         ),
         option("--json", action="store_true", help="print JSON (one line; show: one per letter)"),
         seed_option("the seed the run had, if not the file's"),
