@@ -325,3 +325,16 @@ def test_a_sink_needs_the_real_clock() -> None:
     assert problem.startswith("$.consumers.relay.processor: processor 'webhook' writes to")
     assert problem.endswith("set clock: real")
     assert REGISTRY.check(Topology.from_dict({**data, "clock": "real"})) == []
+
+
+async def test_a_full_dead_letter_topic_stops_the_consumer_saying_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    dead = Topic("events-dlq", partitions=1, capacity=2)
+    committed: list[int] = []
+    with pytest.raises(UndeliveredError, match=r"dead-letter topic 'events-dlq' is full"):
+        await delivery(FlakySink(), dead).write(
+            [batch(0, 0, ["poison", "poison", "poison"])], lambda b: committed.append(b.next_offset)
+        )
+    assert len(letters_in(dead)) == 2
+    assert committed == [1, 2], "what went into the dead-letter topic is committed"

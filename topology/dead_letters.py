@@ -150,12 +150,17 @@ class Replayed:
     """Those not tried: the sink stayed away (attempts ran out) before their turn."""
 
 
+REPLAY_RECORDS = 10_000
+"""The most records a replay hands its sink at once (unless the sink says fewer:
+``max_records``)."""
+
+
 def runs(
-    letters: Sequence[Letter], value_type: Callable[[str], Any]
+    letters: Sequence[Letter], value_type: Callable[[str], Any], limit: int = REPLAY_RECORDS
 ) -> list[tuple[RecordBatch, list[DeadLetter]]]:
     """``letters`` (of one consumer) as batches of their original topics: one per run of
-    consecutive offsets of one partition, values decoded as their topic's events, in order;
-    each with the letters it holds."""
+    consecutive offsets of one partition, up to ``limit`` records, values decoded as their
+    topic's events, in order; each with the letters it holds."""
     ordered = sorted(letters, key=lambda t: (t.letter.topic, t.letter.partition, t.letter.offset))
     batches: list[tuple[RecordBatch, list[DeadLetter]]] = []
     group: list[DeadLetter] = []
@@ -181,6 +186,7 @@ def runs(
             letter.topic != group[-1].topic
             or letter.partition != group[-1].partition
             or letter.offset != group[-1].offset + 1
+            or len(group) >= limit
         ):
             close()
         group.append(letter)
@@ -220,7 +226,8 @@ async def replay(
             def done(batch: RecordBatch, result: Replayed = result) -> None:
                 result.delivered += len(batch.values)
 
-            pairs = runs(taken, pipeline.value_type)
+            limit = getattr(pipeline.processors[consumer], "max_records", REPLAY_RECORDS)
+            pairs = runs(taken, pipeline.value_type, limit)
             delivery.earlier = {(d.topic, d.partition, d.offset): d for _, g in pairs for d in g}
             for index, (batch, _) in enumerate(pairs):
                 given_up = delivery.dead_lettered

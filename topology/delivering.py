@@ -285,6 +285,14 @@ class SinkDelivery:
         keys = [letter.key for letter in letters]  # plain values: epochs encode them
         shares = topic.split(Columns(keys, list(letters), [now] * len(letters)))
         sizes = [(p, len(s)) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
+        full = [p for p, count in sizes if not p.can_take(count) or p.closed]
+        if full:  # nothing reads a dead-letter topic: waiting would be for ever
+            raise UndeliveredError(
+                f"consumer {self.consumer}: its dead-letter topic {topic.name!r} is full "
+                f"(partition {full[0].index} holds {full[0].capacity:,} letters at most, and "
+                f"{len(letters):,} more came): stop the run, replay or purge them "
+                "('ringflow dlq'), or give the topic a larger capacity, then run it again"
+            )
 
         def build() -> list[Columns]:
             if settled is not None:
