@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import pytest
+import yaml
 
 from actors import GUARANTEES, breaking
 from sim.chaos.campaign import run_campaign, run_schedule, targets_of
@@ -29,7 +30,7 @@ from sim.chaos.faults import (
 from sim.chaos.harness import Chaos
 from sim.cli import main
 from sim.run import REGISTRY, load_topology
-from topology import Registry
+from topology import Registry, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "topology" / "examples"
@@ -595,3 +596,20 @@ def test_seed_35404362358387_a_producer_back_from_before_its_finish_finds_the_br
     assert ("node_crash", "node:producers") in struck(campaign)
     assert ("net_drop", "nodes:broker|producers") in struck(campaign)
     assert campaign.violations == []
+
+
+def test_a_node_holding_a_dead_letter_topic_finishes() -> None:
+    data = yaml.safe_load((EXAMPLES / "relay.yaml").read_text())
+    data["nodes"] = {
+        "broker": {"listen": "127.0.0.1:7601", "topics": ["events"], "producers": ["site"]},
+        "sink": {
+            "listen": "127.0.0.1:7602",
+            "topics": ["events-dlq"],
+            "consumers": ["relay"],
+        },
+    }
+    run = Chaos.of(Topology.from_dict(data), 2000)
+    outcome, reports = run.run(0, (), deadline=600.0)
+    assert outcome.status == "completed", outcome.errors
+    assert set(reports) == {"broker", "sink"}
+    assert outcome.delivered == {"webhook": 2000}

@@ -287,6 +287,9 @@ class Node:
             agreement=self.agreement,
             summary_type=summary_type,
             network=self.placement.network,
+            kept_open=frozenset(
+                c.dead_letter for c in self.topology.consumers.values() if c.dead_letter
+            ),
         )
         return self.gateway
 

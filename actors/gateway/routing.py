@@ -132,6 +132,9 @@ class Gateway:
     on_accepted: Callable[[], None] | None = None
     """Called when a remote producer's records are accepted into a ring (to ask for an
     epoch soon, so that its window says they are durable without waiting for the timer)."""
+    kept_open: frozenset[str] = frozenset()
+    """Topics that stay open to the end, written only by this node's own consumers as they
+    go (dead-letter topics): its work does not wait for them to close."""
     _frames: FrameReader = attrs.field(init=False)
     _producers: ProducerEndpoint = attrs.field(init=False)
     _members: MemberEndpoint = attrs.field(init=False)
@@ -188,8 +191,8 @@ class Gateway:
         """
         if not self._members.have_left(members) or self._producers.busy or self._taps.holding:
             return False  # some member has not had the end, some producer not its answer
-        for topic in self.topics.values():
-            if not topic.closed:
+        for name, topic in self.topics.items():
+            if not topic.closed and name not in self.kept_open:
                 return False
         for group in self.groups.values():
             if any(group.statistics().lag):
