@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -20,40 +19,18 @@ import yaml
 
 from actors import Request, Response, serve_http
 
+from .test_relays import relay_data
+
 POISON = {"events/0/10", "events/0/11", "events/1/40"}
 """Records the receiver refuses until told otherwise."""
 
 
 def relay_file(folder: Path, url: str, events: int = 400) -> Path:
-    data: dict[str, Any] = {
-        "name": "dlq-test",
-        "clock": "real",
-        "topics": {
-            "events": {"partitions": 2, "capacity": 500, "key": "video_id"},
-            "events-dlq": {"partitions": 1, "capacity": 1000},
-        },
-        "producers": {
-            "site": {
-                "workload": "video_site",
-                "topic": "events",
-                "events": events,
-                "max_batch": 50,
-                "linger": 0.01,
-                "params": {"videos": 50, "users": 1000},
-            }
-        },
-        "consumers": {
-            "relay": {
-                "topic": "events",
-                "processor": "webhook",
-                "params": {"url": url},
-                "retry": {"initial": 0.01, "maximum": 0.1, "attempt_timeout": 2.0},
-                "dead_letter": "events-dlq",
-            }
-        },
-        "checkpoint": {"every": 0.5},
-        "redis": {"enabled": False},
-    }
+    data = relay_data(url, events)
+    data["name"] = "dlq-test"
+    data["consumers"]["relay"]["retry"]["attempt_timeout"] = 2.0
+    del data["consumers"]["relay"]["breaker"]
+    data["checkpoint"] = {"every": 0.5}
     path = folder / "relay.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -40,38 +41,41 @@ POISON = "events/0/100"
 """The record the receiver refuses for good."""
 
 
+def relay_data(url: str, events: int = 2000) -> dict[str, Any]:
+    """A video site relayed to ``url`` on the real clock, dead letters into ``events-dlq``."""
+    return {
+        "name": "relay-test",
+        "clock": "real",
+        "topics": {
+            "events": {"partitions": 2, "capacity": 500, "key": "video_id"},
+            "events-dlq": {"partitions": 1, "capacity": 1000},
+        },
+        "producers": {
+            "site": {
+                "workload": "video_site",
+                "topic": "events",
+                "events": events,
+                "max_batch": 50,
+                "linger": 0.01,
+                "params": {"videos": 50, "users": 1000},
+            }
+        },
+        "consumers": {
+            "relay": {
+                "topic": "events",
+                "processor": "webhook",
+                "params": {"url": url},
+                "retry": {"initial": 0.01, "maximum": 0.1, "attempt_timeout": 0.5},
+                "breaker": {"threshold": 20, "cool_down": 0.2},
+                "dead_letter": "events-dlq",
+            }
+        },
+        "redis": {"enabled": False},
+    }
+
+
 def relay_topology(url: str, events: int = 2000) -> Topology:
-    return Topology.from_dict(
-        {
-            "name": "relay-test",
-            "clock": "real",
-            "topics": {
-                "events": {"partitions": 2, "capacity": 500, "key": "video_id"},
-                "events-dlq": {"partitions": 1, "capacity": 1000},
-            },
-            "producers": {
-                "site": {
-                    "workload": "video_site",
-                    "topic": "events",
-                    "events": events,
-                    "max_batch": 50,
-                    "linger": 0.01,
-                    "params": {"videos": 50, "users": 1000},
-                }
-            },
-            "consumers": {
-                "relay": {
-                    "topic": "events",
-                    "processor": "webhook",
-                    "params": {"url": url},
-                    "retry": {"initial": 0.01, "maximum": 0.1, "attempt_timeout": 0.5},
-                    "breaker": {"threshold": 20, "cool_down": 0.2},
-                    "dead_letter": "events-dlq",
-                }
-            },
-            "redis": {"enabled": False},
-        }
-    )
+    return Topology.from_dict(relay_data(url, events))
 
 
 class Receiver:
