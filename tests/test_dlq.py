@@ -18,6 +18,7 @@ import trio
 import yaml
 
 from actors import Request, Response, serve_http
+from sim.cli import main
 
 from .test_relays import relay_data
 
@@ -307,3 +308,21 @@ async def test_letters_replay_to_a_sink_whose_url_was_fixed(tmp_path: Path) -> N
         assert code == 0, out + err
         nursery.cancel_scope.cancel()
     assert set(right.taken) == POISON
+
+
+def test_dlq_names_the_node_that_holds_the_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = relay_data("http://127.0.0.1:9/hook")
+    data["nodes"] = {
+        "broker": {"listen": "127.0.0.1:7601", "topics": ["events"], "producers": ["site"]},
+        "sink": {"listen": "127.0.0.1:7602", "topics": ["events-dlq"], "consumers": ["relay"]},
+    }
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["dlq", str(path), "list", "--node", "broker"]) == 2
+    assert (
+        "--node broker: it holds no dead-letter topic; they are on sink" in capsys.readouterr().err
+    )
+    assert main(["dlq", str(path), "list"]) == 2  # the sink's folder, which has no epochs yet
+    assert "no checkpoints in state/relay-test-sink" in capsys.readouterr().err

@@ -187,19 +187,27 @@ def _node(topology: Topology, given: str | None, consumer: str | None) -> str | 
         if given is not None:
             raise TopologyError([f"--node {given}: the topology has no nodes"], topology.name)
         return None
-    if given is not None:
-        if given not in topology.nodes:
-            known = ", ".join(sorted(topology.nodes))
-            raise TopologyError(
-                [f"--node: no node named {given!r}; nodes are: {known}"], topology.name
-            )
-        return given
     topics = {
         topic
         for topic, consumers in dead_letter_topics(topology).items()
         if consumer is None or consumer in consumers
     }
     nodes = sorted({n for n, spec in topology.nodes.items() if topics & set(spec.topics)})
+    if given is not None:
+        if given not in topology.nodes:
+            known = ", ".join(sorted(topology.nodes))
+            raise TopologyError(
+                [f"--node: no node named {given!r}; nodes are: {known}"], topology.name
+            )
+        if given not in nodes:
+            raise TopologyError(
+                [
+                    f"--node {given}: it holds no dead-letter topic; "
+                    f"{'they are on ' + ', '.join(nodes) if nodes else 'no node holds one'}"
+                ],
+                topology.name,
+            )
+        return given
     if len(nodes) != 1:
         raise TopologyError(
             [
