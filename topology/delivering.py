@@ -290,8 +290,9 @@ class SinkDelivery:
             raise UndeliveredError(
                 f"consumer {self.consumer}: its dead-letter topic {topic.name!r} is full "
                 f"(partition {full[0].index} holds {full[0].capacity:,} letters at most, and "
-                f"{len(letters):,} more came): stop the run, replay or purge them "
-                "('ringflow dlq'), or give the topic a larger capacity, then run it again"
+                f"{len(letters):,} more came): give the topic a larger capacity and run "
+                "again (it resumes from its newest epoch), or replay or purge the letters "
+                "that epoch holds ('ringflow dlq') first"
             )
 
         def build() -> list[Columns]:

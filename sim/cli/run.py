@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> ExitCode:
     folder = args.state or (
         checkpoints.store.path.parent if checkpoints else Path("state") / topology.name
     )
+    pipeline.state_folder = folder  # where sinks keep embedded stores and find their lineage
     logging = open_logging(
         topology,
         args.no_log,
