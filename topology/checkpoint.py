@@ -268,9 +268,10 @@ class CheckpointStore:
             self._db = None
 
     def _check(self, db: sqlite3.Connection) -> None:
-        problem = db.execute("PRAGMA quick_check").fetchone()[0]
+        problem = str(db.execute("PRAGMA quick_check").fetchone()[0])
         if problem != "ok":
-            raise sqlite3.DatabaseError(f"integrity check: {problem}")
+            lines = problem.splitlines() or [problem]  # the first of them says enough
+            raise sqlite3.DatabaseError(f"integrity check: {lines[0]} ({len(lines)} found)")
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.OperationalError:
