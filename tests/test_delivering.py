@@ -166,19 +166,24 @@ async def test_without_a_dead_letter_topic_a_poison_record_stops_the_consumer_sa
     assert committed == [5], "what went before it is committed, nothing after"
 
 
+def stats_with_dead_letters() -> dict[str, Any]:
+    """A video site whose consumer ``stats`` names the dead-letter topic ``dlq``."""
+    return {
+        "name": "t",
+        "topics": {
+            "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
+            "dlq": {"partitions": 1, "capacity": 100},
+        },
+        "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
+        "consumers": {
+            "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
+        },
+    }
+
+
 def test_a_dead_letter_topic_must_exist_hold_records_and_be_read_by_no_consumer() -> None:
     def problems(**changes: Any) -> list[str]:
-        data: dict[str, Any] = {
-            "name": "t",
-            "topics": {
-                "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
-                "dlq": {"partitions": 1, "capacity": 100},
-            },
-            "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
-            "consumers": {
-                "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
-            },
-        }
+        data = stats_with_dead_letters()
         for path, value in changes.items():
             where = data
             *parents, last = path.split("__")
@@ -244,16 +249,8 @@ async def test_a_consumer_waiting_for_its_sink_is_not_a_stall(
 
 
 def test_a_dead_letter_topic_must_be_on_its_consumers_node() -> None:
-    data: dict[str, Any] = {
-        "name": "t",
-        "topics": {
-            "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
-            "dlq": {"partitions": 1, "capacity": 100},
-        },
-        "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
-        "consumers": {
-            "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
-        },
+    data = {
+        **stats_with_dead_letters(),
         "nodes": {
             "broker": {"listen": "127.0.0.1:7501", "topics": ["events", "dlq"]},
             "work": {"listen": "127.0.0.1:7502", "producers": ["site"], "consumers": ["stats"]},
@@ -289,20 +286,7 @@ def test_consecutive_batches_of_a_partition_go_as_one_up_to_the_limit() -> None:
 
 
 def test_dead_letters_belong_to_sinks_not_to_folding_processors() -> None:
-    topology = Topology.from_dict(
-        {
-            "name": "t",
-            "topics": {
-                "events": {"partitions": 1, "capacity": 100, "key": "video_id"},
-                "dlq": {"partitions": 1, "capacity": 100},
-            },
-            "producers": {"site": {"workload": "video_site", "topic": "events", "events": 10}},
-            "consumers": {
-                "stats": {"processor": "video_stats", "topic": "events", "dead_letter": "dlq"}
-            },
-        }
-    )
-    [problem] = REGISTRY.check(topology)
+    [problem] = REGISTRY.check(Topology.from_dict(stats_with_dead_letters()))
     assert problem.startswith(
         "$.consumers.stats.dead_letter: processor 'video_stats' folds the events into aggregates"
     )

@@ -131,12 +131,8 @@ def _described(
         consumer.pop("breaker", None)
         if consumer.get("dead_letter") is None:
             consumer.pop("dead_letter", None)
-    for consumer in described["consumers"].values():
-        # A dead-letter topic's room only says when a run stops for want of it: a full
-        # one is made larger, and the run resumed.
-        letters = described["topics"].get(consumer.get("dead_letter"))
-        if letters is not None:
-            letters.pop("capacity", None)
+        else:  # its room only says when a run stops for want of it: made larger, resumed
+            described["topics"][consumer["dead_letter"]].pop("capacity", None)
     nodes = described.pop("nodes")
     layout = {name: [n["topics"], n["producers"], n["consumers"]] for name, n in nodes.items()}
     return described, layout
