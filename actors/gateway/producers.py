@@ -225,7 +225,14 @@ class ProducerEndpoint:
                 for index, partition in enumerate(partitions):
                     window = self._window(topic, partition, name)
                     if window != sent[index]:
-                        await ws.send_message(ENCODER.encode(window))
+                        try:
+                            await ws.send_message(ENCODER.encode(window))
+                        except ConnectionClosed:
+                            # The reading loop sees the close too, and tells how it
+                            # closed: raised here as well, the two would come as a group
+                            # that looks like no close at all (the producer, answered and
+                            # gone, would be waited for).
+                            return
                         sent[index] = window
                         wrote = True
                 if wrote:  # gather what changes meanwhile into the next windows
