@@ -30,7 +30,7 @@ stress: $(STAMP)
 
 # Not part of 'make test': 1,000 seeded fault schedules per example topology (~17 min).
 chaos: $(STAMP)
-	for t in video-site video-site-split ugc relay; do \
+	for t in video-site video-site-split ugc relay relay-topic; do \
 	  $(BIN)/ringflow chaos topology/examples/$$t.yaml --schedules 1000 --keep-going || exit 1; \
 	done
 

@@ -13,6 +13,7 @@ GUARANTEES: tuple[str, ...] = (
     "hold_back",
     "resend_after_reconnect",
     "deliver_before_commit",
+    "commit_with_output",
 )
 """What can be broken:
 
@@ -29,7 +30,10 @@ GUARANTEES: tuple[str, ...] = (
 - ``resend_after_reconnect``: a producer on another node sends again, after a reconnect, the
   records the node does not have yet (else they are lost);
 - ``deliver_before_commit``: a sink's consumer commits a batch only once its sink has it
-  (else a batch whose delivery failed is committed, and lost to the other system).
+  (else a batch whose delivery failed is committed, and lost to the other system);
+- ``commit_with_output``: a consumer that writes what it reads into another topic commits
+  it in the same step as the records enter that topic (else an epoch taken between finds
+  them in both, and a restore from it writes them twice).
 """
 
 broken: set[str] = set()

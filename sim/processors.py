@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 
 from actors import Table
-from topology import ProcessorType, State
+from topology import ProcessorType, State, TopicRelay, TopicRelayParams, TopicRelayState
 
 from .aggregates import (
     _COMMENT,
@@ -395,6 +395,16 @@ PROCESSORS: dict[str, ProcessorType] = {
         make=RedisStreamSink,
         accepts=tuple(EVENTS.values()),
         state_type=RedisStreamState,
+    ),
+    "topic": ProcessorType(
+        name="topic",
+        description="passes every record on to the consumer's output topic (here or on "
+        "another node), committed in the same step",
+        params=TopicRelayParams,
+        make=TopicRelay,
+        accepts=None,
+        state_type=TopicRelayState,
+        writes="input",
     ),
     "video_stats": ProcessorType(
         name="video_stats",

@@ -298,6 +298,7 @@ def test_zero_schedules_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
         ("video-site-split.yaml", SPLIT_KINDS),
         ("ugc.yaml", WHOLE_KINDS),
         ("relay.yaml", WHOLE_KINDS + SINK_KINDS),
+        ("relay-topic.yaml", WHOLE_KINDS),
     ],
 )
 def test_every_example_holds_under_40_schedules(name: str, kinds: tuple[str, ...]) -> None:
@@ -343,6 +344,7 @@ BREAKS = {
     "hold_back": (SPLIT, ("node_crash", "net_drop"), 600),
     "resend_after_reconnect": (SPLIT, ("net_drop",), 200),
     "deliver_before_commit": (EXAMPLES / "relay.yaml", ("sink_down", "sink_flaky"), 200),
+    "commit_with_output": (EXAMPLES / "relay-topic.yaml", ("node_crash",), 200),
 }
 """For each guarantee, the topology, the fault kinds that expose its break, and how many
 schedules may be tried."""

@@ -65,7 +65,14 @@ MODULE_LEVEL = {
     "topology": {
         "integrity": {"epoch_checksum", "part_checksum"},
         "epochs": {"Barrier", "BarrierStatistics", "Checkpointer", "RunClock", "all_of"},
-        "node": {"GatewayState", "MemberPositions", "Node", "NodeStatistics", "RemoteLink"},
+        "node": {
+            "GatewayState",
+            "MemberPositions",
+            "Node",
+            "NodeStatistics",
+            "RemoteLink",
+            "output_id",
+        },
         "plan": {
             "ProducerPlan",
             "agreement",
@@ -84,6 +91,7 @@ MODULE_LEVEL = {
         "crosscheck": {"problems_across"},
         "dead_letters": {"runs"},
         "delivering": {"coalesced"},
+        "forwarding": {"Output"},
         "loading": {"duplicate_keys", "load_yaml", "read_text"},
         "segment": {"SegmentLog", "decode_segments", "encode_segments"},
         "processing": {"Consumers", "folder", "make_consumers", "tables_of"},

@@ -49,6 +49,7 @@ WORKLOAD_OF = {
     "video_stats": "video_site",
     "blogger_analytics": "video_site",
     "ugc_counters": "ugc",
+    "topic": "video_site",
 }
 """A workload whose events each processor accepts."""
 

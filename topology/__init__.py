@@ -25,6 +25,10 @@ from .errors import CheckpointError as CheckpointError
 from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
 from .errors import raise_field_errors as raise_field_errors
+from .figures import PipelineStatistics as PipelineStatistics
+from .forwarding import TopicRelay as TopicRelay
+from .forwarding import TopicRelayParams as TopicRelayParams
+from .forwarding import TopicRelayState as TopicRelayState
 from .intake import STAMPED as STAMPED
 from .intake import Intake as Intake
 from .intake import IntakeError as IntakeError
@@ -40,7 +44,6 @@ from .limits import MAX_IDS as MAX_IDS
 from .limits import MAX_IDS_WHY as MAX_IDS_WHY
 from .limits import limit_problem as limit_problem
 from .pipeline import Pipeline as Pipeline
-from .pipeline import PipelineStatistics as PipelineStatistics
 from .plan import Placement as Placement
 from .plan import topics_of as topics_of
 from .processing import consume as consume

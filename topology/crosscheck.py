@@ -84,6 +84,8 @@ def problems_across(
             "serve; add one (routes of event kinds to topics) or drop 'api'"
         )
     dead_letters = {c.dead_letter for c in consumers.values() if c.dead_letter is not None}
+    problems.extend(_output_problems(consumers, topics, dead_letters))
+    produced.update(c.output for c in consumers.values() if c.output and c.output in topics)
     for name, consumer in consumers.items():
         problems.extend(_dead_letter_problems(name, consumer, topics, produced))
         field = "topic" if consumer.topic else "topics"
@@ -129,6 +131,7 @@ def problems_across(
         )
         if http is not None and name in http.routes.values():
             writers.append("the HTTP API")
+        writers.extend(f"consumer {c}" for c, spec in consumers.items() if spec.output == name)
         if not writers:
             continue  # a topic nobody uses blocks nothing
         blocks = (
@@ -151,6 +154,47 @@ def problems_across(
     if problem is not None:
         problems.append(f"$.topics: {problem}")
     problems.extend(_check_nodes(topics, producers, consumers, nodes, gateway))
+    return problems
+
+
+def _output_problems(
+    consumers: Mapping[str, ConsumerSpec], topics: Mapping[str, TopicSpec], dead_letters: set[str]
+) -> list[str]:
+    # Each consumer's output topic exists, is no dead-letter topic, and no chain of
+    # outputs leads back to a topic it reads (that topic would never close).
+    problems = []
+    feeds = {name: c.output for name, c in consumers.items() if c.output is not None}
+    for name, target in feeds.items():
+        where = f"$.consumers.{name}.output"
+        if target not in topics:
+            problems.append(
+                f"{where}: no topic named {target!r}; topics are: "
+                f"{', '.join(sorted(topics)) or 'none'}"
+            )
+            continue
+        if target in dead_letters:
+            problems.append(
+                f"{where}: {target!r} is a dead-letter topic; it holds dead letters only"
+            )
+            continue
+        reached, chain = {target}, [target]
+        while True:  # the topics records written there reach, through other outputs
+            further = {
+                feeds[c]
+                for c, spec in consumers.items()
+                if c in feeds and set(spec.topic_names) & reached and feeds[c] not in reached
+            }
+            if not further:
+                break
+            reached |= further
+            chain.extend(sorted(further))
+        looped = sorted(reached & set(consumers[name].topic_names))
+        if looped:
+            problems.append(
+                f"{where}: records written to {target!r} come back to {looped[0]!r}, which "
+                f"this consumer reads (through {' -> '.join(chain)}): the topics would never "
+                "close; write to a topic outside the loop"
+            )
     return problems
 
 

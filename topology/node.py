@@ -39,6 +39,11 @@ from .snapshot import GatewayPart, MemberPart, RemoteTopicPart, Stateful, TopicS
 from .tally import TopicTally
 
 
+def output_id(consumer: str) -> str:
+    """The producer id at the gateways of ``consumer`` writing to its output topic."""
+    return f"consumer:{consumer}"
+
+
 @attrs.define(eq=False)
 class RemoteLink:
     """A producer instance's link to a topic on another node, and its part of an epoch.
@@ -215,42 +220,52 @@ class Node:
     def link(self, plan: ProducerPlan, topic: str, value_type: Any) -> RemoteLink:
         """The link of ``plan``'s producer instance to ``topic`` on another node."""
         name = f"{plan.producer}/{plan.instance}/{topic}"
-        link = self.links[name] = RemoteLink(
-            name,
-            self.url_of(topic),
-            topic,
-            producer_id(plan),
-            self.placement.token,
-            value_type,
-            self.topology.gateway.connect_timeout,
-            self.agreement,
-            self.placement.network,
-            self.topology.gateway.max_message_size,
-        )
-        return link
+        return self._link(name, topic, producer_id(plan), value_type)
 
     def intake_links(
         self, topics: Iterable[str], value_type: Callable[[str], Any]
     ) -> dict[str, RemoteLink]:
         """The links of this node's HTTP API to the ``topics`` on other nodes that its routes
         write to: one producer per node (``http-NODE``) that never finishes."""
-        links = {}
-        for topic in topics:
-            name = f"http/{self.placement.node}/{topic}"
-            links[topic] = self.links[name] = RemoteLink(
-                name,
-                self.url_of(topic),
+        producer = f"http-{self.placement.node}"
+        return {
+            topic: self._link(
+                f"http/{self.placement.node}/{topic}",
                 topic,
-                f"http-{self.placement.node}",
-                self.placement.token,
+                producer,
                 value_type(topic),
-                self.topology.gateway.connect_timeout,
-                self.agreement,
-                self.placement.network,
-                self.topology.gateway.max_message_size,
                 finish=False,
             )
-        return links
+            for topic in topics
+        }
+
+    def output_link(self, consumer: str, topic: str, value_type: Any) -> RemoteLink:
+        """The link of ``consumer``'s instances here to ``topic``, its output, on another
+        node: one producer (``consumer:NAME``) that finishes once they are all done."""
+        return self._link(f"output/{consumer}/{topic}", topic, output_id(consumer), value_type)
+
+    def _link(
+        self, name: str, topic: str, producer: str, value_type: Any, *, finish: bool = True
+    ) -> RemoteLink:
+        link = self.links[name] = RemoteLink(
+            name,
+            self.url_of(topic),
+            topic,
+            producer,
+            self.placement.token,
+            value_type,
+            self.topology.gateway.connect_timeout,
+            self.agreement,
+            self.placement.network,
+            self.topology.gateway.max_message_size,
+            finish=finish,
+        )
+        return link
+
+    def add_output_summary(self, consumer: str, topic: str, summary: TopicSummary) -> None:
+        """Hand the gateway what ``consumer`` here wrote to ``topic`` (held here)."""
+        assert self.gateway is not None
+        self.gateway.add_summary(topic, output_id(consumer), summary)
 
     def source_wiring(
         self, plan: ProducerPlan, topics: Mapping[str, Topic], value_type: Callable[[str], Any]
@@ -301,11 +316,16 @@ class Node:
         """
         assert self.gateway is not None
         here = self.spec.producers
+        consumers = self.topology.consumers
         for topic in topics:
             writers = [plan for plan in plans if topic in topics_of(self.topology, plan.producer)]
             remote = {producer_id(plan) for plan in writers if plan.producer not in here}
+            outputs = {name for name, spec in consumers.items() if spec.output == topic}
+            remote |= {output_id(name) for name in outputs - set(self.spec.consumers)}
             self.gateway.expect_producers(topic, remote)
-            local = any(plan.producer in here for plan in writers)
+            local = any(plan.producer in here for plan in writers) or bool(
+                outputs & set(self.spec.consumers)
+            )
             if remote and not local and not self.gateway.waiting_for.get(topic):
                 self.gateway.topics[topic].close()
 

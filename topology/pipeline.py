@@ -16,8 +16,10 @@ from actors import ConsumerGroup, Gateway, RemoteGroup, Topic, open_nursery, ope
 
 from .checkpoint import CheckpointStore, EpochInfo, Snapshot
 from .delivering import SinkDelivery
-from .epochs import Barrier, Checkpointer, CheckpointSettings, FinalEpoch, RunClock, all_of
+from .epochs import Barrier, Checkpointer, CheckpointSettings, RunClock, all_of
 from .errors import CheckpointError, TopologyError
+from .figures import PipelineStatistics
+from .forwarding import Output
 from .node import Node
 from .plan import (
     Placement,
@@ -48,30 +50,6 @@ from .tally import ConsumerTally, Expectation, TopicTally, check_expectations
 from .topics import make_topics
 
 
-@attrs.frozen
-class PipelineStatistics:
-    """A snapshot of a :class:`Pipeline`'s progress."""
-
-    events_planned: int
-    """Events all producers running here make in the whole run."""
-    events_produced: int
-    """Events accepted into topics so far, over all producers and topics."""
-    events_consumed: int
-    """Records every consumer has processed: the smallest count over consumers."""
-    lag: int
-    """Records accepted but not yet committed, over the groups whose offsets live here."""
-    epochs_written: int
-    """Epochs written by this pipeline (and the ones it was rolled back from)."""
-    last_epoch: int | None
-    """The number of the newest epoch written, if any."""
-    write_seconds: float
-    """Seconds those epochs took to write, in total."""
-    restored_from: int | None
-    """The epoch the pipeline was built from; None when it started fresh."""
-    final_epoch: FinalEpoch
-    """What became of the final epoch (see :class:`~topology.epochs.CheckpointerStatistics`)."""
-
-
 @attrs.define(eq=False)
 class Pipeline:
     """A topology built into topics, consumer groups and processors, ready to run.
@@ -93,6 +71,7 @@ class Pipeline:
     tallies: dict[str, ConsumerTally]
     deliveries: dict[str, SinkDelivery]  # by consumer, how its sink is handed records
     produced: dict[str, TopicTally]
+    outputs: dict[str, Output]  # by consumer, the topic its processor writes to
     fingerprint: str
     value_types: dict[str, tuple[type, ...]]
     events_override: int | None = None
@@ -183,8 +162,16 @@ class Pipeline:
         parts = {} if restore is None else restore[1]
         topics = make_topics(topology, types, None if node is None else node.spec, parts)
         sources = len(plans) + len(api_nodes(topology))  # and the HTTP intakes
+        produced = {name: TopicTally() for name in topology.topics}
         consumers = make_consumers(
-            topology, registry, topics, sources, lambda t: value_type(types[t]), node, run_seed
+            topology,
+            registry,
+            topics,
+            sources,
+            lambda t: value_type(types[t]),
+            node,
+            run_seed,
+            produced,
         )
         pipeline = cls(
             topology=topology,
@@ -196,7 +183,8 @@ class Pipeline:
             processors=consumers.processors,
             tallies=consumers.tallies,
             deliveries=consumers.deliveries,
-            produced={name: TopicTally() for name in topology.topics},
+            produced=produced,
+            outputs=consumers.outputs,
             fingerprint=fingerprint(
                 topology, run_seed, plans, placement.node if placement else None, consumers.sinks
             ),
@@ -305,8 +293,10 @@ class Pipeline:
 
     @property
     def events_produced(self) -> int:
-        """Events accepted so far, over all producers and topics."""
-        return sum(tally.records for tally in self.produced.values())
+        """Events accepted so far, over all producers and topics (not counting what
+        consumers here wrote to topics: the same events again)."""
+        written = sum(output.summary().records for output in self.outputs.values())
+        return sum(tally.records for tally in self.produced.values()) - written
 
     @property
     def events_consumed(self) -> int:
@@ -580,6 +570,7 @@ class Pipeline:
                                 if self.pace is None
                                 else functools.partial(self.pace, f"{consumer}-{instance}"),
                                 delivery=self.deliveries.get(consumer),
+                                output=self.outputs.get(consumer),
                             )
                         ),
                     )
@@ -588,6 +579,9 @@ class Pipeline:
                     producer_id(source.plan),
                     self._guarded(functools.partial(source.run, self.origin)),
                 )
+            for name, output in self.outputs.items():
+                if output.link is not None:  # the output's node closes it once all is written
+                    supervisor.start_soon(f"{name}/output", output.run)
             if self.intake is not None:
                 supervisor.start_soon("http", self.intake.run, self._barrier, self._source_finished)
             if checkpoints is not None:

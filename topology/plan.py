@@ -129,6 +129,8 @@ def _described(
             consumer.pop("params", None)
         consumer.pop("retry", None)
         consumer.pop("breaker", None)
+        if consumer.get("output") is None:  # as files written before the field existed
+            consumer.pop("output", None)
         if consumer.get("dead_letter") is None:
             consumer.pop("dead_letter", None)
         else:  # its room only says when a run stops for want of it: made larger, resumed

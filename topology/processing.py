@@ -9,6 +9,7 @@ consumer (a sink that writes to another system) is a function here with the same
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -27,10 +28,11 @@ from actors import (
 )
 
 from .delivering import SinkDelivery
+from .forwarding import Output
 from .node import Node
 from .registry import Processor, Registry, Sink
 from .schema import Topology
-from .tally import ConsumerTally
+from .tally import ConsumerTally, TopicTally
 
 SINK_RECORDS = 20_000
 """The most records a sink is handed at once (the batches ready when it asks)."""
@@ -52,6 +54,8 @@ class Consumers:
     """By consumer running here whose processor is a sink, how records are handed to it."""
     sinks: set[str] = attrs.field(factory=set)
     """Every consumer of the topology whose processor is a sink, wherever it runs."""
+    outputs: dict[str, Output] = attrs.field(factory=dict)
+    """By consumer running here whose processor writes records, where it writes them."""
 
 
 def make_consumers(
@@ -62,6 +66,7 @@ def make_consumers(
     value_type: Callable[[str], Any],
     node: Node | None = None,
     seed: int = 0,
+    produced: Mapping[str, TopicTally] | None = None,
 ) -> Consumers:
     """One group per (consumer, topic), hosted where the topic's ring is (``topics``: the
     rings here); one processor and one tally per consumer running here.
@@ -74,6 +79,8 @@ def make_consumers(
         value_type: The type record values of a topic decode to.
         node: The node of a split topology this process runs as; None when whole.
         seed: The run's seed (sinks' retries draw their jitter from it).
+        produced: The run's tallies of what entered each topic (consumers that write to a
+            topic count what they wrote in its tally).
     """
     here = None if node is None else node.spec
     consumers = Consumers({}, {}, {}, {}, sinks=registry.sink_consumers(topology))
@@ -107,7 +114,43 @@ def make_consumers(
         consumers.tallies[name] = ConsumerTally(
             name, tuple(consumer.topic_names), sources, topology.expect.per_key_order
         )
+        if consumer.output is not None:
+            consumers.outputs[name] = _output(
+                topology, name, processor, topics, produced or {}, value_type, node
+            )
     return consumers
+
+
+def _output(
+    topology: Topology,
+    name: str,
+    processor: Processor,
+    topics: Mapping[str, Topic],
+    produced: Mapping[str, TopicTally],
+    value_type: Callable[[str], Any],
+    node: Node | None,
+) -> Output:
+    consumer = topology.consumers[name]
+    target = consumer.output
+    assert target is not None
+    partitions = topology.topics[target].partitions
+    output = Output(
+        name,
+        target,
+        consumer.instances * len(consumer.topic_names),
+        produced.get(target) or TopicTally(),
+        processor.summary,  # type: ignore[attr-defined]
+        frozenset(t for t in consumer.topic_names if topology.topics[t].partitions == partitions),
+    )
+    if target in topics:
+        output.target = topics[target]
+        if node is not None:
+            output.add_summary = functools.partial(node.add_output_summary, name)
+        output.register()
+    else:
+        assert node is not None, f"topic {target!r} is nowhere"
+        output.link = node.output_link(name, target, value_type(target))
+    return output
 
 
 def folder(processor: Processor) -> Callable[[Sequence[Any]], None]:
@@ -153,6 +196,7 @@ async def consume(
     epoch: Callable[[], Awaitable[Any]] | None = None,
     pace: Callable[[int], Awaitable[None]] | None = None,
     delivery: SinkDelivery | None = None,
+    output: Output | None = None,
 ) -> None:
     """Join ``group`` of ``topic`` as ``member`` and process every batch until the end.
 
@@ -172,29 +216,53 @@ async def consume(
             the member down).
         delivery: How records are handed to the processor when it is a sink (retried,
             dead-lettered); None hands them once.
+        output: Where the processor writes records, when it writes any (the ``topic``
+            relay): each batch enters it in the same step as it is committed.
     """
-    if isinstance(group, RemoteGroup):
-        async with group.join(
-            member, auto_commit=False, max_records=max_records, durable_commits=epoch is not None
-        ) as remote:
-            await _read(remote, topic, processor, tally, origin, monitor, pace, delivery)
-            if epoch is not None:
-                await epoch()
-        return
-    async with group.join(member, auto_commit=False, max_records=max_records) as local:
-        await _read(local, topic, processor, tally, origin, monitor, pace, delivery)
+    read = functools.partial(_read, topic=topic, processor=processor, tally=tally)
+    steps = _Steps(origin, monitor, pace, delivery, output)
+    try:
+        if isinstance(group, RemoteGroup):
+            async with group.join(
+                member,
+                auto_commit=False,
+                max_records=max_records,
+                durable_commits=epoch is not None,
+            ) as remote:
+                await read(remote, steps=steps)
+                if epoch is not None:
+                    await epoch()
+        else:
+            async with group.join(member, auto_commit=False, max_records=max_records) as local:
+                await read(local, steps=steps)
+    except BaseException:
+        if output is not None:
+            output.left(graceful=False)
+        raise
+    if output is not None:
+        output.left(graceful=True)
+
+
+@attrs.frozen
+class _Steps:
+    # What a member does besides folding batches (see ``consume``).
+    origin: float
+    monitor: Callable[[], None] | None
+    pace: Callable[[int], Awaitable[None]] | None
+    delivery: SinkDelivery | None
+    output: Output | None
 
 
 async def _read(
     member: Consumer | RemoteConsumer,
+    *,
     topic: str,
     processor: Processor,
     tally: ConsumerTally,
-    origin: float,
-    monitor: Callable[[], None] | None,
-    pace: Callable[[int], Awaitable[None]] | None,
-    delivery: SinkDelivery | None = None,
+    steps: _Steps,
 ) -> None:
+    origin, monitor, pace, delivery = steps.origin, steps.monitor, steps.pace, steps.delivery
+    output = steps.output
     fold = folder(processor)
     sink = processor if isinstance(processor, Sink) else None
     last_write = -math.inf
@@ -202,6 +270,10 @@ async def _read(
     def done(written: RecordBatch) -> None:  # delivered, or dead-lettered: committed
         tally.observe(topic, written, trio.current_time() - origin)
         member.commit_nowait({written.partition: written.next_offset})
+
+    def passed_on(part: RecordBatch) -> None:  # in the output's ring: counted, committed
+        fold(part.values)
+        done(part)
 
     async for batch in member.batches():
         # Counted once processed: a processor that crashes on a batch leaves it uncounted,
@@ -216,6 +288,8 @@ async def _read(
                     done(written)
             else:
                 await delivery.write(batches, done)
+        elif output is not None:
+            await output.put(batch, passed_on)
         else:
             fold(batch.values)
             tally.observe(topic, batch, trio.current_time() - origin)

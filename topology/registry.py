@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 import msgspec
@@ -222,11 +222,15 @@ class ProcessorType:
     """An attrs class of the processor's settings, filled from ``params`` in the file."""
     make: Callable[[Any], Processor]
     """Build an instance from its params."""
-    accepts: tuple[type[Event], ...]
-    """The event classes it can fold: every topic it reads must carry only these."""
+    accepts: tuple[type[Event], ...] | None
+    """The event classes it can fold: every topic it reads must carry only these (None:
+    any)."""
     state_type: type[State]
     """What the processor's :meth:`~Processor.snapshot` gives: a checkpoint's processor part
     decodes as this type, and is refused if it has any other shape or version."""
+    writes: tuple[type[Event], ...] | Literal["input"] | None = None
+    """What it writes to its consumer's ``output`` topic: these event classes, or
+    ``"input"`` for the events it reads (a relay); None: it writes to no topic."""
 
 
 @attrs.frozen
@@ -264,7 +268,39 @@ class Registry:
                     found.setdefault(topic, []).append(
                         (f"the HTTP API (kind {kind!r})", (event_type,))
                     )
+        for topic, entries in self._outputs(topology, found).items():
+            found.setdefault(topic, []).extend(entries)
         return found
+
+    def _outputs(
+        self, topology: Topology, found: Mapping[str, list[tuple[str, tuple[type, ...]]]]
+    ) -> dict[str, list[tuple[str, tuple[type, ...]]]]:
+        # Per topic, the consumers writing to it as their output and what they write: a
+        # relay writes what reaches the topics it reads, perhaps through other relays.
+        written: dict[str, tuple[str, tuple[str, tuple[type, ...]]]] = {}
+        for _ in range(len(topology.consumers) + 1):  # until nothing more reaches a topic
+            changed = False
+            for name, consumer in topology.consumers.items():
+                kind = self.processors.get(consumer.processor)
+                if kind is None or kind.writes is None or consumer.output is None:
+                    continue
+                types: tuple[type, ...] = ()
+                if kind.writes == "input":
+                    for topic in consumer.topic_names:
+                        sources = [*found.get(topic, []), *_entries(written, topic)]
+                        for _, carried in sources:
+                            types += tuple(t for t in carried if t not in types)
+                else:
+                    types = kind.writes
+                entry = (consumer.output, (f"consumer {name!r}", types))
+                changed |= written.get(name) != entry
+                written[name] = entry
+            if not changed:
+                break
+        outputs: dict[str, list[tuple[str, tuple[type, ...]]]] = {}
+        for topic, (writer, types) in written.values():
+            outputs.setdefault(topic, []).append((writer, types))
+        return outputs
 
     def sink_consumers(self, topology: Topology) -> set[str]:
         """The consumers whose processor is a sink (making one opens nothing); consumers
@@ -324,7 +360,17 @@ class Registry:
                     "system, whose answers take real seconds: on the simulated clock "
                     "(clock: virtual) its attempts would time out at once; set clock: real"
                 )
-            if consumer.dead_letter is not None and made is not None and not isinstance(made, Sink):
+            problems.extend(_check_output(name, consumer.output, processor))
+            problems.extend(_check_order(topology, name))
+            if consumer.dead_letter is not None and processor.writes is not None:
+                problems.append(
+                    f"{path}.dead_letter: processor {processor.name!r} writes to topic "
+                    f"{consumer.output!r}, which holds it back while full and never refuses a "
+                    "record; drop dead_letter"
+                )
+            elif (
+                consumer.dead_letter is not None and made is not None and not isinstance(made, Sink)
+            ):
                 problems.append(
                     f"{path}.dead_letter: processor {processor.name!r} folds the events "
                     "into aggregates, and dead letters are records a sink could not "
@@ -337,7 +383,9 @@ class Registry:
 
     def _check_events(self, topology: Topology, name: str, processor: ProcessorType) -> list[str]:
         """Every event a consumer's topics carry must be one its processor accepts."""
-        problems = []
+        problems: list[str] = []
+        if processor.accepts is None:  # any event
+            return problems
         consumer = topology.consumers[name]
         writers = self.writers(topology)
         for topic in consumer.topic_names:
@@ -349,7 +397,7 @@ class Registry:
                 fitting = sorted(
                     other.name
                     for other in self.processors.values()
-                    if all(t in other.accepts for t in refused)
+                    if other.accepts is not None and all(t in other.accepts for t in refused)
                 )
                 problems.append(
                     f"$.consumers.{name}.processor: processor {processor.name!r} accepts "
@@ -392,6 +440,49 @@ class Registry:
         """Return the structured params of a consumer's processor (already checked)."""
         spec = topology.consumers[consumer]
         return converter.structure(spec.params, self.processors[spec.processor].params)
+
+
+def _entries(
+    written: Mapping[str, tuple[str, tuple[str, tuple[type, ...]]]], topic: str
+) -> list[tuple[str, tuple[type, ...]]]:
+    return [entry for target, entry in written.values() if target == topic]
+
+
+def _check_output(name: str, output: str | None, processor: ProcessorType) -> list[str]:
+    """A processor that writes records has an ``output`` topic, and only such a one."""
+    if processor.writes is not None and output is None:
+        return [
+            f"$.consumers.{name}.output: processor {processor.name!r} writes records to a "
+            "topic; name it here (output: TOPIC)"
+        ]
+    if processor.writes is None and output is not None:
+        return [
+            f"$.consumers.{name}.output: processor {processor.name!r} writes no records; "
+            "drop 'output', or use a processor that writes to a topic (topic)"
+        ]
+    return []
+
+
+def _check_order(topology: Topology, name: str) -> list[str]:
+    """``per_key_order`` checks each producer instance's order within a partition: records
+    written into an output of another number of partitions than their topic interleave."""
+    consumer = topology.consumers[name]
+    output = topology.topics.get(consumer.output or "")
+    if output is None or not topology.expect.per_key_order:
+        return []
+    for topic in consumer.topic_names:
+        read = topology.topics.get(topic)
+        if read is not None and read.partitions != output.partitions:
+            return [
+                f"$.consumers.{name}.output: topic {consumer.output!r} has "
+                f"{output.partitions} partitions and {topic!r} {read.partitions}: records "
+                "are placed there by key, so a partition gets records of several partitions "
+                "of the topic read, interleaved; each key keeps its order, but "
+                "expect.per_key_order checks each producer's order within each partition; "
+                "give both as many partitions (records then keep their partition), or set "
+                "expect.per_key_order: false"
+            ]
+    return []
 
 
 def _check_params(kind: type, params: dict[str, Any], path: str) -> list[str]:

@@ -195,6 +195,9 @@ class ConsumerSpec(Checked):
     dead_letter: str | None = None
     """The topic records a sink cannot deliver go to, with why; None: such a record stops
     the consumer (fail fast)."""
+    output: str | None = None
+    """The topic a processor that writes records (the ``topic`` relay) writes to, on this
+    node or another."""
 
     def problems(self) -> list[FieldError]:
         """Exactly one of ``topic`` and ``topics``; a known strategy."""

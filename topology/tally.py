@@ -60,6 +60,21 @@ class TopicTally:
         else:
             self.kinds.update(map(_KIND, events))
 
+    def count_all(self, events: Sequence[Any]) -> None:
+        """Add ``events`` (a list or a table) of any producer instances (a relay passes on
+        what several sent)."""
+        self.records += len(events)
+        sums = self.seq_sums
+        if isinstance(events, Table):
+            sources, seqs = events.columns["source"], events.columns["seq"]
+            for source in np.unique(sources).tolist():
+                sums[source] = sums.get(source, 0) + int(seqs[sources == source].sum())
+            self.kinds.update(events.kind_counts())
+            return
+        for event in events:
+            sums[event.source] = sums.get(event.source, 0) + event.seq
+        self.kinds.update(map(_KIND, events))
+
     def capture(self) -> TopicTallyPart:
         """The tally as a part of an epoch."""
         return TopicTallyPart(
