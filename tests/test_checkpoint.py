@@ -632,3 +632,28 @@ def test_cli_refuses_state_of_another_run(
     assert code == 2
     assert "holds checkpoints of another topology or settings" in capsys.readouterr().err
     assert (tmp_path / FILE_NAME).read_bytes() == before
+
+
+def test_epochs_go_on_while_consumers_drain_after_the_producers_finished(
+    tmp_path: Path,
+) -> None:
+    # The producers are done within a second; a slow consumer drains for about six more:
+    # epochs hold its progress meanwhile, so a crash then resends only what followed the
+    # newest (periodic epochs used to stop with the producers).
+    pipeline = Pipeline.build(topology(), REGISTRY, events=6_000)
+    checkpoints, pipeline = open_checkpoints(pipeline, tmp_path)
+    assert checkpoints is not None
+    assert checkpoints.every == 1.0
+
+    async def slow(member: str, records: int) -> None:
+        if member.startswith("video-stats"):
+            await trio.sleep(records * 0.002)
+
+    pipeline.pace = slow
+    report = run_pipeline(pipeline, checkpoints=checkpoints).report
+    assert report.status == "completed"
+    draining = [e for e in pipeline.epochs if e.events_produced == 6_000 and not e.final]
+    assert len(draining) >= 5, [(e.sim_time, e.events_produced) for e in pipeline.epochs]
+    held = [e.ring_records for e in draining]
+    assert held == sorted(held, reverse=True)
+    assert held[0] > held[-1]

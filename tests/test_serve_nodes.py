@@ -232,7 +232,7 @@ async def test_an_epoch_asked_for_soon_is_taken_at_once_and_rests_as_long_as_it_
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.serve, store)
-        nursery.start_soon(actor.periodic, settings, False)
+        nursery.start_soon(actor.periodic, settings)
         await trio.sleep(1.0)
         actor.soon()  # at 1.0: taken at once
         await trio.sleep(0.05)

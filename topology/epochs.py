@@ -408,10 +408,6 @@ class Checkpointer:
         while self._queue or not self._idle.is_set():
             await self._idle.wait()
 
-    def wake(self) -> None:
-        """Let the periodic timer look again now (the producers may have finished)."""
-        self._due.set()
-
     def soon(self) -> None:
         """Ask the periodic timer for an epoch at once, without waiting for it: one captured
         from now on (the next, if one is being taken). Many asks are served by one epoch."""
@@ -448,11 +444,10 @@ class Checkpointer:
                     self.on_skipped(error)
                 await backoff.failed()
 
-    async def periodic(
-        self, settings: CheckpointSettings, until_done: bool = True, *, skip_crashes: bool = False
-    ) -> None:
+    async def periodic(self, settings: CheckpointSettings, *, skip_crashes: bool = False) -> None:
         """Ask for an epoch every ``settings.every`` seconds or ``settings.every_records``
-        events, whichever comes first; with ``until_done``, only while producers run.
+        events, whichever comes first, until cancelled (once every actor is done: consumers
+        may drain a backlog long after the producers have finished).
 
         An epoch the store refuses is skipped; with ``skip_crashes``, so is one the actor
         crashed while taking (a node's: see :meth:`~topology.Pipeline.run`).
@@ -460,14 +455,12 @@ class Checkpointer:
         every_records = settings.every_records
         if every_records:
             self._next_records = self.events_produced() + every_records
-        while self.barrier.running or not until_done:
+        while True:
             self._due = trio.Event()
             if self._soon:  # asked while the last one was being taken
                 self._due.set()
             with trio.move_on_after(settings.every if settings.every else math.inf):
                 await self._due.wait()
-            if until_done and not self.barrier.running:
-                return
             soon, self._soon = self._soon, False
             started = trio.current_time()
             try:

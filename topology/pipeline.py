@@ -232,13 +232,8 @@ class Pipeline:
                 produced=self.produced,
                 local_topics=self.topics,
                 after_chunk=self._checkpointer.produced,
-                finished=self._source_finished,
                 **wiring,
             )
-
-    def _source_finished(self) -> None:
-        if not self._barrier.running:
-            self._checkpointer.wake()  # let the periodic timer see that producers are done
 
     # -- what runs here --------------------------------------------------------------------
 
@@ -503,16 +498,14 @@ class Pipeline:
     async def _run_actors(
         self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
     ) -> None:
-        periodic = checkpoints is not None and checkpoints.periodic
         async with open_nursery() as network:
             if self.node is not None:
                 await network.start(self.node.serve)
-            if self.node is None or not periodic:
-                await self._supervise(monitor, checkpoints if periodic else None)
-            else:  # a node's timer runs beside its actors until they are done
-                assert checkpoints is not None
+            if checkpoints is not None and checkpoints.periodic:
+                # The timer runs beside the actors until they are all done: consumers that
+                # drain a backlog after the producers finished are held by epochs too.
                 network.start_soon(self._supervise_timer, checkpoints)
-                await self._supervise(monitor, None)
+            await self._supervise(monitor)
             network.cancel_scope.cancel()
         if self.node is not None:
             self.node.gather_summaries((t for _, t in self.groups), self.topics, self.produced)
@@ -521,13 +514,12 @@ class Pipeline:
         # A node's checkpoint actor skips an epoch it crashed in, as one the store refused:
         # rolling the node back would undo what it told other nodes since (a member's
         # leave, a producer's finish), and they may have finished meanwhile. Anything else
-        # it raises is an actor's crash, as in a whole pipeline.
+        # it raises is an actor's crash, and a whole pipeline's crash is one too.
+        skip = self.node is not None
         async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
             supervisor.start_soon(
                 "checkpointer",
-                functools.partial(
-                    self._checkpointer.periodic, checkpoints, False, skip_crashes=True
-                ),
+                functools.partial(self._checkpointer.periodic, checkpoints, skip_crashes=skip),
             )
 
     def _guarded(self, actor: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
@@ -543,9 +535,7 @@ class Pipeline:
 
         return run
 
-    async def _supervise(
-        self, monitor: Callable[[], None] | None, checkpoints: CheckpointSettings | None
-    ) -> None:
+    async def _supervise(self, monitor: Callable[[], None] | None) -> None:
         async with open_supervisor("one_for_one", max_restarts=0) as supervisor:
             for (consumer, topic), group in self.groups.items():
                 spec = self.topology.consumers[consumer]
@@ -583,9 +573,7 @@ class Pipeline:
                 if output.link is not None:  # the output's node closes it once all is written
                     supervisor.start_soon(f"{name}/output", output.run)
             if self.intake is not None:
-                supervisor.start_soon("http", self.intake.run, self._barrier, self._source_finished)
-            if checkpoints is not None:
-                supervisor.start_soon("checkpointer", self._checkpointer.periodic, checkpoints)
+                supervisor.start_soon("http", self.intake.run, self._barrier)
             if self.gateway is not None:
                 # The node's work is done when its topics are closed and every group,
                 # wherever its members run, has read them to the end.

@@ -281,9 +281,8 @@ class HttpIntake:
                 self.on_listening(f"http://{shown}:{self.server.port}")
             task_status.started(self.server)
 
-    async def run(self, barrier: Barrier, finished: Callable[[], None] = lambda: None) -> None:
-        """Be a producer of the route topics until :meth:`stop`; then let them close, and
-        call ``finished``.
+    async def run(self, barrier: Barrier) -> None:
+        """Be a producer of the route topics until :meth:`stop`; then let them close.
 
         Meanwhile it answers epochs at once: it holds nothing between requests, so any moment
         is a safe point (an epoch captures every ring and the sequence number in one step).
@@ -303,7 +302,6 @@ class HttpIntake:
             barrier.finished(INTAKE)
             for topic in self.topics:
                 topic.remove_producer(graceful=graceful)
-        finished()
 
     @staticmethod
     async def _answer_epochs(barrier: Barrier) -> None:

@@ -68,7 +68,6 @@ class WorkloadSource:
         sent: On a node, a tally per topic of what this source alone sent.
         add_summary: Hands over the summary of what it sent to a topic whose ring is here.
         after_chunk: Called after every chunk made.
-        finished: Called once the source is done.
     """
 
     plan: ProducerPlan
@@ -85,7 +84,6 @@ class WorkloadSource:
     sent: dict[str, TopicTally] | None = None
     add_summary: Callable[[str, TopicSummary], None] | None = None
     after_chunk: Callable[[], None] = lambda: None
-    finished: Callable[[], None] = lambda: None
     key_field: Mapping[str, str] = attrs.field(factory=dict)
     """The key field of each stream's topic (a stream whose topic has no key is not here)."""
     producers: list[Producer] = attrs.field(factory=list)
@@ -171,7 +169,6 @@ class WorkloadSource:
         finally:
             self._running = False
         self.barrier.finished(self.key)
-        self.finished()
 
     async def _make_all(self, workload: Workload, origin: float) -> None:
         plan, key = self.plan, self.key
