@@ -49,7 +49,13 @@ async def watch_progress(
         if mark != last or any(d.writing for d in running.deliveries.values()):
             last, since = mark, now
             continue
-        waiting = [s for s in stats if s.senders_waiting]
+        # A consumer writing to a topic (a relay) that waits for room there is a sender too.
+        full = {o.topic for o in running.outputs.values() if o.waiting}
+        waiting = [
+            s
+            for s in stats
+            if s.senders_waiting or (s.topic in full and (s.depth or s.capacity is None))
+        ]
         if waiting and now - since >= after:
             on_stall(describe_stall(waiting, now - since))
             return

@@ -232,7 +232,9 @@ async def test_a_consumer_waiting_for_its_sink_is_not_a_stall(
     stalls: list[str] = []
     sending = delivery(FlakySink(), None)
 
-    running = types.SimpleNamespace(topics={"events": topic}, deliveries={"relay": sending})
+    running = types.SimpleNamespace(
+        topics={"events": topic}, deliveries={"relay": sending}, outputs={}
+    )
 
     async with trio.open_nursery() as nursery, group.join("relay-0"):
         await topic.partitions[0].send(Columns([1], ["a"], [0.0]))

@@ -14,7 +14,7 @@ import yaml
 from sim.chaos.campaign import run_campaign
 from sim.chaos.harness import Chaos
 from sim.report import build_report
-from sim.run import REGISTRY
+from sim.run import REGISTRY, run_pipeline
 from topology import Pipeline, Topology, TopologyError
 
 from .examples import EXAMPLES
@@ -154,11 +154,33 @@ def _with(change: Any) -> dict[str, Any]:
             lambda d: d["topics"]["events-copy"].update(partitions=3),
             "$.consumers.forward.output: topic 'events-copy' has 3 partitions and 'events' 4",
         ),
+        (
+            lambda d: d["consumers"].update(
+                again={"topic": "events", "processor": "topic", "output": "events-copy"}
+            ),
+            "$.consumers.again.output: topic 'events-copy' has other writers too (consumer "
+            "forward): their records interleave",
+        ),
+        (
+            lambda d: d["consumers"]["forward"].pop("output"),
+            "no producer writes to topic 'events-copy', nor is it any consumer's output",
+        ),
     ],
 )
 def test_outputs_that_cannot_work_are_refused_naming_the_field(change: Any, message: str) -> None:
     problems = problems_of(_with(change))
     assert any(message in p for p in problems), problems
+
+
+def test_a_relay_blocked_by_an_output_nothing_reads_ends_as_stalled() -> None:
+    data = relay_data()
+    del data["consumers"]["copy-stats"]
+    data["topics"]["events-copy"].update(capacity=500, allow_unconsumed=True)
+    pipeline = Pipeline.build(Topology.from_dict(data), REGISTRY, events=20_000)
+    result = run_pipeline(pipeline)
+    assert result.report.status == "failed"
+    assert "producers wait to send to events-copy[" in str(result.report.error)
+    assert "no consumer group reads topic 'events-copy'" in str(result.report.error)
 
 
 def test_a_relay_with_a_dead_letter_topic_is_told_its_output_never_refuses() -> None:
@@ -220,6 +242,33 @@ async def test_a_relay_into_a_topic_on_another_node_gives_what_one_process_gives
     assert copies["aggregates"]["copy-stats"] == relay["aggregates"]["stats"]
     assert copies["events_consumed"] == 20_000
     assert sum(p["records"] for p in copies["partitions"]) == 20_000
+
+
+def test_a_relay_member_that_lost_its_partitions_while_waiting_writes_nothing_twice() -> None:
+    # The output holds 5 records a partition: the relay's members wait for room longer than
+    # the session timeout of the group on the other node, which gives their partitions to
+    # other members of the same consumer meanwhile. A member that then gets room writes
+    # only what no member wrote since (it used to write its whole batch again).
+    data = relay_data()
+    data["topics"]["events"]["capacity"] = 5000
+    data["topics"]["events-copy"] = {"partitions": 3, "capacity": 5, "key": "video_id"}
+    data["producers"]["site"].update(rate=10000, max_batch=2000, linger=0.05)
+    data["consumers"]["forward"]["instances"] = 3
+    data["checkpoint"] = {"every": 0.2}
+    data["expect"] = {"per_key_order": False}
+    ports = free_ports(3)
+    data["nodes"] = {
+        "src": {"listen": f"127.0.0.1:{ports[0]}", "topics": ["events"], "producers": ["site"]},
+        "relay": {"listen": f"127.0.0.1:{ports[1]}", "consumers": ["forward"]},
+        "dst": {
+            "listen": f"127.0.0.1:{ports[2]}",
+            "topics": ["events-copy"],
+            "consumers": ["stats", "copy-stats"],
+        },
+    }
+    chaos = Chaos.of(Topology.from_dict(data), 4_000)
+    campaign = run_campaign(chaos, seed=0, schedules=1, kinds=("actor_crash",))
+    assert campaign.violations == []
 
 
 @pytest.mark.timeout(300)

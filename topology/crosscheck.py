@@ -103,7 +103,7 @@ def problems_across(
             elif topic not in produced:
                 problems.append(
                     f"$.consumers.{name}.{field}: no producer writes to topic {topic!r}, "
-                    "so this consumer would wait forever"
+                    "nor is it any consumer's output, so this consumer would wait forever"
                 )
     groups: dict[tuple[str, str], str] = {}
     for name, consumer in consumers.items():

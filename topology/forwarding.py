@@ -113,6 +113,8 @@ class Output:
     add_summary: Callable[[str, TopicSummary], None] | None = None
     """Hands the summary to this node's gateway once every task is done, when the topic
     is here and the node's consumers of it are checked against its producers' summaries."""
+    waiting: int = 0
+    """Tasks waiting for room in the output now."""
     _registered: int = 0
     _left: int = 0
     _ready: trio.Event = attrs.field(factory=trio.Event)
@@ -140,9 +142,19 @@ class Output:
             await self._finished.wait()
             topic.summary = self.summary()
 
-    async def put(self, batch: RecordBatch, settled: Callable[[RecordBatch], None]) -> None:
+    async def put(
+        self,
+        batch: RecordBatch,
+        settled: Callable[[RecordBatch], None],
+        done_up_to: Callable[[int], int] = lambda _: 0,
+    ) -> None:
         """Write the records of ``batch``, in parts no larger than the output's rings; call
         ``settled`` with each part in the same step as it enters them (it commits the part).
+
+        ``done_up_to(partition)`` says up to which offset the consumer's members here have
+        passed records on: a member that waited for room while its partition went to
+        another member (its session on another node timed out) writes only what that one
+        has not, checked in the step it writes.
 
         Raises:
             TopicClosedError: The output closed (its node gave up).
@@ -155,22 +167,30 @@ class Output:
         step = count if room is None else max(1, room)
         for start in range(0, count, step):
             part = batch if step >= count else batch.slice(start, min(count, start + step))
-            await self._put(target, part, settled)
+            await self._put(target, part, settled, done_up_to)
 
     async def _put(
         self,
         target: Topic | RemoteTopic,
         part: RecordBatch,
         settled: Callable[[RecordBatch], None],
+        done_up_to: Callable[[int], int],
     ) -> None:
-        columns = Columns(part.keys, part.values, part.timestamps)
-        partitions: Sequence[Admitting] = target.partitions
-        if part.topic in self.same_partitions:
-            pairs = [(partitions[part.partition], columns)]
-        else:
-            shares = target.split(columns)
-            pairs = [(p, s) for p, s in zip(partitions, shares, strict=True) if len(s)]
-
+        while True:  # until every partition has room: then what is still to do goes at once
+            skip = done_up_to(part.partition) - part.base_offset
+            if skip >= len(part.values):
+                return  # passed on by another member here meanwhile
+            if skip > 0:
+                part = part.slice(skip, len(part.values))
+            pairs = self._pairs(target, part)
+            blocked = next((p for p, s in pairs if not p.can_take(len(s))), None)
+            if blocked is None or blocked.closed:  # (admitting a closed one raises)
+                break
+            self.waiting += 1
+            try:
+                await blocked.wait_room_changed()
+            finally:
+                self.waiting -= 1
         together = kept("commit_with_output")
 
         def build() -> list[Columns]:
@@ -183,6 +203,17 @@ class Output:
         if not together:  # a checkpoint between: an epoch may hold the records twice
             await trio.lowlevel.checkpoint()
             settled(part)
+
+    def _pairs(
+        self, target: Topic | RemoteTopic, part: RecordBatch
+    ) -> list[tuple[Admitting, Columns]]:
+        # The output's partitions the part's records go to, and which records each takes.
+        columns = Columns(part.keys, part.values, part.timestamps)
+        partitions: Sequence[Admitting] = target.partitions
+        if part.topic in self.same_partitions:
+            return [(partitions[part.partition], columns)]
+        shares = target.split(columns)
+        return [(p, s) for p, s in zip(partitions, shares, strict=True) if len(s)]
 
     def left(self, *, graceful: bool) -> None:
         """A task is done (``graceful``) or crashed: it is a producer no more. Once every

@@ -275,6 +275,11 @@ async def _read(
         fold(part.values)
         done(part)
 
+    def done_up_to(partition: int) -> int:  # what the members here processed
+        if isinstance(member, RemoteConsumer):
+            return member.group.processed.get(partition, 0)
+        return 0
+
     async for batch in member.batches():
         # Counted once processed: a processor that crashes on a batch leaves it uncounted,
         # as the positions leave it unprocessed.
@@ -289,7 +294,7 @@ async def _read(
             else:
                 await delivery.write(batches, done)
         elif output is not None:
-            await output.put(batch, passed_on)
+            await output.put(batch, passed_on, done_up_to)
         else:
             fold(batch.values)
             tally.observe(topic, batch, trio.current_time() - origin)

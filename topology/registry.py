@@ -470,6 +470,25 @@ def _check_order(topology: Topology, name: str) -> list[str]:
     output = topology.topics.get(consumer.output or "")
     if output is None or not topology.expect.per_key_order:
         return []
+    others = sorted(c for c, spec in topology.consumers.items() if spec.output == consumer.output)
+    producers = [
+        p
+        for p, spec in topology.producers.items()
+        if consumer.output in ([spec.topic] if spec.topic else spec.topics.values())
+    ]
+    routed = topology.http is not None and consumer.output in topology.http.routes.values()
+    writers = [
+        *(f"consumer {c}" for c in others if c != name),
+        *(f"producer {p}" for p in producers),
+        *(["the HTTP API"] if routed else []),
+    ]
+    if writers:
+        return [
+            f"$.consumers.{name}.output: topic {consumer.output!r} has other writers too "
+            f"({', '.join(writers)}): their records interleave with these in each partition, "
+            "and expect.per_key_order checks each producer's order within a partition; give "
+            "each writer its own topic, or set expect.per_key_order: false"
+        ]
     for topic in consumer.topic_names:
         read = topology.topics.get(topic)
         if read is not None and read.partitions != output.partitions:

@@ -1,0 +1,108 @@
+"""Usage lines (``"<user_id> <amount>"``, seed 004) parsed a chunk at a time into arrays.
+
+A valid line is two base-10 integers separated by one space: the user id (0 to 2**63 - 1,
+PostgreSQL's ``bigint``) and the amount (0 to 2**64 - 1), optionally followed by ``\\r``
+(files with CRLF endings are valid). Everything else is a bad line: text, one or three
+fields, a sign, a fraction or an exponent, a number too large, a blank line. The newline
+that ends a file is not a line; a last line without one is a line like any other.
+
+A chunk's lines are parsed with a few numpy passes over its bytes (classes of characters,
+running counts, then the digits of every number at once, position by position), never line
+by line in Python.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+MAX_USER = (1 << 63) - 1
+"""The largest user id (PostgreSQL's ``bigint``)."""
+
+_DIGIT, _SPACE, _OTHER = 0, 1, 2
+_CLASSES = np.full(256, _OTHER, np.uint8)
+_CLASSES[ord("0") : ord("9") + 1] = _DIGIT
+_CLASSES[ord(" ")] = _SPACE
+_CLASSES[ord("\n")] = _DIGIT  # ends a line; never inside one
+
+_TENTH = np.uint64((1 << 64) // 10)
+"""A value above this times ten overflows 64 bits (and one equal to it, plus more than 5)."""
+
+
+@attrs.frozen
+class Parsed:
+    """The lines of one chunk: the valid ones as arrays, and where the bad ones are."""
+
+    users: npt.NDArray[np.int64]
+    amounts: npt.NDArray[np.uint64]
+    bad: npt.NDArray[np.int64]
+    """The bad lines' indices in the chunk (0: its first line), ascending."""
+    lines: int
+    """Lines in the chunk."""
+
+
+def parse_lines(data: bytes) -> Parsed:
+    """Parse ``data``: whole lines, each ended by ``\\n`` (a last line without one is
+    taken as one too)."""
+    if not data:
+        return Parsed(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.int64), 0)
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    raw = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(raw == ord("\n"))
+    starts = np.empty(len(ends), np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    classes = _CLASSES[raw]
+    crlf = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == ord("\r"))
+    ends = ends - crlf  # a line's \r is no part of it
+    classes[ends[crlf]] = _DIGIT  # (counted as no character: the counts stop before it)
+    others = _running(classes == _OTHER)
+    is_space = classes == _SPACE
+    spaces = _running(is_space)
+    good = (others[ends] == others[starts]) & (spaces[ends] - spaces[starts] == 1)
+    where = np.flatnonzero(good)
+    begin, end = starts[where], ends[where]
+    space = np.flatnonzero(is_space)[spaces[begin]]
+    user_digits, amount_digits = space - begin, end - space - 1
+    users, user_over = _numbers(raw, begin, user_digits)
+    amounts, amount_over = _numbers(raw, space + 1, amount_digits)
+    fits = (
+        (user_digits > 0)
+        & (amount_digits > 0)
+        & ~user_over
+        & ~amount_over
+        & (users <= np.uint64(MAX_USER))
+    )
+    good[where[~fits]] = False
+    return Parsed(
+        users[fits].astype(np.int64),
+        amounts[fits],
+        np.flatnonzero(~good),
+        len(ends),
+    )
+
+
+def _running(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    # counts[i]: how many of flags[:i] are set (so a range's count is a difference).
+    counts = np.zeros(len(flags) + 1, np.int64)
+    np.cumsum(flags, out=counts[1:])
+    return counts
+
+
+def _numbers(
+    raw: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+    # The values of the digit runs at ``starts``, a digit position at a time for every run
+    # still that long (Horner's rule), and which overflowed 64 bits.
+    values = np.zeros(len(starts), np.uint64)
+    over = np.zeros(len(starts), np.bool_)
+    longest = int(lengths.max()) if len(lengths) else 0
+    for k in range(longest):
+        live = np.flatnonzero(lengths > k)
+        digit = (raw[starts[live] + k] - ord("0")).astype(np.uint64)
+        value = values[live]
+        over[live] |= (value > _TENTH) | ((value == _TENTH) & (digit > 5))
+        values[live] = value * np.uint64(10) + digit  # wraps where it overflowed: refused
+    return values, over
