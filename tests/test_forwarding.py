@@ -165,6 +165,18 @@ def _with(change: Any) -> dict[str, Any]:
             lambda d: d["consumers"]["forward"].pop("output"),
             "no producer writes to topic 'events-copy', nor is it any consumer's output",
         ),
+        (
+            lambda d: d["consumers"]["forward"].update(retry={"max_attempts": 3}),
+            "$.consumers.forward.retry: processor 'topic' writes to no other system",
+        ),
+        (
+            lambda d: d["consumers"]["stats"].update(breaker={"threshold": 2}),
+            "$.consumers.stats.breaker: processor 'video_stats' writes to no other system",
+        ),
+        (
+            lambda d: d["consumers"]["forward"].update(params={"url": "x"}),
+            "$.consumers.forward.params: unknown field url; it takes none",
+        ),
     ],
 )
 def test_outputs_that_cannot_work_are_refused_naming_the_field(change: Any, message: str) -> None:

@@ -102,6 +102,8 @@ def _describe(exc: BaseException, wanted: Any) -> list[tuple[str, str]]:
         allowed = ", ".join(field.name for field in attrs.fields(exc.cl))
         unknown = ", ".join(sorted(exc.extra_fields))
         plural = "s" if len(exc.extra_fields) > 1 else ""
+        if not allowed:
+            return [("", f"unknown field{plural} {unknown}; it takes none")]
         return [("", f"unknown field{plural} {unknown}; allowed: {allowed}")]
     if isinstance(exc, FieldError):
         return [(f".{exc.field}", str(exc))]

@@ -14,6 +14,7 @@ from actors import RecordBatch
 
 from .convert import converter, describe_errors
 from .schema import Topology
+from .sections import BreakerSpec, RetrySpec
 
 
 @runtime_checkable
@@ -361,6 +362,14 @@ class Registry:
                     "(clock: virtual) its attempts would time out at once; set clock: real"
                 )
             problems.extend(_check_output(name, consumer.output, processor))
+            if made is not None and not isinstance(made, Sink):
+                for field, default in (("retry", RetrySpec()), ("breaker", BreakerSpec())):
+                    if getattr(consumer, field) != default:
+                        problems.append(
+                            f"{path}.{field}: processor {processor.name!r} writes to no "
+                            f"other system, so nothing of it is retried; drop {field} (it is "
+                            "for sinks: clickhouse, webhook, redis_stream)"
+                        )
             problems.extend(_check_order(topology, name))
             if consumer.dead_letter is not None and processor.writes is not None:
                 problems.append(
