@@ -11,7 +11,7 @@ import trio
 import trio.testing
 import yaml
 
-from sim.chaos.campaign import run_campaign
+from sim.chaos.campaign import run_campaign, targets_of
 from sim.chaos.harness import Chaos
 from sim.report import build_report
 from sim.run import REGISTRY, run_pipeline
@@ -286,6 +286,7 @@ def test_a_relay_member_that_lost_its_partitions_while_waiting_writes_nothing_tw
 @pytest.mark.timeout(300)
 def test_relayed_records_survive_node_crashes_and_a_flaky_network_once() -> None:
     chaos = Chaos.of(split_relay(), 6_000)
+    assert ("copies", "relay") in targets_of(chaos).links  # the relay writes there
     kinds = ("node_crash", "net_drop", "net_partition")
     campaign = run_campaign(chaos, seed=12, schedules=12, kinds=kinds, keep_going=True)
     assert campaign.violations == []

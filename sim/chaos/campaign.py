@@ -84,6 +84,7 @@ def targets_of(chaos: Chaos) -> Targets:
         for consumer in spec.consumers:
             read = topology.consumers[consumer]
             used += [read.topic] if read.topic else read.topics
+            used += [read.output] if read.output else []
         for topic in used:
             holder = topology.node_of("topics", topic)
             if holder != node:
