@@ -4,10 +4,13 @@ real HTTP receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import random
+import shutil
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -147,6 +150,15 @@ async def test_purge_removes_the_dead_letters_and_an_unknown_consumer_is_refused
     assert json.loads(out)["purged"] == {"relay": 3}
     code, out, err = await ringflow("dlq", path, "list", "--state", state)
     assert "no dead letters" in out
+    newest = max(int(str(e)) for (e,) in _query(state, "SELECT epoch FROM epochs"))
+    extra = tmp_path / "extra"  # a copy whose newest epoch (the purge's) is damaged
+    shutil.copytree(state, extra)
+    _query(extra, f"UPDATE parts SET data = X'00' WHERE epoch = {newest}")
+    code, out, err = await ringflow("dlq", path, "list", "--state", extra)
+    assert code == 0, err
+    assert f"epoch {newest}" in err
+    assert "passed over for an older epoch" in err
+    assert "no dead letters" not in out  # the epoch before the purge holds them
 
 
 async def test_records_dead_lettered_while_the_receiver_was_down_fail_totals_and_replay_later(
@@ -380,3 +392,8 @@ async def test_a_full_dead_letter_topic_is_made_larger_and_the_run_resumed(
     assert row["letters"] == 3
     assert len(receiver.taken) == 397
     assert not POISON & set(receiver.taken)
+
+
+def _query(state: Path, sql: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(state / "checkpoints.sqlite3")) as db, db:
+        return db.execute(sql).fetchall()

@@ -39,6 +39,7 @@ from ..resume import hold, let_go, state_folder
 from ..run import REGISTRY, load_topology
 from .errors import refuse
 from .options import Command, events_option, option, positive, seed_option, topology_file
+from .running import warn_damaged
 
 ACTIONS = ("list", "show", "replay", "purge")
 
@@ -78,6 +79,7 @@ def dlq(args: argparse.Namespace) -> ExitCode:
         if args.action in ("replay", "purge"):
             hold(folder)  # no run may write epochs meanwhile
         loaded = store.load_intact(lambda epoch: epoch)
+        warn_damaged(err, store)
         if loaded is None:
             out.print(f"no epochs in {escape(str(folder))} yet: no dead letters")
             return ExitCode.OK

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from actors import DISAGREEMENT, GatewayError, RingflowError, redact
-from topology import CheckpointSettings, Pipeline, Topology
+from topology import CheckpointSettings, CheckpointStore, Pipeline, Topology
 
 from .. import run as engine
 from ..exitcode import ExitCode
@@ -25,13 +25,14 @@ from .report_file import save_report
 from .summary import print_summary
 
 
-def warn_damaged(err: Console, checkpoints: CheckpointSettings | None) -> None:
+def warn_damaged(err: Console, checkpoints: CheckpointSettings | CheckpointStore | None) -> None:
     """Say which epochs were passed over because they are damaged."""
     if checkpoints is None:
         return
-    for damage in checkpoints.store.damaged:
+    store = checkpoints if isinstance(checkpoints, CheckpointStore) else checkpoints.store
+    for damage in store.damaged:
         err.print(
-            f"[yellow]warning:[/yellow] {escape(str(checkpoints.store.path))}: "
+            f"[yellow]warning:[/yellow] {escape(str(store.path))}: "
             f"{escape(str(damage))}; passed over for an older epoch"
         )
 
