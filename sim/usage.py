@@ -106,3 +106,50 @@ def _numbers(
         over[live] |= (value > _TENTH) | ((value == _TENTH) & (digit > 5))
         values[live] = value * np.uint64(10) + digit  # wraps where it overflowed: refused
     return values, over
+
+
+@attrs.frozen
+class Sums:
+    """Amounts summed per user, exactly: each sum kept as the sums of the amounts' high and
+    low 32 bits (exact for up to 2**32 lines a user), users ascending."""
+
+    users: npt.NDArray[np.int64]
+    high: npt.NDArray[np.uint64]
+    low: npt.NDArray[np.uint64]
+
+    @classmethod
+    def of(cls, users: npt.NDArray[np.int64], amounts: npt.NDArray[np.uint64]) -> Sums:
+        """The sums of ``amounts`` per user in ``users`` (parallel arrays)."""
+        if not len(users):
+            return cls(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.uint64))
+        order = np.argsort(users, kind="stable")
+        ordered = users[order]
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        taken = amounts[order]
+        return cls(
+            ordered[starts],
+            np.add.reduceat(taken >> np.uint64(32), starts, dtype=np.uint64),
+            np.add.reduceat(taken & np.uint64(0xFFFFFFFF), starts, dtype=np.uint64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __add__(self, other: Sums) -> Sums:
+        users = np.concatenate([self.users, other.users])
+        merged = Sums.of(users, np.zeros(len(users), np.uint64))
+        where = np.searchsorted(merged.users, users)
+        high = np.zeros(len(merged), np.uint64)
+        low = np.zeros(len(merged), np.uint64)
+        np.add.at(high, where, np.concatenate([self.high, other.high]))
+        np.add.at(low, where, np.concatenate([self.low, other.low]))
+        return Sums(merged.users, high, low)
+
+    def totals(self) -> dict[int, int]:
+        """Each user's sum, as a Python integer (of any size)."""
+        return {
+            user: (high << 32) + low
+            for user, high, low in zip(
+                self.users.tolist(), self.high.tolist(), self.low.tolist(), strict=True
+            )
+        }

@@ -6,9 +6,10 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
 import pytest
 
-from sim.usage import MAX_USER, parse_lines
+from sim.usage import MAX_USER, Sums, parse_lines
 
 VALID = re.compile(rb"([0-9]+) ([0-9]+)\r?")
 
@@ -88,3 +89,20 @@ def test_random_chunks_give_what_the_rules_give_line_by_line() -> None:
         assert parsed.users.tolist() == users, data
         assert parsed.amounts.tolist() == amounts, data
         assert parsed.bad.tolist() == bad, data
+
+
+def test_sums_per_user_are_exact_beyond_64_bits_and_add_up() -> None:
+    rng = random.Random(9)
+    expected: dict[int, int] = {}
+    total = Sums.of(np.empty(0, np.int64), np.empty(0, np.uint64))
+    for _ in range(5):
+        users = [rng.randrange(50) for _ in range(2000)]
+        amounts = [
+            rng.choice([rng.randrange(100), (1 << 64) - 1 - rng.randrange(9)]) for _ in users
+        ]
+        for user, amount in zip(users, amounts, strict=True):
+            expected[user] = expected.get(user, 0) + amount
+        total = total + Sums.of(np.array(users, np.int64), np.array(amounts, np.uint64))
+    assert total.totals() == expected
+    assert total.users.tolist() == sorted(expected)
+    assert max(expected.values()) > 1 << 70  # far beyond 64 bits, and still exact
