@@ -441,17 +441,7 @@ class RedisStreamSink:
                     "lineage": self._lineage,
                 }
                 entries.append((stream, f"{offset + 1}-0", fields))
-        try:
-            again = await self._in_thread(self._append, client, entries)
-        except redis.ResponseError as exc:
-            raise PermanentError(f"{redact(self.params.url)}: {exc}") from None
-        except redis.RedisError as exc:
-            raise TransientError(
-                f"{redact(self.params.url)}: {type(exc).__name__}: {exc}"
-            ) from None
-        self._again += again
-        for batch in batches:
-            self._kinds.update(getattr(v, "kind", type(v).__name__) for v in batch.values)
+        self._again += await self._call(batches, self._append, client, entries)
 
     async def replay(self, batches: Sequence[RecordBatch]) -> None:
         """Append dead letters sent back (``ringflow dlq replay``): their offsets are behind
@@ -486,8 +476,13 @@ class RedisStreamSink:
             for stream, args in by_stream.items():
                 client.eval(REPLAY, 2, stream, f"{stream}:replayed", maxlen, *args)
 
+        await self._call(batches, append)
+
+    async def _call(self, batches: Sequence[RecordBatch], call: Any, *args: Any) -> Any:
+        # ``call(*args)`` in the worker thread, Redis's errors as the engine's; then
+        # ``batches`` are counted as delivered.
         try:
-            await self._in_thread(append)
+            result = await self._in_thread(call, *args)
         except redis.ResponseError as exc:
             raise PermanentError(f"{redact(self.params.url)}: {exc}") from None
         except redis.RedisError as exc:
@@ -496,6 +491,7 @@ class RedisStreamSink:
             ) from None
         for batch in batches:
             self._kinds.update(getattr(v, "kind", type(v).__name__) for v in batch.values)
+        return result
 
     def _append(self, client: Any, entries: list[tuple[str, str, dict[str, Any]]]) -> int:
         pipe = client.pipeline(transaction=False)

@@ -137,13 +137,12 @@ class Sums:
 
     def __add__(self, other: Sums) -> Sums:
         users = np.concatenate([self.users, other.users])
-        merged = Sums.of(users, np.zeros(len(users), np.uint64))
-        where = np.searchsorted(merged.users, users)
+        merged, where = np.unique(users, return_inverse=True)
         high = np.zeros(len(merged), np.uint64)
         low = np.zeros(len(merged), np.uint64)
         np.add.at(high, where, np.concatenate([self.high, other.high]))
         np.add.at(low, where, np.concatenate([self.low, other.low]))
-        return Sums(merged.users, high, low)
+        return Sums(merged, high, low)
 
     def totals(self) -> dict[int, int]:
         """Each user's sum, as a Python integer (of any size)."""

@@ -260,13 +260,15 @@ async def test_redis_stream_away_is_retried_and_a_bad_url_refused(tmp_path: Path
             pass
 
 
+def batch(first: int, count: int) -> RecordBatch:
+    """Views at offsets ``first`` onwards of partition 0 of ``events``."""
+    values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(first, first + count)]
+    return RecordBatch("events", 0, first, [1] * count, values, [0.0] * count)
+
+
 async def test_entries_past_the_newest_epoch_are_removed_as_a_resumed_run_opens(
     redis_url: str,
 ) -> None:
-    def batch(first: int, count: int) -> RecordBatch:
-        values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(first, first + count)]
-        return RecordBatch("events", 0, first, [1] * count, values, [0.0] * count)
-
     sink = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
     async with sink.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
         await sink.write([batch(0, 10)])
@@ -312,10 +314,6 @@ async def test_a_run_that_died_before_its_first_epoch_finds_its_streams_its_own(
 async def test_a_replayed_record_goes_at_the_end_once_and_later_offsets_still_go_in(
     redis_url: str,
 ) -> None:
-    def batch(first: int, count: int) -> RecordBatch:
-        values = [VideoEvent("view", 1, i, 0, 0.0, 0, 0, i) for i in range(first, first + count)]
-        return RecordBatch("events", 0, first, [1] * count, values, [0.0] * count)
-
     sink = RedisStreamSink(RedisStreamParams(redis_url, stream="s"))
     async with sink.opened(SinkContext("relay", {}, None, {("events", 0): 0})):
         await sink.write([batch(0, 3)])
