@@ -135,6 +135,7 @@ class Partition:
     _sequences: dict[str, int] = attrs.field(init=False, factory=dict)
     _visible: int = attrs.field(init=False, default=0)
     _hold_back: bool = attrs.field(init=False, default=False)
+    _on_full: Callable[[], None] | None = attrs.field(init=False, default=None)
     _room: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     on_append: Callable[[RecordBatch], None] | None = attrs.field(init=False, default=None)
     """Called with every batch as it is accepted (for logging); must not block or raise."""
@@ -190,6 +191,8 @@ class Partition:
             trio.lowlevel.current_task(), records, trio.current_time(), producer, sequence
         )
         self._senders.append(sender)
+        if self._on_full is not None and self._visible < self._end:
+            self._on_full()
 
         def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
             self._senders.remove(sender)
@@ -378,14 +381,17 @@ class Partition:
         """Wait until records are freed, a consumer attaches, or the partition closes."""
         await self._room.park()
 
-    def hold_back(self) -> None:
+    def hold_back(self, on_full: Callable[[], None] | None = None) -> None:
         """Hand records to readers only once :meth:`expose` says they are durable.
 
         A partition whose contents are checkpointed, and whose readers are on other nodes,
         holds records back until an epoch holding them is written: then a reader never sees a
-        record that a restart from the newest epoch would give another offset.
+        record that a restart from the newest epoch would give another offset. ``on_full``
+        is called when a sender waits for room while records are held back (an epoch would
+        let readers free some); it must not block or raise.
         """
         self._hold_back = True
+        self._on_full = on_full
         self._visible = min(self._visible, self._end)
 
     def expose(self, offset: int) -> None:

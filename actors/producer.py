@@ -114,6 +114,11 @@ class _Buffer:
             concat([c.timestamps for c in parts]),
         )
 
+    def chunks_now(self) -> list[Columns]:
+        if self.keys:
+            self._close()
+        return list(self.chunks)
+
     def put_back(self, batch: Columns) -> None:
         self.chunks.insert(0, batch)
         self.count += len(batch)
@@ -153,6 +158,10 @@ class Producer:
     _records_sent: int = attrs.field(init=False, default=0)
     _batches_sent: int = attrs.field(init=False, default=0)
     _linger_flushes: int = attrs.field(init=False, default=0)
+    _interrupted: bool = attrs.field(init=False, default=False)
+    _resumed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _sending: set[trio.CancelScope] = attrs.field(init=False, factory=set)
+    _idle: trio.Event = attrs.field(init=False, factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         if self.max_batch < 1:
@@ -185,32 +194,30 @@ class Producer:
     async def send_many(self, records: Columns | Sequence[Record]) -> None:
         """Send many records at once: the fast path when a workload makes whole batches.
 
-        Records are split by partition; full batches are sent now, the rest waits in the
-        buffers like records given to :meth:`send`. :class:`Columns` are the fastest form:
-        a whole batch for a one-partition topic is sent without being copied.
+        Records are split by partition and every share is buffered before anything waits;
+        then full batches are sent, and the rest waits in the buffers like records given to
+        :meth:`send`. :class:`Columns` are the fastest form: a whole batch for a
+        one-partition topic is sent without being copied. After :meth:`interrupt`, this
+        returns with the records buffered, sending nothing.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         batch = records if isinstance(records, Columns) else Columns.from_records(records)
         max_batch = self.max_batch
+        full = []
+        now = trio.current_time()
         for index, part in enumerate(self.topic.split(batch)):
-            count = len(part.values)
-            if not count:
+            if not len(part.values):
                 continue
             buffer = self._buffers[index]
-            if not buffer.count and count == max_batch:
-                await self._acquire(buffer)
-                try:
-                    await self._send_batch(index, part)
-                finally:
-                    buffer.lock.release()
-                continue
-            was_empty = not buffer.count
-            buffer.extend(part)
-            while buffer.count >= max_batch:
-                await self._flush_partition(index)
-            if was_empty and buffer.count:
-                buffer.oldest = trio.current_time()
+            if not buffer.count:
+                buffer.oldest = now
                 self._wake.set()
+            buffer.extend(part)
+            if buffer.count >= max_batch:
+                full.append(index)
+        for index in full:
+            while self._buffers[index].count >= max_batch and not self._interrupted:
+                await self._flush_partition(index)
 
     async def flush(self) -> None:
         """Send every buffered record now, waiting for room as needed."""
@@ -224,20 +231,82 @@ class Producer:
         buffer = self._buffers[index]
         await self._acquire(buffer)
         try:
-            while buffer.count:
+            while buffer.count and not self._interrupted:
                 batch = buffer.take(min(self.max_batch, buffer.count))
                 buffer.oldest = trio.current_time() if buffer.count else math.inf
+                scope = trio.CancelScope()
+                self._sending.add(scope)
                 try:
-                    await self._send_batch(index, batch)
+                    with scope:
+                        await self._send_batch(index, batch)
                 except BaseException:
                     # Not accepted: put the batch back in front so a retry keeps the order.
                     buffer.put_back(batch)
                     buffer.oldest = trio.current_time()
                     raise
+                finally:
+                    self._sending.discard(scope)
+                    if not self._sending:
+                        self._idle.set()
+                if scope.cancelled_caught:  # interrupted: not accepted, and kept in order
+                    buffer.put_back(batch)
+                    buffer.oldest = trio.current_time()
+                    return
                 if not everything:
                     return
         finally:
             buffer.lock.release()
+
+    def interrupt(self) -> None:
+        """Stop sending until :meth:`resume`: a send waiting for room gives its batch back to
+        the front of its buffer, and every record not yet accepted stays buffered, in order.
+
+        A source pausing for an epoch interrupts its producers rather than waiting for them
+        to flush: a ring may only make room once that epoch is written.
+        """
+        if not self._interrupted:
+            self._interrupted = True
+            self._resumed = trio.Event()
+        for scope in self._sending:
+            scope.cancel()
+
+    async def wait_idle(self) -> None:
+        """Once :meth:`interrupt` is called: wait until no batch is in flight, so that
+        :meth:`buffered` holds every record not accepted."""
+        while self._sending:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+    def resume(self) -> None:
+        """Send again after :meth:`interrupt`."""
+        if self._interrupted:
+            self._interrupted = False
+            self._resumed.set()
+            self._wake.set()
+
+    def buffered(self) -> list[list[Columns]]:
+        """The records buffered for each partition, in order, as chunks of columns."""
+        return [buffer.chunks_now() for buffer in self._buffers]
+
+    def restore_buffered(self, buffered: Sequence[Sequence[Columns]]) -> None:
+        """Put records back in the buffers (from :meth:`buffered`), before any is sent.
+
+        Raises:
+            ValueError: ``buffered`` is not one list per partition.
+        """
+        if len(buffered) != len(self._buffers):
+            raise ValueError(
+                f"records buffered for {len(buffered)} partitions; the topic has "
+                f"{len(self._buffers)}"
+            )
+        now = trio.current_time()
+        for buffer, chunks in zip(self._buffers, buffered, strict=True):
+            for chunk in chunks:
+                if len(chunk):
+                    buffer.extend(chunk)
+            if buffer.count:
+                buffer.oldest = now
+                self._wake.set()
 
     @staticmethod
     async def _acquire(buffer: _Buffer) -> None:
@@ -256,6 +325,9 @@ class Producer:
     async def run_linger_timer(self) -> None:
         """Send partly filled batches whose linger has run out; runs until cancelled."""
         while True:
+            if self._interrupted:
+                await self._resumed.wait()
+                continue
             deadline = min(buffer.oldest for buffer in self._buffers) + self.linger
             if deadline == math.inf:
                 self._wake = trio.Event()

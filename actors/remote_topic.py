@@ -131,7 +131,10 @@ class RemotePartition:
         sequence = self._next
         self._next += count
         self._retained.append((sequence, columns))
-        await self.remote._send(self.index, sequence, columns)
+        # Numbered and kept: from here the records are the link's to deliver, so a cancel
+        # (a producer interrupted for an epoch) must not take them back half sent.
+        with trio.CancelScope(shield=True):
+            await self.remote._send(self.index, sequence, columns)
         return sequence
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 GUARANTEES: tuple[str, ...] = (
-    "flush_before_snapshot",
+    "capture_buffered",
     "sequence_check",
     "durable_commits",
     "hold_back",
@@ -17,9 +17,9 @@ GUARANTEES: tuple[str, ...] = (
 )
 """What can be broken:
 
-- ``flush_before_snapshot``: a producer instance hands what it has buffered to the
-  partitions before it pauses for a snapshot (else an epoch counts events as made that no
-  partition holds, and a restore from it loses them);
+- ``capture_buffered``: a producer instance's epoch holds the records it made that no
+  partition has accepted yet (else the epoch counts events as made that neither a partition
+  nor the producer holds, and a restore from it loses them);
 - ``sequence_check``: a partition skips the records of a producer on another node that it
   already has (else a resend after a reconnect stores them twice);
 - ``durable_commits``: a member on another node commits to its group only offsets that an

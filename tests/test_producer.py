@@ -153,3 +153,52 @@ async def test_leaving_waits_for_a_batch_the_linger_timer_has_in_flight(
         assert producer.statistics().buffered == 0
         nursery.start_soon(consume)
     assert got == [1, 2, 3]
+
+
+async def test_an_interrupted_producer_keeps_what_no_partition_took_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A ring that makes room only once an epoch is written: a source pausing for that epoch
+    # interrupts its producers, whose waiting sends (its own and the linger timer's) give
+    # their batches back; the buffers then hold every record not accepted, in order.
+    topic = Topic("t", partitions=2, capacity=2)
+    group = ConsumerGroup("g", topic)
+    got: list[int] = []
+
+    async def consume() -> None:
+        async with group.join() as consumer:
+            got.extend([record.value async for record in consumer])
+
+    partition_for = topic.partitioner.partition_for
+    a = "a"
+    b = next(k for k in "bcdefgh" if partition_for(k) != partition_for(a))
+    first = topic.partitioner.partition_for(a)
+    async with (
+        trio.open_nursery() as outer,
+        open_producer(topic, max_batch=2, linger=0.1) as producer,
+    ):
+        await producer.send_many([Record(a, 0), Record(a, 1)])  # fills a's partition's ring
+        await producer.send(Record(a, 2))  # the linger timer takes it and waits for room
+        await trio.sleep(1)
+        assert topic.partitions[first].statistics().senders_waiting == 1
+        async with trio.open_nursery() as nursery:
+            # Buffers both shares, then sends the full ones in partition order: it waits at
+            # a's (the timer has a batch in flight there).
+            nursery.start_soon(
+                producer.send_many, [Record(a, 3), Record(a, 4), Record(b, 10), Record(b, 11)]
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            producer.interrupt()
+        await producer.wait_idle()
+        assert topic.partitions[first].statistics().senders_waiting == 0
+        buffered = [[v for chunk in part for v in chunk.values] for part in producer.buffered()]
+        if first:
+            buffered.reverse()
+        # b's share went first if b's partition comes first, and found room.
+        assert buffered == [[2, 3, 4], [] if first else [10, 11]]
+        await producer.flush()  # interrupted: sends nothing
+        assert producer.statistics().buffered == sum(map(len, buffered))
+        producer.resume()
+        outer.start_soon(consume)
+    assert [v for v in got if v < 10] == [0, 1, 2, 3, 4]
+    assert sorted(v for v in got if v >= 10) == [10, 11]

@@ -20,6 +20,7 @@ from sim.resume import open_checkpoints
 from sim.run import REGISTRY, load_topology, run_pipeline
 from tests.examples import video_site_in_small_batches
 from topology import CheckpointStore, Pipeline
+from topology.snapshot import decode
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
 
@@ -284,7 +285,9 @@ def test_an_epoch_is_written_only_once_the_log_holds_its_records(
     server: EmbeddedRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run resumed from an epoch never logs its records again: had the log not held them
-    when the epoch was written, a crash just then would have lost their entries for good."""
+    when the epoch was written, a crash just then would have lost their entries for good.
+    (Records the producers still buffer are in the epoch too, but not yet in a ring: they
+    are logged once a partition takes them, after a resume as well.)"""
     db = client(server)
     seen: list[tuple[int, int]] = []
     write = CheckpointStore.write
@@ -292,7 +295,12 @@ def test_an_epoch_is_written_only_once_the_log_holds_its_records(
     def checked(store: CheckpointStore, snapshot: Any) -> Any:
         info = write(store, snapshot)
         logged = int(db.hget(counters_key("run-1"), "incoming:records") or 0)
-        seen.append((info.events_produced, logged))
+        accepted = sum(
+            decode(kind, data).end_offset  # type: ignore[attr-defined]
+            for (kind, _), data in snapshot.parts.items()
+            if kind == "partition"
+        )
+        seen.append((accepted, logged))
         return info
 
     monkeypatch.setattr(CheckpointStore, "write", checked)
@@ -300,4 +308,4 @@ def test_an_epoch_is_written_only_once_the_log_holds_its_records(
     settings, pipeline = open_checkpoints(pipeline, tmp_path / "state")
     run_pipeline(pipeline, checkpoints=settings, logging=LogSettings(server.url, "run-1"))
     assert len(seen) >= 4
-    assert [logged >= produced for produced, logged in seen] == [True] * len(seen), seen
+    assert [logged >= accepted for accepted, logged in seen] == [True] * len(seen), seen

@@ -19,6 +19,7 @@ from .dead_letters import write_epoch as write_epoch
 from .delivering import DeadLetter as DeadLetter
 from .delivering import SinkDelivery as SinkDelivery
 from .delivering import UndeliveredError as UndeliveredError
+from .describe import describe_part as describe_part
 from .epochs import CheckpointerStatistics as CheckpointerStatistics
 from .epochs import CheckpointSettings as CheckpointSettings
 from .errors import CheckpointError as CheckpointError
@@ -73,7 +74,6 @@ from .segment import Segment as Segment
 from .serving import HttpIntake as HttpIntake
 from .serving import IntakeSettings as IntakeSettings
 from .serving import intake_settings as intake_settings
-from .snapshot import describe_part as describe_part
 from .tally import LATENCY_RESOLUTION as LATENCY_RESOLUTION
 from .tally import ConsumerTally as ConsumerTally
 from .tally import ConsumerTallyStatistics as ConsumerTallyStatistics

@@ -110,10 +110,11 @@ class BarrierStatistics:
 class Barrier:
     """Where producers pause so that an epoch captures a consistent cut.
 
-    A producer calls :meth:`pending` between chunks; when it is true, the producer hands
-    everything over to the partitions and calls :meth:`pause`, which returns once the epoch
-    is captured. A producer that is done calls :meth:`finished`. The checkpoint actor alone
-    calls :meth:`hold`.
+    A producer calls :meth:`pending` between chunks; when it is true, the producer stops
+    sending (what it buffers is captured with it) and calls :meth:`pause`, which returns once
+    the epoch is captured; :meth:`on_ask` tells a producer waiting for room to stop waiting.
+    A producer that is done calls :meth:`finished`. The checkpoint actor alone calls
+    :meth:`hold`.
     """
 
     _active: set[Hashable] = attrs.field(factory=set)
@@ -122,6 +123,7 @@ class Barrier:
     _all_arrived: trio.Event = attrs.field(factory=trio.Event)
     _resume: trio.Event = attrs.field(factory=trio.Event)
     _asked: trio.Event = attrs.field(factory=trio.Event)
+    _on_ask: dict[Hashable, Callable[[], None]] = attrs.field(factory=dict)
 
     def start(self, producers: Iterable[Hashable]) -> None:
         """Count ``producers`` as running: an epoch waits for each to pause or finish."""
@@ -135,6 +137,12 @@ class Barrier:
     def pending(self, producer: Hashable) -> bool:
         """Whether an epoch waits for ``producer`` to pause."""
         return self._requested and producer not in self._arrived
+
+    def on_ask(self, producer: Hashable, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever an epoch is asked for while ``producer`` runs: a
+        producer waiting for room in a ring stops waiting (the ring may make room only once
+        the epoch is written)."""
+        self._on_ask[producer] = callback
 
     async def asked(self) -> None:
         """Wait until an epoch is asked for (a producer sleeping until its next chunk is due
@@ -151,6 +159,7 @@ class Barrier:
     def finished(self, producer: Hashable) -> None:
         """Say that ``producer`` is done: no epoch waits for it any more."""
         self._active.discard(producer)
+        self._on_ask.pop(producer, None)
         if self._requested and self._active <= self._arrived:
             self._all_arrived.set()
 
@@ -170,6 +179,8 @@ class Barrier:
         self._arrived = set()
         self._requested = True
         self._asked.set()
+        for callback in list(self._on_ask.values()):
+            callback()
         try:
             if not self._active <= self._arrived:
                 await self._all_arrived.wait()

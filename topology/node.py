@@ -353,7 +353,8 @@ class Node:
         here keep their connections to other nodes open after their finish until an epoch
         (asked of ``epoch``) holds it, so that a restart of this node from before the
         finish finds those nodes still there. When APIs on other nodes write here, records
-        they send ask for an epoch ``soon``: their answers wait for one."""
+        they send ask for an epoch ``soon``: their answers wait for one; so do producers here
+        waiting for room in a ring full of records no epoch holds yet."""
         for link in self.links.values():
             link.keep_finish = functools.partial(_keep_finish, epoch)
         assert self.gateway is not None
@@ -364,7 +365,7 @@ class Node:
             return
         for topic in topics:
             for partition in topic.partitions:
-                partition.hold_back()
+                partition.hold_back(soon)
                 partition.expose(partition.end_offset)
 
     def durable_hook(self, topics: Mapping[str, Topic]) -> Callable[[], None]:

@@ -232,6 +232,7 @@ class Pipeline:
                 produced=self.produced,
                 local_topics=self.topics,
                 after_chunk=self._checkpointer.produced,
+                value_type=self.value_type,
                 **wiring,
             )
 

@@ -23,7 +23,7 @@ only that type decodes them, under the same rules.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -48,7 +48,6 @@ from actors import (
     value_types,
 )
 
-from .checkpoint import SCHEMA_VERSION
 from .integrity import DamagedEpoch
 from .registry import Processor, State
 
@@ -226,18 +225,38 @@ class TopicSummary(msgspec.Struct, frozen=True, array_like=True):
 
 class ProducerPart(Part, frozen=True, tag=1):
     """Where a producer instance is: events made, its workload's position (a
-    :class:`~topology.State`, kept as encoded: opaque here), and on a node of a split
-    topology what it sent to each topic."""
+    :class:`~topology.State`, kept as encoded: opaque here), the records it made that no
+    partition had accepted yet (by stream, one list of batches per partition, kept as
+    encoded), and on a node of a split topology what it sent to each topic."""
 
     done: int
     workload: msgspec.Raw
     sent: dict[str, TopicTallyPart] = {}
+    buffered: dict[str, msgspec.Raw] = {}
 
     @classmethod
-    def of(cls, done: int, position: State, sent: dict[str, TopicTallyPart]) -> ProducerPart:
+    def of(
+        cls,
+        done: int,
+        position: State,
+        sent: dict[str, TopicTallyPart],
+        buffered: Mapping[str, Sequence[Sequence[Columns]]] | None = None,
+    ) -> ProducerPart:
         """The part of a producer instance that made ``done`` events, whose workload gave
-        ``position``."""
-        return ProducerPart(done=done, workload=_raw(position), sent=sent)
+        ``position``, with ``buffered`` records by stream (see
+        :meth:`~actors.Producer.buffered`)."""
+        return ProducerPart(
+            done=done,
+            workload=_raw(position),
+            sent=sent,
+            buffered={
+                stream: msgspec.Raw(
+                    _ENCODER.encode([[StoredBatch.of(0, c) for c in part] for part in parts])
+                )
+                for stream, parts in (buffered or {}).items()
+                if any(parts)
+            },
+        )
 
     def position_as(self, state_type: type[S]) -> S:
         """The workload's position, decoded as the workload's type declares it.
@@ -246,6 +265,23 @@ class ProducerPart(Part, frozen=True, tag=1):
             msgspec.ValidationError: It is not a ``state_type`` (another shape or version).
         """
         return _decode_state(self.workload, state_type)
+
+    def buffered_as(self, stream: str, value_type: Any) -> list[list[Columns]]:
+        """The records of ``stream`` no partition had accepted, for a topic of ``value_type``.
+
+        Raises:
+            msgspec.ValidationError, ValueError: They are not what they should be.
+        """
+        raw = self.buffered.get(stream)
+        if raw is None:
+            return []
+        parts = _buffered_decoder(value_type).decode(raw)
+        return [[batch.columns(value_type) for batch in part] for part in parts]
+
+
+@functools.cache
+def _buffered_decoder(value_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(list[list[StoredBatch[value_type]]])
 
 
 class RetainedRecords(msgspec.Struct, Generic[V], frozen=True):
@@ -530,67 +566,3 @@ def capture_parts(states: Mapping[tuple[str, str], Stateful[Any]]) -> dict[tuple
         if part is not None:
             parts[key] = encode(part)
     return parts
-
-
-def describe_part(kind: str, name: str, data: bytes, *, schema: int = SCHEMA_VERSION) -> str:
-    """Say in a few words what a part holds, as ``ringflow checkpoints`` lists it.
-
-    Args:
-        kind: The part's kind (``partition``, ``producer``...).
-        name: The part's name (``events/0``...).
-        data: Its bytes.
-        schema: The schema version of the store it comes from: parts of stores older than
-            version 3 were positional lists.
-
-    Returns:
-        Offsets and commits of a partition, events made by a producer, records processed by
-        a consumer or produced into a topic; nothing for other kinds.
-
-    Raises:
-        DamagedEpoch: The part is ``not MessagePack``, or ``not what this part holds``
-            (its ``problem``).
-    """
-    try:
-        if schema < 3:
-            return _describe_positional(kind, msgspec.msgpack.decode(data))
-        if kind not in KINDS:
-            msgspec.msgpack.decode(data)
-            return ""
-        return _describe(decode(kind, data))
-    except msgspec.ValidationError:
-        raise DamagedEpoch(None, f"{kind}/{name}", "not what this part holds") from None
-    except msgspec.DecodeError:
-        raise DamagedEpoch(None, f"{kind}/{name}", "not MessagePack") from None
-    except (TypeError, KeyError, IndexError, AttributeError, ValueError):
-        raise DamagedEpoch(None, f"{kind}/{name}", "not what this part holds") from None
-
-
-def _describe(part: Part) -> str:
-    if isinstance(part, PartitionPart):
-        return _offsets(part.start_offset, part.end_offset, part.committed)
-    if isinstance(part, ProducerPart):
-        return f"{part.done:,} events made"
-    if isinstance(part, ConsumerTallyPart):
-        return f"{part.records:,} records processed"
-    if isinstance(part, TopicTallyPart):
-        return f"{part.records:,} records produced"
-    return ""
-
-
-def _describe_positional(kind: str, decoded: Any) -> str:
-    # Schemas 1 and 2: partitions and topic tallies were lists, read by position.
-    if kind == "partition":
-        return _offsets(decoded[0], decoded[1], decoded[2])
-    if kind == "producer":
-        return f"{decoded['done']:,} events made"
-    if kind == "consumer":
-        return f"{decoded['records']:,} records processed"
-    if kind == "topic":
-        return f"{decoded[0]:,} records produced"
-    return ""
-
-
-def _offsets(start: int, end: int, committed: Mapping[str, int]) -> str:
-    return f"offsets {start:,}..{end:,}; committed " + ", ".join(
-        f"{group}={offset:,}" for group, offset in committed.items()
-    )

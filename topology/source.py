@@ -84,6 +84,8 @@ class WorkloadSource:
     sent: dict[str, TopicTally] | None = None
     add_summary: Callable[[str, TopicSummary], None] | None = None
     after_chunk: Callable[[], None] = lambda: None
+    value_type: Callable[[str], Any] = lambda topic: Any
+    """The type of the values of a topic (what records buffered in an epoch decode to)."""
     key_field: Mapping[str, str] = attrs.field(factory=dict)
     """The key field of each stream's topic (a stream whose topic has no key is not here)."""
     producers: list[Producer] = attrs.field(factory=list)
@@ -92,6 +94,8 @@ class WorkloadSource:
     """Events made so far."""
     _workload: Workload | None = None
     _restored: ProducerPart | None = None
+    _buffered: dict[str, list[list[Columns]]] = attrs.field(factory=dict)
+    _by_stream: dict[str, Producer] = attrs.field(factory=dict)
     _position: State | None = None
     _running: bool = False
 
@@ -134,10 +138,16 @@ class WorkloadSource:
         was restored to (None for a fresh one)."""
         if self._workload is None:
             return self._restored
+        buffered = (
+            {stream: producer.buffered() for stream, producer in self._by_stream.items()}
+            if kept("capture_buffered")
+            else {}
+        )
         return ProducerPart.of(
             self.done,
             self._workload.position(),
             {} if self.sent is None else {t: s.capture() for t, s in self.sent.items()},
+            buffered,
         )
 
     def restore(self, state: ProducerPart) -> None:
@@ -145,8 +155,14 @@ class WorkloadSource:
 
         Raises:
             msgspec.ValidationError: The workload's position is not a :attr:`state_type`.
+            ValueError: Records it had buffered are not what they should be.
         """
         self._position = state.position_as(self.state_type)
+        self._buffered = {
+            stream: state.buffered_as(stream, self.value_type(topic))
+            for stream, topic in self.topic_of.items()
+            if stream in state.buffered
+        }
         self._restored = state
         self.done = state.done
 
@@ -195,15 +211,15 @@ class WorkloadSource:
                     open_producer(target, max_batch=self.max_batch, linger=self.linger)
                 )
             self.producers = list(producers.values())
+            self._by_stream = producers
+            for stream, parts in self._buffered.items():
+                producers[stream].restore_buffered(parts)
+            self._buffered = {}
+            self.barrier.on_ask(key, self._interrupt)
             while self.done < plan.events:
                 done = self.done
                 if self.barrier.pending(key):
-                    # Hand everything over to the partitions before the snapshot. Consumers
-                    # keep running meanwhile, so the flush always finds room.
-                    if kept("flush_before_snapshot"):
-                        for producer in self.producers:
-                            await producer.flush()
-                    await self.barrier.pause(key)
+                    await self._pause()
                     continue
                 left = plan.events - done
                 if rate is None:
@@ -233,9 +249,28 @@ class WorkloadSource:
             # the nodes there): an epoch may hold this source as done from now on. Leaving
             # the block then waits for the other nodes to record the finish, and for an
             # epoch here to hold that (which needs this source to be done or paused).
-            for producer in self.producers:
-                await producer.flush()
+            while any(producer.statistics().buffered for producer in self.producers):
+                if self.barrier.pending(key):
+                    await self._pause()
+                    continue
+                for producer in self.producers:
+                    await producer.flush()
             self.barrier.finished(key)
+
+    def _interrupt(self) -> None:
+        for producer in self.producers:
+            producer.interrupt()
+
+    async def _pause(self) -> None:
+        # What the producers buffer goes into the epoch with the source's position: a ring
+        # whose readers see only what an epoch holds makes room only once one is written,
+        # so waiting for the buffers to drain first could wait for ever.
+        self._interrupt()
+        for producer in self.producers:
+            await producer.wait_idle()
+        await self.barrier.pause(self.key)
+        for producer in self.producers:
+            producer.resume()
 
     async def _send(self, producer: Producer, topic: str, stream: str, events: Any) -> None:
         if isinstance(events, Table) and len(events) < MIN_TABLE:
