@@ -42,6 +42,8 @@ def plain_loop(pipeline: Pipeline, chunk: int = 1000) -> dict[str, Any]:
     events = 0
     for plan in pipeline.plans:
         spec = topology.producers[plan.producer]
+        if spec.workload is None:
+            continue  # a folder's files: nothing to generate
         kind = registry.workloads[spec.workload]
         params = registry.workload_params(topology, plan.producer)
         workload = kind.make(params, pipeline.seed, plan.producer, plan.instance, plan.source)

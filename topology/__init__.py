@@ -27,6 +27,15 @@ from .errors import FieldError as FieldError
 from .errors import TopologyError as TopologyError
 from .errors import raise_field_errors as raise_field_errors
 from .figures import PipelineStatistics as PipelineStatistics
+from .files import FileSource as FileSource
+from .files import FilesState as FilesState
+from .files import FileWatch as FileWatch
+from .folder import FileAnnounced as FileAnnounced
+from .folder import FileIdentity as FileIdentity
+from .folder import ReadyFiles as ReadyFiles
+from .folder import announcement as announcement
+from .folder import identify as identify
+from .folder import settle as settle
 from .forwarding import TopicRelay as TopicRelay
 from .forwarding import TopicRelayParams as TopicRelayParams
 from .forwarding import TopicRelayState as TopicRelayState
@@ -65,6 +74,7 @@ from .sections import ExpectSpec as ExpectSpec
 from .sections import GatewaySpec as GatewaySpec
 from .sections import HttpSpec as HttpSpec
 from .sections import NodeSpec as NodeSpec
+from .sections import FilesSpec as FilesSpec
 from .sections import ProducerSpec as ProducerSpec
 from .sections import RedisSpec as RedisSpec
 from .sections import RetrySpec as RetrySpec

@@ -19,6 +19,7 @@ from .delivering import SinkDelivery
 from .epochs import Barrier, Checkpointer, CheckpointSettings, RunClock, all_of
 from .errors import CheckpointError, TopologyError
 from .figures import PipelineStatistics
+from .files import FileSource
 from .forwarding import Output
 from .node import Node
 from .plan import (
@@ -223,18 +224,25 @@ class Pipeline:
         node = self.node
         for plan in self.local_plans:
             wiring = {} if node is None else node.source_wiring(plan, self.topics, self.value_type)
-            self.sources[plan.producer, plan.instance] = WorkloadSource.make(
-                plan,
-                self.topology,
-                self.registry,
-                self.seed,
+            wiring.update(
                 barrier=self._barrier,
                 produced=self.produced,
                 local_topics=self.topics,
                 after_chunk=self._checkpointer.produced,
                 value_type=self.value_type,
-                **wiring,
             )
+            spec = self.topology.producers[plan.producer]
+            source: WorkloadSource
+            if spec.files is not None:
+                assert spec.topic is not None
+                source = FileSource.of(
+                    plan, spec.files, spec.topic, spec.max_batch, spec.linger, **wiring
+                )
+            else:
+                source = WorkloadSource.make(
+                    plan, self.topology, self.registry, self.seed, **wiring
+                )
+            self.sources[plan.producer, plan.instance] = source
 
     # -- what runs here --------------------------------------------------------------------
 

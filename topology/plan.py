@@ -60,8 +60,11 @@ def make_plans(topology: Topology, events: int | None = None) -> list[ProducerPl
     """
     names = list(topology.producers)
     totals = [topology.producers[n].total_events for n in names]
-    if events is not None:
-        totals = split_proportionally(events, totals)
+    if events is not None:  # shared among the workloads (a folder's files are not planned)
+        made = [n for n in names if topology.producers[n].files is None]
+        weights = [totals[names.index(n)] for n in made]
+        shares = dict(zip(made, split_proportionally(events, weights), strict=True)) if made else {}
+        totals = [shares.get(n, 0) for n in names]
     plans = []
     source = 0
     for name, total in zip(names, totals, strict=True):

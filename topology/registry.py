@@ -13,6 +13,7 @@ import msgspec
 from actors import RecordBatch
 
 from .convert import converter, describe_errors
+from .folder import FileAnnounced
 from .schema import Topology
 from .sections import BreakerSpec, RetrySpec
 
@@ -249,7 +250,12 @@ class Registry:
         API``) and the event types each writes; unknown names are left out."""
         found: dict[str, list[tuple[str, tuple[type, ...]]]] = {}
         for producer_name, producer in topology.producers.items():
-            workload = self.workloads.get(producer.workload)
+            if producer.files is not None and producer.topic is not None:
+                found.setdefault(producer.topic, []).append(
+                    (f"the files of producer {producer_name!r}", (FileAnnounced,))
+                )
+                continue
+            workload = self.workloads.get(producer.workload or "")
             if workload is None:
                 continue
             for stream in workload.streams:
@@ -320,7 +326,9 @@ class Registry:
         problems: list[str] = []
         for name, producer in topology.producers.items():
             path = f"$.producers.{name}"
-            workload = self.workloads.get(producer.workload)
+            if producer.files is not None:
+                continue  # a folder, checked with the file
+            workload = self.workloads.get(producer.workload or "")
             if workload is None:
                 problems.append(
                     f"{path}.workload: unknown workload {producer.workload!r}; "
@@ -443,6 +451,7 @@ class Registry:
     def workload_params(self, topology: Topology, producer: str) -> Any:
         """Return the structured params of a producer's workload (already checked)."""
         spec = topology.producers[producer]
+        assert spec.workload is not None, f"producer {producer!r} has no workload"
         return converter.structure(spec.params, self.workloads[spec.workload].params)
 
     def processor_params(self, topology: Topology, consumer: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -65,11 +66,42 @@ class TopicSpec(Checked):
 
 
 @attrs.frozen
+class FilesSpec(Checked):
+    """A folder watched for complete files: ``producers.NAME.files`` in the file."""
+
+    dir: str
+    """The folder (files directly in it; relative paths from the working folder)."""
+    pattern: str = "*"
+    """Names of the files to take (shell-style: ``*.txt``); hidden files never are."""
+    ready: Literal["rename", "marker", "quiet"] = "rename"
+    """How a complete file is told from one being written (see docs/files.md)."""
+    quiet: float = attrs.field(default=5.0, metadata=checks(positive))
+    """Seconds a file must stay unchanged under ``ready: quiet``."""
+    after: Literal["move", "delete", "keep"] = "move"
+    """What becomes of a file once processed: moved into ``done``, deleted, or kept."""
+    done: str = "done"
+    """Where processed files are moved (relative to ``dir``)."""
+    poll: float = attrs.field(default=0.5, metadata=checks(positive))
+    """Seconds between looks at the folder."""
+    idle: float | None = attrs.field(default=None, metadata=checks(positive))
+    """Seconds without a new complete file after which the source ends (and the run with
+    it, once everything is processed); None: it watches until stopped. ``ringflow run
+    --idle`` overrides it."""
+
+    @property
+    def done_folder(self) -> str:
+        """Where processed files go: ``done`` under ``dir`` unless absolute."""
+        return str(PurePath(self.dir) / self.done)
+
+
+@attrs.frozen
 class ProducerSpec(Checked):
     """A producer: ``producers.NAME`` in the file."""
 
-    workload: str
+    workload: str | None = None
     """The workload's name, such as ``video_site`` or ``ugc``."""
+    files: FilesSpec | None = None
+    """A folder whose complete files are announced on ``topic``, instead of a workload."""
     topic: str | None = None
     """The topic every stream of the workload goes to."""
     topics: dict[str, str] = attrs.field(factory=dict)
@@ -102,6 +134,10 @@ class ProducerSpec(Checked):
         """Exactly one of ``topic`` and ``topics``, of ``events`` and ``duration``; ``rate``
         with ``duration``; not too many events."""
         errors = []
+        if self.files is not None:
+            return self._files_problems()
+        if self.workload is None:
+            errors.append(FieldError("workload", "required: name the workload (or give 'files')"))
         if self.topic is None and not self.topics:
             errors.append(
                 FieldError("topic", "required: name the topic (or give 'topics' per stream)")
@@ -126,9 +162,28 @@ class ProducerSpec(Checked):
                 errors.append(FieldError("duration", problem))
         return errors
 
+    def _files_problems(self) -> list[FieldError]:
+        errors = []
+        if self.workload is not None:
+            errors.append(FieldError("files", "give either 'workload' or 'files', not both"))
+        if self.topic is None:
+            errors.append(FieldError("topic", "required: the topic files are announced on"))
+        for name in ("topics", "events", "duration", "rate"):
+            if getattr(self, name):
+                errors.append(FieldError(name, "not for a 'files' producer (it announces files)"))
+        if self.instances != 1:
+            errors.append(
+                FieldError(
+                    "instances", "a folder is watched by one instance (give a producer per folder)"
+                )
+            )
+        return errors
+
     @property
     def total_events(self) -> int:
-        """Events over all instances."""
+        """Events over all instances (0 for a ``files`` producer: files are not planned)."""
+        if self.files is not None:
+            return 0
         if self.events is not None:
             return self.events
         assert self.duration is not None

@@ -96,6 +96,7 @@ class WorkloadSource:
     _restored: ProducerPart | None = None
     _buffered: dict[str, list[list[Columns]]] = attrs.field(factory=dict)
     _by_stream: dict[str, Producer] = attrs.field(factory=dict)
+    _remotes: dict[str, RemoteTopic] = attrs.field(factory=dict)
     _position: State | None = None
     _running: bool = False
 
@@ -106,6 +107,7 @@ class WorkloadSource:
         """The source of ``plan``'s producer instance, as the topology describes it;
         ``wiring`` gives the other fields."""
         spec = topology.producers[plan.producer]
+        assert spec.workload is not None, f"producer {plan.producer!r} has no workload"
         kind = registry.workloads[spec.workload]
         params = registry.workload_params(topology, plan.producer)
         topic_of = {s: spec.topic if spec.topic else spec.topics[s] for s in kind.streams}
@@ -196,26 +198,7 @@ class WorkloadSource:
             else max(1, min(self.max_batch, math.ceil(rate * self.linger)))
         )
         async with AsyncExitStack() as stack:
-            producers: dict[str, Producer] = {}
-            remotes: dict[str, RemoteTopic] = {}
-            for stream, topic in self.topic_of.items():
-                target: Topic | RemoteTopic | None = self.local_topics.get(topic)
-                if target is None:
-                    target = remotes.get(topic)
-                if target is None:
-                    assert self.open_remote is not None, f"topic {topic!r} is nowhere"
-                    target = remotes[topic] = await stack.enter_async_context(
-                        self.open_remote(topic)
-                    )
-                producers[stream] = await stack.enter_async_context(
-                    open_producer(target, max_batch=self.max_batch, linger=self.linger)
-                )
-            self.producers = list(producers.values())
-            self._by_stream = producers
-            for stream, parts in self._buffered.items():
-                producers[stream].restore_buffered(parts)
-            self._buffered = {}
-            self.barrier.on_ask(key, self._interrupt)
+            producers = await self._open_producers(stack)
             while self.done < plan.events:
                 done = self.done
                 if self.barrier.pending(key):
@@ -240,22 +223,51 @@ class WorkloadSource:
                         await self._send(producers[stream], self.topic_of[stream], stream, events)
                 self.done = done + count
                 self.after_chunk()
-            for topic, tally in (self.sent or {}).items():
-                if topic in remotes:  # sent with the finish when the block is left
-                    remotes[topic].summary = tally.summary()
-                elif self.add_summary is not None:
-                    self.add_summary(topic, tally.summary())
-            # Everything made is handed over (to partitions here, or numbered and kept for
-            # the nodes there): an epoch may hold this source as done from now on. Leaving
-            # the block then waits for the other nodes to record the finish, and for an
-            # epoch here to hold that (which needs this source to be done or paused).
-            while any(producer.statistics().buffered for producer in self.producers):
-                if self.barrier.pending(key):
-                    await self._pause()
-                    continue
-                for producer in self.producers:
-                    await producer.flush()
-            self.barrier.finished(key)
+            await self._hand_over()
+
+    async def _open_producers(self, stack: AsyncExitStack) -> dict[str, Producer]:
+        # A producer per stream, into the topic here or through a link to its node; what
+        # the epoch it was restored from held buffered goes first.
+        producers: dict[str, Producer] = {}
+        for stream, topic in self.topic_of.items():
+            target: Topic | RemoteTopic | None = self.local_topics.get(topic)
+            if target is None:
+                target = self._remotes.get(topic)
+            if target is None:
+                assert self.open_remote is not None, f"topic {topic!r} is nowhere"
+                target = self._remotes[topic] = await stack.enter_async_context(
+                    self.open_remote(topic)
+                )
+            producers[stream] = await stack.enter_async_context(
+                open_producer(target, max_batch=self.max_batch, linger=self.linger)
+            )
+        self.producers = list(producers.values())
+        self._by_stream = producers
+        for stream, parts in self._buffered.items():
+            producers[stream].restore_buffered(parts)
+        self._buffered = {}
+        self.barrier.on_ask(self.key, self._interrupt)
+        return producers
+
+    async def _hand_over(self) -> None:
+        # The source is done: its summaries go with its finish, and what it buffers goes to
+        # the partitions (pausing for any epoch asked meanwhile).
+        for topic, tally in (self.sent or {}).items():
+            if topic in self._remotes:  # sent with the finish when the block is left
+                self._remotes[topic].summary = tally.summary()
+            elif self.add_summary is not None:
+                self.add_summary(topic, tally.summary())
+        # Everything made is handed over (to partitions here, or numbered and kept for
+        # the nodes there): an epoch may hold this source as done from now on. Leaving
+        # the block then waits for the other nodes to record the finish, and for an
+        # epoch here to hold that (which needs this source to be done or paused).
+        while any(producer.statistics().buffered for producer in self.producers):
+            if self.barrier.pending(self.key):
+                await self._pause()
+                continue
+            for producer in self.producers:
+                await producer.flush()
+        self.barrier.finished(self.key)
 
     def _interrupt(self) -> None:
         for producer in self.producers:
