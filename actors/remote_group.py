@@ -99,7 +99,12 @@ class RemoteGroup:
     """What the nodes of one topology must agree on, sent with every hello."""
     network: Network = TCP
     """What connections to the node go over."""
+    ended: bool = False
+    """Whether every member here was told the group had every record (the node holding
+    it may have finished since: restored from an epoch that says so, members do not join
+    again)."""
     _members: int = attrs.field(init=False, default=0)
+    _ended_members: int = attrs.field(init=False, default=0)
     _reconnects: int = attrs.field(init=False, default=0)
     _skipped: int = attrs.field(init=False, default=0)
 
@@ -152,6 +157,9 @@ class RemoteGroup:
             )
             if positions:
                 self.resume_from(positions)
+            if self.ended:  # done before a restart: the node may be gone, and owes nothing
+                yield consumer
+                return
             self._members += 1
             try:
                 await consumer._connect()
@@ -269,6 +277,9 @@ class RemoteConsumer:
         """
         if self.auto_commit:
             self.commit_nowait()
+        if self.group.ended:
+            await trio.lowlevel.checkpoint()
+            raise trio.EndOfChannel
         while True:
             ws = self._ws
             if ws is None:
@@ -286,7 +297,11 @@ class RemoteConsumer:
                 await self._disconnect()
                 continue
             if isinstance(frame, End):
-                self.group.summaries = dict(frame.summaries)
+                group = self.group
+                group.summaries = dict(frame.summaries)
+                group._ended_members += 1
+                if group._ended_members >= group._members:
+                    group.ended = True
                 raise trio.EndOfChannel
             if isinstance(frame, Idle):
                 continue  # nothing yet: ask again, with the commits made meanwhile

@@ -291,3 +291,18 @@ def test_relayed_records_survive_node_crashes_and_a_flaky_network_once() -> None
     campaign = run_campaign(chaos, seed=12, schedules=12, kinds=kinds, keep_going=True)
     assert campaign.violations == []
     assert set(kinds) <= set(campaign.faults)
+
+
+def test_seed_111983752700610_a_relay_node_restored_after_its_group_ended_finishes() -> None:
+    """The relay's node crashed after its members had had every record and left the group,
+    and was restored from an epoch taken in between: its members joined again, and the
+    broker, which had finished meanwhile, was not there. An epoch now says that the group
+    had every record, and members restored from it do not join again."""
+    chaos = Chaos.of(split_relay(), 6_000)
+    kinds = ("node_crash", "net_drop", "net_partition")
+    campaign = run_campaign(chaos, seed=12, schedules=1, kinds=kinds, replay=111983752700610)
+    (schedule,) = campaign.schedules
+    assert [(f.fault.kind, f.fault.target) for f in schedule.outcome.trace] == [
+        ("node_crash", "node:relay")
+    ]
+    assert campaign.violations == []

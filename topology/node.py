@@ -124,12 +124,19 @@ class MemberPositions:
     def capture(self) -> MemberPart:
         """Offsets processed up to, per partition (saved whether or not members have joined
         yet: positions restored but not yet joined must not be forgotten)."""
-        return MemberPart(processed=dict(self.group.processed))
+        group = self.group
+        return MemberPart(
+            processed=dict(group.processed), ended=group.ended, summaries=dict(group.summaries)
+        )
 
     def restore(self, state: MemberPart) -> None:
-        """Skip what was processed before, when records come again."""
+        """Skip what was processed before, when records come again; a group that had every
+        record is not joined again."""
         if state.processed:
             self.group.resume_from(state.processed)
+        if state.ended:
+            self.group.ended = True
+            self.group.summaries = dict(state.summaries)
 
 
 @attrs.define(eq=False)

@@ -359,9 +359,12 @@ class RemoteTopicPart(Part, Generic[V], frozen=True, tag=1):
 
 class MemberPart(Part, frozen=True, tag=1):
     """Per partition, the offset that consumers here processed up to, of a group on another
-    node."""
+    node; whether every member here was told the group had every record, and what its
+    producers then said they sent."""
 
     processed: dict[int, int]
+    ended: bool = False
+    summaries: dict[str, Any] = {}
 
 
 class GatewayPart(Part, frozen=True, tag=1):

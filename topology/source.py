@@ -229,6 +229,7 @@ class WorkloadSource:
         # A producer per stream, into the topic here or through a link to its node; what
         # the epoch it was restored from held buffered goes first.
         producers: dict[str, Producer] = {}
+        self._remotes = {}  # links of an earlier run of this source are closed
         for stream, topic in self.topic_of.items():
             target: Topic | RemoteTopic | None = self.local_topics.get(topic)
             if target is None:
