@@ -20,7 +20,14 @@ import attrs
 import numpy as np
 
 from actors import Table
-from topology import ProcessorType, State, TopicRelay, TopicRelayParams, TopicRelayState
+from topology import (
+    FileAnnounced,
+    ProcessorType,
+    State,
+    TopicRelay,
+    TopicRelayParams,
+    TopicRelayState,
+)
 
 from .aggregates import (
     _COMMENT,
@@ -37,6 +44,7 @@ from .aggregates import (
     video_result,
 )
 from .events import EVENTS
+from .parsing import UsageParser, UsageParserParams, UsageParserState, UserSum
 from .reference import ReferenceUgcCounters
 from .relays import (
     RedisStreamParams,
@@ -47,6 +55,7 @@ from .relays import (
     WebhookState,
 )
 from .sinks import ClickHouseParams, ClickHouseSink, ClickHouseState
+from .usage_store import UsageTotalsParams, UsageTotalsSink, UsageTotalsState
 from .windows import (
     BloggerAnalytics,
     BloggerAnalyticsParams,
@@ -405,6 +414,26 @@ PROCESSORS: dict[str, ProcessorType] = {
         accepts=None,
         state_type=TopicRelayState,
         writes="input",
+    ),
+    "usage_parser": ProcessorType(
+        name="usage_parser",
+        description="reads each file a files producer announces, sums the amount of each "
+        "user, and writes the sums to the consumer's output topic",
+        params=UsageParserParams,
+        make=UsageParser,
+        accepts=(FileAnnounced,),
+        state_type=UsageParserState,
+        writes=(UserSum,),
+    ),
+    "usage_totals": ProcessorType(
+        name="usage_totals",
+        description="adds each user's sums to their total in PostgreSQL (embedded, or "
+        "params.url) or SQLite, each batch once",
+        params=UsageTotalsParams,
+        make=UsageTotalsSink,
+        accepts=(UserSum,),
+        state_type=UsageTotalsState,
+        reads_durable=True,
     ),
     "video_stats": ProcessorType(
         name="video_stats",

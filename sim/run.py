@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import redis.exceptions
@@ -423,6 +424,9 @@ class Run:
                     delivery.now = current.event_time  # dead letters' times
                     if logger is not None:
                         delivery.on_retry = functools.partial(_log_retry, logger)
+                for processor in current.processors.values():
+                    if logger is not None and hasattr(processor, "on_problem"):
+                        processor.on_problem = functools.partial(_log_problem, logger)
                 if self._on_pipeline is not None:
                     self._on_pipeline(current)
                 if self._stop_serving:
@@ -576,6 +580,11 @@ class Run:
 def _log_retry(logger: RedisLogger, message: str) -> None:
     # A sink's failed attempt that will be retried, in the errors stream.
     logger.emit("errors", event="delivery_retry", error=message[:2000])
+
+
+def _log_problem(logger: RedisLogger, entry: dict[str, Any]) -> None:
+    # A bad line or a file that could not be read, in the errors stream.
+    logger.emit("errors", **entry)
 
 
 def _refusal(exc: BaseException) -> GatewayError | None:

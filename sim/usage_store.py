@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Any, Protocol
 
 import attrs
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import psycopg
+import trio
 
-from actors import PermanentError, TransientError
+from actors import PermanentError, RecordBatch, Table, TransientError
+from topology import SinkContext, State
 
 from .postgres_server import EmbeddedPostgres
 from .usage import Sums
@@ -365,3 +368,118 @@ def open_totals(url: str | None, state: Path | None, *, raw: bool = False) -> It
     finally:
         if server is not None:
             server.stop()
+
+
+# -- the sink ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class UsageTotalsParams:
+    """Settings of ``usage_totals``."""
+
+    url: str | None = None
+    """The database: ``postgresql://...`` (any server), ``sqlite:///PATH``, or none for a
+    PostgreSQL server embedded in the run's state folder (``STATE/postgres``)."""
+    raw: bool = False
+    """Also keep every partial sum applied, with its load time (``usage_loads``), for
+    statistics by period."""
+    linger: float = 0.2
+    """Seconds between the starts of two merges at least: sums gather meanwhile."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(
+            ("postgresql://", "postgres://", "sqlite:///")
+        ):
+            raise ValueError(f"url {self.url!r}: expected postgresql://... or sqlite:///PATH")
+        if not 0 <= self.linger < 3600:
+            raise ValueError(f"linger must be between 0 and 3600 seconds, got {self.linger}")
+
+
+class UsageTotalsState(State, frozen=True, tag=1):
+    """The state of ``usage_totals``: what it was handed, and what of it was new."""
+
+    kinds: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+    """Records handed to it, by kind."""
+    applied: Annotated[int, msgspec.Meta(ge=0)]
+
+
+@attrs.define(eq=False)
+class UsageTotalsSink:
+    """Processor ``usage_totals``: adds the ``UserSum`` records it reads to each user's total
+    in the central database, each batch once (see the module)."""
+
+    params: UsageTotalsParams = attrs.field(factory=UsageTotalsParams)
+    records: int = 0
+    """Records handed to it (applied, or found applied already)."""
+    applied: int = 0
+    """Records the database had not applied yet."""
+    _store: Totals | None = None
+    _one: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+
+    @property
+    def linger(self) -> float:
+        """Seconds between the starts of two merges at least."""
+        return self.params.linger
+
+    @asynccontextmanager
+    async def opened(self, context: SinkContext) -> AsyncIterator[None]:
+        """Open the database (starting the embedded server, here in the main thread, so that
+        it dies with this process however it ends)."""
+        with open_totals(self.params.url, context.state, raw=self.params.raw) as store:
+            self._store = store
+            try:
+                yield
+            finally:
+                self._store = None
+
+    async def write(self, batches: Sequence[RecordBatch]) -> None:
+        """Apply each batch in its own transaction (see :meth:`Totals.apply`)."""
+        store = self._store
+        assert store is not None, "the sink is not open"
+        for batch in batches:
+            users, amounts = _columns(batch.values)
+            applied = await trio.to_thread.run_sync(
+                store.apply,
+                batch.topic,
+                batch.partition,
+                batch.base_offset,
+                users,
+                amounts,
+                limiter=self._one,
+            )
+            self.records += len(users)
+            self.applied += applied
+
+    def process(self, events: Sequence[Any]) -> None:
+        """Not called: its consumer awaits :meth:`write`."""
+        raise NotImplementedError("usage_totals is a sink; its consumer calls write()")
+
+    def result(self) -> dict[str, Any]:
+        """Partial sums applied, and those found applied already (sent again after a
+        crash)."""
+        return {"sums_applied": self.applied, "sums_skipped": self.records - self.applied}
+
+    def totals(self) -> dict[str, int]:
+        """Records handed to it."""
+        return {"sum": self.records}
+
+    def snapshot(self) -> UsageTotalsState:
+        """The counts, for an epoch."""
+        return UsageTotalsState(kinds={"sum": self.records}, applied=self.applied)
+
+    def restore(self, state: UsageTotalsState) -> None:
+        """Take an epoch's counts back."""
+        self.records, self.applied = sum(state.kinds.values()), state.applied
+
+    def live(self) -> list[tuple[str, str]]:
+        """Progress for the live view."""
+        return [("sums applied", f"{self.applied:,}")]
+
+
+def _columns(values: Any) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
+    # A batch's users and amounts as arrays (a table's columns, or read from events).
+    if isinstance(values, Table):
+        return values.columns["user_id"], values.columns["amount"].astype(np.uint64)
+    users = np.fromiter((v.user_id for v in values), dtype=np.int64, count=len(values))
+    amounts = np.fromiter((v.amount for v in values), dtype=np.uint64, count=len(values))
+    return users, amounts

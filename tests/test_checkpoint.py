@@ -40,11 +40,12 @@ from topology import (
     DamagedEpoch,
     Pipeline,
     Snapshot,
+    TopicSummary,
     Topology,
     describe_part,
 )
 from topology.checkpoint import FILE_NAME
-from topology.snapshot import GatewayPart, RemoteTopicPart, TopicSummary, decode, encode
+from topology.snapshot import GatewayPart, RemoteTopicPart, decode, encode
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
 EVENTS = 60_000

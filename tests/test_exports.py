@@ -112,8 +112,6 @@ MODULE_LEVEL = {
             "RetainedRecords",
             "Stateful",
             "StoredBatch",
-            "TopicSummary",
-            "TopicTallyPart",
             "capture_parts",
             "decode",
             "encode",
@@ -123,8 +121,8 @@ MODULE_LEVEL = {
         "serving": {"Building", "Served", "make_intake", "open_sink", "open_sinks"},
         "openapi": {"docs_page", "openapi_document"},
         "source": {"SourceStatistics", "WorkloadSource"},
-        "topics": {"make_topics"},
-        "tally": {"TopicTally", "check_expectations"},
+        "topics": {"durable_reads", "exposing", "hold_back", "make_topics"},
+        "tally": {"check_expectations"},
     },
 }
 """Public names used through their module rather than the package, per package and module."""

@@ -8,8 +8,7 @@ import trio.testing
 
 from actors import Topic
 from sim.workloads import Click, PageView, VideoEvent
-from topology import Intake, IntakeError, Route, input_type
-from topology.tally import TopicTally
+from topology import Intake, IntakeError, Route, TopicTally, input_type
 
 CLICK = b'{"type": "click", "user_id": 7, "page": "/home", "element": "play"}'
 VIEW = b'{"type": "page_view", "user_id": 8, "page": "/film", "duration_ms": 1500}'

@@ -18,10 +18,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from sim.parsing import FilePosition, UsageParserState
 from sim.processors import PROCESSORS
 from sim.relays import RedisStreamState, WebhookState
 from sim.run import REGISTRY
 from sim.sinks import ClickHouseState
+from sim.usage_store import UsageTotalsState
 from sim.workloads import WORKLOADS, UgcParams, VideoSiteParams
 from tests.test_checkpoint import run_with_state, topology
 from topology import (
@@ -101,10 +103,14 @@ SINKS = {
     "clickhouse": ClickHouseState,
     "webhook": WebhookState,
     "redis_stream": RedisStreamState,
+    "usage_totals": UsageTotalsState,
 }
 """The processors that write elsewhere, and their state types."""
 
-FOLDING = sorted(name for name in PROCESSORS if name not in SINKS)
+WORKERS = {"usage_parser": UsageParserState}
+"""The processors that work on each record at length (see test_usage_files)."""
+
+FOLDING = sorted(name for name in PROCESSORS if name not in SINKS and name not in WORKERS)
 """The processors that fold events (a sink writes them elsewhere: see test_sinks)."""
 
 
@@ -258,6 +264,22 @@ def states() -> dict[str, tuple[type[State], State]]:
             )
         elif name == "redis_stream":
             processor.restore(RedisStreamState(kinds={"view": 3}, lineage="a1"))
+        elif name == "usage_totals":
+            processor.restore(UsageTotalsState(kinds={"sum": 5}, applied=3))
+        elif name == "usage_parser":
+            processor.restore(
+                UsageParserState(
+                    processed={"12:ab": "/in/a.txt"},
+                    positions={"40:cd": FilePosition(20, 3, 1)},
+                    files=1,
+                    duplicates=0,
+                    missing=0,
+                    lines=7,
+                    bad_lines=1,
+                    records=4,
+                    seq_sums={0: 6},
+                )
+            )
         else:
             processor.restore(WebhookState(kinds={"view": 3}, batches=1))
         found[name] = processor_type.state_type, processor.snapshot()

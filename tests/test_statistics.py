@@ -18,11 +18,11 @@ from topology import (
     EpochInfo,
     Pipeline,
     Snapshot,
+    TopicTally,
     TopicTallyStatistics,
 )
 from topology.checkpoint import FILE_NAME
 from topology.epochs import Barrier, Checkpointer
-from topology.tally import TopicTally
 
 EXAMPLES = Path(__file__).parent.parent / "topology" / "examples"
 

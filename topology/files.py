@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import trio
 
-from .folder import FileIdentity, ReadyFiles, announcement, identify
+from .folder import After, FileIdentity, ReadyFiles, announcement, identify
 from .plan import ProducerPlan
 from .registry import State, Workload
 from .sections import FilesSpec
@@ -43,6 +43,9 @@ class FileWatch:
     source: int
     poll: float = 0.5
     idle: float | None = None
+    after: After = "move"
+    done: str = ""
+    """Where processed files go (``after: move``)."""
     announced: dict[str, str] = attrs.field(factory=dict)
     """By name, the identity key of each file announced."""
     count: int = 0
@@ -118,7 +121,14 @@ class FileSource(WorkloadSource):
     ) -> FileSource:
         """The source of ``plan``'s producer instance; ``wiring`` gives the other fields."""
         ready = ReadyFiles(Path(spec.dir), spec.pattern, spec.ready, spec.quiet)
-        watch = FileWatch(ready, plan.source, spec.poll, spec.idle)
+        watch = FileWatch(
+            ready,
+            plan.source,
+            spec.poll,
+            spec.idle,
+            spec.after,
+            str(Path(spec.done_folder).resolve()),
+        )
         return cls(
             plan,
             lambda: _WatchPosition(watch),
@@ -152,7 +162,15 @@ class FileSource(WorkloadSource):
                 found = await trio.to_thread.run_sync(self._look, now)
                 if found:
                     events = [
-                        announcement(path, identity, self.done + i, self.plan.source, now - origin)
+                        announcement(
+                            path.resolve(),
+                            identity,
+                            self.done + i,
+                            self.plan.source,
+                            now - origin,
+                            watch.after,
+                            watch.done,
+                        )
                         for i, (path, identity) in enumerate(found)
                     ]
                     watch.count += len(events)

@@ -52,6 +52,10 @@ class FileAnnounced(msgspec.Struct, frozen=True, tag="file"):
     device: int
     inode: int
     mtime_ns: int
+    after: After = "move"
+    """What becomes of it once processed (see :func:`settle`)."""
+    done: str = ""
+    """Where it is moved then (with ``after: move``)."""
     kind: ClassVar[str] = "file"
 
 
@@ -89,9 +93,15 @@ def identify(path: Path) -> FileIdentity:
 
 
 def announcement(
-    path: Path, identity: FileIdentity, seq: int, source: int, at: float
+    path: Path,
+    identity: FileIdentity,
+    seq: int,
+    source: int,
+    at: float,
+    after: After = "move",
+    done: str = "",
 ) -> FileAnnounced:
-    """The announcement of the file at ``path``."""
+    """The announcement of the file at ``path``, saying what becomes of it once processed."""
     return FileAnnounced(
         seq=seq,
         source=source,
@@ -102,6 +112,8 @@ def announcement(
         device=identity.device,
         inode=identity.inode,
         mtime_ns=identity.mtime_ns,
+        after=after,
+        done=done,
     )
 
 

@@ -24,7 +24,16 @@ import attrs
 import msgspec
 import trio
 
-from actors import Admitting, Columns, RecordBatch, RemoteTopic, Topic, admit_sized, kept
+from actors import (
+    Admitting,
+    BatchTooLargeError,
+    Columns,
+    RecordBatch,
+    RemoteTopic,
+    Topic,
+    admit_sized,
+    kept,
+)
 
 from .registry import State
 from .snapshot import TopicSummary, TopicTallyPart
@@ -203,6 +212,49 @@ class Output:
         if not together:  # settled later: an epoch between may hold the records twice
             await trio.sleep(0.01)
             settled(part)
+
+    async def write(self, columns: Columns, settled: Callable[[], None]) -> None:
+        """Write records a processor made (not those it read), all in one step, and call
+        ``settled`` in that step (it records how far the processor got, and may stamp the
+        records' sequence numbers in place: they then follow the order of the writes). They
+        are placed by key; waits until every partition they go to has room for its share.
+
+        Raises:
+            BatchTooLargeError: A share could never fit (its partition's capacity is smaller).
+            TopicClosedError: The output closed (its node gave up).
+        """
+        await self._ready.wait()
+        target = self.target
+        assert target is not None
+        shares = target.split(columns)
+        partitions: Sequence[Admitting] = target.partitions
+        pairs = [(p, s) for p, s in zip(partitions, shares, strict=True) if len(s)]
+        for partition, share in pairs:
+            if partition.capacity is not None and len(share) > partition.capacity:
+                raise BatchTooLargeError(
+                    f"consumer {self.consumer!r} wrote {len(share):,} records at once to a "
+                    f"partition of {self.topic!r}, whose capacity is {partition.capacity:,}: "
+                    "give the topic a larger capacity (or the processor a smaller batch)"
+                )
+        while True:
+            blocked = next((p for p, s in pairs if not p.can_take(len(s))), None)
+            if blocked is None or blocked.closed:
+                break
+            self.waiting += 1
+            try:
+                await blocked.wait_room_changed()
+            finally:
+                self.waiting -= 1
+        if not pairs:
+            settled()
+            return
+
+        def build() -> list[Columns]:
+            settled()  # which may stamp the records (their sequence numbers): split again
+            self.produced.count_all(columns.values)
+            return [share for share in target.split(columns) if len(share)]
+
+        await admit_sized([(p, len(s)) for p, s in pairs], build)
 
     def _pairs(
         self, target: Topic | RemoteTopic, part: RecordBatch

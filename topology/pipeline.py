@@ -48,7 +48,7 @@ from .snapshot import (
 )
 from .source import WorkloadSource
 from .tally import ConsumerTally, Expectation, TopicTally, check_expectations
-from .topics import make_topics
+from .topics import durable_reads, exposing, hold_back, make_topics
 
 
 @attrs.define(eq=False)
@@ -109,6 +109,8 @@ class Pipeline:
     _checkpointer: Checkpointer = attrs.field(init=False)
     _checkpointing: bool = False
     _writing_one: bool = False
+    _durable: list[Topic] = attrs.field(factory=list)
+    """Topics read only once an epoch holds their records (see ``reads_durable``)."""
     _torn: bool = False
     """An actor crashed: its state may be half changed, and no epoch may capture it."""
 
@@ -389,7 +391,8 @@ class Pipeline:
             raise CheckpointError("an actor crashed: the run goes back to its newest epoch")
         snapshot = self.capture(final=final)
         node = None if self.node is None else self.node.durable_hook(self.topics)
-        return snapshot, all_of(node, None if self.intake is None else self.intake.durable_hook())
+        intake = None if self.intake is None else self.intake.durable_hook()
+        return snapshot, all_of(node, intake, exposing(self._durable))
 
     def _record(self, info: EpochInfo) -> None:
         self.epochs.append(info)
@@ -470,6 +473,9 @@ class Pipeline:
         if checkpoints is not None and self.node is not None:
             epochs = self._checkpointer
             self.node.hold_back(self.topics.values(), epochs.epoch, epochs.soon)
+        elif checkpoints is not None:  # (a node holds back every topic)
+            self._durable = durable_reads(self.topology, self.registry, self.topics)
+            hold_back(self._durable, self._checkpointer.soon)
         self._checkpointing = checkpoints is not None
         try:
             async with AsyncExitStack() as stack:

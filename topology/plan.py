@@ -125,6 +125,12 @@ def _described(
     described.pop("gateway")
     if described.get("http") is None:  # as files written before the section existed
         described.pop("http", None)
+    for producer in described["producers"].values():
+        if producer.get("files") is None:  # as files written before the field existed
+            producer.pop("files", None)
+        else:  # how often a folder is looked at, and for how long, changes no sum
+            producer["files"].pop("poll", None)
+            producer["files"].pop("idle", None)
     for name, consumer in described["consumers"].items():
         # How deliveries are retried changes no result; no dead-letter topic is as before.
         # A sink's params say where it writes (a URL fixed after records were refused).

@@ -30,7 +30,7 @@ from actors import (
 from .delivering import SinkDelivery
 from .forwarding import Output
 from .node import Node
-from .registry import Processor, Registry, Sink
+from .registry import Processor, Registry, Sink, Worker
 from .schema import Topology
 from .tally import ConsumerTally, TopicTally
 
@@ -265,6 +265,7 @@ async def _read(
     output = steps.output
     fold = folder(processor)
     sink = processor if isinstance(processor, Sink) else None
+    worker = processor if isinstance(processor, Worker) else None
     last_write = -math.inf
 
     def done(written: RecordBatch) -> None:  # delivered, or dead-lettered: committed
@@ -293,6 +294,9 @@ async def _read(
                     done(written)
             else:
                 await delivery.write(batches, done)
+        elif worker is not None:
+            assert output is not None, f"consumer of {topic!r}: a worker writes to its output"
+            await worker.work(batch, output.write, _committer(member, topic, tally, batch, origin))
         elif output is not None:
             await output.put(batch, passed_on, done_up_to)
         else:
@@ -303,6 +307,29 @@ async def _read(
             monitor()
         if pace is not None:
             await pace(len(batch.values))
+
+
+def _committer(
+    member: Consumer | RemoteConsumer,
+    topic: str,
+    tally: ConsumerTally,
+    batch: RecordBatch,
+    origin: float,
+) -> Callable[[int], None]:
+    # A worker's commit of the records of ``batch`` up to an offset: counted as processed
+    # and committed together.
+    counted = batch.base_offset
+
+    def commit(offset: int) -> None:
+        nonlocal counted
+        if offset <= counted:
+            return
+        part = batch.slice(counted - batch.base_offset, offset - batch.base_offset)
+        counted = offset
+        tally.observe(topic, part, trio.current_time() - origin)
+        member.commit_nowait({batch.partition: offset})
+
+    return commit
 
 
 def _ready_too(member: Consumer | RemoteConsumer, first: RecordBatch) -> list[RecordBatch]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 import msgspec
 
-from actors import RecordBatch
+from actors import Columns, RecordBatch
 
 from .convert import converter, describe_errors
 from .folder import FileAnnounced
@@ -190,6 +190,28 @@ class Sink(Processor, Protocol):
         ...
 
 
+Write = Callable[[Columns, Callable[[], None]], Awaitable[None]]
+"""Writes records a processor made to its consumer's ``output`` topic, all in one step, and
+calls the callable given in that step (see :meth:`~topology.forwarding.Output.write`)."""
+
+
+@runtime_checkable
+class Worker(Processor, Protocol):
+    """A processor that works on each record at length (a file read in chunks), writing
+    what it makes to its consumer's ``output`` topic as it goes.
+
+    Its consumer awaits :meth:`work` with every batch it reads. The processor commits each
+    record itself, with ``commit(offset)`` (the offset just past it), in the same step as
+    its last write for it: so an epoch holds a record either uncommitted with the
+    processor's progress on it, or committed and done. :meth:`process` is not called.
+    """
+
+    async def work(self, batch: RecordBatch, write: Write, commit: Callable[[int], None]) -> None:
+        """Work on every record of ``batch``, writing with ``write``, committing with
+        ``commit``."""
+        ...
+
+
 @attrs.frozen
 class WorkloadType:
     """A workload a topology can name in ``producers.NAME.workload``."""
@@ -233,6 +255,10 @@ class ProcessorType:
     writes: tuple[type[Event], ...] | Literal["input"] | None = None
     """What it writes to its consumer's ``output`` topic: these event classes, or
     ``"input"`` for the events it reads (a relay); None: it writes to no topic."""
+    reads_durable: bool = False
+    """Whether its consumer reads only records an epoch holds (in a run that writes
+    epochs): then an offset names the same record after any restart, and a sink may keep
+    offsets in its own system to skip what it applied before (``usage_totals``)."""
 
 
 @attrs.frozen
@@ -378,7 +404,7 @@ class Registry:
                             f"other system, so nothing of it is retried; drop {field} (it is "
                             "for sinks: clickhouse, webhook, redis_stream)"
                         )
-            problems.extend(_check_order(topology, name))
+            problems.extend(_check_order(topology, name, processor.writes == "input"))
             if consumer.dead_letter is not None and processor.writes is not None:
                 problems.append(
                     f"{path}.dead_letter: processor {processor.name!r} writes to topic "
@@ -481,9 +507,10 @@ def _check_output(name: str, output: str | None, processor: ProcessorType) -> li
     return []
 
 
-def _check_order(topology: Topology, name: str) -> list[str]:
+def _check_order(topology: Topology, name: str, passes_on: bool) -> list[str]:
     """``per_key_order`` checks each producer instance's order within a partition: records
-    written into an output of another number of partitions than their topic interleave."""
+    passed on (``passes_on``) into an output of another number of partitions than their
+    topic interleave. (Records a processor makes are numbered as it writes them.)"""
     consumer = topology.consumers[name]
     output = topology.topics.get(consumer.output or "")
     if output is None or not topology.expect.per_key_order:
@@ -509,7 +536,7 @@ def _check_order(topology: Topology, name: str) -> list[str]:
         ]
     for topic in consumer.topic_names:
         read = topology.topics.get(topic)
-        if read is not None and read.partitions != output.partitions:
+        if read is not None and read.partitions != output.partitions and passes_on:
             return [
                 f"$.consumers.{name}.output: topic {consumer.output!r} has "
                 f"{output.partitions} partitions and {topic!r} {read.partitions}: records "

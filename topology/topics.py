@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from actors import Topic
 
 from .plan import value_type
+from .registry import Registry
 from .schema import Topology
 from .sections import NodeSpec
 from .snapshot import PartitionContents, Stateful, restore_parts
@@ -47,3 +48,38 @@ def make_topics(
         contents, parts, {key: value_type(types[key[1].rsplit("/", 1)[0]]) for key in contents}
     )
     return topics
+
+
+def durable_reads(
+    topology: Topology, registry: Registry, topics: Mapping[str, Topic]
+) -> list[Topic]:
+    """The topics here read by a consumer whose processor reads only what an epoch holds."""
+    names = {
+        topic
+        for spec in topology.consumers.values()
+        if registry.processors[spec.processor].reads_durable
+        for topic in spec.topic_names
+    }
+    return [topics[name] for name in sorted(names) if name in topics]
+
+
+def hold_back(topics: list[Topic], soon: Callable[[], None]) -> None:
+    """Let readers of ``topics`` see only records an epoch holds (see :func:`exposing`)."""
+    for topic in topics:
+        for partition in topic.partitions:
+            partition.hold_back(soon)
+            partition.expose(partition.end_offset)  # restored: held by the epoch
+
+
+def exposing(topics: list[Topic]) -> Callable[[], None] | None:
+    """What to call once the epoch captured now is written: readers of ``topics`` may then
+    have every record they hold now."""
+    if not topics:
+        return None
+    ends = {partition: partition.end_offset for t in topics for partition in t.partitions}
+
+    def expose() -> None:
+        for partition, end in ends.items():
+            partition.expose(end)
+
+    return expose

@@ -12,6 +12,7 @@ from .bench import BENCH
 from .chaos import CHAOS
 from .checkpoints import CHECKPOINTS
 from .dlq import DLQ
+from .files import GEN_FILES, TOTALS
 from .load import LOAD
 from .logs import LOGS
 from .node import NODE
@@ -20,7 +21,21 @@ from .serve import SERVE
 from .tap import TAP
 from .validate import VALIDATE
 
-COMMANDS = (RUN, SERVE, LOAD, NODE, TAP, LOGS, CHECKPOINTS, DLQ, VALIDATE, CHAOS, BENCH)
+COMMANDS = (
+    RUN,
+    SERVE,
+    LOAD,
+    NODE,
+    TAP,
+    LOGS,
+    CHECKPOINTS,
+    DLQ,
+    GEN_FILES,
+    TOTALS,
+    VALIDATE,
+    CHAOS,
+    BENCH,
+)
 """Every command, in the order ``ringflow --help`` lists them."""
 
 

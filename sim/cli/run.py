@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from topology import CheckpointError, Pipeline, TopologyError
+import attrs
+
+from topology import CheckpointError, Pipeline, Topology, TopologyError
 
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -17,7 +19,9 @@ from .options import (
     Command,
     events_option,
     flag,
+    option,
     report_option,
+    seconds,
     seed_option,
     state_option,
     topology_file,
@@ -25,12 +29,28 @@ from .options import (
 from .report_file import ReportPathError, check_report_path
 from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
 
+IDLE = 10.0
+"""Seconds a folder of a files producer stays without a new file before ``run`` ends, when
+neither ``--idle`` nor the file says."""
+
+
+def watching_until_idle(topology: Topology, idle: float | None) -> Topology:
+    """``topology`` with each files producer ending once its folder has been idle for
+    ``idle`` seconds (for its own ``idle``, or :data:`IDLE`, when None)."""
+    producers = {}
+    for name, producer in topology.producers.items():
+        if producer.files is not None and (idle is not None or producer.files.idle is None):
+            files = attrs.evolve(producer.files, idle=IDLE if idle is None else idle)
+            producer = attrs.evolve(producer, files=files)
+        producers[name] = producer
+    return attrs.evolve(topology, producers=producers)
+
 
 def run(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow run``; return its exit code."""
     err = make_console(stderr=True)
     try:
-        topology = load_topology(args.topology)
+        topology = watching_until_idle(load_topology(args.topology), args.idle)
         refuse_served(topology, args.topology, "run")
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
         path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
@@ -95,6 +115,13 @@ RUN = Command(
         flag("--no-chart", "do not draw the PNG chart"),
         flag("--no-log", "do not log events to Redis (as 'redis: {enabled: false}' in the file)"),
         flag("--quiet", "no live view; print only the summary"),
+        option(
+            "--idle",
+            type=seconds,
+            metavar="SECONDS",
+            help="end once each watched folder (a files producer's) has had no new file "
+            f"for this long (default: the file's idle, else {IDLE:g})",
+        ),
     ),
     handler=run,
 )

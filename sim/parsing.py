@@ -1,0 +1,395 @@
+"""The parser of the file pipeline (seed 004): processor ``usage_parser``.
+
+Its consumer reads the announcements of a ``files`` producer; each instance claims a file
+by reading its announcement, reads the file in chunks of whole lines, parses each chunk
+into arrays in one call (:func:`sim.usage.parse_lines`), and keeps the sums per user in a
+table that it writes to its consumer's ``output`` topic (as ``UserSum`` records, keyed by
+user) when it holds ``max_keys`` users and at the end of the file. Each write records, in
+the same step, how far into the file the sums written go (the byte just past the last
+line counted, and the lines and bad lines before it): a parser restarted from an epoch
+goes on from there. The last write of a file also adds the file to the ledger of
+processed files (by identity) and commits its announcement; then the file is moved,
+deleted or kept, as its producer says. A file announced again (copied back, renamed) is
+found in the ledger and not read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, ClassVar, Literal
+
+import attrs
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from actors import Columns, RecordBatch, Table
+from topology import (
+    FileAnnounced,
+    State,
+    TopicSummary,
+    TopicTally,
+    TopicTallyPart,
+    Write,
+    identify,
+    settle,
+)
+
+from .usage import Parsed, Sums, parse_lines
+
+MAX_PIECE = 2**63 - 1
+"""The largest amount one ``UserSum`` carries (a sum beyond it is split over records)."""
+
+REPORTED_PER_CHUNK = 20
+"""Bad lines of one chunk reported one by one (the rest are counted)."""
+
+
+class UserSum(msgspec.Struct, frozen=True, gc=False, tag="sum"):
+    """A user's amounts summed over part of a file."""
+
+    seq: int
+    source: int
+    timestamp: float
+    user_id: int
+    amount: Annotated[int, msgspec.Meta(ge=0)]
+    kind: ClassVar[str] = "sum"
+
+
+class ParseError(Exception):
+    """A bad line in a file, with ``on_bad_line: fail``."""
+
+
+@attrs.frozen
+class UsageParserParams:
+    """Settings of ``usage_parser``."""
+
+    max_keys: int = 100_000
+    """Users in the table of sums before it is written out (bounds memory)."""
+    chunk_bytes: int = 8 << 20
+    """Bytes read and parsed at once."""
+    on_bad_line: Literal["skip", "fail"] = "skip"
+    """A bad line is counted and reported (``skip``), or stops the run (``fail``)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {self.max_keys}")
+        if self.chunk_bytes < 4096:
+            raise ValueError(f"chunk_bytes must be >= 4096, got {self.chunk_bytes}")
+
+
+class FilePosition(msgspec.Struct, frozen=True, array_like=True):
+    """How far into a file the sums written go."""
+
+    offset: int
+    """The byte just past the last line counted."""
+    lines: int
+    """Lines before it."""
+    bad_lines: int
+    """Bad lines among them."""
+
+
+class UsageParserState(State, frozen=True, tag=1):
+    """The state of ``usage_parser``."""
+
+    processed: dict[str, str]
+    """The ledger: by file identity, where the file was when processed."""
+    positions: dict[str, FilePosition]
+    """By identity, the files part-way processed."""
+    files: int
+    duplicates: int
+    missing: int
+    lines: int
+    bad_lines: int
+    records: int
+    seq_sums: dict[int, int]
+    """Per producer instance, the sum of the sequence numbers of the sums written."""
+
+
+@attrs.define(eq=False)
+class UsageParser:
+    """Processor ``usage_parser`` (see the module)."""
+
+    params: UsageParserParams = attrs.field(factory=UsageParserParams)
+    processed: dict[str, str] = attrs.field(factory=dict)
+    positions: dict[str, FilePosition] = attrs.field(factory=dict)
+    files: int = 0
+    """Files read to the end."""
+    duplicates: int = 0
+    """Announcements of files already processed."""
+    missing: int = 0
+    """Announcements of files gone or changed before they could be read."""
+    lines: int = 0
+    bad_lines: int = 0
+    records: int = 0
+    """``UserSum`` records written."""
+    sent: TopicTally = attrs.field(factory=TopicTally)
+    """What was written, as a producer's tally counts it."""
+    on_problem: Callable[[dict[str, Any]], None] | None = None
+    """Told of each bad line (file, line number, text) and missing file (for the log)."""
+    _active: dict[str, trio.Event] = attrs.field(factory=dict)
+    _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
+
+    # -- the processor -----------------------------------------------------------------
+
+    def process(self, events: Sequence[Any]) -> None:
+        """Not called: its consumer awaits :meth:`work`."""
+        raise NotImplementedError("usage_parser works on files; its consumer calls work()")
+
+    def result(self) -> dict[str, Any]:
+        """What was read: files, lines, bad lines, records written."""
+        return {
+            "files": self.files,
+            "duplicates": self.duplicates,
+            "missing": self.missing,
+            "lines": self.lines,
+            "bad_lines": self.bad_lines,
+            "sums_written": self.records,
+        }
+
+    def totals(self) -> dict[str, int]:
+        """Announcements handled (read, or skipped as duplicates or missing)."""
+        return {"file": self.files + self.duplicates + self.missing}
+
+    def live(self) -> list[tuple[str, str]]:
+        """Progress for the live view."""
+        return [
+            ("files", f"{self.files:,}"),
+            ("lines", f"{self.lines:,}"),
+            ("bad lines", f"{self.bad_lines:,}"),
+        ]
+
+    def snapshot(self) -> UsageParserState:
+        """The ledger, the positions and the counts, for an epoch."""
+        return UsageParserState(
+            processed=dict(self.processed),
+            positions=dict(self.positions),
+            files=self.files,
+            duplicates=self.duplicates,
+            missing=self.missing,
+            lines=self.lines,
+            bad_lines=self.bad_lines,
+            records=self.records,
+            seq_sums=dict(self.sent.seq_sums),
+        )
+
+    def restore(self, state: UsageParserState) -> None:
+        """Take an epoch's ledger, positions and counts back."""
+        self.processed = dict(state.processed)
+        self.positions = dict(state.positions)
+        self.files, self.duplicates, self.missing = state.files, state.duplicates, state.missing
+        self.lines, self.bad_lines, self.records = state.lines, state.bad_lines, state.records
+        self.sent.restore(
+            TopicTallyPart(
+                records=state.records, seq_sums=state.seq_sums, kinds={"sum": state.records}
+            )
+        )
+
+    def summary(self) -> TopicSummary:
+        """What was written, as a producer says what it sent."""
+        return self.sent.summary()
+
+    # -- the work ----------------------------------------------------------------------
+
+    async def work(self, batch: RecordBatch, write: Write, commit: Callable[[int], None]) -> None:
+        """Read every file ``batch`` announces, one after another."""
+        for index, event in enumerate(batch.values):
+            done = functools.partial(commit, batch.base_offset + index + 1)
+            key = event.key
+            while key in self._active:  # announced twice, claimed by another member here
+                await self._active[key].wait()
+            if key in self.processed:
+                self.duplicates += 1
+                done()
+                await self._settle(event)
+                continue
+            self._active[key] = trio.Event()
+            try:
+                await self._read(event, write, done)
+            finally:
+                self._active.pop(key).set()
+
+    async def _read(self, event: FileAnnounced, write: Write, done: Callable[[], None]) -> None:
+        path, key = Path(event.path), event.key
+        position = self.positions.get(key, FilePosition(0, 0, 0))
+        try:
+            handle = await trio.to_thread.run_sync(_open_same, path, key, limiter=self._limiter)
+        except OSError as exc:
+            self.missing += 1
+            done()
+            self._problem(event="file_missing", file=str(path), error=str(exc))
+            return
+        try:
+            await self._parse(event, handle, position, write, done)
+        finally:
+            handle.close()
+        await self._settle(event)
+
+    async def _parse(
+        self,
+        event: FileAnnounced,
+        handle: BinaryIO,
+        position: FilePosition,
+        write: Write,
+        done: Callable[[], None],
+    ) -> None:
+        params = self.params
+        offset, lines, bad = position.offset, position.lines, position.bad_lines
+        written_lines, written_bad = lines, bad
+        sums: Sums | None = None
+        while True:
+            data, end = await trio.to_thread.run_sync(
+                _read_lines, handle, offset, params.chunk_bytes, limiter=self._limiter
+            )
+            parsed, merged = await trio.to_thread.run_sync(
+                _parse, data, sums, limiter=self._limiter
+            )
+            sums = merged
+            if len(parsed.bad):
+                self._bad(event, data, parsed, lines)
+            offset += len(data)
+            lines += parsed.lines
+            bad += len(parsed.bad)
+            if not end and len(merged) < params.max_keys:
+                continue
+            made = _records(merged, event)
+            at = None if end else FilePosition(offset, lines, bad)
+            settled = functools.partial(
+                self._settled, event, done, made, lines - written_lines, bad - written_bad, at
+            )
+            await write(made, settled)
+            written_lines, written_bad, sums = lines, bad, None
+            if end:
+                return
+
+    def _settled(
+        self,
+        event: FileAnnounced,
+        done: Callable[[], None],
+        made: Columns,
+        lines: int,
+        bad_lines: int,
+        at: FilePosition | None,
+    ) -> None:
+        # In the step sums enter the output: how far the file is read, and at its end, the
+        # file processed and its announcement committed.
+        table: Table = made.values  # type: ignore[assignment]
+        seq = table.columns["seq"]  # numbered in the order of the writes
+        seq[:] = np.arange(self.records, self.records + len(seq), dtype=np.int64)
+        self.records += len(seq)
+        self.sent.count_all(table)
+        self.lines += lines
+        self.bad_lines += bad_lines
+        if at is None:
+            self.positions.pop(event.key, None)
+            self.processed[event.key] = event.path
+            self.files += 1
+            done()
+        else:
+            self.positions[event.key] = at
+
+    def _bad(self, event: FileAnnounced, data: bytes, parsed: Parsed, before: int) -> None:
+        lines = data.split(b"\n")
+        first = int(parsed.bad[0])
+        if self.params.on_bad_line == "fail":
+            raise ParseError(
+                f"{event.path}: line {before + first + 1} is not 'USER AMOUNT': "
+                f"{lines[first][:80]!r} (on_bad_line: fail)"
+            )
+        for index in parsed.bad[:REPORTED_PER_CHUNK].tolist():
+            self._problem(
+                event="bad_line",
+                file=event.path,
+                line=before + index + 1,
+                text=lines[index][:200].decode(errors="replace"),
+            )
+
+    def _problem(self, **entry: Any) -> None:
+        if self.on_problem is not None:
+            self.on_problem(entry)
+
+    async def _settle(self, event: FileAnnounced) -> None:
+        path = Path(event.path)
+        done_folder = Path(event.done) if event.done else path.parent / "done"
+        try:
+            await trio.to_thread.run_sync(settle, path, event.after, done_folder)
+        except OSError as exc:
+            self._problem(event="file_not_settled", file=event.path, error=str(exc))
+
+
+def _open_same(path: Path, key: str) -> BinaryIO:
+    # The file, if it is still the one announced.
+    if identify(path).key != key:
+        raise OSError(f"{path} changed after it was announced")
+    return path.open("rb")
+
+
+def _read_lines(handle: BinaryIO, offset: int, size: int) -> tuple[bytes, bool]:
+    # Whole lines from ``offset``: about ``size`` bytes, up to the last newline in them, or
+    # everything left when the file ends first. A line longer than ``size`` is read whole.
+    handle.seek(offset)
+    data = handle.read(size)
+    if len(data) < size:
+        return data, True
+    cut = data.rfind(b"\n")
+    while cut < 0:
+        more = handle.read(size)
+        if not more:
+            return data, True
+        found = more.find(b"\n")
+        data += more
+        if found >= 0:
+            cut = len(data) - len(more) + found
+    return data[: cut + 1], False
+
+
+def _parse(data: bytes, sums: Sums | None) -> tuple[Parsed, Sums]:
+    # The chunk's lines, and the sums so far with its own added.
+    parsed = parse_lines(data)
+    more = Sums.of(parsed.users, parsed.amounts)
+    return parsed, more if sums is None else sums + more
+
+
+def _records(sums: Sums, event: FileAnnounced) -> Columns:
+    # The sums as UserSum records keyed by user: one per user, more for a sum beyond
+    # MAX_PIECE (split in pieces). Their sequence numbers are stamped as they are written.
+    users, high, low = sums.users, sums.high, sums.low
+    small = (high < np.uint64(1 << 30)) & (low < np.uint64(1 << 62))
+    amounts = ((high << np.uint64(32)) + low).astype(np.int64)
+    if not small.all():
+        users, amounts = _pieces(users, high, low, small, amounts)
+    count = len(users)
+    table = Table(
+        UserSum,
+        {
+            "seq": np.zeros(count, dtype=np.int64),
+            "source": np.full(count, event.source, dtype=np.int64),
+            "timestamp": np.full(count, event.timestamp, dtype=np.float64),
+            "user_id": users,
+            "amount": amounts,
+        },
+    )
+    return Columns(users, table, table.columns["timestamp"])
+
+
+def _pieces(
+    users: npt.NDArray[np.int64],
+    high: npt.NDArray[np.uint64],
+    low: npt.NDArray[np.uint64],
+    small: npt.NDArray[np.bool_],
+    amounts: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    big_users, big_amounts = [], []
+    for where in np.flatnonzero(~small).tolist():
+        total = (int(high[where]) << 32) + int(low[where])
+        while total:
+            piece = min(total, MAX_PIECE)
+            big_users.append(int(users[where]))
+            big_amounts.append(piece)
+            total -= piece
+    return (
+        np.concatenate([users[small], np.array(big_users, dtype=np.int64)]),
+        np.concatenate([amounts[small], np.array(big_amounts, dtype=np.int64)]),
+    )
