@@ -106,6 +106,9 @@ class UsageParserState(State, frozen=True, tag=1):
     records: int
     seq_sums: dict[int, int]
     """Per producer instance, the sum of the sequence numbers of the sums written."""
+    unsettled: list[FileAnnounced]
+    """Files processed but not yet moved or deleted (that waits for an epoch holding them
+    as processed: else a crash in between would find them gone, and unread)."""
 
 
 @attrs.define(eq=False)
@@ -125,6 +128,8 @@ class UsageParser:
     bad_lines: int = 0
     records: int = 0
     """``UserSum`` records written."""
+    unsettled: list[FileAnnounced] = attrs.field(factory=list)
+    """Files processed, to move or delete once an epoch holds them as processed."""
     sent: TopicTally = attrs.field(factory=TopicTally)
     """What was written, as a producer's tally counts it."""
     on_problem: Callable[[dict[str, Any]], None] | None = None
@@ -173,6 +178,7 @@ class UsageParser:
             bad_lines=self.bad_lines,
             records=self.records,
             seq_sums=dict(self.sent.seq_sums),
+            unsettled=list(self.unsettled),
         )
 
     def restore(self, state: UsageParserState) -> None:
@@ -181,11 +187,27 @@ class UsageParser:
         self.positions = dict(state.positions)
         self.files, self.duplicates, self.missing = state.files, state.duplicates, state.missing
         self.lines, self.bad_lines, self.records = state.lines, state.bad_lines, state.records
+        self.unsettled = list(state.unsettled)
         self.sent.restore(
             TopicTallyPart(
                 records=state.records, seq_sums=state.seq_sums, kinds={"sum": state.records}
             )
         )
+
+    def captured(self) -> Callable[[], None] | None:
+        """Called as an epoch is captured: what to do once it is written (move or delete
+        the files it holds as processed)."""
+        if not self.unsettled:
+            return None
+        pending = list(self.unsettled)
+
+        def settle_all() -> None:
+            for event in pending:
+                self._settle_now(event)
+            done = {id(event) for event in pending}
+            self.unsettled = [e for e in self.unsettled if id(e) not in done]
+
+        return settle_all
 
     def summary(self) -> TopicSummary:
         """What was written, as a producer says what it sent."""
@@ -225,7 +247,6 @@ class UsageParser:
             await self._parse(event, handle, position, write, done)
         finally:
             handle.close()
-        await self._settle(event)
 
     async def _parse(
         self,
@@ -285,6 +306,7 @@ class UsageParser:
         if at is None:
             self.positions.pop(event.key, None)
             self.processed[event.key] = event.path
+            self.unsettled.append(event)
             self.files += 1
             done()
         else:
@@ -311,10 +333,18 @@ class UsageParser:
             self.on_problem(entry)
 
     async def _settle(self, event: FileAnnounced) -> None:
+        await trio.to_thread.run_sync(self._settle_now, event)
+
+    def _settle_now(self, event: FileAnnounced) -> None:
+        # Moved or deleted, if it is still there and still the file processed.
         path = Path(event.path)
         done_folder = Path(event.done) if event.done else path.parent / "done"
         try:
-            await trio.to_thread.run_sync(settle, path, event.after, done_folder)
+            if identify(path).key != event.key:
+                return  # another file took its name since
+            settle(path, event.after, done_folder)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             self._problem(event="file_not_settled", file=event.path, error=str(exc))
 

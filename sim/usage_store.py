@@ -37,6 +37,9 @@ from topology import SinkContext, State
 from .postgres_server import EmbeddedPostgres
 from .usage import Sums
 
+SQLITE_MAX = 2**63 - 1
+"""The largest integer SQLite stores."""
+
 TOTALS = "usage_totals"
 APPLIED = "ringflow_applied"
 LOADS = "usage_loads"
@@ -168,18 +171,7 @@ class SqliteTotals:
                 _check_follows(topic, partition, stored, base_offset)
                 count, sums = _new_sums(stored, base_offset, users, amounts)
                 rows = _rows(sums)
-                try:
-                    db.executemany(
-                        f"INSERT INTO {TOTALS} (user_id, amount) VALUES (?, ?) "
-                        f"ON CONFLICT (user_id) DO UPDATE SET amount = amount + excluded.amount",
-                        rows,
-                    )
-                except (OverflowError, sqlite3.IntegrityError) as exc:
-                    raise PermanentError(
-                        f"{topic}[{partition}] from offset {base_offset}: a total does not fit "
-                        f"in SQLite's 64-bit integers ({exc}); use PostgreSQL, whose totals "
-                        "have no limit"
-                    ) from None
+                self._merge(db, rows, f"{topic}[{partition}] from offset {base_offset}")
                 if self.raw:
                     now = time.time()
                     db.executemany(
@@ -199,6 +191,37 @@ class SqliteTotals:
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O: may pass
             raise TransientError(f"SQLite {self.path}: {exc}") from None
         return count
+
+    @staticmethod
+    def _merge(db: sqlite3.Connection, rows: list[tuple[int, int]], where: str) -> None:
+        # Through a temporary table, checked first: SQLite turns an integer sum that
+        # overflows into a float, silently.
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS usage_batch "
+            "(user_id INTEGER PRIMARY KEY, amount INTEGER NOT NULL)"
+        )
+        db.execute("DELETE FROM usage_batch")
+        try:
+            db.executemany("INSERT INTO usage_batch (user_id, amount) VALUES (?, ?)", rows)
+        except OverflowError:
+            too_large = None
+        else:
+            too_large = db.execute(
+                f"SELECT b.user_id FROM usage_batch b JOIN {TOTALS} t USING (user_id) "
+                f"WHERE t.amount > {SQLITE_MAX} - b.amount LIMIT 1"
+            ).fetchone()
+            if too_large is None:
+                db.execute(
+                    f"INSERT INTO {TOTALS} (user_id, amount) SELECT user_id, amount "
+                    "FROM usage_batch WHERE true ON CONFLICT (user_id) DO UPDATE SET "
+                    "amount = amount + excluded.amount"
+                )
+                return
+        raise PermanentError(
+            f"{where}: a total does not fit in SQLite's 64-bit integers"
+            + ("" if too_large is None else f" (user {too_large[0]})")
+            + "; use PostgreSQL, whose totals have no limit"
+        )
 
     def totals(self, user: int | None = None) -> Iterator[tuple[int, int]]:
         if user is None:
@@ -436,9 +459,10 @@ class UsageTotalsSink:
         """Apply each batch in its own transaction (see :meth:`Totals.apply`)."""
         store = self._store
         assert store is not None, "the sink is not open"
+        records = applied = 0
         for batch in batches:
             users, amounts = _columns(batch.values)
-            applied = await trio.to_thread.run_sync(
+            applied += await trio.to_thread.run_sync(
                 store.apply,
                 batch.topic,
                 batch.partition,
@@ -447,8 +471,12 @@ class UsageTotalsSink:
                 amounts,
                 limiter=self._one,
             )
-            self.records += len(users)
-            self.applied += applied
+            records += len(users)
+        # Counted once all are in, in the step the consumer commits them: a write that fails
+        # part way is tried again whole, and counts then (what it applied before, as found
+        # applied already).
+        self.records += records
+        self.applied += applied
 
     def process(self, events: Sequence[Any]) -> None:
         """Not called: its consumer awaits :meth:`write`."""

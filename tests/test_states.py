@@ -278,6 +278,7 @@ def states() -> dict[str, tuple[type[State], State]]:
                     bad_lines=1,
                     records=4,
                     seq_sums={0: 6},
+                    unsettled=[],
                 )
             )
         else:

@@ -392,7 +392,8 @@ class Pipeline:
         snapshot = self.capture(final=final)
         node = None if self.node is None else self.node.durable_hook(self.topics)
         intake = None if self.intake is None else self.intake.durable_hook()
-        return snapshot, all_of(node, intake, exposing(self._durable))
+        done = [p.captured() for p in self.processors.values() if hasattr(p, "captured")]
+        return snapshot, all_of(node, intake, exposing(self._durable), *done)
 
     def _record(self, info: EpochInfo) -> None:
         self.epochs.append(info)

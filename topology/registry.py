@@ -396,6 +396,15 @@ class Registry:
                     "(clock: virtual) its attempts would time out at once; set clock: real"
                 )
             problems.extend(_check_output(name, consumer.output, processor))
+            most = getattr(getattr(made, "params", None), "max_keys", None)
+            room = topology.topics.get(consumer.output or "")
+            capacity = None if room is None else room.ring_capacity
+            if most is not None and capacity is not None and capacity < most:
+                problems.append(
+                    f"{path}.params.max_keys: {most:,} records may be written at once to one "
+                    f"partition of {consumer.output!r}, whose capacity is {capacity:,}; make "
+                    "max_keys at most the capacity"
+                )
             if made is not None and not isinstance(made, Sink):
                 for field, default in (("retry", RetrySpec()), ("breaker", BreakerSpec())):
                     if getattr(consumer, field) != default:

@@ -1,0 +1,288 @@
+"""The file pipeline of seed 004 end to end: real files in a temporary folder, a real
+``ringflow run`` process, real SQLite and PostgreSQL; totals checked against sums computed
+here line by line."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from actors import Columns, RecordBatch
+from sim.gen_files import generate_files
+from sim.parsing import UsageParser, UsageParserParams
+from tests.test_hardening_redis import wait_until
+from topology import announcement, identify
+
+VALID = re.compile(rb"(\d+) (\d+)\r?")
+
+
+def reference(folder: Path) -> tuple[dict[int, int], int]:
+    """Each user's total over the files of ``folder``, and the bad lines, line by line."""
+    totals: dict[int, int] = {}
+    bad = 0
+    for path in sorted(folder.glob("[!.]*.txt")):
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":  # the newline that ends a file is not a line
+            lines.pop()
+        for line in lines:
+            found = VALID.fullmatch(line)
+            if found is None or int(found[1]) >= 2**63 or int(found[2]) >= 2**64:
+                bad += 1
+                continue
+            user = int(found[1])
+            totals[user] = totals.get(user, 0) + int(found[2])
+    return totals, bad
+
+
+def topology_file(folder: Path, *, url: str | None, instances: int = 2, **params: Any) -> Path:
+    data: dict[str, Any] = {
+        "name": "usage-test",
+        "clock": "real",
+        "topics": {
+            "files": {"partitions": 2, "capacity": 100},
+            "sums": {"partitions": 3, "capacity": 50_000, "key": "user_id"},
+        },
+        "producers": {
+            "incoming": {
+                "files": {"dir": str(folder / "in"), "pattern": "*.txt", "poll": 0.1},
+                "topic": "files",
+            }
+        },
+        "consumers": {
+            "parse": {
+                "topic": "files",
+                "processor": "usage_parser",
+                "instances": instances,
+                "output": "sums",
+                "params": {"max_keys": 2_000, "chunk_bytes": 16_384, **params},
+            },
+            "totals": {
+                "topic": "sums",
+                "processor": "usage_totals",
+                "params": {} if url is None else {"url": url},
+            },
+        },
+        "checkpoint": {"every": 0.2},
+        "redis": {"enabled": False},
+    }
+    path = folder / "usage.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def ringflow(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sim", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def run(path: Path, state: Path, report: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return ringflow(
+        "run",
+        path,
+        "--state",
+        state,
+        "--quiet",
+        "--no-chart",
+        "--report",
+        report,
+        "--idle",
+        "0.5",
+        *extra,
+    )
+
+
+def sqlite_totals(path: Path) -> dict[int, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT user_id, amount FROM usage_totals"))
+
+
+def parsed(report: Path) -> dict[str, Any]:
+    aggregates: dict[str, Any] = json.loads(report.read_text())["aggregates"]["parse"]
+    return aggregates
+
+
+EDGE_CASES = (
+    b"1 5\n"
+    b"2 7\r\n"  # CRLF: valid
+    b"abc def\n42\n1 2 3\n7 -5\n7 2.5\n7 1e3\n\n"  # text, 1 and 3 fields, signs, blank
+    b"99999999999999999999 1\n5 18446744073709551616\n"  # too large
+    b"9223372036854775807 4\n"  # the largest user id
+    b"1 6\n"
+    b"3 4"  # a last line without its newline is a line
+)
+
+
+def test_totals_equal_the_sums_of_the_valid_lines_of_every_file(tmp_path: Path) -> None:
+    made = generate_files(
+        tmp_path / "in", files=5, size=60_000, users=300, seed=9, bad_fraction=0.01
+    )
+    (tmp_path / "in" / "edges.txt").write_bytes(EDGE_CASES)
+    (tmp_path / "in" / ".writing.txt.tmp").write_bytes(b"1 1000000\n")  # not yet renamed
+    expected, bad = reference(tmp_path / "in")
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    done = run(path, tmp_path / "state", tmp_path / "r.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sqlite_totals(tmp_path / "totals.sqlite") == expected
+    aggregates = parsed(tmp_path / "r.json")
+    assert aggregates["files"] == 6
+    assert aggregates["bad_lines"] == bad == made.bad_lines + 9  # 9 in edges.txt
+    assert aggregates["duplicates"] == aggregates["missing"] == 0
+    assert sorted(p.name for p in (tmp_path / "in" / "done").iterdir()) == sorted(
+        [f"usage-9-{i:06d}.txt" for i in range(5)] + ["edges.txt"]
+    )
+    assert (tmp_path / "in" / ".writing.txt.tmp").exists()  # never read
+
+
+def test_a_file_copied_back_or_renamed_is_not_counted_again(tmp_path: Path) -> None:
+    generate_files(tmp_path / "in", files=2, size=20_000, users=50, seed=3)
+    expected, _ = reference(tmp_path / "in")
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    state = tmp_path / "state"
+    assert run(path, state, tmp_path / "r1.json").returncode == 0
+    assert reference(tmp_path / "in")[0] == {}  # all moved into done/
+    done = tmp_path / "in" / "done"
+    shutil.copy(done / "usage-3-000000.txt", tmp_path / "in" / "again.txt")
+    (done / "usage-3-000001.txt").rename(tmp_path / "in" / "renamed.txt")
+    second = run(path, state, tmp_path / "r2.json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert sqlite_totals(tmp_path / "totals.sqlite") == expected
+    aggregates = parsed(tmp_path / "r2.json")
+    assert (aggregates["files"], aggregates["duplicates"]) == (2, 2)
+    assert sorted(p.name for p in done.iterdir()) == [
+        "again.txt",
+        "renamed.txt",
+        "usage-3-000000.txt",
+    ]
+
+
+def test_on_bad_line_fail_stops_the_run_naming_the_line(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1 2\n3 4\n5 x\n6 7\n")
+    path = topology_file(
+        tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}", on_bad_line="fail"
+    )
+    done = run(path, tmp_path / "state", tmp_path / "r.json")
+    assert done.returncode == 1
+    assert "a.txt: line 3 is not 'USER AMOUNT': b'5 x' (on_bad_line: fail)" in done.stdout
+
+
+def test_a_folder_into_embedded_postgresql_read_back_by_ringflow_totals(tmp_path: Path) -> None:
+    generate_files(tmp_path / "in", files=4, size=40_000, users=500, seed=5)
+    # The largest amounts, twice: a total beyond 64 bits, exact in PostgreSQL.
+    largest = b"9223372036854775807 18446744073709551615\n"
+    (tmp_path / "in" / "large.txt").write_bytes(largest * 2)
+    expected, _ = reference(tmp_path / "in")
+    path = topology_file(tmp_path, url=None, instances=3)
+    state = tmp_path / "state"
+    done = run(path, state, tmp_path / "r.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = ringflow("totals", "--state", state)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "".join(f"{u} {a}\n" for u, a in sorted(expected.items()))
+    assert expected[2**63 - 1] == 2 * (2**64 - 1)
+    one = ringflow("totals", "--state", state, "--user", "7", "--json")
+    assert json.loads(one.stdout) == {"7": expected[7]}
+    missing = ringflow("totals", "--state", state, "--user", "100000")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    nowhere = ringflow("totals", "--state", tmp_path / "nowhere")
+    assert nowhere.returncode == 2
+    assert "no embedded database in" in nowhere.stderr
+
+
+@pytest.mark.kill
+def test_a_run_killed_while_parsing_resumes_to_the_exact_totals(tmp_path: Path) -> None:
+    rng = random.Random(f"usage/{os.environ.get('RINGFLOW_KILL_SEED', '0')}")
+    generate_files(tmp_path / "in", files=6, size=400_000, users=2_000, seed=11, bad_fraction=0.001)
+    expected, bad = reference(tmp_path / "in")
+    store = tmp_path / "totals.sqlite"
+    path = topology_file(tmp_path, url=f"sqlite:///{store}", chunk_bytes=4096, max_keys=300)
+    state = tmp_path / "state"
+    args = [sys.executable, "-m", "sim", "run", str(path), "--state", str(state), "--quiet"]
+    first = subprocess.Popen(
+        [*args, "--idle", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wanted = rng.randrange(1, 4)
+
+        def applied() -> bool:
+            if not store.exists():
+                return False
+            try:
+                with sqlite3.connect(store) as db:
+                    rows = db.execute("SELECT count(*) FROM ringflow_applied").fetchone()
+            except sqlite3.OperationalError:
+                return False
+            return bool(rows and rows[0] >= wanted)
+
+        wait_until(applied, "sums applied before the kill", running=first)
+        first.kill()
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+    assert first.returncode == -9
+    done = run(path, state, tmp_path / "r.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sqlite_totals(store) == expected
+    aggregates = parsed(tmp_path / "r.json")
+    assert aggregates["bad_lines"] == bad  # over both segments of the run
+    assert aggregates["files"] == 6
+    assert len(list((tmp_path / "in" / "done").iterdir())) == 6
+
+
+async def test_a_processed_file_is_moved_only_once_an_epoch_holds_it(tmp_path: Path) -> None:
+    # Moved as soon as it was read, a file was gone when a crash before the next epoch made
+    # the parser read it again from where that epoch said: its last sums were lost.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = folder / "a.txt"
+    path.write_bytes(b"1 2\n3 4\n1 5\n")
+    event = announcement(path, identify(path), 0, 0, 0.0, "move", str(folder / "done"))
+    parser = UsageParser(UsageParserParams(max_keys=1))
+    written: list[Any] = []
+    committed: list[int] = []
+
+    async def write(columns: Columns, settled: Callable[[], None]) -> None:
+        settled()
+        written.append(columns)
+
+    batch = RecordBatch("files", 0, 0, [None], [event], [0.0])
+    await parser.work(batch, write, committed.append)
+    assert committed == [1]
+    assert parser.processed == {event.key: str(path)}
+    assert path.exists()  # processed, but no epoch holds that yet
+    state = parser.snapshot()  # an epoch is captured...
+    moved = parser.captured()
+    assert moved is not None
+    # ...and the process dies before it is written: restored from an earlier epoch, the file
+    # is there to read again. Restored from this one, it is moved once the next is written.
+    restored = UsageParser()
+    restored.restore(state)
+    assert path.exists()
+    then = restored.captured()
+    assert then is not None
+    then()
+    assert not path.exists()
+    assert (folder / "done" / "a.txt").exists()
+    assert restored.captured() is None
+    moved()  # the first one's hook, late: the file is gone from there, nothing happens
+    assert (folder / "done" / "a.txt").exists()
