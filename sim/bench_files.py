@@ -28,7 +28,7 @@ from .gen_files import generate_files, parse_size
 from .usage_store import open_totals
 
 FILE_SIZE = 64 << 20
-CHUNK = 8 << 20
+CHUNK = 2 << 20
 AWK = "{s[$1]+=$2} END {for (u in s) print u, s[u]}"
 
 

@@ -68,7 +68,7 @@ class UsageParserParams:
 
     max_keys: int = 100_000
     """Users in the table of sums before it is written out (bounds memory)."""
-    chunk_bytes: int = 8 << 20
+    chunk_bytes: int = 2 << 20
     """Bytes read and parsed at once."""
     on_bad_line: Literal["skip", "fail"] = "skip"
     """A bad line is counted and reported (``skip``), or stops the run (``fail``)."""
