@@ -236,9 +236,8 @@ class Run:
     def __attrs_post_init__(self) -> None:
         self._first = self._pipeline
         self._resumed = self._pipeline.restored_from
-        # A served topology never completes: serving it again takes events again.
         self._complete = (
-            self._resumed is not None and self._resumed.completed and self._pipeline.intake is None
+            self._resumed is not None and self._resumed.completed and completes(self._pipeline)
         )
         self._earlier = () if self._resumed is None else tuple(self._resumed.segments)
         self._wall_before = sum(s.wall_seconds for s in self._earlier)
@@ -575,6 +574,14 @@ class Run:
                         )
                 scope.cancel()
                 return
+
+
+def completes(pipeline: Pipeline) -> bool:
+    """Whether a run of ``pipeline`` that completed has nothing left to do when run again:
+    a served topology, or one that watches folders, never completes (run again, it takes
+    the events or files that came since)."""
+    watching = any(spec.files is not None for spec in pipeline.topology.producers.values())
+    return pipeline.intake is None and not watching
 
 
 def _log_retry(logger: RedisLogger, message: str) -> None:

@@ -134,6 +134,10 @@ def test_a_processed_file_is_moved_under_a_free_name_deleted_or_kept(tmp_path: P
             "$.producers.files-in.files: give either 'workload' or 'files', not both",
         ),
         ({"topic": "files", "events": 5}, "$.producers.files-in.workload: required"),
+        (
+            {"files": {"dir": "in", "done": "."}, "topic": "files"},
+            "$.producers.files-in.files.done: must be another folder than 'dir'",
+        ),
     ],
 )
 def test_a_files_producer_is_checked(producer: dict[str, object], message: str) -> None:

@@ -286,3 +286,61 @@ async def test_a_processed_file_is_moved_only_once_an_epoch_holds_it(tmp_path: P
     assert restored.captured() is None
     moved()  # the first one's hook, late: the file is gone from there, nothing happens
     assert (folder / "done" / "a.txt").exists()
+
+
+def test_the_same_command_again_takes_the_files_that_came_since(tmp_path: Path) -> None:
+    # A completed run was taken for one with nothing left to do: run again, it read the new
+    # files but wrote no epoch, and the run after that gave their sums offsets the database
+    # had applied already, and skipped them.
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    state, seen = tmp_path / "state", tmp_path / "seen"
+    for round_ in range(3):
+        generate_files(seen / str(round_), files=1, size=20_000, users=100, seed=round_)
+        (tmp_path / "in").mkdir(exist_ok=True)
+        shutil.copy(seen / str(round_) / f"usage-{round_}-000000.txt", tmp_path / "in")
+        done = run(path, state, tmp_path / f"r{round_}.json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert ("the run completed there" in done.stdout) == (round_ > 0)
+    expected: dict[int, int] = {}
+    for round_ in range(3):
+        for user, amount in reference(seen / str(round_))[0].items():
+            expected[user] = expected.get(user, 0) + amount
+    assert sqlite_totals(tmp_path / "totals.sqlite") == expected
+
+
+def test_a_missing_folder_a_missing_database_and_no_checkpoints_are_refused(
+    tmp_path: Path,
+) -> None:
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    done = run(path, tmp_path / "state", tmp_path / "r.json")  # no 'in' folder
+    assert done.returncode == 2
+    assert "$.producers.incoming.files.dir: " in done.stdout + done.stderr
+    assert "is not a folder (create it, or fix the path)" in done.stdout + done.stderr
+    (tmp_path / "in").mkdir()
+    data = yaml.safe_load(path.read_text())
+    del data["checkpoint"]
+    path.write_text(yaml.safe_dump(data))
+    unsaved = ringflow("run", path, "--quiet", "--idle", "0.5")
+    assert unsaved.returncode == 2
+    assert "need checkpoints" in unsaved.stdout + unsaved.stderr
+    assert "give --state DIR" in unsaved.stdout + unsaved.stderr
+    missing = ringflow("totals", "--state", tmp_path, "--url", f"sqlite:///{tmp_path / 'no.db'}")
+    assert missing.returncode == 2
+    assert "no SQLite database at" in missing.stderr
+    assert not (tmp_path / "no.db").exists()
+
+
+def test_a_file_moved_back_from_done_is_a_duplicate_moved_there_again(tmp_path: Path) -> None:
+    generate_files(tmp_path / "in", files=1, size=10_000, users=20, seed=2)
+    expected, _ = reference(tmp_path / "in")
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    state = tmp_path / "state"
+    assert run(path, state, tmp_path / "r1.json").returncode == 0
+    name = "usage-2-000000.txt"
+    (tmp_path / "in" / "done" / name).rename(tmp_path / "in" / name)  # moved back
+    again = run(path, state, tmp_path / "r2.json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert parsed(tmp_path / "r2.json")["duplicates"] == 1
+    assert sqlite_totals(tmp_path / "totals.sqlite") == expected
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["done"]  # moved there again
+    assert [p.name for p in (tmp_path / "in" / "done").iterdir()] == [name]

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import trio
 
+from .errors import TopologyError
 from .folder import After, FileIdentity, ReadyFiles, announcement, identify
 from .plan import ProducerPlan
 from .registry import State, Workload
@@ -55,7 +56,12 @@ class FileWatch:
 
     def fresh(self, paths: Iterable[Path], now: float) -> list[tuple[Path, FileIdentity]]:
         """Which of the complete files ``paths`` to announce (blocking: hashes them), each
-        with its identity; they count as announced from now on."""
+        with its identity; they count as announced from now on. Names no longer among them
+        (moved away once processed) are forgotten: a file moved back is announced again (and
+        found in the parsers' ledger)."""
+        paths = list(paths)
+        here = {path.name for path in paths}
+        self.announced = {n: k for n, k in self.announced.items() if n in here}
         found = []
         for path in paths:
             try:
@@ -120,6 +126,13 @@ class FileSource(WorkloadSource):
         **wiring: Any,
     ) -> FileSource:
         """The source of ``plan``'s producer instance; ``wiring`` gives the other fields."""
+        if not Path(spec.dir).is_dir():
+            raise TopologyError(
+                [
+                    f"$.producers.{plan.producer}.files.dir: {spec.dir!r} is not a folder "
+                    "(create it, or fix the path)"
+                ]
+            )
         ready = ReadyFiles(Path(spec.dir), spec.pattern, spec.ready, spec.quiet)
         watch = FileWatch(
             ready,

@@ -411,7 +411,7 @@ class Registry:
                         problems.append(
                             f"{path}.{field}: processor {processor.name!r} writes to no "
                             f"other system, so nothing of it is retried; drop {field} (it is "
-                            "for sinks: clickhouse, webhook, redis_stream)"
+                            "for sinks: clickhouse, webhook, redis_stream, usage_totals)"
                         )
             problems.extend(_check_order(topology, name, processor.writes == "input"))
             if consumer.dead_letter is not None and processor.writes is not None:

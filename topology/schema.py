@@ -146,11 +146,6 @@ class Topology(Checked):
                 "would write no epoch, and the other nodes see only what its epochs hold"
             )
         for name, producer in self.producers.items():
-            if producer.files is not None and self.checkpoint is None:
-                problems.append(
-                    f"$.producers.{name}.files: a folder's files need a 'checkpoint' section: "
-                    "the ledger of files processed and how far each was read live in epochs"
-                )
             if producer.files is not None and self.clock != "real":
                 problems.append(
                     f"$.producers.{name}.files: a folder is watched on the real clock; set "

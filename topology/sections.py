@@ -88,6 +88,12 @@ class FilesSpec(Checked):
     it, once everything is processed); None: it watches until stopped. ``ringflow run
     --idle`` overrides it."""
 
+    def problems(self) -> list[FieldError]:
+        """Processed files go elsewhere than the folder watched."""
+        if PurePath(self.done_folder) == PurePath(self.dir) or self.done in ("", "."):
+            return [FieldError("done", "must be another folder than 'dir' (the one watched)")]
+        return []
+
     @property
     def done_folder(self) -> str:
         """Where processed files go: ``done`` under ``dir`` unless absolute."""

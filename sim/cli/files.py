@@ -80,6 +80,10 @@ def gen_files(args: argparse.Namespace) -> ExitCode:
 def totals(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow totals``; return its exit code."""
     err = make_console(stderr=True)
+    sqlite = args.url.removeprefix("sqlite:///") if args.url else None
+    if sqlite is not None and sqlite != args.url and not Path(sqlite).is_file():
+        err.print(f"ringflow totals: no SQLite database at {args.url}")
+        return ExitCode.USAGE
     if args.url is None and not (args.state / "postgres" / "data").exists():
         err.print(
             f"ringflow totals: no embedded database in {args.state} (a run with the "

@@ -56,6 +56,16 @@ def run(args: argparse.Namespace) -> ExitCode:
         path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
         check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
+        watching = [n for n, p in topology.producers.items() if p.files is not None]
+        if watching and checkpoints is None:
+            raise TopologyError(
+                [
+                    f"$.producers.{watching[0]}.files: a folder's files need checkpoints (the "
+                    "ledger of files processed and how far each was read live in epochs): "
+                    "add a 'checkpoint' section, or give --state DIR"
+                ],
+                str(args.topology),
+            )
     except (TopologyError, CheckpointError, ReportPathError) as exc:
         return refuse(err, exc)
     out = make_console()

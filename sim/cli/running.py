@@ -53,7 +53,7 @@ def announce_checkpoints(
             f"resuming from epoch {epoch.epoch} of {where}: "
             f"{epoch.events_produced:,} events produced, {epoch.ring_records:,} records in rings"
         )
-    elif epoch.completed:
+    elif epoch.completed and engine.completes(pipeline):
         out.print(
             f"already complete: epoch {epoch.epoch} of {where} is the final epoch of a "
             f"completed run (t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events "
@@ -64,7 +64,13 @@ def announce_checkpoints(
             f"resuming from epoch {epoch.epoch} of {where}: "
             f"t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events produced, "
             f"{epoch.ring_records:,} records in rings"
-            + (" (the run was stopped there)" if epoch.final else "")
+            + (
+                " (the run completed there: what came since is taken now)"
+                if epoch.completed
+                else " (the run was stopped there)"
+                if epoch.final
+                else ""
+            )
         )
 
 
