@@ -25,7 +25,7 @@ def open_checkpoints(
     """Set up checkpoints for ``pipeline`` and resume from its newest epoch if there is one.
 
     Checkpoints are on when the topology has a ``checkpoint`` section or ``state`` is given.
-    The folder is the section's ``path``, else ``state``, else ``state/NAME``.
+    The folder is ``state``, else the section's ``path``, else ``state/NAME``.
 
     An epoch that is damaged (a part that does not match its checksum or does not decode)
     is passed over for the next older one; ``settings.store.damaged`` lists those.
@@ -68,13 +68,13 @@ def open_checkpoints(
 
 
 def state_folder(topology: Topology, state: Path | None, node: str | None = None) -> Path:
-    """The state folder of ``topology`` (of its ``node``): the section's ``path``, else
-    ``state``, else ``state/NAME``; a node keeps its own (``path/NODE``, ``state/NAME-NODE``),
-    and ``state`` names it whole."""
+    """The state folder of ``topology`` (of its ``node``): ``state`` (``--state``), else the
+    section's ``path``, else ``state/NAME``; a node keeps its own (``path/NODE``,
+    ``state/NAME-NODE``), and ``state`` names it whole."""
     spec = topology.checkpoint or CheckpointSpec()
     name = topology.name
     if node is None:
-        return Path(spec.path) if spec.path else state or Path("state") / name
+        return state or (Path(spec.path) if spec.path else Path("state") / name)
     return state or (Path(spec.path) / node if spec.path else Path("state") / f"{name}-{node}")
 
 

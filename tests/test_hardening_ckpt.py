@@ -732,3 +732,20 @@ def test_a_database_damaged_in_its_structure_is_passed_over_or_refused_in_one_li
     assert main(["checkpoints", str(state)]) in (0, 2)
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
+
+
+def test_state_on_the_command_line_wins_over_the_file_s_checkpoint_path(
+    tmp_path: Path,
+) -> None:
+    # The file's path was taken even with --state, which the docs and the refusal to
+    # resume another topology's folder both offer as the way to choose the folder.
+    data = yaml.safe_load(VIDEO_SITE.read_text())
+    data["checkpoint"] = {"path": str(tmp_path / "in-file")}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    args = ["run", str(path), "--events", "2000", "--report", str(tmp_path / "r.json")]
+    assert (
+        main([*args, "--state", str(tmp_path / "given"), "--quiet", "--no-chart", "--no-log"]) == 0
+    )
+    assert (tmp_path / "given" / "checkpoints.sqlite3").exists()
+    assert not (tmp_path / "in-file").exists()
