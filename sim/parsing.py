@@ -43,6 +43,9 @@ from .usage import Parsed, Sums, parse_lines
 MAX_PIECE = 2**63 - 1
 """The largest amount one ``UserSum`` carries (a sum beyond it is split over records)."""
 
+LONG_LINE = b"(a line longer than chunk_bytes)\n"
+"""What stands for a line too long to read in one chunk (a bad line)."""
+
 REPORTED_PER_CHUNK = 20
 """Bad lines of one chunk reported one by one (the rest are counted)."""
 
@@ -76,8 +79,11 @@ class UsageParserParams:
     def __attrs_post_init__(self) -> None:
         if self.max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, got {self.max_keys}")
-        if self.chunk_bytes < 4096:
-            raise ValueError(f"chunk_bytes must be >= 4096, got {self.chunk_bytes}")
+        if not 4096 <= self.chunk_bytes <= 256 << 20:
+            raise ValueError(
+                f"chunk_bytes must be between 4096 and {256 << 20} (256 MiB), got "
+                f"{self.chunk_bytes}"
+            )
 
 
 class FilePosition(msgspec.Struct, frozen=True, array_like=True):
@@ -261,8 +267,8 @@ class UsageParser:
         written_lines, written_bad = lines, bad
         sums: Sums | None = None
         while True:
-            data, end = await trio.to_thread.run_sync(
-                _read_lines, handle, offset, params.chunk_bytes, limiter=self._limiter
+            data, taken, end = await trio.to_thread.run_sync(
+                read_lines, handle, offset, params.chunk_bytes, limiter=self._limiter
             )
             parsed, merged = await trio.to_thread.run_sync(
                 _parse, data, sums, limiter=self._limiter
@@ -270,7 +276,7 @@ class UsageParser:
             sums = merged
             if len(parsed.bad):
                 self._bad(event, data, parsed, lines)
-            offset += len(data)
+            offset += taken
             lines += parsed.lines
             bad += len(parsed.bad)
             if not end and len(merged) < params.max_keys:
@@ -356,23 +362,26 @@ def _open_same(path: Path, key: str) -> BinaryIO:
     return path.open("rb")
 
 
-def _read_lines(handle: BinaryIO, offset: int, size: int) -> tuple[bytes, bool]:
-    # Whole lines from ``offset``: about ``size`` bytes, up to the last newline in them, or
-    # everything left when the file ends first. A line longer than ``size`` is read whole.
+def read_lines(handle: BinaryIO, offset: int, size: int) -> tuple[bytes, int, bool]:
+    """Whole lines from ``offset``: about ``size`` bytes, up to the last newline in them, or
+    everything left when the file ends first; with the bytes they take in the file, and
+    whether it ended. A line longer than ``size`` (bad: a valid one is at most 131 bytes) is
+    skipped in bounded memory, and stands as one bad line (:data:`LONG_LINE`)."""
     handle.seek(offset)
     data = handle.read(size)
     if len(data) < size:
-        return data, True
+        return data, len(data), True
     cut = data.rfind(b"\n")
-    while cut < 0:
+    if cut >= 0:
+        return data[: cut + 1], cut + 1, False
+    taken = len(data)
+    while True:
         more = handle.read(size)
-        if not more:
-            return data, True
         found = more.find(b"\n")
-        data += more
-        if found >= 0:
-            cut = len(data) - len(more) + found
-    return data[: cut + 1], False
+        if found >= 0 or not more:
+            taken += found + 1 if found >= 0 else 0
+            return LONG_LINE, taken, not more or handle.read(1) == b""
+        taken += len(more)
 
 
 def _parse(data: bytes, sums: Sums | None) -> tuple[Parsed, Sums]:

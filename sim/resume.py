@@ -141,3 +141,11 @@ def rebuild(pipeline: Pipeline, loaded: Any) -> Pipeline:
         rebuilt.intake.on_listening = pipeline.intake.on_listening
         rebuilt.intake.on_error = pipeline.intake.on_error
     return rebuilt
+
+
+def completes(pipeline: Pipeline) -> bool:
+    """Whether a run of ``pipeline`` that completed has nothing left to do when run again:
+    a served topology, or one that watches folders, never completes (run again, it takes
+    the events or files that came since)."""
+    watching = any(spec.files is not None for spec in pipeline.topology.producers.values())
+    return pipeline.intake is None and not watching

@@ -63,7 +63,7 @@ from .report import (
     Status,
     build_report,
 )
-from .resume import let_go, rebuild
+from .resume import completes, let_go, rebuild
 from .stall import watch_progress
 from .workloads import WORKLOADS
 
@@ -574,14 +574,6 @@ class Run:
                         )
                 scope.cancel()
                 return
-
-
-def completes(pipeline: Pipeline) -> bool:
-    """Whether a run of ``pipeline`` that completed has nothing left to do when run again:
-    a served topology, or one that watches folders, never completes (run again, it takes
-    the events or files that came since)."""
-    watching = any(spec.files is not None for spec in pipeline.topology.producers.values())
-    return pipeline.intake is None and not watching
 
 
 def _log_retry(logger: RedisLogger, message: str) -> None:

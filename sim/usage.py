@@ -3,7 +3,8 @@
 A valid line is two base-10 integers separated by one space: the user id (0 to 2**63 - 1,
 PostgreSQL's ``bigint``) and the amount (0 to 2**64 - 1), optionally followed by ``\\r``
 (files with CRLF endings are valid). Everything else is a bad line: text, one or three
-fields, a sign, a fraction or an exponent, a number too large, a blank line. The newline
+fields, a sign, a fraction or an exponent, a number too large (or of more than 64 digits,
+leading zeros included), a blank line. The newline
 that ends a file is not a line; a last line without one is a line like any other.
 
 A chunk's lines are parsed with a few numpy passes over its bytes (classes of characters,
@@ -19,6 +20,9 @@ import numpy.typing as npt
 
 MAX_USER = (1 << 63) - 1
 """The largest user id (PostgreSQL's ``bigint``)."""
+
+MAX_DIGITS = 64
+"""A number of more digits than this is a bad line, even with leading zeros."""
 
 _DIGIT, _SPACE, _OTHER = 0, 1, 2
 _CLASSES = np.full(256, _OTHER, np.uint8)
@@ -66,6 +70,13 @@ def parse_lines(data: bytes) -> Parsed:
     begin, end = starts[where], ends[where]
     space = np.flatnonzero(is_space)[spaces[begin]]
     user_digits, amount_digits = space - begin, end - space - 1
+    # Longer numbers are refused unread (leading zeros included): the digits are read a
+    # position at a time, and one very long number would make every position slow.
+    short = (user_digits <= MAX_DIGITS) & (amount_digits <= MAX_DIGITS)
+    if not short.all():
+        good[where[~short]] = False
+        where, begin, end, space = where[short], begin[short], end[short], space[short]
+        user_digits, amount_digits = user_digits[short], amount_digits[short]
     users, user_over = _numbers(raw, begin, user_digits)
     amounts, amount_over = _numbers(raw, space + 1, amount_digits)
     fits = (

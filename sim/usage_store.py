@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from actors import PermanentError, RecordBatch, Table, TransientError
 from topology import SinkContext, State
 
 from .postgres_server import EmbeddedPostgres
+from .sinks import folder_lineage
 from .usage import Sums
 
 SQLITE_MAX = 2**63 - 1
@@ -424,6 +426,8 @@ class UsageTotalsState(State, frozen=True, tag=1):
     kinds: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
     """Records handed to it, by kind."""
     applied: Annotated[int, msgspec.Meta(ge=0)]
+    lineage: str
+    """The run's lineage: the offsets it applied are recorded under it."""
 
 
 @attrs.define(eq=False)
@@ -437,6 +441,8 @@ class UsageTotalsSink:
     applied: int = 0
     """Records the database had not applied yet."""
     _store: Totals | None = None
+    _lineage: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    _restored: bool = False
     _one: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
 
     @property
@@ -448,6 +454,8 @@ class UsageTotalsSink:
     async def opened(self, context: SinkContext) -> AsyncIterator[None]:
         """Open the database (starting the embedded server, here in the main thread, so that
         it dies with this process however it ends)."""
+        if not self._restored:  # the state folder's, so that a run restarted finds its own
+            self._lineage = folder_lineage(context, self._lineage)
         with open_totals(self.params.url, context.state, raw=self.params.raw) as store:
             self._store = store
             try:
@@ -464,7 +472,7 @@ class UsageTotalsSink:
             users, amounts = _columns(batch.values)
             applied += await trio.to_thread.run_sync(
                 store.apply,
-                batch.topic,
+                f"{self._lineage}/{batch.topic}",
                 batch.partition,
                 batch.base_offset,
                 users,
@@ -493,11 +501,14 @@ class UsageTotalsSink:
 
     def snapshot(self) -> UsageTotalsState:
         """The counts, for an epoch."""
-        return UsageTotalsState(kinds={"sum": self.records}, applied=self.applied)
+        return UsageTotalsState(
+            kinds={"sum": self.records}, applied=self.applied, lineage=self._lineage
+        )
 
     def restore(self, state: UsageTotalsState) -> None:
         """Take an epoch's counts back."""
         self.records, self.applied = sum(state.kinds.values()), state.applied
+        self._lineage, self._restored = state.lineage, True
 
     def live(self) -> list[tuple[str, str]]:
         """Progress for the live view."""

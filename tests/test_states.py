@@ -265,7 +265,7 @@ def states() -> dict[str, tuple[type[State], State]]:
         elif name == "redis_stream":
             processor.restore(RedisStreamState(kinds={"view": 3}, lineage="a1"))
         elif name == "usage_totals":
-            processor.restore(UsageTotalsState(kinds={"sum": 5}, applied=3))
+            processor.restore(UsageTotalsState(kinds={"sum": 5}, applied=3, lineage="a1"))
         elif name == "usage_parser":
             processor.restore(
                 UsageParserState(

@@ -106,3 +106,12 @@ def test_sums_per_user_are_exact_beyond_64_bits_and_add_up() -> None:
     assert total.totals() == expected
     assert total.users.tolist() == sorted(expected)
     assert max(expected.values()) > 1 << 70  # far beyond 64 bits, and still exact
+
+
+def test_numbers_of_more_than_64_digits_are_bad_lines_read_quickly() -> None:
+    # A number was read a digit position at a time for every line of its chunk: one of a
+    # million digits took seconds. Leading zeros count too.
+    data = b"1" * 1_000_000 + b" 5\n" + b"7 " + b"0" * 70 + b"5\n" + b"3 " + b"0" * 60 + b"4\n"
+    parsed = parse_lines(data)
+    assert parsed.bad.tolist() == [0, 1]
+    assert (parsed.users.tolist(), parsed.amounts.tolist()) == ([3], [4])

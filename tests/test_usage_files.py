@@ -21,7 +21,7 @@ import yaml
 
 from actors import Columns, RecordBatch
 from sim.gen_files import generate_files
-from sim.parsing import UsageParser, UsageParserParams
+from sim.parsing import LONG_LINE, UsageParser, UsageParserParams, read_lines
 from tests.test_hardening_redis import wait_until
 from topology import announcement, identify
 
@@ -344,3 +344,45 @@ def test_a_file_moved_back_from_done_is_a_duplicate_moved_there_again(tmp_path: 
     assert sqlite_totals(tmp_path / "totals.sqlite") == expected
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["done"]  # moved there again
     assert [p.name for p in (tmp_path / "in" / "done").iterdir()] == [name]
+
+
+def test_a_line_longer_than_a_chunk_is_one_bad_line_read_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"1 2\n" + b"ab" * 50_000 + b"\n3 4\n" + b"x" * 20_000)
+    with path.open("rb") as handle:
+        first = read_lines(handle, 0, 4096)
+        assert first == (b"1 2\n", 4, False)
+        second = read_lines(handle, 4, 4096)
+        assert second == (LONG_LINE, 100_001, False)
+        assert read_lines(handle, 100_005, 4096) == (b"3 4\n", 4, False)
+        assert read_lines(handle, 100_009, 4096) == (LONG_LINE, 20_000, True)
+
+
+def test_a_new_state_folder_on_a_kept_database_adds_to_its_totals(tmp_path: Path) -> None:
+    # The offsets a database applied were recorded by topic and partition only: a run started
+    # afresh found its offsets applied already, and added nothing.
+    url = f"sqlite:///{tmp_path / 'totals.sqlite'}"
+    path = topology_file(tmp_path, url=url)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1 1\n2 1\n")
+    assert run(path, tmp_path / "state", tmp_path / "r1.json").returncode == 0
+    (tmp_path / "in" / "b.txt").write_bytes(b"1 1000\n2 1000\n")
+    done = run(path, tmp_path / "other-state", tmp_path / "r2.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sqlite_totals(tmp_path / "totals.sqlite") == {1: 1001, 2: 1001}
+
+
+def test_an_unreadable_file_is_passed_over_and_the_others_are_read(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"1 5\n")
+    os.symlink(folder / "nowhere", folder / "dangling.txt")  # a link to nothing
+    bad_name = os.fsencode(folder) + b"/\xff\xfe.txt"  # a name that is not UTF-8
+    with open(bad_name, "wb") as file:
+        file.write(b"2 7\n")
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    done = run(path, tmp_path / "state", tmp_path / "r.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sqlite_totals(tmp_path / "totals.sqlite") == {1: 5}

@@ -49,6 +49,8 @@ class FileWatch:
     """Where processed files go (``after: move``)."""
     announced: dict[str, str] = attrs.field(factory=dict)
     """By name, the identity key of each file announced."""
+    refused: dict[str, str] = attrs.field(factory=dict)
+    """By name, files that could not be read (not announced; other files go on)."""
     count: int = 0
     """Files announced so far (across resumes): the next one's ``seq``."""
     last_new: float | None = None
@@ -64,10 +66,16 @@ class FileWatch:
         self.announced = {n: k for n, k in self.announced.items() if n in here}
         found = []
         for path in paths:
+            if path.name in self.refused:
+                continue
             try:
+                path.name.encode()
                 identity = identify(path)
             except FileNotFoundError:
                 continue  # moved away meanwhile
+            except (OSError, UnicodeError) as exc:  # unreadable, or a name not UTF-8
+                self.refused[path.name] = f"{type(exc).__name__}: {exc}"
+                continue
             if self.announced.get(path.name) == identity.key:
                 continue
             self.announced[path.name] = identity.key

@@ -20,6 +20,7 @@ from ..live import LiveView
 from ..redis_logging import LogSettings, probe_redis, run_id_for
 from ..redis_server import EmbeddedRedis, RedisUnavailable
 from ..report import Report, write_chart
+from ..resume import completes
 from .errors import refuse
 from .report_file import save_report
 from .summary import print_summary
@@ -53,7 +54,7 @@ def announce_checkpoints(
             f"resuming from epoch {epoch.epoch} of {where}: "
             f"{epoch.events_produced:,} events produced, {epoch.ring_records:,} records in rings"
         )
-    elif epoch.completed and engine.completes(pipeline):
+    elif epoch.completed and completes(pipeline):
         out.print(
             f"already complete: epoch {epoch.epoch} of {where} is the final epoch of a "
             f"completed run (t={epoch.sim_time:,.2f}s, {epoch.events_produced:,} events "
