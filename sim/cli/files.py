@@ -84,6 +84,9 @@ def totals(args: argparse.Namespace) -> ExitCode:
     if sqlite is not None and sqlite != args.url and not Path(sqlite).is_file():
         err.print(f"ringflow totals: no SQLite database at {args.url}")
         return ExitCode.USAGE
+    if args.url is None and args.state is None:
+        err.print("ringflow totals: give --state DIR (the embedded database) or --url URL")
+        return ExitCode.USAGE
     if args.url is None and not (args.state / "postgres" / "data").exists():
         err.print(
             f"ringflow totals: no embedded database in {args.state} (a run with the "
@@ -153,7 +156,7 @@ TOTALS = Command(
     "usage_totals sink writes to: the PostgreSQL embedded in the state folder, or --url. "
     "Exit code: 0; 1 when --user has no total; 2 when the database cannot be opened.",
     options=(
-        option("--state", type=Path, metavar="DIR", required=True, help="the state folder"),
+        option("--state", type=Path, metavar="DIR", help="the state folder of the run"),
         option("--url", help="the database instead: postgresql://... or sqlite:///PATH"),
         option("--user", type=int, help="only this user's total"),
         flag("--json", "print one JSON object {user: amount}"),
