@@ -10,7 +10,6 @@ traversable (``o+x``) for it.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import pwd
@@ -18,18 +17,14 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import attrs
 
-PR_SET_PDEATHSIG = 1
-"""prctl(2) option: the signal a process gets when its parent thread ends (Linux)."""
+from .redis_server import parent_death_hook
 
 UNPRIVILEGED = "nobody"
 """The user the server runs as when this process is root."""
@@ -67,23 +62,8 @@ def find_postgres_bin() -> Path:
     )
 
 
-def _as_server(user: pwd.struct_passwd | None, death_signal: int) -> Callable[[], None]:
-    # Runs in the child between fork and exec: drop root first (changing user clears the
-    # parent-death signal), then ask for the signal when the parent thread ends.
-    parent = os.getpid()
-    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-    main = threading.current_thread() is threading.main_thread()
-
-    def hook() -> None:
-        if user is not None:
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-        if prctl is not None and main:
-            prctl(PR_SET_PDEATHSIG, death_signal)
-            if os.getppid() != parent:  # the parent died before the signal was armed
-                os._exit(1)
-
-    return hook
+def _ids(user: pwd.struct_passwd | None) -> tuple[int, int] | None:
+    return None if user is None else (user.pw_uid, user.pw_gid)
 
 
 def _server_user() -> pwd.struct_passwd | None:
@@ -153,7 +133,7 @@ class EmbeddedPostgres:
                 ],
                 capture_output=True,
                 text=True,
-                preexec_fn=_as_server(user, signal.SIGKILL),
+                preexec_fn=parent_death_hook(signal.SIGKILL, _ids(user)),
             )
             if made.returncode != 0:
                 shutil.rmtree(data, ignore_errors=True)
@@ -183,7 +163,7 @@ class EmbeddedPostgres:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 # Fast shutdown when the owner dies: its sessions are gone with it.
-                preexec_fn=_as_server(user, signal.SIGINT),
+                preexec_fn=parent_death_hook(signal.SIGINT, _ids(user)),
                 start_new_session=True,  # Ctrl-C reaches the owner, which stops it
             )
             server = cls(process, folder, socket_dir, temporary)

@@ -55,28 +55,36 @@ PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal a process gets when its parent thread ends (Linux)."""
 
 
-def parent_death_hook() -> Callable[[], None] | None:
-    """Return a ``preexec_fn`` that makes the child get SIGTERM when this process ends, or None
-    where that is not available (not Linux, or not the main thread).
+def parent_death_hook(
+    signum: int = signal.SIGTERM, run_as: tuple[int, int] | None = None
+) -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that makes the child get ``signum`` when this process ends
+    (after switching to the user and group ``run_as``, when given), or None when there is
+    nothing to do (no ``run_as``, and the signal is not available: not Linux, or not the
+    main thread).
 
     The signal fires when the *thread* that started the child ends, not the process: only the
-    main thread lives as long as the process, so other threads get no hook.
+    main thread lives as long as the process, so other threads get no signal. Changing user
+    clears it, so the user is changed first.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
+    prctl = None
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+    if prctl is None and run_as is None:
         return None
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
+        if run_as is not None:
+            os.setgid(run_as[1])
+            os.setuid(run_as[0])
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signum)
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
 
     return hook
 
