@@ -28,6 +28,7 @@ import trio
 
 from actors import Columns, RecordBatch, Table
 from topology import (
+    DeadLetter,
     FileAnnounced,
     State,
     TopicSummary,
@@ -38,7 +39,7 @@ from topology import (
     settle,
 )
 
-from .usage import Parsed, Sums, parse_lines
+from .usage import Parsed, Sums, explain, parse_lines
 
 MAX_PIECE = 2**63 - 1
 """The largest amount one ``UserSum`` carries (a sum beyond it is split over records)."""
@@ -48,6 +49,12 @@ LONG_LINE = b"(a line longer than chunk_bytes)\n"
 
 REPORTED_PER_CHUNK = 20
 """Bad lines of one chunk reported one by one (the rest are counted)."""
+
+LETTERS_PER_WRITE = 10_000
+"""Dead letters (bad lines) gathered before they are written, with the sums so far."""
+
+LETTER_TEXT = 4096
+"""The characters of a bad line a dead letter keeps."""
 
 
 class UserSum(msgspec.Struct, frozen=True, gc=False, tag="sum"):
@@ -59,6 +66,19 @@ class UserSum(msgspec.Struct, frozen=True, gc=False, tag="sum"):
     user_id: int
     amount: Annotated[int, msgspec.Meta(ge=0)]
     kind: ClassVar[str] = "sum"
+
+
+class BadLine(msgspec.Struct, frozen=True):
+    """A bad line, as its dead letter keeps it (the letter's ``value``)."""
+
+    file: str
+    line: int
+    """Its number in the file (1: the first line)."""
+    text: str
+    """Its first :data:`LETTER_TEXT` characters (bytes that are not UTF-8 replaced)."""
+
+
+_LETTER = msgspec.msgpack.Encoder()
 
 
 class ParseError(Exception):
@@ -73,8 +93,9 @@ class UsageParserParams:
     """Users in the table of sums before it is written out (bounds memory)."""
     chunk_bytes: int = 2 << 20
     """Bytes read and parsed at once."""
-    on_bad_line: Literal["skip", "fail"] = "skip"
-    """A bad line is counted and reported (``skip``), or stops the run (``fail``)."""
+    on_bad_line: Literal["skip", "dead_letter", "fail"] = "skip"
+    """A bad line is counted and reported (``skip``), also kept as a dead letter in the
+    consumer's ``dead_letter`` topic (``dead_letter``), or stops the run (``fail``)."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_keys < 1:
@@ -115,6 +136,7 @@ class UsageParserState(State, frozen=True, tag=1):
     unsettled: list[FileAnnounced]
     """Files processed but not yet moved or deleted (that waits for an epoch holding them
     as processed: else a crash in between would find them gone, and unread)."""
+    dead_lettered: int = 0
 
 
 @attrs.define(eq=False)
@@ -134,12 +156,16 @@ class UsageParser:
     bad_lines: int = 0
     records: int = 0
     """``UserSum`` records written."""
+    dead_lettered: int = 0
+    """Bad lines kept as dead letters."""
     unsettled: list[FileAnnounced] = attrs.field(factory=list)
     """Files processed, to move or delete once an epoch holds them as processed."""
     sent: TopicTally = attrs.field(factory=TopicTally)
     """What was written, as a producer's tally counts it."""
     on_problem: Callable[[dict[str, Any]], None] | None = None
     """Told of each bad line (file, line number, text) and missing file (for the log)."""
+    now: Callable[[], float] = trio.current_time
+    """The run's clock, as dead letters are stamped with it (the pipeline's event time)."""
     _active: dict[str, trio.Event] = attrs.field(factory=dict)
     _limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
 
@@ -151,7 +177,7 @@ class UsageParser:
 
     def result(self) -> dict[str, Any]:
         """What was read: files, lines, bad lines, records written."""
-        return {
+        result = {
             "files": self.files,
             "duplicates": self.duplicates,
             "missing": self.missing,
@@ -159,6 +185,9 @@ class UsageParser:
             "bad_lines": self.bad_lines,
             "sums_written": self.records,
         }
+        if self.params.on_bad_line == "dead_letter":
+            result["dead_lettered"] = self.dead_lettered
+        return result
 
     def totals(self) -> dict[str, int]:
         """Announcements handled (read, or skipped as duplicates or missing)."""
@@ -183,6 +212,7 @@ class UsageParser:
             lines=self.lines,
             bad_lines=self.bad_lines,
             records=self.records,
+            dead_lettered=self.dead_lettered,
             seq_sums=dict(self.sent.seq_sums),
             unsettled=list(self.unsettled),
         )
@@ -193,6 +223,7 @@ class UsageParser:
         self.positions = dict(state.positions)
         self.files, self.duplicates, self.missing = state.files, state.duplicates, state.missing
         self.lines, self.bad_lines, self.records = state.lines, state.bad_lines, state.records
+        self.dead_lettered = state.dead_lettered
         self.unsettled = list(state.unsettled)
         self.sent.restore(
             TopicTallyPart(
@@ -235,11 +266,18 @@ class UsageParser:
                 continue
             self._active[key] = trio.Event()
             try:
-                await self._read(event, write, done)
+                where = (batch.topic, int(batch.partition), batch.base_offset + index)
+                await self._read(event, write, done, where)
             finally:
                 self._active.pop(key).set()
 
-    async def _read(self, event: FileAnnounced, write: Write, done: Callable[[], None]) -> None:
+    async def _read(
+        self,
+        event: FileAnnounced,
+        write: Write,
+        done: Callable[[], None],
+        where: tuple[str, int, int],
+    ) -> None:
         path, key = Path(event.path), event.key
         position = self.positions.get(key, FilePosition(0, 0, 0))
         try:
@@ -250,7 +288,7 @@ class UsageParser:
             self._problem(event="file_missing", file=str(path), error=str(exc))
             return
         try:
-            await self._parse(event, handle, position, write, done)
+            await self._parse(event, handle, position, write, done, where)
         finally:
             handle.close()
 
@@ -261,11 +299,13 @@ class UsageParser:
         position: FilePosition,
         write: Write,
         done: Callable[[], None],
+        where: tuple[str, int, int],
     ) -> None:
         params = self.params
         offset, lines, bad = position.offset, position.lines, position.bad_lines
         written_lines, written_bad = lines, bad
         sums: Sums | None = None
+        letters: list[DeadLetter] = []
         while True:
             data, taken, end = await trio.to_thread.run_sync(
                 read_lines, handle, offset, params.chunk_bytes, limiter=self._limiter
@@ -275,19 +315,26 @@ class UsageParser:
             )
             sums = merged
             if len(parsed.bad):
-                self._bad(event, data, parsed, lines)
+                letters += self._bad(event, where, data, parsed, lines)
             offset += taken
             lines += parsed.lines
             bad += len(parsed.bad)
-            if not end and len(merged) < params.max_keys:
+            if not end and len(merged) < params.max_keys and len(letters) < LETTERS_PER_WRITE:
                 continue
             made = _records(merged, event)
             at = None if end else FilePosition(offset, lines, bad)
             settled = functools.partial(
-                self._settled, event, done, made, lines - written_lines, bad - written_bad, at
+                self._settled,
+                event,
+                done,
+                made,
+                lines - written_lines,
+                bad - written_bad,
+                at,
+                len(letters),
             )
-            await write(made, settled)
-            written_lines, written_bad, sums = lines, bad, None
+            await write(made, settled, letters)
+            written_lines, written_bad, sums, letters = lines, bad, None, []
             if end:
                 return
 
@@ -299,6 +346,7 @@ class UsageParser:
         lines: int,
         bad_lines: int,
         at: FilePosition | None,
+        letters: int,
     ) -> None:
         # In the step sums enter the output: how far the file is read, and at its end, the
         # file processed and its announcement committed.
@@ -309,6 +357,7 @@ class UsageParser:
         self.sent.count_all(table)
         self.lines += lines
         self.bad_lines += bad_lines
+        self.dead_lettered += letters
         if at is None:
             self.positions.pop(event.key, None)
             self.processed[event.key] = event.path
@@ -318,12 +367,20 @@ class UsageParser:
         else:
             self.positions[event.key] = at
 
-    def _bad(self, event: FileAnnounced, data: bytes, parsed: Parsed, before: int) -> None:
+    def _bad(
+        self,
+        event: FileAnnounced,
+        where: tuple[str, int, int],
+        data: bytes,
+        parsed: Parsed,
+        before: int,
+    ) -> list[DeadLetter]:
+        # Report a chunk's bad lines (and with on_bad_line: dead_letter, make their letters).
         lines = data.split(b"\n")
         first = int(parsed.bad[0])
         if self.params.on_bad_line == "fail":
             raise ParseError(
-                f"{event.path}: line {before + first + 1} is not 'USER AMOUNT': "
+                f"{event.path}: line {before + first + 1}: {explain(lines[first])}: "
                 f"{lines[first][:80]!r} (on_bad_line: fail)"
             )
         for index in parsed.bad[:REPORTED_PER_CHUNK].tolist():
@@ -331,8 +388,34 @@ class UsageParser:
                 event="bad_line",
                 file=event.path,
                 line=before + index + 1,
+                error=explain(lines[index]),
                 text=lines[index][:200].decode(errors="replace"),
             )
+        if self.params.on_bad_line != "dead_letter":
+            return []
+        now = self.now()
+        return [
+            DeadLetter(
+                consumer="",  # filled in as they are written
+                topic=where[0],
+                partition=where[1],
+                offset=where[2],
+                key=event.path,
+                value=_LETTER.encode(
+                    BadLine(
+                        event.path,
+                        before + index + 1,
+                        lines[index][:LETTER_TEXT].decode(errors="replace"),
+                    )
+                ),
+                error=f"bad line: {explain(lines[index])}",
+                attempts=1,
+                retryable=False,
+                first_failed=now,
+                last_failed=now,
+            )
+            for index in parsed.bad.tolist()
+        ]
 
     def _problem(self, **entry: Any) -> None:
         if self.on_problem is not None:

@@ -424,6 +424,8 @@ class Run:
                     if logger is not None:
                         delivery.on_retry = functools.partial(_log_retry, logger)
                 for processor in current.processors.values():
+                    if hasattr(processor, "now"):
+                        processor.now = current.event_time  # dead letters' times
                     if logger is not None and hasattr(processor, "on_problem"):
                         processor.on_problem = functools.partial(_log_problem, logger)
                 if self._on_pipeline is not None:

@@ -95,6 +95,30 @@ def parse_lines(data: bytes) -> Parsed:
     )
 
 
+def explain(line: bytes) -> str:
+    """Why ``line`` (without its newline) is a bad line, for people (it is one)."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line.strip():
+        return "a blank line"
+    fields = line.split(b" ")
+    if len(fields) != 2:
+        if len(line.split()) == 2:
+            return "fields not separated by exactly one space"
+        count = len(fields)
+        return f"{count} field{'s' if count != 1 else ''}, not 2 ('USER AMOUNT')"
+    for name, field, most in (("user id", fields[0], MAX_USER), ("amount", fields[1], 2**64 - 1)):
+        if field.startswith((b"-", b"+")):
+            return f"the {name} has a sign"
+        if not field.isdigit() or not field.isascii():
+            return f"the {name} is not a base-10 integer"
+        if len(field) > MAX_DIGITS:
+            return f"the {name} has more than {MAX_DIGITS} digits"
+        if int(field) > most:
+            return f"the {name} is too large (at most {most:,})"
+    return "not 'USER AMOUNT'"
+
+
 def _running(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
     # counts[i]: how many of flags[:i] are set (so a range's count is a difference).
     counts = np.zeros(len(flags) + 1, np.int64)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from sim.usage import MAX_USER, Sums, parse_lines
+from sim.usage import MAX_USER, Sums, explain, parse_lines
 
 VALID = re.compile(rb"([0-9]+) ([0-9]+)\r?")
 
@@ -115,3 +115,27 @@ def test_numbers_of_more_than_64_digits_are_bad_lines_read_quickly() -> None:
     parsed = parse_lines(data)
     assert parsed.bad.tolist() == [0, 1]
     assert (parsed.users.tolist(), parsed.amounts.tolist()) == ([3], [4])
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b"", "a blank line"),
+        (b" \r", "a blank line"),
+        (b"42", "1 field, not 2 ('USER AMOUNT')"),
+        (b"1 2 3", "3 fields, not 2 ('USER AMOUNT')"),
+        (b"1  2", "fields not separated by exactly one space"),
+        (b"1\t2", "fields not separated by exactly one space"),
+        (b"-1 2", "the user id has a sign"),
+        (b"1 +2", "the amount has a sign"),
+        (b"1 2.5", "the amount is not a base-10 integer"),
+        (b"1 1e3", "the amount is not a base-10 integer"),
+        ("\u0661 2".encode(), "the user id is not a base-10 integer"),
+        (b"9223372036854775808 1", "the user id is too large (at most 9,223,372,036,854,775,807)"),
+        (b"1 18446744073709551616", "the amount is too large (at most 18,446,744,073,709,551,615)"),
+        (b"1 " + b"0" * 65, "the amount has more than 64 digits"),
+    ],
+)
+def test_a_bad_line_is_explained(line: bytes, why: str) -> None:
+    assert len(parse_lines(line + b"\n").bad) == 1
+    assert explain(line) == why

@@ -47,6 +47,20 @@ def reference(folder: Path) -> tuple[dict[int, int], int]:
     return totals, bad
 
 
+def bad_lines(folder: Path) -> list[tuple[str, int]]:
+    """The bad lines of the files of ``folder``, by file name and line number."""
+    found = []
+    for path in sorted(folder.glob("[!.]*.txt")):
+        lines = path.read_bytes().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for number, line in enumerate(lines, 1):
+            valid = VALID.fullmatch(line)
+            if valid is None or int(valid[1]) >= 2**63 or int(valid[2]) >= 2**64:
+                found.append((path.name, number))
+    return found
+
+
 def topology_file(folder: Path, *, url: str | None, instances: int = 2, **params: Any) -> Path:
     data: dict[str, Any] = {
         "name": "usage-test",
@@ -78,9 +92,20 @@ def topology_file(folder: Path, *, url: str | None, instances: int = 2, **params
         "checkpoint": {"every": 0.2},
         "redis": {"enabled": False},
     }
+    if params.get("on_bad_line") == "dead_letter":
+        data["topics"]["bad-lines"] = {"partitions": 2, "capacity": 100_000}
+        data["consumers"]["parse"]["dead_letter"] = "bad-lines"
     path = folder / "usage.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def letters(path: Path, state: Path) -> list[tuple[str, int]]:
+    """The bad lines the dead letters of ``state`` hold, by file name and line number."""
+    shown = ringflow("dlq", path, "show", "--state", state, "--json", "--limit", "1000000")
+    assert shown.returncode == 0, shown.stderr
+    values = [json.loads(line)["value"] for line in shown.stdout.splitlines()]
+    return sorted((Path(v["file"]).name, v["line"]) for v in values)
 
 
 def ringflow(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -181,7 +206,10 @@ def test_on_bad_line_fail_stops_the_run_naming_the_line(tmp_path: Path) -> None:
     )
     done = run(path, tmp_path / "state", tmp_path / "r.json")
     assert done.returncode == 1
-    assert "a.txt: line 3 is not 'USER AMOUNT': b'5 x' (on_bad_line: fail)" in done.stdout
+    assert (
+        "a.txt: line 3: the amount is not a base-10 integer: b'5 x' (on_bad_line: fail)"
+        in done.stdout
+    )
 
 
 def test_a_folder_into_embedded_postgresql_read_back_by_ringflow_totals(tmp_path: Path) -> None:
@@ -213,7 +241,14 @@ def test_a_run_killed_while_parsing_resumes_to_the_exact_totals(tmp_path: Path) 
     generate_files(tmp_path / "in", files=6, size=400_000, users=2_000, seed=11, bad_fraction=0.001)
     expected, bad = reference(tmp_path / "in")
     store = tmp_path / "totals.sqlite"
-    path = topology_file(tmp_path, url=f"sqlite:///{store}", chunk_bytes=4096, max_keys=300)
+    path = topology_file(
+        tmp_path,
+        url=f"sqlite:///{store}",
+        chunk_bytes=4096,
+        max_keys=300,
+        on_bad_line="dead_letter",
+    )
+    wrong = bad_lines(tmp_path / "in")
     state = tmp_path / "state"
     args = [sys.executable, "-m", "sim", "run", str(path), "--state", str(state), "--quiet"]
     first = subprocess.Popen(
@@ -244,8 +279,9 @@ def test_a_run_killed_while_parsing_resumes_to_the_exact_totals(tmp_path: Path) 
     assert done.returncode == 0, done.stdout + done.stderr
     assert sqlite_totals(store) == expected
     aggregates = parsed(tmp_path / "r.json")
-    assert aggregates["bad_lines"] == bad  # over both segments of the run
+    assert aggregates["bad_lines"] == aggregates["dead_lettered"] == bad == len(wrong)
     assert aggregates["files"] == 6
+    assert letters(path, state) == wrong  # each once, though some were read twice
     assert len(list((tmp_path / "in" / "done").iterdir())) == 6
 
 
@@ -261,7 +297,7 @@ async def test_a_processed_file_is_moved_only_once_an_epoch_holds_it(tmp_path: P
     written: list[Any] = []
     committed: list[int] = []
 
-    async def write(columns: Columns, settled: Callable[[], None]) -> None:
+    async def write(columns: Columns, settled: Callable[[], None], letters: Any = ()) -> None:
         settled()
         written.append(columns)
 
@@ -386,3 +422,60 @@ def test_an_unreadable_file_is_passed_over_and_the_others_are_read(tmp_path: Pat
     done = run(path, tmp_path / "state", tmp_path / "r.json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert sqlite_totals(tmp_path / "totals.sqlite") == {1: 5}
+
+
+def test_bad_lines_kept_as_dead_letters_shown_purged_but_not_replayed(tmp_path: Path) -> None:
+    generate_files(tmp_path / "in", files=2, size=30_000, users=100, seed=4, bad_fraction=0.02)
+    (tmp_path / "in" / "edges.txt").write_bytes(EDGE_CASES)
+    (tmp_path / "in" / "only-bad.txt").write_bytes(b"x\n" * 25_000)  # more than one write
+    expected, bad = reference(tmp_path / "in")
+    wrong = bad_lines(tmp_path / "in")
+    url = f"sqlite:///{tmp_path / 'totals.sqlite'}"
+    path = topology_file(tmp_path, url=url, on_bad_line="dead_letter")
+    state = tmp_path / "state"
+    done = run(path, state, tmp_path / "r.json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sqlite_totals(tmp_path / "totals.sqlite") == expected
+    assert parsed(tmp_path / "r.json")["dead_lettered"] == bad == len(wrong)
+    assert letters(path, state) == wrong
+    shown = ringflow("dlq", path, "show", "--state", state, "--json", "--limit", "1000000")
+    edges = {
+        json.loads(line)["value"]["line"]: json.loads(line)
+        for line in shown.stdout.splitlines()
+        if json.loads(line)["value"]["file"].endswith("edges.txt")
+    }
+    assert edges[3]["value"]["text"] == "abc def"
+    assert edges[3]["error"] == "bad line: the user id is not a base-10 integer"
+    assert edges[4]["error"] == "bad line: 1 field, not 2 ('USER AMOUNT')"
+    assert edges[9]["error"] == "bad line: a blank line"
+    assert edges[11]["error"].startswith("bad line: the amount is too large")
+    assert edges[11]["consumer"] == "parse"
+    listed = ringflow("dlq", path, "list", "--state", state, "--json")
+    (row,) = json.loads(listed.stdout)["consumers"]
+    assert (row["consumer"], row["letters"], row["topic"]) == ("parse", bad, "bad-lines")
+    replayed = ringflow("dlq", path, "replay", "--state", state)
+    assert replayed.returncode == 2
+    assert "are bad input it set aside (lines of files)" in replayed.stderr
+    purged = ringflow("dlq", path, "purge", "--state", state)
+    assert purged.returncode == 0, purged.stderr
+    assert letters(path, state) == []
+
+
+def test_on_bad_line_dead_letter_needs_a_dead_letter_topic(tmp_path: Path) -> None:
+    path = topology_file(tmp_path, url=None, on_bad_line="dead_letter")
+    data = yaml.safe_load(path.read_text())
+    del data["consumers"]["parse"]["dead_letter"]
+    path.write_text(yaml.safe_dump(data))
+    checked = ringflow("validate", path)
+    assert checked.returncode == 2
+    assert "$.consumers.parse.params.on_bad_line: dead_letter needs a dead-letter topic" in (
+        checked.stdout + checked.stderr
+    )
+    data["consumers"]["parse"]["dead_letter"] = "bad-lines"
+    data["consumers"]["parse"]["params"]["on_bad_line"] = "skip"
+    path.write_text(yaml.safe_dump(data))
+    skipping = ringflow("validate", path)
+    assert skipping.returncode == 2
+    assert "drop dead_letter; or set params.on_bad_line: dead_letter" in (
+        skipping.stdout + skipping.stderr
+    )

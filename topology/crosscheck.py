@@ -304,3 +304,54 @@ def _check_nodes(
                     "gateway.token_env to the name of an environment variable holding it"
                 )
     return problems
+
+
+def order_problems(
+    name: str,
+    *,
+    topics: Mapping[str, TopicSpec],
+    producers: Mapping[str, ProducerSpec],
+    consumers: Mapping[str, ConsumerSpec],
+    http: HttpSpec | None,
+    passes_on: bool,
+) -> list[str]:
+    """``per_key_order`` (asked for: check it first) checks each producer instance's order
+    within a partition: records passed on (``passes_on``) into an output of another number
+    of partitions than their topic interleave. (Records a processor makes are numbered as it
+    writes them.)"""
+    consumer = consumers[name]
+    output = topics.get(consumer.output or "")
+    if output is None:
+        return []
+    others = sorted(c for c, spec in consumers.items() if spec.output == consumer.output)
+    writing = [
+        p
+        for p, spec in producers.items()
+        if consumer.output in ([spec.topic] if spec.topic else spec.topics.values())
+    ]
+    routed = http is not None and consumer.output in http.routes.values()
+    writers = [
+        *(f"consumer {c}" for c in others if c != name),
+        *(f"producer {p}" for p in writing),
+        *(["the HTTP API"] if routed else []),
+    ]
+    if writers:
+        return [
+            f"$.consumers.{name}.output: topic {consumer.output!r} has other writers too "
+            f"({', '.join(writers)}): their records interleave with these in each partition, "
+            "and expect.per_key_order checks each producer's order within a partition; give "
+            "each writer its own topic, or set expect.per_key_order: false"
+        ]
+    for topic in consumer.topic_names:
+        read = topics.get(topic)
+        if read is not None and read.partitions != output.partitions and passes_on:
+            return [
+                f"$.consumers.{name}.output: topic {consumer.output!r} has "
+                f"{output.partitions} partitions and {topic!r} {read.partitions}: records "
+                "are placed there by key, so a partition gets records of several partitions "
+                "of the topic read, interleaved; each key keeps its order, but "
+                "expect.per_key_order checks each producer's order within each partition; "
+                "give both as many partitions (records then keep their partition), or set "
+                "expect.per_key_order: false"
+            ]
+    return []

@@ -35,6 +35,7 @@ from actors import (
     kept,
 )
 
+from .delivering import DeadLetter, UndeliveredError
 from .registry import State
 from .snapshot import TopicSummary, TopicTallyPart
 from .tally import TopicTally
@@ -122,6 +123,8 @@ class Output:
     add_summary: Callable[[str, TopicSummary], None] | None = None
     """Hands the summary to this node's gateway once every task is done, when the topic
     is here and the node's consumers of it are checked against its producers' summaries."""
+    dead_letters: Topic | None = None
+    """The consumer's dead-letter topic (here), for input its processor sets aside."""
     waiting: int = 0
     """Tasks waiting for room in the output now."""
     _registered: int = 0
@@ -213,15 +216,24 @@ class Output:
             await trio.sleep(0.01)
             settled(part)
 
-    async def write(self, columns: Columns, settled: Callable[[], None]) -> None:
+    async def write(
+        self,
+        columns: Columns,
+        settled: Callable[[], None],
+        letters: Sequence[DeadLetter] = (),
+    ) -> None:
         """Write records a processor made (not those it read), all in one step, and call
         ``settled`` in that step (it records how far the processor got, and may stamp the
         records' sequence numbers in place: they then follow the order of the writes). They
         are placed by key; waits until every partition they go to has room for its share.
+        ``letters`` (input the processor set aside) enter the consumer's dead-letter topic
+        in the same step, stamped with the consumer's name.
 
         Raises:
             BatchTooLargeError: A share could never fit (its partition's capacity is smaller).
             TopicClosedError: The output closed (its node gave up).
+            UndeliveredError: The dead-letter topic has no room for ``letters`` (nothing reads
+                it: waiting would be for ever).
         """
         await self._ready.wait()
         target = self.target
@@ -245,16 +257,46 @@ class Output:
                 await blocked.wait_room_changed()
             finally:
                 self.waiting -= 1
+        keep = self._letters(letters)
         if not pairs:
+            keep()
             settled()
+            await trio.lowlevel.checkpoint()
             return
 
         def build() -> list[Columns]:
+            keep()
             settled()  # which may stamp the records (their sequence numbers): split again
             self.produced.count_all(columns.values)
             return [share for share in target.split(columns) if len(share)]
 
         await admit_sized([(p, len(s)) for p, s in pairs], build)
+
+    def _letters(self, letters: Sequence[DeadLetter]) -> Callable[[], None]:
+        # What puts ``letters`` in the dead-letter topic, without waiting (checked as it does).
+        if not letters:
+            return lambda: None
+        topic = self.dead_letters
+        assert topic is not None, f"consumer {self.consumer!r} has no dead-letter topic"
+        stamped = [msgspec.structs.replace(d, consumer=self.consumer) for d in letters]
+        keys = [d.key for d in stamped]
+
+        def keep() -> None:
+            shares = topic.split(Columns(keys, stamped, [trio.current_time()] * len(keys)))
+            pairs = [(p, s) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
+            full = next((p for p, s in pairs if p.closed or not p.can_take(len(s))), None)
+            if full is not None:
+                raise UndeliveredError(
+                    f"consumer {self.consumer}: its dead-letter topic {topic.name!r} is full "
+                    f"(partition {full.index} holds {full.capacity or 0:,} letters at most, "
+                    f"and {len(stamped):,} more came): give the topic a larger capacity and "
+                    "run again (it resumes from its newest epoch), or purge the letters that "
+                    "epoch holds ('ringflow dlq') first"
+                )
+            for partition, share in pairs:
+                partition.send_nowait(share)
+
+        return keep
 
     def _pairs(
         self, target: Topic | RemoteTopic, part: RecordBatch

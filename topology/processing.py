@@ -142,6 +142,8 @@ def _output(
         processor.summary,  # type: ignore[attr-defined]
         frozenset(t for t in consumer.topic_names if topology.topics[t].partitions == partitions),
     )
+    if consumer.dead_letter is not None:  # on this node (checked with the file)
+        output.dead_letters = topics.get(consumer.dead_letter)
     if target in topics:
         output.target = topics[target]
         if node is not None:

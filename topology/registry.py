@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -13,9 +13,10 @@ import msgspec
 from actors import Columns, RecordBatch
 
 from .convert import converter, describe_errors
+from .crosscheck import order_problems
 from .folder import FileAnnounced
 from .schema import Topology
-from .sections import BreakerSpec, RetrySpec
+from .sections import BreakerSpec, ConsumerSpec, RetrySpec
 
 
 @runtime_checkable
@@ -190,9 +191,15 @@ class Sink(Processor, Protocol):
         ...
 
 
-Write = Callable[[Columns, Callable[[], None]], Awaitable[None]]
-"""Writes records a processor made to its consumer's ``output`` topic, all in one step, and
-calls the callable given in that step (see :meth:`~topology.forwarding.Output.write`)."""
+class Write(Protocol):
+    """Writes records a processor made to its consumer's ``output`` topic, all in one step,
+    and calls ``settled`` in that step (see :meth:`~topology.forwarding.Output.write`);
+    ``letters``, dead letters of input it set aside (bad lines), enter the consumer's
+    dead-letter topic in the same step (their ``consumer`` is filled in)."""
+
+    async def __call__(
+        self, columns: Columns, settled: Callable[[], None], letters: Sequence[Any] = ()
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -413,22 +420,18 @@ class Registry:
                             f"other system, so nothing of it is retried; drop {field} (it is "
                             "for sinks: clickhouse, webhook, redis_stream, usage_totals)"
                         )
-            problems.extend(_check_order(topology, name, processor.writes == "input"))
-            if consumer.dead_letter is not None and processor.writes is not None:
-                problems.append(
-                    f"{path}.dead_letter: processor {processor.name!r} writes to topic "
-                    f"{consumer.output!r}, which holds it back while full and never refuses a "
-                    "record; drop dead_letter"
+            if topology.expect.per_key_order:
+                problems.extend(
+                    order_problems(
+                        name,
+                        topics=topology.topics,
+                        producers=topology.producers,
+                        consumers=topology.consumers,
+                        http=topology.http,
+                        passes_on=processor.writes == "input",
+                    )
                 )
-            elif (
-                consumer.dead_letter is not None and made is not None and not isinstance(made, Sink)
-            ):
-                problems.append(
-                    f"{path}.dead_letter: processor {processor.name!r} folds the events "
-                    "into aggregates, and dead letters are records a sink could not "
-                    "deliver to another system; drop dead_letter (an exception in a "
-                    "processor rolls the run back to its newest epoch)"
-                )
+            problems.extend(_check_dead_letter(path, consumer, processor, made))
             problems.extend(self._check_events(topology, name, processor))
         problems.extend(self._check_http(topology))
         return problems
@@ -516,45 +519,37 @@ def _check_output(name: str, output: str | None, processor: ProcessorType) -> li
     return []
 
 
-def _check_order(topology: Topology, name: str, passes_on: bool) -> list[str]:
-    """``per_key_order`` checks each producer instance's order within a partition: records
-    passed on (``passes_on``) into an output of another number of partitions than their
-    topic interleave. (Records a processor makes are numbered as it writes them.)"""
-    consumer = topology.consumers[name]
-    output = topology.topics.get(consumer.output or "")
-    if output is None or not topology.expect.per_key_order:
-        return []
-    others = sorted(c for c, spec in topology.consumers.items() if spec.output == consumer.output)
-    producers = [
-        p
-        for p, spec in topology.producers.items()
-        if consumer.output in ([spec.topic] if spec.topic else spec.topics.values())
-    ]
-    routed = topology.http is not None and consumer.output in topology.http.routes.values()
-    writers = [
-        *(f"consumer {c}" for c in others if c != name),
-        *(f"producer {p}" for p in producers),
-        *(["the HTTP API"] if routed else []),
-    ]
-    if writers:
+def _check_dead_letter(
+    path: str, consumer: ConsumerSpec, processor: ProcessorType, made: Processor | None
+) -> list[str]:
+    """A ``dead_letter`` topic is for sinks, and for processors that set bad input aside
+    (``on_bad_line: dead_letter``), which need one."""
+    letters = getattr(getattr(made, "params", None), "on_bad_line", None) == "dead_letter"
+    if letters and consumer.dead_letter is None:
         return [
-            f"$.consumers.{name}.output: topic {consumer.output!r} has other writers too "
-            f"({', '.join(writers)}): their records interleave with these in each partition, "
-            "and expect.per_key_order checks each producer's order within a partition; give "
-            "each writer its own topic, or set expect.per_key_order: false"
+            f"{path}.params.on_bad_line: dead_letter needs a dead-letter topic: name one in "
+            f"{path}.dead_letter (and declare it under topics, with a capacity)"
         ]
-    for topic in consumer.topic_names:
-        read = topology.topics.get(topic)
-        if read is not None and read.partitions != output.partitions and passes_on:
-            return [
-                f"$.consumers.{name}.output: topic {consumer.output!r} has "
-                f"{output.partitions} partitions and {topic!r} {read.partitions}: records "
-                "are placed there by key, so a partition gets records of several partitions "
-                "of the topic read, interleaved; each key keeps its order, but "
-                "expect.per_key_order checks each producer's order within each partition; "
-                "give both as many partitions (records then keep their partition), or set "
-                "expect.per_key_order: false"
-            ]
+    if consumer.dead_letter is None or letters:
+        return []
+    if processor.writes is not None:
+        bad_input = (
+            "; or set params.on_bad_line: dead_letter"
+            if made and hasattr(getattr(made, "params", None), "on_bad_line")
+            else ""
+        )
+        return [
+            f"{path}.dead_letter: processor {processor.name!r} writes to topic "
+            f"{consumer.output!r}, which holds it back while full and never refuses a "
+            f"record; drop dead_letter{bad_input}"
+        ]
+    if made is not None and not isinstance(made, Sink):
+        return [
+            f"{path}.dead_letter: processor {processor.name!r} folds the events "
+            "into aggregates, and dead letters are records a sink could not "
+            "deliver to another system; drop dead_letter (an exception in a "
+            "processor rolls the run back to its newest epoch)"
+        ]
     return []
 
 

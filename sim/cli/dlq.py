@@ -104,6 +104,15 @@ def dlq(args: argparse.Namespace) -> ExitCode:
                 f"no dead letters to {args.action}",
             )
             return ExitCode.OK
+        unsent = sorted({item.letter.consumer for item in letters} - set(pipeline.deliveries))
+        if args.action == "replay" and unsent:
+            err.print(
+                f"[red]cannot replay:[/red] the dead letters of {', '.join(unsent)} are bad "
+                "input it set aside (lines of files), not records a sink refused: there is "
+                "nothing to send them back to. Put the lines right ('show' prints them) in a "
+                "new file in the folder, then 'purge' them (--consumer NAME)"
+            )
+            return ExitCode.USAGE
         rest = without(topology, parts, letters)
         if args.action == "purge":
             written = write_epoch(store, info, rest, info.ring_records - len(letters))
