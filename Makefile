@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test stress chaos bench lint clean
+.PHONY: demo test stress chaos kill-files bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ chaos: $(STAMP)
 	for t in video-site video-site-split ugc relay relay-topic; do \
 	  $(BIN)/ringflow chaos topology/examples/$$t.yaml --schedules 1000 --keep-going || exit 1; \
 	done
+
+# Not part of 'make test': the file pipeline killed with SIGKILL 20 times over 1 GB of files
+# written while it runs; the totals are compared with awk's (~15 min).
+kill-files: $(STAMP)
+	$(BIN)/python -m sim.kill_files /tmp/ringflow-kill-files --size 1G --kills 20
 
 bench: $(STAMP)
 	$(BIN)/ringflow bench

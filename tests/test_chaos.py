@@ -329,6 +329,7 @@ def test_a_stopped_campaign_says_how_far_it_got_and_leaves_no_temporary_folder(
         _, err = campaign.communicate(timeout=60)
     finally:
         campaign.kill()
+        campaign.communicate()  # its pipes closed, whatever happened
     assert campaign.returncode == code, err
     assert "Traceback" not in err
     assert re.search(r"interrupted after [\d,]+ schedules, [\d,]+ violations so far", err), err

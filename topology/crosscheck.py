@@ -355,3 +355,20 @@ def order_problems(
                 "expect.per_key_order: false"
             ]
     return []
+
+
+def made_output_problems(name: str, output: str, nodes: Mapping[str, NodeSpec]) -> list[str]:
+    """A consumer whose processor makes records (a file parser's sums) writes them to a
+    topic on its own node: there they enter the ring in the same step as the processor's
+    progress, so an epoch holds both or neither. Sent to another node, records made after
+    the newest epoch would be made again after a crash, in another order, and taken for
+    those sent before (each node's epochs are its own)."""
+    home = next((node for node, spec in nodes.items() if name in spec.consumers), None)
+    there = next((node for node, spec in nodes.items() if output in spec.topics), None)
+    if home is None or there is None or home == there:
+        return []
+    return [
+        f"$.consumers.{name}.output: topic {output!r} is on node {there!r}, the consumer on "
+        f"node {home!r}; the records its processor makes go to a topic on its own node "
+        f"(put {output!r} on {home!r}: consumers on other nodes read it from there)"
+    ]

@@ -261,7 +261,6 @@ class Output:
         if not pairs:
             keep()
             settled()
-            await trio.lowlevel.checkpoint()
             return
 
         def build() -> list[Columns]:
