@@ -119,16 +119,20 @@ def run_campaign(
     keep_going: bool = False,
     replay: int | None = None,
     on_schedule: Callable[[Schedule], None] | None = None,
+    check: Callable[[], None] = lambda: None,
 ) -> Campaign:
     """Run the fault-free reference, then ``schedules`` schedules drawn from ``seed`` (or the
-    one schedule ``replay``), stopping at the first violation unless ``keep_going``."""
+    one schedule ``replay``), stopping at the first violation unless ``keep_going``;
+    ``check`` is called after each run of the reference (it may raise to stop)."""
     started = time.perf_counter()
     reference, _ = chaos.run(0, (), REFERENCE_DEADLINE)
+    check()
     # Paced, the run may be shorter (nodes show each other only what an epoch holds): the
     # horizon is the length of the fault-free run paced as the schedules are.
     for _ in range(PACING_ROUNDS):
         paced = chaos.paced(reference.sim_seconds)
         reference, _ = paced.run(0, (), REFERENCE_DEADLINE)
+        check()
     chaos = paced
     seeds = [replay] if replay is not None else schedule_seeds(seed, schedules, chaos.fingerprint)
     done = []

@@ -161,6 +161,7 @@ def _campaign(
             keep_going=args.keep_going,
             replay=args.replay,
             on_schedule=done,
+            check=stopped.check,
         )
     try:
         if args.json:
@@ -185,35 +186,47 @@ class _Terminated(BaseException):
 
 @attrs.define
 class _Stopped:
-    """Whether SIGTERM came."""
+    """Whether SIGTERM or Ctrl-C came."""
 
     terminated: bool = False
+    interrupted: bool = False
 
     def check(self) -> None:
-        """Stop here if SIGTERM came.
+        """Stop here if SIGTERM or Ctrl-C came.
 
         Raises:
-            _Terminated: It came.
+            _Terminated: SIGTERM came.
+            KeyboardInterrupt: Ctrl-C came.
         """
         if self.terminated:
             raise _Terminated
+        if self.interrupted:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def _terminated_as_interrupt() -> Iterator[_Stopped]:
-    # SIGTERM only notes that it came: the campaign stops after the schedule under way, at a
-    # point of its own (an exception raised by the handler could land in a finalizer and be
-    # lost), and temporary folders are removed on the way out.
+    # SIGTERM and a first Ctrl-C only note that they came: the campaign stops after the run
+    # under way, at a point of its own, and temporary folders are removed on the way out. A
+    # KeyboardInterrupt raised by the default handler could land anywhere: in a finalizer,
+    # where it is lost, or between taking a lock of the progress display and the 'with'
+    # that releases it, which then waited for ever. A second Ctrl-C stops at once.
     stopped = _Stopped()
 
     def stop(signum: int, frame: object) -> None:
-        stopped.terminated = True
+        if signum == signal.SIGINT:
+            stopped.interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        else:
+            stopped.terminated = True
 
     before = signal.signal(signal.SIGTERM, stop)
+    before_int = signal.signal(signal.SIGINT, stop)
     try:
         yield stopped
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
 
 
 def run_events(run: Chaos) -> int:
