@@ -550,16 +550,18 @@ class Run:
             async for signum in signals:
                 self._stopped_by = signal.Signals(signum).name
                 current = self._pipeline
+                producers = current.topology.producers.values()
+                watching = any(p.files and p.files.idle is None for p in producers)
                 if (
                     current.intake is not None
                     and not current.intake.stopping
                     and (current.node is None or not current.topics)
-                ):
-                    # A served topology stops taking events and ends as a run whose
-                    # producers are done: its rings drained, a final epoch (a node with an
-                    # API and no topics: once the topics' nodes hold what it sent). A second
-                    # signal stops it at once. A node holding topics that APIs write to
-                    # stops as any node does: a final epoch keeps its rings.
+                ) or (watching and not self._stop_serving):
+                    # A served topology stops taking events (or watching its folders) and
+                    # ends as a run whose producers are done: its rings drained, a final
+                    # epoch (a node with an API and no topics: once the topics' nodes hold
+                    # what it sent). A second signal stops it at once. A node holding topics
+                    # that APIs write to stops as any node does: a final epoch keeps them.
                     self._stop_serving = True
                     self._pipeline.stop()
                     continue

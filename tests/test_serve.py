@@ -178,7 +178,10 @@ def test_run_and_chaos_refuse_a_served_topology_and_serve_refuses_the_others(
     assert "'ringflow chaos' cannot simulate" in capsys.readouterr().err
     simulated = Path(__file__).parent.parent / "topology" / "examples" / "ugc.yaml"
     assert main(["serve", str(simulated)]) == 2
-    assert "takes no events over HTTP, so there is nothing to serve" in capsys.readouterr().err
+    assert (
+        "takes no events over HTTP and watches no folder ('files' producers), so there is "
+        "nothing to serve" in capsys.readouterr().err
+    )
     durable = tmp_path / "durable.yaml"
     durable.write_text(yaml.safe_dump({**UGC, "http": {**UGC["http"], "acks": "durable"}}))
     assert main(["serve", str(durable), "--no-log"]) == 2

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -479,3 +480,39 @@ def test_on_bad_line_dead_letter_needs_a_dead_letter_topic(tmp_path: Path) -> No
     assert "drop dead_letter; or set params.on_bad_line: dead_letter" in (
         skipping.stdout + skipping.stderr
     )
+
+
+def test_serve_watches_until_sigterm_then_finishes_what_it_announced(tmp_path: Path) -> None:
+    generate_files(tmp_path / "in", files=2, size=20_000, users=100, seed=1)
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    state, done = tmp_path / "state", tmp_path / "in" / "done"
+    served = subprocess.Popen(
+        [sys.executable, "-m", "sim", "serve", str(path), "--state", str(state), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def processed(count: int) -> Callable[[], bool]:
+            return lambda: done.is_dir() and len(list(done.iterdir())) >= count
+
+        wait_until(processed(2), "the first files processed", running=served)
+        generate_files(tmp_path / "later", files=2, size=20_000, users=100, seed=2)
+        for name in sorted(os.listdir(tmp_path / "later")):  # dropped while it watches
+            (tmp_path / "later" / name).rename(tmp_path / "in" / name)
+        wait_until(processed(3), "a file dropped later processed", running=served)
+        served.send_signal(signal.SIGTERM)
+        out, err = served.communicate(timeout=60)
+    finally:
+        if served.poll() is None:
+            served.kill()
+            served.communicate()
+    assert served.returncode == 0, out + err
+    assert "watching " in out
+    assert "usage-test (seed 0): completed" in out
+    assert sqlite_totals(tmp_path / "totals.sqlite") == reference(done)[0]  # what it read
+    again = run(path, state, tmp_path / "r.json")  # and the rest, the next time
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(list(done.iterdir())) == 4
+    assert sqlite_totals(tmp_path / "totals.sqlite") == reference(done)[0]

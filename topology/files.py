@@ -167,6 +167,11 @@ class FileSource(WorkloadSource):
         super().restore(state)
         self.watch.count = state.done
 
+    def stop(self) -> None:
+        """Stop watching (``ringflow serve`` stopped): the files found so far are announced,
+        and the producer ends at its next look at the folder."""
+        self.watch.idle = 0.0
+
     def statistics(self) -> SourceStatistics:
         """Files announced so far (``events_made``); none are planned."""
         return SourceStatistics(events_planned=0, events_made=self.done, running=self._running)

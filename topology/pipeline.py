@@ -281,10 +281,12 @@ class Pipeline:
         return trio.current_time() - self._clock.origin
 
     def stop(self) -> None:
-        """Stop a served pipeline gracefully: its HTTP API stops taking events, its topics
-        close, consumers drain them, and the run ends with a final epoch (if it writes any)."""
+        """Stop a served pipeline gracefully: its HTTP API and files producers stop taking
+        in, its topics close, consumers drain them, the run ends with a final epoch."""
         if self.intake is not None:
             self.intake.stop()
+        for source in self.sources.values():
+            getattr(source, "stop", lambda: None)()
 
     def value_type(self, topic: str) -> Any:
         """The type record values of ``topic`` decode to (a union of the workloads' events)."""

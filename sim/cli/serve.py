@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 import attrs
+from rich.markup import escape
 
-from topology import CheckpointError, Pipeline, TopologyError, intake_settings
+from topology import CheckpointError, Pipeline, Topology, TopologyError, intake_settings
 
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -21,16 +22,27 @@ from .report_file import ReportPathError, check_report_path
 from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
 
 
+def watching_for_ever(topology: Topology) -> Topology:
+    """``topology`` with its files producers watching their folders until stopped."""
+    producers = {
+        name: attrs.evolve(p, files=attrs.evolve(p.files, idle=None)) if p.files else p
+        for name, p in topology.producers.items()
+    }
+    return attrs.evolve(topology, producers=producers)
+
+
 def serve(args: argparse.Namespace) -> ExitCode:
     """Run ``ringflow serve``; return its exit code."""
     err = make_console(stderr=True)
     try:
         topology = load_topology(args.topology)
-        if topology.http is None:
+        folders = [p for p in topology.producers.values() if p.files is not None]
+        if topology.http is None and not folders:
             raise TopologyError(
                 [
-                    "$.http: this topology takes no events over HTTP, so there is nothing to "
-                    "serve; add an 'http' section, or run it with 'ringflow run'"
+                    "$.http: this topology takes no events over HTTP and watches no folder "
+                    "('files' producers), so there is nothing to serve; add an 'http' "
+                    "section, or run it with 'ringflow run'"
                 ],
                 str(args.topology),
             )
@@ -43,8 +55,10 @@ def serve(args: argparse.Namespace) -> ExitCode:
                 ],
                 str(args.topology),
             )
-        topology = attrs.evolve(topology, clock="real")
-        settings = intake_settings(topology, args.listen)
+        topology = watching_for_ever(attrs.evolve(topology, clock="real"))
+        settings = None if topology.http is None else intake_settings(topology, args.listen)
+        if settings is None and args.listen is not None:
+            raise TopologyError(["--listen: this topology has no HTTP API"], str(args.topology))
         pipeline = Pipeline.build(topology, REGISTRY)
         path = args.report or Path("reports") / f"{topology.name}-served.json"
         check_report_path(path)
@@ -52,7 +66,7 @@ def serve(args: argparse.Namespace) -> ExitCode:
     except (TopologyError, CheckpointError, ReportPathError) as exc:
         return refuse(err, exc)
     pipeline.serving = settings
-    problem = api_problem(pipeline, checkpoints is not None, str(args.topology))
+    problem = None if settings is None else api_problem(pipeline, bool(checkpoints), args.topology)
     if problem is not None:
         return refuse(err, problem)
     out = make_console()
@@ -74,7 +88,13 @@ def serve(args: argparse.Namespace) -> ExitCode:
     )
     if isinstance(logging, ExitCode):
         return logging
-    announce_api(out, err, pipeline, checkpoints is not None)
+    if settings is not None:
+        announce_api(out, err, pipeline, checkpoints is not None)
+    if folders:
+        out.print(
+            f"watching {', '.join(escape(p.files.dir) for p in folders if p.files)}; Ctrl-C or "
+            "SIGTERM stops watching, finishes the files announced and ends (again: at once)"
+        )
     return run_to_the_end(
         pipeline,
         checkpoints,
@@ -92,14 +112,16 @@ SERVE = Command(
     help="serve a topology's HTTP API on the real clock until stopped",
     description=(
         "Run a topology with an 'http' section on the real clock: clients POST events to "
-        "its API (see docs/http.md), consumers store them. Ctrl-C or SIGTERM stops taking "
-        "events (503), drains the rings, writes a final epoch and the report; a second one "
-        "stops at once. Running it again with the same state folder carries on from the "
-        "last epoch. Exit code: 0 after a clean stop, 1 when an actor crashes or an 'expect' "
-        "invariant fails, 2 for a bad file or argument, 130/143 when stopped at once."
+        "its API (see docs/http.md), consumers store them; or one with 'files' producers, "
+        "watching their folders until stopped (docs/files.md). Ctrl-C or SIGTERM stops "
+        "taking events (503) or watching, drains the rings, writes a final epoch and the "
+        "report; a second one stops at once. Running it again with the same state folder "
+        "carries on from the last epoch. Exit code: 0 after a clean stop, 1 when an actor "
+        "crashes or an 'expect' invariant fails, 2 for a bad file or argument, 130/143 when "
+        "stopped at once."
     ),
     options=(
-        topology_file(help="the topology file (with an 'http' section)"),
+        topology_file(help="the topology file (with an 'http' section or 'files' producers)"),
         option(
             "--listen",
             metavar="HOST:PORT",
