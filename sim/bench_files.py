@@ -35,7 +35,8 @@ AWK = "{s[$1]+=$2} END {for (u in s) print u, s[u]}"
 def ringflow_sums(files: list[Path]) -> tuple[float, int, int]:
     """Seconds to parse and sum every file chunk by chunk as ``usage_parser`` does (sums
     written out every 100,000 users), the sums written, and the peak memory in KiB (in a
-    child process, so that it is its own)."""
+    child process, so that it is its own: ``VmHWM``, as ``ru_maxrss`` would count the
+    parent's peak, which survives the fork and exec)."""
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
@@ -57,9 +58,8 @@ def ringflow_sums(files: list[Path]) -> tuple[float, int, int]:
         "                sums = None\n"
         "            if end:\n"
         "                break\n"
-        "import resource\n"
-        "print(time.perf_counter() - started, flushed, "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+        "print(time.perf_counter() - started, flushed, peak[0].split()[1])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, *map(str, files)], capture_output=True, text=True, check=True
