@@ -62,10 +62,12 @@ def topology(folder: Path) -> Path:
 
 
 def _applied(url: str) -> int | None:
-    # Batches of sums the database has applied (None: it cannot be reached now).
+    # Records of sums the database has applied (None: it cannot be reached now).
     try:
-        with psycopg.connect(url, connect_timeout=1) as db:
-            row = db.execute("SELECT count(*) FROM ringflow_applied").fetchone()
+        with psycopg.connect(url, connect_timeout=1, autocommit=True) as db:
+            row = db.execute(
+                "SELECT coalesce(sum(next_offset), 0) FROM ringflow_applied"
+            ).fetchone()
     except psycopg.Error:
         return None
     return None if row is None else int(row[0])

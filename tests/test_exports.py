@@ -88,7 +88,7 @@ MODULE_LEVEL = {
         },
         "checks": {"at_least", "at_most", "checks", "optional_name", "positive"},
         "convert": {"describe_errors", "make_converter"},
-        "crosscheck": {"made_output_problems", "order_problems", "problems_across"},
+        "crosscheck": {"order_problems", "problems_across", "remote_output_problems"},
         "dead_letters": {"runs"},
         "delivering": {"coalesced"},
         "forwarding": {"Output"},

@@ -263,7 +263,7 @@ def test_a_relay_member_that_lost_its_partitions_while_waiting_writes_nothing_tw
     # only what no member wrote since (it used to write its whole batch again).
     data = relay_data()
     data["topics"]["events"]["capacity"] = 5000
-    data["topics"]["events-copy"] = {"partitions": 3, "capacity": 5, "key": "video_id"}
+    data["topics"]["events-copy"] = {"partitions": 4, "capacity": 5, "key": "video_id"}
     data["producers"]["site"].update(rate=10000, max_batch=2000, linger=0.05)
     data["consumers"]["forward"]["instances"] = 3
     data["checkpoint"] = {"every": 0.2}
@@ -281,6 +281,32 @@ def test_a_relay_member_that_lost_its_partitions_while_waiting_writes_nothing_tw
     chaos = Chaos.of(Topology.from_dict(data), 4_000)
     campaign = run_campaign(chaos, seed=0, schedules=1, kinds=("actor_crash",))
     assert campaign.violations == []
+
+
+def test_a_relay_into_another_node_with_other_partitions_is_refused() -> None:
+    # Records of several partitions interleaved into one as they happened to be read: a
+    # relay node restarted from its newest epoch sent them again in another order, under
+    # the numbers the other node had kept the first ones by (6 of 60 chaos schedules lost
+    # and doubled records, 3 of 60 with one instance).
+    data = relay_data()
+    data["topics"]["events-copy"]["partitions"] = 3
+    data["expect"] = {"per_key_order": False}
+    ports = free_ports(2)
+    data["nodes"] = {
+        "a": {"listen": f"127.0.0.1:{ports[0]}", "topics": ["events"], "producers": ["site"]},
+        "b": {"listen": f"127.0.0.1:{ports[1]}", "topics": ["events-copy"]},
+    }
+    data["nodes"]["a"]["consumers"] = ["stats", "forward"]
+    data["nodes"]["b"]["consumers"] = ["copy-stats"]
+    problems = problems_of(data)
+    assert any(
+        "$.consumers.forward.output: topic 'events-copy' is on node 'b', the consumer on node "
+        "'a', and has 3 partitions where 'events' has 4" in p
+        for p in problems
+    ), problems
+    data["nodes"]["a"]["topics"].append("events-copy")  # on the relay's node: fine
+    data["nodes"]["b"]["topics"] = []
+    assert problems_of(data) == []
 
 
 @pytest.mark.timeout(300)

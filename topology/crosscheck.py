@@ -357,18 +357,43 @@ def order_problems(
     return []
 
 
-def made_output_problems(name: str, output: str, nodes: Mapping[str, NodeSpec]) -> list[str]:
-    """A consumer whose processor makes records (a file parser's sums) writes them to a
-    topic on its own node: there they enter the ring in the same step as the processor's
-    progress, so an epoch holds both or neither. Sent to another node, records made after
-    the newest epoch would be made again after a crash, in another order, and taken for
-    those sent before (each node's epochs are its own)."""
+def remote_output_problems(
+    name: str,
+    consumer: ConsumerSpec,
+    topics: Mapping[str, TopicSpec],
+    nodes: Mapping[str, NodeSpec],
+    *,
+    passes_on: bool,
+) -> list[str]:
+    """A consumer that writes to a topic on another node sends its records numbered, and a
+    node restarted from its newest epoch sends again what it wrote since, with the same
+    numbers: the other node keeps the first of each number. That is right only when the
+    records come again in the same order. A relay (``passes_on``) reads them again in the
+    order of each partition it reads: into an output of as many partitions, each keeps its
+    partition and its order. Into another number of partitions, several partitions' records
+    interleave in one as they happen to be read; and records a processor makes (a file
+    parser's sums) interleave as its instances write. Those go to a topic on their node."""
+    output = consumer.output
     home = next((node for node, spec in nodes.items() if name in spec.consumers), None)
     there = next((node for node, spec in nodes.items() if output in spec.topics), None)
-    if home is None or there is None or home == there:
+    if output is None or home is None or there is None or home == there:
+        return []
+    where = (
+        f"$.consumers.{name}.output: topic {output!r} is on node {there!r}, the consumer "
+        f"on node {home!r}"
+    )
+    if not passes_on:
+        return [
+            f"{where}; the records its processor makes go to a topic on its own node (put "
+            f"{output!r} on {home!r}: consumers on other nodes read it from there)"
+        ]
+    partitions = topics[output].partitions if output in topics else None
+    other = [t for t in consumer.topic_names if t in topics and topics[t].partitions != partitions]
+    if not other:
         return []
     return [
-        f"$.consumers.{name}.output: topic {output!r} is on node {there!r}, the consumer on "
-        f"node {home!r}; the records its processor makes go to a topic on its own node "
-        f"(put {output!r} on {home!r}: consumers on other nodes read it from there)"
+        f"{where}, and has {partitions} partitions where {other[0]!r} has "
+        f"{topics[other[0]].partitions}: records relayed to another node keep their "
+        "partition, so that a node restarted sends them again in the same order; give both "
+        f"as many partitions, or put {output!r} on {home!r}"
     ]

@@ -13,7 +13,7 @@ import msgspec
 from actors import Columns, RecordBatch
 
 from .convert import converter, describe_errors
-from .crosscheck import made_output_problems, order_problems
+from .crosscheck import order_problems, remote_output_problems
 from .folder import FileAnnounced
 from .schema import Topology
 from .sections import BreakerSpec, ConsumerSpec, RetrySpec
@@ -403,8 +403,9 @@ class Registry:
                     "(clock: virtual) its attempts would time out at once; set clock: real"
                 )
             problems.extend(_check_output(name, consumer.output, processor))
-            if isinstance(processor.writes, tuple) and consumer.output is not None:
-                problems.extend(made_output_problems(name, consumer.output, topology.nodes))
+            if processor.writes is not None:
+                relay, where = processor.writes == "input", (topology.topics, topology.nodes)
+                problems.extend(remote_output_problems(name, consumer, *where, passes_on=relay))
             most = getattr(getattr(made, "params", None), "max_keys", None)
             room = topology.topics.get(consumer.output or "")
             capacity = None if room is None else room.ring_capacity
