@@ -34,6 +34,7 @@ from topology import (
     TopicSummary,
     TopicTally,
     TopicTallyPart,
+    UndeliveredError,
     Write,
     identify,
     settle,
@@ -81,8 +82,9 @@ class BadLine(msgspec.Struct, frozen=True):
 _LETTER = msgspec.msgpack.Encoder()
 
 
-class ParseError(Exception):
-    """A bad line in a file, with ``on_bad_line: fail``."""
+class ParseError(UndeliveredError):
+    """A bad line in a file, with ``on_bad_line: fail``: the run fails at once, as for a
+    record a sink cannot take (rolling back to an epoch would only meet it again)."""
 
 
 @attrs.frozen
