@@ -90,7 +90,7 @@ MODULE_LEVEL = {
         "convert": {"describe_errors", "make_converter"},
         "crosscheck": {"order_problems", "problems_across", "remote_output_problems"},
         "dead_letters": {"runs"},
-        "delivering": {"coalesced"},
+        "delivering": {"coalesced", "letter_shares"},
         "forwarding": {"Output"},
         "loading": {"duplicate_keys", "load_yaml", "read_text"},
         "segment": {"SegmentLog", "decode_segments", "encode_segments"},

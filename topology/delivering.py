@@ -29,6 +29,7 @@ from actors import (
     DeliveryError,
     DeliveryStatistics,
     Failure,
+    Partition,
     RecordBatch,
     RetryPolicy,
     RingflowError,
@@ -281,24 +282,13 @@ class SinkDelivery:
         """Put ``letters`` in the dead-letter topic (calling ``settled`` in the same step)."""
         topic = self.dead_letters
         assert topic is not None, "no dead-letter topic"
-        now = trio.current_time()
-        keys = [letter.key for letter in letters]  # plain values: epochs encode them
-        shares = topic.split(Columns(keys, list(letters), [now] * len(letters)))
-        sizes = [(p, len(s)) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
-        full = [p for p, count in sizes if not p.can_take(count) or p.closed]
-        if full:  # nothing reads a dead-letter topic: waiting would be for ever
-            raise UndeliveredError(
-                f"consumer {self.consumer}: its dead-letter topic {topic.name!r} is full "
-                f"(partition {full[0].index} holds {full[0].capacity:,} letters at most, and "
-                f"{len(letters):,} more came): give the topic a larger capacity and run "
-                "again (it resumes from its newest epoch), or replay or purge the letters "
-                "that epoch holds ('ringflow dlq') first"
-            )
+        shares = letter_shares(self.consumer, topic, letters, "replay or purge")
+        sizes = [(p, len(s)) for p, s in shares]
 
         def build() -> list[Columns]:
             if settled is not None:
                 settled()
-            return [s for s in shares if len(s)]
+            return [s for _, s in shares]
 
         await admit_sized(sizes, build)
 
@@ -311,6 +301,33 @@ class SinkDelivery:
             attempts=before.attempts + letter.attempts,
             first_failed=min(before.first_failed, letter.first_failed),
         )
+
+
+def letter_shares(
+    consumer: str, topic: Topic, letters: Sequence[DeadLetter], remedy: str
+) -> list[tuple[Partition, Columns]]:
+    """``letters`` split over the partitions of their dead-letter ``topic`` (by key), each
+    partition with its share.
+
+    Raises:
+        UndeliveredError: A partition has no room for its share now: nothing reads a
+            dead-letter topic, so waiting would be for ever (``remedy`` names what
+            ``ringflow dlq`` may do about the letters an epoch holds).
+    """
+    keys = [letter.key for letter in letters]  # plain values: epochs encode them
+    now = trio.current_time()
+    split = topic.split(Columns(keys, list(letters), [now] * len(letters)))
+    shares = [(p, s) for p, s in zip(topic.partitions, split, strict=True) if len(s)]
+    full = next((p for p, s in shares if p.closed or not p.can_take(len(s))), None)
+    if full is not None:
+        raise UndeliveredError(
+            f"consumer {consumer}: its dead-letter topic {topic.name!r} is full "
+            f"(partition {full.index} holds {full.capacity or 0:,} letters at most, and "
+            f"{len(letters):,} more came): give the topic a larger capacity and run again "
+            f"(it resumes from its newest epoch), or {remedy} the letters that epoch holds "
+            "('ringflow dlq') first"
+        )
+    return shares
 
 
 def coalesced(batches: Sequence[RecordBatch], limit: int) -> list[RecordBatch]:

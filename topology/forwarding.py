@@ -35,7 +35,7 @@ from actors import (
     kept,
 )
 
-from .delivering import DeadLetter, UndeliveredError
+from .delivering import DeadLetter, letter_shares
 from .registry import State
 from .snapshot import TopicSummary, TopicTallyPart
 from .tally import TopicTally
@@ -278,21 +278,9 @@ class Output:
         topic = self.dead_letters
         assert topic is not None, f"consumer {self.consumer!r} has no dead-letter topic"
         stamped = [msgspec.structs.replace(d, consumer=self.consumer) for d in letters]
-        keys = [d.key for d in stamped]
 
         def keep() -> None:
-            shares = topic.split(Columns(keys, stamped, [trio.current_time()] * len(keys)))
-            pairs = [(p, s) for p, s in zip(topic.partitions, shares, strict=True) if len(s)]
-            full = next((p for p, s in pairs if p.closed or not p.can_take(len(s))), None)
-            if full is not None:
-                raise UndeliveredError(
-                    f"consumer {self.consumer}: its dead-letter topic {topic.name!r} is full "
-                    f"(partition {full.index} holds {full.capacity or 0:,} letters at most, "
-                    f"and {len(stamped):,} more came): give the topic a larger capacity and "
-                    "run again (it resumes from its newest epoch), or purge the letters that "
-                    "epoch holds ('ringflow dlq') first"
-                )
-            for partition, share in pairs:
+            for partition, share in letter_shares(self.consumer, topic, stamped, "purge"):
                 partition.send_nowait(share)
 
         return keep

@@ -104,8 +104,9 @@ def dlq(args: argparse.Namespace) -> ExitCode:
                 f"no dead letters to {args.action}",
             )
             return ExitCode.OK
-        unsent = sorted({item.letter.consumer for item in letters} - set(pipeline.deliveries))
-        if args.action == "replay" and unsent:
+        consumers = {item.letter.consumer for item in letters}
+        unsent = sorted(consumers - set(pipeline.deliveries)) if args.action == "replay" else []
+        if unsent:
             err.print(
                 f"[red]cannot replay:[/red] the dead letters of {', '.join(unsent)} are bad "
                 "input it set aside (lines of files), not records a sink refused: there is "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -34,16 +35,22 @@ IDLE = 10.0
 neither ``--idle`` nor the file says."""
 
 
+def with_idle(topology: Topology, idle_of: Callable[[float | None], float | None]) -> Topology:
+    """``topology`` with each files producer's ``idle`` (None: it watches until stopped)
+    replaced by ``idle_of(its own)``."""
+    producers = {
+        name: attrs.evolve(p, files=attrs.evolve(p.files, idle=idle_of(p.files.idle)))
+        if p.files is not None
+        else p
+        for name, p in topology.producers.items()
+    }
+    return attrs.evolve(topology, producers=producers)
+
+
 def watching_until_idle(topology: Topology, idle: float | None) -> Topology:
     """``topology`` with each files producer ending once its folder has been idle for
     ``idle`` seconds (for its own ``idle``, or :data:`IDLE`, when None)."""
-    producers = {}
-    for name, producer in topology.producers.items():
-        if producer.files is not None and (idle is not None or producer.files.idle is None):
-            files = attrs.evolve(producer.files, idle=IDLE if idle is None else idle)
-            producer = attrs.evolve(producer, files=files)
-        producers[name] = producer
-    return attrs.evolve(topology, producers=producers)
+    return with_idle(topology, lambda own: idle if idle is not None else own or IDLE)
 
 
 def run(args: argparse.Namespace) -> ExitCode:

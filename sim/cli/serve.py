@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 from rich.markup import escape
 
-from topology import CheckpointError, Pipeline, Topology, TopologyError, intake_settings
+from topology import CheckpointError, Pipeline, TopologyError, intake_settings
 
 from ..console import make_console
 from ..exitcode import ExitCode
@@ -19,16 +19,8 @@ from .errors import refuse
 from .node import announce_api, api_problem
 from .options import Command, flag, option, report_option, state_option, topology_file
 from .report_file import ReportPathError, check_report_path
+from .run import with_idle
 from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
-
-
-def watching_for_ever(topology: Topology) -> Topology:
-    """``topology`` with its files producers watching their folders until stopped."""
-    producers = {
-        name: attrs.evolve(p, files=attrs.evolve(p.files, idle=None)) if p.files else p
-        for name, p in topology.producers.items()
-    }
-    return attrs.evolve(topology, producers=producers)
 
 
 def serve(args: argparse.Namespace) -> ExitCode:
@@ -55,7 +47,7 @@ def serve(args: argparse.Namespace) -> ExitCode:
                 ],
                 str(args.topology),
             )
-        topology = watching_for_ever(attrs.evolve(topology, clock="real"))
+        topology = with_idle(attrs.evolve(topology, clock="real"), lambda _: None)  # for ever
         settings = None if topology.http is None else intake_settings(topology, args.listen)
         if settings is None and args.listen is not None:
             raise TopologyError(["--listen: this topology has no HTTP API"], str(args.topology))
