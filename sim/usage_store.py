@@ -73,7 +73,11 @@ class Totals(Protocol):
         ...
 
     def totals(self, user: int | None = None) -> Iterator[tuple[int, int]]:
-        """``(user, total)`` pairs, by user ascending (only ``user``'s when given)."""
+        """``(user, total)`` pairs, by user ascending (only ``user``'s when given).
+
+        Raises:
+            TransientError: The database could not be read (unreachable, damaged).
+        """
         ...
 
     def close(self) -> None:
@@ -226,14 +230,17 @@ class SqliteTotals:
         )
 
     def totals(self, user: int | None = None) -> Iterator[tuple[int, int]]:
-        if user is None:
-            cursor = self._db.execute(f"SELECT user_id, amount FROM {TOTALS} ORDER BY user_id")
-        else:
-            cursor = self._db.execute(
-                f"SELECT user_id, amount FROM {TOTALS} WHERE user_id = ?", (user,)
-            )
-        for found, amount in cursor:
-            yield int(found), int(amount)
+        try:
+            if user is None:
+                cursor = self._db.execute(f"SELECT user_id, amount FROM {TOTALS} ORDER BY user_id")
+            else:
+                cursor = self._db.execute(
+                    f"SELECT user_id, amount FROM {TOTALS} WHERE user_id = ?", (user,)
+                )
+            for found, amount in cursor:
+                yield int(found), int(amount)
+        except sqlite3.Error as exc:
+            raise TransientError(f"cannot read the totals of {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
@@ -341,14 +348,21 @@ class PostgresTotals:
             pass  # the next attempt tries again
 
     def totals(self, user: int | None = None) -> Iterator[tuple[int, int]]:
-        if user is None:
-            cursor = self._conn.execute(f"SELECT user_id, amount FROM {TOTALS} ORDER BY user_id")
-        else:
-            cursor = self._conn.execute(
-                f"SELECT user_id, amount FROM {TOTALS} WHERE user_id = %s", (user,)
-            )
-        for found, amount in cursor:
-            yield int(found), int(amount)  # type: ignore[call-overload]
+        try:
+            if user is None:
+                cursor = self._conn.execute(
+                    f"SELECT user_id, amount FROM {TOTALS} ORDER BY user_id"
+                )
+            else:
+                cursor = self._conn.execute(
+                    f"SELECT user_id, amount FROM {TOTALS} WHERE user_id = %s", (user,)
+                )
+            for found, amount in cursor:
+                yield int(found), int(amount)  # type: ignore[call-overload]
+        except psycopg.Error as exc:
+            raise TransientError(
+                f"cannot read the totals at {_safe(self.url)}: {exc}".rstrip()
+            ) from None
 
     def close(self) -> None:
         self._conn.close()

@@ -368,6 +368,28 @@ def test_a_missing_folder_a_missing_database_and_no_checkpoints_are_refused(
     assert not (tmp_path / "no.db").exists()
 
 
+def test_bad_arguments_and_a_damaged_database_are_refused_with_exit_2(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.sqlite"
+    with sqlite3.connect(damaged) as db:  # the totals table without the expected columns
+        db.execute("CREATE TABLE usage_totals (who TEXT)")
+    read = ringflow("totals", "--url", f"sqlite:///{damaged}")
+    assert read.returncode == 2, read.stdout + read.stderr
+    assert "cannot read the totals of" in read.stderr
+    assert "no such column" in read.stderr
+    too_large = ringflow("totals", "--url", f"sqlite:///{damaged}", "--user", str(2**63))
+    assert too_large.returncode == 2
+    assert "--user: must be at most 9,223,372,036,854,775,807" in too_large.stderr
+    users = ringflow("gen-files", tmp_path / "in", "--users", "99999999999999999999")
+    assert users.returncode == 2
+    assert "--users: must be at most" in users.stderr
+    assert not (tmp_path / "in").exists()
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    idle = ringflow("run", path, "--idle", "0")
+    assert idle.returncode == 2
+    assert "--idle: must be a number of seconds > 0, got 0" in idle.stderr
+    assert "Traceback" not in read.stderr + too_large.stderr + users.stderr + idle.stderr
+
+
 def test_a_file_moved_back_from_done_is_a_duplicate_moved_there_again(tmp_path: Path) -> None:
     generate_files(tmp_path / "in", files=1, size=10_000, users=20, seed=2)
     expected, _ = reference(tmp_path / "in")

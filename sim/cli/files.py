@@ -16,8 +16,9 @@ from ..console import make_console
 from ..exitcode import ExitCode
 from ..gen_files import generate_files, parse_size
 from ..postgres_server import PostgresUnavailable
+from ..usage import MAX_USER
 from ..usage_store import open_totals
-from .options import Command, flag, non_negative, option, positive
+from .options import Command, flag, non_negative, option, positive, whole
 
 
 def _size(text: str) -> int:
@@ -45,6 +46,14 @@ def _rate(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number of files a second > 0")
     return value
+
+
+def _user(text: str) -> int:
+    return whole(text, 0, MAX_USER)
+
+
+def _users(text: str) -> int:
+    return whole(text, 1, MAX_USER)
 
 
 def gen_files(args: argparse.Namespace) -> ExitCode:
@@ -129,7 +138,7 @@ GEN_FILES = Command(
         ),
         option(
             "--users",
-            type=positive,
+            type=_users,
             default=100_000,
             help="user ids are drawn below this (default: 100000)",
         ),
@@ -158,7 +167,7 @@ TOTALS = Command(
     options=(
         option("--state", type=Path, metavar="DIR", help="the state folder of the run"),
         option("--url", help="the database instead: postgresql://... or sqlite:///PATH"),
-        option("--user", type=int, help="only this user's total"),
+        option("--user", type=_user, help="only this user's total"),
         flag("--json", "print one JSON object {user: amount}"),
     ),
     handler=totals,

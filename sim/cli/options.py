@@ -134,6 +134,18 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """Parse a finite number of seconds above 0.
+
+    Raises:
+        argparse.ArgumentTypeError: It is not one.
+    """
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds > 0, got 0")
+    return value
+
+
 # -- options of the commands that run a topology -------------------------------------------------
 
 

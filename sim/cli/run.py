@@ -21,8 +21,8 @@ from .options import (
     events_option,
     flag,
     option,
+    positive_seconds,
     report_option,
-    seconds,
     seed_option,
     state_option,
     topology_file,
@@ -134,7 +134,7 @@ RUN = Command(
         flag("--quiet", "no live view; print only the summary"),
         option(
             "--idle",
-            type=seconds,
+            type=positive_seconds,
             metavar="SECONDS",
             help="end once each watched folder (a files producer's) has had no new file "
             f"for this long (default: the file's idle, else {IDLE:g})",
