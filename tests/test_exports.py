@@ -72,6 +72,7 @@ MODULE_LEVEL = {
             "NodeStatistics",
             "RemoteLink",
             "output_id",
+            "reopened_topics",
         },
         "plan": {
             "ProducerPlan",

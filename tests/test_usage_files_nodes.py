@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -178,3 +179,54 @@ def test_a_parser_node_killed_mid_file_and_restarted_gives_the_exact_totals(
     assert files == 8
     for name in ("a", "b"):
         assert len(list((tmp_path / name / "done").iterdir())) == 4
+
+
+def totals_now(store: Path) -> dict[int, int] | None:
+    try:
+        return sqlite_totals(store) if store.exists() else None
+    except sqlite3.OperationalError:  # the table is not there yet
+        return None
+
+
+@pytest.mark.parametrize("stop", ["idle", "sigterm"])
+def test_nodes_run_again_after_they_ended_take_the_files_that_came_since(
+    tmp_path: Path, stop: str
+) -> None:
+    path = nodes_topology(tmp_path)
+    if stop == "sigterm":  # watching until stopped
+        data = yaml.safe_load(path.read_text())
+        for name in ("a", "b"):
+            del data["producers"][name]["files"]["idle"]
+        path.write_text(yaml.safe_dump(data))
+    store = tmp_path / "totals.sqlite"
+    expected: dict[int, int] = {}
+    for round_ in range(2):
+        for seed, name in enumerate(("a", "b")):
+            fresh = tmp_path / f"new-{name}-{round_}"
+            generate_files(fresh, files=2, size=20_000, users=500, seed=10 * round_ + seed)
+            for user, amount in reference(fresh)[0].items():
+                expected[user] = expected.get(user, 0) + amount
+            (tmp_path / name).mkdir(exist_ok=True)
+            for made in fresh.iterdir():
+                made.rename(tmp_path / name / f"{round_}-{made.name}")
+        started = {name: node(path, name, tmp_path) for name in ("db", "b", "a")}
+        try:
+            if stop == "sigterm":
+                wait_until(
+                    lambda: totals_now(store) == expected,
+                    f"round {round_}: every file applied",
+                    running=started["db"],
+                )
+                for process in started.values():
+                    process.send_signal(signal.SIGTERM)
+            for name, process in started.items():
+                _, err = process.communicate(timeout=120)
+                assert process.returncode == 0, f"round {round_}, node {name}: {err}"
+        finally:
+            for process in started.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        assert sqlite_totals(store) == expected, f"round {round_}"
+        for name in ("a", "b"):
+            assert len(list((tmp_path / name / "done").iterdir())) == 2 * (round_ + 1)

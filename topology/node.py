@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 import attrs
+import msgspec
 import trio
 
 from actors import (
@@ -42,6 +43,32 @@ from .tally import TopicTally
 def output_id(consumer: str) -> str:
     """The producer id at the gateways of ``consumer`` writing to its output topic."""
     return f"consumer:{consumer}"
+
+
+def reopened_topics(topology: Topology) -> frozenset[str]:
+    """The topics written again after any restart, whatever an epoch says of their end: those
+    of producers that watch a folder (restored, a watch looks again) and of the HTTP routes
+    (served again), and the outputs of the consumers that read them, and so on down. In an
+    epoch, their producers' finishes, their groups' ends and their members' leaves belong to
+    the run before: a node restored from it drops them, or it would wait for producers that
+    finished already, or not join a group that has new records."""
+    found = {
+        topic
+        for name, spec in topology.producers.items()
+        if spec.files is not None
+        for topic in topics_of(topology, name)
+    }
+    if topology.http is not None:
+        found |= set(topology.http.routes.values())
+    grown = True
+    while grown:
+        grown = False
+        for spec in topology.consumers.values():
+            reads = [spec.topic] if spec.topic else spec.topics
+            if spec.output and spec.output not in found and found.intersection(reads):
+                found.add(spec.output)
+                grown = True
+    return frozenset(found)
 
 
 @attrs.define(eq=False)
@@ -71,6 +98,9 @@ class RemoteLink:
     keep_finish: Callable[[], Awaitable[object]] | None = None
     """Returns once an epoch of this node, captured from when it is called, is written
     (see :func:`~actors.open_remote_topic`); None when the node writes no epochs."""
+    reopen: bool = False
+    """Whether its topic is written again after a restart (see :func:`reopened_topics`):
+    a finish that the part restored says is dropped."""
     topic: RemoteTopic | None = None
     """The remote topic, once opened."""
     _restored: RemoteTopicPart[Any] | None = None
@@ -84,6 +114,8 @@ class RemoteLink:
 
     def restore(self, state: RemoteTopicPart[Any]) -> None:
         """Resume from ``state`` when opened."""
+        if self.reopen and state.finished:
+            state = msgspec.structs.replace(state, finished=False)
         self._restored = state
 
     async def __aenter__(self) -> RemoteTopic:
@@ -120,6 +152,9 @@ class MemberPositions:
     """What the members here of a group on another node processed, as a part of an epoch."""
 
     group: RemoteGroup
+    reopen: bool = False
+    """Whether its topic is written again after a restart (see :func:`reopened_topics`):
+    an end that the part restored says is dropped, and the members join again."""
 
     def capture(self) -> MemberPart:
         """Offsets processed up to, per partition (saved whether or not members have joined
@@ -134,7 +169,7 @@ class MemberPositions:
         record is not joined again."""
         if state.processed:
             self.group.resume_from(state.processed)
-        if state.ended:
+        if state.ended and not self.reopen:
             self.group.ended = True
             self.group.summaries = dict(state.summaries)
 
@@ -144,6 +179,9 @@ class GatewayState:
     """A gateway's part of an epoch: producers that finished, and what they sent."""
 
     gateway: Gateway
+    reopened: frozenset[str] = frozenset()
+    """Topics written again after a restart (see :func:`reopened_topics`): their producers'
+    finishes and members' leaves in the part restored are dropped."""
 
     def capture(self) -> GatewayPart:
         """The finished producers and their summaries."""
@@ -151,7 +189,14 @@ class GatewayState:
 
     def restore(self, state: GatewayPart) -> None:
         """Take them back (before the gateway is told which producers to expect)."""
-        self.gateway.restore(state.state())
+        again = self.reopened
+        self.gateway.restore(
+            GatewayPart(
+                finished=[key for key in state.finished if key[0] not in again],
+                summaries={t: s for t, s in state.summaries.items() if t not in again},
+                left=[key for key in state.left if key[1] not in again],
+            ).state()
+        )
 
 
 @attrs.frozen
@@ -190,6 +235,12 @@ class Node:
     """By (consumer, topic), the groups on other nodes that consumers here read."""
     links: dict[str, RemoteLink] = attrs.field(factory=dict)
     """By ``producer/instance/topic``, the links of producers here to other nodes' topics."""
+    reopened: frozenset[str] = attrs.field(init=False)
+    """The topics written again after a restart (see :func:`reopened_topics`)."""
+
+    @reopened.default
+    def _reopened(self) -> frozenset[str]:
+        return reopened_topics(self.topology)
 
     @property
     def spec(self) -> Any:
@@ -266,6 +317,7 @@ class Node:
             self.placement.network,
             self.topology.gateway.max_message_size,
             finish=finish,
+            reopen=topic in self.reopened,
         )
         return link
 
@@ -342,11 +394,11 @@ class Node:
             ("remote", name): link for name, link in self.links.items()
         }
         for (consumer, read), group in self.remote_groups.items():
-            positions = MemberPositions(group)
+            positions = MemberPositions(group, reopen=read in self.reopened)
             for instance in range(self.topology.consumers[consumer].instances):
                 states["member", f"{consumer}/{instance}/{read}"] = positions
         if self.gateway is not None:
-            states["gateway", "state"] = GatewayState(self.gateway)
+            states["gateway", "state"] = GatewayState(self.gateway, self.reopened)
         return states
 
     def hold_back(
