@@ -383,7 +383,9 @@ class UsageParser:
         if self.params.on_bad_line == "fail":
             raise ParseError(
                 f"{event.path}: line {before + first + 1}: {explain(lines[first])}: "
-                f"{lines[first][:80]!r} (on_bad_line: fail)"
+                f"{lines[first][:80]!r} (on_bad_line: fail). The sums before it are kept: "
+                "run again with the same state and on_bad_line: skip to go on "
+                "past it (leave the file as it is: an edited file is another file)"
             )
         for index in parsed.bad[:REPORTED_PER_CHUNK].tolist():
             self._problem(

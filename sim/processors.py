@@ -424,6 +424,7 @@ PROCESSORS: dict[str, ProcessorType] = {
         accepts=(FileAnnounced,),
         state_type=UsageParserState,
         writes=(UserSum,),
+        resumable=frozenset({"max_keys", "chunk_bytes", "on_bad_line"}),
     ),
     "usage_totals": ProcessorType(
         name="usage_totals",

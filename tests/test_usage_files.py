@@ -23,8 +23,9 @@ import yaml
 from actors import Columns, RecordBatch
 from sim.gen_files import generate_files
 from sim.parsing import LONG_LINE, UsageParser, UsageParserParams, read_lines
+from sim.run import REGISTRY
 from tests.test_hardening_redis import wait_until
-from topology import announcement, identify
+from topology import Pipeline, Topology, announcement, identify
 
 VALID = re.compile(rb"(\d+) (\d+)\r?")
 
@@ -212,6 +213,45 @@ def test_on_bad_line_fail_stops_the_run_naming_the_line(tmp_path: Path) -> None:
         in done.stdout
     )
     assert "rolled back" not in done.stdout + done.stderr  # at once: it would meet it again
+
+
+def test_how_a_parser_works_may_change_on_one_state_folder_but_not_what_it_reads(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").mkdir()
+
+    def fingerprint(instances: int = 2, **params: Any) -> str:
+        path = topology_file(tmp_path, url=None, instances=instances, **params)
+        return Pipeline.build(Topology.from_file(path), REGISTRY).fingerprint
+
+    first = fingerprint()
+    assert fingerprint(max_keys=10, chunk_bytes=8192, on_bad_line="fail") == first
+    assert fingerprint(instances=3) != first
+    path = topology_file(tmp_path, url=None)
+    data = yaml.safe_load(path.read_text())
+    data["producers"]["incoming"]["files"]["pattern"] = "*.csv"
+    assert Pipeline.build(Topology.from_dict(data), REGISTRY).fingerprint != first
+
+
+def test_after_on_bad_line_fail_a_run_with_skip_goes_on_past_the_line_counting_once(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").mkdir()
+    lines = [f"{user} {user}\n".encode() for user in range(6_000)]  # sums written before it
+    (tmp_path / "in" / "a.txt").write_bytes(b"".join(lines[:5_000]) + b"5 x\n" + b"".join(lines))
+    expected, _ = reference(tmp_path / "in")
+    url = f"sqlite:///{tmp_path / 'totals.sqlite'}"
+    state = tmp_path / "state"
+    failed = run(topology_file(tmp_path, url=url, on_bad_line="fail"), state, tmp_path / "r.json")
+    assert failed.returncode == 1
+    assert "a.txt: line 5001: " in failed.stdout
+    assert "on_bad_line: skip to go on past it" in failed.stdout  # the way on
+    skipped = run(topology_file(tmp_path, url=url, on_bad_line="skip"), state, tmp_path / "s.json")
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+    assert sqlite_totals(tmp_path / "totals.sqlite") == expected
+    assert parsed(tmp_path / "s.json")["bad_lines"] == 1
+    assert parsed(tmp_path / "s.json")["files"] == 1
+    assert [p.name for p in (tmp_path / "in" / "done").iterdir()] == ["a.txt"]
 
 
 def test_a_folder_into_embedded_postgresql_read_back_by_ringflow_totals(tmp_path: Path) -> None:

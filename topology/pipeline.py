@@ -189,7 +189,7 @@ class Pipeline:
             produced=produced,
             outputs=consumers.outputs,
             fingerprint=fingerprint(
-                topology, run_seed, plans, placement.node if placement else None, consumers.sinks
+                topology, run_seed, plans, getattr(placement, "node", None), *consumers.settable
             ),
             value_types=types,
             events_override=events,

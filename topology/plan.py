@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any, Union
 
 import attrs
@@ -116,7 +116,9 @@ def value_type(types: tuple[type, ...]) -> Any:
 
 
 def _described(
-    topology: Topology, sinks: Collection[str] = ()
+    topology: Topology,
+    sinks: Collection[str] = (),
+    resumable: Mapping[str, Collection[str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     # The topology as plain data without what does not change what a run computes (how often
     # epochs are written, Redis, gateway settings, where ``sinks`` write to), and apart from
@@ -136,6 +138,9 @@ def _described(
         # A sink's params say where it writes (a URL fixed after records were refused).
         if name in sinks:
             consumer.pop("params", None)
+        elif isinstance(consumer.get("params"), dict):  # and what says only how it works
+            for param in (resumable or {}).get(name, ()):
+                consumer["params"].pop(param, None)
         consumer.pop("retry", None)
         consumer.pop("breaker", None)
         if consumer.get("output") is None:  # as files written before the field existed
@@ -159,16 +164,17 @@ def fingerprint(
     plans: list[ProducerPlan],
     node: str | None = None,
     sinks: Collection[str] = (),
+    resumable: Mapping[str, Collection[str]] | None = None,
 ) -> str:
     """Return what identifies a run's state: the topology, the seed and the producers' plans,
     and for a node of a split topology, the nodes and which one it is.
 
     Checkpoints of one run may only be resumed by a run with the same fingerprint: a run may
-    be resumed with other checkpoint, Redis, gateway or delivery settings, and with other
-    params for the consumers ``sinks`` (where they write), which do not change what the state
-    means.
+    be resumed with other checkpoint, Redis, gateway or delivery settings, with other params
+    for the consumers ``sinks`` (where they write), and with other ``resumable`` params (by
+    consumer), which do not change what the state means.
     """
-    described, layout = _described(topology, sinks)
+    described, layout = _described(topology, sinks, resumable)
     data: dict[str, Any] = {
         "topology": described,
         "seed": seed,

@@ -54,8 +54,17 @@ class Consumers:
     """By consumer running here whose processor is a sink, how records are handed to it."""
     sinks: set[str] = attrs.field(factory=set)
     """Every consumer of the topology whose processor is a sink, wherever it runs."""
+    resumable: dict[str, frozenset[str]] = attrs.field(factory=dict)
+    """By consumer of the topology (wherever it runs), the params of its processor that a
+    resumed run may change (see :attr:`~topology.registry.ProcessorType.resumable`)."""
     outputs: dict[str, Output] = attrs.field(factory=dict)
     """By consumer running here whose processor writes records, where it writes them."""
+
+    @property
+    def settable(self) -> tuple[set[str], dict[str, frozenset[str]]]:
+        """What a resumed run may change of the consumers' params (see
+        :func:`~topology.plan.fingerprint`): a sink's, and the resumable ones."""
+        return self.sinks, self.resumable
 
 
 def make_consumers(
@@ -83,7 +92,18 @@ def make_consumers(
             topic count what they wrote in its tally).
     """
     here = None if node is None else node.spec
-    consumers = Consumers({}, {}, {}, {}, sinks=registry.sink_consumers(topology))
+    consumers = Consumers(
+        {},
+        {},
+        {},
+        {},
+        sinks=registry.sink_consumers(topology),
+        resumable={
+            name: kind.resumable
+            for name, consumer in topology.consumers.items()
+            if (kind := registry.processors.get(consumer.processor)) is not None
+        },
+    )
     for name, consumer in topology.consumers.items():
         local = here is None or name in here.consumers
         for topic in consumer.topic_names:

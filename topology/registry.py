@@ -266,6 +266,9 @@ class ProcessorType:
     """Whether its consumer reads only records an epoch holds (in a run that writes
     epochs): then an offset names the same record after any restart, and a sink may keep
     offsets in its own system to skip what it applied before (``usage_totals``)."""
+    resumable: frozenset[str] = frozenset()
+    """Params a run resumed from its checkpoints may give otherwise: they change how it
+    works, not what its state means (``usage_parser``'s ``max_keys``, ``on_bad_line``)."""
 
 
 @attrs.frozen
