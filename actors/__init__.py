@@ -59,6 +59,7 @@ from .partition import Partition as Partition
 from .partition import PartitionState as PartitionState
 from .partition import PartitionStatistics as PartitionStatistics
 from .partitioner import Partitioner as Partitioner
+from .partitioner import partitions_of as partitions_of
 from .partitioner import stable_hash as stable_hash
 from .partitioner import stable_hash_array as stable_hash_array
 from .producer import Producer as Producer

@@ -20,6 +20,10 @@ from .errors import (
 )
 from .record import Columns, Record, RecordBatch
 
+_FREED = RecordBatch("", 0, 0, [], [], [])
+"""What stands in the ring's list for a batch freed (every group past it): the list is cut
+only now and then, and the batch's records must not wait for that."""
+
 
 @attrs.frozen
 class PartitionStatistics:
@@ -524,6 +528,7 @@ class Partition:
         batches, head = self._batches, self._head
         keep_from = self._start - self.retention
         while head < len(batches) and batches[head].next_offset <= keep_from:
+            batches[head] = _FREED  # its records go now, not when the list is cut
             head += 1
         if head > 64 and head * 2 > len(batches):
             del batches[:head]

@@ -104,25 +104,35 @@ class Partitioner:
     def partition_array(self, keys: npt.NDArray[np.int64]) -> Any:
         """Return the partition of every key of an int array at once: the same partitions
         as :meth:`partition_for` gives key by key."""
-        if not len(keys):
-            return np.zeros(0, dtype=np.intp)
-        low, high = int(keys.min()), int(keys.max())
-        if low < 0 or high >= TABLE_KEYS:
-            distinct, where = np.unique(keys, return_inverse=True)
-            each = np.array([self.partition_for(key) for key in distinct.tolist()])
-            return each[where]
-        if self.partitions == 1:
-            return np.zeros(len(keys), dtype=np.intp)
-        table = _TABLES.get(self.partitions)
-        if table is None or high >= len(table):
-            table = _grown_table(table, high + 1, self.partitions)
-        parts: Any = table[keys]
-        missing = parts < 0
-        if missing.any():
-            new = np.unique(keys[missing])
-            table[new] = stable_hash_array(new) % self.partitions
-            parts = table[keys]
-        return parts
+        return partitions_of(keys, self.partitions)
+
+
+def partitions_of(keys: npt.NDArray[np.int64], partitions: int) -> Any:
+    """The partition of every key of an int array among ``partitions`` (``stable_hash(key) %
+    partitions``, as :class:`Partitioner` places keyed records), without a Python step per
+    key for non-negative keys."""
+    if not len(keys):
+        return np.zeros(0, dtype=np.intp)
+    if partitions == 1:
+        return np.zeros(len(keys), dtype=np.intp)
+    low, high = int(keys.min()), int(keys.max())
+    if low < 0 or high >= TABLE_KEYS:
+        distinct, where = np.unique(keys, return_inverse=True)
+        if low < 0:
+            each = np.array([stable_hash(key) % partitions for key in distinct.tolist()])
+        else:
+            each = (stable_hash_array(distinct) % np.uint32(partitions)).astype(np.intp)
+        return each[where]
+    table = _TABLES.get(partitions)
+    if table is None or high >= len(table):
+        table = _grown_table(table, high + 1, partitions)
+    parts: Any = table[keys]
+    missing = parts < 0
+    if missing.any():
+        new = np.unique(keys[missing])
+        table[new] = stable_hash_array(new) % partitions
+        parts = table[keys]
+    return parts
 
 
 _TABLES: dict[int, Any] = {}

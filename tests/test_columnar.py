@@ -462,29 +462,57 @@ def test_frames_carry_tables_as_typed_buffers_both_ways() -> None:
         frame_columns(decoder(Click).decode(data), Click)
 
 
-def test_where_keys_were_seen_survives_an_epoch_as_a_table_of_two_bytes_a_key() -> None:
-    from actors import RecordBatch
+def test_the_per_key_check_keeps_nothing_per_key_and_finds_a_key_out_of_its_partition() -> None:
+    from actors import Partitioner, RecordBatch, partitions_of, stable_hash
+    from sim.parsing import UserSum
     from topology import ConsumerTally
     from topology.snapshot import ConsumerTallyPart
 
-    table = video_events(200)
-    rows = table.rows()
-    tally = ConsumerTally("c", ("events",), 1, True)
-    tally.observe(
-        "events",
-        RecordBatch("events", 0, 0, table.columns["video_id"], table, table.columns["timestamp"]),
-        1.0,
-    )
+    def sums(users: Any, first: int) -> Table:
+        count = len(users)
+        return Table(
+            UserSum,
+            {
+                "seq": np.arange(first, first + count, dtype=np.int64),
+                "source": np.zeros(count, dtype=np.int64),
+                "timestamp": np.zeros(count),
+                "user_id": users,
+                "amount": np.ones(count, dtype=np.int64),
+            },
+        )
+
+    # Keys beyond any table, in their own partitions: no violation, and no key in the epoch.
+    keys = np.array([0, 7, 2**22, 2**40 + 3, 2**63 - 1] * 40, dtype=np.int64)
+    placed = Partitioner(4).partition_array(keys)
+    assert placed.tolist() == [stable_hash(k) % 4 for k in keys.tolist()]
+    assert partitions_of(keys, 4).tolist() == placed.tolist()
+    tally = ConsumerTally("c", ("sums",), 1, True, partitions={"sums": 4})
+    for partition in range(4):
+        mine = keys[placed == partition]
+        table = sums(mine, 1_000 * partition)
+        stamps = np.zeros(len(mine))
+        tally.observe("sums", RecordBatch("sums", partition, 0, mine, table, stamps), 1.0)
+    assert tally.order_violations == 0
     part = tally.capture()
-    assert len(part.key_table["events"]) == 2 * (int(table.columns["video_id"].max()) + 1)
+    assert part.key_partition == {}
+    assert part.key_table == {}
     decoded = decode("consumer", encode(part))
     assert isinstance(decoded, ConsumerTallyPart)
-    restored = ConsumerTally("c", ("events",), 1, True)
+    restored = ConsumerTally("c", ("sums",), 1, True, partitions={"sums": 4})
     restored.restore(decoded)
-    moved = msgspec.structs.replace(rows[0], seq=10_000)
-    restored.observe("events", RecordBatch("events", 1, 0, [moved.video_id], [moved], [1.0]), 2.0)
-    assert restored.order_violations == 1
-    assert f"key {moved.video_id}: seen in partitions 0 and 1" in str(restored.first_violation)
+    # One key in another partition than its own: found, whether in an array or a list.
+    stray = int(keys[0])
+    other = (stable_hash(stray) + 1) % 4
+    table = sums(np.array([stray]), 5_000)
+    restored.observe(
+        "sums", RecordBatch("sums", other, 9, np.array([stray]), table, np.zeros(1)), 2.0
+    )
+    event = UserSum(seq=5_001, source=0, timestamp=0.0, user_id=stray, amount=1)
+    restored.observe("sums", RecordBatch("sums", other, 10, [stray], [event], [0.0]), 2.0)
+    assert restored.order_violations == 2
+    assert f"key {stray}: in partition {other}, not in its own ({stable_hash(stray) % 4} of 4)" in (
+        str(restored.first_violation)
+    )
 
 
 def test_the_processor_of_the_docs_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:

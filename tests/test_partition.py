@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import trio
 import trio.testing
@@ -11,6 +14,7 @@ from actors import (
     ConfigurationError,
     ConsumerGroup,
     Partition,
+    Record,
     SequenceError,
     Topic,
     TopicClosedError,
@@ -139,6 +143,25 @@ async def test_records_are_kept_until_every_group_commits() -> None:
     assert partition.statistics().depth == 1
     assert partition.statistics().lag == {"fast": 0, "slow": 1}
     assert partition.send_nowait(records(3)) == 4
+
+
+async def test_a_batch_every_group_committed_is_let_go_at_once() -> None:
+    class Payload:  # a value whose life can be watched
+        pass
+
+    partition = Partition("t", 0, capacity=4)
+    partition.register_group("g", trio.lowlevel.ParkingLot())
+    payload = Payload()
+    alive = weakref.ref(payload)
+    await partition.send([Record(None, payload)])  # type: ignore[arg-type]
+    del payload
+    await partition.send(records(1))
+    gc.collect()
+    assert alive() is not None  # held until committed
+    partition.commit("g", 1)
+    gc.collect()
+    assert alive() is None  # not kept until the ring's list is next cut
+    assert partition.read(1, 10).values == [0]
 
 
 async def test_read_returns_slices_from_any_offset() -> None:

@@ -183,7 +183,7 @@ def test_per_key_order_fails_when_a_key_is_spread_over_partitions(
     )
     report = run(video_site())
     assert not report["expect"]["per_key_order"]["ok"]
-    assert "seen in partitions" in report["expect"]["per_key_order"]["detail"]
+    assert "not in its own" in report["expect"]["per_key_order"]["detail"]
 
 
 LIKE = VIDEO_KINDS.index("like")

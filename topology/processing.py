@@ -132,7 +132,11 @@ def make_consumers(
                 name, consumer, processor, dict(topics), seed
             )
         consumers.tallies[name] = ConsumerTally(
-            name, tuple(consumer.topic_names), sources, topology.expect.per_key_order
+            name,
+            tuple(consumer.topic_names),
+            sources,
+            topology.expect.per_key_order,
+            partitions={t: topology.topics[t].partitions for t in consumer.topic_names},
         )
         if consumer.output is not None:
             consumers.outputs[name] = _output(

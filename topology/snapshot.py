@@ -196,11 +196,10 @@ class ConsumerTallyPart(Part, frozen=True, tag=1):
     last_seq: list[tuple[str, int, list[int]]]
     """(topic, partition, last sequence number per source) of the order check."""
     key_partition: dict[str, list[tuple[Key, int]]]
-    """Per topic, (key, partition) pairs: where each key was seen, for keys that are not in
-    ``key_table``."""
+    """Empty: where each key was seen, as epochs written before the per-key check took its
+    partition from the key alone (ignored when restored)."""
     key_table: dict[str, bytes] = {}
-    """Per topic, the partition each int key from 0 up was seen in, as little-endian int16
-    (-1: not seen), one per key: a table whose size does not grow with the run's length."""
+    """Empty likewise (ignored when restored)."""
 
 
 class TopicTallyPart(Part, frozen=True, tag=1):

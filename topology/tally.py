@@ -11,7 +11,7 @@ import attrs
 import msgspec
 import numpy as np
 
-from actors import RecordBatch, Table, as_list
+from actors import RecordBatch, Table, as_list, partitions_of, stable_hash
 
 from .registry import Processor, Sink
 from .sections import ExpectSpec
@@ -21,9 +21,6 @@ LATENCY_SAMPLE_EVERY = 8
 """One record in this many has its latency measured."""
 LATENCY_RESOLUTION = 10_000
 """Latency histogram buckets per second (0.1 ms)."""
-DENSE_KEYS = 1 << 22
-"""Int keys below this are checked for their partition in an array indexed by key (two bytes
-a key, -1 where not seen) rather than a dict; an epoch keeps the array as bytes."""
 
 _SEQ = operator.attrgetter("seq")
 _SOURCE = operator.attrgetter("source")
@@ -142,10 +139,12 @@ class ConsumerTally:
 
     The order check is per key and producer instance: events of one key from one instance
     must arrive in the order they were made, each once. It is done a batch at a time: within
-    a partition, each instance's sequence numbers must rise strictly, and each key must only
-    ever be seen in one partition; together these imply per-key order. Records without a key
-    are spread round robin, so only the first part applies to them: within each partition,
-    each instance's records arrive in the order made, each once.
+    a partition, each instance's sequence numbers must rise strictly, and each key must be in
+    its own partition (``stable_hash(key) % partitions``), so in one only; together these
+    imply per-key order. Nothing is kept per key: the check takes the same memory whatever
+    the number of keys. Records without a key are spread round robin, so only the first part
+    applies to them: within each partition, each instance's records arrive in the order
+    made, each once.
     """
 
     name: str
@@ -160,17 +159,15 @@ class ConsumerTally:
     """Per topic, records whose source is no producer instance of this topology."""
     first_violation: str | None = None
     latency: Counter[int] = attrs.field(factory=Counter)
+    partitions: dict[str, int] = attrs.field(factory=dict)
+    """Per topic, its number of partitions (for the per-key check: a topic left out is read
+    as having one)."""
     _last_seq: dict[tuple[str, int], list[int]] = attrs.field(factory=dict)
-    _key_partition: dict[str, dict[Any, int]] = attrs.field(factory=dict)
-    _dense: dict[str, Any] = attrs.field(factory=dict)
-    """Per topic, the partition of each int key below :data:`DENSE_KEYS` seen in a table's
-    batch (-1: not seen); other keys are in ``_key_partition``."""
 
     def __attrs_post_init__(self) -> None:
         for topic in self.topics:
             self.per_topic[topic] = 0
             self.seq_sums[topic] = [0] * self.sources
-            self._key_partition[topic] = {}
 
     def observe(self, topic: str, batch: RecordBatch, now: float) -> None:
         """Account for a batch about to be processed."""
@@ -253,53 +250,23 @@ class ConsumerTally:
                 last[event.source] = event.seq
 
     def _check_keys(self, topic: str, batch: RecordBatch) -> None:
-        seen = self._key_partition[topic]
+        count = self.partitions.get(topic, 1)
         partition = batch.partition
         keys: Any = batch.keys
-        if isinstance(keys, np.ndarray):
+        if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
             if not len(keys):
                 return
-            if int(keys.min()) >= 0 and int(keys.max()) < DENSE_KEYS:
-                self._check_dense_keys(topic, keys, partition)
-                return
-            keys = np.unique(keys).tolist()
-        distinct = set(keys)
-        small = [k for k in distinct if type(k) is int and 0 <= k < DENSE_KEYS]
-        if small:  # int keys go to the array whatever form their batch had
-            self._check_dense_keys(topic, np.array(small, dtype=np.int64), partition)
-            distinct.difference_update(small)
-        for key in distinct:
-            if key is None:  # spread round robin: no key, so no per-key order to keep
-                continue
-            where = seen.setdefault(key, partition)
-            if where != partition:
-                self._violation(
-                    f"topic {topic!r}, key {key!r}: seen in partitions {where} and {partition}, "
-                    "so its events lost their order"
-                )
-
-    def _check_dense_keys(self, topic: str, keys: Any, partition: int) -> None:
-        # Int keys in a table, kept in an array indexed by key: -1 where a key is not seen yet.
-        dense = self._dense.get(topic)
-        high = int(keys.max())
-        if dense is None or high >= len(dense):
-            size = max(high + 1, 1024, 0 if dense is None else 2 * len(dense))
-            grown = np.full(min(size, DENSE_KEYS), -1, dtype=np.int16)
-            if dense is not None:
-                grown[: len(dense)] = dense
-            dense = self._dense[topic] = grown
-        where = dense[keys]
-        fresh = where < 0
-        if fresh.any():
-            dense[keys[fresh]] = partition
-            where = dense[keys]
-        moved = where != partition
-        if moved.any():
-            for key in np.unique(keys[moved]).tolist():
-                self._violation(
-                    f"topic {topic!r}, key {key!r}: seen in partitions {int(dense[key])} and "
-                    f"{partition}, so its events lost their order"
-                )
+            wrong = keys[partitions_of(keys.astype(np.int64), count) != partition]
+            elsewhere = np.unique(wrong).tolist() if len(wrong) else []
+        else:  # None: spread round robin, so no per-key order to keep
+            distinct = set(as_list(keys)) - {None}
+            elsewhere = [k for k in distinct if stable_hash(k) % count != partition]
+        for key in elsewhere:
+            self._violation(
+                f"topic {topic!r}, key {key!r}: in partition {partition}, not in its own "
+                f"({stable_hash(key) % count} of {count}), so its events may have lost "
+                "their order"
+            )
 
     def _violation(self, message: str) -> None:
         self.order_violations += 1
@@ -329,8 +296,7 @@ class ConsumerTally:
             strangers=dict(self.strangers),
             latency=list(self.latency.items()),
             last_seq=[(t, p, list(last)) for (t, p), last in self._last_seq.items()],
-            key_partition={t: list(keys.items()) for t, keys in self._key_partition.items()},
-            key_table={t: self._key_table(t) for t in self._dense},
+            key_partition={},
         )
 
     def restore(self, state: ConsumerTallyPart) -> None:
@@ -342,20 +308,6 @@ class ConsumerTally:
         self.strangers = dict(state.strangers)
         self.latency = Counter(dict(state.latency))
         self._last_seq = {(t, p): list(last) for t, p, last in state.last_seq}
-        self._key_partition = {t: dict(pairs) for t, pairs in state.key_partition.items()}
-        self._dense = {}
-        for topic, table in state.key_table.items():
-            if len(table) % 2 or len(table) // 2 > DENSE_KEYS:
-                raise ValueError(f"the key table of topic {topic!r} is not one")
-            self._dense[topic] = np.frombuffer(table, dtype="<i2").copy()
-
-    def _key_table(self, topic: str) -> bytes:
-        # Up to the last key seen: the rest of the array says nothing.
-        dense = self._dense[topic]
-        seen = np.flatnonzero(dense >= 0)
-        end = int(seen[-1]) + 1 if len(seen) else 0
-        table: bytes = dense[:end].astype("<i2").tobytes()
-        return table
 
 
 @attrs.frozen
