@@ -4,6 +4,7 @@ counters."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ from .redis_server import EmbeddedRedis, RedisUnavailable, ping
 
 
 def _decode(value: Any) -> Any:
+    # A number logged comes back as one; any other text (a bad line "007", "nan") as it was.
     text = value
     for kind in (int, float):
         try:
-            return kind(text)
+            number = kind(text)
         except (TypeError, ValueError):
-            pass
+            continue
+        if repr(number) == text and math.isfinite(number):
+            return number
     return text
 
 

@@ -139,6 +139,7 @@ class UsageParserState(State, frozen=True, tag=1):
     """Files processed but not yet moved or deleted (that waits for an epoch holding them
     as processed: else a crash in between would find them gone, and unread)."""
     dead_lettered: int = 0
+    not_settled: int = 0
 
 
 @attrs.define(eq=False)
@@ -160,6 +161,9 @@ class UsageParser:
     """``UserSum`` records written."""
     dead_lettered: int = 0
     """Bad lines kept as dead letters."""
+    not_settled: int = 0
+    """Files processed that could not be moved or deleted as ``after`` says (each is
+    reported; left where it is, it is not read again)."""
     unsettled: list[FileAnnounced] = attrs.field(factory=list)
     """Files processed, to move or delete once an epoch holds them as processed."""
     sent: TopicTally = attrs.field(factory=TopicTally)
@@ -189,6 +193,8 @@ class UsageParser:
         }
         if self.params.on_bad_line == "dead_letter":
             result["dead_lettered"] = self.dead_lettered
+        if self.not_settled:
+            result["not_settled"] = self.not_settled
         return result
 
     def totals(self) -> dict[str, int]:
@@ -201,7 +207,7 @@ class UsageParser:
             ("files", f"{self.files:,}"),
             ("lines", f"{self.lines:,}"),
             ("bad lines", f"{self.bad_lines:,}"),
-        ]
+        ] + ([("not moved", f"{self.not_settled:,}")] if self.not_settled else [])
 
     def snapshot(self) -> UsageParserState:
         """The ledger, the positions and the counts, for an epoch."""
@@ -215,6 +221,7 @@ class UsageParser:
             bad_lines=self.bad_lines,
             records=self.records,
             dead_lettered=self.dead_lettered,
+            not_settled=self.not_settled,
             seq_sums=dict(self.sent.seq_sums),
             unsettled=list(self.unsettled),
         )
@@ -225,7 +232,7 @@ class UsageParser:
         self.positions = dict(state.positions)
         self.files, self.duplicates, self.missing = state.files, state.duplicates, state.missing
         self.lines, self.bad_lines, self.records = state.lines, state.bad_lines, state.records
-        self.dead_lettered = state.dead_lettered
+        self.dead_lettered, self.not_settled = state.dead_lettered, state.not_settled
         self.unsettled = list(state.unsettled)
         self.sent.restore(
             TopicTallyPart(
@@ -439,6 +446,7 @@ class UsageParser:
         except FileNotFoundError:
             return
         except OSError as exc:
+            self.not_settled += 1
             self._problem(event="file_not_settled", file=event.path, error=str(exc))
 
 

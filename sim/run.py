@@ -423,11 +423,11 @@ class Run:
                     delivery.now = current.event_time  # dead letters' times
                     if logger is not None:
                         delivery.on_retry = functools.partial(_log_retry, logger)
-                for processor in current.processors.values():
-                    if hasattr(processor, "now"):
-                        processor.now = current.event_time  # dead letters' times
-                    if logger is not None and hasattr(processor, "on_problem"):
-                        processor.on_problem = functools.partial(_log_problem, logger)
+                for part in (*current.sources.values(), *current.processors.values()):
+                    if hasattr(part, "now"):
+                        part.now = current.event_time  # dead letters' times
+                    if logger is not None and hasattr(part, "on_problem"):
+                        part.on_problem = functools.partial(_log_problem, logger)
                 if self._on_pipeline is not None:
                     self._on_pipeline(current)
                 if self._stop_serving:

@@ -7,9 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+import attrs
 import pytest
 
 from topology import FileWatch, ReadyFiles, Topology, TopologyError, identify, settle
+from topology import files as files_module
 from topology.folder import BLOCK
 
 
@@ -93,6 +95,39 @@ def test_a_watch_announces_a_file_once_and_again_only_if_it_changed(tmp_path: Pa
     restored.restore(watch.capture(), 3)
     assert restored.fresh(restored.ready.scan(5.0), 5.0) == []
     assert restored.count == 3
+
+
+def test_a_file_whose_name_is_not_utf8_is_passed_over_once_and_reported(tmp_path: Path) -> None:
+    watch = FileWatch(ReadyFiles(tmp_path), source=0)
+    write(tmp_path / "a.txt", "1 2\n")
+    with open(os.fsencode(tmp_path) + b"/\xff.txt", "wb") as file:
+        file.write(b"3 4\n")
+    assert [p.name for p, _ in watch.fresh(watch.ready.scan(0.0), 0.0)] == ["a.txt"]
+    [problem] = watch.problems
+    assert problem["event"] == "file_refused"
+    assert problem["file"] == f"{tmp_path}/\\xff.txt"
+    assert problem["error"].startswith("UnicodeEncodeError")
+    watch.problems.clear()
+    assert watch.fresh(watch.ready.scan(1.0), 1.0) == []
+    assert watch.problems == []  # reported once
+
+
+def test_a_file_moved_away_and_back_between_two_looks_is_announced_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = FileWatch(ReadyFiles(tmp_path), source=0)
+    path = write(tmp_path / "a.txt", "1 2\n")
+    assert len(watch.fresh(watch.ready.scan(0.0), 0.0)) == 1
+    (tmp_path / "done").mkdir()
+    path.rename(tmp_path / "done" / "a.txt")  # processed and moved away...
+    (tmp_path / "done" / "a.txt").rename(path)  # ...and moved back before the next look
+    # A rename changes the inode's ctime; here, where two renames may fall in one tick of
+    # the file system's clock, the change is made plain.
+    seen = identify(path)
+    moved = attrs.evolve(seen, ctime_ns=seen.ctime_ns + 1)
+    monkeypatch.setattr(files_module, "identify", lambda _path: moved)
+    assert [p.name for p, _ in watch.fresh(watch.ready.scan(1.0), 1.0)] == ["a.txt"]
+    assert watch.fresh(watch.ready.scan(2.0), 2.0) == []  # once
 
 
 def test_a_processed_file_is_moved_under_a_free_name_deleted_or_kept(tmp_path: Path) -> None:

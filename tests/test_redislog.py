@@ -200,6 +200,25 @@ def test_redact_hides_passwords() -> None:
     assert redact("redis://u:p@ss@host:bad") == "redis://u:***@host:bad"
 
 
+def test_logged_text_that_looks_like_a_number_is_printed_as_it_was() -> None:
+    from sim.logs import _decode
+
+    assert [_decode(t) for t in ("7", "-3", "0.25", "12345678901234567890")] == [
+        7,
+        -3,
+        0.25,
+        12345678901234567890,
+    ]
+    assert [_decode(t) for t in ("007", "1e5", "nan", "inf", "+4", "1_000")] == [
+        "007",
+        "1e5",
+        "nan",
+        "inf",
+        "+4",
+        "1_000",
+    ]
+
+
 def test_ringflow_logs_reads_what_a_run_wrote(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

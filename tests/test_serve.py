@@ -494,12 +494,13 @@ async def test_a_partition_taken_by_a_rebalance_while_its_batch_waits_is_counted
     topic = Topic("playback", partitions=2, capacity=1000)
     group = ConsumerGroup("store", topic)
     sink = LingeringSink(linger=1.0)
-    tally = ConsumerTally("store", ("playback",), 1, check_order=True)
+    tally = ConsumerTally("store", ("playback",), 1, check_order=True, partitions={"playback": 2})
 
     async def trickle() -> None:
         for number in range(40):
             event = batch(number, [number]).values[0]
-            await topic.partitions[number % 2].send([Record(number, event)])
+            where = topic.partitioner.partition_for(number)
+            await topic.partitions[where].send([Record(number, event)])
             await trio.sleep(0.1)
         topic.close()
 

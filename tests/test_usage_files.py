@@ -430,6 +430,24 @@ def test_bad_arguments_and_a_damaged_database_are_refused_with_exit_2(tmp_path: 
     assert "Traceback" not in read.stderr + too_large.stderr + users.stderr + idle.stderr
 
 
+def test_a_file_that_cannot_be_moved_to_done_is_counted_and_not_read_again(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1 2\n3 4\n")
+    (tmp_path / "in" / "done").write_text("not a folder")  # where processed files would go
+    path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    state = tmp_path / "state"
+    for round_ in range(2):
+        done = run(path, state, tmp_path / f"r{round_}.json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert sqlite_totals(tmp_path / "totals.sqlite") == {1: 2, 3: 4}  # once
+    assert parsed(tmp_path / "r0.json")["not_settled"] == 1
+    again = parsed(tmp_path / "r1.json")  # over the whole run: the file left, not read again
+    assert (again["files"], again["not_settled"], again["duplicates"]) == (1, 1, 0)
+    assert (tmp_path / "in" / "a.txt").exists()
+
+
 def test_a_file_moved_back_from_done_is_a_duplicate_moved_there_again(tmp_path: Path) -> None:
     generate_files(tmp_path / "in", files=1, size=10_000, users=20, seed=2)
     expected, _ = reference(tmp_path / "in")

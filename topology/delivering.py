@@ -318,14 +318,16 @@ def letter_shares(
     now = trio.current_time()
     split = topic.split(Columns(keys, list(letters), [now] * len(letters)))
     shares = [(p, s) for p, s in zip(topic.partitions, split, strict=True) if len(s)]
-    full = next((p for p, s in shares if p.closed or not p.can_take(len(s))), None)
+    full = next(((p, len(s)) for p, s in shares if p.closed or not p.can_take(len(s))), None)
     if full is not None:
+        partition, more = full
+        held = (partition.capacity or 0) - (partition.free_room or 0)
         raise UndeliveredError(
             f"consumer {consumer}: its dead-letter topic {topic.name!r} is full "
-            f"(partition {full.index} holds {full.capacity or 0:,} letters at most, and "
-            f"{len(letters):,} more came): give the topic a larger capacity and run again "
-            f"(it resumes from its newest epoch), or {remedy} the letters that epoch holds "
-            "('ringflow dlq') first"
+            f"(partition {partition.index} holds {held:,} letters of the "
+            f"{partition.capacity or 0:,} it may hold, and {more:,} more came for it): give "
+            "the topic a larger capacity and run again (with checkpoints, it resumes from "
+            f"its newest epoch), or {remedy} the letters an epoch holds ('ringflow dlq') first"
         )
     return shares
 

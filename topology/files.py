@@ -4,7 +4,8 @@ file once on its topic (see :mod:`topology.folder` for the readiness rules and i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -51,19 +52,26 @@ class FileWatch:
     """By name, the identity key of each file announced."""
     refused: dict[str, str] = attrs.field(factory=dict)
     """By name, files that could not be read (not announced; other files go on)."""
+    problems: list[dict[str, Any]] = attrs.field(factory=list)
+    """Each file refused since last taken (``event``, ``file``, ``error``), for the log."""
     count: int = 0
     """Files announced so far (across resumes): the next one's ``seq``."""
     last_new: float | None = None
     """The run's clock when a file last became ready (or the watch started)."""
+    changed: dict[str, int] = attrs.field(factory=dict)
+    """By name, when the inode of each file announced last changed, as seen here (not kept in
+    epochs): a file moved away and back between two looks is announced again."""
 
     def fresh(self, paths: Iterable[Path], now: float) -> list[tuple[Path, FileIdentity]]:
         """Which of the complete files ``paths`` to announce (blocking: hashes them), each
         with its identity; they count as announced from now on. Names no longer among them
         (moved away once processed) are forgotten: a file moved back is announced again (and
-        found in the parsers' ledger)."""
+        found in the parsers' ledger), and so is one moved away and back between two looks
+        (its inode changed: renamed)."""
         paths = list(paths)
         here = {path.name for path in paths}
         self.announced = {n: k for n, k in self.announced.items() if n in here}
+        self.changed = {n: c for n, c in self.changed.items() if n in here}
         found = []
         for path in paths:
             if path.name in self.refused:
@@ -74,11 +82,15 @@ class FileWatch:
             except FileNotFoundError:
                 continue  # moved away meanwhile
             except (OSError, UnicodeError) as exc:  # unreadable, or a name not UTF-8
-                self.refused[path.name] = f"{type(exc).__name__}: {exc}"
+                self.refused[path.name] = why = f"{type(exc).__name__}: {exc}"
+                shown = os.fsencode(path).decode(errors="backslashreplace")
+                self.problems.append({"event": "file_refused", "file": shown, "error": why})
                 continue
-            if self.announced.get(path.name) == identity.key:
+            changed = self.changed.setdefault(path.name, identity.ctime_ns)
+            if self.announced.get(path.name) == identity.key and changed == identity.ctime_ns:
                 continue
             self.announced[path.name] = identity.key
+            self.changed[path.name] = identity.ctime_ns
             found.append((path, identity))
         if found or self.last_new is None:
             self.last_new = now
@@ -122,6 +134,8 @@ class FileSource(WorkloadSource):
     its topic (see the module). Between looks at the folder it is at a safe point."""
 
     watch: FileWatch = attrs.field(kw_only=True)
+    on_problem: Callable[[dict[str, Any]], None] | None = attrs.field(kw_only=True, default=None)
+    """Told of each file that cannot be read (for the log's ``errors`` stream)."""
 
     @classmethod
     def of(
@@ -186,6 +200,10 @@ class FileSource(WorkloadSource):
                     continue
                 now = trio.current_time()
                 found = await trio.to_thread.run_sync(self._look, now)
+                problems, watch.problems = watch.problems, []
+                for problem in problems:
+                    if self.on_problem is not None:
+                        self.on_problem(problem)
                 if found:
                     events = [
                         announcement(

@@ -68,6 +68,9 @@ class FileIdentity:
     device: int
     inode: int
     mtime_ns: int
+    ctime_ns: int = 0
+    """When its inode last changed (a rename changes it): not part of what makes it the same
+    file, but says that a name seen before was moved away and back meanwhile."""
 
 
 def identify(path: Path) -> FileIdentity:
@@ -89,6 +92,7 @@ def identify(path: Path) -> FileIdentity:
         info.st_dev,
         info.st_ino,
         info.st_mtime_ns,
+        info.st_ctime_ns,
     )
 
 

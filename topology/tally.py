@@ -160,8 +160,8 @@ class ConsumerTally:
     first_violation: str | None = None
     latency: Counter[int] = attrs.field(factory=Counter)
     partitions: dict[str, int] = attrs.field(factory=dict)
-    """Per topic, its number of partitions (for the per-key check: a topic left out is read
-    as having one)."""
+    """Per topic, its number of partitions: the per-key check of a topic left out is only
+    that of each source's order within a partition."""
     _last_seq: dict[tuple[str, int], list[int]] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -250,7 +250,9 @@ class ConsumerTally:
                 last[event.source] = event.seq
 
     def _check_keys(self, topic: str, batch: RecordBatch) -> None:
-        count = self.partitions.get(topic, 1)
+        count = self.partitions.get(topic)
+        if count is None:
+            return
         partition = batch.partition
         keys: Any = batch.keys
         if isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
