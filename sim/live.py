@@ -27,8 +27,10 @@ class LiveView:
             TimeElapsedColumn(),
             console=console,
         )
-        # A served pipeline takes events until stopped: no total to count towards.
-        total = None if pipeline.intake is not None else pipeline.events_planned
+        # A served pipeline takes events until stopped, and a watched folder's files come as
+        # they come: no total to count towards.
+        watching = any(p.files is not None for p in pipeline.topology.producers.values())
+        total = None if pipeline.intake is not None or watching else pipeline.events_planned
         self.produced = self.progress.add_task("produced", total=total, detail="")
         self.consumed = self.progress.add_task("consumed", total=total, detail="")
         self.live = Live(console=console, refresh_per_second=4, transient=False)
@@ -54,13 +56,14 @@ class LiveView:
             refused = sum(taken.refused.values())
             detail = f"{taken.requests_accepted:,} requests accepted, {refused:,} refused"
         else:
-            sim = now - pipeline.origin  # the run's simulated time, continuous across resumes
-            detail = f"t={sim:,.1f}s simulated"
+            sim = now - pipeline.origin  # the run's time, continuous across resumes
+            virtual = pipeline.topology.clock == "virtual"
+            detail = f"t={sim:,.1f}s" + (" simulated" if virtual else "")
         self.progress.update(self.produced, completed=pipeline.events_produced, detail=detail)
         self.progress.update(
             self.consumed,
             completed=consumed,
-            detail=f"{rate:,.0f} events/s, lag {pipeline.total_lag():,}",
+            detail=f"{rate:,.{1 if rate < 10 else 0}f} events/s, lag {pipeline.total_lag():,}",
         )
         parts: list[Any] = [self.progress, self.partition_table(), self.processor_table()]
         if pipeline.deliveries:

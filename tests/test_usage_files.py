@@ -4,6 +4,7 @@ here line by line."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -19,9 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from actors import Columns, RecordBatch
 from sim.gen_files import generate_files
+from sim.live import LiveView
 from sim.parsing import LONG_LINE, UsageParser, UsageParserParams, read_lines
 from sim.run import REGISTRY
 from tests.test_hardening_redis import wait_until
@@ -231,6 +234,20 @@ def test_how_a_parser_works_may_change_on_one_state_folder_but_not_what_it_reads
     data = yaml.safe_load(path.read_text())
     data["producers"]["incoming"]["files"]["pattern"] = "*.csv"
     assert Pipeline.build(Topology.from_dict(data), REGISTRY).fingerprint != first
+
+
+def test_the_live_view_of_a_watched_folder_counts_towards_no_total(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    path = topology_file(tmp_path, url=None)
+    pipeline = Pipeline.build(Topology.from_file(path), REGISTRY)
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    view = LiveView(console, pipeline)
+    view.refresh(pipeline, 12.5)
+    console.print(view.progress)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "0/?" in shown  # not 0/0
+    assert "t=12.5s" in shown
+    assert "simulated" not in shown  # the real clock
 
 
 def test_after_on_bad_line_fail_a_run_with_skip_goes_on_past_the_line_counting_once(
