@@ -22,8 +22,9 @@ from .exitcode import ExitCode
 from .redis_server import EmbeddedRedis, RedisUnavailable, ping
 
 
-def _decode(value: Any) -> Any:
-    # A number logged comes back as one; any other text (a bad line "007", "nan") as it was.
+def field_value(value: Any) -> Any:
+    """A field of a logged entry as it was logged: a number as a number, any other text (a
+    bad line "007", "nan") as it was."""
     text = value
     for kind in (int, float):
         try:
@@ -209,7 +210,7 @@ def _reopen(folder: Path, server: EmbeddedRedis | None) -> tuple[Any, EmbeddedRe
 
 def _emit(run_id: str, category: str, entry_id: str, fields: dict[str, str]) -> None:
     line: dict[str, Any] = {"run": run_id, "category": category, "id": entry_id}
-    line.update({k: _decode(v) for k, v in fields.items()})
+    line.update({k: field_value(v) for k, v in fields.items()})
     print(json.dumps(line), flush=True)
 
 

@@ -201,15 +201,15 @@ def test_redact_hides_passwords() -> None:
 
 
 def test_logged_text_that_looks_like_a_number_is_printed_as_it_was() -> None:
-    from sim.logs import _decode
+    from sim.logs import field_value
 
-    assert [_decode(t) for t in ("7", "-3", "0.25", "12345678901234567890")] == [
+    assert [field_value(t) for t in ("7", "-3", "0.25", "12345678901234567890")] == [
         7,
         -3,
         0.25,
         12345678901234567890,
     ]
-    assert [_decode(t) for t in ("007", "1e5", "nan", "inf", "+4", "1_000")] == [
+    assert [field_value(t) for t in ("007", "1e5", "nan", "inf", "+4", "1_000")] == [
         "007",
         "1e5",
         "nan",
