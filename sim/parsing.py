@@ -390,9 +390,10 @@ class UsageParser:
         if self.params.on_bad_line == "fail":
             raise ParseError(
                 f"{event.path}: line {before + first + 1}: {explain(lines[first])}: "
-                f"{lines[first][:80]!r} (on_bad_line: fail). The sums before it are kept: "
-                "run again with the same state and on_bad_line: skip to go on "
-                "past it (leave the file as it is: an edited file is another file)"
+                f"{lines[first][:80]!r} (on_bad_line: fail). To go on past it, run again with "
+                "the same state and on_bad_line: skip: the run resumes from its newest epoch "
+                "(if one was written) and counts each line once (leave the file as it is: an "
+                "edited file is another file)"
             )
         for index in parsed.bad[:REPORTED_PER_CHUNK].tolist():
             self._problem(

@@ -272,9 +272,11 @@ def _list(out: Console, letters: list[Letter], as_json: bool, wall: bool, epoch:
     table = Table("consumer", "dead letters", "in topic", "first failed", "last failed", "errors")
     for row in summary:
         errors = row["errors"]
-        shown = "; ".join(f"{n:,} x {e[:80]}" for e, n in list(errors.items())[:3])
+        top = list(errors.items())[:3]
+        shown = "\n".join(f"{n:,} x {e[:60]}" for e, n in top)
         if len(errors) > 3:
-            shown += f"; {len(errors) - 3} other errors"
+            rest = row["letters"] - sum(n for _, n in top)
+            shown += f"\n{rest:,} more, for {len(errors) - 3:,} other reasons"
         table.add_row(
             escape(row["consumer"]),
             f"{row['letters']:,}",

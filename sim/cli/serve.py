@@ -121,7 +121,8 @@ SERVE = Command(
             "free one)",
         ),
         state_option(
-            "keep checkpoints and the embedded ClickHouse in DIR and carry on from the newest "
+            "keep checkpoints and the embedded databases (ClickHouse, PostgreSQL) in DIR and "
+            "carry on from the newest "
             "epoch there (also turns checkpoints on when the file has no 'checkpoint' section)"
         ),
         option(
