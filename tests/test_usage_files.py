@@ -174,6 +174,9 @@ def test_totals_equal_the_sums_of_the_valid_lines_of_every_file(tmp_path: Path) 
     aggregates = parsed(tmp_path / "r.json")
     assert aggregates["files"] == 6
     assert aggregates["bad_lines"] == bad == made.bad_lines + 9  # 9 in edges.txt
+    sums = aggregates["sums_written"]
+    assert "records read by parse" in done.stdout  # the chain's counts, each
+    assert f"{sums:,}" in done.stdout.split("records read by totals", 1)[1].splitlines()[0]
     assert aggregates["duplicates"] == aggregates["missing"] == 0
     assert sorted(p.name for p in (tmp_path / "in" / "done").iterdir()) == sorted(
         [f"usage-9-{i:06d}.txt" for i in range(5)] + ["edges.txt"]

@@ -31,6 +31,10 @@ def print_summary(
         table.add_row("events produced", f"{report.events_produced:,}")
     if report.consumers or not report.node:
         table.add_row("events consumed (by every consumer)", f"{report.events_consumed:,}")
+    counts = {name: c.records for name, c in report.consumers.items()}
+    if len(set(counts.values())) > 1:  # consumers read different topics (a chain): each
+        for name, records in counts.items():
+            table.add_row(f"  records read by {escape(name)}", f"{records:,}")
     if report.node and report.partitions:  # a node hosting topics: its rings' work
         for what, figure in broker_rows(report.partitions):
             table.add_row(escape(what), figure)
