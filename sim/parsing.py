@@ -40,13 +40,10 @@ from topology import (
     settle,
 )
 
-from .usage import Parsed, Sums, explain, parse_lines
+from .usage import LONG_LINE, Parsed, Sums, explain, parse_lines
 
 MAX_PIECE = 2**63 - 1
 """The largest amount one ``UserSum`` carries (a sum beyond it is split over records)."""
-
-LONG_LINE = b"(a line longer than chunk_bytes)\n"
-"""What stands for a line too long to read in one chunk (a bad line)."""
 
 REPORTED_PER_CHUNK = 20
 """Bad lines of one chunk reported one by one (the rest are counted)."""
@@ -473,11 +470,17 @@ def read_lines(handle: BinaryIO, offset: int, size: int) -> tuple[bytes, int, bo
     taken = len(data)
     while True:
         more = handle.read(size)
+        if not more:  # the file ends with the long line, without a final newline
+            return LONG_LINE, taken, True
         found = more.find(b"\n")
-        if found >= 0 or not more:
-            taken += found + 1 if found >= 0 else 0
-            return LONG_LINE, taken, not more or handle.read(1) == b""
-        taken += len(more)
+        if found < 0:
+            taken += len(more)
+            continue
+        taken += found + 1
+        # Lines after it in what was read are read again from ``taken``: the file has ended
+        # only if nothing follows its newline.
+        ended = found + 1 == len(more) and (len(more) < size or handle.read(1) == b"")
+        return LONG_LINE, taken, ended
 
 
 def _parse(data: bytes, sums: Sums | None) -> tuple[Parsed, Sums]:

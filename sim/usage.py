@@ -95,8 +95,14 @@ def parse_lines(data: bytes) -> Parsed:
     )
 
 
+LONG_LINE = b"(a line longer than chunk_bytes)\n"
+"""What stands for a line too long to read in one chunk (a bad line)."""
+
+
 def explain(line: bytes) -> str:
     """Why ``line`` (without its newline) is a bad line, for people (it is one)."""
+    if line == LONG_LINE[:-1]:
+        return "a line longer than chunk_bytes"
     if line.endswith(b"\r"):
         line = line[:-1]
     if not line.strip():

@@ -25,8 +25,9 @@ from rich.console import Console
 from actors import Columns, RecordBatch
 from sim.gen_files import generate_files
 from sim.live import LiveView
-from sim.parsing import LONG_LINE, UsageParser, UsageParserParams, read_lines
+from sim.parsing import UsageParser, UsageParserParams, read_lines
 from sim.run import REGISTRY
+from sim.usage import LONG_LINE, explain
 from tests.test_hardening_redis import wait_until
 from topology import Pipeline, Topology, announcement, identify
 
@@ -482,6 +483,34 @@ def test_a_file_moved_back_from_done_is_a_duplicate_moved_there_again(tmp_path: 
     assert sqlite_totals(tmp_path / "totals.sqlite") == expected
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["done"]  # moved there again
     assert [p.name for p in (tmp_path / "in" / "done").iterdir()] == [name]
+
+
+@pytest.mark.parametrize("long", [4000, 4095, 4096, 4097, 8190, 8191, 8192, 10_000, 12_288])
+@pytest.mark.parametrize("tail", [b"", b"2 2\n3 3\n", b"2 2\n3 3", b"4 4\n" * 1500])
+def test_the_lines_after_a_long_line_are_read_wherever_the_file_ends(
+    tmp_path: Path, long: int, tail: bytes
+) -> None:
+    size = 4096
+    data = b"1 1\n" + b"9" * long + b"\n" + tail
+    path = tmp_path / "a.txt"
+    path.write_bytes(data)
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    expected = [LONG_LINE[:-1] if len(line) >= size else line for line in expected]
+    got = b""
+    offset, ended = 0, False
+    with path.open("rb") as handle:
+        while not ended:
+            chunk, taken, ended = read_lines(handle, offset, size)
+            got += chunk
+            offset += taken
+    assert offset == len(data)
+    lines = got.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    assert lines == expected
+    assert explain(LONG_LINE[:-1]) == "a line longer than chunk_bytes"
 
 
 def test_a_line_longer_than_a_chunk_is_one_bad_line_read_in_bounded_memory(
