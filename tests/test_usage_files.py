@@ -419,10 +419,11 @@ def test_a_missing_folder_a_missing_database_and_no_checkpoints_are_refused(
     data = yaml.safe_load(path.read_text())
     del data["checkpoint"]
     path.write_text(yaml.safe_dump(data))
-    unsaved = ringflow("run", path, "--quiet", "--idle", "0.5")
-    assert unsaved.returncode == 2
-    assert "need checkpoints" in unsaved.stdout + unsaved.stderr
-    assert "give --state DIR" in unsaved.stdout + unsaved.stderr
+    for command in (("run", path, "--quiet", "--idle", "0.5"), ("serve", path, "--quiet")):
+        unsaved = ringflow(*command)  # each run would read every file again, and add it again
+        assert unsaved.returncode == 2, command
+        assert "need checkpoints" in unsaved.stdout + unsaved.stderr
+        assert "give --state DIR" in unsaved.stdout + unsaved.stderr
     missing = ringflow("totals", "--state", tmp_path, "--url", f"sqlite:///{tmp_path / 'no.db'}")
     assert missing.returncode == 2
     assert "no SQLite database at" in missing.stderr

@@ -36,7 +36,13 @@ from .options import (
     topology_file,
 )
 from .report_file import ReportPathError, check_report_path
-from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
+from .running import (
+    announce_checkpoints,
+    check_saved,
+    open_logging,
+    run_to_the_end,
+    warn_damaged,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 """Hosts a node may listen on without a shared token: nothing beyond this machine reaches
@@ -67,7 +73,8 @@ def node(args: argparse.Namespace) -> ExitCode:
     try:
         check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
-    except (CheckpointError, ReportPathError) as exc:
+        check_saved(pipeline, checkpoints, args.topology)
+    except (CheckpointError, ReportPathError, TopologyError) as exc:
         return refuse(err, exc)
     warn_damaged(err, checkpoints)
     address = pipeline.address_of(args.node)

@@ -28,7 +28,13 @@ from .options import (
     topology_file,
 )
 from .report_file import ReportPathError, check_report_path
-from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
+from .running import (
+    announce_checkpoints,
+    check_saved,
+    open_logging,
+    run_to_the_end,
+    warn_damaged,
+)
 
 IDLE = 10.0
 """Seconds a folder of a files producer stays without a new file before ``run`` ends, when
@@ -63,16 +69,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
         check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
-        watching = [n for n, p in topology.producers.items() if p.files is not None]
-        if watching and checkpoints is None:
-            raise TopologyError(
-                [
-                    f"$.producers.{watching[0]}.files: a folder's files need checkpoints (the "
-                    "ledger of files processed and how far each was read live in epochs): "
-                    "add a 'checkpoint' section, or give --state DIR"
-                ],
-                str(args.topology),
-            )
+        check_saved(pipeline, checkpoints, args.topology)
     except (TopologyError, CheckpointError, ReportPathError) as exc:
         return refuse(err, exc)
     out = make_console()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from actors import DISAGREEMENT, GatewayError, RingflowError, redact
-from topology import CheckpointSettings, CheckpointStore, Pipeline, Topology
+from topology import CheckpointSettings, CheckpointStore, Pipeline, Topology, TopologyError
 
 from .. import run as engine
 from ..exitcode import ExitCode
@@ -35,6 +35,31 @@ def warn_damaged(err: Console, checkpoints: CheckpointSettings | CheckpointStore
         err.print(
             f"[yellow]warning:[/yellow] {escape(str(store.path))}: "
             f"{escape(str(damage))}; passed over for an older epoch"
+        )
+
+
+def check_saved(pipeline: Pipeline, checkpoints: CheckpointSettings | None, file: object) -> None:
+    """Refuse to watch a folder without checkpoints: the ledger of the files processed and
+    how far each was read live in epochs (without them, each run would read every file
+    again, and add it again).
+
+    Raises:
+        TopologyError: Some producer here watches a folder, and checkpoints are off.
+    """
+    here = None if pipeline.node is None else set(pipeline.node.spec.producers)
+    watching = [
+        name
+        for name, spec in pipeline.topology.producers.items()
+        if spec.files is not None and (here is None or name in here)
+    ]
+    if watching and checkpoints is None:
+        raise TopologyError(
+            [
+                f"$.producers.{watching[0]}.files: a folder's files need checkpoints (the "
+                "ledger of files processed and how far each was read live in epochs): "
+                "add a 'checkpoint' section, or give --state DIR"
+            ],
+            str(file),
         )
 
 

@@ -20,7 +20,13 @@ from .node import announce_api, api_problem
 from .options import Command, flag, option, report_option, state_option, topology_file
 from .report_file import ReportPathError, check_report_path
 from .run import with_idle
-from .running import announce_checkpoints, open_logging, run_to_the_end, warn_damaged
+from .running import (
+    announce_checkpoints,
+    check_saved,
+    open_logging,
+    run_to_the_end,
+    warn_damaged,
+)
 
 
 def serve(args: argparse.Namespace) -> ExitCode:
@@ -55,6 +61,7 @@ def serve(args: argparse.Namespace) -> ExitCode:
         path = args.report or Path("reports") / f"{topology.name}-served.json"
         check_report_path(path)
         checkpoints, pipeline = open_checkpoints(pipeline, args.state)
+        check_saved(pipeline, checkpoints, args.topology)
     except (TopologyError, CheckpointError, ReportPathError) as exc:
         return refuse(err, exc)
     pipeline.serving = settings
