@@ -54,6 +54,10 @@ class Totals(Protocol):
         """Per partition of ``topic``, the offset just past the last record applied."""
         ...
 
+    def knows(self, lineage: str) -> bool:
+        """Whether records of the run ``lineage`` were applied here (topics ``LINEAGE/...``)."""
+        ...
+
     def apply(
         self,
         topic: str,
@@ -156,6 +160,12 @@ class SqliteTotals:
             f"SELECT partition, next_offset FROM {APPLIED} WHERE topic = ?", (topic,)
         )
         return dict(rows.fetchall())
+
+    def knows(self, lineage: str) -> bool:
+        row = self._db.execute(
+            f"SELECT 1 FROM {APPLIED} WHERE topic LIKE ? LIMIT 1", (f"{lineage}/%",)
+        ).fetchone()
+        return row is not None
 
     def apply(
         self,
@@ -286,6 +296,12 @@ class PostgresTotals:
             f"SELECT partition, next_offset FROM {APPLIED} WHERE topic = %s", (topic,)
         )
         return {int(p): int(o) for p, o in rows.fetchall()}  # type: ignore[call-overload]
+
+    def knows(self, lineage: str) -> bool:
+        row = self._conn.execute(
+            f"SELECT 1 FROM {APPLIED} WHERE topic LIKE %s LIMIT 1", (f"{lineage}/%",)
+        ).fetchone()
+        return row is not None
 
     def apply(
         self,
@@ -471,6 +487,15 @@ class UsageTotalsSink:
         if not self._restored:  # the state folder's, so that a run restarted finds its own
             self._lineage = folder_lineage(context, self._lineage)
         with open_totals(self.params.url, context.state, raw=self.params.raw) as store:
+            if self._restored and self.applied and not store.knows(self._lineage):
+                where = self.params.url or "the embedded PostgreSQL"
+                raise PermanentError(
+                    f"usage_totals: this run's epochs say {self.applied:,} sums were applied "
+                    f"to its database, but {_safe(where)} holds none of this run's: was params.url "
+                    "changed, or the database replaced? Give the url the run used (its totals "
+                    "would be split, or counted twice, over two databases), or start afresh "
+                    "with another state folder"
+                )
             self._store = store
             try:
                 yield

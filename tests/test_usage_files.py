@@ -452,6 +452,25 @@ def test_bad_arguments_and_a_damaged_database_are_refused_with_exit_2(tmp_path: 
     assert "Traceback" not in read.stderr + too_large.stderr + users.stderr + idle.stderr
 
 
+def test_another_database_on_a_state_folder_that_applied_sums_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"1 2\n3 4\n")
+    state = tmp_path / "state"
+    first = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'a.sqlite'}")
+    assert run(first, state, tmp_path / "r1.json").returncode == 0
+    (tmp_path / "in" / "b.txt").write_bytes(b"1 10\n")
+    other = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'b.sqlite'}")
+    refused = run(other, state, tmp_path / "r2.json")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "this run's epochs say 2 sums were applied" in refused.stderr
+    assert "holds none of this run's: was params.url changed" in refused.stderr
+    assert (tmp_path / "in" / "b.txt").exists()  # not read: nothing lost
+    first = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'a.sqlite'}")  # the run's url
+    again = run(first, state, tmp_path / "r3.json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sqlite_totals(tmp_path / "a.sqlite") == {1: 12, 3: 4}
+
+
 def test_a_file_that_cannot_be_moved_to_done_is_counted_and_not_read_again(
     tmp_path: Path,
 ) -> None:
