@@ -173,6 +173,10 @@ def test_a_processed_file_is_moved_under_a_free_name_deleted_or_kept(tmp_path: P
             {"files": {"dir": "in", "done": "."}, "topic": "files"},
             "$.producers.files-in.files.done: must be another folder than 'dir'",
         ),
+        (
+            {"files": {"dir": "data/in", "done": "../in"}, "topic": "files"},
+            "$.producers.files-in.files.done: must be another folder than 'dir'",
+        ),
     ],
 )
 def test_a_files_producer_is_checked(producer: dict[str, object], message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import PurePath
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -90,7 +91,8 @@ class FilesSpec(Checked):
 
     def problems(self) -> list[FieldError]:
         """Processed files go elsewhere than the folder watched."""
-        if PurePath(self.done_folder) == PurePath(self.dir) or self.done in ("", "."):
+        same = os.path.abspath(self.done_folder) == os.path.abspath(self.dir)  # ../dir too
+        if same or self.done in ("", "."):
             return [FieldError("done", "must be another folder than 'dir' (the one watched)")]
         return []
 
