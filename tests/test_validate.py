@@ -37,6 +37,8 @@ CASES = [
     ("", "$: expected a mapping of topology fields, got empty"),
     ("- just\n- a list\n", "$: expected a mapping of topology fields, got a list"),
     (GOOD + "colour: red\n", "$: unknown field colour; allowed: name, topics"),
+    (GOOD + "1: 2\n", "$: unknown field 1; allowed: name, topics"),
+    (GOOD + "null: 2\n", "$: unknown field None; allowed: name, topics"),
     (
         GOOD.replace("key: video_id", "key: video_id, size: 3"),
         "$.topics.events: unknown field size",

@@ -100,7 +100,8 @@ def _describe(exc: BaseException, wanted: Any) -> list[tuple[str, str]]:
         return [problem for sub in exc.exceptions for problem in _describe(sub, None)]
     if isinstance(exc, ForbiddenExtraKeysError):
         allowed = ", ".join(field.name for field in attrs.fields(exc.cl))
-        unknown = ", ".join(sorted(exc.extra_fields))
+        # A key the YAML made a number, null or bytes is unknown as well: named as written.
+        unknown = ", ".join(sorted(map(str, exc.extra_fields)))
         plural = "s" if len(exc.extra_fields) > 1 else ""
         if not allowed:
             return [("", f"unknown field{plural} {unknown}; it takes none")]
