@@ -424,7 +424,10 @@ def test_a_missing_folder_a_missing_database_and_no_checkpoints_are_refused(
         assert unsaved.returncode == 2, command
         assert "need checkpoints" in unsaved.stdout + unsaved.stderr
         assert "give --state DIR" in unsaved.stdout + unsaved.stderr
-    missing = ringflow("totals", "--state", tmp_path, "--url", f"sqlite:///{tmp_path / 'no.db'}")
+    missing = ringflow("totals", "--url", f"sqlite:///{tmp_path / 'no.db'}")
+    both = ringflow("totals", "--state", tmp_path, "--url", f"sqlite:///{tmp_path / 'no.db'}")
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr
     assert missing.returncode == 2
     assert "no SQLite database at" in missing.stderr
     assert not (tmp_path / "no.db").exists()

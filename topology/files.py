@@ -82,7 +82,12 @@ class FileWatch:
             except FileNotFoundError:
                 continue  # moved away meanwhile
             except (OSError, UnicodeError) as exc:  # unreadable, or a name not UTF-8
-                self.refused[path.name] = why = f"{type(exc).__name__}: {exc}"
+                why = (
+                    "its name is not UTF-8"
+                    if isinstance(exc, UnicodeError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                self.refused[path.name] = why
                 shown = os.fsencode(path).decode(errors="backslashreplace")
                 self.problems.append({"event": "file_refused", "file": shown, "error": why})
                 continue

@@ -165,8 +165,18 @@ TOTALS = Command(
     "usage_totals sink writes to: the PostgreSQL embedded in the state folder, or --url. "
     "Exit code: 0; 1 when --user has no total; 2 when the database cannot be opened.",
     options=(
-        option("--state", type=Path, metavar="DIR", help="the state folder of the run"),
-        option("--url", help="the database instead: postgresql://... or sqlite:///PATH"),
+        option(
+            "--state",
+            type=Path,
+            metavar="DIR",
+            exclusive="where",
+            help="the state folder of the run (its embedded PostgreSQL)",
+        ),
+        option(
+            "--url",
+            exclusive="where",
+            help="the database instead: postgresql://... or sqlite:///PATH",
+        ),
         option("--user", type=_user, help="only this user's total"),
         flag("--json", "print one JSON object {user: amount}"),
     ),

@@ -140,9 +140,12 @@ def positive_seconds(text: str) -> float:
     Raises:
         argparse.ArgumentTypeError: It is not one.
     """
-    value = seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be a number of seconds > 0, got 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
