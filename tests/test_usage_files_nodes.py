@@ -102,6 +102,21 @@ def node(path: Path, name: str, folder: Path) -> subprocess.Popen[str]:
     )
 
 
+def finish_nodes(started: dict[str, subprocess.Popen[str]], what: str = "") -> None:
+    """Wait for each node to end; each must exit 0."""
+    for name, process in started.items():
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, f"{what}node {name}: {err}"
+
+
+def kill_nodes(started: dict[str, subprocess.Popen[str]]) -> None:
+    """Kill the nodes still running (after a failure)."""
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def test_two_parser_consumers_may_not_share_a_group(tmp_path: Path) -> None:
     path = nodes_topology(tmp_path)
     data = yaml.safe_load(path.read_text())
@@ -163,14 +178,9 @@ def test_a_parser_node_killed_mid_file_and_restarted_gives_the_exact_totals(
         started["a"].communicate()
         assert started["a"].returncode == -9
         started["a"] = node(path, "a", tmp_path)  # the same command again
-        for name, process in started.items():
-            _, err = process.communicate(timeout=120)
-            assert process.returncode == 0, f"node {name}: {err}"
+        finish_nodes(started)
     finally:
-        for process in started.values():
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        kill_nodes(started)
     assert sqlite_totals(store) == expected
     files = sum(
         json.loads((tmp_path / f"report-{n}.json").read_text())["aggregates"][f"parse-{n}"]["files"]
@@ -219,14 +229,9 @@ def test_nodes_run_again_after_they_ended_take_the_files_that_came_since(
                 )
                 for process in started.values():
                     process.send_signal(signal.SIGTERM)
-            for name, process in started.items():
-                _, err = process.communicate(timeout=120)
-                assert process.returncode == 0, f"round {round_}, node {name}: {err}"
+            finish_nodes(started, f"round {round_}, ")
         finally:
-            for process in started.values():
-                if process.poll() is None:
-                    process.kill()
-                    process.communicate()
+            kill_nodes(started)
         assert sqlite_totals(store) == expected, f"round {round_}"
         for name in ("a", "b"):
             assert len(list((tmp_path / name / "done").iterdir())) == 2 * (round_ + 1)

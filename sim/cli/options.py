@@ -125,13 +125,7 @@ def seconds(text: str) -> float:
     Raises:
         argparse.ArgumentTypeError: It is not one.
     """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return _seconds(text, zero=True)
 
 
 def positive_seconds(text: str) -> float:
@@ -140,11 +134,17 @@ def positive_seconds(text: str) -> float:
     Raises:
         argparse.ArgumentTypeError: It is not one.
     """
+    return _seconds(text, zero=False)
+
+
+def _seconds(text: str, *, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < math.inf:
+    if zero and not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    if not zero and not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
