@@ -64,10 +64,10 @@ from .report import (
     build_report,
 )
 from .resume import completes, let_go, rebuild
+from .social import ALL_WORKLOADS
 from .stall import watch_progress
-from .workloads import WORKLOADS
 
-REGISTRY = Registry(workloads=WORKLOADS, processors=PROCESSORS, events=EVENTS)
+REGISTRY = Registry(workloads=ALL_WORKLOADS, processors=PROCESSORS, events=EVENTS)
 """Every workload and processor ringflow ships."""
 
 MAX_ROLLBACKS = 5

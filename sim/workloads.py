@@ -240,7 +240,27 @@ def _shared_catalog(
     return VideoCatalog.build(params, seed)
 
 
-class VideoSite:
+class Sequenced:
+    """What a workload that numbers its events keeps: the next event's number and the events
+    made so far per kind, which are its position in checkpoints."""
+
+    _seq: int
+    _counts: dict[str, int]
+
+    def counts(self) -> dict[str, int]:
+        """Events generated so far, per kind."""
+        return dict(self._counts)
+
+    def position(self) -> GeneratorPosition:
+        """Where the workload is in its sequence: enough to carry on exactly from here."""
+        return GeneratorPosition(seq=self._seq, counts=dict(self._counts))
+
+    def restore(self, position: GeneratorPosition) -> None:
+        """Carry on from a :meth:`position`."""
+        self._seq, self._counts = position.seq, dict(position.counts)
+
+
+class VideoSite(Sequenced):
     """The video site of one producer instance.
 
     Per event: a video by Zipf popularity, a kind by the mix, a user uniformly, and for a
@@ -297,18 +317,6 @@ class VideoSite:
             self._counts[name] += n
         self._seq = seq + count
         return {"events": events}
-
-    def counts(self) -> dict[str, int]:
-        """Events generated so far, per kind."""
-        return dict(self._counts)
-
-    def position(self) -> GeneratorPosition:
-        """Where the workload is in its sequence: enough to carry on exactly from here."""
-        return GeneratorPosition(seq=self._seq, counts=dict(self._counts))
-
-    def restore(self, position: GeneratorPosition) -> None:
-        """Carry on from a :meth:`position`."""
-        self._seq, self._counts = position.seq, dict(position.counts)
 
 
 class GeneratorPosition(State, frozen=True, tag=2):
@@ -416,7 +424,7 @@ class UgcParams(Checked):
         return errors
 
 
-class Ugc:
+class Ugc(Sequenced):
     """User-generated-content events of one producer instance, one stream per kind.
 
     Events are made as tables (one per kind), a block of :data:`BLOCK` at a time, with numpy.
@@ -476,18 +484,6 @@ class Ugc:
             self._counts[stream] += len(where)
         self._seq = seq + count
         return streams
-
-    def counts(self) -> dict[str, int]:
-        """Events generated so far, per kind."""
-        return dict(self._counts)
-
-    def position(self) -> GeneratorPosition:
-        """Where the workload is in its sequence: enough to carry on exactly from here."""
-        return GeneratorPosition(seq=self._seq, counts=dict(self._counts))
-
-    def restore(self, position: GeneratorPosition) -> None:
-        """Carry on from a :meth:`position`."""
-        self._seq, self._counts = position.seq, dict(position.counts)
 
 
 _UGC_TYPES: dict[str, type[msgspec.Struct]] = {

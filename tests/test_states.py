@@ -23,8 +23,10 @@ from sim.processors import PROCESSORS
 from sim.relays import RedisStreamState, WebhookState
 from sim.run import REGISTRY
 from sim.sinks import ClickHouseState
+from sim.social import ALL_WORKLOADS as WORKLOADS
+from sim.social import SocialParams
 from sim.usage_store import UsageTotalsState
-from sim.workloads import WORKLOADS, UgcParams, VideoSiteParams
+from sim.workloads import UgcParams, VideoSiteParams
 from tests.test_checkpoint import run_with_state, topology
 from topology import (
     CheckpointStore,
@@ -58,6 +60,7 @@ WORKLOAD_OF = {
 PARAMS: dict[str, Any] = {
     "video_site": VideoSiteParams(videos=50, bloggers=5),
     "ugc": UgcParams(pages=20, movies=10),
+    "social": SocialParams(users=1_000, max_followers=500),
 }
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from sim.workloads import WORKLOADS
+from sim.social import ALL_WORKLOADS as WORKLOADS
 from topology import Event
 
 ROOT = Path(__file__).resolve().parent.parent

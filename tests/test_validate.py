@@ -61,7 +61,7 @@ CASES = [
     ),
     (
         GOOD.replace("workload: video_site", "workload: videos"),
-        "$.producers.site.workload: unknown workload 'videos'; known: ugc, video_site",
+        "$.producers.site.workload: unknown workload 'videos'; known: social, ugc, video_site",
     ),
     (
         GOOD.replace("processor: video_stats", "processor: stats"),
