@@ -109,6 +109,10 @@ from .table import unpack_values as unpack_values
 from .testing import GUARANTEES as GUARANTEES
 from .testing import breaking as breaking
 from .testing import kept as kept
+from .tokens import ALGORITHMS as ALGORITHMS
+from .tokens import TOKEN_REFUSED as TOKEN_REFUSED
+from .tokens import TokenCheck as TokenCheck
+from .tokens import TokenRefused as TokenRefused
 from .topic import Admitting as Admitting
 from .topic import Topic as Topic
 from .topic import admit_all as admit_all
