@@ -449,6 +449,9 @@ def test_bad_arguments_and_a_damaged_database_are_refused_with_exit_2(tmp_path: 
     assert "--users: must be at most" in users.stderr
     assert not (tmp_path / "in").exists()
     path = topology_file(tmp_path, url=f"sqlite:///{tmp_path / 'totals.sqlite'}")
+    counted = ringflow("run", path, "--events", "5")
+    assert counted.returncode == 2
+    assert "--events: this topology's producers watch folders" in counted.stdout + counted.stderr
     idle = ringflow("run", path, "--idle", "0")
     assert idle.returncode == 2
     assert "--idle: must be a number of seconds > 0, got 0" in idle.stderr

@@ -65,6 +65,15 @@ def run(args: argparse.Namespace) -> ExitCode:
     try:
         topology = watching_until_idle(load_topology(args.topology), args.idle)
         refuse_served(topology, args.topology, "run")
+        folders = [p.files is not None for p in topology.producers.values()]
+        if args.events is not None and folders and all(folders):
+            raise TopologyError(
+                [
+                    "--events: this topology's producers watch folders, which make no events "
+                    "to count; leave it out (--idle says when the run ends)"
+                ],
+                str(args.topology),
+            )
         pipeline = Pipeline.build(topology, REGISTRY, seed=args.seed, events=args.events)
         path = args.report or Path("reports") / f"{topology.name}-seed{pipeline.seed}.json"
         check_report_path(path)
