@@ -11,6 +11,8 @@ from actors import ConfigurationError, TokenCheck, TokenRefused
 
 SECRET = "a-test-secret-" + "x" * 51  # 64 bytes: enough for HS512 too
 OTHER = "another-secret-" + "y" * 49
+FUTURE = 10**10  # expiries fixed in time: the same whenever the test runs
+PAST = 1_000_000_000
 
 
 def test_a_token_minted_for_a_user_lets_that_user_in() -> None:
@@ -28,22 +30,22 @@ def test_a_token_minted_for_a_user_lets_that_user_in() -> None:
         ("", "no token: give ?token=JWT or an Authorization: Bearer header"),
         ("not.a.token", "not a valid token: "),
         (
-            jwt.encode({"sub": "42", "exp": time.time() + 60}, OTHER),
+            jwt.encode({"sub": "42", "exp": FUTURE}, OTHER),
             "bad token signature",
         ),
-        (jwt.encode({"sub": "42", "exp": time.time() - 60}, SECRET), "token expired"),
+        (jwt.encode({"sub": "42", "exp": PAST}, SECRET), "token expired"),
         (jwt.encode({"sub": "42"}, SECRET), "token without 'exp'"),
-        (jwt.encode({"exp": time.time() + 60}, SECRET), "token without 'sub'"),
+        (jwt.encode({"exp": FUTURE}, SECRET), "token without 'sub'"),
         (
-            jwt.encode({"sub": "7", "exp": time.time() + 60}, SECRET),
+            jwt.encode({"sub": "7", "exp": FUTURE}, SECRET),
             "token for another user than 42",
         ),
         (
-            jwt.encode({"sub": "42", "exp": time.time() + 60}, SECRET, algorithm="HS512"),
+            jwt.encode({"sub": "42", "exp": FUTURE}, SECRET, algorithm="HS512"),
             "token not signed with HS256",
         ),
         (
-            jwt.encode({"sub": "42", "exp": time.time() + 60}, None, algorithm="none"),
+            jwt.encode({"sub": "42", "exp": FUTURE}, None, algorithm="none"),
             "token not signed with HS256",
         ),
     ],
