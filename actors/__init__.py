@@ -55,6 +55,8 @@ from .network import TCP as TCP
 from .network import Network as Network
 from .network import TcpNetwork as TcpNetwork
 from .nursery import open_nursery as open_nursery
+from .outbox import Outbox as Outbox
+from .outbox import OutboxFull as OutboxFull
 from .partition import Partition as Partition
 from .partition import PartitionState as PartitionState
 from .partition import PartitionStatistics as PartitionStatistics
