@@ -64,8 +64,7 @@ def reopened_topics(topology: Topology) -> frozenset[str]:
     while grown:
         grown = False
         for spec in topology.consumers.values():
-            reads = [spec.topic] if spec.topic else spec.topics
-            if spec.output and spec.output not in found and found.intersection(reads):
+            if spec.output and spec.output not in found and found.intersection(spec.topic_names):
                 found.add(spec.output)
                 grown = True
     return frozenset(found)
